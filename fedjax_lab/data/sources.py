@@ -1,0 +1,187 @@
+"""Data sources. Each returns a pooled ``Dataset``; partitioners then split it into clients.
+
+Offline (no network): ``digits`` (scikit-learn), ``fashion_mnist_idx`` (local IDX files, e.g.
+Debian's ``dataset-fashion-mnist``), ``synthetic`` (FedProx/LEAF Synthetic(alpha, beta)) and
+``shakespeare`` (local plain-text plays, next-character prediction). Online or pre-downloaded:
+``tfds:<catalog name>`` through ``tfds.data_source`` (array_record, no TensorFlow).
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import pathlib
+import re
+
+import numpy as np
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+TFDS_DATASETS = ("mnist", "fashion_mnist", "emnist", "cifar10", "cifar100")
+OFFLINE_SOURCES = ("digits", "fashion_mnist_idx", "synthetic", "shakespeare")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """Pooled arrays. ``train_groups`` (optional) are natural client ids (writer, speaker...)."""
+  train_x: np.ndarray
+  train_y: np.ndarray
+  test_x: np.ndarray
+  test_y: np.ndarray
+  num_classes: int
+  train_groups: np.ndarray | None = None
+  group_names: tuple[str, ...] = ()
+
+
+def _holdout(num_examples: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  order = np.random.default_rng(seed).permutation(num_examples)
+  num_test = int(round(fraction * num_examples))
+  return np.sort(order[num_test:]), np.sort(order[:num_test])
+
+
+def digits(seed: int = 0) -> Dataset:
+  """scikit-learn's 1,797 8x8 digits in [0, 1], ``[N, 8, 8, 1]``; a fixed 20% global test set."""
+  from sklearn.datasets import load_digits
+  bunch = load_digits()
+  x = (bunch.images / 16.0).astype(np.float32)[..., None]
+  y = bunch.target.astype(np.int32)
+  train, test = _holdout(len(y), 0.2, seed)
+  return Dataset(x[train], y[train], x[test], y[test], num_classes=10)
+
+
+def _read_idx(path: pathlib.Path) -> np.ndarray:
+  with gzip.open(path, "rb") as f:
+    raw = f.read()
+  ndim = raw[3]
+  shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+  return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def fashion_mnist_idx(directory: str | None = None) -> Dataset:
+  """Fashion-MNIST from the four IDX ``.gz`` files, ``[N, 28, 28, 1]`` in [0, 1]."""
+  root = pathlib.Path(directory or os.environ.get("FEDJAX_LAB_FASHION_MNIST_DIR",
+                                                  FASHION_MNIST_DIR))
+  files = {split: (root / f"{split}-images-idx3-ubyte.gz", root / f"{split}-labels-idx1-ubyte.gz")
+           for split in ("train", "t10k")}
+  missing = [str(p) for pair in files.values() for p in pair if not p.exists()]
+  if missing:
+    raise FileNotFoundError(
+        f"data.source='fashion_mnist_idx' needs the IDX files {missing}; run `make data` "
+        "(installs Debian's dataset-fashion-mnist) or set FEDJAX_LAB_FASHION_MNIST_DIR")
+  arrays = {split: ((_read_idx(img).astype(np.float32) / 255.0)[..., None],
+                    _read_idx(lab).astype(np.int32)) for split, (img, lab) in files.items()}
+  return Dataset(*arrays["train"], *arrays["t10k"], num_classes=10)
+
+
+def synthetic(alpha: float, beta: float, num_clients: int, seed: int, *,
+              dim: int = 60, num_classes: int = 10, iid: bool = False) -> Dataset:
+  """Synthetic(alpha, beta) of Li et al. (FedProx, 2020), as LEAF generates it.
+
+  Client k: u_k ~ N(0, alpha), B_k ~ N(0, beta); W_k, b_k ~ N(u_k, 1); v_k[j] ~ N(B_k, 1);
+  x ~ N(v_k, diag(j^-1.2)); y = argmax(W_k x + b_k). Sizes ~ lognormal(4, 2) + 50.
+  ``iid`` uses one shared (W, b) and v = 0. ``train_groups`` are the generating clients;
+  10% of each client's examples form the global test set.
+  """
+  if alpha < 0 or beta < 0:
+    raise ValueError(f"data.synthetic_alpha and data.synthetic_beta must be >= 0, "
+                     f"got {alpha}, {beta}")
+  rng = np.random.default_rng(seed)
+  sizes = (rng.lognormal(4, 2, num_clients).astype(int) + 50).clip(max=2000)
+  cov_diag = np.arange(1, dim + 1, dtype=np.float64) ** -1.2
+  shared_w, shared_b = rng.normal(0, 1, (dim, num_classes)), rng.normal(0, 1, num_classes)
+  xs, ys, groups = [], [], []
+  for k, size in enumerate(sizes):
+    if iid:
+      w, b, v = shared_w, shared_b, np.zeros(dim)
+    else:
+      u, big_b = rng.normal(0, np.sqrt(alpha)), rng.normal(0, np.sqrt(beta))
+      w, b = rng.normal(u, 1, (dim, num_classes)), rng.normal(u, 1, num_classes)
+      v = rng.normal(big_b, 1, dim)
+    x = rng.normal(v, np.sqrt(cov_diag), (size, dim))
+    xs.append(x.astype(np.float32))
+    ys.append(np.argmax(x @ w + b, axis=1).astype(np.int32))
+    groups.append(np.full(size, k))
+  x, y, g = np.concatenate(xs), np.concatenate(ys), np.concatenate(groups)
+  train, test = _holdout(len(y), 0.1, seed + 1)
+  return Dataset(x[train], y[train], x[test], y[test], num_classes, train_groups=g[train],
+                 group_names=tuple(f"client_{k}" for k in range(num_clients)))
+
+
+SHAKESPEARE_VOCAB = ("\x00\x01" + "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                     "0123456789 .,;:!?'\"-()[]&\n")
+_SPEAKER = re.compile(r"^([A-Z][A-Za-z]*(?: [A-Za-z]+){0,3})\.$")
+
+
+def parse_play(text: str) -> list[tuple[str, str]]:
+  """(speaker, speech) pairs of a Gutenberg play: a speaker line ``Name.`` then the speech."""
+  speeches = []
+  for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n")):
+    lines = block.strip().split("\n")
+    match = _SPEAKER.match(lines[0].strip())
+    if match and len(lines) > 1:
+      speeches.append((match.group(1), " ".join(line.strip() for line in lines[1:])))
+  return speeches
+
+
+def encode_text(text: str) -> np.ndarray:
+  """Characters to ids in ``SHAKESPEARE_VOCAB`` (0 is padding, 1 is out-of-vocabulary)."""
+  lookup = {c: i for i, c in enumerate(SHAKESPEARE_VOCAB)}
+  return np.array([lookup.get(c, 1) for c in text], np.int32)
+
+
+def shakespeare(directory: str, *, sequence_length: int = 80, min_chars: int = 1000,
+                seed: int = 0) -> Dataset:
+  """Next-character prediction on plays, one natural group per (play, speaking character).
+
+  Each character's speeches are concatenated and cut into windows of ``sequence_length + 1``
+  ids: ``x`` is the first ``sequence_length``, ``y`` the same shifted by one. Characters with
+  fewer than ``min_chars`` characters of speech are dropped. 10% of windows form the test set.
+  """
+  root = pathlib.Path(directory)
+  plays = sorted(p for p in root.glob("*.txt") if not p.stem.endswith("_f")
+                 and p.name != "metadata.txt")
+  if not plays:
+    raise FileNotFoundError(f"data.shakespeare_dir={directory!r} holds no plain-text plays; "
+                            "run `make data`")
+  windows, groups, names = [], [], []
+  for play in plays:
+    by_speaker: dict[str, list[str]] = {}
+    for speaker, speech in parse_play(play.read_text(encoding="latin-1")):
+      by_speaker.setdefault(speaker, []).append(speech)
+    for speaker, speeches in sorted(by_speaker.items()):
+      ids = encode_text(" ".join(speeches))
+      count = len(ids) // (sequence_length + 1)
+      if len(ids) < min_chars or count == 0:
+        continue
+      windows.append(ids[:count * (sequence_length + 1)].reshape(count, sequence_length + 1))
+      groups.append(np.full(count, len(names)))
+      names.append(f"{play.stem.removesuffix('_gut')}/{speaker}")
+  data, group_ids = np.concatenate(windows), np.concatenate(groups)
+  train, test = _holdout(len(data), 0.1, seed)
+  return Dataset(data[train, :-1], data[train, 1:], data[test, :-1], data[test, 1:],
+                 num_classes=len(SHAKESPEARE_VOCAB), train_groups=group_ids[train],
+                 group_names=tuple(names))
+
+
+def tfds_source(name: str, *, data_dir: str | None = None, coarse_labels: bool = False,
+                download: bool = False) -> Dataset:
+  """A TFDS image-classification dataset read through ``tfds.data_source`` (array_record).
+
+  ``name`` is a catalog name (``mnist``, ``fashion_mnist``, ``emnist/byclass``, ``cifar10``,
+  ``cifar100``, ...). ``coarse_labels`` selects CIFAR-100's 20 super-classes. Images are
+  scaled to [0, 1], ``[N, H, W, C]``.
+  """
+  import tensorflow_datasets as tfds
+  if name.split("/")[0] not in TFDS_DATASETS:
+    raise ValueError(f"data.source='tfds:{name}' is not supported; allowed: "
+                     f"{', '.join('tfds:' + n for n in TFDS_DATASETS)}")
+  if coarse_labels and not name.startswith("cifar100"):
+    raise ValueError("data.coarse_labels is only meaningful for tfds:cifar100")
+  label_key = "coarse_label" if coarse_labels else "label"
+  splits = tfds.data_source(name, split=["train", "test"], data_dir=data_dir, download=download)
+  arrays = []
+  for split in splits:
+    examples = [split[i] for i in range(len(split))]
+    arrays.append(np.stack([e["image"] for e in examples]).astype(np.float32) / 255.0)
+    arrays.append(np.array([e[label_key] for e in examples], np.int32))
+  num_classes = splits[0].dataset_info.features[label_key].num_classes
+  return Dataset(*arrays, num_classes=num_classes)

@@ -1,0 +1,141 @@
+"""Image classifiers used by the FL papers. Inputs ``[batch, H, W, C]`` in [0, 1], logits out.
+
+Normalization layers are GroupNorm, not BatchNorm: batch statistics are mutable state that
+would make local training impure and cohort-size dependent (Hsieh et al. 2020 show BatchNorm
+also hurts under non-IID data).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class MLP(nn.Module):
+  """Flatten, then ``hidden`` ReLU layers, then a linear read-out."""
+  num_classes: int
+  hidden: Sequence[int] = (200, 200)
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.reshape((x.shape[0], -1))
+    for i, width in enumerate(self.hidden):
+      x = nn.relu(nn.Dense(width, name=f"dense{i}")(x))
+    return nn.Dense(self.num_classes, name="head")(x)
+
+
+def _max_pool(x):
+  return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+class FedAvgCNN(nn.Module):
+  """McMahan et al. 2017's CNN for 28x28 inputs: conv5x5(32)-pool-conv5x5(64)-pool-fc512-out.
+
+  With ``features=(16, 32)`` and ``hidden=256``, 'VALID' padding it is FedMR's FEMNIST
+  ``CNNFashionMnist`` (fc 512 -> 256).
+  """
+  num_classes: int
+  features: Sequence[int] = (32, 64)
+  hidden: int = 512
+  padding: str = "SAME"
+
+  @nn.compact
+  def __call__(self, x):
+    for i, width in enumerate(self.features):
+      x = _max_pool(nn.relu(nn.Conv(width, (5, 5), padding=self.padding, name=f"conv{i}")(x)))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(self.hidden, name="fc")(x))
+    return nn.Dense(self.num_classes, name="head")(x)
+
+
+class CifarCNN(nn.Module):
+  """FedMR's ``CNNCifar`` (LeNet-5): conv5x5(6)-pool-conv5x5(16)-pool-fc120-fc84-out."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x):
+    x = _max_pool(nn.relu(nn.Conv(6, (5, 5), padding="VALID", name="conv0")(x)))
+    x = _max_pool(nn.relu(nn.Conv(16, (5, 5), padding="VALID", name="conv1")(x)))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(120, name="fc0")(x))
+    x = nn.relu(nn.Dense(84, name="fc1")(x))
+    return nn.Dense(self.num_classes, name="head")(x)
+
+
+def _norm(name: str, channels: int) -> nn.Module:
+  return nn.GroupNorm(num_groups=min(8, channels), name=name)
+
+
+class PreActBottleneck(nn.Module):
+  """GN-ReLU-conv1x1, GN-ReLU-conv3x3(stride), GN-ReLU-conv1x1(4x); conv1x1 projection shortcut."""
+  planes: int
+  stride: int
+
+  @nn.compact
+  def __call__(self, x):
+    out_channels = 4 * self.planes
+    shortcut = x
+    if self.stride != 1 or x.shape[-1] != out_channels:
+      shortcut = nn.Conv(out_channels, (1, 1), strides=self.stride, use_bias=False,
+                         name="shortcut")(x)
+    y = nn.Conv(self.planes, (1, 1), use_bias=False, name="conv0")(
+        nn.relu(_norm("norm0", x.shape[-1])(x)))
+    y = nn.Conv(self.planes, (3, 3), strides=self.stride, padding=1, use_bias=False,
+                name="conv1")(nn.relu(_norm("norm1", self.planes)(y)))
+    y = nn.Conv(out_channels, (1, 1), use_bias=False, name="conv2")(
+        nn.relu(_norm("norm2", self.planes)(y)))
+    return y + shortcut
+
+
+class ResNet20(nn.Module):
+  """FedMR's ``ResNet20_cifar``: stem conv3x3(16), 3 stages x 2 pre-activation bottlenecks
+  (planes 16/32/64, strides 1/2/2, expansion 4), global average pool, fc 256 -> classes.
+  GroupNorm replaces the code's BatchNorm."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(16, (3, 3), padding=1, use_bias=False, name="stem")(x)
+    for stage, (planes, stride) in enumerate(zip((16, 32, 64), (1, 2, 2))):
+      for block in range(2):
+        x = PreActBottleneck(planes, stride if block == 0 else 1,
+                             name=f"stage{stage}_block{block}")(x)
+    x = x.mean(axis=(1, 2))
+    return nn.Dense(self.num_classes, name="head")(x)
+
+
+class ConvNormReLU(nn.Module):
+  """3x3 conv, GroupNorm, ReLU: one VGG layer (its norm moves with it as one layer group)."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(self.features, (3, 3), padding=1, name="conv")(x)
+    return nn.relu(_norm("norm", self.features)(x))
+
+
+VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+                512, 512, 512, "M")
+
+
+class VGG(nn.Module):
+  """VGG-style net: 3x3 conv-GN-ReLU stacks and 2x2 max-pools per ``layout``, then an MLP
+  classifier. ``VGG16_LAYOUT`` with ``classifier=(4096, 4096)`` is VGG-16."""
+  num_classes: int
+  layout: Sequence = (32, "M", 64, "M", 128, "M")
+  classifier: Sequence[int] = (256,)
+
+  @nn.compact
+  def __call__(self, x):
+    conv_index = 0
+    for item in self.layout:
+      if item == "M":
+        x = _max_pool(x)
+      else:
+        x = ConvNormReLU(item, name=f"conv{conv_index}")(x)
+        conv_index += 1
+    x = x.reshape((x.shape[0], -1))
+    for i, width in enumerate(self.classifier):
+      x = nn.relu(nn.Dense(width, name=f"fc{i}")(x))
+    return nn.Dense(self.num_classes, name="head")(x)
