@@ -1,0 +1,84 @@
+"""The algorithm contract and the client-side pieces every algorithm composes.
+
+An algorithm is ``Algorithm(init, round, ...)``: ``init(key) -> State`` and
+``round(state, cohort, key) -> (State, metrics)``, pure functions over a pytree ``State``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fedjax_lab.data import Cohort
+from fedjax_lab.engine.execution import Executor
+from fedjax_lab.engine.local import (LocalSchedule, cross_entropy_objective,
+                                     make_local_trainer)
+from fedjax_lab.models import Model
+
+Params = Any
+# regularizer(params, context) -> scalar added to the local data loss
+Regularizer = Callable[[Params, Any], jax.Array]
+
+jax.tree_util.register_dataclass(
+    Cohort, data_fields=["client_ids", "x", "y", "num_examples"], meta_fields=[])
+
+
+class Algorithm(NamedTuple):
+  """A federated algorithm as pure functions plus what the runner needs to know about it.
+
+  ``global_params(state)`` is the server model (None if there is none, as for Local-only);
+  ``personal_params(state)`` stacks the model each client would use ``[num_clients, ...]``
+  (None: every client uses the global model). ``bytes_down`` / ``bytes_up`` are the bytes one
+  participating client receives / sends per round, counted from the payload pytrees.
+  """
+  init: Callable[[jax.Array], Any]
+  round: Callable[[Any, Cohort, jax.Array], tuple[Any, dict]]
+  global_params: Callable[[Any], Optional[Params]]
+  personal_params: Optional[Callable[[Any], Params]]
+  bytes_down: int
+  bytes_up: int
+  jit_round: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientSetup:
+  """Everything about client-side training that algorithms share."""
+  model: Model
+  sample_x: np.ndarray              # [1, ...] one example, for parameter shapes
+  optimizer: optax.GradientTransformation
+  schedule: LocalSchedule
+  executor: Executor
+  num_clients: int
+  unroll: bool = False
+
+  def init_params(self, key: jax.Array) -> Params:
+    return self.model.init(key, self.sample_x)
+
+  def cohort_trainer(self, regularizer: Optional[Regularizer], params_axis: Optional[int],
+                     context_axis: Optional[int]):
+    """``train(params, x, y, num_examples, keys, context) -> (client_params, LocalResult)``
+    over the cohort axis. ``params_axis``/``context_axis``: 0 if per client, None if shared."""
+    data_loss = cross_entropy_objective(self.model.apply)
+    if regularizer is None:
+      objective = data_loss
+    else:
+      def objective(params, x, y, mask, context):
+        return data_loss(params, x, y, mask, None) + regularizer(params, context)
+    train = make_local_trainer(objective, self.optimizer, self.schedule, self.unroll)
+    return self.executor.map(train, (params_axis, 0, 0, 0, 0, context_axis))
+
+
+def client_weights(cohort: Cohort, weighting: str) -> jax.Array:
+  """Aggregation weights ``[cohort]``: example counts (``num_examples``) or ``uniform``."""
+  if weighting == "num_examples":
+    return cohort.num_examples.astype(jnp.float32)
+  return (cohort.num_examples > 0).astype(jnp.float32)
+
+
+def round_keys(key: jax.Array, cohort: Cohort) -> jax.Array:
+  """One training key per cohort member, ``[cohort]``."""
+  return jax.random.split(key, cohort.client_ids.shape[0])

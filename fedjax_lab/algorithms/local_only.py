@@ -1,0 +1,36 @@
+"""Local-only baseline: every client trains its own model on its own data, nothing is shared.
+
+State holds ``[num_clients, ...]`` models, all starting from one initialization; a round
+gathers the cohort's models, trains them, and scatters them back.
+"""
+from __future__ import annotations
+
+import jax
+from flax import struct
+
+from fedjax_lab.algorithms.base import Algorithm, ClientSetup, client_weights, round_keys
+from fedjax_lab.ops.aggregate import tree_broadcast, tree_gather, tree_scatter, weighted_mean
+
+
+@struct.dataclass
+class LocalOnlyState:
+  client_params: dict          # [num_clients, ...]
+
+
+def local_only(setup: ClientSetup) -> Algorithm:
+  train_cohort = setup.cohort_trainer(None, params_axis=0, context_axis=None)
+
+  def init(key):
+    return LocalOnlyState(tree_broadcast(setup.init_params(key), setup.num_clients))
+
+  def round_fn(state, cohort, key):
+    trained, result = train_cohort(tree_gather(state.client_params, cohort.client_ids),
+                                   cohort.x, cohort.y, cohort.num_examples,
+                                   round_keys(key, cohort), None)
+    metrics = {"train_loss": weighted_mean(result.mean_loss, client_weights(cohort,
+                                                                            "num_examples"))}
+    return LocalOnlyState(tree_scatter(state.client_params, cohort.client_ids, trained)), metrics
+
+  return Algorithm(init, round_fn, global_params=lambda state: None,
+                   personal_params=lambda state: state.client_params, bytes_down=0, bytes_up=0,
+                   jit_round=setup.executor.jit_round)

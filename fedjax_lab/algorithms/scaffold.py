@@ -1,0 +1,70 @@
+"""SCAFFOLD (Karimireddy et al. 2020), option II control variates.
+
+Client k corrects each local gradient by ``c - c_k``: here as the linear term
+``<params, c - c_k>`` added to its loss, whose gradient is exactly that correction. After
+``K_k`` local SGD steps of rate ``eta_l``: ``c_k+ = c_k - c + (x - y_k) / (K_k eta_l)``.
+Server: ``x <- x + eta_g * mean_w(y_k - x)``, ``c <- c + |S| / N * mean(c_k+ - c_k)``.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from fedjax_lab.algorithms.base import Algorithm, ClientSetup, client_weights, round_keys
+from fedjax_lab.ops.aggregate import tree_gather, tree_scatter, weighted_mean, tree_broadcast
+from fedjax_lab.ops.communication import tree_bytes
+
+
+@struct.dataclass
+class ScaffoldState:
+  params: dict
+  server_control: dict         # c, shaped like params
+  client_controls: dict        # c_k, [num_clients, ...]
+
+
+def control_correction(params, correction):
+  """``<params, correction>``: its gradient in ``params`` is ``correction``."""
+  products = jax.tree.map(lambda p, c: jnp.sum(p * jax.lax.stop_gradient(c)), params, correction)
+  return sum(jax.tree.leaves(products))
+
+
+def scaffold(setup: ClientSetup, *, client_learning_rate: float, server_learning_rate: float = 1.0,
+             weighting: str = "num_examples") -> Algorithm:
+  train_cohort = setup.cohort_trainer(control_correction, params_axis=None, context_axis=0)
+
+  def init(key):
+    params = setup.init_params(key)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    return ScaffoldState(params, zeros, tree_broadcast(zeros, setup.num_clients))
+
+  def round_fn(state, cohort, key):
+    old_controls = tree_gather(state.client_controls, cohort.client_ids)
+    corrections = jax.tree.map(lambda c, ck: c[None] - ck, state.server_control, old_controls)
+    client_params, result = train_cohort(state.params, cohort.x, cohort.y, cohort.num_examples,
+                                         round_keys(key, cohort), corrections)
+    steps = result.num_steps.astype(jnp.float32)
+    scale = jnp.where(steps > 0, 1.0 / (jnp.maximum(steps, 1.0) * client_learning_rate), 0.0)
+
+    def new_control(ck, c, x, y):
+      expand = scale.reshape((-1,) + (1,) * (y.ndim - 1))
+      updated = ck - c[None] + (x[None] - y) * expand
+      return jnp.where(expand > 0, updated, ck)
+
+    new_controls = jax.tree.map(new_control, old_controls, state.server_control, state.params,
+                                client_params)
+    weights = client_weights(cohort, weighting)
+    params = jax.tree.map(lambda x, mean: x + server_learning_rate * (mean - x), state.params,
+                          weighted_mean(client_params, weights))
+    participation = cohort.client_ids.shape[0] / setup.num_clients
+    control_delta = jax.tree.map(lambda new, old: (new - old).mean(0), new_controls, old_controls)
+    server_control = jax.tree.map(lambda c, d: c + participation * d, state.server_control,
+                                  control_delta)
+    state = ScaffoldState(params, server_control,
+                          tree_scatter(state.client_controls, cohort.client_ids, new_controls))
+    return state, {"train_loss": weighted_mean(result.mean_loss, weights)}
+
+  model_bytes = tree_bytes(jax.eval_shape(setup.init_params, jax.random.key(0)))
+  return Algorithm(init, round_fn, global_params=lambda state: state.params,
+                   personal_params=None, bytes_down=2 * model_bytes, bytes_up=2 * model_bytes,
+                   jit_round=setup.executor.jit_round)

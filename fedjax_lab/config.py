@@ -1,0 +1,233 @@
+"""Experiment configuration: frozen dataclasses, validated on construction (before anything is
+traced), loadable from JSON or TOML with dotted command-line overrides (``local.epochs=2``)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import tomllib
+import typing
+
+from fedjax_lab.data.sources import OFFLINE_SOURCES, TFDS_DATASETS
+from fedjax_lab.engine.execution import STRATEGIES
+from fedjax_lab.models import MODEL_NAMES
+
+PARTITIONS = ("iid", "dirichlet", "dirichlet_capped", "shards", "quantity_skew", "natural")
+ALGORITHMS = ("fedavg", "fedprox", "fedopt", "scaffold", "local", "centralized")
+CLIENT_OPTIMIZERS = ("sgd", "adam")
+SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
+WEIGHTINGS = ("num_examples", "uniform")
+
+
+def _require(condition: bool, field: str, allowed: str, value) -> None:
+  if not condition:
+    raise ValueError(f"{field} must be {allowed}, got {value!r}")
+
+
+def _one_of(field: str, value, allowed) -> None:
+  _require(value in allowed, field, "one of " + ", ".join(map(str, allowed)), value)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where the examples come from and how they are split into clients."""
+  source: str = "digits"            # an offline source or tfds:<name>
+  source_dir: str = ""              # folder of local files (fashion_mnist_idx, shakespeare, tfds)
+  coarse_labels: bool = False       # CIFAR-100's 20 super-classes
+  num_clients: int = 20
+  partition: str = "dirichlet"
+  alpha: float = 0.5                # Dirichlet concentration
+  min_examples: int = 10            # per client, for Dirichlet partitions
+  classes_per_client: int = 2       # shards
+  sigma: float = 1.0                # quantity skew (log-normal)
+  test_fraction: float = 0.2        # of each client's examples, held out as its own test split
+  synthetic_alpha: float = 1.0
+  synthetic_beta: float = 1.0
+  seed: int = 0
+
+  def __post_init__(self):
+    known = OFFLINE_SOURCES + tuple(f"tfds:{n}" for n in TFDS_DATASETS)
+    _require(self.source in known or self.source.startswith("tfds:emnist"), "data.source",
+             "one of " + ", ".join(known), self.source)
+    _require(self.num_clients >= 1, "data.num_clients", ">= 1", self.num_clients)
+    _one_of("data.partition", self.partition, PARTITIONS)
+    _require(self.alpha > 0 and math.isfinite(self.alpha), "data.alpha", "> 0", self.alpha)
+    _require(self.min_examples >= 1, "data.min_examples", ">= 1", self.min_examples)
+    _require(self.classes_per_client >= 1, "data.classes_per_client", ">= 1",
+             self.classes_per_client)
+    _require(self.sigma >= 0, "data.sigma", ">= 0", self.sigma)
+    _require(0 <= self.test_fraction < 1, "data.test_fraction", "in [0, 1)", self.test_fraction)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  name: str = "mlp"
+
+  def __post_init__(self):
+    _one_of("model.name", self.name, MODEL_NAMES)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalConfig:
+  """Client training: ``epochs`` passes over the client's data, or exactly ``steps`` if > 0."""
+  optimizer: str = "sgd"
+  learning_rate: float = 0.05
+  momentum: float = 0.0
+  epochs: int = 1
+  steps: int = 0
+  batch_size: int = 20
+
+  def __post_init__(self):
+    _one_of("local.optimizer", self.optimizer, CLIENT_OPTIMIZERS)
+    _require(self.learning_rate > 0, "local.learning_rate", "> 0", self.learning_rate)
+    _require(0 <= self.momentum < 1, "local.momentum", "in [0, 1)", self.momentum)
+    _require(self.epochs >= 1, "local.epochs", ">= 1", self.epochs)
+    _require(self.steps >= 0, "local.steps", ">= 0 (0: use local.epochs)", self.steps)
+    _require(self.batch_size >= 1, "local.batch_size", ">= 1", self.batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+  """The server optimizer applied to the negative mean client update (FedOpt)."""
+  optimizer: str = "sgd"
+  learning_rate: float = 1.0
+  momentum: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.99
+  eps: float = 1e-3
+
+  def __post_init__(self):
+    _one_of("server.optimizer", self.optimizer, SERVER_OPTIMIZERS)
+    _require(self.learning_rate > 0, "server.learning_rate", "> 0", self.learning_rate)
+    _require(0 <= self.momentum < 1, "server.momentum", "in [0, 1)", self.momentum)
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgorithmConfig:
+  name: str = "fedavg"
+  prox_mu: float = 0.0              # FedProx
+  weighting: str = "num_examples"   # aggregation weights
+
+  def __post_init__(self):
+    _one_of("algorithm.name", self.name, ALGORITHMS)
+    _require(self.prox_mu >= 0, "algorithm.prox_mu", ">= 0", self.prox_mu)
+    if self.name == "fedprox":
+      _require(self.prox_mu > 0, "algorithm.prox_mu", "> 0 for fedprox", self.prox_mu)
+    if self.name not in ("fedprox", "fedopt"):
+      _require(self.prox_mu == 0, "algorithm.prox_mu", f"0 for {self.name} (use fedprox)",
+               self.prox_mu)
+    _one_of("algorithm.weighting", self.weighting, WEIGHTINGS)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionConfig:
+  """How the cohort is executed. ``auto`` picks per backend and model (docs/architecture.md)."""
+  strategy: str = "auto"
+  chunk_size: int = 8
+  unroll: str = "auto"              # auto | scan | unroll
+
+  def __post_init__(self):
+    _one_of("execution.strategy", self.strategy, ("auto",) + STRATEGIES)
+    _require(self.chunk_size >= 1, "execution.chunk_size", ">= 1", self.chunk_size)
+    _one_of("execution.unroll", self.unroll, ("auto", "scan", "unroll"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  data: DataConfig = DataConfig()
+  model: ModelConfig = ModelConfig()
+  local: LocalConfig = LocalConfig()
+  server: ServerConfig = ServerConfig()
+  algorithm: AlgorithmConfig = AlgorithmConfig()
+  execution: ExecutionConfig = ExecutionConfig()
+  rounds: int = 20
+  cohort_size: int = 5
+  seed: int = 0
+  eval_every: int = 5
+  checkpoint_every: int = 10        # 0 disables checkpoints
+  out_dir: str = "runs/default"
+
+  def __post_init__(self):
+    _require(self.rounds >= 1, "rounds", ">= 1", self.rounds)
+    _require(self.cohort_size >= 1, "cohort_size", ">= 1", self.cohort_size)
+    _require(self.cohort_size <= self.data.num_clients, "cohort_size",
+             f"<= data.num_clients={self.data.num_clients}", self.cohort_size)
+    _require(self.eval_every >= 1, "eval_every", ">= 1", self.eval_every)
+    _require(self.checkpoint_every >= 0, "checkpoint_every", ">= 0", self.checkpoint_every)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def _build(cls, values: dict, prefix: str = ""):
+  hints = typing.get_type_hints(cls)
+  names = {f.name for f in dataclasses.fields(cls)}
+  kwargs = {}
+  for key, value in values.items():
+    field = f"{prefix}{key}"
+    if key not in names:
+      raise ValueError(f"{field} is not a config field; allowed: {', '.join(sorted(names))}")
+    hint = hints[key]
+    if dataclasses.is_dataclass(hint):
+      if not isinstance(value, dict):
+        raise ValueError(f"{field} must be a table of fields, got {value!r}")
+      kwargs[key] = _build(hint, value, f"{field}.")
+    else:
+      kwargs[key] = _coerce(field, hint, value)
+  return cls(**kwargs)
+
+
+def _coerce(field: str, hint, value):
+  if hint is bool:
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+      return value.lower() == "true"
+    if isinstance(value, bool):
+      return value
+  elif hint is int:
+    if isinstance(value, int) and not isinstance(value, bool):
+      return value
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+      return int(value)
+  elif hint is float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      return float(value)
+    if isinstance(value, str):
+      try:
+        return float(value)
+      except ValueError:
+        pass
+  elif hint is str:
+    return str(value)
+  raise ValueError(f"{field} must be of type {hint.__name__}, got {value!r}")
+
+
+def config_from_dict(values: dict) -> ExperimentConfig:
+  """Build and validate from nested dicts (unknown fields are errors)."""
+  return _build(ExperimentConfig, values)
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+  """``["local.epochs=2", "data.alpha=0.1"]`` applied to a nested dict (a new dict)."""
+  values = json.loads(json.dumps(values))
+  for override in overrides:
+    if "=" not in override:
+      raise ValueError(f"override {override!r} must look like section.field=value")
+    path, raw = override.split("=", 1)
+    *sections, leaf = path.strip().split(".")
+    node = values
+    for section in sections:
+      node = node.setdefault(section, {})
+      if not isinstance(node, dict):
+        raise ValueError(f"override {override!r}: {section} is not a section")
+    node[leaf] = raw
+  return values
+
+
+def load_config(path: str | None = None, overrides: list[str] = ()) -> ExperimentConfig:
+  """Read a ``.json`` or ``.toml`` config (or start from defaults), then apply overrides."""
+  values: dict = {}
+  if path:
+    text = pathlib.Path(path).read_text()
+    values = tomllib.loads(text) if path.endswith(".toml") else json.loads(text)
+  return config_from_dict(apply_overrides(values, list(overrides)))

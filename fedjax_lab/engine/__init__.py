@@ -1,0 +1,1 @@
+"""Local training, execution strategies over the client axis, and evaluation."""
