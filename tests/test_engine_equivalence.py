@@ -1,0 +1,88 @@
+"""The vmapped, chunked and looped engines against the plain reference loop, to 1e-5."""
+import chex
+import jax
+import numpy as np
+import optax
+import pytest
+
+import reference
+from fedjax_lab.algorithms import ClientSetup
+from fedjax_lab.algorithms.fedopt import fedopt
+from fedjax_lab.algorithms.scaffold import scaffold
+from fedjax_lab.engine.execution import Executor
+from fedjax_lab.engine.local import LocalSchedule
+from fedjax_lab.models import build_model
+
+LOCAL = dict(lr=0.1, momentum=0.5, batch_size=4, epochs=2)
+ROUNDS = 3
+COHORTS = [np.array([0, 1, 2, 3]), np.array([1, 3, 4, 5]), np.array([0, 2, 4, 5])]
+STRATEGY_CASES = [("vmap", False), ("chunked", False), ("loop", False), ("vmap", True)]
+
+
+def _setup(data, strategy, unroll):
+  model = build_model("mlp", 10)
+  return ClientSetup(model, data.train_x[0, :1],
+                     optax.sgd(LOCAL["lr"], momentum=LOCAL["momentum"]),
+                     LocalSchedule(LOCAL["batch_size"], data.max_examples, epochs=LOCAL["epochs"]),
+                     Executor(strategy, chunk_size=3), data.num_clients, unroll)
+
+
+def _reference_kwargs(data):
+  return dict(LOCAL, max_examples=data.max_examples)
+
+
+def _run(algorithm, data):
+  state = algorithm.init(jax.random.key(0))
+  round_fn = jax.jit(algorithm.round) if algorithm.jit_round else algorithm.round
+  for r in range(ROUNDS):
+    state, _ = round_fn(state, data.cohort(COHORTS[r]), jax.random.key(100 + r))
+  return state
+
+
+@pytest.fixture(scope="module")
+def reference_fedavg(tiny_federation):
+  out = {}
+  setup = _setup(tiny_federation, "vmap", False)
+  for mu in (0.0, 0.3):
+    params = setup.init_params(jax.random.key(0))
+    for r in range(ROUNDS):
+      params = reference.fedavg_round(setup.model.apply, params, tiny_federation.cohort(COHORTS[r]),
+                                      jax.random.key(100 + r), prox_mu=mu,
+                                      **_reference_kwargs(tiny_federation))
+    out[mu] = params
+  return out
+
+
+@pytest.mark.parametrize("strategy,unroll", STRATEGY_CASES)
+@pytest.mark.parametrize("mu", [0.0, 0.3], ids=["fedavg", "fedprox"])
+def test_fedavg_and_fedprox_match_reference(tiny_federation, reference_fedavg, strategy, unroll,
+                                            mu):
+  algorithm = fedopt(_setup(tiny_federation, strategy, unroll), optax.sgd(1.0), prox_mu=mu)
+  state = _run(algorithm, tiny_federation)
+  chex.assert_trees_all_close(state.params, reference_fedavg[mu], atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def reference_scaffold(tiny_federation):
+  setup = _setup(tiny_federation, "vmap", False)
+  params = setup.init_params(jax.random.key(0))
+  c = jax.tree.map(np.zeros_like, params)
+  controls = {k: c for k in range(tiny_federation.num_clients)}
+  for r in range(ROUNDS):
+    params, c, controls = reference.scaffold_round(
+        setup.model.apply, params, c, controls, tiny_federation.cohort(COHORTS[r]),
+        jax.random.key(100 + r), tiny_federation.num_clients, **_reference_kwargs(tiny_federation))
+  return params, c, controls
+
+
+@pytest.mark.parametrize("strategy,unroll", STRATEGY_CASES)
+def test_scaffold_matches_reference(tiny_federation, reference_scaffold, strategy, unroll):
+  algorithm = scaffold(_setup(tiny_federation, strategy, unroll),
+                       client_learning_rate=LOCAL["lr"])
+  state = _run(algorithm, tiny_federation)
+  params, c, controls = reference_scaffold
+  chex.assert_trees_all_close(state.params, params, atol=1e-5, rtol=1e-5)
+  chex.assert_trees_all_close(state.server_control, c, atol=1e-5, rtol=1e-5)
+  for k, control in controls.items():
+    chex.assert_trees_all_close(jax.tree.map(lambda l: l[k], state.client_controls), control,
+                                atol=1e-5, rtol=1e-5)
