@@ -1,0 +1,34 @@
+import chex
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_lab.ops.aggregate import tree_broadcast, tree_gather, tree_scatter, weighted_mean
+from fedjax_lab.ops.communication import tree_bytes
+
+
+def test_weighted_mean_formula():
+  stacked = {"w": jnp.array([[1.0, 2.0], [3.0, 6.0]]), "b": jnp.array([0.0, 4.0])}
+  out = weighted_mean(stacked, jnp.array([1.0, 3.0]))
+  chex.assert_trees_all_close(out, {"w": jnp.array([2.5, 5.0]), "b": jnp.array(3.0)})
+  zero = weighted_mean(stacked, jnp.zeros(2))
+  chex.assert_tree_all_finite(zero)
+
+
+def test_gather_scatter_roundtrip():
+  tree = {"a": jnp.arange(12.0).reshape(4, 3)}
+  rows = tree_gather(tree, jnp.array([2, 0]))
+  np.testing.assert_array_equal(rows["a"], [[6, 7, 8], [0, 1, 2]])
+  updated = tree_scatter(tree, jnp.array([2, 0]), jax_neg(rows))
+  np.testing.assert_array_equal(updated["a"][jnp.array([2, 0])], -rows["a"])
+  np.testing.assert_array_equal(updated["a"][jnp.array([1, 3])], tree["a"][jnp.array([1, 3])])
+  chex.assert_shape(tree_broadcast({"x": jnp.ones((2, 3))}, 5)["x"], (5, 2, 3))
+
+
+def jax_neg(tree):
+  return {k: -v for k, v in tree.items()}
+
+
+def test_tree_bytes_counts_dtype_sizes():
+  tree = {"w": jnp.zeros((10, 3), jnp.float32), "i": jnp.zeros(4, jnp.int8),
+          "h": jnp.zeros((2, 2), jnp.bfloat16)}
+  assert tree_bytes(tree) == 120 + 4 + 8
