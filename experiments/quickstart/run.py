@@ -32,11 +32,11 @@ def plot_comparison(results: dict, path: pathlib.Path, title: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-  for name, result in results.items():
+  for index, (name, result) in enumerate(results.items()):
     for ax, key in zip(axes, ("global_accuracy", "client_accuracy_mean")):
       points = [(r["round"], r[key]) for r in result.metrics if key in r]
       if points:
-        ax.plot(*zip(*points), label=name)
+        ax.plot(*zip(*points), label=name, color=f"C{index}")
   axes[0].set_title("global model, pooled test set", fontsize=9)
   axes[1].set_title("each client's model, own test split (mean)", fontsize=9)
   for ax in axes:
