@@ -28,8 +28,8 @@ class DecoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     mask = nn.make_causal_mask(jnp.ones(x.shape[:2], jnp.int32))
-    x = x + nn.SelfAttention(self.num_heads, name="attention")(nn.LayerNorm(name="norm0")(x),
-                                                               mask=mask)
+    normed = nn.LayerNorm(name="norm0")(x)
+    x = x + nn.MultiHeadDotProductAttention(self.num_heads, name="attention")(normed, mask=mask)
     y = nn.Dense(self.mlp_ratio * x.shape[-1], name="mlp_in")(nn.LayerNorm(name="norm1")(x))
     return x + nn.Dense(x.shape[-1], name="mlp_out")(nn.gelu(y))
 
