@@ -14,7 +14,8 @@ from fedjax_lab.engine.execution import STRATEGIES
 from fedjax_lab.models import MODEL_NAMES
 
 PARTITIONS = ("iid", "dirichlet", "dirichlet_capped", "shards", "quantity_skew", "natural")
-ALGORITHMS = ("fedavg", "fedprox", "fedopt", "scaffold", "local", "centralized")
+ALGORITHMS = ("fedavg", "fedprox", "fedopt", "scaffold", "local", "centralized", "fedmr")
+RECOMBINATION_GRANULARITIES = ("leaf", "layer", "block")
 CLIENT_OPTIMIZERS = ("sgd", "adam")
 SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
 WEIGHTINGS = ("num_examples", "uniform")
@@ -104,10 +105,26 @@ class ServerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class FedMRConfig:
+  """FedMR (layer-wise model recombination); the slot count is ``cohort_size``."""
+  first_stage_rounds: int = 0       # rounds of unweighted FedAvg before recombination starts
+  granularity: str = "leaf"         # leaf (official code) | layer (paper) | block (ablation)
+  block_fraction: float = 0.0       # FedMR_Partition(p): leaves per block = ceil(p * leaves)
+
+  def __post_init__(self):
+    _require(self.first_stage_rounds >= 0, "algorithm.fedmr.first_stage_rounds", ">= 0",
+             self.first_stage_rounds)
+    _one_of("algorithm.fedmr.granularity", self.granularity, RECOMBINATION_GRANULARITIES)
+    _require(0 <= self.block_fraction <= 1, "algorithm.fedmr.block_fraction", "in [0, 1]",
+             self.block_fraction)
+
+
+@dataclasses.dataclass(frozen=True)
 class AlgorithmConfig:
   name: str = "fedavg"
   prox_mu: float = 0.0              # FedProx
   weighting: str = "num_examples"   # aggregation weights
+  fedmr: FedMRConfig = FedMRConfig()
 
   def __post_init__(self):
     _one_of("algorithm.name", self.name, ALGORITHMS)

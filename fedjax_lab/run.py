@@ -197,13 +197,14 @@ def run(config: ExperimentConfig, *, resume: bool = False, progress: bool = True
     cohort = train_data.cohort(_cohort_ids(config.seed, round_index, train_data.num_clients,
                                            cohort_size))
     state, round_metrics = round_fn(state, cohort, jax.random.fold_in(rounds_key, round_index))
-    train_loss = float(round_metrics["train_loss"])
+    round_metrics = {name: float(value) for name, value in round_metrics.items()}
+    train_loss = round_metrics["train_loss"]
     if not math.isfinite(train_loss):
       last = manager.latest_step() if manager else None
       raise TrainingDivergedError(
           f"round {round_index + 1}: training loss is {train_loss}; stopped without saving "
           f"this state (last good checkpoint: round {last}). Lower local.learning_rate?")
-    row = {"round": round_index + 1, "train_loss": train_loss,
+    row = {"round": round_index + 1, **round_metrics,
            "bytes_down": algorithm.bytes_down * cohort_size,
            "bytes_up": algorithm.bytes_up * cohort_size,
            "round_seconds": time.perf_counter() - tick}

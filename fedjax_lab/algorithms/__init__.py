@@ -4,6 +4,7 @@ from __future__ import annotations
 import optax
 
 from fedjax_lab.algorithms.base import Algorithm, ClientSetup
+from fedjax_lab.algorithms.fedmr import fedmr
 from fedjax_lab.algorithms.fedopt import fedopt
 from fedjax_lab.algorithms.local_only import local_only
 from fedjax_lab.algorithms.scaffold import scaffold
@@ -40,6 +41,10 @@ def build_algorithm(config, setup: ClientSetup) -> Algorithm:
                     weighting=config.algorithm.weighting)
   if name == "local":
     return local_only(setup)
+  if name == "fedmr":
+    options = config.algorithm.fedmr
+    return fedmr(setup, config.cohort_size, first_stage_rounds=options.first_stage_rounds,
+                 granularity=options.granularity, block_fraction=options.block_fraction)
   s = config.server
   return fedopt(setup, server_optimizer(s.optimizer, s.learning_rate, s.momentum, s.b1, s.b2,
                                         s.eps),
