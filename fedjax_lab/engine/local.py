@@ -7,7 +7,10 @@ epoch ``e = s // b(n)`` and batch ``j = s % b(n)``. Epoch ``e``'s order is a per
 ``j*B .. j*B+B-1`` of it, the last batch of an epoch keeping only the real ones (as a PyTorch
 DataLoader with ``drop_last=False``). The client runs ``E * b(n)`` steps (``epochs`` mode) or
 ``S`` steps (``steps`` mode). Steps past that (the padding up to the federation-wide maximum
-that keeps shapes static) leave the parameters and the optimizer state untouched.
+that keeps shapes static) are computed and then discarded by a select: the parameters and the
+optimizer state stay untouched. (A ``lax.cond`` would skip them outside ``vmap``, but on XLA:CPU
+a convolution inside a conditional ran 4.5x slower than the select's wasted steps cost: FEMNIST
+CNN, batch 50, 72 ms against 17 ms per step.)
 """
 from __future__ import annotations
 
@@ -110,20 +113,13 @@ def make_local_trainer(objective: Objective, optimizer: optax.GradientTransforma
 
     def step(carry, step_index):
       params, opt_state, loss_sum = carry
-
-      def update(operands):
-        params, opt_state = operands
-        indices, mask = batch_indices(orders, num_examples, step_index, schedule)
-        loss, grads = grad_fn(params, x[indices], y[indices], mask, context)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-      def skip(operands):
-        return operands + (jnp.zeros((), jnp.float32),)
-
-      params, opt_state, loss = jax.lax.cond(step_index < total_steps, update, skip,
-                                             (params, opt_state))
-      return (params, opt_state, loss_sum + loss), None
+      indices, mask = batch_indices(orders, num_examples, step_index, schedule)
+      loss, grads = grad_fn(params, x[indices], y[indices], mask, context)
+      updates, new_opt_state = optimizer.update(grads, opt_state, params)
+      active = step_index < total_steps
+      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)
+      return (keep(optax.apply_updates(params, updates), params), keep(new_opt_state, opt_state),
+              loss_sum + jnp.where(active, loss, 0.0)), None
 
     carry = (params, optimizer.init(params), jnp.zeros((), jnp.float32))
     (params, _, loss_sum), _ = jax.lax.scan(step, carry, jnp.arange(schedule.max_steps),
