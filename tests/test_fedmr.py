@@ -65,7 +65,7 @@ def test_recombination_mixes_slots_and_keeps_their_mean(tiny_federation):
       chex.assert_trees_all_close(jax.tree.map(lambda l: l[i], new_state.slots[layer]),
                                   jax.tree.map(lambda l: l[j], trained[layer]))
   assert len({tuple(v) for v in sources.values()}) > 1
-  assert 0.0 < float(metrics["slot_cosine_similarity"]) < 1.0
+  assert 0.0 < float(metrics["client_cosine_similarity"]) < 1.0
 
 
 def test_fedmr_learns_non_iid_digits_through_the_runner(tmp_path):
@@ -77,7 +77,7 @@ def test_fedmr_learns_non_iid_digits_through_the_runner(tmp_path):
       rounds=30, cohort_size=10, eval_every=10, checkpoint_every=0, out_dir=str(tmp_path))
   metrics = run(config, progress=False).metrics
   assert metrics[-1]["global_accuracy"] > 0.7
-  first_stage = [m["slot_cosine_similarity"] for m in metrics[:5]]
-  recombining = [m["slot_cosine_similarity"] for m in metrics[-5:]]
+  first_stage = [m["client_cosine_similarity"] for m in metrics[:5]]
+  recombining = [m["client_cosine_similarity"] for m in metrics[-5:]]
   # trained slots start from one model in the first stage; recombined slots drift apart
   assert np.mean(recombining) < np.mean(first_stage)

@@ -4,8 +4,9 @@ The server keeps ``m`` model slots (``m`` = cohort size). Each round the ``i``-t
 client trains slot ``i`` (slots are not tied to clients) with a fresh optimizer; the global
 model is the unweighted slot mean (evaluation only); then, from round ``first_stage_rounds``
 on, the slots are recombined unit by unit (``ops.recombine``); before it, every slot is reset
-to the mean (unweighted FedAvg, the two-stage scheme). ``slot_cosine_similarity`` is the mean
-pairwise cosine similarity of the trained slots (the paper's weight-divergence plot).
+to the mean (unweighted FedAvg, the two-stage scheme). ``client_cosine_similarity`` is the mean
+pairwise cosine similarity of the trained slots (the paper's weight-divergence plot; FedAvg,
+FedProx and SCAFFOLD log the same for their trained client models).
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def fedmr(setup: ClientSetup, num_slots: int, *, first_stage_rounds: int = 0,
                                            units))
     metrics = {"train_loss": weighted_mean(result.mean_loss, client_weights(cohort,
                                                                             "num_examples")),
-               "slot_cosine_similarity": mean_pairwise_cosine(trained)}
+               "client_cosine_similarity": mean_pairwise_cosine(trained)}
     return FedMRState(slots, state.round + 1), metrics
 
   model_bytes = tree_bytes(one_model)

@@ -16,6 +16,7 @@ from flax import struct
 from fedjax_lab.algorithms.base import (Algorithm, ClientSetup, client_weights, round_keys)
 from fedjax_lab.ops.aggregate import weighted_mean
 from fedjax_lab.ops.communication import tree_bytes
+from fedjax_lab.ops.recombine import mean_pairwise_cosine
 
 
 @struct.dataclass
@@ -50,7 +51,8 @@ def fedopt(setup: ClientSetup, server_optimizer: optax.GradientTransformation, *
                                    weighted_mean(client_params, weights))
     updates, opt_state = server_optimizer.update(pseudo_gradient, state.server_opt_state,
                                                  state.params)
-    metrics = {"train_loss": weighted_mean(result.mean_loss, weights)}
+    metrics = {"train_loss": weighted_mean(result.mean_loss, weights),
+               "client_cosine_similarity": mean_pairwise_cosine(client_params)}
     return FedOptState(optax.apply_updates(state.params, updates), opt_state), metrics
 
   model_bytes = tree_bytes(jax.eval_shape(setup.init_params, jax.random.key(0)))

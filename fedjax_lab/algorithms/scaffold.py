@@ -14,6 +14,7 @@ from flax import struct
 from fedjax_lab.algorithms.base import Algorithm, ClientSetup, client_weights, round_keys
 from fedjax_lab.ops.aggregate import tree_gather, tree_scatter, weighted_mean, tree_broadcast
 from fedjax_lab.ops.communication import tree_bytes
+from fedjax_lab.ops.recombine import mean_pairwise_cosine
 
 
 @struct.dataclass
@@ -62,7 +63,8 @@ def scaffold(setup: ClientSetup, *, client_learning_rate: float, server_learning
                                   control_delta)
     state = ScaffoldState(params, server_control,
                           tree_scatter(state.client_controls, cohort.client_ids, new_controls))
-    return state, {"train_loss": weighted_mean(result.mean_loss, weights)}
+    return state, {"train_loss": weighted_mean(result.mean_loss, weights),
+                   "client_cosine_similarity": mean_pairwise_cosine(client_params)}
 
   model_bytes = tree_bytes(jax.eval_shape(setup.init_params, jax.random.key(0)))
   return Algorithm(init, round_fn, global_params=lambda state: state.params,

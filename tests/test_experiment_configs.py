@@ -1,0 +1,14 @@
+"""Every experiment config in the repository loads and validates."""
+import pathlib
+
+import pytest
+
+from fedjax_lab.config import load_config
+
+CONFIGS = sorted((pathlib.Path(__file__).parent.parent / "experiments").rglob("*.json"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[2])))
+def test_config_is_valid(path):
+  config = load_config(str(path))
+  assert config.rounds >= 1
