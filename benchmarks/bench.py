@@ -1,0 +1,183 @@
+"""Round-speed benchmark: every execution strategy against the sequential per-client loop.
+
+  python benchmarks/bench.py                          # the default matrix, a table at the end
+  python benchmarks/bench.py --models mlp --cohorts 10 100 --strategies vmap chunked loop
+
+FedAvg rounds of ``--steps`` local SGD steps of batch ``--batch`` per client on synthetic data
+(200 examples per client, as in issue 3's measurements). Each cell runs in its own process so
+that peak memory (max RSS) and compilations are its own. Per cell: seconds per round (median),
+client updates and examples per second, achieved GFLOP/s (XLA's cost analysis of one training
+step x steps x cohort) and its fraction of the float32 matmul peak measured in the same run,
+compile time (first round minus the median), compilations after the first round, peak RSS.
+``loop`` (a jitted per-client update driven from Python) is the sequential baseline: the
+``speedup`` column is its seconds per round over the cell's.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import pathlib
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+MODELS = {"mlp": ((28, 28, 1), 10), "fedavg_cnn": ((28, 28, 1), 62),
+          "cifar_cnn": ((32, 32, 3), 10), "resnet20": ((32, 32, 3), 10)}
+EXAMPLES_PER_CLIENT = 200
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
+  import jax
+  import jax.numpy as jnp
+  a = jnp.ones((size, size), jnp.float32)
+  product = jax.jit(lambda x: x @ x)
+  product(a).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    product(a).block_until_ready()
+  return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def run_cell(model_name: str, cohort: int, strategy: str, steps: int, batch: int, rounds: int,
+             unroll: str) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+  from jax import monitoring
+
+  from fedjax_lab.algorithms import ClientSetup
+  from fedjax_lab.algorithms.fedopt import fedopt
+  from fedjax_lab.data import FederatedData
+  from fedjax_lab.data.sources import Dataset
+  from fedjax_lab.engine.execution import Executor
+  from fedjax_lab.engine.local import LocalSchedule
+  from fedjax_lab.models import build_model
+
+  compiles = []
+  monitoring.register_event_duration_secs_listener(
+      lambda name, *a, **k: compiles.append(1)
+      if name == "/jax/core/compile/backend_compile_duration" else None)
+  shape, num_classes = MODELS[model_name]
+  rng = np.random.default_rng(0)
+  total = cohort * EXAMPLES_PER_CLIENT
+  dataset = Dataset(rng.random((total,) + shape, np.float32),
+                    rng.integers(0, num_classes, total).astype(np.int32),
+                    np.zeros((1,) + shape, np.float32), np.zeros(1, np.int32), num_classes)
+  clients = np.split(np.arange(total), cohort)
+  data = FederatedData.from_indices(dataset, clients, [np.array([], np.int64)] * cohort)
+  model = build_model(model_name, num_classes)
+  use_unroll = unroll == "unroll" or (unroll == "auto" and model.has_conv)
+  setup = ClientSetup(model, data.train_x[0, :1], optax.sgd(0.01),
+                      LocalSchedule(batch, data.max_examples, steps=steps),
+                      Executor(strategy, chunk_size=8), cohort, use_unroll)
+  algorithm = fedopt(setup, optax.sgd(1.0))
+  round_fn = jax.jit(algorithm.round) if algorithm.jit_round else algorithm.round
+  state = algorithm.init(jax.random.key(0))
+  cohort_data = data.cohort(np.arange(cohort))
+  times = []
+  for r in range(rounds + 1):
+    if r == 1:
+      compiles_before = len(compiles)
+    start = time.perf_counter()
+    state, metrics = round_fn(state, cohort_data, jax.random.key(r))
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - start)
+  seconds = float(np.median(times[1:]))
+  recompiles = len(compiles) - compiles_before
+
+  params = setup.init_params(jax.random.key(0))
+  x, y = jnp.zeros((batch,) + shape), jnp.zeros(batch, jnp.int32)
+  loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x), y).mean()
+  cost = jax.jit(jax.grad(loss)).lower(params).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  flops_per_round = float(cost["flops"]) * steps * cohort
+  return {"model": model_name, "cohort": cohort, "strategy": strategy, "unroll": use_unroll,
+          "seconds_per_round": seconds, "client_updates_per_s": cohort / seconds,
+          "examples_per_s": cohort * steps * batch / seconds,
+          "gflops": flops_per_round / seconds / 1e9, "compile_s": times[0] - seconds,
+          "compiles_after_first_round": recompiles,
+          "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def markdown_table(rows: list[dict], peak: float) -> str:
+  header = ("| model | cohort | strategy | s/round | speedup vs loop | client upd/s | examples/s "
+            "| GFLOP/s | % of matmul peak | compile s | recompiles | peak RSS MiB |")
+  lines = [header, "|" + "---|" * 12]
+  for row in rows:
+    if "error" in row:
+      lines.append(f"| {row['model']} | {row['cohort']} | {row['strategy']} | failed: "
+                   f"{row['error'][:60]} |" + " |" * 8)
+      continue
+    lines.append(
+        f"| {row['model']} | {row['cohort']} | {row['strategy']} | "
+        f"{row['seconds_per_round']:.3f} | {row.get('speedup', float('nan')):.2f}x | "
+        f"{row['client_updates_per_s']:.1f} | {row['examples_per_s']:.0f} | {row['gflops']:.1f} | "
+        f"{100 * row['gflops'] / peak:.0f}% | {row['compile_s']:.1f} | "
+        f"{row['compiles_after_first_round']} | {row['peak_rss_mib']:.0f} |")
+  return "\n".join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--models", nargs="+", default=["mlp", "fedavg_cnn"], choices=MODELS)
+  parser.add_argument("--cohorts", nargs="+", type=int, default=[10, 100])
+  parser.add_argument("--strategies", nargs="+", default=["vmap", "chunked", "loop"])
+  parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--batch", type=int, default=20)
+  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--unroll", default="auto", choices=["auto", "scan", "unroll"])
+  parser.add_argument("--out", default="benchmarks/results")
+  parser.add_argument("--cell", nargs=3, metavar=("MODEL", "COHORT", "STRATEGY"),
+                      help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.cell:
+    model, cohort, strategy = args.cell
+    print(json.dumps(run_cell(model, int(cohort), strategy, args.steps, args.batch, args.rounds,
+                              args.unroll)))
+    return
+
+  import jax
+  peak = matmul_peak_gflops()
+  print(f"float32 matmul peak: {peak:.1f} GFLOP/s", flush=True)
+  rows = []
+  for model in args.models:
+    for cohort in args.cohorts:
+      cell_rows = []
+      for strategy in args.strategies:
+        command = [sys.executable, __file__, "--cell", model, str(cohort), strategy,
+                   "--steps", str(args.steps), "--batch", str(args.batch),
+                   "--rounds", str(args.rounds), "--unroll", args.unroll]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+          row = {"model": model, "cohort": cohort, "strategy": strategy,
+                 "error": done.stderr.strip().splitlines()[-1]}
+        else:
+          row = json.loads(done.stdout.strip().splitlines()[-1])
+        print(json.dumps(row), flush=True)
+        cell_rows.append(row)
+      baseline = next((r for r in cell_rows if r["strategy"] == "loop" and "error" not in r), None)
+      for row in cell_rows:
+        if baseline and "error" not in row:
+          row["speedup"] = baseline["seconds_per_round"] / row["seconds_per_round"]
+      rows.extend(cell_rows)
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  environment = {"date": datetime.date.today().isoformat(), "machine": platform.machine(),
+                 "cpus": __import__("os").cpu_count(), "backend": jax.default_backend(),
+                 "device": jax.devices()[0].device_kind, "jax": jax.__version__,
+                 "python": platform.python_version(), "matmul_peak_gflops": peak,
+                 "steps": args.steps, "batch": args.batch, "rounds": args.rounds}
+  (out / "results.json").write_text(json.dumps({"environment": environment, "rows": rows},
+                                               indent=2))
+  table = markdown_table(rows, peak)
+  (out / "results.md").write_text(f"{json.dumps(environment)}\n\n{table}\n")
+  print(table)
+
+
+if __name__ == "__main__":
+  main()
