@@ -14,7 +14,7 @@ import numpy as np
 
 from fedjax_lab import checkpoint
 from fedjax_lab.algorithms import ClientSetup, build_algorithm, client_optimizer
-from fedjax_lab.config import ExperimentConfig
+from fedjax_lab.config import DataConfig, ExperimentConfig
 from fedjax_lab.data import FederatedData, partition, sources
 from fedjax_lab.engine.evaluate import evaluate_clients, evaluate_pooled, summarize_clients
 from fedjax_lab.engine.execution import Executor
@@ -26,7 +26,7 @@ class TrainingDivergedError(RuntimeError):
   """The training loss became NaN or infinite; the run stopped before saving that state."""
 
 
-def load_dataset(data: "DataConfig") -> sources.Dataset:
+def load_dataset(data: DataConfig) -> sources.Dataset:
   if data.source == "digits":
     return sources.digits(data.seed)
   if data.source == "fashion_mnist_idx":
@@ -40,7 +40,7 @@ def load_dataset(data: "DataConfig") -> sources.Dataset:
                              coarse_labels=data.coarse_labels)
 
 
-def partition_dataset(data: "DataConfig", dataset: sources.Dataset) -> list[np.ndarray]:
+def partition_dataset(data: DataConfig, dataset: sources.Dataset) -> list[np.ndarray]:
   labels, seed = dataset.train_y, data.seed
   if data.partition == "iid":
     return partition.iid(len(labels), data.num_clients, seed)
@@ -65,7 +65,7 @@ def partition_dataset(data: "DataConfig", dataset: sources.Dataset) -> list[np.n
   return clients[:data.num_clients]
 
 
-def build_federation(data: "DataConfig") -> FederatedData:
+def build_federation(data: DataConfig) -> FederatedData:
   """Source, partition and per-client train/test split, as the config says."""
   dataset = load_dataset(data)
   train, test = partition.train_test_split(partition_dataset(data, dataset), data.test_fraction,

@@ -4,7 +4,7 @@ import struct
 import numpy as np
 import pytest
 
-from fedjax_lab.data import FederatedData, sources
+from fedjax_lab.data import sources
 
 
 def test_padding_cohort_and_counts(small_federation):

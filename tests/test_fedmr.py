@@ -1,10 +1,8 @@
-import dataclasses
 
 import chex
 import jax
 import numpy as np
 import optax
-import pytest
 
 from fedjax_lab import run
 from fedjax_lab.algorithms import ClientSetup

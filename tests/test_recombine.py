@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_lab.ops.recombine import mean_pairwise_cosine, recombination_units, recombine
+from fedjax_lab.ops.divergence import mean_pairwise_cosine
+from fedjax_lab.ops.recombine import recombination_units, recombine
 
 M = 5
 

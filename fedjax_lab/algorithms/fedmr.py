@@ -17,7 +17,8 @@ from flax import struct
 from fedjax_lab.algorithms.base import Algorithm, ClientSetup, client_weights, round_keys
 from fedjax_lab.ops.aggregate import tree_broadcast, weighted_mean
 from fedjax_lab.ops.communication import tree_bytes
-from fedjax_lab.ops.recombine import mean_pairwise_cosine, recombination_units, recombine
+from fedjax_lab.ops.divergence import mean_pairwise_cosine
+from fedjax_lab.ops.recombine import recombination_units, recombine
 
 
 RECOMBINE_STREAM = 0x5EC0  # fold_in constant: the recombination key, apart from training keys

@@ -5,7 +5,6 @@ gathers the cohort's models, trains them, and scatters them back.
 """
 from __future__ import annotations
 
-import jax
 from flax import struct
 
 from fedjax_lab.algorithms.base import Algorithm, ClientSetup, client_weights, round_keys

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 from flax import struct
 
 from fedjax_lab.algorithms.base import Algorithm, ClientSetup, client_weights, round_keys
-from fedjax_lab.ops.aggregate import tree_gather, tree_scatter, weighted_mean, tree_broadcast
+from fedjax_lab.ops.aggregate import tree_broadcast, tree_gather, tree_scatter, weighted_mean
 from fedjax_lab.ops.communication import tree_bytes
-from fedjax_lab.ops.recombine import mean_pairwise_cosine
+from fedjax_lab.ops.divergence import mean_pairwise_cosine
 
 
 @struct.dataclass

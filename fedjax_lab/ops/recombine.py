@@ -11,7 +11,6 @@ import math
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 
 GRANULARITIES = ("leaf", "layer", "block")
 
@@ -52,14 +51,3 @@ def recombine(key: jax.Array, stacked, units):
   permutations = jax.vmap(lambda k: jax.random.permutation(k, num_slots))(
       jax.random.split(key, num_units))
   return jax.tree.map(lambda leaf, unit: leaf[permutations[unit]], stacked, units)
-
-
-def mean_pairwise_cosine(stacked) -> jax.Array:
-  """Mean over slot pairs ``i != j`` of cos(theta_i, theta_j), the flattened models (the
-  weight-divergence diagnostic FedMR plots; 1 means identical directions)."""
-  flat = jnp.concatenate([leaf.reshape(leaf.shape[0], -1) for leaf in jax.tree.leaves(stacked)],
-                         axis=1)
-  unit = flat / jnp.maximum(jnp.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
-  gram = unit @ unit.T
-  m = gram.shape[0]
-  return (gram.sum() - jnp.trace(gram)) / max(m * (m - 1), 1)
