@@ -116,9 +116,9 @@ def main() -> None:
   (out_root / "summary.json").write_text(json.dumps({"rows": rows, **environment}, indent=2))
   (out_root / "summary.md").write_text(f"```\n{table}\n```\n\n{json.dumps(environment)}\n")
   plot_curves(curves, args.alphas, out_root / "accuracy.png", "global_accuracy",
-              "global accuracy (mean, min-max band over seeds)")
+              "global accuracy")
   plot_curves(curves, args.alphas, out_root / "divergence.png", "client_cosine_similarity",
-              "mean pairwise cosine of trained models")
+              "cosine of trained models")
   print(table)
   print(f"wall time {environment['wall_seconds']} s; wrote {out_root}/summary.md, summary.json, "
         "accuracy.png, divergence.png")
