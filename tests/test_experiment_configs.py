@@ -5,7 +5,9 @@ import pytest
 
 from fedjax_lab.config import load_config
 
-CONFIGS = sorted((pathlib.Path(__file__).parent.parent / "experiments").rglob("*.json"))
+CONFIGS = sorted(path for path in
+                 (pathlib.Path(__file__).parent.parent / "experiments").rglob("*.json")
+                 if "results" not in path.parts)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[2])))
