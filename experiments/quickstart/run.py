@@ -36,7 +36,7 @@ def plot_comparison(results: dict, path: pathlib.Path, title: str) -> None:
     for ax, key in zip(axes, ("global_accuracy", "client_accuracy_mean")):
       points = [(r["round"], r[key]) for r in result.metrics if key in r]
       if points:
-        ax.plot(*zip(*points), label=name, color=f"C{index}")
+        ax.plot(*zip(*points), label=name, color=f"C{index}", linestyle="--" if index % 2 else "-")
   axes[0].set_title("global model, pooled test set", fontsize=9)
   axes[1].set_title("each client's model, own test split (mean)", fontsize=9)
   for ax in axes:
