@@ -39,13 +39,14 @@ def final_accuracy(metrics: list[dict], last_evals: int = 3) -> float:
   return float(np.mean(values[-last_evals:]))
 
 
-def run_or_load(config, data) -> list[dict]:
+def run_or_load(config, data) -> tuple[list[dict], bool]:
+  """(metrics, whether they were read back from an earlier complete run)."""
   path = pathlib.Path(config.out_dir) / "metrics.jsonl"
   if path.exists():
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     if rows and rows[-1]["round"] == config.rounds:
-      return rows
-  return run(config, data=data, progress=False).metrics
+      return rows, True
+  return run(config, data=data, progress=False).metrics, False
 
 
 def plot_curves(curves: dict, alphas, path: pathlib.Path, key: str, ylabel: str) -> None:
@@ -86,7 +87,7 @@ def main() -> None:
   base = load_config(str(HERE / "reduced.json"), args.overrides)
   out_root = pathlib.Path(base.out_dir)
   started = time.perf_counter()
-  curves, rows = {}, []
+  curves, rows, loaded = {}, [], 0
   for alpha in args.alphas:
     for seed in args.seeds:
       data_config = dataclasses.replace(base.data, alpha=alpha, seed=seed)
@@ -96,7 +97,8 @@ def main() -> None:
             base, data=data_config, seed=seed, algorithm=ALGORITHMS[name](base),
             out_dir=str(out_root / f"alpha{alpha}" / f"seed{seed}" / name))
         tick = time.perf_counter()
-        metrics = run_or_load(config, data)
+        metrics, was_loaded = run_or_load(config, data)
+        loaded += was_loaded
         curves.setdefault((alpha, name), []).append(metrics)
         print(f"alpha={alpha} seed={seed} {name}: final acc {final_accuracy(metrics):.4f} "
               f"({time.perf_counter() - tick:.0f} s)", flush=True)
@@ -109,6 +111,7 @@ def main() -> None:
                               "seeds"])
   import jax
   environment = {"wall_seconds": round(time.perf_counter() - started, 1),
+                 "runs_read_back_not_rerun": loaded,
                  "machine": f"{platform.machine()}, {jax.device_count()} x "
                             f"{jax.devices()[0].device_kind}",
                  "python": platform.python_version(), "jax": jax.__version__,
