@@ -9,3 +9,4 @@ run layer       --algorithms fedmr --set algorithm.fedmr.granularity=layer
 run first_stage --algorithms fedmr --set algorithm.fedmr.first_stage_rounds=20
 run lr0.01      --algorithms fedmr fedavg --set local.learning_rate=0.01
 run rounds150   --algorithms fedmr fedavg --set rounds=150
+run femnist_cnn --algorithms fedmr fedavg --set model.name=femnist_cnn --set local.epochs=1 --set local.learning_rate=0.01 --set rounds=30
