@@ -9,12 +9,18 @@ import pathlib
 import tomllib
 import typing
 
+from fedjax_lab.data.groups import GROUP_SHIFTS
 from fedjax_lab.data.sources import OFFLINE_SOURCES, TFDS_DATASETS
 from fedjax_lab.engine.execution import STRATEGIES
 from fedjax_lab.models import MODEL_NAMES
+from fedjax_lab.ops.cluster import LINKAGES
+from fedjax_lab.ops.influence import INFLUENCE_KINDS
 
 PARTITIONS = ("iid", "dirichlet", "dirichlet_capped", "shards", "quantity_skew", "natural")
-ALGORITHMS = ("fedavg", "fedprox", "fedopt", "scaffold", "local", "centralized", "fedmr")
+PERSONALIZED_CLUSTERING = ("pfedlia", "oracle", "ifca", "cfl")   # need every client each round
+ALGORITHMS = ("fedavg", "fedprox", "fedopt", "scaffold", "local", "centralized",
+              "fedmr") + PERSONALIZED_CLUSTERING
+PFEDLIA_CLUSTERINGS = ("agglomerative", "spectral", "decentralized")
 RECOMBINATION_GRANULARITIES = ("leaf", "layer", "block")
 CLIENT_OPTIMIZERS = ("sgd", "adam")
 SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
@@ -45,6 +51,9 @@ class DataConfig:
   test_fraction: float = 0.2        # of each client's examples, held out as its own test split
   synthetic_alpha: float = 1.0
   synthetic_beta: float = 1.0
+  max_client_examples: int = 0      # > 0: keep at most this many examples per client
+  latent_groups: int = 0            # > 0: clients in this many groups, shifted by group_shift
+  group_shift: str = "label_permutation"   # label_permutation | rotation (data/groups.py)
   seed: int = 0
 
   def __post_init__(self):
@@ -59,6 +68,14 @@ class DataConfig:
              self.classes_per_client)
     _require(self.sigma >= 0, "data.sigma", ">= 0", self.sigma)
     _require(0 <= self.test_fraction < 1, "data.test_fraction", "in [0, 1)", self.test_fraction)
+    _require(self.max_client_examples >= 0, "data.max_client_examples", ">= 0 (0: no cap)",
+             self.max_client_examples)
+    _require(0 <= self.latent_groups <= self.num_clients, "data.latent_groups",
+             f"in [0, data.num_clients={self.num_clients}]", self.latent_groups)
+    _one_of("data.group_shift", self.group_shift, GROUP_SHIFTS)
+    if self.group_shift == "rotation":
+      _require(self.latent_groups <= 4, "data.latent_groups", "<= 4 with rotation (90-degree "
+               "turns)", self.latent_groups)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,11 +137,76 @@ class FedMRConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PFedLIAConfig:
+  """pFedLIA: warm-up, lazy-influence phase, clustering, per-cluster FedAvg (algorithms/pfedlia)."""
+  warmup_rounds: int = 5            # FedAvg rounds giving the shared start theta0 (0 allowed)
+  recluster_every: int = 0          # > 0: a new influence phase every this many rounds
+  validation_fraction: float = 0.2  # of each client's training examples, held out for scoring
+  influence: str = "loss"           # loss | accuracy | vote
+  vote_epsilon: float = 0.0         # > 0: randomized response on votes (eps-local DP)
+  clustering: str = "agglomerative" # agglomerative | spectral (central) | decentralized
+  linkage: str = "average"
+  num_clusters: int = 0             # 0: agglomerative stops at `threshold`; spectral needs > 0
+  threshold: float = 0.0            # merge while the linkage similarity is >= this
+  neighbours: str = "positive"      # decentralized collaborators: positive | top_k
+  top_k: int = 5
+  chunk_size: int = 16              # scorers per chunk of the N x N influence matrix
+
+  def __post_init__(self):
+    p = "algorithm.pfedlia."
+    _require(self.warmup_rounds >= 0, p + "warmup_rounds", ">= 0", self.warmup_rounds)
+    _require(self.recluster_every >= 0, p + "recluster_every", ">= 0", self.recluster_every)
+    _require(0 < self.validation_fraction < 1, p + "validation_fraction", "in (0, 1)",
+             self.validation_fraction)
+    _one_of(p + "influence", self.influence, INFLUENCE_KINDS)
+    _require(self.vote_epsilon >= 0, p + "vote_epsilon", ">= 0", self.vote_epsilon)
+    if self.vote_epsilon > 0:
+      _require(self.influence == "vote", p + "vote_epsilon", "0 unless influence='vote'",
+               self.vote_epsilon)
+    _one_of(p + "clustering", self.clustering, PFEDLIA_CLUSTERINGS)
+    _one_of(p + "linkage", self.linkage, LINKAGES)
+    _require(self.num_clusters >= 0, p + "num_clusters", ">= 0", self.num_clusters)
+    if self.clustering == "spectral":
+      _require(self.num_clusters >= 2, p + "num_clusters", ">= 2 for spectral clustering",
+               self.num_clusters)
+    _one_of(p + "neighbours", self.neighbours, ("positive", "top_k"))
+    _require(self.top_k >= 1, p + "top_k", ">= 1", self.top_k)
+    _require(self.chunk_size >= 1, p + "chunk_size", ">= 1", self.chunk_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class IFCAConfig:
+  """IFCA (Ghosh et al. 2020): k cluster models, each client joins the one of lowest loss."""
+  num_clusters: int = 4
+
+  def __post_init__(self):
+    _require(self.num_clusters >= 2, "algorithm.ifca.num_clusters", ">= 2", self.num_clusters)
+
+
+@dataclasses.dataclass(frozen=True)
+class CFLConfig:
+  """CFL (Sattler et al. 2020): split a cluster in two by the cosine similarity of its clients'
+  updates once ``||mean update|| < eps1`` while ``max ||update|| > eps2``. Both scale with the
+  learning rate and local steps: the defaults suit the MLP benchmark of experiments/pfedlia
+  (Sattler et al.'s 0.4 / 1.6 were for their models); `cfl` logs both norms every round."""
+  eps1: float = 0.12
+  eps2: float = 0.35
+
+  def __post_init__(self):
+    _require(self.eps1 > 0, "algorithm.cfl.eps1", "> 0", self.eps1)
+    _require(self.eps2 > 0, "algorithm.cfl.eps2", "> 0", self.eps2)
+
+
+@dataclasses.dataclass(frozen=True)
 class AlgorithmConfig:
   name: str = "fedavg"
   prox_mu: float = 0.0              # FedProx
   weighting: str = "num_examples"   # aggregation weights
+  finetune: bool = False            # personalized: evaluate each client's locally trained model
   fedmr: FedMRConfig = FedMRConfig()
+  pfedlia: PFedLIAConfig = PFedLIAConfig()
+  ifca: IFCAConfig = IFCAConfig()
+  cfl: CFLConfig = CFLConfig()
 
   def __post_init__(self):
     _one_of("algorithm.name", self.name, ALGORITHMS)
@@ -135,6 +217,10 @@ class AlgorithmConfig:
       _require(self.prox_mu == 0, "algorithm.prox_mu", f"0 for {self.name} (use fedprox)",
                self.prox_mu)
     _one_of("algorithm.weighting", self.weighting, WEIGHTINGS)
+    if self.finetune:
+      _require(self.name in PERSONALIZED_CLUSTERING, "algorithm.finetune",
+               f"false for {self.name} (it applies to {', '.join(PERSONALIZED_CLUSTERING)})",
+               self.finetune)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +258,10 @@ class ExperimentConfig:
              f"<= data.num_clients={self.data.num_clients}", self.cohort_size)
     _require(self.eval_every >= 1, "eval_every", ">= 1", self.eval_every)
     _require(self.checkpoint_every >= 0, "checkpoint_every", ">= 0", self.checkpoint_every)
+    if self.algorithm.name in PERSONALIZED_CLUSTERING:
+      _require(self.cohort_size == self.data.num_clients, "cohort_size",
+               f"data.num_clients={self.data.num_clients} for {self.algorithm.name} (every "
+               "client takes part in every round)", self.cohort_size)
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)

@@ -11,11 +11,12 @@ import time
 
 import jax
 import numpy as np
+from sklearn.metrics import adjusted_rand_score
 
 from fedjax_lab import checkpoint
 from fedjax_lab.algorithms import ClientSetup, build_algorithm, client_optimizer
 from fedjax_lab.config import DataConfig, ExperimentConfig
-from fedjax_lab.data import FederatedData, partition, sources
+from fedjax_lab.data import FederatedData, groups, partition, sources
 from fedjax_lab.engine.evaluate import evaluate_clients, evaluate_pooled, summarize_clients
 from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import LocalSchedule
@@ -68,15 +69,29 @@ def partition_dataset(data: DataConfig, dataset: sources.Dataset) -> list[np.nda
   if len(clients) < data.num_clients:
     raise ValueError(f"data.num_clients={data.num_clients} exceeds the {len(clients)} natural "
                      f"groups of {data.source}")
-  return clients[:data.num_clients]
+  if len(clients) == data.num_clients:
+    return clients
+  chosen = np.random.default_rng(data.seed).choice(len(clients), data.num_clients, replace=False)
+  return [clients[k] for k in np.sort(chosen)]
 
 
 def build_federation(data: DataConfig) -> FederatedData:
-  """Source, partition and per-client train/test split, as the config says."""
+  """Source, partition and per-client train/test split, as the config says; then the latent
+  group shift (``data.latent_groups``), or Shakespeare's genres as known client groups."""
   dataset = load_dataset(data)
-  train, test = partition.train_test_split(partition_dataset(data, dataset), data.test_fraction,
-                                           data.seed + 1)
-  return FederatedData.from_indices(dataset, train, test)
+  clients = partition_dataset(data, dataset)
+  if data.max_client_examples > 0:
+    clients = [indices[:data.max_client_examples] for indices in clients]
+  train, test = partition.train_test_split(clients, data.test_fraction, data.seed + 1)
+  federation = FederatedData.from_indices(dataset, train, test)
+  if data.latent_groups > 0:
+    return groups.shift_by_group(federation, groups.contiguous_groups(data.num_clients,
+                                                                      data.latent_groups),
+                                 data.group_shift, data.seed + 2)
+  if data.source == "shakespeare" and data.partition == "natural":
+    names = [dataset.group_names[dataset.train_groups[indices[0]]] for indices in clients]
+    return dataclasses.replace(federation, client_groups=groups.shakespeare_genres(names))
+  return federation
 
 
 def resolve_execution(config: ExperimentConfig, model: Model, max_steps: int) -> tuple[str, bool]:
@@ -160,6 +175,9 @@ def evaluate(config: ExperimentConfig, model: Model, algorithm, state,
                               data.test_num_examples, personal=personal,
                               chunk_size=config.execution.chunk_size)
   metrics.update(summarize_clients(accuracy))
+  if algorithm.client_clusters is not None and data.client_groups is not None:
+    metrics["cluster_ari"] = float(adjusted_rand_score(data.client_groups,
+                                                       np.asarray(algorithm.client_clusters(state))))
   return metrics
 
 
@@ -181,7 +199,7 @@ def run(config: ExperimentConfig, *, resume: bool = False, progress: bool = True
                                        config.local.momentum),
                       schedule, Executor(strategy, config.execution.chunk_size),
                       train_data.num_clients, unroll)
-  algorithm = build_algorithm(config, setup)
+  algorithm = build_algorithm(config, setup, train_data.client_groups)
   round_fn = jax.jit(algorithm.round) if algorithm.jit_round else algorithm.round
 
   out_dir = pathlib.Path(config.out_dir)

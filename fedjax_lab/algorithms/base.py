@@ -34,6 +34,8 @@ class Algorithm(NamedTuple):
   ``personal_params(state)`` stacks the model each client would use ``[num_clients, ...]``
   (None: every client uses the global model). ``bytes_down`` / ``bytes_up`` are the bytes one
   participating client receives / sends per round, counted from the payload pytrees.
+  ``client_clusters(state)`` (clustering algorithms only) gives each client's cluster label
+  ``[num_clients]``, for comparing with known groups.
   """
   init: Callable[[jax.Array], Any]
   round: Callable[[Any, Cohort, jax.Array], tuple[Any, dict]]
@@ -42,6 +44,7 @@ class Algorithm(NamedTuple):
   bytes_down: int
   bytes_up: int
   jit_round: bool
+  client_clusters: Optional[Callable[[Any], jax.Array]] = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -42,6 +42,7 @@ class FederatedData:
   global_test_x: np.ndarray
   global_test_y: np.ndarray
   num_classes: int
+  client_groups: np.ndarray | None = None   # [num_clients] true latent group, when known
 
   @classmethod
   def from_indices(cls, dataset: Dataset, train_indices: list[np.ndarray],
@@ -88,7 +89,7 @@ class FederatedData:
     return dataclasses.replace(
         self, train_x=x, train_y=y, train_num_examples=np.array([x.shape[1]], np.int32),
         test_x=self.test_x[tmask][None], test_y=self.test_y[tmask][None],
-        test_num_examples=np.array([int(tmask.sum())], np.int32))
+        test_num_examples=np.array([int(tmask.sum())], np.int32), client_groups=None)
 
   def label_histogram(self) -> np.ndarray:
     """``[num_clients, num_classes]`` counts of each training label per client."""

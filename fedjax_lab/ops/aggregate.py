@@ -26,3 +26,31 @@ def tree_gather(stacked, indices):
 def tree_scatter(stacked, indices, rows):
   """``stacked`` with rows ``indices`` replaced by ``rows`` (write a cohort's state back)."""
   return jax.tree.map(lambda leaf, new: leaf.at[indices].set(new), stacked, rows)
+
+
+def cluster_mean(stacked, weights: jax.Array, labels: jax.Array):
+  """Each client's cluster average, ``[clients, ...]``: row ``i`` is
+  ``sum_{j: c_j = c_i} w_j tree_j / sum_{j: c_j = c_i} w_j`` (segment sums over the client
+  axis; ``labels`` in ``[0, clients)``). A cluster whose weights are all zero gets zeros."""
+  num_clients = labels.shape[0]
+  weights = jnp.asarray(weights, jnp.float32)
+  totals = jax.ops.segment_sum(weights, labels, num_clients)
+  scale = weights / jnp.maximum(totals[labels], jnp.finfo(jnp.float32).tiny)
+
+  def leaf_mean(leaf):
+    sums = jax.ops.segment_sum(leaf * _expand(scale, leaf), labels, num_clients)
+    return sums[labels].astype(leaf.dtype)
+  return jax.tree.map(leaf_mean, stacked)
+
+
+def neighbourhood_mean(stacked, weights: jax.Array, adjacency: jax.Array):
+  """Row ``i``: ``sum_j A_ij w_j tree_j / sum_j A_ij w_j`` for a boolean ``adjacency [N, N]``
+  (each client's collaborators, itself included): row-normalized mixing weights."""
+  mixing = adjacency.astype(jnp.float32) * jnp.asarray(weights, jnp.float32)[None, :]
+  mixing = mixing / jnp.maximum(mixing.sum(1, keepdims=True), jnp.finfo(jnp.float32).tiny)
+  return jax.tree.map(lambda leaf: jnp.tensordot(mixing, leaf, axes=1).astype(leaf.dtype),
+                      stacked)
+
+
+def _expand(per_client: jax.Array, leaf: jax.Array) -> jax.Array:
+  return per_client.reshape(per_client.shape + (1,) * (leaf.ndim - 1))

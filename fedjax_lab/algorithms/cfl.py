@@ -1,0 +1,55 @@
+"""CFL: clustered federated learning (Sattler, Mueller and Samek, IEEE TNNLS 2020).
+
+Start with one cluster; each round every client trains from its cluster's model and the
+server averages within clusters (``clustered.py``). A cluster ``c`` is split when its clients
+have reached a stationary point of the joint objective but not of their own:
+``||sum_i n_i dtheta_i / sum_i n_i|| < eps1`` and ``max_i ||dtheta_i|| > eps2`` (with at least
+2 clients). At most one cluster (the one with the largest ``max_i ||dtheta_i||``) is split per
+round, into the optimal bipartition by complete-linkage clustering of the cosine similarities
+of its clients' updates ``dtheta_i``. The split round's averages use the new clusters.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from fedjax_lab.algorithms.base import ClientSetup
+from fedjax_lab.algorithms.clustered import (initial_state, personalized_algorithm,
+                                             train_clients)
+from fedjax_lab.ops.aggregate import cluster_mean
+from fedjax_lab.ops.cluster import agglomerative, count_clusters
+
+
+def cfl(setup: ClientSetup, *, eps1: float, eps2: float, weighting: str = "num_examples",
+        finetune: bool = False):
+  train_cohort = setup.cohort_trainer(None, params_axis=0, context_axis=None)
+  size = setup.num_clients
+
+  def round_fn(state, cohort, key):
+    trained, weights, metrics = train_clients(train_cohort, state.client_params, cohort, key,
+                                              weighting)
+    updates = jax.vmap(lambda new, old: ravel_pytree(new)[0] - ravel_pytree(old)[0])(
+        trained, state.client_params)                                   # [N, P]
+    labels = state.labels
+    totals = jax.ops.segment_sum(weights, labels, size)
+    mean_updates = jax.ops.segment_sum(updates * weights[:, None], labels, size) / jnp.maximum(
+        totals, 1e-12)[:, None]
+    mean_norm = jnp.linalg.norm(mean_updates, axis=1)                   # [N] per cluster label
+    client_norm = jnp.linalg.norm(updates, axis=1)
+    max_norm = jax.ops.segment_max(client_norm, labels, size)
+    cluster_size = jax.ops.segment_sum(jnp.ones(size), labels, size)
+    splittable = (mean_norm < eps1) & (max_norm > eps2) & (cluster_size >= 2)
+    target = jnp.argmax(jnp.where(splittable, max_norm, -jnp.inf))
+    unit = updates / jnp.maximum(client_norm, 1e-12)[:, None]
+    members = labels == target
+    halves = agglomerative(unit @ unit.T, num_clusters=2, linkage="complete", members=members)
+    labels = jnp.where(splittable.any() & members, halves, labels)
+    metrics.update(num_clusters=count_clusters(labels),
+                   max_cluster_mean_update_norm=jnp.max(jnp.where(cluster_size > 0, mean_norm, 0)),
+                   max_client_update_norm=jnp.max(client_norm))
+    return state.replace(client_params=cluster_mean(trained, weights, labels),
+                         trained_params=trained, labels=labels, round=state.round + 1), metrics
+
+  return personalized_algorithm(setup, lambda key: initial_state(setup, key), round_fn,
+                                finetune=finetune, jit_round=setup.executor.jit_round)

@@ -1,0 +1,79 @@
+"""Personalized FL by client clusters: the state and round shared by pFedLIA, CFL and the
+Oracle, and the Oracle itself (clusters = the true latent groups).
+
+Every client takes part in every round (cohort ``i`` is client ``i``). A round trains each
+client from its own start model and aggregates the trained models within each cluster
+(``ops.aggregate.cluster_mean``: ``theta_i <- sum_{j in c(i)} n_j theta_j / sum n_j``) or over
+each client's neighbourhood (``neighbourhood_mean``). A client's personal model is its cluster
+average, or with ``finetune`` its model after its latest local training.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from fedjax_lab.algorithms.base import Algorithm, ClientSetup, client_weights, round_keys
+from fedjax_lab.data import Cohort
+from fedjax_lab.ops.aggregate import cluster_mean, tree_broadcast, weighted_mean
+from fedjax_lab.ops.cluster import canonical_labels, count_clusters
+from fedjax_lab.ops.communication import tree_bytes
+
+
+@struct.dataclass
+class ClusteredState:
+  client_params: dict          # [N, ...] each client's start model: its cluster's average
+  trained_params: dict         # [N, ...] each client's model after its latest local training
+  labels: jax.Array            # [N] canonical cluster labels
+  adjacency: jax.Array         # [N, N] collaborators (decentralized pFedLIA only)
+  round: jax.Array             # rounds completed
+
+
+def initial_state(setup: ClientSetup, key: jax.Array) -> ClusteredState:
+  """One shared initialization, every client in cluster 0 and everyone's collaborator."""
+  params = tree_broadcast(setup.init_params(key), setup.num_clients)
+  size = setup.num_clients
+  return ClusteredState(params, params, jnp.zeros(size, jnp.int32), jnp.ones((size, size), bool),
+                        jnp.zeros((), jnp.int32))
+
+
+def train_clients(train_cohort: Callable, start_params, cohort: Cohort, key: jax.Array,
+                  weighting: str):
+  """Train every client from its row of ``start_params``: ``(trained, weights, metrics)``."""
+  trained, result = train_cohort(start_params, cohort.x, cohort.y, cohort.num_examples,
+                                 round_keys(key, cohort), None)
+  weights = client_weights(cohort, weighting)
+  return trained, weights, {"train_loss": weighted_mean(result.mean_loss, weights)}
+
+
+def personalized_algorithm(setup: ClientSetup, init, round_fn, *, finetune: bool,
+                           jit_round: bool) -> Algorithm:
+  """Wrap a clustered round into the ``Algorithm`` contract (no global model)."""
+  model_bytes = tree_bytes(jax.eval_shape(setup.init_params, jax.random.key(0)))
+  personal = ((lambda state: state.trained_params) if finetune
+              else (lambda state: state.client_params))
+  return Algorithm(init, round_fn, global_params=lambda state: None, personal_params=personal,
+                   bytes_down=model_bytes, bytes_up=model_bytes, jit_round=jit_round,
+                   client_clusters=lambda state: state.labels)
+
+
+def oracle(setup: ClientSetup, true_groups, *, weighting: str = "num_examples",
+           finetune: bool = False) -> Algorithm:
+  """FedAvg within each true group from the first round: the clustering upper reference."""
+  labels = canonical_labels(jnp.asarray(true_groups, jnp.int32))
+  train_cohort = setup.cohort_trainer(None, params_axis=0, context_axis=None)
+
+  def init(key):
+    return initial_state(setup, key).replace(labels=labels)
+
+  def round_fn(state, cohort, key):
+    trained, weights, metrics = train_clients(train_cohort, state.client_params, cohort, key,
+                                              weighting)
+    metrics["num_clusters"] = count_clusters(state.labels)
+    return state.replace(client_params=cluster_mean(trained, weights, state.labels),
+                         trained_params=trained, round=state.round + 1), metrics
+
+  return personalized_algorithm(setup, init, round_fn, finetune=finetune,
+                                jit_round=setup.executor.jit_round)

@@ -1,0 +1,69 @@
+"""IFCA: the Iterative Federated Clustering Algorithm (Ghosh et al., NeurIPS 2020), model
+averaging variant.
+
+The server keeps ``k`` cluster models, each from its own random initialization. Each round
+every client evaluates all ``k`` on its training data and joins the one of lowest loss,
+``c_i = argmin_c L_i(theta_c)``, trains it locally, and the server averages the trained models
+per cluster: ``theta_c <- sum_{i: c_i = c} n_i theta_i / sum n_i`` (a cluster nobody joined
+keeps its model). Each client's personal model is its cluster's model (or, with ``finetune``,
+its locally trained one). Every client downloads all ``k`` models.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from fedjax_lab.algorithms.base import Algorithm, ClientSetup
+from fedjax_lab.algorithms.clustered import train_clients
+from fedjax_lab.ops.aggregate import tree_gather
+from fedjax_lab.ops.cluster import canonical_labels, count_clusters
+from fedjax_lab.ops.communication import tree_bytes
+from fedjax_lab.ops.influence import masked_metrics
+
+
+@struct.dataclass
+class IFCAState:
+  cluster_params: dict         # [k, ...]
+  trained_params: dict         # [N, ...] each client's model after its latest local training
+  choices: jax.Array           # [N] the cluster each client joined last
+
+
+def ifca(setup: ClientSetup, num_clusters: int, *, weighting: str = "num_examples",
+         finetune: bool = False, chunk_size: int = 16) -> Algorithm:
+  train_cohort = setup.cohort_trainer(None, params_axis=0, context_axis=None)
+  metrics_fn = masked_metrics(setup.model.apply)
+
+  def init(key):
+    cluster_params = jax.vmap(setup.init_params)(jax.random.split(key, num_clusters))
+    choices = jnp.zeros(setup.num_clients, jnp.int32)
+    return IFCAState(cluster_params, tree_gather(cluster_params, choices), choices)
+
+  def round_fn(state, cohort, key):
+    def losses_of(args):
+      x, y, n = args
+      return jax.vmap(lambda p: metrics_fn(p, x, y, n)[0])(state.cluster_params)
+    losses = jax.lax.map(losses_of, (cohort.x, cohort.y, cohort.num_examples),
+                         batch_size=chunk_size)
+    choices = jnp.argmin(losses, axis=1).astype(jnp.int32)
+    trained, weights, metrics = train_clients(
+        train_cohort, tree_gather(state.cluster_params, choices), cohort, key, weighting)
+    totals = jax.ops.segment_sum(weights, choices, num_clusters)
+
+    def cluster_average(trained_leaf, old_leaf):
+      scaled = trained_leaf * weights.reshape((-1,) + (1,) * (trained_leaf.ndim - 1))
+      sums = jax.ops.segment_sum(scaled, choices, num_clusters)
+      shape = (-1,) + (1,) * (old_leaf.ndim - 1)
+      return jnp.where(totals.reshape(shape) > 0, sums / jnp.maximum(totals, 1e-12).reshape(shape),
+                       old_leaf).astype(old_leaf.dtype)
+    cluster_params = jax.tree.map(cluster_average, trained, state.cluster_params)
+    metrics["num_clusters"] = count_clusters(canonical_labels(choices))
+    return IFCAState(cluster_params, trained, choices), metrics
+
+  model_bytes = tree_bytes(jax.eval_shape(setup.init_params, jax.random.key(0)))
+  personal = ((lambda state: state.trained_params) if finetune
+              else (lambda state: tree_gather(state.cluster_params, state.choices)))
+  return Algorithm(init, round_fn, global_params=lambda state: None, personal_params=personal,
+                   bytes_down=num_clusters * model_bytes, bytes_up=model_bytes,
+                   jit_round=setup.executor.jit_round,
+                   client_clusters=lambda state: canonical_labels(state.choices))

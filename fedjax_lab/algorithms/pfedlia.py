@@ -1,0 +1,122 @@
+"""pFedLIA: personalized FL by clustering clients with a lazy influence approximation
+(arXiv 2505.02540). No official code is public; the choices the paper leaves open are settings
+(``config.PFedLIAConfig``) and are listed here.
+
+Rounds, every client taking part:
+
+1. Warm-up, ``warmup_rounds`` rounds: FedAvg; every client's start model is the global model
+   (``theta0``).
+2. Influence phase, the first round after the warm-up (and every ``recluster_every`` rounds if
+   set): each client holds out ``validation_fraction`` of its training examples, trains from
+   its start model on the rest, and scores every trained model on its held-out split
+   (``ops.influence``; from the shared ``theta0`` this is the lazy influence, on re-clustering
+   each scorer compares against its own current model). Central variants symmetrize the
+   ``N x N`` scores and cluster them (``agglomerative`` with ``num_clusters`` or a
+   ``threshold``, or ``spectral``); ``decentralized`` lets each client pick collaborators
+   (positive or top-k influence on it). The trained models are then aggregated by the new
+   clusters or neighbourhoods.
+3. Personalized rounds: local training from each client's start model, then FedAvg within
+   its cluster (segment sums) or over its neighbourhood (row-normalized weights).
+
+Phases are chosen on the host from ``state.round``; each phase is its own compiled program.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from fedjax_lab.algorithms.base import ClientSetup
+from fedjax_lab.algorithms.clustered import (ClusteredState, initial_state,
+                                             personalized_algorithm, train_clients)
+from fedjax_lab.ops.aggregate import (cluster_mean, neighbourhood_mean, tree_broadcast,
+                                      weighted_mean)
+from fedjax_lab.ops.cluster import (agglomerative, count_clusters, neighbourhood_labels,
+                                    neighbourhoods, spectral, symmetrize)
+from fedjax_lab.ops.influence import (drop_leading, influence_matrix, masked_metrics,
+                                      randomized_response, validation_sizes)
+
+RESPONSE_STREAM = 0x11A   # fold_in constant: randomized-response key
+SPECTRAL_STREAM = 0x5BE   # fold_in constant: k-means key
+
+
+def is_influence_round(round_index: int, warmup_rounds: int, recluster_every: int) -> bool:
+  since = round_index - warmup_rounds
+  return since == 0 or (since > 0 and recluster_every > 0 and since % recluster_every == 0)
+
+
+def pfedlia(setup: ClientSetup, options, *, weighting: str = "num_examples",
+            finetune: bool = False):
+  """``options``: a ``config.PFedLIAConfig``."""
+  train_cohort = setup.cohort_trainer(None, params_axis=0, context_axis=None)
+  metrics_fn = masked_metrics(setup.model.apply)
+  decentralized = options.clustering == "decentralized"
+  compile_phase = jax.jit if setup.executor.jit_round else (lambda fn: fn)
+
+  def aggregate(trained, weights, labels, adjacency):
+    if decentralized:
+      return neighbourhood_mean(trained, weights, adjacency)
+    return cluster_mean(trained, weights, labels)
+
+  def warmup(state: ClusteredState, cohort, key):
+    trained, weights, metrics = train_clients(train_cohort, state.client_params, cohort, key,
+                                              weighting)
+    global_params = tree_broadcast(weighted_mean(trained, weights), setup.num_clients)
+    return state.replace(client_params=global_params, trained_params=trained,
+                         round=state.round + 1), metrics
+
+  def influence_phase(state: ClusteredState, cohort, key):
+    held_out = validation_sizes(cohort.num_examples, options.validation_fraction)
+    fit_x = jax.vmap(drop_leading)(cohort.x, held_out)
+    fit_y = jax.vmap(drop_leading)(cohort.y, held_out)
+    fit_cohort = dataclasses.replace(cohort, x=fit_x, y=fit_y,
+                                     num_examples=cohort.num_examples - held_out)
+    trained, weights, metrics = train_clients(train_cohort, state.client_params, fit_cohort, key,
+                                              weighting)
+    influence = influence_matrix(metrics_fn, state.client_params, trained, cohort.x, cohort.y,
+                                 held_out, kind=options.influence, chunk_size=options.chunk_size)
+    if options.vote_epsilon > 0:
+      influence = randomized_response(jax.random.fold_in(key, RESPONSE_STREAM), influence,
+                                      options.vote_epsilon)
+    labels, adjacency = state.labels, state.adjacency
+    if decentralized:
+      adjacency = neighbourhoods(influence, rule=options.neighbours, top_k=options.top_k)
+      labels = neighbourhood_labels(adjacency)
+    elif options.clustering == "spectral":
+      labels = spectral(jax.random.fold_in(key, SPECTRAL_STREAM), symmetrize(influence),
+                        options.num_clusters)
+    else:
+      labels = agglomerative(symmetrize(influence), num_clusters=options.num_clusters,
+                             threshold=options.threshold, linkage=options.linkage)
+    metrics.update(influence_self_mean=jnp.mean(jnp.diag(influence)),
+                   influence_positive_fraction=jnp.mean(influence > 0),
+                   collaborators_mean=jnp.mean(adjacency.sum(1)))
+    return state.replace(client_params=aggregate(trained, weights, labels, adjacency),
+                         trained_params=trained, labels=labels, adjacency=adjacency,
+                         round=state.round + 1), metrics
+
+  def personalized(state: ClusteredState, cohort, key):
+    trained, weights, metrics = train_clients(train_cohort, state.client_params, cohort, key,
+                                              weighting)
+    return state.replace(client_params=aggregate(trained, weights, state.labels,
+                                                 state.adjacency),
+                         trained_params=trained, round=state.round + 1), metrics
+
+  phases = {name: compile_phase(fn) for name, fn in
+            (("warmup", warmup), ("influence", influence_phase), ("personalized", personalized))}
+
+  def round_fn(state: ClusteredState, cohort, key):
+    round_index = int(state.round)
+    if round_index < options.warmup_rounds:
+      phase = "warmup"
+    elif is_influence_round(round_index, options.warmup_rounds, options.recluster_every):
+      phase = "influence"
+    else:
+      phase = "personalized"
+    state, metrics = phases[phase](state, cohort, key)
+    metrics["num_clusters"] = count_clusters(state.labels)
+    return state, metrics
+
+  return personalized_algorithm(setup, lambda key: initial_state(setup, key), round_fn,
+                                finetune=finetune, jit_round=False)

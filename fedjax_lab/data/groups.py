@@ -1,0 +1,87 @@
+"""Federations whose clients fall into known latent groups (clustered / personalized FL).
+
+A group shift makes clients of different groups need different models even on the same
+inputs: ``label_permutation`` maps group ``g``'s labels through a fixed random permutation
+``pi_g`` (``pi_0`` is the identity), ``rotation`` turns group ``g``'s images by ``90 * g``
+degrees (at most 4 groups). The shift is applied to each client's train and test splits;
+the pooled global test set is left as it is. Shakespeare clients (play, character) group by
+the play's genre in the First Folio (comedy, history, tragedy; Pericles counted a comedy).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from fedjax_lab.data.federated import FederatedData
+
+GROUP_SHIFTS = ("label_permutation", "rotation")
+GENRES = ("comedy", "history", "tragedy")
+_PLAY_GENRES = {
+    "comedy": ("alls_well_that_ends_well", "as_you_like_it", "comedy_of_errors",
+               "loves_labours_lost", "measure_for_measure", "merchant_of_venice",
+               "merry_wives_of_windsor", "midsummer_nights_dream", "much_ado_about_nothing",
+               "taming_of_the_shrew", "tempest", "twelfth_night", "two_gentlemen_of_verona",
+               "winters_tale", "pericles"),
+    "history": ("henry_iv_part_1", "henry_iv_part_2", "henry_v", "henry_vi_part_1",
+                "henry_vi_part_2", "henry_vi_part_3", "henry_viii", "john", "richard_ii",
+                "richard_iii"),
+    "tragedy": ("antony_and_cleopatra", "coriolanus", "cymbeline", "hamlet", "julius_caesar",
+                "lear", "macbeth", "othello", "romeo_and_juliet", "timon_of_athens",
+                "tragedy_of_titus_andronicus", "troilus_and_cressida"),
+}
+PLAY_GENRE = {play: GENRES.index(genre) for genre, plays in _PLAY_GENRES.items()
+              for play in plays}
+
+
+def contiguous_groups(num_clients: int, num_groups: int) -> np.ndarray:
+  """``[num_clients]`` group ids: client ``k`` is in group ``k * G // N`` (sizes differ by <= 1)."""
+  return (np.arange(num_clients) * num_groups // num_clients).astype(np.int32)
+
+
+def label_permutations(num_groups: int, num_classes: int, seed: int) -> np.ndarray:
+  """``[G, num_classes]``: row 0 the identity, the others independent random permutations."""
+  rng = np.random.default_rng(seed)
+  rows = [np.arange(num_classes)] + [rng.permutation(num_classes) for _ in range(num_groups - 1)]
+  return np.stack(rows).astype(np.int32)
+
+
+def _rotate(images: np.ndarray, quarter_turns: int) -> np.ndarray:
+  """``[clients_examples, H, W, C]`` images turned by ``90 * quarter_turns`` degrees."""
+  return np.rot90(images, k=quarter_turns, axes=(-3, -2)).copy()
+
+
+def shift_by_group(data: FederatedData, groups: np.ndarray, kind: str,
+                   seed: int) -> FederatedData:
+  """``data`` with each client's train and test splits shifted by its group (module doc).
+
+  Padding rows are shifted too (they stay masked). Sets ``data.client_groups = groups``.
+  """
+  groups = np.asarray(groups, np.int32)
+  if groups.shape != (data.num_clients,):
+    raise ValueError(f"groups must have one id per client ({data.num_clients}), "
+                     f"got shape {groups.shape}")
+  train_x, test_x = data.train_x.copy(), data.test_x.copy()
+  train_y, test_y = data.train_y.copy(), data.test_y.copy()
+  num_groups = int(groups.max()) + 1
+  if kind == "label_permutation":
+    permutations = label_permutations(num_groups, data.num_classes, seed)
+    train_y = permutations[groups[:, None], train_y]
+    test_y = permutations[groups[:, None], test_y]
+  elif kind == "rotation":
+    if train_x.ndim != 5 or num_groups > 4:
+      raise ValueError("data.group_shift='rotation' needs image data [H, W, C] and at most "
+                       f"4 groups, got inputs of rank {train_x.ndim - 2} and {num_groups} groups")
+    for client, group in enumerate(groups):
+      train_x[client] = _rotate(train_x[client], int(group))
+      test_x[client] = _rotate(test_x[client], int(group))
+  else:
+    raise ValueError(f"data.group_shift={kind!r} is unknown; allowed: {', '.join(GROUP_SHIFTS)}")
+  return dataclasses.replace(data, train_x=train_x, train_y=train_y, test_x=test_x,
+                             test_y=test_y, client_groups=groups)
+
+
+def shakespeare_genres(client_group_names: list[str]) -> np.ndarray:
+  """Genre ids (``GENRES``) of clients named ``play/character``; -1 for a play not listed."""
+  return np.array([PLAY_GENRE.get(name.split("/")[0], -1) for name in client_group_names],
+                  np.int32)
