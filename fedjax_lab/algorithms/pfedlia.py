@@ -90,8 +90,9 @@ def pfedlia(setup: ClientSetup, options, *, weighting: str = "num_examples",
       labels = agglomerative(symmetrize(influence), num_clusters=options.num_clusters,
                              threshold=options.threshold, linkage=options.linkage)
     metrics.update(influence_self_mean=jnp.mean(jnp.diag(influence)),
-                   influence_positive_fraction=jnp.mean(influence > 0),
-                   collaborators_mean=jnp.mean(adjacency.sum(1)))
+                   influence_positive_fraction=jnp.mean(influence > 0))
+    if decentralized:
+      metrics["collaborators_mean"] = jnp.mean(adjacency.sum(1))
     return state.replace(client_params=aggregate(trained, weights, labels, adjacency),
                          trained_params=trained, labels=labels, adjacency=adjacency,
                          round=state.round + 1), metrics
