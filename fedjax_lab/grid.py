@@ -1,0 +1,84 @@
+"""Helpers for reproduction scripts (``experiments/<method>/reproduce.py``): run a grid of
+configs where finished runs are read back instead of rerun, summarize over seeds, record the
+environment, and plot mean curves with their min-max band."""
+from __future__ import annotations
+
+import json
+import pathlib
+import platform
+import time
+
+import numpy as np
+
+from fedjax_lab.cli import format_table
+from fedjax_lab.run import run
+
+
+def run_or_load(config, data) -> tuple[list[dict], bool]:
+  """(metrics, whether they were read back from an earlier complete run in ``out_dir``)."""
+  path = pathlib.Path(config.out_dir) / "metrics.jsonl"
+  if path.exists():
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    if rows and rows[-1]["round"] == config.rounds:
+      return rows, True
+  return run(config, data=data, progress=False).metrics, False
+
+
+def last_evaluations(metrics: list[dict], key: str, count: int = 3) -> float:
+  """Mean of ``key`` over the last ``count`` evaluations (smooths round-to-round noise)."""
+  values = [m[key] for m in metrics if key in m]
+  return float(np.mean(values[-count:])) if values else float("nan")
+
+
+def spread(values: list[float]) -> dict[str, float]:
+  """Mean, standard deviation, min and max over seeds."""
+  return {"mean": float(np.mean(values)), "std": float(np.std(values)),
+          "min": float(np.min(values)), "max": float(np.max(values))}
+
+
+def environment(started: float, runs_read_back: int, config) -> dict:
+  """Wall time, hardware and versions, saved beside every summary."""
+  import jax
+  return {"wall_seconds": round(time.perf_counter() - started, 1),
+          "runs_read_back_not_rerun": runs_read_back,
+          "machine": f"{platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}",
+          "python": platform.python_version(), "jax": jax.__version__,
+          "config": config.to_dict()}
+
+
+def write_summary(out_root: pathlib.Path, rows: list[dict], columns: list[str],
+                  env: dict) -> str:
+  """``summary.json`` and ``summary.md`` in ``out_root``; returns the printed table."""
+  table = format_table(rows, columns)
+  (out_root / "summary.json").write_text(json.dumps({"rows": rows, **env}, indent=2))
+  (out_root / "summary.md").write_text(f"```\n{table}\n```\n\n{json.dumps(env)}\n")
+  return table
+
+
+def plot_curves(curves: dict, panels: list, names: list[str], path: pathlib.Path, key: str,
+                ylabel: str, panel_title=str) -> None:
+  """One panel per entry of ``panels``; in each, per name, the mean of ``key`` over the runs
+  ``curves[(panel, name)]`` (lists of metric rows) with a min-max band."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+  for ax, panel in zip(axes[0], panels):
+    for index, name in enumerate(names):
+      series = [[(m["round"], m[key]) for m in rows if key in m]
+                for rows in curves.get((panel, name), [])]
+      series = [s for s in series if s]
+      if not series:
+        continue
+      rounds = [r for r, _ in series[0]]
+      values = np.array([[v for _, v in s] for s in series])
+      ax.plot(rounds, values.mean(0), color=f"C{index}", label=name)
+      ax.fill_between(rounds, values.min(0), values.max(0), color=f"C{index}", alpha=0.15)
+    ax.set_title(panel_title(panel), fontsize=9)
+    ax.set_xlabel("round")
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel(ylabel)
+  axes[0][-1].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
