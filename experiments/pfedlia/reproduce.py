@@ -4,7 +4,8 @@ Benchmarks (``benchmarks.json``, each a list of overrides of ``reduced.json``):
   permuted     Fashion-MNIST, 100 clients of 100 examples, 4 latent groups by label permutation
   rotated      the same clients, 4 groups by image rotation (0/90/180/270 degrees)
   dirichlet    Fashion-MNIST, 100 clients, Dirichlet(0.1) label skew (no true groups: no Oracle)
-  shakespeare  next-character prediction, 30 (play, character) clients, groups = play genre
+  shakespeare  next-character prediction (small Transformer), 30 (play, character) clients,
+               groups = play genre (comedy, history, tragedy)
 
 Algorithms: pFedLIA central (agglomerative, threshold 0: the number of clusters is not given)
 and decentralized (positive-influence neighbourhoods), Oracle (true groups), IFCA (k given),
