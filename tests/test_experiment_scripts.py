@@ -27,3 +27,18 @@ def test_fedmr_reproduction_script(tmp_path):
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert [row["algorithm"] for row in summary["rows"]] == ["fedmr", "fedavg"]
   assert (tmp_path / "divergence.png").exists()
+
+
+def test_pfedlia_reproduction_script(tmp_path):
+  tiny = ["data.source=digits", "data.num_clients=8", "cohort_size=8", "rounds=2",
+          "eval_every=1", "algorithm.pfedlia.warmup_rounds=1", f"out_dir={tmp_path}"]
+  overrides = [arg for item in tiny for arg in ("--set", item)]
+  done = subprocess.run([sys.executable, str(ROOT / "experiments/pfedlia/reproduce.py"),
+                         "--benchmarks", "permuted", "dirichlet", "--seeds", "0",
+                         "--algorithms", "pfedlia", "oracle", *overrides],
+                        capture_output=True, text=True, cwd=tmp_path)
+  assert done.returncode == 0, done.stderr[-2000:]
+  rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
+  assert [(r["benchmark"], r["algorithm"]) for r in rows] == [
+      ("permuted", "pfedlia"), ("permuted", "oracle"), ("dirichlet", "pfedlia")]
+  assert (tmp_path / "accuracy.png").exists()
