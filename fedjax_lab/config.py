@@ -18,8 +18,8 @@ from fedjax_lab.ops.influence import INFLUENCE_KINDS
 
 PARTITIONS = ("iid", "dirichlet", "dirichlet_capped", "shards", "quantity_skew", "natural")
 PERSONALIZED_CLUSTERING = ("pfedlia", "oracle", "ifca", "cfl")   # need every client each round
-ALGORITHMS = ("fedavg", "fedprox", "fedopt", "scaffold", "local", "centralized",
-              "fedmr") + PERSONALIZED_CLUSTERING
+ALGORITHMS = ("fedavg", "fedprox", "fedopt", "scaffold", "local", "centralized", "fedmr",
+              "fedsnd") + PERSONALIZED_CLUSTERING
 PFEDLIA_CLUSTERINGS = ("agglomerative", "spectral", "decentralized")
 RECOMBINATION_GRANULARITIES = ("leaf", "layer", "block")
 CLIENT_OPTIMIZERS = ("sgd", "adam")
@@ -198,6 +198,46 @@ class CFLConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class FedSNDConfig:
+  """FedSND (algorithms/fedsnd.py). Ablations: ``self_distill_weight = 0`` (noise distillation
+  only), ``noise_distill = false`` (self-distillation only)."""
+  self_distill_weight: float = 1.0  # lambda of the client's KL term (0: off)
+  temperature: float = 2.0          # client-side distillation temperature
+  teacher: str = "global"           # global (received model) | previous (own last model)
+  noise_distill: bool = True        # the server-side step
+  pseudo_per_client: int = 20       # pseudo-samples kept per client
+  noise_steps: int = 20             # input-gradient (Adam) steps per round
+  noise_learning_rate: float = 0.1
+  tv_weight: float = 0.0            # total-variation prior on image pseudo-samples
+  adaptive: bool = True             # keep pseudo-samples across rounds (else fresh noise)
+  distill_steps: int = 10           # server SGD steps per client model
+  distill_learning_rate: float = 0.01
+  distill_mode: str = "pairwise"    # pairwise | ensemble
+  server_temperature: float = 2.0
+
+  def __post_init__(self):
+    p = "algorithm.fedsnd."
+    _require(self.self_distill_weight >= 0, p + "self_distill_weight", ">= 0",
+             self.self_distill_weight)
+    _require(self.temperature > 0, p + "temperature", "> 0", self.temperature)
+    _one_of(p + "teacher", self.teacher, ("global", "previous"))
+    _require(self.pseudo_per_client >= 1, p + "pseudo_per_client", ">= 1",
+             self.pseudo_per_client)
+    _require(self.noise_steps >= 1, p + "noise_steps", ">= 1", self.noise_steps)
+    _require(self.noise_learning_rate > 0, p + "noise_learning_rate", "> 0",
+             self.noise_learning_rate)
+    _require(self.tv_weight >= 0, p + "tv_weight", ">= 0", self.tv_weight)
+    _require(self.distill_steps >= 1, p + "distill_steps", ">= 1", self.distill_steps)
+    _require(self.distill_learning_rate > 0, p + "distill_learning_rate", "> 0",
+             self.distill_learning_rate)
+    _one_of(p + "distill_mode", self.distill_mode, ("pairwise", "ensemble"))
+    _require(self.server_temperature > 0, p + "server_temperature", "> 0",
+             self.server_temperature)
+    _require(self.noise_distill or self.self_distill_weight > 0, p + "self_distill_weight",
+             "> 0 when noise_distill is false (otherwise this is FedAvg)", self.self_distill_weight)
+
+
+@dataclasses.dataclass(frozen=True)
 class AlgorithmConfig:
   name: str = "fedavg"
   prox_mu: float = 0.0              # FedProx
@@ -207,6 +247,7 @@ class AlgorithmConfig:
   pfedlia: PFedLIAConfig = PFedLIAConfig()
   ifca: IFCAConfig = IFCAConfig()
   cfl: CFLConfig = CFLConfig()
+  fedsnd: FedSNDConfig = FedSNDConfig()
 
   def __post_init__(self):
     _one_of("algorithm.name", self.name, ALGORITHMS)

@@ -8,6 +8,7 @@ from fedjax_lab.algorithms.cfl import cfl
 from fedjax_lab.algorithms.clustered import oracle
 from fedjax_lab.algorithms.fedmr import fedmr
 from fedjax_lab.algorithms.fedopt import fedopt
+from fedjax_lab.algorithms.fedsnd import fedsnd
 from fedjax_lab.algorithms.ifca import ifca
 from fedjax_lab.algorithms.local_only import local_only
 from fedjax_lab.algorithms.pfedlia import pfedlia
@@ -41,6 +42,8 @@ def build_algorithm(config, setup: ClientSetup, client_groups=None) -> Algorithm
   """
   name = config.algorithm.name
   options = config.algorithm
+  if name == "fedsnd":
+    return fedsnd(setup, options.fedsnd, weighting=options.weighting)
   if name == "pfedlia":
     return pfedlia(setup, options.pfedlia, weighting=options.weighting, finetune=options.finetune)
   if name == "oracle":

@@ -15,7 +15,7 @@ import optax
 
 from fedjax_lab.data import Cohort
 from fedjax_lab.engine.execution import Executor
-from fedjax_lab.engine.local import (LocalSchedule, cross_entropy_objective,
+from fedjax_lab.engine.local import (LocalSchedule, Objective, cross_entropy_objective,
                                      make_local_trainer)
 from fedjax_lab.models import Model
 
@@ -62,15 +62,16 @@ class ClientSetup:
     return self.model.init(key, self.sample_x)
 
   def cohort_trainer(self, regularizer: Optional[Regularizer], params_axis: Optional[int],
-                     context_axis: Optional[int]):
+                     context_axis: Optional[int], data_loss: Optional[Objective] = None):
     """``train(params, x, y, num_examples, keys, context) -> (client_params, LocalResult)``
-    over the cohort axis. ``params_axis``/``context_axis``: 0 if per client, None if shared."""
-    data_loss = cross_entropy_objective(self.model.apply)
+    over the cohort axis. ``params_axis``/``context_axis``: 0 if per client, None if shared.
+    The local objective is ``data_loss`` (default: cross-entropy) plus ``regularizer``."""
+    data_loss = data_loss or cross_entropy_objective(self.model.apply)
     if regularizer is None:
       objective = data_loss
     else:
       def objective(params, x, y, mask, context):
-        return data_loss(params, x, y, mask, None) + regularizer(params, context)
+        return data_loss(params, x, y, mask, context) + regularizer(params, context)
     train = make_local_trainer(objective, self.optimizer, self.schedule, self.unroll)
     return self.executor.map(train, (params_axis, 0, 0, 0, 0, context_axis))
 

@@ -1,0 +1,165 @@
+"""FedSND: server-side noise distillation plus client-side self-distillation (arXiv 2306.14443,
+"Federated Learning on Non-iid Data via Local and Global Distillation"). No official code is
+public; the choices the paper leaves open are settings (``config.FedSNDConfig``).
+
+Client side: local training on ``CE(f(x), y) + lambda * T^2 * KL(p_T(teacher(x)) ||
+p_T(f(x)))`` (``ops.distill``), the teacher being the model received this round (``global``,
+frozen) or the client's own model from its previous participation (``previous``: per-client
+state; the received model until a client has one).
+
+Server side, every round, for the cohort's trained models ``theta_1..theta_M``:
+1. each client ``k``'s pseudo-samples ``X_k`` (``P`` inputs, Gaussian noise at the start,
+   class-balanced labels) take ``noise_steps`` input-gradient steps so that ``theta_k``
+   classifies them as their labels (``ops.pseudo_samples``); ``adaptive`` keeps them across
+   rounds (refined by each new model), otherwise they restart from noise every round;
+2. every model ``theta_j`` takes ``distill_steps`` SGD steps on the pseudo-samples of the other
+   clients, towards their models' softened outputs (``pairwise``) or the ensemble of all other
+   models (``ensemble``; ``ops.distill.server_distillation_targets``);
+3. the distilled models are averaged with FedAvg weights.
+Input updates are mapped over clients and distillation over students with the setup's
+executor, inside the jitted round.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from fedjax_lab.algorithms.base import Algorithm, ClientSetup, client_weights, round_keys
+from fedjax_lab.engine.losses import masked_mean, per_example_cross_entropy
+from fedjax_lab.ops.aggregate import tree_gather, tree_scatter, weighted_mean
+from fedjax_lab.ops.communication import tree_bytes
+from fedjax_lab.ops.divergence import mean_pairwise_cosine
+from fedjax_lab.ops.distill import kl_distillation, per_example_kl, server_distillation_targets
+from fedjax_lab.ops.pseudo_samples import balanced_labels, refine_pseudo_samples
+
+NOISE_STREAM = 0x501   # fold_in constant: fresh pseudo-samples when not adaptive
+
+
+@struct.dataclass
+class FedSNDState:
+  params: dict
+  pseudo_x: jax.Array          # [num_clients, P, ...] each client's pseudo-samples
+  previous_params: Any         # [num_clients, ...] last local model (teacher='previous'), or ()
+  has_previous: jax.Array      # [num_clients] whether a client has trained before
+
+
+def self_distillation_objective(apply_fn, weight: float, temperature: float):
+  """``objective(params, x, y, mask, teacher_params)``: masked CE plus
+  ``weight * T^2 * KL(p_T(teacher) || p_T(student))`` on the same batch."""
+  def objective(params, x, y, mask, teacher_params):
+    logits = apply_fn(params, x)
+    loss = masked_mean(per_example_cross_entropy(logits, y), mask)
+    if weight == 0:
+      return loss
+    teacher_logits = jax.lax.stop_gradient(apply_fn(teacher_params, x))
+    return loss + weight * kl_distillation(logits, teacher_logits, temperature, mask)
+  return objective
+
+
+def noise_distillation(setup: ClientSetup, options, num_classes: int):
+  """The server step: ``step(trained [M, ...], pseudo_x [M, P, ...], weights [M]) ->
+  (distilled [M, ...], refined pseudo_x, metrics)`` (steps 1-2 of the module docstring)."""
+  apply_fn = setup.model.apply
+  labels = balanced_labels(options.pseudo_per_client, num_classes)
+  input_shape = setup.sample_x.shape[1:]
+
+  def refine_one(params, pseudo_x):
+    return refine_pseudo_samples(apply_fn, params, pseudo_x, labels, steps=options.noise_steps,
+                                 learning_rate=options.noise_learning_rate,
+                                 tv_weight=options.tv_weight)
+
+  def logits_on_all(params, all_pseudo_x):           # [M, P, ...] -> [M, P, C]
+    return jax.vmap(lambda x: apply_fn(params, x))(all_pseudo_x)
+
+  def distill_one(params, targets, sample_weights, all_pseudo_x):
+    """SGD on ``sum_k a_k mean_p T^2 KL(targets[k, p] || p_T(f(X_k, p))) / sum_k a_k``."""
+    flat_x = all_pseudo_x.reshape((-1,) + input_shape)
+    flat_targets = targets.reshape((flat_x.shape[0],) + targets.shape[-1:])
+    per_sample = jnp.repeat(sample_weights, options.pseudo_per_client)
+    per_sample = per_sample / jnp.maximum(per_sample.sum(), 1e-12)
+
+    def loss(p):
+      return (per_example_kl(apply_fn(p, flat_x), flat_targets, options.server_temperature)
+              * per_sample).sum()
+
+    def step(p, _):
+      value, grads = jax.value_and_grad(loss)(p)
+      return jax.tree.map(lambda w, g: w - options.distill_learning_rate * g, p, grads), value
+
+    params, losses = jax.lax.scan(step, params, None, length=options.distill_steps)
+    return params, (losses[0], loss(params))
+
+  refine_all = setup.executor.map(refine_one, (0, 0))
+  cross_logits = setup.executor.map(logits_on_all, (0, None))
+  distill_all = setup.executor.map(distill_one, (0, 0, 0, None))
+
+  def step(trained, pseudo_x, weights):
+    refined, noise_losses = refine_all(trained, pseudo_x)
+    logits = cross_logits(trained, refined)                         # [M(model), M(k), P, C]
+    targets, sample_weights = server_distillation_targets(
+        logits, weights, options.server_temperature, options.distill_mode)
+    distilled, (before, after) = distill_all(trained, targets, sample_weights, refined)
+    metrics = {"noise_loss_first_step": noise_losses[:, 0].mean(),
+               "noise_loss_last_step": noise_losses[:, -1].mean(),
+               "server_distill_loss_before": weighted_mean(before, weights),
+               "server_distill_loss_after": weighted_mean(after, weights)}
+    return distilled, refined, metrics
+  return step
+
+
+def fedsnd(setup: ClientSetup, options, *, weighting: str = "num_examples") -> Algorithm:
+  """``options``: a ``config.FedSNDConfig``."""
+  apply_fn = setup.model.apply
+  one_model = jax.eval_shape(setup.init_params, jax.random.key(0))
+  num_classes = jax.eval_shape(apply_fn, one_model, setup.sample_x).shape[-1]
+  input_shape = setup.sample_x.shape[1:]
+  per_client_teacher = options.teacher == "previous"
+  train_cohort = setup.cohort_trainer(
+      None, params_axis=None, context_axis=0 if per_client_teacher else None,
+      data_loss=self_distillation_objective(apply_fn, options.self_distill_weight,
+                                            options.temperature))
+  server_step = noise_distillation(setup, options, num_classes)
+
+  def init(key):
+    params_key, noise_key = jax.random.split(key)
+    params = setup.init_params(params_key)
+    pseudo_x = jax.random.normal(noise_key, (setup.num_clients, options.pseudo_per_client)
+                                 + input_shape, jnp.float32)
+    previous = jax.tree.map(lambda leaf: jnp.zeros((setup.num_clients,) + leaf.shape,
+                                                   leaf.dtype), params) if per_client_teacher else ()
+    return FedSNDState(params, pseudo_x, previous, jnp.zeros(setup.num_clients, bool))
+
+  def round_fn(state, cohort, key):
+    ids = cohort.client_ids
+    teacher = state.params
+    if per_client_teacher:
+      seen = state.has_previous[ids]
+      teacher = jax.tree.map(
+          lambda prev, glob: jnp.where(seen.reshape((-1,) + (1,) * glob.ndim), prev, glob),
+          tree_gather(state.previous_params, ids), state.params)
+    trained, result = train_cohort(state.params, cohort.x, cohort.y, cohort.num_examples,
+                                   round_keys(key, cohort), teacher)
+    weights = client_weights(cohort, weighting)
+    metrics = {"train_loss": weighted_mean(result.mean_loss, weights),
+               "client_cosine_similarity": mean_pairwise_cosine(trained)}
+    distilled, pseudo_x = trained, state.pseudo_x
+    if options.noise_distill:
+      start = state.pseudo_x[ids]
+      if not options.adaptive:
+        start = jax.random.normal(jax.random.fold_in(key, NOISE_STREAM), start.shape, start.dtype)
+      distilled, refined, server_metrics = server_step(trained, start, weights)
+      pseudo_x = state.pseudo_x.at[ids].set(refined)
+      metrics.update(server_metrics)
+    previous = state.previous_params
+    if per_client_teacher:
+      previous = tree_scatter(previous, ids, trained)
+    return FedSNDState(weighted_mean(distilled, weights), pseudo_x, previous,
+                       state.has_previous.at[ids].set(True)), metrics
+
+  model_bytes = tree_bytes(one_model)
+  return Algorithm(init, round_fn, global_params=lambda state: state.params,
+                   personal_params=None, bytes_down=model_bytes, bytes_up=model_bytes,
+                   jit_round=setup.executor.jit_round)
