@@ -51,7 +51,7 @@ class DataConfig:
   test_fraction: float = 0.2        # of each client's examples, held out as its own test split
   synthetic_alpha: float = 1.0
   synthetic_beta: float = 1.0
-  max_client_examples: int = 0      # > 0: keep at most this many examples per client
+  max_client_examples: int = 0      # > 0: keep each client's first examples (dataset order)
   latent_groups: int = 0            # > 0: clients in this many groups, shifted by group_shift
   group_shift: str = "label_permutation"   # label_permutation | rotation (data/groups.py)
   seed: int = 0

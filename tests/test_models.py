@@ -4,7 +4,7 @@ import pytest
 
 from fedjax_lab.models import build_model
 
-CASES = [("mlp", (2, 8, 8, 1)), ("fedavg_cnn", (2, 28, 28, 1)), ("femnist_cnn", (2, 28, 28, 1)),
+CASES = [("mlp", (2, 8, 8, 1)), ("fedavg_cnn", (2, 28, 28, 1)), ("femnist_cnn", (2, 28, 28, 1)), ("small_cnn", (2, 28, 28, 1)),
          ("cifar_cnn", (2, 32, 32, 3)), ("resnet20", (2, 32, 32, 3)), ("vgg", (2, 32, 32, 3)),
          ("char_lstm", (2, 12)), ("transformer_lm", (2, 12))]
 GROUPS = {"fedavg_cnn": ("conv0", "conv1", "fc", "head"),

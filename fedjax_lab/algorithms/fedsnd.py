@@ -69,7 +69,7 @@ def noise_distillation(setup: ClientSetup, options, num_classes: int):
   def refine_one(params, pseudo_x):
     return refine_pseudo_samples(apply_fn, params, pseudo_x, labels, steps=options.noise_steps,
                                  learning_rate=options.noise_learning_rate,
-                                 tv_weight=options.tv_weight)
+                                 tv_weight=options.tv_weight, unroll=setup.unroll)
 
   def logits_on_all(params, all_pseudo_x):           # [M, P, ...] -> [M, P, C]
     return jax.vmap(lambda x: apply_fn(params, x))(all_pseudo_x)
@@ -89,7 +89,8 @@ def noise_distillation(setup: ClientSetup, options, num_classes: int):
       value, grads = jax.value_and_grad(loss)(p)
       return jax.tree.map(lambda w, g: w - options.distill_learning_rate * g, p, grads), value
 
-    params, losses = jax.lax.scan(step, params, None, length=options.distill_steps)
+    params, losses = jax.lax.scan(step, params, None, length=options.distill_steps,
+                                  unroll=bool(setup.unroll))
     return params, (losses[0], loss(params))
 
   refine_all = setup.executor.map(refine_one, (0, 0))

@@ -40,6 +40,7 @@ _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     "mlp": lambda n: MLP(n),
     "fedavg_cnn": lambda n: FedAvgCNN(n),
     "femnist_cnn": lambda n: FedAvgCNN(n, features=(16, 32), hidden=256, padding="VALID"),
+    "small_cnn": lambda n: FedAvgCNN(n, features=(8, 16), hidden=64),
     "cifar_cnn": CifarCNN,
     "resnet20": ResNet20,
     "vgg": lambda n: VGG(n),

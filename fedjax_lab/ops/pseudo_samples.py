@@ -39,9 +39,11 @@ def pseudo_sample_loss(apply_fn: Callable, params, x: jax.Array, y: jax.Array,
 
 def refine_pseudo_samples(apply_fn: Callable, params, x: jax.Array, y: jax.Array, *,
                           steps: int, learning_rate: float,
-                          tv_weight: float = 0.0) -> tuple[jax.Array, jax.Array]:
+                          tv_weight: float = 0.0,
+                          unroll: bool = False) -> tuple[jax.Array, jax.Array]:
   """``steps`` Adam steps on the inputs ``x`` (the model is frozen). Returns the new inputs
-  and the loss before each step ``[steps]``."""
+  and the loss before each step ``[steps]``. ``unroll``: unroll the step loop (convolutions on
+  XLA:CPU run several times faster outside a loop, see engine/local.py)."""
   optimizer = optax.adam(learning_rate)
   loss_and_grad = jax.value_and_grad(lambda inputs: pseudo_sample_loss(apply_fn, params, inputs,
                                                                        y, tv_weight))
@@ -52,5 +54,6 @@ def refine_pseudo_samples(apply_fn: Callable, params, x: jax.Array, y: jax.Array
     updates, opt_state = optimizer.update(grads, opt_state, inputs)
     return (optax.apply_updates(inputs, updates), opt_state), loss
 
-  (x, _), losses = jax.lax.scan(step, (x, optimizer.init(x)), None, length=steps)
+  (x, _), losses = jax.lax.scan(step, (x, optimizer.init(x)), None, length=steps,
+                                unroll=bool(unroll))
   return x, losses
