@@ -43,6 +43,8 @@ def load_dataset(data: DataConfig) -> sources.Dataset:
                              data.seed)
   if data.source == "shakespeare":
     return sources.shakespeare(data.source_dir or "data/shakespeare", seed=data.seed)
+  if data.source == "shakespeare_genre":
+    return sources.shakespeare_genre(data.source_dir or "data/shakespeare", seed=data.seed)
   return sources.tfds_source(data.source.removeprefix("tfds:"), data_dir=data.source_dir or None,
                              coarse_labels=data.coarse_labels)
 

@@ -119,3 +119,14 @@ def test_tfds_loader_with_mock_data():
   assert data.train_y.max() < 20
   with pytest.raises(ValueError, match="not supported"):
     sources.tfds_source("imagenet2012")
+
+
+def test_shakespeare_genre_windows_are_standardized_features(tmp_path):
+  (tmp_path / "hamlet_gut.txt").write_text(PLAY * 20)
+  (tmp_path / "henry_v_gut.txt").write_text(PLAY.replace("question", "king") * 20)
+  (tmp_path / "sonnets_gut.txt").write_text(PLAY)          # no genre: skipped
+  data = sources.shakespeare_genre(str(tmp_path), window=50, hash_buckets=16)
+  assert data.group_names == ("hamlet", "henry_v") and data.num_classes == 3
+  assert data.train_x.shape[1] == len(sources.SHAKESPEARE_VOCAB) + 16
+  assert set(np.unique(data.train_y)) == {1, 2}                # history, tragedy
+  np.testing.assert_allclose(data.train_x.mean(0), 0.0, atol=1e-4)

@@ -42,3 +42,15 @@ def test_pfedlia_reproduction_script(tmp_path):
   assert [(r["benchmark"], r["algorithm"]) for r in rows] == [
       ("permuted", "pfedlia"), ("permuted", "oracle"), ("dirichlet", "pfedlia")]
   assert (tmp_path / "accuracy.png").exists()
+
+
+def test_fedsnd_reproduction_script(tmp_path):
+  overrides = [arg for item in TINY + ["model.name=mlp", f"out_dir={tmp_path}"]
+               for arg in ("--set", item)]
+  done = subprocess.run([sys.executable, str(ROOT / "experiments/fedsnd/reproduce.py"),
+                         "--alphas", "0.5", "--seeds", "0", "--algorithms", "fedavg", "fedsnd",
+                         *overrides], capture_output=True, text=True, cwd=tmp_path)
+  assert done.returncode == 0, done.stderr[-2000:]
+  rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
+  assert [row["algorithm"] for row in rows] == ["fedavg", "fedsnd"]
+  assert all("rounds_to_target" in row for row in rows)

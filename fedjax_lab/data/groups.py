@@ -14,25 +14,9 @@ import dataclasses
 import numpy as np
 
 from fedjax_lab.data.federated import FederatedData
+from fedjax_lab.data.sources import PLAY_GENRE
 
 GROUP_SHIFTS = ("label_permutation", "rotation")
-GENRES = ("comedy", "history", "tragedy")
-_PLAY_GENRES = {
-    "comedy": ("alls_well_that_ends_well", "as_you_like_it", "comedy_of_errors",
-               "loves_labours_lost", "measure_for_measure", "merchant_of_venice",
-               "merry_wives_of_windsor", "midsummer_nights_dream", "much_ado_about_nothing",
-               "taming_of_the_shrew", "tempest", "twelfth_night", "two_gentlemen_of_verona",
-               "winters_tale", "pericles"),
-    "history": ("henry_iv_part_1", "henry_iv_part_2", "henry_v", "henry_vi_part_1",
-                "henry_vi_part_2", "henry_vi_part_3", "henry_viii", "john", "richard_ii",
-                "richard_iii"),
-    "tragedy": ("antony_and_cleopatra", "coriolanus", "cymbeline", "hamlet", "julius_caesar",
-                "lear", "macbeth", "othello", "romeo_and_juliet", "timon_of_athens",
-                "tragedy_of_titus_andronicus", "troilus_and_cressida"),
-}
-PLAY_GENRE = {play: GENRES.index(genre) for genre, plays in _PLAY_GENRES.items()
-              for play in plays}
-
 
 def contiguous_groups(num_clients: int, num_groups: int) -> np.ndarray:
   """``[num_clients]`` group ids: client ``k`` is in group ``k * G // N`` (sizes differ by <= 1)."""

@@ -2,7 +2,8 @@
 
 Offline (no network): ``digits`` (scikit-learn), ``fashion_mnist_idx`` (local IDX files, e.g.
 Debian's ``dataset-fashion-mnist``), ``synthetic`` (FedProx/LEAF Synthetic(alpha, beta)) and
-``shakespeare`` (local plain-text plays, next-character prediction). Online or pre-downloaded:
+``shakespeare`` (local plain-text plays, next-character prediction), ``shakespeare_genre`` (the
+same plays, text windows classified by genre). Online or pre-downloaded:
 ``tfds:<catalog name>`` through ``tfds.data_source`` (array_record, no TensorFlow).
 """
 from __future__ import annotations
@@ -17,7 +18,25 @@ import numpy as np
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 TFDS_DATASETS = ("mnist", "fashion_mnist", "emnist", "cifar10", "cifar100")
-OFFLINE_SOURCES = ("digits", "fashion_mnist_idx", "synthetic", "shakespeare")
+OFFLINE_SOURCES = ("digits", "fashion_mnist_idx", "synthetic", "shakespeare", "shakespeare_genre")
+# Genres of the First Folio (comedy, history, tragedy; Pericles, not in the Folio, a comedy).
+GENRES = ("comedy", "history", "tragedy")
+_PLAY_GENRES = {
+    "comedy": ("alls_well_that_ends_well", "as_you_like_it", "comedy_of_errors",
+               "loves_labours_lost", "measure_for_measure", "merchant_of_venice",
+               "merry_wives_of_windsor", "midsummer_nights_dream", "much_ado_about_nothing",
+               "taming_of_the_shrew", "tempest", "twelfth_night", "two_gentlemen_of_verona",
+               "winters_tale", "pericles"),
+    "history": ("henry_iv_part_1", "henry_iv_part_2", "henry_v", "henry_vi_part_1",
+                "henry_vi_part_2", "henry_vi_part_3", "henry_viii", "john", "richard_ii",
+                "richard_iii"),
+    "tragedy": ("antony_and_cleopatra", "coriolanus", "cymbeline", "hamlet", "julius_caesar",
+                "lear", "macbeth", "othello", "romeo_and_juliet", "timon_of_athens",
+                "tragedy_of_titus_andronicus", "troilus_and_cressida"),
+}
+PLAY_GENRE = {play: GENRES.index(genre) for genre, plays in _PLAY_GENRES.items()
+              for play in plays}
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +179,45 @@ def shakespeare(directory: str, *, sequence_length: int = 80, min_chars: int = 1
   return Dataset(data[train, :-1], data[train, 1:], data[test, :-1], data[test, 1:],
                  num_classes=len(SHAKESPEARE_VOCAB), train_groups=group_ids[train],
                  group_names=tuple(names))
+
+
+def shakespeare_genre(directory: str, *, window: int = 200, hash_buckets: int = 512,
+                      seed: int = 0) -> Dataset:
+  """Text classification: which genre (``GENRES``) a ``window``-character piece of a play's
+  speeches comes from. Features ``[N, V + hash_buckets]``: character frequencies and
+  character-bigram frequencies hashed as ``(a * V + b) mod hash_buckets``, standardized with
+  the training windows' mean and standard deviation. ``train_groups`` are play ids
+  (``group_names``). 10% of windows form the test set.
+  """
+  root = pathlib.Path(directory)
+  vocab = len(SHAKESPEARE_VOCAB)
+  features, labels, plays, names = [], [], [], []
+  for play in sorted(root.glob("*.txt")):
+    name = play.stem.removesuffix("_gut")
+    if name not in PLAY_GENRE:
+      continue
+    ids = encode_text(" ".join(speech for _, speech in parse_play(
+        play.read_text(encoding="latin-1"))))
+    count = len(ids) // window
+    if count == 0:
+      continue
+    pieces = ids[:count * window].reshape(count, window)
+    unigrams = np.stack([np.bincount(p, minlength=vocab) for p in pieces])
+    bigrams = np.stack([np.bincount((p[:-1] * vocab + p[1:]) % hash_buckets,
+                                    minlength=hash_buckets) for p in pieces])
+    features.append(np.concatenate([unigrams, bigrams], axis=1) / window)
+    labels.append(np.full(count, PLAY_GENRE[name]))
+    plays.append(np.full(count, len(names)))
+    names.append(name)
+  if not features:
+    raise FileNotFoundError(f"data.source_dir={directory!r} holds no plays of a known genre; "
+                            "run `make data`")
+  x, y, groups = np.concatenate(features), np.concatenate(labels), np.concatenate(plays)
+  train, test = _holdout(len(y), 0.1, seed)
+  mean, std = x[train].mean(0), x[train].std(0) + 1e-6
+  x = ((x - mean) / std).astype(np.float32)
+  return Dataset(x[train], y[train].astype(np.int32), x[test], y[test].astype(np.int32),
+                 num_classes=len(GENRES), train_groups=groups[train], group_names=tuple(names))
 
 
 def tfds_source(name: str, *, data_dir: str | None = None, coarse_labels: bool = False,
