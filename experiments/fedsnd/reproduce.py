@@ -39,7 +39,10 @@ ALGORITHMS = {
     "fedsnd": lambda base: _fedsnd(base),
     "self_distillation_only": lambda base: _fedsnd(base, noise_distill=False),
     "noise_distillation_only": lambda base: _fedsnd(base, self_distill_weight=0.0),
+    "self_distillation_previous_teacher": lambda base: _fedsnd(base, noise_distill=False,
+                                                               teacher="previous"),
 }
+DEFAULT_ALGORITHMS = list(ALGORITHMS)[:6]   # the teacher comparison is run on request
 
 
 def rounds_to_target(metrics: list[dict], target: float) -> float:
@@ -53,7 +56,7 @@ def main() -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.5])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
+  parser.add_argument("--algorithms", nargs="+", default=DEFAULT_ALGORITHMS, choices=ALGORITHMS)
   parser.add_argument("--target_fraction", type=float, default=0.95)
   parser.add_argument("--config", default=str(HERE / "reduced.json"))
   parser.add_argument("--set", dest="overrides", action="append", default=[],
