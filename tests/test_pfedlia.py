@@ -146,4 +146,6 @@ def test_each_phase_compiles_once(grouped_federation):
     state, metrics = algorithm.round(state, cohort, jax.random.key(round_index))
     float(metrics["train_loss"])
     per_round.append(len(compiles) - before)
+    if round_index == 2:
+      assert metrics["influence_model_evaluations"] == 12 * 12 + 12
   assert per_round[1] == per_round[4] == per_round[5] == 0, per_round

@@ -34,8 +34,9 @@ from fedjax_lab.ops.aggregate import (cluster_mean, neighbourhood_mean, tree_bro
                                       weighted_mean)
 from fedjax_lab.ops.cluster import (agglomerative, count_clusters, neighbourhood_labels,
                                     neighbourhoods, spectral, symmetrize)
-from fedjax_lab.ops.influence import (drop_leading, influence_matrix, masked_metrics,
-                                      randomized_response, validation_sizes)
+from fedjax_lab.ops.communication import tree_bytes
+from fedjax_lab.ops.influence import (drop_leading, influence_cost, influence_matrix,
+                                      masked_metrics, randomized_response, validation_sizes)
 
 RESPONSE_STREAM = 0x11A   # fold_in constant: randomized-response key
 SPECTRAL_STREAM = 0x5BE   # fold_in constant: k-means key
@@ -104,6 +105,8 @@ def pfedlia(setup: ClientSetup, options, *, weighting: str = "num_examples",
                                                  state.adjacency),
                          trained_params=trained, round=state.round + 1), metrics
 
+  cost = influence_cost(setup.num_clients,
+                        tree_bytes(jax.eval_shape(setup.init_params, jax.random.key(0))))
   phases = {name: compile_phase(fn) for name, fn in
             (("warmup", warmup), ("influence", influence_phase), ("personalized", personalized))}
 
@@ -117,6 +120,8 @@ def pfedlia(setup: ClientSetup, options, *, weighting: str = "num_examples",
       phase = "personalized"
     state, metrics = phases[phase](state, cohort, key)
     metrics["num_clusters"] = count_clusters(state.labels)
+    if phase == "influence":
+      metrics.update(cost)
     return state, metrics
 
   return personalized_algorithm(setup, lambda key: initial_state(setup, key), round_fn,
