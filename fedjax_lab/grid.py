@@ -11,29 +11,56 @@ import time
 import numpy as np
 
 from fedjax_lab.cli import format_table
-from fedjax_lab.run import run
+from fedjax_lab.run import TrainingDivergedError, run
+
+DIVERGED_MARKER = "diverged.txt"
+
+
+def _read_rows(path: pathlib.Path) -> list[dict]:
+  return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def run_or_load(config, data) -> tuple[list[dict], bool]:
-  """(metrics, whether they were read back from an earlier complete run in ``out_dir``)."""
-  path = pathlib.Path(config.out_dir) / "metrics.jsonl"
-  if path.exists():
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    if rows and rows[-1]["round"] == config.rounds:
-      return rows, True
-  return run(config, data=data, progress=False).metrics, False
+  """(metrics, whether they were read back from an earlier finished run in ``out_dir``).
+
+  A run that diverges (``TrainingDivergedError``) is finished too: its rows up to the
+  divergence are returned with a last row ``{"round": r, "diverged": True}``, and a
+  ``diverged.txt`` marker keeps it from being rerun."""
+  out_dir = pathlib.Path(config.out_dir)
+  rows = _read_rows(out_dir / "metrics.jsonl")
+  if (out_dir / DIVERGED_MARKER).exists():
+    return rows + [{"round": config.rounds, "diverged": True}], True
+  if rows and rows[-1]["round"] == config.rounds:
+    return rows, True
+  try:
+    return run(config, data=data, progress=False).metrics, False
+  except TrainingDivergedError as error:
+    (out_dir / DIVERGED_MARKER).write_text(f"{error}\n")
+    return _read_rows(out_dir / "metrics.jsonl") + [{"round": config.rounds,
+                                                      "diverged": True}], False
+
+
+def diverged(metrics: list[dict]) -> bool:
+  return any(row.get("diverged") for row in metrics)
 
 
 def last_evaluations(metrics: list[dict], key: str, count: int = 3) -> float:
-  """Mean of ``key`` over the last ``count`` evaluations (smooths round-to-round noise)."""
+  """Mean of ``key`` over the last ``count`` evaluations (smooths round-to-round noise);
+  NaN for a diverged run."""
   values = [m[key] for m in metrics if key in m]
-  return float(np.mean(values[-count:])) if values else float("nan")
+  if diverged(metrics) or not values:
+    return float("nan")
+  return float(np.mean(values[-count:]))
 
 
 def spread(values: list[float]) -> dict[str, float]:
-  """Mean, standard deviation, min and max over seeds."""
-  return {"mean": float(np.mean(values)), "std": float(np.std(values)),
-          "min": float(np.min(values)), "max": float(np.max(values))}
+  """Mean, standard deviation, min and max over seeds, ignoring NaN (diverged) runs."""
+  finite = [v for v in values if np.isfinite(v)]
+  if not finite:
+    return {"mean": float("nan"), "std": float("nan"), "min": float("nan"),
+            "max": float("nan")}
+  return {"mean": float(np.mean(finite)), "std": float(np.std(finite)),
+          "min": float(np.min(finite)), "max": float(np.max(finite))}
 
 
 def environment(started: float, runs_read_back: int, config) -> dict:
@@ -58,7 +85,8 @@ def write_summary(out_root: pathlib.Path, rows: list[dict], columns: list[str],
 def plot_curves(curves: dict, panels: list, names: list[str], path: pathlib.Path, key: str,
                 ylabel: str, panel_title=str) -> None:
   """One panel per entry of ``panels``; in each, per name, the mean of ``key`` over the runs
-  ``curves[(panel, name)]`` (lists of metric rows) with a min-max band."""
+  ``curves[(panel, name)]`` (lists of metric rows) with a min-max band; diverged runs are
+  left out."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -66,7 +94,7 @@ def plot_curves(curves: dict, panels: list, names: list[str], path: pathlib.Path
   for ax, panel in zip(axes[0], panels):
     for index, name in enumerate(names):
       series = [[(m["round"], m[key]) for m in rows if key in m]
-                for rows in curves.get((panel, name), [])]
+                for rows in curves.get((panel, name), []) if not diverged(rows)]
       series = [s for s in series if s]
       if not series:
         continue

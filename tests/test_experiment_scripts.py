@@ -54,3 +54,16 @@ def test_fedsnd_reproduction_script(tmp_path):
   rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
   assert [row["algorithm"] for row in rows] == ["fedavg", "fedsnd"]
   assert all("rounds_to_target" in row for row in rows)
+
+
+def test_a_diverged_run_is_recorded_not_rerun(tmp_path):
+  from fedjax_lab import grid, load_config
+  config = load_config(None, TINY + ["local.learning_rate=1e6", f"out_dir={tmp_path}"])
+  metrics, loaded = grid.run_or_load(config, None)
+  assert grid.diverged(metrics) and not loaded
+  assert (tmp_path / grid.DIVERGED_MARKER).exists()
+  again, loaded = grid.run_or_load(config, None)
+  assert grid.diverged(again) and loaded
+  assert grid.last_evaluations(again, "global_accuracy") != grid.last_evaluations(
+      again, "global_accuracy")                                       # NaN
+  assert grid.spread([0.5, float("nan"), 0.7])["mean"] == 0.6

@@ -64,10 +64,11 @@ def main() -> None:
       finals = grid.spread([final_accuracy(m) for m in curves[(alpha, name)]])
       rows.append({"alpha": alpha, "algorithm": name,
                    **{f"acc_{k}": v for k, v in finals.items()},
-                   "seeds": len(curves[(alpha, name)])})
+                   "seeds": len(curves[(alpha, name)]),
+                   "diverged": sum(grid.diverged(m) for m in curves[(alpha, name)])})
   env = grid.environment(started, loaded, base)
   table = grid.write_summary(out_root, rows, ["alpha", "algorithm", "acc_mean", "acc_std",
-                                              "acc_min", "acc_max", "seeds"], env)
+                                              "acc_min", "acc_max", "seeds", "diverged"], env)
   title = lambda alpha: f"alpha = {alpha}"
   grid.plot_curves(curves, args.alphas, args.algorithms, out_root / "accuracy.png",
                    "global_accuracy", "global accuracy", title)

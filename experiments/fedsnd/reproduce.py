@@ -46,7 +46,10 @@ DEFAULT_ALGORITHMS = list(ALGORITHMS)[:6]   # the teacher comparison is run on r
 
 
 def rounds_to_target(metrics: list[dict], target: float) -> float:
-  """The first evaluated round with global accuracy >= ``target`` (NaN if none)."""
+  """The first evaluated round with global accuracy >= ``target`` (NaN if none or if the
+  run diverged)."""
+  if grid.diverged(metrics):
+    return float("nan")
   hits = [m["round"] for m in metrics if m.get("global_accuracy", -1.0) >= target]
   return float(hits[0]) if hits else float("nan")
 
@@ -82,8 +85,8 @@ def main() -> None:
               f"{grid.last_evaluations(metrics, 'global_accuracy'):.4f} "
               f"({time.perf_counter() - tick:.0f} s)", flush=True)
     reference = args.algorithms[0]
-    target = args.target_fraction * np.mean(
-        [grid.last_evaluations(m, "global_accuracy") for m in curves[(alpha, reference)]])
+    target = args.target_fraction * grid.spread(
+        [grid.last_evaluations(m, "global_accuracy") for m in curves[(alpha, reference)]])["mean"]
     for name in args.algorithms:
       runs = curves[(alpha, name)]
       finals = grid.spread([grid.last_evaluations(m, "global_accuracy") for m in runs])
@@ -93,13 +96,14 @@ def main() -> None:
                    "rounds_to_target": float(np.nanmean(reached)) if any(
                        np.isfinite(reached)) else float("nan"),
                    "reached": int(np.isfinite(reached).sum()), "seeds": len(runs),
+                   "diverged": sum(grid.diverged(m) for m in runs),
                    "round_seconds": float(np.mean([r["round_seconds"] for m in runs
-                                                   for r in m[1:]]))})
+                                                   for r in m[1:] if "round_seconds" in r]))})
   env = grid.environment(started, loaded, base)
   env["target"] = f"{args.target_fraction} x final accuracy of {args.algorithms[0]}"
   table = grid.write_summary(out_root, rows, ["alpha", "algorithm", "acc_mean", "acc_std",
                                               "target", "rounds_to_target", "reached", "seeds",
-                                              "round_seconds"], env)
+                                              "diverged", "round_seconds"], env)
   grid.plot_curves(curves, args.alphas, args.algorithms, out_root / "accuracy.png",
                    "global_accuracy", "global accuracy", lambda alpha: f"alpha = {alpha}")
   print(table)

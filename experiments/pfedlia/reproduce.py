@@ -26,6 +26,8 @@ import json
 import pathlib
 import time
 
+import numpy as np
+
 from fedjax_lab import build_federation, grid, load_config
 from fedjax_lab.config import AlgorithmConfig
 
@@ -93,8 +95,8 @@ def main() -> None:
                    "acc_std": accuracy["std"], "p10_mean": p10["mean"],
                    "ari_mean": grid.spread(ari)["mean"],
                    "clusters_mean": grid.spread(clusters)["mean"], "seeds": len(runs),
-                   "round_seconds": sum(r["round_seconds"] for m in runs for r in m)
-                   / sum(len(m) for m in runs)})
+                   "round_seconds": float(np.mean([r["round_seconds"] for m in runs
+                                                   for r in m if "round_seconds" in r]))})
   env = grid.environment(started, loaded, load_config(str(HERE / "reduced.json"),
                                                       args.overrides))
   env["benchmark_configs"] = bases
