@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# FedSND ablation on the text variant (cheap): one change at a time against the defaults of
+# text.json, 3 seeds, FedAvg first (the rounds-to-target reference). Writes
+# runs/fedsnd_text_ablation/<name>/summary.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PYTHON:-.venv/bin/python}
+run() {
+  local name=$1; shift
+  "$PY" experiments/fedsnd/reproduce.py --config experiments/fedsnd/text.json --alphas 0.5 \
+    --algorithms fedavg fedsnd "$@" --set "out_dir=runs/fedsnd_text_ablation/$name" | tail -4
+}
+run weak_self_distillation --set algorithm.fedsnd.self_distill_weight=0.3
+run strong_server_distillation --set algorithm.fedsnd.distill_steps=20 \
+  --set algorithm.fedsnd.distill_learning_rate=0.05
+run more_noise_steps --set algorithm.fedsnd.noise_steps=50
+run ensemble_teacher --set algorithm.fedsnd.distill_mode=ensemble
+run fresh_noise_each_round --set algorithm.fedsnd.adaptive=false
