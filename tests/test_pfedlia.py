@@ -149,3 +149,10 @@ def test_each_phase_compiles_once(grouped_federation):
     if round_index == 2:
       assert metrics["influence_model_evaluations"] == 12 * 12 + 12
   assert per_round[1] == per_round[4] == per_round[5] == 0, per_round
+
+
+def test_influence_rounds_follow_warmup_and_recluster_period():
+  from fedjax_lab.algorithms.pfedlia import is_influence_round
+  assert [r for r in range(12) if is_influence_round(r, 3, 0)] == [3]
+  assert [r for r in range(12) if is_influence_round(r, 3, 4)] == [3, 7, 11]
+  assert [r for r in range(5) if is_influence_round(r, 0, 2)] == [0, 2, 4]
