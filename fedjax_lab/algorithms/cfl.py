@@ -17,7 +17,7 @@ from jax.flatten_util import ravel_pytree
 from fedjax_lab.algorithms.base import ClientSetup
 from fedjax_lab.algorithms.clustered import (initial_state, personalized_algorithm,
                                              train_clients)
-from fedjax_lab.ops.aggregate import cluster_mean
+from fedjax_lab.ops.aggregate import cluster_mean, segment_mean
 from fedjax_lab.ops.cluster import agglomerative, count_clusters
 
 
@@ -32,9 +32,7 @@ def cfl(setup: ClientSetup, *, eps1: float, eps2: float, weighting: str = "num_e
     updates = jax.vmap(lambda new, old: ravel_pytree(new)[0] - ravel_pytree(old)[0])(
         trained, state.client_params)                                   # [N, P]
     labels = state.labels
-    totals = jax.ops.segment_sum(weights, labels, size)
-    mean_updates = jax.ops.segment_sum(updates * weights[:, None], labels, size) / jnp.maximum(
-        totals, 1e-12)[:, None]
+    mean_updates, _ = segment_mean(updates, weights, labels, size)
     mean_norm = jnp.linalg.norm(mean_updates, axis=1)                   # [N] per cluster label
     client_norm = jnp.linalg.norm(updates, axis=1)
     max_norm = jax.ops.segment_max(client_norm, labels, size)

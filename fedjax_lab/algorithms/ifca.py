@@ -16,7 +16,7 @@ from flax import struct
 
 from fedjax_lab.algorithms.base import Algorithm, ClientSetup
 from fedjax_lab.algorithms.clustered import train_clients
-from fedjax_lab.ops.aggregate import tree_gather
+from fedjax_lab.ops.aggregate import segment_mean, tree_gather
 from fedjax_lab.ops.cluster import canonical_labels, count_clusters
 from fedjax_lab.ops.communication import tree_bytes
 from fedjax_lab.ops.influence import masked_metrics
@@ -48,15 +48,10 @@ def ifca(setup: ClientSetup, num_clusters: int, *, weighting: str = "num_example
     choices = jnp.argmin(losses, axis=1).astype(jnp.int32)
     trained, weights, metrics = train_clients(
         train_cohort, tree_gather(state.cluster_params, choices), cohort, key, weighting)
-    totals = jax.ops.segment_sum(weights, choices, num_clusters)
-
-    def cluster_average(trained_leaf, old_leaf):
-      scaled = trained_leaf * weights.reshape((-1,) + (1,) * (trained_leaf.ndim - 1))
-      sums = jax.ops.segment_sum(scaled, choices, num_clusters)
-      shape = (-1,) + (1,) * (old_leaf.ndim - 1)
-      return jnp.where(totals.reshape(shape) > 0, sums / jnp.maximum(totals, 1e-12).reshape(shape),
-                       old_leaf).astype(old_leaf.dtype)
-    cluster_params = jax.tree.map(cluster_average, trained, state.cluster_params)
+    means, totals = segment_mean(trained, weights, choices, num_clusters)
+    joined = lambda leaf: (totals > 0).reshape((-1,) + (1,) * (leaf.ndim - 1))
+    cluster_params = jax.tree.map(lambda new, old: jnp.where(joined(old), new, old), means,
+                                  state.cluster_params)
     metrics["num_clusters"] = count_clusters(canonical_labels(choices))
     return IFCAState(cluster_params, trained, choices), metrics
 

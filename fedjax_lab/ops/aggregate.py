@@ -28,19 +28,25 @@ def tree_scatter(stacked, indices, rows):
   return jax.tree.map(lambda leaf, new: leaf.at[indices].set(new), stacked, rows)
 
 
+def segment_mean(stacked, weights: jax.Array, segment_ids: jax.Array, num_segments: int):
+  """Per-segment weighted means ``[num_segments, ...]``, ``sum_{i: s_i = c} w_i tree_i /
+  sum_{i: s_i = c} w_i`` (segment sums over the client axis), and the totals
+  ``[num_segments]``. A segment without weight gets zeros."""
+  weights = jnp.asarray(weights, jnp.float32)
+  totals = jax.ops.segment_sum(weights, segment_ids, num_segments)
+  scale = weights / jnp.maximum(totals[segment_ids], jnp.finfo(jnp.float32).tiny)
+  means = jax.tree.map(lambda leaf: jax.ops.segment_sum(leaf * _expand(scale, leaf), segment_ids,
+                                                        num_segments).astype(leaf.dtype),
+                       stacked)
+  return means, totals
+
+
 def cluster_mean(stacked, weights: jax.Array, labels: jax.Array):
   """Each client's cluster average, ``[clients, ...]``: row ``i`` is
-  ``sum_{j: c_j = c_i} w_j tree_j / sum_{j: c_j = c_i} w_j`` (segment sums over the client
-  axis; ``labels`` in ``[0, clients)``). A cluster whose weights are all zero gets zeros."""
-  num_clients = labels.shape[0]
-  weights = jnp.asarray(weights, jnp.float32)
-  totals = jax.ops.segment_sum(weights, labels, num_clients)
-  scale = weights / jnp.maximum(totals[labels], jnp.finfo(jnp.float32).tiny)
-
-  def leaf_mean(leaf):
-    sums = jax.ops.segment_sum(leaf * _expand(scale, leaf), labels, num_clients)
-    return sums[labels].astype(leaf.dtype)
-  return jax.tree.map(leaf_mean, stacked)
+  ``sum_{j: c_j = c_i} w_j tree_j / sum_{j: c_j = c_i} w_j`` (``labels`` in
+  ``[0, clients)``). A cluster whose weights are all zero gets zeros."""
+  means, _ = segment_mean(stacked, weights, labels, labels.shape[0])
+  return tree_gather(means, labels)
 
 
 def neighbourhood_mean(stacked, weights: jax.Array, adjacency: jax.Array):
