@@ -106,7 +106,11 @@ def plot_curves(curves: dict, panels: list, names: list[str], path: pathlib.Path
     ax.set_xlabel("round")
     ax.grid(alpha=0.3)
   axes[0][0].set_ylabel(ylabel)
-  axes[0][-1].legend(fontsize=8)
+  labelled = {}
+  for ax in axes[0]:
+    for handle, label in zip(*ax.get_legend_handles_labels()):
+      labelled.setdefault(label, handle)
+  axes[0][-1].legend(labelled.values(), labelled.keys(), fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
