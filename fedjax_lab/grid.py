@@ -3,6 +3,7 @@ configs where finished runs are read back instead of rerun, summarize over seeds
 environment, and plot mean curves with their min-max band."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import platform
@@ -38,6 +39,23 @@ def run_or_load(config, data) -> tuple[list[dict], bool]:
     (out_dir / DIVERGED_MARKER).write_text(f"{error}\n")
     return _read_rows(out_dir / "metrics.jsonl") + [{"round": config.rounds,
                                                       "diverged": True}], False
+
+
+def run_variants(base, data_config, seed: int, variants: dict, out_dir: pathlib.Path,
+                 data, label: str, report_key: str) -> tuple[dict[str, list[dict]], int]:
+  """Run (or read back) ``base`` with each ``variants[name]`` (an ``AlgorithmConfig``) on one
+  federation ``data`` built from ``data_config``, in ``out_dir / name``; print one line each.
+  Returns ``({name: metrics}, number read back)``."""
+  results, loaded = {}, 0
+  for name, algorithm in variants.items():
+    config = dataclasses.replace(base, data=data_config, seed=seed, algorithm=algorithm,
+                                 out_dir=str(out_dir / name))
+    tick = time.perf_counter()
+    results[name], was_loaded = run_or_load(config, data)
+    loaded += was_loaded
+    print(f"{label} {name}: {report_key} {last_evaluations(results[name], report_key):.4f} "
+          f"({time.perf_counter() - tick:.0f} s)", flush=True)
+  return results, loaded
 
 
 def diverged(metrics: list[dict]) -> bool:

@@ -50,16 +50,13 @@ def main() -> None:
     for seed in args.seeds:
       data_config = dataclasses.replace(base.data, alpha=alpha, seed=seed)
       data = build_federation(data_config)
-      for name in args.algorithms:
-        config = dataclasses.replace(
-            base, data=data_config, seed=seed, algorithm=ALGORITHMS[name](base),
-            out_dir=str(out_root / f"alpha{alpha}" / f"seed{seed}" / name))
-        tick = time.perf_counter()
-        metrics, was_loaded = grid.run_or_load(config, data)
-        loaded += was_loaded
+      results, read_back = grid.run_variants(
+          base, data_config, seed, {name: ALGORITHMS[name](base) for name in args.algorithms},
+          out_root / f"alpha{alpha}" / f"seed{seed}", data, f"alpha={alpha} seed={seed}",
+          "global_accuracy")
+      loaded += read_back
+      for name, metrics in results.items():
         curves.setdefault((alpha, name), []).append(metrics)
-        print(f"alpha={alpha} seed={seed} {name}: final acc {final_accuracy(metrics):.4f} "
-              f"({time.perf_counter() - tick:.0f} s)", flush=True)
     for name in args.algorithms:
       finals = grid.spread([final_accuracy(m) for m in curves[(alpha, name)]])
       rows.append({"alpha": alpha, "algorithm": name,

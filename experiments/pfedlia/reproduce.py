@@ -70,19 +70,14 @@ def main() -> None:
     for seed in args.seeds:
       data_config = dataclasses.replace(base.data, seed=seed)
       data = build_federation(data_config)
-      for name in args.algorithms:
-        if name == "oracle" and data.client_groups is None:
-          continue
-        config = dataclasses.replace(base, data=data_config, seed=seed,
-                                     algorithm=ALGORITHMS[name](base),
-                                     out_dir=str(out_root / benchmark / f"seed{seed}" / name))
-        tick = time.perf_counter()
-        metrics, was_loaded = grid.run_or_load(config, data)
-        loaded += was_loaded
+      variants = {name: ALGORITHMS[name](base) for name in args.algorithms
+                  if name != "oracle" or data.client_groups is not None}
+      results, read_back = grid.run_variants(base, data_config, seed, variants,
+                                             out_root / benchmark / f"seed{seed}", data,
+                                             f"{benchmark} seed={seed}", "client_accuracy_mean")
+      loaded += read_back
+      for name, metrics in results.items():
         curves.setdefault((benchmark, name), []).append(metrics)
-        print(f"{benchmark} seed={seed} {name}: personalized acc "
-              f"{grid.last_evaluations(metrics, 'client_accuracy_mean'):.4f} "
-              f"({time.perf_counter() - tick:.0f} s)", flush=True)
     for name in args.algorithms:
       runs = curves.get((benchmark, name))
       if not runs:
