@@ -24,12 +24,18 @@ def _read_rows(path: pathlib.Path) -> list[dict]:
 def run_or_load(config, data) -> tuple[list[dict], bool]:
   """(metrics, whether they were read back from an earlier finished run in ``out_dir``).
 
+  Only a run made with the same config (its ``config.json``) is read back; any other is rerun.
   A run that diverges (``TrainingDivergedError``) is finished too: its rows up to the
   divergence are returned with a last row ``{"round": r, "diverged": True}``, and a
   ``diverged.txt`` marker keeps it from being rerun."""
   out_dir = pathlib.Path(config.out_dir)
-  rows = _read_rows(out_dir / "metrics.jsonl")
-  if (out_dir / DIVERGED_MARKER).exists():
+  stored = out_dir / "config.json"
+  same_config = stored.exists() and (json.loads(stored.read_text())
+                                    == json.loads(json.dumps(config.to_dict())))
+  rows = _read_rows(out_dir / "metrics.jsonl") if same_config else []
+  if not same_config:
+    (out_dir / DIVERGED_MARKER).unlink(missing_ok=True)
+  elif (out_dir / DIVERGED_MARKER).exists():
     return rows + [{"round": config.rounds, "diverged": True}], True
   if rows and rows[-1]["round"] == config.rounds:
     return rows, True

@@ -21,7 +21,7 @@ def test_quickstart_script(tmp_path):
 def test_fedmr_reproduction_script(tmp_path):
   overrides = [arg for item in TINY + [f"out_dir={tmp_path}"] for arg in ("--set", item)]
   done = subprocess.run([sys.executable, str(ROOT / "experiments/fedmr/reproduce.py"),
-                         "--alphas", "0.5", "--seeds", "0", "--algorithms", "fedmr", "fedavg",
+                         "--config", str(ROOT / "experiments/fedmr/mlp.json"), "--alphas", "0.5", "--seeds", "0", "--algorithms", "fedmr", "fedavg",
                          *overrides], capture_output=True, text=True, cwd=tmp_path)
   assert done.returncode == 0, done.stderr[-2000:]
   summary = json.loads((tmp_path / "summary.json").read_text())
@@ -67,3 +67,15 @@ def test_a_diverged_run_is_recorded_not_rerun(tmp_path):
   assert grid.last_evaluations(again, "global_accuracy") != grid.last_evaluations(
       again, "global_accuracy")                                       # NaN
   assert grid.spread([0.5, float("nan"), 0.7])["mean"] == 0.6
+
+
+def test_a_finished_run_is_read_back_only_with_the_same_config(tmp_path):
+  from fedjax_lab import grid, load_config
+  config = load_config(None, TINY + [f"out_dir={tmp_path}"])
+  first, loaded = grid.run_or_load(config, None)
+  assert not loaded
+  again, loaded = grid.run_or_load(config, None)
+  assert loaded and again == first
+  changed = load_config(None, TINY + [f"out_dir={tmp_path}", "local.learning_rate=0.02"])
+  _, loaded = grid.run_or_load(changed, None)
+  assert not loaded

@@ -61,26 +61,39 @@ class ClientSetup:
   def init_params(self, key: jax.Array) -> Params:
     return self.model.init(key, self.sample_x)
 
-  def cohort_trainer(self, regularizer: Optional[Regularizer], params_axis: Optional[int],
-                     context_axis: Optional[int], data_loss: Optional[Objective] = None):
-    """``train(params, x, y, num_examples, keys, context) -> (client_params, LocalResult)``
-    over the cohort axis. ``params_axis``/``context_axis``: 0 if per client, None if shared.
-    The local objective is ``data_loss`` (default: cross-entropy) plus ``regularizer``."""
+  def local_trainer(self, regularizer: Optional[Regularizer] = None,
+                    data_loss: Optional[Objective] = None):
+    """One client's ``train(params, x, y, num_examples, key, context) -> (params,
+    LocalResult)``. The local objective is ``data_loss`` (default: cross-entropy) plus
+    ``regularizer``."""
     data_loss = data_loss or cross_entropy_objective(self.model.apply)
     if regularizer is None:
       objective = data_loss
     else:
       def objective(params, x, y, mask, context):
         return data_loss(params, x, y, mask, context) + regularizer(params, context)
-    train = make_local_trainer(objective, self.optimizer, self.schedule, self.unroll)
-    return self.executor.map(train, (params_axis, 0, 0, 0, 0, context_axis))
+    return make_local_trainer(objective, self.optimizer, self.schedule, self.unroll)
+
+  def cohort_trainer(self, regularizer: Optional[Regularizer], params_axis: Optional[int],
+                     context_axis: Optional[int], data_loss: Optional[Objective] = None):
+    """``local_trainer`` over the cohort axis: ``train(params, x, y, num_examples, keys,
+    context) -> (client_params, LocalResult)`` stacked. ``params_axis``/``context_axis``: 0 if
+    per client, None if shared."""
+    return self.executor.map(self.local_trainer(regularizer, data_loss),
+                             (params_axis, 0, 0, 0, 0, context_axis))
+
+
+def client_weight(num_examples, weighting: str) -> jax.Array:
+  """Aggregation weight(s) from example count(s): the count (``num_examples``) or 1 for a
+  non-empty client (``uniform``). Elementwise, so it serves one client or a cohort."""
+  if weighting == "num_examples":
+    return jnp.asarray(num_examples).astype(jnp.float32)
+  return (jnp.asarray(num_examples) > 0).astype(jnp.float32)
 
 
 def client_weights(cohort: Cohort, weighting: str) -> jax.Array:
-  """Aggregation weights ``[cohort]``: example counts (``num_examples``) or ``uniform``."""
-  if weighting == "num_examples":
-    return cohort.num_examples.astype(jnp.float32)
-  return (cohort.num_examples > 0).astype(jnp.float32)
+  """Aggregation weights ``[cohort]`` (``client_weight`` of each member)."""
+  return client_weight(cohort.num_examples, weighting)
 
 
 def round_keys(key: jax.Array, cohort: Cohort) -> jax.Array:

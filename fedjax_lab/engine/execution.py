@@ -9,10 +9,16 @@ Every strategy computes the same function; they differ in speed and peak memory.
   stacked. The round around it then runs op by op (``Executor.jit_round`` is False). On XLA:CPU
   this is faster for convolutional models, whose vmapped per-client convolutions lower to slow
   grouped convolutions.
+
+``map`` returns every client's output stacked (``[cohort, ...]``: memory grows with the cohort).
+``map_sum`` returns their sum, accumulated as it goes: with ``chunked`` and ``loop`` at most one
+chunk (one client) of outputs is alive at a time, so an aggregate over a cohort of 1,000 costs
+the memory of a chunk, not of the cohort.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Sequence
 
 import jax
@@ -53,12 +59,64 @@ class Executor:
     jitted = jax.jit(fn)
 
     def loop(*args):
-      size = next(jax.tree.leaves(a)[0].shape[0] for a, axis in zip(args, in_axes) if axis == 0)
-      outputs = [jitted(*_merge(args, in_axes, tuple(
-          jax.tree.map(lambda leaf: leaf[client], a) for a, axis in zip(args, in_axes)
-          if axis == 0))) for client in range(size)]
+      outputs = [jitted(*_merge(args, in_axes, _rows(args, in_axes, client, client + 1, True)))
+                 for client in range(_cohort_size(args, in_axes))]
       return jax.tree.map(lambda *leaves: jnp.stack(leaves), *outputs)
     return loop
+
+  def map_sum(self, fn: Callable, in_axes: Sequence[int | None]) -> Callable:
+    """``sum_k fn(args_k)`` over the client axis, as a pytree shaped like one output."""
+    in_axes = tuple(in_axes)
+    if self.strategy == "vmap":
+      return lambda *args: jax.tree.map(lambda a: a.sum(0), jax.vmap(fn, in_axes=in_axes)(*args))
+    if self.strategy == "chunked":
+      return functools.partial(_chunked_sum, fn, in_axes, self.chunk_size)
+
+    jitted = jax.jit(fn)
+    add = jax.jit(lambda total, new: jax.tree.map(jnp.add, total, new), donate_argnums=0)
+
+    def loop_sum(*args):
+      total = None
+      for client in range(_cohort_size(args, in_axes)):
+        out = jitted(*_merge(args, in_axes, _rows(args, in_axes, client, client + 1, True)))
+        total = out if total is None else add(total, out)
+      return total
+    return loop_sum
+
+
+def _cohort_size(args, in_axes) -> int:
+  return next(jax.tree.leaves(a)[0].shape[0] for a, axis in zip(args, in_axes) if axis == 0)
+
+
+def _rows(args, in_axes, start, stop, squeeze=False):
+  """The client-mapped arguments restricted to clients ``start:stop`` (one client if squeeze)."""
+  pick = (lambda leaf: leaf[start]) if squeeze else (lambda leaf: leaf[start:stop])
+  return tuple(jax.tree.map(pick, a) for a, axis in zip(args, in_axes) if axis == 0)
+
+
+def _chunked_sum(fn, in_axes, chunk_size, *args):
+  """A ``lax.scan`` over the full chunks of ``chunk_size`` clients (each sliced in place, a
+  vmap summed into the carry), then one vmap over the remainder."""
+  size = _cohort_size(args, in_axes)
+  full = size // chunk_size
+  batched = jax.vmap(fn, in_axes=in_axes)
+  chunk_sum = lambda rows: jax.tree.map(lambda a: a.sum(0),
+                                        batched(*_merge(args, in_axes, rows)))
+
+  def chunk(index):
+    return tuple(jax.tree.map(
+        lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, index * chunk_size, chunk_size), a)
+        for a, axis in zip(args, in_axes) if axis == 0)
+
+  total = None
+  if full:
+    total, _ = jax.lax.scan(
+        lambda acc, index: (jax.tree.map(jnp.add, acc, chunk_sum(chunk(index))), None),
+        chunk_sum(chunk(0)), jnp.arange(1, full))
+  if full * chunk_size < size:
+    tail = chunk_sum(_rows(args, in_axes, full * chunk_size, size))
+    total = tail if total is None else jax.tree.map(jnp.add, total, tail)
+  return total
 
 
 def _merge(args, in_axes, mapped_rows):
