@@ -12,6 +12,7 @@ import typing
 from fedjax_lab.data.groups import GROUP_SHIFTS
 from fedjax_lab.data.sources import OFFLINE_SOURCES, TFDS_DATASETS
 from fedjax_lab.engine.execution import STRATEGIES
+from fedjax_lab.engine.precision import COMPUTE_DTYPES
 from fedjax_lab.models import MODEL_NAMES
 from fedjax_lab.ops.cluster import LINKAGES
 from fedjax_lab.ops.influence import INFLUENCE_KINDS
@@ -270,11 +271,19 @@ class ExecutionConfig:
   strategy: str = "auto"
   chunk_size: int = 8
   unroll: str = "auto"              # auto | scan | unroll
+  devices: int = 1                  # > 1: the cohort axis sharded over this many devices
+  compute_dtype: str = "float32"    # float32 | bfloat16 (local forward/backward; fp32 params)
 
   def __post_init__(self):
     _one_of("execution.strategy", self.strategy, ("auto",) + STRATEGIES)
     _require(self.chunk_size >= 1, "execution.chunk_size", ">= 1", self.chunk_size)
     _one_of("execution.unroll", self.unroll, ("auto", "scan", "unroll"))
+    _require(self.devices >= 1, "execution.devices", ">= 1", self.devices)
+    if self.devices > 1:
+      _require(self.strategy == "vmap", "execution.strategy",
+               "vmap when execution.devices > 1 (the vmapped cohort axis is what is sharded)",
+               self.strategy)
+    _one_of("execution.compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,6 +307,9 @@ class ExperimentConfig:
     _require(self.cohort_size <= self.data.num_clients, "cohort_size",
              f"<= data.num_clients={self.data.num_clients}", self.cohort_size)
     _require(self.eval_every >= 1, "eval_every", ">= 1", self.eval_every)
+    _require(self.cohort_size % self.execution.devices == 0, "cohort_size",
+             f"a multiple of execution.devices={self.execution.devices} (equal shards)",
+             self.cohort_size)
     _require(self.checkpoint_every >= 0, "checkpoint_every", ">= 0", self.checkpoint_every)
     if self.algorithm.name in PERSONALIZED_CLUSTERING:
       _require(self.cohort_size == self.data.num_clients, "cohort_size",

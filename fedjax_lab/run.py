@@ -20,6 +20,7 @@ from fedjax_lab.data import FederatedData, groups, partition, sources
 from fedjax_lab.engine.evaluate import evaluate_clients, evaluate_pooled, summarize_clients
 from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import LocalSchedule
+from fedjax_lab.engine.sharding import client_mesh, replicate, shard_clients
 from fedjax_lab.models import Model, build_model
 
 
@@ -189,6 +190,7 @@ def run(config: ExperimentConfig, *, resume: bool = False, progress: bool = True
   and checkpoints to ``config.out_dir``. ``resume`` continues from the latest checkpoint."""
   from tqdm.auto import tqdm
   started = time.perf_counter()
+  mesh = client_mesh(config.execution.devices) if config.execution.devices > 1 else None
   data = data if data is not None else build_federation(config.data)
   train_data = data.pooled() if config.algorithm.name == "centralized" else data
   cohort_size = 1 if config.algorithm.name == "centralized" else config.cohort_size
@@ -200,9 +202,11 @@ def run(config: ExperimentConfig, *, resume: bool = False, progress: bool = True
                       client_optimizer(config.local.optimizer, config.local.learning_rate,
                                        config.local.momentum),
                       schedule, Executor(strategy, config.execution.chunk_size),
-                      train_data.num_clients, unroll)
+                      train_data.num_clients, unroll, config.execution.compute_dtype)
   algorithm = build_algorithm(config, setup, train_data.client_groups)
-  round_fn = jax.jit(algorithm.round) if algorithm.jit_round else algorithm.round
+  # The state is donated: each round writes the new state into the old one's buffers.
+  round_fn = (jax.jit(algorithm.round, donate_argnums=0) if algorithm.jit_round
+              else algorithm.round)
 
   out_dir = pathlib.Path(config.out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -216,6 +220,8 @@ def run(config: ExperimentConfig, *, resume: bool = False, progress: bool = True
       raise FileNotFoundError(f"--resume: no checkpoint in {out_dir / 'checkpoints'}")
     state, start_round = checkpoint.restore(manager, state, rounds_key)
     rows = _read_metrics(out_dir / "metrics.jsonl", start_round)
+  if mesh is not None:
+    state = replicate(state, mesh)
 
   bar = tqdm(range(start_round, config.rounds), initial=start_round, total=config.rounds,
              disable=not progress, desc=f"{config.algorithm.name}", unit="round")
@@ -223,6 +229,8 @@ def run(config: ExperimentConfig, *, resume: bool = False, progress: bool = True
     tick = time.perf_counter()
     cohort = train_data.cohort(_cohort_ids(config.seed, round_index, train_data.num_clients,
                                            cohort_size))
+    if mesh is not None:
+      cohort = shard_clients(cohort, mesh)
     state, round_metrics = round_fn(state, cohort, jax.random.fold_in(rounds_key, round_index))
     round_metrics = {name: float(value) for name, value in round_metrics.items()}
     train_loss = round_metrics["train_loss"]

@@ -17,6 +17,7 @@ from fedjax_lab.data import Cohort
 from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import (LocalSchedule, Objective, cross_entropy_objective,
                                      make_local_trainer)
+from fedjax_lab.engine.precision import apply_in
 from fedjax_lab.models import Model
 
 Params = Any
@@ -57,6 +58,12 @@ class ClientSetup:
   executor: Executor
   num_clients: int
   unroll: bool = False
+  compute_dtype: str = "float32"
+
+  @property
+  def train_apply(self):
+    """``model.apply`` as training runs it: in ``compute_dtype`` (engine/precision.py)."""
+    return apply_in(self.compute_dtype, self.model.apply)
 
   def init_params(self, key: jax.Array) -> Params:
     return self.model.init(key, self.sample_x)
@@ -66,7 +73,7 @@ class ClientSetup:
     """One client's ``train(params, x, y, num_examples, key, context) -> (params,
     LocalResult)``. The local objective is ``data_loss`` (default: cross-entropy) plus
     ``regularizer``."""
-    data_loss = data_loss or cross_entropy_objective(self.model.apply)
+    data_loss = data_loss or cross_entropy_objective(self.train_apply)
     if regularizer is None:
       objective = data_loss
     else:

@@ -62,7 +62,7 @@ def self_distillation_objective(apply_fn, weight: float, temperature: float):
 def noise_distillation(setup: ClientSetup, options, num_classes: int):
   """The server step: ``step(trained [M, ...], pseudo_x [M, P, ...], weights [M]) ->
   (distilled [M, ...], refined pseudo_x, metrics)`` (steps 1-2 of the module docstring)."""
-  apply_fn = setup.model.apply
+  apply_fn = setup.train_apply
   labels = balanced_labels(options.pseudo_per_client, num_classes)
   input_shape = setup.sample_x.shape[1:]
 
@@ -113,7 +113,7 @@ def noise_distillation(setup: ClientSetup, options, num_classes: int):
 
 def fedsnd(setup: ClientSetup, options, *, weighting: str = "num_examples") -> Algorithm:
   """``options``: a ``config.FedSNDConfig``."""
-  apply_fn = setup.model.apply
+  apply_fn = setup.train_apply
   one_model = jax.eval_shape(setup.init_params, jax.random.key(0))
   num_classes = jax.eval_shape(apply_fn, one_model, setup.sample_x).shape[-1]
   input_shape = setup.sample_x.shape[1:]
