@@ -2,6 +2,7 @@
 
   python benchmarks/bench.py                          # the default matrix, a table at the end
   python benchmarks/bench.py --models mlp --cohorts 10 100 --strategies vmap chunked loop
+  python benchmarks/bench.py --models fedavg_cnn --convs xla im2col --strategies vmap loop
 
 FedAvg rounds of ``--steps`` local SGD steps of batch ``--batch`` per client on synthetic data
 (200 examples per client, as in issue 3's measurements). Each cell runs in its own process so
@@ -10,7 +11,10 @@ client updates and examples per second, achieved GFLOP/s (XLA's cost analysis of
 step x steps x cohort) and its fraction of the float32 matmul peak measured in the same run,
 compile time (first round minus the median), compilations after the first round, peak RSS.
 ``loop`` (a jitted per-client update driven from Python) is the sequential baseline: the
-``speedup`` column is its seconds per round over the cell's.
+``speedup`` column is its seconds per round over the cell's. Convolutional models run once per
+``--convs`` entry (``xla``: ``lax.conv``; ``im2col``: matrix products, models/im2col.py). With
+two or more cohorts, a least-squares line ``s/round = intercept + slope x cohort`` is fitted per
+model and strategy.
 """
 from __future__ import annotations
 
@@ -41,8 +45,8 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
   return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def run_cell(model_name: str, cohort: int, strategy: str, steps: int, batch: int, rounds: int,
-             unroll: str) -> dict:
+def run_cell(model_name: str, cohort: int, strategy: str, conv: str, steps: int, batch: int,
+             rounds: int, unroll: str, chunk_size: int) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -69,13 +73,14 @@ def run_cell(model_name: str, cohort: int, strategy: str, steps: int, batch: int
                     np.zeros((1,) + shape, np.float32), np.zeros(1, np.int32), num_classes)
   clients = np.split(np.arange(total), cohort)
   data = FederatedData.from_indices(dataset, clients, [np.array([], np.int64)] * cohort)
-  model = build_model(model_name, num_classes)
+  model = build_model(model_name, num_classes, conv)
   use_unroll = unroll == "unroll" or (unroll == "auto" and model.has_conv)
   setup = ClientSetup(model, data.train_x[0, :1], optax.sgd(0.01),
                       LocalSchedule(batch, data.max_examples, steps=steps),
-                      Executor(strategy, chunk_size=8), cohort, use_unroll)
+                      Executor(strategy, chunk_size), cohort, use_unroll)
   algorithm = fedopt(setup, optax.sgd(1.0))
-  round_fn = jax.jit(algorithm.round) if algorithm.jit_round else algorithm.round
+  round_fn = (jax.jit(algorithm.round, donate_argnums=0) if algorithm.jit_round
+              else algorithm.round)
   state = algorithm.init(jax.random.key(0))
   cohort_data = data.cohort(np.arange(cohort))
   times = []
@@ -95,12 +100,31 @@ def run_cell(model_name: str, cohort: int, strategy: str, steps: int, batch: int
   cost = jax.jit(jax.grad(loss)).lower(params).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   flops_per_round = float(cost["flops"]) * steps * cohort
-  return {"model": model_name, "cohort": cohort, "strategy": strategy, "unroll": use_unroll,
+  return {"model": model_name, "cohort": cohort, "strategy": _label(strategy, conv),
+          "unroll": use_unroll,
           "seconds_per_round": seconds, "client_updates_per_s": cohort / seconds,
           "examples_per_s": cohort * steps * batch / seconds,
           "gflops": flops_per_round / seconds / 1e9, "compile_s": times[0] - seconds,
           "compiles_after_first_round": recompiles,
           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _label(strategy: str, conv: str) -> str:
+  return strategy if conv == "xla" else f"{strategy}+{conv}"
+
+
+def linear_fits(rows: list[dict]) -> list[dict]:
+  """Least-squares ``s/round = intercept + slope * cohort`` per (model, strategy)."""
+  import numpy as np
+  fits = []
+  for model, strategy in dict.fromkeys((r["model"], r["strategy"]) for r in rows if "error" not in r):
+    points = [(r["cohort"], r["seconds_per_round"]) for r in rows
+              if r["model"] == model and r["strategy"] == strategy and "error" not in r]
+    if len({c for c, _ in points}) >= 2:
+      slope, intercept = np.polyfit(*zip(*points), 1)
+      fits.append({"model": model, "strategy": strategy, "slope_s_per_client": float(slope),
+                   "intercept_s": float(intercept), "cohorts": [c for c, _ in points]})
+  return fits
 
 
 def markdown_table(rows: list[dict], peak: float) -> str:
@@ -118,6 +142,11 @@ def markdown_table(rows: list[dict], peak: float) -> str:
         f"{row['client_updates_per_s']:.1f} | {row['examples_per_s']:.0f} | {row['gflops']:.1f} | "
         f"{100 * row['gflops'] / peak:.0f}% | {row['compile_s']:.1f} | "
         f"{row['compiles_after_first_round']} | {row['peak_rss_mib']:.0f} |")
+  fits = linear_fits(rows)
+  if fits:
+    lines += ["", "| model | strategy | slope s/client | intercept s | cohorts |", "|---|---|---|---|---|"]
+    lines += [f"| {f['model']} | {f['strategy']} | {f['slope_s_per_client']:.4f} | "
+              f"{f['intercept_s']:.3f} | {', '.join(map(str, f['cohorts']))} |" for f in fits]
   return "\n".join(lines)
 
 
@@ -127,18 +156,21 @@ def main() -> None:
   parser.add_argument("--models", nargs="+", default=["mlp", "fedavg_cnn"], choices=MODELS)
   parser.add_argument("--cohorts", nargs="+", type=int, default=[10, 100])
   parser.add_argument("--strategies", nargs="+", default=["vmap", "chunked", "loop"])
+  parser.add_argument("--convs", nargs="+", default=["xla"], choices=["xla", "im2col"],
+                      help="convolution implementations (convolutional models only)")
+  parser.add_argument("--chunk-size", type=int, default=8)
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--batch", type=int, default=20)
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--unroll", default="auto", choices=["auto", "scan", "unroll"])
   parser.add_argument("--out", default="benchmarks/results")
-  parser.add_argument("--cell", nargs=3, metavar=("MODEL", "COHORT", "STRATEGY"),
+  parser.add_argument("--cell", nargs=4, metavar=("MODEL", "COHORT", "STRATEGY", "CONV"),
                       help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.cell:
-    model, cohort, strategy = args.cell
-    print(json.dumps(run_cell(model, int(cohort), strategy, args.steps, args.batch, args.rounds,
-                              args.unroll)))
+    model, cohort, strategy, conv = args.cell
+    print(json.dumps(run_cell(model, int(cohort), strategy, conv, args.steps, args.batch,
+                              args.rounds, args.unroll, args.chunk_size)))
     return
 
   import jax
@@ -148,13 +180,15 @@ def main() -> None:
   for model in args.models:
     for cohort in args.cohorts:
       cell_rows = []
-      for strategy in args.strategies:
-        command = [sys.executable, __file__, "--cell", model, str(cohort), strategy,
+      convs = args.convs if model != "mlp" else ["xla"]
+      for strategy, conv in [(s, c) for s in args.strategies for c in convs]:
+        command = [sys.executable, __file__, "--cell", model, str(cohort), strategy, conv,
                    "--steps", str(args.steps), "--batch", str(args.batch),
-                   "--rounds", str(args.rounds), "--unroll", args.unroll]
+                   "--rounds", str(args.rounds), "--unroll", args.unroll,
+                   "--chunk-size", str(args.chunk_size)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
-          row = {"model": model, "cohort": cohort, "strategy": strategy,
+          row = {"model": model, "cohort": cohort, "strategy": _label(strategy, conv),
                  "error": done.stderr.strip().splitlines()[-1]}
         else:
           row = json.loads(done.stdout.strip().splitlines()[-1])
@@ -171,9 +205,10 @@ def main() -> None:
                  "cpus": __import__("os").cpu_count(), "backend": jax.default_backend(),
                  "device": jax.devices()[0].device_kind, "jax": jax.__version__,
                  "python": platform.python_version(), "matmul_peak_gflops": peak,
-                 "steps": args.steps, "batch": args.batch, "rounds": args.rounds}
-  (out / "results.json").write_text(json.dumps({"environment": environment, "rows": rows},
-                                               indent=2))
+                 "steps": args.steps, "batch": args.batch, "rounds": args.rounds,
+                 "chunk_size": args.chunk_size}
+  (out / "results.json").write_text(json.dumps({"environment": environment, "rows": rows,
+                                                "linear_fits": linear_fits(rows)}, indent=2))
   table = markdown_table(rows, peak)
   (out / "results.md").write_text(f"{json.dumps(environment)}\n\n{table}\n")
   print(table)

@@ -13,7 +13,7 @@ from fedjax_lab.data.groups import GROUP_SHIFTS
 from fedjax_lab.data.sources import OFFLINE_SOURCES, TFDS_DATASETS
 from fedjax_lab.engine.execution import STRATEGIES
 from fedjax_lab.engine.precision import COMPUTE_DTYPES
-from fedjax_lab.models import MODEL_NAMES
+from fedjax_lab.models import CONV_IMPLEMENTATIONS, MODEL_NAMES
 from fedjax_lab.ops.cluster import LINKAGES
 from fedjax_lab.ops.influence import INFLUENCE_KINDS
 
@@ -82,9 +82,11 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   name: str = "mlp"
+  conv: str = "xla"                 # xla | im2col: convolutions as matrix products
 
   def __post_init__(self):
     _one_of("model.name", self.name, MODEL_NAMES)
+    _one_of("model.conv", self.conv, CONV_IMPLEMENTATIONS)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -194,7 +194,7 @@ def run(config: ExperimentConfig, *, resume: bool = False, progress: bool = True
   data = data if data is not None else build_federation(config.data)
   train_data = data.pooled() if config.algorithm.name == "centralized" else data
   cohort_size = 1 if config.algorithm.name == "centralized" else config.cohort_size
-  model = build_model(config.model.name, data.num_classes)
+  model = build_model(config.model.name, data.num_classes, config.model.conv)
   schedule = LocalSchedule(config.local.batch_size, train_data.max_examples, config.local.epochs,
                            config.local.steps)
   strategy, unroll = resolve_execution(config, model, schedule.max_steps)

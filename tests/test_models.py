@@ -1,5 +1,7 @@
+import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from fedjax_lab.models import build_model
@@ -39,3 +41,17 @@ def test_published_parameter_counts():
 def test_unknown_model_is_a_clear_error():
   with pytest.raises(ValueError, match="model.name='nope' is unknown; allowed: mlp"):
     build_model("nope", 10)
+
+
+@pytest.mark.parametrize("name,shape", [("fedavg_cnn", (28, 28, 1)), ("femnist_cnn", (28, 28, 1)),
+                                        ("resnet20", (32, 32, 3))])   # SAME, VALID, strided
+def test_im2col_convolutions_equal_xla_convolutions(name, shape):
+  x = jax.random.normal(jax.random.key(1), (2, *shape))
+  xla, im2col = build_model(name, 10), build_model(name, 10, conv="im2col")
+  params = xla.init(jax.random.key(0), x)
+  chex.assert_trees_all_equal_shapes(params, im2col.init(jax.random.key(0), x))
+  np.testing.assert_allclose(im2col.apply(params, x), xla.apply(params, x), atol=1e-4, rtol=1e-4)
+  per_client = jax.tree.map(lambda leaf: jnp.stack([leaf, 2 * leaf]), params)
+  clients_x = jnp.stack([x, x[::-1]])
+  np.testing.assert_allclose(jax.vmap(im2col.apply)(per_client, clients_x),
+                             jax.vmap(xla.apply)(per_client, clients_x), atol=1e-3, rtol=1e-3)

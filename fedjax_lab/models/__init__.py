@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fedjax_lab.models.im2col import apply_im2col
 from fedjax_lab.models.sequence import CharLSTM, TransformerLM
 from fedjax_lab.models.vision import MLP, VGG, VGG16_LAYOUT, CifarCNN, FedAvgCNN, ResNet20
 
@@ -17,10 +18,13 @@ Params = dict
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-  """A Flax module seen as pure functions. ``params`` is the module's ``'params'`` collection."""
+  """A Flax module seen as pure functions. ``params`` is the module's ``'params'`` collection.
+  ``conv``: how convolutions are computed, ``xla`` (``lax.conv``) or ``im2col`` (matrix
+  products, models/im2col.py); the parameters are the same either way."""
   name: str
   module: nn.Module
   has_conv: bool
+  conv: str = "xla"
 
   def init(self, key: jax.Array, sample_x) -> Params:
     """Parameters for inputs shaped like ``sample_x`` (``[batch, ...]``)."""
@@ -28,6 +32,8 @@ class Model:
 
   def apply(self, params: Params, x) -> jax.Array:
     """Logits ``[batch, ..., num_classes]``."""
+    if self.conv == "im2col":
+      return apply_im2col(self.module, {"params": params}, x)
     return self.module.apply({"params": params}, x)
 
   @staticmethod
@@ -50,14 +56,18 @@ _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
 }
 _SEQUENCE_MODELS = ("char_lstm", "transformer_lm")
 MODEL_NAMES = tuple(_BUILDERS)
+CONV_IMPLEMENTATIONS = ("xla", "im2col")
 
 
-def build_model(name: str, num_classes: int) -> Model:
+def build_model(name: str, num_classes: int, conv: str = "xla") -> Model:
   """The named model with ``num_classes`` outputs (the vocabulary size for sequence models)."""
   if name not in _BUILDERS:
     raise ValueError(f"model.name={name!r} is unknown; allowed: {', '.join(MODEL_NAMES)}")
+  if conv not in CONV_IMPLEMENTATIONS:
+    raise ValueError(f"model.conv={conv!r} is unknown; allowed: "
+                     f"{', '.join(CONV_IMPLEMENTATIONS)}")
   has_conv = name not in ("mlp",) + _SEQUENCE_MODELS
-  return Model(name, _BUILDERS[name](num_classes), has_conv)
+  return Model(name, _BUILDERS[name](num_classes), has_conv, conv)
 
 
 def is_sequence_model(name: str) -> bool:
