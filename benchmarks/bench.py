@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import pathlib
 import platform
 import resource
@@ -46,7 +47,7 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
 
 
 def run_cell(model_name: str, cohort: int, strategy: str, conv: str, steps: int, batch: int,
-             rounds: int, unroll: str, chunk_size: int) -> dict:
+             rounds: int, unroll: str, chunk_size: int, compute_dtype: str) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -77,7 +78,7 @@ def run_cell(model_name: str, cohort: int, strategy: str, conv: str, steps: int,
   use_unroll = unroll == "unroll" or (unroll == "auto" and model.has_conv)
   setup = ClientSetup(model, data.train_x[0, :1], optax.sgd(0.01),
                       LocalSchedule(batch, data.max_examples, steps=steps),
-                      Executor(strategy, chunk_size), cohort, use_unroll)
+                      Executor(strategy, chunk_size), cohort, use_unroll, compute_dtype)
   algorithm = fedopt(setup, optax.sgd(1.0))
   round_fn = (jax.jit(algorithm.round, donate_argnums=0) if algorithm.jit_round
               else algorithm.round)
@@ -100,7 +101,7 @@ def run_cell(model_name: str, cohort: int, strategy: str, conv: str, steps: int,
   cost = jax.jit(jax.grad(loss)).lower(params).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   flops_per_round = float(cost["flops"]) * steps * cohort
-  return {"model": model_name, "cohort": cohort, "strategy": _label(strategy, conv),
+  return {"model": model_name, "cohort": cohort, "strategy": _label(strategy, conv, compute_dtype),
           "unroll": use_unroll,
           "seconds_per_round": seconds, "client_updates_per_s": cohort / seconds,
           "examples_per_s": cohort * steps * batch / seconds,
@@ -109,8 +110,8 @@ def run_cell(model_name: str, cohort: int, strategy: str, conv: str, steps: int,
           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def _label(strategy: str, conv: str) -> str:
-  return strategy if conv == "xla" else f"{strategy}+{conv}"
+def _label(strategy: str, conv: str, compute_dtype: str) -> str:
+  return "+".join([strategy] + [conv] * (conv != "xla") + ["bf16"] * (compute_dtype != "float32"))
 
 
 def linear_fits(rows: list[dict]) -> list[dict]:
@@ -159,6 +160,9 @@ def main() -> None:
   parser.add_argument("--convs", nargs="+", default=["xla"], choices=["xla", "im2col"],
                       help="convolution implementations (convolutional models only)")
   parser.add_argument("--chunk-size", type=int, default=8)
+  parser.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16"])
+  parser.add_argument("--xla-flags", default="",
+                      help="XLA_FLAGS for every cell, e.g. --xla_cpu_use_xnnpack=true")
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--batch", type=int, default=20)
   parser.add_argument("--rounds", type=int, default=3)
@@ -170,7 +174,7 @@ def main() -> None:
   if args.cell:
     model, cohort, strategy, conv = args.cell
     print(json.dumps(run_cell(model, int(cohort), strategy, conv, args.steps, args.batch,
-                              args.rounds, args.unroll, args.chunk_size)))
+                              args.rounds, args.unroll, args.chunk_size, args.compute_dtype)))
     return
 
   import jax
@@ -185,10 +189,11 @@ def main() -> None:
         command = [sys.executable, __file__, "--cell", model, str(cohort), strategy, conv,
                    "--steps", str(args.steps), "--batch", str(args.batch),
                    "--rounds", str(args.rounds), "--unroll", args.unroll,
-                   "--chunk-size", str(args.chunk_size)]
-        done = subprocess.run(command, capture_output=True, text=True)
+                   "--chunk-size", str(args.chunk_size), "--compute-dtype", args.compute_dtype]
+        env = dict(os.environ, XLA_FLAGS=args.xla_flags) if args.xla_flags else None
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode:
-          row = {"model": model, "cohort": cohort, "strategy": _label(strategy, conv),
+          row = {"model": model, "cohort": cohort, "strategy": _label(strategy, conv, args.compute_dtype),
                  "error": done.stderr.strip().splitlines()[-1]}
         else:
           row = json.loads(done.stdout.strip().splitlines()[-1])
@@ -202,7 +207,8 @@ def main() -> None:
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   environment = {"date": datetime.date.today().isoformat(), "machine": platform.machine(),
-                 "cpus": __import__("os").cpu_count(), "backend": jax.default_backend(),
+                 "cpus": os.cpu_count(), "xla_flags": args.xla_flags,
+                 "backend": jax.default_backend(),
                  "device": jax.devices()[0].device_kind, "jax": jax.__version__,
                  "python": platform.python_version(), "matmul_peak_gflops": peak,
                  "steps": args.steps, "batch": args.batch, "rounds": args.rounds,
