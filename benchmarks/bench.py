@@ -101,7 +101,8 @@ def run_cell(model_name: str, cohort: int, strategy: str, conv: str, steps: int,
   cost = jax.jit(jax.grad(loss)).lower(params).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   flops_per_round = float(cost["flops"]) * steps * cohort
-  return {"model": model_name, "cohort": cohort, "strategy": _label(strategy, conv, compute_dtype),
+  label = _label(strategy, conv, compute_dtype)
+  return {"model": model_name, "cohort": cohort, "strategy": label,
           "unroll": use_unroll,
           "seconds_per_round": seconds, "client_updates_per_s": cohort / seconds,
           "examples_per_s": cohort * steps * batch / seconds,
@@ -193,8 +194,9 @@ def main() -> None:
         env = dict(os.environ, XLA_FLAGS=args.xla_flags) if args.xla_flags else None
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode:
-          row = {"model": model, "cohort": cohort, "strategy": _label(strategy, conv, args.compute_dtype),
-                 "error": done.stderr.strip().splitlines()[-1]}
+          label = _label(strategy, conv, args.compute_dtype)
+          row = {"model": model, "cohort": cohort, "strategy": label,
+                 "error": (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]}
         else:
           row = json.loads(done.stdout.strip().splitlines()[-1])
         print(json.dumps(row), flush=True)

@@ -6,6 +6,7 @@ import pytest
 from jax import monitoring
 
 from fedjax_lab.algorithms import ClientSetup
+from fedjax_lab.algorithms.fedopt import fedopt
 from fedjax_lab.algorithms.scaffold import scaffold
 from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import LocalSchedule
@@ -17,12 +18,14 @@ monitoring.register_event_duration_secs_listener(
     if name == "/jax/core/compile/backend_compile_duration" else None)
 
 
-@pytest.mark.parametrize("strategy", ["vmap", "loop"])
-def test_rounds_after_the_first_do_not_compile(tiny_federation, strategy):
+@pytest.mark.parametrize("name,strategy", [("scaffold", "vmap"), ("scaffold", "loop"),
+                                           ("fedavg", "chunked"), ("fedavg", "loop")])
+def test_rounds_after_the_first_do_not_compile(tiny_federation, name, strategy):
   setup = ClientSetup(build_model("mlp", 10), tiny_federation.train_x[0, :1], optax.sgd(0.1),
-                      LocalSchedule(4, tiny_federation.max_examples), Executor(strategy),
+                      LocalSchedule(4, tiny_federation.max_examples), Executor(strategy, 2),
                       tiny_federation.num_clients)
-  algorithm = scaffold(setup, client_learning_rate=0.1)
+  algorithm = (scaffold(setup, client_learning_rate=0.1) if name == "scaffold"
+               else fedopt(setup, optax.sgd(1.0)))
   round_fn = jax.jit(algorithm.round) if algorithm.jit_round else algorithm.round
   state = algorithm.init(jax.random.key(0))
   rng = np.random.default_rng(0)

@@ -68,7 +68,7 @@ class Executor:
     """``sum_k fn(args_k)`` over the client axis, as a pytree shaped like one output."""
     in_axes = tuple(in_axes)
     if self.strategy == "vmap":
-      return lambda *args: jax.tree.map(lambda a: a.sum(0), jax.vmap(fn, in_axes=in_axes)(*args))
+      return lambda *args: _sum_clients(jax.vmap(fn, in_axes=in_axes)(*args))
     if self.strategy == "chunked":
       return functools.partial(_chunked_sum, fn, in_axes, self.chunk_size)
 
@@ -82,6 +82,13 @@ class Executor:
         total = out if total is None else add(total, out)
       return total
     return loop_sum
+
+
+def _sum_clients(stacked):
+  """Each leaf summed over its leading axis, as a product with a vector of ones: XLA:CPU runs
+  ``leaf.sum(0)`` of a [100, 784, 200] stack 75x slower than this dot (213 ms against 3 ms)."""
+  return jax.tree.map(lambda leaf: jnp.tensordot(jnp.ones(leaf.shape[0], leaf.dtype), leaf,
+                                                 axes=1), stacked)
 
 
 def _cohort_size(args, in_axes) -> int:
@@ -100,8 +107,7 @@ def _chunked_sum(fn, in_axes, chunk_size, *args):
   size = _cohort_size(args, in_axes)
   full = size // chunk_size
   batched = jax.vmap(fn, in_axes=in_axes)
-  chunk_sum = lambda rows: jax.tree.map(lambda a: a.sum(0),
-                                        batched(*_merge(args, in_axes, rows)))
+  chunk_sum = lambda rows: _sum_clients(batched(*_merge(args, in_axes, rows)))
 
   def chunk(index):
     return tuple(jax.tree.map(
