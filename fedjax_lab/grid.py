@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from fedjax_lab.cli import format_table
+from fedjax_lab.config import load_config
 from fedjax_lab.run import TrainingDivergedError, run
 
 DIVERGED_MARKER = "diverged.txt"
@@ -24,14 +25,15 @@ def _read_rows(path: pathlib.Path) -> list[dict]:
 def run_or_load(config, data) -> tuple[list[dict], bool]:
   """(metrics, whether they were read back from an earlier finished run in ``out_dir``).
 
-  Only a run made with the same config (its ``config.json``) is read back; any other is rerun.
+  Only a run made with the same config is read back; any other is rerun. Its ``config.json`` is
+  read with today's defaults, so a field added since then, at its default, does not count as
+  a change.
   A run that diverges (``TrainingDivergedError``) is finished too: its rows up to the
   divergence are returned with a last row ``{"round": r, "diverged": True}``, and a
   ``diverged.txt`` marker keeps it from being rerun."""
   out_dir = pathlib.Path(config.out_dir)
   stored = out_dir / "config.json"
-  same_config = stored.exists() and (json.loads(stored.read_text())
-                                    == json.loads(json.dumps(config.to_dict())))
+  same_config = stored.exists() and load_config(str(stored)) == config
   rows = _read_rows(out_dir / "metrics.jsonl") if same_config else []
   if not same_config:
     (out_dir / DIVERGED_MARKER).unlink(missing_ok=True)

@@ -21,4 +21,5 @@ else
   run layer       --algorithms fedmr --set algorithm.fedmr.granularity=layer
   run first_stage --algorithms fedmr --set algorithm.fedmr.first_stage_rounds=20
   run lr0.05      --algorithms fedmr fedavg --set local.learning_rate=0.05
+  run rounds100   --algorithms fedmr fedavg --set rounds=100
 fi
