@@ -119,9 +119,10 @@ def linear_fits(rows: list[dict]) -> list[dict]:
   """Least-squares ``s/round = intercept + slope * cohort`` per (model, strategy)."""
   import numpy as np
   fits = []
-  for model, strategy in dict.fromkeys((r["model"], r["strategy"]) for r in rows if "error" not in r):
-    points = [(r["cohort"], r["seconds_per_round"]) for r in rows
-              if r["model"] == model and r["strategy"] == strategy and "error" not in r]
+  measured = [r for r in rows if "error" not in r]
+  for model, strategy in dict.fromkeys((r["model"], r["strategy"]) for r in measured):
+    points = [(r["cohort"], r["seconds_per_round"]) for r in measured
+              if r["model"] == model and r["strategy"] == strategy]
     if len({c for c, _ in points}) >= 2:
       slope, intercept = np.polyfit(*zip(*points), 1)
       fits.append({"model": model, "strategy": strategy, "slope_s_per_client": float(slope),
@@ -146,7 +147,8 @@ def markdown_table(rows: list[dict], peak: float) -> str:
         f"{row['compiles_after_first_round']} | {row['peak_rss_mib']:.0f} |")
   fits = linear_fits(rows)
   if fits:
-    lines += ["", "| model | strategy | slope s/client | intercept s | cohorts |", "|---|---|---|---|---|"]
+    lines += ["", "| model | strategy | slope s/client | intercept s | cohorts |",
+              "|---|---|---|---|---|"]
     lines += [f"| {f['model']} | {f['strategy']} | {f['slope_s_per_client']:.4f} | "
               f"{f['intercept_s']:.3f} | {', '.join(map(str, f['cohorts']))} |" for f in fits]
   return "\n".join(lines)
@@ -196,7 +198,8 @@ def main() -> None:
         if done.returncode:
           label = _label(strategy, conv, args.compute_dtype)
           row = {"model": model, "cohort": cohort, "strategy": label,
-                 "error": (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]}
+                 "error": (done.stderr.strip().splitlines()
+                           or [f"exit status {done.returncode}"])[-1]}
         else:
           row = json.loads(done.stdout.strip().splitlines()[-1])
         print(json.dumps(row), flush=True)
