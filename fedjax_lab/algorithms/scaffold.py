@@ -12,7 +12,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from fedjax_lab.algorithms.base import Algorithm, ClientSetup, client_weights, round_keys
-from fedjax_lab.ops.aggregate import tree_broadcast, tree_gather, tree_scatter, weighted_mean
+from fedjax_lab.ops.aggregate import (client_sum, tree_broadcast, tree_gather, tree_scatter,
+                                      weighted_mean)
 from fedjax_lab.ops.communication import tree_bytes
 from fedjax_lab.ops.divergence import mean_pairwise_cosine
 
@@ -58,7 +59,8 @@ def scaffold(setup: ClientSetup, *, client_learning_rate: float, server_learning
     params = jax.tree.map(lambda x, mean: x + server_learning_rate * (mean - x), state.params,
                           weighted_mean(client_params, weights))
     participation = cohort.client_ids.shape[0] / setup.num_clients
-    control_delta = jax.tree.map(lambda new, old: (new - old).mean(0), new_controls, old_controls)
+    control_delta = jax.tree.map(lambda total: total / cohort.client_ids.shape[0], client_sum(
+        jax.tree.map(jnp.subtract, new_controls, old_controls)))
     server_control = jax.tree.map(lambda c, d: c + participation * d, state.server_control,
                                   control_delta)
     state = ScaffoldState(params, server_control,

@@ -24,6 +24,8 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from fedjax_lab.ops.aggregate import client_sum
+
 STRATEGIES = ("vmap", "chunked", "loop")
 
 
@@ -59,7 +61,7 @@ class Executor:
     jitted = jax.jit(fn)
 
     def loop(*args):
-      outputs = [jitted(*_merge(args, in_axes, _rows(args, in_axes, client, client + 1, True)))
+      outputs = [jitted(*_merge(args, in_axes, _rows(args, in_axes, client)))
                  for client in range(_cohort_size(args, in_axes))]
       return jax.tree.map(lambda *leaves: jnp.stack(leaves), *outputs)
     return loop
@@ -68,7 +70,7 @@ class Executor:
     """``sum_k fn(args_k)`` over the client axis, as a pytree shaped like one output."""
     in_axes = tuple(in_axes)
     if self.strategy == "vmap":
-      return lambda *args: _sum_clients(jax.vmap(fn, in_axes=in_axes)(*args))
+      return lambda *args: client_sum(jax.vmap(fn, in_axes=in_axes)(*args))
     if self.strategy == "chunked":
       return functools.partial(_chunked_sum, fn, in_axes, self.chunk_size)
 
@@ -78,27 +80,20 @@ class Executor:
     def loop_sum(*args):
       total = None
       for client in range(_cohort_size(args, in_axes)):
-        out = jitted(*_merge(args, in_axes, _rows(args, in_axes, client, client + 1, True)))
+        out = jitted(*_merge(args, in_axes, _rows(args, in_axes, client)))
         total = out if total is None else add(total, out)
       return total
     return loop_sum
-
-
-def _sum_clients(stacked):
-  """Each leaf summed over its leading axis, as a product with a vector of ones: XLA:CPU runs
-  ``leaf.sum(0)`` of a [100, 784, 200] stack 75x slower than this dot (213 ms against 3 ms)."""
-  return jax.tree.map(lambda leaf: jnp.tensordot(jnp.ones(leaf.shape[0], leaf.dtype), leaf,
-                                                 axes=1), stacked)
 
 
 def _cohort_size(args, in_axes) -> int:
   return next(jax.tree.leaves(a)[0].shape[0] for a, axis in zip(args, in_axes) if axis == 0)
 
 
-def _rows(args, in_axes, start, stop, squeeze=False):
-  """The client-mapped arguments restricted to clients ``start:stop`` (one client if squeeze)."""
-  pick = (lambda leaf: leaf[start]) if squeeze else (lambda leaf: leaf[start:stop])
-  return tuple(jax.tree.map(pick, a) for a, axis in zip(args, in_axes) if axis == 0)
+def _rows(args, in_axes, clients):
+  """The client-mapped arguments indexed by ``clients`` (one index, or a slice)."""
+  return tuple(jax.tree.map(lambda leaf: leaf[clients], a)
+               for a, axis in zip(args, in_axes) if axis == 0)
 
 
 def _chunked_sum(fn, in_axes, chunk_size, *args):
@@ -107,7 +102,7 @@ def _chunked_sum(fn, in_axes, chunk_size, *args):
   size = _cohort_size(args, in_axes)
   full = size // chunk_size
   batched = jax.vmap(fn, in_axes=in_axes)
-  chunk_sum = lambda rows: _sum_clients(batched(*_merge(args, in_axes, rows)))
+  chunk_sum = lambda rows: client_sum(batched(*_merge(args, in_axes, rows)))
 
   def chunk(index):
     return tuple(jax.tree.map(
@@ -120,7 +115,7 @@ def _chunked_sum(fn, in_axes, chunk_size, *args):
         lambda acc, index: (jax.tree.map(jnp.add, acc, chunk_sum(chunk(index))), None),
         chunk_sum(chunk(0)), jnp.arange(1, full))
   if full * chunk_size < size:
-    tail = chunk_sum(_rows(args, in_axes, full * chunk_size, size))
+    tail = chunk_sum(_rows(args, in_axes, slice(full * chunk_size, size)))
     total = tail if total is None else jax.tree.map(jnp.add, total, tail)
   return total
 

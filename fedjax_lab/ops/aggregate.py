@@ -13,6 +13,14 @@ def weighted_mean(stacked, weights: jax.Array):
       lambda leaf: jnp.tensordot(weights / total, leaf, axes=1).astype(leaf.dtype), stacked)
 
 
+def client_sum(stacked):
+  """Each leaf summed over its leading (client) axis, as a product with a vector of ones:
+  XLA:CPU runs ``leaf.sum(0)`` of a [100, 784, 200] stack 75x slower than this dot (213 ms
+  against 3 ms)."""
+  return jax.tree.map(lambda leaf: jnp.tensordot(jnp.ones(leaf.shape[0], leaf.dtype), leaf,
+                                                 axes=1), stacked)
+
+
 def tree_broadcast(tree, size: int):
   """Stack ``size`` copies of ``tree`` along a new leading axis."""
   return jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (size,) + leaf.shape), tree)
