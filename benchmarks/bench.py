@@ -54,7 +54,7 @@ def run_cell(model_name: str, cohort: int, strategy: str, conv: str, steps: int,
   import optax
   from jax import monitoring
 
-  from fedjax_lab.algorithms import ClientSetup
+  from fedjax_lab.algorithms import ClientSetup, compiled_round
   from fedjax_lab.algorithms.fedopt import fedopt
   from fedjax_lab.data import FederatedData
   from fedjax_lab.data.sources import Dataset
@@ -80,8 +80,7 @@ def run_cell(model_name: str, cohort: int, strategy: str, conv: str, steps: int,
                       LocalSchedule(batch, data.max_examples, steps=steps),
                       Executor(strategy, chunk_size), cohort, use_unroll, compute_dtype)
   algorithm = fedopt(setup, optax.sgd(1.0))
-  round_fn = (jax.jit(algorithm.round, donate_argnums=0) if algorithm.jit_round
-              else algorithm.round)
+  round_fn = compiled_round(algorithm, setup.executor, donate=True)
   state = algorithm.init(jax.random.key(0))
   cohort_data = data.cohort(np.arange(cohort))
   times = []

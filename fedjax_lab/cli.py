@@ -6,41 +6,39 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
+import pathlib
 import sys
 
 from fedjax_lab.config import load_config
 from fedjax_lab.run import TrainingDivergedError, run
+from fedjax_lab.tables import SUMMARY_COLUMNS, format_table, summary_row
 
 
-def format_table(rows: list[dict], columns: list[str]) -> str:
-  """A plain-text table; floats with 4 decimals."""
-  cells = [[f"{row.get(c, float('nan')):.4f}" if isinstance(row.get(c), float)
-            else str(row.get(c, "")) for c in columns] for row in rows]
-  widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-  line = lambda values: "  ".join(v.rjust(w) for v, w in zip(values, widths))
-  return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])
-
-
-def summary_row(name: str, result) -> dict:
-  """Final metrics of a run, for the results table."""
-  last = [r for r in result.metrics if "client_accuracy_mean" in r][-1]
-  return {"run": name, "rounds": last["round"],
-          "global_acc": last.get("global_accuracy", float("nan")),
-          "client_acc_mean": last["client_accuracy_mean"],
-          "client_acc_p10": last["client_accuracy_p10"],
-          "MB_sent": sum(r["bytes_up"] + r["bytes_down"] for r in result.metrics) / 1e6,
-          "seconds": result.wall_seconds}
-
-
-SUMMARY_COLUMNS = ["run", "rounds", "global_acc", "client_acc_mean", "client_acc_p10", "MB_sent",
-                   "seconds"]
+def load_plugin(spec: str) -> None:
+  """Import a module by dotted name or a ``.py`` file by path; a plugin registers its methods,
+  aggregators, sources or models when imported (README, "Writing a new algorithm")."""
+  if spec.endswith(".py"):
+    path = pathlib.Path(spec)
+    module_spec = importlib.util.spec_from_file_location(path.stem, path)
+    if module_spec is None or not path.exists():
+      raise FileNotFoundError(f"--plugin {spec}: no such file")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[path.stem] = module
+    module_spec.loader.exec_module(module)
+  else:
+    importlib.import_module(spec)
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="fedjax-lab", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", help="a .json or .toml experiment config")
+  parser.add_argument("--plugin", action="append", default=[],
+                      help="a module or .py file to import first (it may register algorithms, "
+                      "aggregators, sources, partitioners or models); repeatable")
   parser.add_argument("--resume", action="store_true",
                       help="continue from the latest checkpoint in out_dir")
   parser.add_argument("--no-progress", action="store_true")
@@ -49,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. local.epochs=2")
   args = parser.parse_args(argv)
   try:
+    for plugin in args.plugin:
+      load_plugin(plugin)
     config = load_config(args.config, args.overrides)
-  except (ValueError, OSError) as error:
+  except (ValueError, OSError, ImportError) as error:
     print(f"fedjax-lab: config error: {error}", file=sys.stderr)
     return 2
   if args.print_config:

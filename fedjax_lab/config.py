@@ -9,32 +9,20 @@ import pathlib
 import tomllib
 import typing
 
+from typing import Any
+
+from fedjax_lab.algorithms import ALGORITHMS
+from fedjax_lab.checks import one_of, require
+from fedjax_lab.data.catalog import PARTITIONERS, SOURCES
 from fedjax_lab.data.groups import GROUP_SHIFTS
-from fedjax_lab.data.sources import OFFLINE_SOURCES, TFDS_DATASETS
 from fedjax_lab.engine.execution import STRATEGIES
 from fedjax_lab.engine.precision import COMPUTE_DTYPES
-from fedjax_lab.models import CONV_IMPLEMENTATIONS, MODEL_NAMES
-from fedjax_lab.ops.cluster import LINKAGES
-from fedjax_lab.ops.influence import INFLUENCE_KINDS
+from fedjax_lab.models import CONV_IMPLEMENTATIONS, MODELS
+from fedjax_lab.ops.aggregators import AGGREGATORS
 
-PARTITIONS = ("iid", "dirichlet", "dirichlet_capped", "shards", "quantity_skew", "natural")
-PERSONALIZED_CLUSTERING = ("pfedlia", "oracle", "ifca", "cfl")   # need every client each round
-ALGORITHMS = ("fedavg", "fedprox", "fedopt", "scaffold", "local", "centralized", "fedmr",
-              "fedsnd") + PERSONALIZED_CLUSTERING
-PFEDLIA_CLUSTERINGS = ("agglomerative", "spectral", "decentralized")
-RECOMBINATION_GRANULARITIES = ("leaf", "layer", "block")
 CLIENT_OPTIMIZERS = ("sgd", "adam")
 SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
 WEIGHTINGS = ("num_examples", "uniform")
-
-
-def _require(condition: bool, field: str, allowed: str, value) -> None:
-  if not condition:
-    raise ValueError(f"{field} must be {allowed}, got {value!r}")
-
-
-def _one_of(field: str, value, allowed) -> None:
-  _require(value in allowed, field, "one of " + ", ".join(map(str, allowed)), value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,24 +46,24 @@ class DataConfig:
   seed: int = 0
 
   def __post_init__(self):
-    known = OFFLINE_SOURCES + tuple(f"tfds:{n}" for n in TFDS_DATASETS)
-    _require(self.source in known or self.source.startswith("tfds:emnist"), "data.source",
-             "one of " + ", ".join(known), self.source)
-    _require(self.num_clients >= 1, "data.num_clients", ">= 1", self.num_clients)
-    _one_of("data.partition", self.partition, PARTITIONS)
-    _require(self.alpha > 0 and math.isfinite(self.alpha), "data.alpha", "> 0", self.alpha)
-    _require(self.min_examples >= 1, "data.min_examples", ">= 1", self.min_examples)
-    _require(self.classes_per_client >= 1, "data.classes_per_client", ">= 1",
+    known = self.source in SOURCES or (self.source.startswith("tfds:")
+                                       and self.source.split("/")[0] in SOURCES)
+    require(known, "data.source", "one of " + ", ".join(SOURCES), self.source)
+    require(self.num_clients >= 1, "data.num_clients", ">= 1", self.num_clients)
+    one_of("data.partition", self.partition, PARTITIONERS.names())
+    require(self.alpha > 0 and math.isfinite(self.alpha), "data.alpha", "> 0", self.alpha)
+    require(self.min_examples >= 1, "data.min_examples", ">= 1", self.min_examples)
+    require(self.classes_per_client >= 1, "data.classes_per_client", ">= 1",
              self.classes_per_client)
-    _require(self.sigma >= 0, "data.sigma", ">= 0", self.sigma)
-    _require(0 <= self.test_fraction < 1, "data.test_fraction", "in [0, 1)", self.test_fraction)
-    _require(self.max_client_examples >= 0, "data.max_client_examples", ">= 0 (0: no cap)",
+    require(self.sigma >= 0, "data.sigma", ">= 0", self.sigma)
+    require(0 <= self.test_fraction < 1, "data.test_fraction", "in [0, 1)", self.test_fraction)
+    require(self.max_client_examples >= 0, "data.max_client_examples", ">= 0 (0: no cap)",
              self.max_client_examples)
-    _require(0 <= self.latent_groups <= self.num_clients, "data.latent_groups",
+    require(0 <= self.latent_groups <= self.num_clients, "data.latent_groups",
              f"in [0, data.num_clients={self.num_clients}]", self.latent_groups)
-    _one_of("data.group_shift", self.group_shift, GROUP_SHIFTS)
+    one_of("data.group_shift", self.group_shift, GROUP_SHIFTS)
     if self.group_shift == "rotation":
-      _require(self.latent_groups <= 4, "data.latent_groups", "<= 4 with rotation (90-degree "
+      require(self.latent_groups <= 4, "data.latent_groups", "<= 4 with rotation (90-degree "
                "turns)", self.latent_groups)
 
 
@@ -85,8 +73,8 @@ class ModelConfig:
   conv: str = "xla"                 # xla | im2col: convolutions as matrix products
 
   def __post_init__(self):
-    _one_of("model.name", self.name, MODEL_NAMES)
-    _one_of("model.conv", self.conv, CONV_IMPLEMENTATIONS)
+    one_of("model.name", self.name, MODELS.names())
+    one_of("model.conv", self.conv, CONV_IMPLEMENTATIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,12 +88,12 @@ class LocalConfig:
   batch_size: int = 20
 
   def __post_init__(self):
-    _one_of("local.optimizer", self.optimizer, CLIENT_OPTIMIZERS)
-    _require(self.learning_rate > 0, "local.learning_rate", "> 0", self.learning_rate)
-    _require(0 <= self.momentum < 1, "local.momentum", "in [0, 1)", self.momentum)
-    _require(self.epochs >= 1, "local.epochs", ">= 1", self.epochs)
-    _require(self.steps >= 0, "local.steps", ">= 0 (0: use local.epochs)", self.steps)
-    _require(self.batch_size >= 1, "local.batch_size", ">= 1", self.batch_size)
+    one_of("local.optimizer", self.optimizer, CLIENT_OPTIMIZERS)
+    require(self.learning_rate > 0, "local.learning_rate", "> 0", self.learning_rate)
+    require(0 <= self.momentum < 1, "local.momentum", "in [0, 1)", self.momentum)
+    require(self.epochs >= 1, "local.epochs", ">= 1", self.epochs)
+    require(self.steps >= 0, "local.steps", ">= 0 (0: use local.epochs)", self.steps)
+    require(self.batch_size >= 1, "local.batch_size", ">= 1", self.batch_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,152 +107,62 @@ class ServerConfig:
   eps: float = 1e-3
 
   def __post_init__(self):
-    _one_of("server.optimizer", self.optimizer, SERVER_OPTIMIZERS)
-    _require(self.learning_rate > 0, "server.learning_rate", "> 0", self.learning_rate)
-    _require(0 <= self.momentum < 1, "server.momentum", "in [0, 1)", self.momentum)
-
-
-@dataclasses.dataclass(frozen=True)
-class FedMRConfig:
-  """FedMR (layer-wise model recombination); the slot count is ``cohort_size``."""
-  first_stage_rounds: int = 0       # rounds of unweighted FedAvg before recombination starts
-  granularity: str = "leaf"         # leaf (official code) | layer (paper) | block (ablation)
-  block_fraction: float = 0.0       # FedMR_Partition(p): leaves per block = ceil(p * leaves)
-
-  def __post_init__(self):
-    _require(self.first_stage_rounds >= 0, "algorithm.fedmr.first_stage_rounds", ">= 0",
-             self.first_stage_rounds)
-    _one_of("algorithm.fedmr.granularity", self.granularity, RECOMBINATION_GRANULARITIES)
-    _require(0 <= self.block_fraction <= 1, "algorithm.fedmr.block_fraction", "in [0, 1]",
-             self.block_fraction)
-
-
-@dataclasses.dataclass(frozen=True)
-class PFedLIAConfig:
-  """pFedLIA: warm-up, lazy-influence phase, clustering, per-cluster FedAvg (algorithms/pfedlia)."""
-  warmup_rounds: int = 5            # FedAvg rounds giving the shared start theta0 (0 allowed)
-  recluster_every: int = 0          # > 0: a new influence phase every this many rounds
-  validation_fraction: float = 0.2  # of each client's training examples, held out for scoring
-  influence: str = "loss"           # loss | accuracy | vote
-  vote_epsilon: float = 0.0         # > 0: randomized response on votes (eps-local DP)
-  clustering: str = "agglomerative" # agglomerative | spectral (central) | decentralized
-  linkage: str = "average"
-  num_clusters: int = 0             # 0: agglomerative stops at `threshold`; spectral needs > 0
-  threshold: float = 0.0            # merge while the linkage similarity is >= this
-  neighbours: str = "positive"      # decentralized collaborators: positive | top_k
-  top_k: int = 5
-  chunk_size: int = 16              # scorers per chunk of the N x N influence matrix
-
-  def __post_init__(self):
-    p = "algorithm.pfedlia."
-    _require(self.warmup_rounds >= 0, p + "warmup_rounds", ">= 0", self.warmup_rounds)
-    _require(self.recluster_every >= 0, p + "recluster_every", ">= 0", self.recluster_every)
-    _require(0 < self.validation_fraction < 1, p + "validation_fraction", "in (0, 1)",
-             self.validation_fraction)
-    _one_of(p + "influence", self.influence, INFLUENCE_KINDS)
-    _require(self.vote_epsilon >= 0, p + "vote_epsilon", ">= 0", self.vote_epsilon)
-    if self.vote_epsilon > 0:
-      _require(self.influence == "vote", p + "vote_epsilon", "0 unless influence='vote'",
-               self.vote_epsilon)
-    _one_of(p + "clustering", self.clustering, PFEDLIA_CLUSTERINGS)
-    _one_of(p + "linkage", self.linkage, LINKAGES)
-    _require(self.num_clusters >= 0, p + "num_clusters", ">= 0", self.num_clusters)
-    if self.clustering == "spectral":
-      _require(self.num_clusters >= 2, p + "num_clusters", ">= 2 for spectral clustering",
-               self.num_clusters)
-    _one_of(p + "neighbours", self.neighbours, ("positive", "top_k"))
-    _require(self.top_k >= 1, p + "top_k", ">= 1", self.top_k)
-    _require(self.chunk_size >= 1, p + "chunk_size", ">= 1", self.chunk_size)
-
-
-@dataclasses.dataclass(frozen=True)
-class IFCAConfig:
-  """IFCA (Ghosh et al. 2020): k cluster models, each client joins the one of lowest loss."""
-  num_clusters: int = 4
-
-  def __post_init__(self):
-    _require(self.num_clusters >= 2, "algorithm.ifca.num_clusters", ">= 2", self.num_clusters)
-
-
-@dataclasses.dataclass(frozen=True)
-class CFLConfig:
-  """CFL (Sattler et al. 2020): split a cluster in two by the cosine similarity of its clients'
-  updates once ``||mean update|| < eps1`` while ``max ||update|| > eps2``. Both scale with the
-  learning rate and local steps: the defaults suit the MLP benchmark of experiments/pfedlia
-  (Sattler et al.'s 0.4 / 1.6 were for their models); `cfl` logs both norms every round."""
-  eps1: float = 0.12
-  eps2: float = 0.35
-
-  def __post_init__(self):
-    _require(self.eps1 > 0, "algorithm.cfl.eps1", "> 0", self.eps1)
-    _require(self.eps2 > 0, "algorithm.cfl.eps2", "> 0", self.eps2)
-
-
-@dataclasses.dataclass(frozen=True)
-class FedSNDConfig:
-  """FedSND (algorithms/fedsnd.py). Ablations: ``self_distill_weight = 0`` (noise distillation
-  only), ``noise_distill = false`` (self-distillation only)."""
-  self_distill_weight: float = 1.0  # lambda of the client's KL term (0: off)
-  temperature: float = 2.0          # client-side distillation temperature
-  teacher: str = "global"           # global (received model) | previous (own last model)
-  noise_distill: bool = True        # the server-side step
-  pseudo_per_client: int = 20       # pseudo-samples kept per client
-  noise_steps: int = 20             # input-gradient (Adam) steps per round
-  noise_learning_rate: float = 0.1
-  tv_weight: float = 0.0            # total-variation prior on image pseudo-samples
-  adaptive: bool = True             # keep pseudo-samples across rounds (else fresh noise)
-  distill_steps: int = 10           # server SGD steps per client model
-  distill_learning_rate: float = 0.01
-  distill_mode: str = "pairwise"    # pairwise | ensemble
-  server_temperature: float = 2.0
-
-  def __post_init__(self):
-    p = "algorithm.fedsnd."
-    _require(self.self_distill_weight >= 0, p + "self_distill_weight", ">= 0",
-             self.self_distill_weight)
-    _require(self.temperature > 0, p + "temperature", "> 0", self.temperature)
-    _one_of(p + "teacher", self.teacher, ("global", "previous"))
-    _require(self.pseudo_per_client >= 1, p + "pseudo_per_client", ">= 1",
-             self.pseudo_per_client)
-    _require(self.noise_steps >= 1, p + "noise_steps", ">= 1", self.noise_steps)
-    _require(self.noise_learning_rate > 0, p + "noise_learning_rate", "> 0",
-             self.noise_learning_rate)
-    _require(self.tv_weight >= 0, p + "tv_weight", ">= 0", self.tv_weight)
-    _require(self.distill_steps >= 1, p + "distill_steps", ">= 1", self.distill_steps)
-    _require(self.distill_learning_rate > 0, p + "distill_learning_rate", "> 0",
-             self.distill_learning_rate)
-    _one_of(p + "distill_mode", self.distill_mode, ("pairwise", "ensemble"))
-    _require(self.server_temperature > 0, p + "server_temperature", "> 0",
-             self.server_temperature)
-    _require(self.noise_distill or self.self_distill_weight > 0, p + "self_distill_weight",
-             "> 0 when noise_distill is false (otherwise this is FedAvg)", self.self_distill_weight)
+    one_of("server.optimizer", self.optimizer, SERVER_OPTIMIZERS)
+    require(self.learning_rate > 0, "server.learning_rate", "> 0", self.learning_rate)
+    require(0 <= self.momentum < 1, "server.momentum", "in [0, 1)", self.momentum)
 
 
 @dataclasses.dataclass(frozen=True)
 class AlgorithmConfig:
+  """The method (``name``, registered in ``algorithms.ALGORITHMS``), the fields every method
+  shares, and ``options``: the method's own config dataclass, written ``algorithm.<name>`` in a
+  config file (``algorithm.fedmr.granularity=layer``). ``options=None`` means its defaults."""
   name: str = "fedavg"
-  prox_mu: float = 0.0              # FedProx
   weighting: str = "num_examples"   # aggregation weights
-  finetune: bool = False            # personalized: evaluate each client's locally trained model
-  fedmr: FedMRConfig = FedMRConfig()
-  pfedlia: PFedLIAConfig = PFedLIAConfig()
-  ifca: IFCAConfig = IFCAConfig()
-  cfl: CFLConfig = CFLConfig()
-  fedsnd: FedSNDConfig = FedSNDConfig()
+  options: Any = None
 
   def __post_init__(self):
-    _one_of("algorithm.name", self.name, ALGORITHMS)
-    _require(self.prox_mu >= 0, "algorithm.prox_mu", ">= 0", self.prox_mu)
-    if self.name == "fedprox":
-      _require(self.prox_mu > 0, "algorithm.prox_mu", "> 0 for fedprox", self.prox_mu)
-    if self.name not in ("fedprox", "fedopt"):
-      _require(self.prox_mu == 0, "algorithm.prox_mu", f"0 for {self.name} (use fedprox)",
-               self.prox_mu)
-    _one_of("algorithm.weighting", self.weighting, WEIGHTINGS)
-    if self.finetune:
-      _require(self.name in PERSONALIZED_CLUSTERING, "algorithm.finetune",
-               f"false for {self.name} (it applies to {', '.join(PERSONALIZED_CLUSTERING)})",
-               self.finetune)
+    entry = ALGORITHMS.get(self.name)
+    if self.options is None:
+      object.__setattr__(self, "options", entry.options())
+    require(isinstance(self.options, entry.options), "algorithm.options",
+             f"a {entry.options.__name__} for algorithm.name={self.name!r}",
+             type(self.options).__name__)
+    one_of("algorithm.weighting", self.weighting, WEIGHTINGS)
+
+  @classmethod
+  def from_dict(cls, values: dict, prefix: str = "algorithm.") -> "AlgorithmConfig":
+    """From a table ``{name, weighting, <name>: {options}}``; the options table is parsed by the
+    method's registered dataclass, and any other key is an error naming the allowed ones."""
+    values = dict(values)
+    name = _coerce(f"{prefix}name", str, values.pop("name", cls.name))
+    entry = ALGORITHMS.get(name)
+    options = _build(entry.options, _table(f"{prefix}{name}", values.pop(name, {})),
+                     f"{prefix}{name}.")
+    allowed = ("name", "weighting", name)
+    for key in values:
+      if key != "weighting":
+        raise ValueError(f"{prefix}{key} is not a config field for algorithm.name={name!r}; "
+                         f"allowed: {', '.join(allowed)}")
+    weighting = _coerce(f"{prefix}weighting", str, values.get("weighting", cls.weighting))
+    return cls(name, weighting, options)
+
+  def to_dict(self) -> dict:
+    return {"name": self.name, "weighting": self.weighting,
+            self.name: dataclasses.asdict(self.options)}
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregationConfig:
+  """How cohort contributions are reduced (``ops.aggregators``): the ``rule`` (registered in
+  ``AGGREGATORS``), after clipping each client's update to ``clip_norm`` (0: no clipping)."""
+  rule: str = "mean"
+  clip_norm: float = 0.0
+
+  def __post_init__(self):
+    one_of("aggregation.rule", self.rule, AGGREGATORS.names())
+    require(self.clip_norm >= 0 and math.isfinite(self.clip_norm), "aggregation.clip_norm",
+             ">= 0 (0: no clipping)", self.clip_norm)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,15 +175,15 @@ class ExecutionConfig:
   compute_dtype: str = "float32"    # float32 | bfloat16 (local forward/backward; fp32 params)
 
   def __post_init__(self):
-    _one_of("execution.strategy", self.strategy, ("auto",) + STRATEGIES)
-    _require(self.chunk_size >= 1, "execution.chunk_size", ">= 1", self.chunk_size)
-    _one_of("execution.unroll", self.unroll, ("auto", "scan", "unroll"))
-    _require(self.devices >= 1, "execution.devices", ">= 1", self.devices)
+    one_of("execution.strategy", self.strategy, ("auto",) + STRATEGIES)
+    require(self.chunk_size >= 1, "execution.chunk_size", ">= 1", self.chunk_size)
+    one_of("execution.unroll", self.unroll, ("auto", "scan", "unroll"))
+    require(self.devices >= 1, "execution.devices", ">= 1", self.devices)
     if self.devices > 1:
-      _require(self.strategy == "vmap", "execution.strategy",
+      require(self.strategy == "vmap", "execution.strategy",
                "vmap when execution.devices > 1 (the vmapped cohort axis is what is sharded)",
                self.strategy)
-    _one_of("execution.compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+    one_of("execution.compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,6 +193,7 @@ class ExperimentConfig:
   local: LocalConfig = LocalConfig()
   server: ServerConfig = ServerConfig()
   algorithm: AlgorithmConfig = AlgorithmConfig()
+  aggregation: AggregationConfig = AggregationConfig()
   execution: ExecutionConfig = ExecutionConfig()
   rounds: int = 20
   cohort_size: int = 5
@@ -304,22 +203,28 @@ class ExperimentConfig:
   out_dir: str = "runs/default"
 
   def __post_init__(self):
-    _require(self.rounds >= 1, "rounds", ">= 1", self.rounds)
-    _require(self.cohort_size >= 1, "cohort_size", ">= 1", self.cohort_size)
-    _require(self.cohort_size <= self.data.num_clients, "cohort_size",
+    require(self.rounds >= 1, "rounds", ">= 1", self.rounds)
+    require(self.cohort_size >= 1, "cohort_size", ">= 1", self.cohort_size)
+    require(self.cohort_size <= self.data.num_clients, "cohort_size",
              f"<= data.num_clients={self.data.num_clients}", self.cohort_size)
-    _require(self.eval_every >= 1, "eval_every", ">= 1", self.eval_every)
-    _require(self.cohort_size % self.execution.devices == 0, "cohort_size",
+    require(self.eval_every >= 1, "eval_every", ">= 1", self.eval_every)
+    require(self.cohort_size % self.execution.devices == 0, "cohort_size",
              f"a multiple of execution.devices={self.execution.devices} (equal shards)",
              self.cohort_size)
-    _require(self.checkpoint_every >= 0, "checkpoint_every", ">= 0", self.checkpoint_every)
-    if self.algorithm.name in PERSONALIZED_CLUSTERING:
-      _require(self.cohort_size == self.data.num_clients, "cohort_size",
+    require(self.checkpoint_every >= 0, "checkpoint_every", ">= 0", self.checkpoint_every)
+    if ALGORITHMS.get(self.algorithm.name).every_client_each_round:
+      require(self.cohort_size == self.data.num_clients, "cohort_size",
                f"data.num_clients={self.data.num_clients} for {self.algorithm.name} (every "
                "client takes part in every round)", self.cohort_size)
 
   def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
+    return {**dataclasses.asdict(self), "algorithm": self.algorithm.to_dict()}
+
+
+def _table(field: str, value) -> dict:
+  if not isinstance(value, dict):
+    raise ValueError(f"{field} must be a table of fields, got {value!r}")
+  return value
 
 
 def _build(cls, values: dict, prefix: str = ""):
@@ -331,10 +236,10 @@ def _build(cls, values: dict, prefix: str = ""):
     if key not in names:
       raise ValueError(f"{field} is not a config field; allowed: {', '.join(sorted(names))}")
     hint = hints[key]
-    if dataclasses.is_dataclass(hint):
-      if not isinstance(value, dict):
-        raise ValueError(f"{field} must be a table of fields, got {value!r}")
-      kwargs[key] = _build(hint, value, f"{field}.")
+    if hint is AlgorithmConfig:
+      kwargs[key] = AlgorithmConfig.from_dict(_table(field, value), f"{field}.")
+    elif dataclasses.is_dataclass(hint):
+      kwargs[key] = _build(hint, _table(field, value), f"{field}.")
     else:
       kwargs[key] = _coerce(field, hint, value)
   return cls(**kwargs)

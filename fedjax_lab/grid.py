@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from fedjax_lab.cli import format_table
+from fedjax_lab.tables import format_table
 from fedjax_lab.config import load_config
 from fedjax_lab.run import TrainingDivergedError, run
 
@@ -20,6 +20,14 @@ DIVERGED_MARKER = "diverged.txt"
 
 def _read_rows(path: pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _stored_config(path: pathlib.Path):
+  """The config stored with a run, or None if today's code cannot read it (an older format)."""
+  try:
+    return load_config(str(path))
+  except ValueError:
+    return None
 
 
 def run_or_load(config, data) -> tuple[list[dict], bool]:
@@ -33,7 +41,7 @@ def run_or_load(config, data) -> tuple[list[dict], bool]:
   ``diverged.txt`` marker keeps it from being rerun."""
   out_dir = pathlib.Path(config.out_dir)
   stored = out_dir / "config.json"
-  same_config = stored.exists() and load_config(str(stored)) == config
+  same_config = stored.exists() and _stored_config(stored) == config
   rows = _read_rows(out_dir / "metrics.jsonl") if same_config else []
   if not same_config:
     (out_dir / DIVERGED_MARKER).unlink(missing_ok=True)

@@ -1,5 +1,5 @@
-"""The host-side driver: build data, model and algorithm from a config, then sample cohorts,
-call the (jitted) round, evaluate, log, checkpoint and resume."""
+"""The host-side driver: sample cohorts, call the (jitted) round, evaluate, log, checkpoint and
+resume. What a run is made of is built from its config by ``build.py``."""
 from __future__ import annotations
 
 import csv
@@ -14,103 +14,17 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
 from fedjax_lab import checkpoint
-from fedjax_lab.algorithms import ClientSetup, build_algorithm, client_optimizer
-from fedjax_lab.config import DataConfig, ExperimentConfig
-from fedjax_lab.data import FederatedData, groups, partition, sources
+from fedjax_lab.algorithms import Algorithm, compiled_round, payload_bytes
+from fedjax_lab.build import build_experiment
+from fedjax_lab.config import ExperimentConfig
+from fedjax_lab.data import FederatedData
 from fedjax_lab.engine.evaluate import evaluate_clients, evaluate_pooled, summarize_clients
-from fedjax_lab.engine.execution import Executor
-from fedjax_lab.engine.local import LocalSchedule
 from fedjax_lab.engine.sharding import client_mesh, replicate, shard_clients
-from fedjax_lab.models import Model, build_model
-
-
-# Compile time grows linearly with unrolled steps (FEMNIST CNN: 4.6 s rolled, 15.9 s for 40
-# unrolled steps) while each step runs 5x faster (16.6 ms against 83 ms): unrolling pays after a
-# round or two even at this length.
-MAX_UNROLLED_STEPS = 256
+from fedjax_lab.models import Model
 
 
 class TrainingDivergedError(RuntimeError):
   """The training loss became NaN or infinite; the run stopped before saving that state."""
-
-
-def load_dataset(data: DataConfig) -> sources.Dataset:
-  if data.source == "digits":
-    return sources.digits(data.seed)
-  if data.source == "fashion_mnist_idx":
-    return sources.fashion_mnist_idx(data.source_dir or None)
-  if data.source == "synthetic":
-    return sources.synthetic(data.synthetic_alpha, data.synthetic_beta, data.num_clients,
-                             data.seed)
-  if data.source == "shakespeare":
-    return sources.shakespeare(data.source_dir or "data/shakespeare", seed=data.seed)
-  if data.source == "shakespeare_genre":
-    return sources.shakespeare_genre(data.source_dir or "data/shakespeare", seed=data.seed)
-  return sources.tfds_source(data.source.removeprefix("tfds:"), data_dir=data.source_dir or None,
-                             coarse_labels=data.coarse_labels)
-
-
-def partition_dataset(data: DataConfig, dataset: sources.Dataset) -> list[np.ndarray]:
-  labels, seed = dataset.train_y, data.seed
-  if data.partition == "iid":
-    return partition.iid(len(labels), data.num_clients, seed)
-  if data.partition in ("dirichlet", "dirichlet_capped"):
-    if labels.ndim != 1:
-      raise ValueError(f"data.partition={data.partition!r} needs one label per example; "
-                       "use 'natural' or 'iid' for sequence data")
-    return partition.dirichlet(labels, data.num_clients, data.alpha, seed,
-                               min_examples=data.min_examples,
-                               balance_cap=data.partition == "dirichlet_capped")
-  if data.partition == "shards":
-    return partition.shards(labels, data.num_clients, data.classes_per_client, seed)
-  if data.partition == "quantity_skew":
-    return partition.quantity_skew(len(labels), data.num_clients, data.sigma, seed)
-  if dataset.train_groups is None:
-    raise ValueError(f"data.partition='natural' needs a source with natural groups "
-                     f"(synthetic, shakespeare); {data.source} has none")
-  clients = partition.natural(dataset.train_groups)
-  if len(clients) < data.num_clients:
-    raise ValueError(f"data.num_clients={data.num_clients} exceeds the {len(clients)} natural "
-                     f"groups of {data.source}")
-  if len(clients) == data.num_clients:
-    return clients
-  chosen = np.random.default_rng(data.seed).choice(len(clients), data.num_clients, replace=False)
-  return [clients[k] for k in np.sort(chosen)]
-
-
-def build_federation(data: DataConfig) -> FederatedData:
-  """Source, partition and per-client train/test split, as the config says; then the latent
-  group shift (``data.latent_groups``), or Shakespeare's genres as known client groups."""
-  dataset = load_dataset(data)
-  clients = partition_dataset(data, dataset)
-  if data.max_client_examples > 0:
-    clients = [indices[:data.max_client_examples] for indices in clients]
-  train, test = partition.train_test_split(clients, data.test_fraction, data.seed + 1)
-  federation = FederatedData.from_indices(dataset, train, test)
-  if data.latent_groups > 0:
-    return groups.shift_by_group(federation, groups.contiguous_groups(data.num_clients,
-                                                                      data.latent_groups),
-                                 data.group_shift, data.seed + 2)
-  if data.source == "shakespeare" and data.partition == "natural":
-    names = [dataset.group_names[dataset.train_groups[indices[0]]] for indices in clients]
-    return dataclasses.replace(federation, client_groups=groups.shakespeare_genres(names))
-  return federation
-
-
-def resolve_execution(config: ExperimentConfig, model: Model, max_steps: int) -> tuple[str, bool]:
-  """``auto`` rules: vmap everywhere except convolutional models on CPU, which use the per-client
-  loop with fully unrolled local steps (up to ``MAX_UNROLLED_STEPS``) because XLA:CPU runs
-  vmapped per-client convolutions, and convolutions inside any loop (``lax.scan``, even partly
-  unrolled), several times slower (docs/performance.md)."""
-  on_cpu = jax.default_backend() == "cpu"
-  conv_on_cpu = on_cpu and model.has_conv
-  strategy = config.execution.strategy
-  if strategy == "auto":
-    strategy = "loop" if conv_on_cpu else "vmap"
-  unroll = config.execution.unroll
-  if unroll == "auto":
-    unroll = "unroll" if conv_on_cpu and max_steps <= MAX_UNROLLED_STEPS else "scan"
-  return strategy, unroll == "unroll"
 
 
 @dataclasses.dataclass
@@ -164,11 +78,12 @@ def plot_accuracy(rows: list[dict], path: pathlib.Path, title: str = "") -> None
   plt.close(fig)
 
 
-def evaluate(config: ExperimentConfig, model: Model, algorithm, state,
+def evaluate(config: ExperimentConfig, model: Model, algorithm: Algorithm, state,
              data: FederatedData) -> dict:
   """Global model on the pooled test set; each client's model on its own test split."""
   metrics = {}
-  global_params = algorithm.global_params(state)
+  global_params = (algorithm.global_params(state) if algorithm.global_params is not None
+                   else None)
   if global_params is not None:
     pooled = evaluate_pooled(model.apply, global_params, data.global_test_x, data.global_test_y)
     metrics.update(global_accuracy=pooled["accuracy"], global_loss=pooled["loss"])
@@ -191,22 +106,12 @@ def run(config: ExperimentConfig, *, resume: bool = False, progress: bool = True
   from tqdm.auto import tqdm
   started = time.perf_counter()
   mesh = client_mesh(config.execution.devices) if config.execution.devices > 1 else None
-  data = data if data is not None else build_federation(config.data)
-  train_data = data.pooled() if config.algorithm.name == "centralized" else data
-  cohort_size = 1 if config.algorithm.name == "centralized" else config.cohort_size
-  model = build_model(config.model.name, data.num_classes, config.model.conv)
-  schedule = LocalSchedule(config.local.batch_size, train_data.max_examples, config.local.epochs,
-                           config.local.steps)
-  strategy, unroll = resolve_execution(config, model, schedule.max_steps)
-  setup = ClientSetup(model, train_data.train_x[0, :1],
-                      client_optimizer(config.local.optimizer, config.local.learning_rate,
-                                       config.local.momentum),
-                      schedule, Executor(strategy, config.execution.chunk_size),
-                      train_data.num_clients, unroll, config.execution.compute_dtype)
-  algorithm = build_algorithm(config, setup, train_data.client_groups)
+  experiment = build_experiment(config, data)
+  data, train_data, algorithm = experiment.data, experiment.train_data, experiment.algorithm
+  cohort_size = experiment.cohort_size
+  bytes_down, bytes_up = payload_bytes(algorithm, experiment.setup)
   # The state is donated: each round writes the new state into the old one's buffers.
-  round_fn = (jax.jit(algorithm.round, donate_argnums=0) if algorithm.jit_round
-              else algorithm.round)
+  round_fn = compiled_round(algorithm, experiment.setup.executor, donate=True)
 
   out_dir = pathlib.Path(config.out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -240,11 +145,11 @@ def run(config: ExperimentConfig, *, resume: bool = False, progress: bool = True
           f"round {round_index + 1}: training loss is {train_loss}; stopped without saving "
           f"this state (last good checkpoint: round {last}). Lower local.learning_rate?")
     row = {"round": round_index + 1, **round_metrics,
-           "bytes_down": algorithm.bytes_down * cohort_size,
-           "bytes_up": algorithm.bytes_up * cohort_size,
+           "bytes_down": bytes_down * cohort_size,
+           "bytes_up": bytes_up * cohort_size,
            "round_seconds": time.perf_counter() - tick}
     if (round_index + 1) % config.eval_every == 0 or round_index + 1 == config.rounds:
-      row.update(evaluate(config, model, algorithm, state, data))
+      row.update(evaluate(config, experiment.model, algorithm, state, data))
       bar.set_postfix({k: f"{row[k]:.3f}" for k in ("global_accuracy", "client_accuracy_mean")
                        if k in row})
     rows.append(row)

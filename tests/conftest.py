@@ -7,7 +7,7 @@ import pytest
 
 from fedjax_lab.config import DataConfig
 from fedjax_lab.data import FederatedData, partition, sources
-from fedjax_lab.run import build_federation
+from fedjax_lab.build import build_federation
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import optax
 import pytest
 from jax import monitoring
 
-from fedjax_lab.algorithms import ClientSetup
+from fedjax_lab.algorithms import ClientSetup, compiled_round
 from fedjax_lab.algorithms.fedopt import fedopt
 from fedjax_lab.algorithms.scaffold import scaffold
 from fedjax_lab.engine.execution import Executor
@@ -26,7 +26,7 @@ def test_rounds_after_the_first_do_not_compile(tiny_federation, name, strategy):
                       tiny_federation.num_clients)
   algorithm = (scaffold(setup, client_learning_rate=0.1) if name == "scaffold"
                else fedopt(setup, optax.sgd(1.0)))
-  round_fn = jax.jit(algorithm.round) if algorithm.jit_round else algorithm.round
+  round_fn = compiled_round(algorithm, setup.executor)
   state = algorithm.init(jax.random.key(0))
   rng = np.random.default_rng(0)
   for r in range(5):

@@ -9,8 +9,7 @@ import optax
 import pytest
 
 from fedjax_lab.algorithms import ClientSetup
-from fedjax_lab.algorithms.fedsnd import noise_distillation
-from fedjax_lab.config import FedSNDConfig
+from fedjax_lab.algorithms.fedsnd import FedSNDConfig, noise_distillation
 from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import LocalSchedule
 from fedjax_lab.models import build_model

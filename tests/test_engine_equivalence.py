@@ -6,7 +6,7 @@ import optax
 import pytest
 
 import reference
-from fedjax_lab.algorithms import ClientSetup
+from fedjax_lab.algorithms import ClientSetup, compiled_round
 from fedjax_lab.algorithms.fedopt import fedopt
 from fedjax_lab.algorithms.scaffold import scaffold
 from fedjax_lab.engine.execution import Executor
@@ -31,9 +31,9 @@ def _reference_kwargs(data):
   return dict(LOCAL, max_examples=data.max_examples)
 
 
-def _run(algorithm, data):
+def _run(algorithm, data, strategy):
   state = algorithm.init(jax.random.key(0))
-  round_fn = jax.jit(algorithm.round) if algorithm.jit_round else algorithm.round
+  round_fn = compiled_round(algorithm, Executor(strategy))
   for r in range(ROUNDS):
     state, _ = round_fn(state, data.cohort(COHORTS[r]), jax.random.key(100 + r))
   return state
@@ -58,7 +58,7 @@ def reference_fedavg(tiny_federation):
 def test_fedavg_and_fedprox_match_reference(tiny_federation, reference_fedavg, strategy, unroll,
                                             mu):
   algorithm = fedopt(_setup(tiny_federation, strategy, unroll), optax.sgd(1.0), prox_mu=mu)
-  state = _run(algorithm, tiny_federation)
+  state = _run(algorithm, tiny_federation, strategy)
   chex.assert_trees_all_close(state.params, reference_fedavg[mu], atol=1e-5, rtol=1e-5)
 
 
@@ -79,7 +79,7 @@ def reference_scaffold(tiny_federation):
 def test_scaffold_matches_reference(tiny_federation, reference_scaffold, strategy, unroll):
   algorithm = scaffold(_setup(tiny_federation, strategy, unroll),
                        client_learning_rate=LOCAL["lr"])
-  state = _run(algorithm, tiny_federation)
+  state = _run(algorithm, tiny_federation, strategy)
   params, c, controls = reference_scaffold
   chex.assert_trees_all_close(state.params, params, atol=1e-5, rtol=1e-5)
   chex.assert_trees_all_close(state.server_control, c, atol=1e-5, rtol=1e-5)

@@ -8,7 +8,8 @@ from fedjax_lab import run
 from fedjax_lab.algorithms import ClientSetup
 from fedjax_lab.algorithms.fedmr import fedmr
 from fedjax_lab.algorithms.fedopt import fedopt
-from fedjax_lab.config import AlgorithmConfig, DataConfig, ExperimentConfig, FedMRConfig, LocalConfig
+from fedjax_lab.algorithms.fedmr import FedMRConfig
+from fedjax_lab.config import AlgorithmConfig, DataConfig, ExperimentConfig, LocalConfig
 from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import LocalSchedule
 from fedjax_lab.models import build_model
@@ -71,7 +72,7 @@ def test_fedmr_learns_non_iid_digits_through_the_runner(tmp_path):
       data=DataConfig(source="digits", num_clients=20, partition="dirichlet", alpha=0.5,
                       min_examples=10),
       local=LocalConfig(learning_rate=0.05, momentum=0.5, batch_size=10, epochs=2),
-      algorithm=AlgorithmConfig("fedmr", fedmr=FedMRConfig(first_stage_rounds=5)),
+      algorithm=AlgorithmConfig("fedmr", options=FedMRConfig(first_stage_rounds=5)),
       rounds=30, cohort_size=10, eval_every=10, checkpoint_every=0, out_dir=str(tmp_path))
   metrics = run(config, progress=False).metrics
   assert metrics[-1]["global_accuracy"] > 0.7

@@ -9,10 +9,9 @@ import optax
 import pytest
 
 from fedjax_lab import run
-from fedjax_lab.algorithms import ClientSetup
-from fedjax_lab.algorithms.fedsnd import fedsnd
-from fedjax_lab.config import (AlgorithmConfig, DataConfig, ExperimentConfig, FedSNDConfig,
-                               LocalConfig, load_config)
+from fedjax_lab.algorithms import ClientSetup, compiled_round
+from fedjax_lab.algorithms.fedsnd import FedSNDConfig, fedsnd
+from fedjax_lab.config import (AlgorithmConfig, DataConfig, ExperimentConfig, LocalConfig, load_config)
 from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import LocalSchedule
 from fedjax_lab.models import build_model
@@ -26,7 +25,7 @@ def _rounds(data, options, strategy):
                       LocalSchedule(4, data.max_examples), Executor(strategy),
                       data.num_clients)
   algorithm = fedsnd(setup, options)
-  round_fn = jax.jit(algorithm.round) if algorithm.jit_round else algorithm.round
+  round_fn = compiled_round(algorithm, setup.executor)
   state = algorithm.init(jax.random.key(0))
   for r, ids in enumerate(COHORTS):
     state, metrics = round_fn(state, data.cohort(ids), jax.random.key(r + 1))
@@ -65,7 +64,7 @@ def test_self_distillation_keeps_client_models_closer(tmp_path):
   cosines = {}
   for name, algorithm in {
       "fedavg": AlgorithmConfig("fedavg"),
-      "self_distillation": AlgorithmConfig("fedsnd", fedsnd=FedSNDConfig(
+      "self_distillation": AlgorithmConfig("fedsnd", options=FedSNDConfig(
           self_distill_weight=2.0, noise_distill=False))}.items():
     config = dataclasses.replace(base, algorithm=algorithm, out_dir=str(tmp_path / name))
     cosines[name] = [row["client_cosine_similarity"] for row in run(config, progress=False).metrics]

@@ -10,7 +10,7 @@ from fedjax_lab.engine.local import LocalSchedule, cross_entropy_objective, make
 from fedjax_lab.models import build_model
 from fedjax_lab.ops import influence
 from fedjax_lab.ops.aggregate import tree_broadcast
-from fedjax_lab.run import build_federation
+from fedjax_lab.build import build_federation
 
 
 def _score(data):

@@ -10,14 +10,15 @@ from jax import monitoring
 
 from fedjax_lab import run
 from fedjax_lab.algorithms import ClientSetup
-from fedjax_lab.algorithms.pfedlia import pfedlia
-from fedjax_lab.config import (AlgorithmConfig, CFLConfig, DataConfig, ExperimentConfig,
-                               IFCAConfig, LocalConfig, PFedLIAConfig, load_config)
+from fedjax_lab.algorithms.cfl import CFLConfig
+from fedjax_lab.algorithms.ifca import IFCAConfig
+from fedjax_lab.algorithms.pfedlia import PFedLIAConfig, pfedlia
+from fedjax_lab.config import AlgorithmConfig, DataConfig, ExperimentConfig, LocalConfig, load_config
 from fedjax_lab.data import groups
 from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import LocalSchedule
 from fedjax_lab.models import build_model
-from fedjax_lab.run import build_federation
+from fedjax_lab.build import build_federation
 
 GROUPED = ExperimentConfig(
     data=DataConfig(source="digits", num_clients=12, partition="iid", latent_groups=3),
@@ -25,14 +26,14 @@ GROUPED = ExperimentConfig(
     eval_every=6, checkpoint_every=0)
 PFEDLIA = PFedLIAConfig(warmup_rounds=2)
 VARIANTS = {
-    "pfedlia": AlgorithmConfig("pfedlia", pfedlia=PFEDLIA),
+    "pfedlia": AlgorithmConfig("pfedlia", options=PFEDLIA),
     "pfedlia_decentralized": AlgorithmConfig(
-        "pfedlia", pfedlia=dataclasses.replace(PFEDLIA, clustering="decentralized")),
+        "pfedlia", options=dataclasses.replace(PFEDLIA, clustering="decentralized")),
     "pfedlia_spectral": AlgorithmConfig(
-        "pfedlia", pfedlia=dataclasses.replace(PFEDLIA, clustering="spectral", num_clusters=3)),
+        "pfedlia", options=dataclasses.replace(PFEDLIA, clustering="spectral", num_clusters=3)),
     "oracle": AlgorithmConfig("oracle"),
-    "ifca": AlgorithmConfig("ifca", ifca=IFCAConfig(num_clusters=3)),
-    "cfl": AlgorithmConfig("cfl", cfl=CFLConfig(eps1=0.7, eps2=1.0)),
+    "ifca": AlgorithmConfig("ifca", options=IFCAConfig(num_clusters=3)),
+    "cfl": AlgorithmConfig("cfl", options=CFLConfig(eps1=0.7, eps2=1.0)),
     "fedavg": AlgorithmConfig("fedavg"),
     "local": AlgorithmConfig("local"),
 }
@@ -101,7 +102,8 @@ def test_ifca_and_cfl_find_the_groups_too(final):
     (["algorithm.pfedlia.influence=shapley"], "algorithm.pfedlia.influence must be one of loss"),
     (["algorithm.pfedlia.vote_epsilon=1"], "vote_epsilon must be 0 unless influence='vote'"),
     (["data.latent_groups=5", "data.group_shift=rotation"], "data.latent_groups must be <= 4"),
-    (["algorithm.finetune=true"], "algorithm.finetune must be false for fedavg"),
+    (["algorithm.finetune=true"], "algorithm.finetune is not a config field for "
+     "algorithm.name='fedavg'; allowed: name, weighting, fedavg"),
 ])
 def test_bad_clustering_config_names_the_field(overrides, message):
   with pytest.raises(ValueError, match=message):

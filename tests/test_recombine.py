@@ -92,5 +92,5 @@ def test_mean_pairwise_cosine():
 
 
 def test_bad_granularity_is_a_clear_error():
-  with pytest.raises(ValueError, match="granularity='row'; allowed: leaf, layer, block"):
+  with pytest.raises(ValueError, match="granularity must be one of leaf, layer, block, got 'row'"):
     recombination_units({"a": {"w": jnp.ones(2)}}, ("a",), "row")

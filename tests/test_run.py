@@ -53,7 +53,11 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
     (["local.batch_size=0"], "local.batch_size must be >= 1"),
     (["local.epochs=two"], "local.epochs must be of type int"),
     (["data.nclients=3"], "data.nclients is not a config field"),
-    (["algorithm.name=fedprox"], "algorithm.prox_mu must be > 0 for fedprox"),
+    (["algorithm.name=fedprox", "algorithm.fedprox.mu=0"], "algorithm.fedprox.mu must be > 0"),
+    (["algorithm.name=fedmr", "algorithm.fedprox.mu=0.1"],
+     "algorithm.fedprox is not a config field for algorithm.name='fedmr'"),
+    (["algorithm.name=fedavgg"], "algorithm.name must be one of fedavg, fedprox"),
+    (["aggregation.rule=krum"], "aggregation.rule must be one of mean, median"),
 ])
 def test_bad_config_names_the_field(overrides, message):
   with pytest.raises(ValueError, match=message):

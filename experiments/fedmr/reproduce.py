@@ -23,7 +23,7 @@ HERE = pathlib.Path(__file__).parent
 ALGORITHMS = {
     "fedmr": lambda base: base.algorithm,
     "fedavg": lambda base: AlgorithmConfig("fedavg"),
-    "fedprox": lambda base: AlgorithmConfig("fedprox", prox_mu=0.01),   # the code's prox_alpha
+    "fedprox": lambda base: AlgorithmConfig("fedprox"),   # the code's prox_alpha
     "scaffold": lambda base: AlgorithmConfig("scaffold"),
 }
 

@@ -28,13 +28,13 @@ HERE = pathlib.Path(__file__).parent
 
 
 def _fedsnd(base, **changes):
-  return dataclasses.replace(base.algorithm, name="fedsnd",
-                             fedsnd=dataclasses.replace(base.algorithm.fedsnd, **changes))
+  return AlgorithmConfig("fedsnd", base.algorithm.weighting,
+                         dataclasses.replace(base.algorithm.options, **changes))
 
 
 ALGORITHMS = {
     "fedavg": lambda base: AlgorithmConfig("fedavg"),
-    "fedprox": lambda base: AlgorithmConfig("fedprox", prox_mu=0.01),
+    "fedprox": lambda base: AlgorithmConfig("fedprox"),
     "scaffold": lambda base: AlgorithmConfig("scaffold"),
     "fedsnd": lambda base: _fedsnd(base),
     "self_distillation_only": lambda base: _fedsnd(base, noise_distill=False),

@@ -36,16 +36,16 @@ BENCHMARKS = json.loads((HERE / "benchmarks.json").read_text())
 
 
 def _pfedlia(base, **changes):
-  return dataclasses.replace(base.algorithm, name="pfedlia",
-                             pfedlia=dataclasses.replace(base.algorithm.pfedlia, **changes))
+  return AlgorithmConfig("pfedlia", base.algorithm.weighting,
+                         dataclasses.replace(base.algorithm.options, **changes))
 
 
 ALGORITHMS = {
     "pfedlia": lambda base: _pfedlia(base),
     "pfedlia_decentralized": lambda base: _pfedlia(base, clustering="decentralized"),
-    "oracle": lambda base: dataclasses.replace(base.algorithm, name="oracle"),
-    "ifca": lambda base: dataclasses.replace(base.algorithm, name="ifca"),
-    "cfl": lambda base: dataclasses.replace(base.algorithm, name="cfl"),
+    "oracle": lambda base: AlgorithmConfig("oracle", base.algorithm.weighting),
+    "ifca": lambda base: AlgorithmConfig("ifca", base.algorithm.weighting),
+    "cfl": lambda base: AlgorithmConfig("cfl", base.algorithm.weighting),
     "fedavg": lambda base: AlgorithmConfig("fedavg"),
     "local": lambda base: AlgorithmConfig("local"),
 }

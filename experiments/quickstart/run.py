@@ -12,13 +12,13 @@ import pathlib
 import sys
 
 from fedjax_lab import build_federation, load_config, run
-from fedjax_lab.cli import SUMMARY_COLUMNS, format_table, summary_row
+from fedjax_lab.tables import SUMMARY_COLUMNS, format_table, summary_row
 from fedjax_lab.config import AlgorithmConfig, ServerConfig
 
 HERE = pathlib.Path(__file__).parent
 VARIANTS = {
     "fedavg": dict(algorithm=AlgorithmConfig("fedavg")),
-    "fedprox": dict(algorithm=AlgorithmConfig("fedprox", prox_mu=0.01)),
+    "fedprox": dict(algorithm=AlgorithmConfig("fedprox")),
     "scaffold": dict(algorithm=AlgorithmConfig("scaffold")),
     "fedadam": dict(algorithm=AlgorithmConfig("fedopt"),
                     server=ServerConfig(optimizer="adam", learning_rate=0.01)),

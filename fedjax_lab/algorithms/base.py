@@ -1,12 +1,16 @@
 """The algorithm contract and the client-side pieces every algorithm composes.
 
-An algorithm is ``Algorithm(init, round, ...)``: ``init(key) -> State`` and
+An algorithm is ``Algorithm(init, round)``: ``init(key) -> State`` and
 ``round(state, cohort, key) -> (State, metrics)``, pure functions over a pytree ``State``.
+Everything else is optional: views of the state (the global model, per-client models, cluster
+labels), the payloads one client receives and sends per round (byte counts are derived from
+them), and ``host_phases`` for a round that picks its program on the host.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Optional
+import functools
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,43 +18,53 @@ import numpy as np
 import optax
 
 from fedjax_lab.data import Cohort
-from fedjax_lab.engine.execution import Executor
+from fedjax_lab.engine.execution import Executor, cohort_size
 from fedjax_lab.engine.local import (LocalSchedule, Objective, cross_entropy_objective,
                                      make_local_trainer)
 from fedjax_lab.engine.precision import apply_in
 from fedjax_lab.models import Model
+from fedjax_lab.ops.aggregate import client_sum
+from fedjax_lab.ops.aggregators import Aggregator, mean
+from fedjax_lab.ops.communication import tree_bytes
 
 Params = Any
 # regularizer(params, context) -> scalar added to the local data loss
 Regularizer = Callable[[Params, Any], jax.Array]
+
+AGGREGATION_STREAM = 0xA66  # fold_in constant: the aggregator's key, apart from training keys
 
 jax.tree_util.register_dataclass(
     Cohort, data_fields=["client_ids", "x", "y", "num_examples"], meta_fields=[])
 
 
 class Algorithm(NamedTuple):
-  """A federated algorithm as pure functions plus what the runner needs to know about it.
+  """A federated algorithm: ``init`` and ``round`` (module docstring), plus optional views.
 
-  ``global_params(state)`` is the server model (None if there is none, as for Local-only);
-  ``personal_params(state)`` stacks the model each client would use ``[num_clients, ...]``
-  (None: every client uses the global model). ``bytes_down`` / ``bytes_up`` are the bytes one
-  participating client receives / sends per round, counted from the payload pytrees.
-  ``client_clusters(state)`` (clustering algorithms only) gives each client's cluster label
-  ``[num_clients]``, for comparing with known groups.
+  ``global_params(state)``: the server model (None: there is none, as for Local-only).
+  ``personal_params(state)``: the model each client would use, ``[num_clients, ...]`` (None:
+  every client uses the global model). ``client_clusters(state)``: each client's cluster label
+  ``[num_clients]`` (clustering methods). ``download`` / ``upload``: the pytrees (arrays or
+  ``jax.ShapeDtypeStruct``) one participating client receives / sends per round; None means
+  one model. ``host_phases``: the round runs host-side logic between compiled phases, so the
+  runner must not ``jit`` it whole (it compiles its phases itself).
   """
   init: Callable[[jax.Array], Any]
   round: Callable[[Any, Cohort, jax.Array], tuple[Any, dict]]
-  global_params: Callable[[Any], Optional[Params]]
-  personal_params: Optional[Callable[[Any], Params]]
-  bytes_down: int
-  bytes_up: int
-  jit_round: bool
+  global_params: Optional[Callable[[Any], Params]] = None
+  personal_params: Optional[Callable[[Any], Params]] = None
   client_clusters: Optional[Callable[[Any], jax.Array]] = None
+  download: Any = None
+  upload: Any = None
+  host_phases: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class ClientSetup:
-  """Everything about client-side training that algorithms share."""
+  """Everything about client-side training and aggregation that algorithms share.
+
+  ``aggregator`` reduces cohort contributions (default: the weighted mean; ``ops.aggregators``);
+  ``client_groups`` are the federation's known latent groups (``[num_clients]``) if any.
+  """
   model: Model
   sample_x: np.ndarray              # [1, ...] one example, for parameter shapes
   optimizer: optax.GradientTransformation
@@ -59,6 +73,8 @@ class ClientSetup:
   num_clients: int
   unroll: bool = False
   compute_dtype: str = "float32"
+  aggregator: Aggregator = dataclasses.field(default_factory=mean)
+  client_groups: Optional[np.ndarray] = None
 
   @property
   def train_apply(self):
@@ -67,6 +83,11 @@ class ClientSetup:
 
   def init_params(self, key: jax.Array) -> Params:
     return self.model.init(key, self.sample_x)
+
+  @functools.cached_property
+  def params_shape(self):
+    """One model's parameters as ``jax.ShapeDtypeStruct``s (computed once, not traced)."""
+    return jax.eval_shape(self.init_params, jax.random.key(0))
 
   def local_trainer(self, regularizer: Optional[Regularizer] = None,
                     data_loss: Optional[Objective] = None):
@@ -89,6 +110,63 @@ class ClientSetup:
     return self.executor.map(self.local_trainer(regularizer, data_loss),
                              (params_axis, 0, 0, 0, 0, context_axis))
 
+  def cohort_aggregate(self, contribution: Callable, in_axes: Sequence[Optional[int]]):
+    """Reduce the cohort's contributions through ``aggregator``.
+
+    Args:
+      contribution: ``contribution(*args) -> (model, weight, extras)`` for one client:
+        ``model`` goes through the aggregator with aggregation weight ``weight``; ``extras``
+        (diagnostics, already weighted as wanted) are summed over the cohort.
+      in_axes: for each of ``args``, 0 if per client, None if shared.
+
+    Returns:
+      ``reduce(reference, state, key, *args) -> (aggregate, total_weight, extras_sum, state)``
+      where ``reference`` is the model the clients started from (or None) and ``state`` the
+      aggregator's. With a sum form the cohort is reduced by ``Executor.map_sum`` (memory flat
+      in the cohort); otherwise the contributions are stacked and ``aggregate`` applied.
+    """
+    aggregator, in_axes = self.aggregator, tuple(in_axes)
+    if aggregator.has_sum_form:
+      def summand(reference, state, client_key, *args):
+        model, weight, extras = contribution(*args)
+        prepared = aggregator.prepare(model, reference, state, client_key)
+        return jax.tree.map(lambda leaf: weight * leaf, prepared), weight, extras
+
+      sums = self.executor.map_sum(summand, (None, None, 0) + in_axes)
+
+      def reduce_by_sums(reference, state, key, *args):
+        key = jax.random.fold_in(key, AGGREGATION_STREAM)
+        client_keys = jax.random.split(key, cohort_size(args, in_axes))
+        weighted, total_weight, extras = sums(reference, state, client_keys, *args)
+        value, state = aggregator.finalize(weighted, total_weight, reference, state, key)
+        return value, total_weight, extras, state
+      return reduce_by_sums
+
+    stacked = self.executor.map(contribution, in_axes)
+
+    def reduce_stack(reference, state, key, *args):
+      models, weights, extras = stacked(*args)
+      value, state = aggregator.aggregate(models, weights, reference, state,
+                                          jax.random.fold_in(key, AGGREGATION_STREAM))
+      return value, client_sum(weights), client_sum(extras), state
+    return reduce_stack
+
+
+def payload_bytes(algorithm: Algorithm, setup: ClientSetup) -> tuple[int, int]:
+  """Bytes one participating client receives and sends per round (``download``, ``upload``;
+  None counts as one model)."""
+  def count(payload):
+    return tree_bytes(setup.params_shape if payload is None else payload)
+  return count(algorithm.download), count(algorithm.upload)
+
+
+def compiled_round(algorithm: Algorithm, executor: Executor, *, donate: bool = False):
+  """``algorithm.round`` as one jitted program when the executor allows it and the algorithm
+  has no host phases; otherwise as it is. ``donate`` lets each round reuse the state's buffers."""
+  if executor.jit_round and not algorithm.host_phases:
+    return jax.jit(algorithm.round, donate_argnums=0 if donate else ())
+  return algorithm.round
+
 
 def client_weight(num_examples, weighting: str) -> jax.Array:
   """Aggregation weight(s) from example count(s): the count (``num_examples``) or 1 for a
@@ -106,3 +184,25 @@ def client_weights(cohort: Cohort, weighting: str) -> jax.Array:
 def round_keys(key: jax.Array, cohort: Cohort) -> jax.Array:
   """One training key per cohort member, ``[cohort]``."""
   return jax.random.split(key, cohort.client_ids.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+  """The options of a method that has none of its own."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgorithmEntry:
+  """What the registry (``algorithms.ALGORITHMS``) knows of a method.
+
+  ``build(setup, options, config) -> Algorithm``: ``options`` is an instance of ``options``
+  (the method's frozen config dataclass, validated on construction; the table
+  ``algorithm.<name>`` of a config file), ``config`` the whole experiment config (read-only:
+  ``config.server``, ``config.local``, ``config.cohort_size``, ``config.algorithm.weighting``).
+  ``every_client_each_round``: the method needs ``cohort_size == data.num_clients``.
+  ``pooled``: the method trains one client holding the whole federation's training data.
+  """
+  build: Callable[[ClientSetup, Any, Any], Algorithm]
+  options: type = NoOptions
+  every_client_each_round: bool = False
+  pooled: bool = False

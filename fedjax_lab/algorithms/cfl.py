@@ -10,19 +10,34 @@ of its clients' updates ``dtheta_i``. The split round's averages use the new clu
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from fedjax_lab.algorithms.base import ClientSetup
-from fedjax_lab.algorithms.clustered import (initial_state, personalized_algorithm,
-                                             train_clients)
+from fedjax_lab.algorithms.base import Algorithm, AlgorithmEntry, ClientSetup
+from fedjax_lab.algorithms.clustered import (PersonalizedConfig, initial_state,
+                                             personalized_algorithm, train_clients)
+from fedjax_lab.checks import require
 from fedjax_lab.ops.aggregate import cluster_mean, segment_mean
 from fedjax_lab.ops.cluster import agglomerative, count_clusters
 
 
 def cfl(setup: ClientSetup, *, eps1: float, eps2: float, weighting: str = "num_examples",
-        finetune: bool = False):
+        finetune: bool = False) -> Algorithm:
+  """CFL (module docstring).
+
+  Args:
+    setup: client training and executor.
+    eps1: split when the cluster's mean update norm is below this...
+    eps2: ...while its largest client update norm is above this.
+    weighting: aggregation weights, ``num_examples`` or ``uniform``.
+    finetune: personal model = the client's locally trained model (else its cluster average).
+
+  Returns:
+    An ``Algorithm`` with per-client models and cluster labels, no global model.
+  """
   train_cohort = setup.cohort_trainer(None, params_axis=0, context_axis=None)
   size = setup.num_clients
 
@@ -49,5 +64,25 @@ def cfl(setup: ClientSetup, *, eps1: float, eps2: float, weighting: str = "num_e
     return state.replace(client_params=cluster_mean(trained, weights, labels),
                          trained_params=trained, labels=labels, round=state.round + 1), metrics
 
-  return personalized_algorithm(setup, lambda key: initial_state(setup, key), round_fn,
-                                finetune=finetune, jit_round=setup.executor.jit_round)
+  return personalized_algorithm(lambda key: initial_state(setup, key), round_fn,
+                                finetune=finetune)
+
+
+@dataclasses.dataclass(frozen=True)
+class CFLConfig(PersonalizedConfig):
+  """CFL's split thresholds (``algorithm.cfl``). Both scale with the learning rate and local
+  steps: the defaults suit the MLP benchmark of experiments/pfedlia (Sattler et al.'s 0.4 / 1.6
+  were for their models); ``cfl`` logs both norms every round."""
+  eps1: float = 0.12
+  eps2: float = 0.35
+
+  def __post_init__(self):
+    require(self.eps1 > 0, "algorithm.cfl.eps1", "> 0", self.eps1)
+    require(self.eps2 > 0, "algorithm.cfl.eps2", "> 0", self.eps2)
+
+
+ENTRY = AlgorithmEntry(
+    lambda setup, options, config: cfl(setup, eps1=options.eps1, eps2=options.eps2,
+                                       weighting=config.algorithm.weighting,
+                                       finetune=options.finetune),
+    CFLConfig, every_client_each_round=True)

@@ -6,20 +6,24 @@ client from its own start model and aggregates the trained models within each cl
 (``ops.aggregate.cluster_mean``: ``theta_i <- sum_{j in c(i)} n_j theta_j / sum n_j``) or over
 each client's neighbourhood (``neighbourhood_mean``). A client's personal model is its cluster
 average, or with ``finetune`` its model after its latest local training.
+
+Cluster averages are segment sums (one pass over the clients whatever the cluster count), not
+the setup's aggregator: a robust or private rule per cluster would need a segment form of it.
 """
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from fedjax_lab.algorithms.base import Algorithm, ClientSetup, client_weights, round_keys
+from fedjax_lab.algorithms.base import (Algorithm, AlgorithmEntry, ClientSetup, client_weights,
+                                        round_keys)
 from fedjax_lab.data import Cohort
 from fedjax_lab.ops.aggregate import cluster_mean, tree_broadcast, weighted_mean
 from fedjax_lab.ops.cluster import canonical_labels, count_clusters
-from fedjax_lab.ops.communication import tree_bytes
 
 
 @struct.dataclass
@@ -29,6 +33,14 @@ class ClusteredState:
   labels: jax.Array            # [N] canonical cluster labels
   adjacency: jax.Array         # [N, N] collaborators (decentralized pFedLIA only)
   round: jax.Array             # rounds completed
+  aggregator_state: Any = ()   # of the setup's aggregator (global rounds, e.g. a warm-up)
+
+
+@dataclasses.dataclass(frozen=True)
+class PersonalizedConfig:
+  """Options every clustered method shares: ``finetune`` evaluates each client's locally
+  trained model instead of its cluster average."""
+  finetune: bool = False
 
 
 def initial_state(setup: ClientSetup, key: jax.Array) -> ClusteredState:
@@ -36,7 +48,7 @@ def initial_state(setup: ClientSetup, key: jax.Array) -> ClusteredState:
   params = tree_broadcast(setup.init_params(key), setup.num_clients)
   size = setup.num_clients
   return ClusteredState(params, params, jnp.zeros(size, jnp.int32), jnp.ones((size, size), bool),
-                        jnp.zeros((), jnp.int32))
+                        jnp.zeros((), jnp.int32), setup.aggregator.init(setup.params_shape))
 
 
 def train_clients(train_cohort: Callable, start_params, cohort: Cohort, key: jax.Array,
@@ -48,20 +60,28 @@ def train_clients(train_cohort: Callable, start_params, cohort: Cohort, key: jax
   return trained, weights, {"train_loss": weighted_mean(result.mean_loss, weights)}
 
 
-def personalized_algorithm(setup: ClientSetup, init, round_fn, *, finetune: bool,
-                           jit_round: bool) -> Algorithm:
+def personalized_algorithm(init, round_fn, *, finetune: bool,
+                           host_phases: bool = False) -> Algorithm:
   """Wrap a clustered round into the ``Algorithm`` contract (no global model)."""
-  model_bytes = tree_bytes(jax.eval_shape(setup.init_params, jax.random.key(0)))
   personal = ((lambda state: state.trained_params) if finetune
               else (lambda state: state.client_params))
-  return Algorithm(init, round_fn, global_params=lambda state: None, personal_params=personal,
-                   bytes_down=model_bytes, bytes_up=model_bytes, jit_round=jit_round,
-                   client_clusters=lambda state: state.labels)
+  return Algorithm(init, round_fn, personal_params=personal,
+                   client_clusters=lambda state: state.labels, host_phases=host_phases)
 
 
 def oracle(setup: ClientSetup, true_groups, *, weighting: str = "num_examples",
            finetune: bool = False) -> Algorithm:
-  """FedAvg within each true group from the first round: the clustering upper reference."""
+  """FedAvg within each true group from the first round: the clustering upper reference.
+
+  Args:
+    setup: client training and executor.
+    true_groups: ``[num_clients]`` the federation's latent group of each client.
+    weighting: aggregation weights, ``num_examples`` or ``uniform``.
+    finetune: personal model = the client's locally trained model (else its group average).
+
+  Returns:
+    An ``Algorithm`` with per-client models and cluster labels, no global model.
+  """
   labels = canonical_labels(jnp.asarray(true_groups, jnp.int32))
   train_cohort = setup.cohort_trainer(None, params_axis=0, context_axis=None)
 
@@ -75,5 +95,15 @@ def oracle(setup: ClientSetup, true_groups, *, weighting: str = "num_examples",
     return state.replace(client_params=cluster_mean(trained, weights, state.labels),
                          trained_params=trained, round=state.round + 1), metrics
 
-  return personalized_algorithm(setup, init, round_fn, finetune=finetune,
-                                jit_round=setup.executor.jit_round)
+  return personalized_algorithm(init, round_fn, finetune=finetune)
+
+
+def _oracle(setup: ClientSetup, options: PersonalizedConfig, config) -> Algorithm:
+  if setup.client_groups is None:
+    raise ValueError("algorithm.name='oracle' needs a federation with known client groups "
+                     "(data.latent_groups > 0, or Shakespeare with data.partition='natural')")
+  return oracle(setup, setup.client_groups, weighting=config.algorithm.weighting,
+                finetune=options.finetune)
+
+
+ORACLE = AlgorithmEntry(_oracle, PersonalizedConfig, every_client_each_round=True)

@@ -1,24 +1,30 @@
 """FedOpt (Reddi et al. 2021), with FedAvg, FedAvgM and FedProx as settings of it.
 
 Round: every cohort member trains the global model ``x`` locally to ``y_k``; the server takes
-the pseudo-gradient ``g = x - sum_k w_k y_k / sum_k w_k`` and applies any optax transformation:
+the pseudo-gradient ``g = x - A(y_1..y_M; w)`` where ``A`` is the setup's aggregator (the
+weighted mean ``sum_k w_k y_k / sum_k w_k`` by default) and applies any optax transformation:
 ``x <- x + server_optimizer.update(g)``. FedAvg (McMahan et al. 2017) is ``optax.sgd(1.0)``,
 FedAvgM is SGD with momentum, FedAdam / FedYogi are ``optax.adam`` / ``optax.yogi``.
 FedProx (Li et al. 2020) adds ``mu / 2 * ||y - x||^2`` to each local loss.
 
-The cohort is reduced with ``Executor.map_sum``: each client contributes ``(w_k y_k, w_k,
-w_k loss_k, y_k / ||y_k||)`` and only the sums are kept, so with micro-cohorts (``chunked``) or
-the per-client ``loop`` peak memory does not grow with the cohort.
+The cohort is reduced with ``ClientSetup.cohort_aggregate``: each client contributes ``y_k``
+with weight ``w_k`` and the diagnostics ``(w_k loss_k, y_k / ||y_k||)``; with the mean (a sum
+form) only sums are kept, so with micro-cohorts (``chunked``) or the per-client ``loop`` peak
+memory does not grow with the cohort.
 """
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
 
-from fedjax_lab.algorithms.base import Algorithm, ClientSetup, client_weight, round_keys
-from fedjax_lab.ops.communication import tree_bytes
+from fedjax_lab.algorithms.base import (Algorithm, AlgorithmEntry, ClientSetup, client_weight,
+                                        round_keys)
+from fedjax_lab.checks import require
 from fedjax_lab.ops.divergence import mean_pairwise_cosine_from_sum, unit_vector
 
 
@@ -26,6 +32,7 @@ from fedjax_lab.ops.divergence import mean_pairwise_cosine_from_sum, unit_vector
 class FedOptState:
   params: dict
   server_opt_state: optax.OptState
+  aggregator_state: Any = ()
 
 
 def proximal_term(mu: float):
@@ -39,34 +46,88 @@ def proximal_term(mu: float):
 
 def fedopt(setup: ClientSetup, server_optimizer: optax.GradientTransformation, *,
            prox_mu: float = 0.0, weighting: str = "num_examples") -> Algorithm:
+  """FedOpt: local training from the global model, aggregation, a server optimizer step.
+
+  Args:
+    setup: client training, executor and aggregator.
+    server_optimizer: applied to the pseudo-gradient ``x - A(y)`` (``optax.sgd(1.0)``: FedAvg).
+    prox_mu: FedProx's ``mu`` (0: no proximal term).
+    weighting: aggregation weights, ``num_examples`` or ``uniform``.
+
+  Returns:
+    An ``Algorithm`` whose state holds the global model, the server optimizer's state and the
+    aggregator's state; metrics ``train_loss`` and ``client_cosine_similarity``.
+  """
   train = setup.local_trainer(proximal_term(prox_mu) if prox_mu > 0 else None)
 
   def contribution(params, x, y, num_examples, key):
     trained, result = train(params, x, y, num_examples, key, params)
     weight = client_weight(num_examples, weighting)
-    return (jax.tree.map(lambda leaf: weight * leaf, trained), weight,
-            weight * result.mean_loss, unit_vector(trained))
+    return trained, weight, (weight * result.mean_loss, unit_vector(trained))
 
-  cohort_sums = setup.executor.map_sum(contribution, (None, 0, 0, 0, 0))
+  reduce_cohort = setup.cohort_aggregate(contribution, (None, 0, 0, 0, 0))
 
   def init(key):
     params = setup.init_params(key)
-    return FedOptState(params, server_optimizer.init(params))
+    return FedOptState(params, server_optimizer.init(params),
+                       setup.aggregator.init(setup.params_shape))
 
   def round_fn(state, cohort, key):
-    weighted_params, total_weight, weighted_loss, unit_sum = cohort_sums(
-        state.params, cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort))
+    aggregate, total_weight, (weighted_loss, unit_sum), aggregator_state = reduce_cohort(
+        state.params, state.aggregator_state, key, state.params, cohort.x, cohort.y,
+        cohort.num_examples, round_keys(key, cohort))
     total_weight = jnp.maximum(total_weight, jnp.finfo(jnp.float32).tiny)
-    pseudo_gradient = jax.tree.map(lambda p, s: p - s / total_weight, state.params,
-                                   weighted_params)
+    pseudo_gradient = jax.tree.map(jnp.subtract, state.params, aggregate)
     updates, opt_state = server_optimizer.update(pseudo_gradient, state.server_opt_state,
                                                  state.params)
     metrics = {"train_loss": weighted_loss / total_weight,
                "client_cosine_similarity": mean_pairwise_cosine_from_sum(
                    unit_sum, cohort.client_ids.shape[0])}
-    return FedOptState(optax.apply_updates(state.params, updates), opt_state), metrics
+    return FedOptState(optax.apply_updates(state.params, updates), opt_state,
+                       aggregator_state), metrics
 
-  model_bytes = tree_bytes(jax.eval_shape(setup.init_params, jax.random.key(0)))
-  return Algorithm(init, round_fn, global_params=lambda state: state.params,
-                   personal_params=None, bytes_down=model_bytes, bytes_up=model_bytes,
-                   jit_round=setup.executor.jit_round)
+  return Algorithm(init, round_fn, global_params=lambda state: state.params)
+
+
+def server_optimizer(server) -> optax.GradientTransformation:
+  """The optax transformation named by ``server`` (a ``config.ServerConfig``): FedAvg is
+  sgd(1.0); FedAvgM sgd with momentum; FedAdam / FedYogi / FedAdagrad (Reddi et al.)."""
+  if server.optimizer == "sgd":
+    return optax.sgd(server.learning_rate, momentum=server.momentum or None)
+  if server.optimizer == "adam":
+    return optax.adam(server.learning_rate, b1=server.b1, b2=server.b2, eps=server.eps)
+  if server.optimizer == "yogi":
+    return optax.yogi(server.learning_rate, b1=server.b1, b2=server.b2, eps=server.eps)
+  return optax.adagrad(server.learning_rate, eps=server.eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class FedProxConfig:
+  """FedProx's proximal weight (``algorithm.fedprox.mu``)."""
+  mu: float = 0.01
+
+  def __post_init__(self):
+    require(self.mu > 0, "algorithm.fedprox.mu", "> 0", self.mu)
+
+
+@dataclasses.dataclass(frozen=True)
+class FedOptConfig:
+  """FedOpt with an optional proximal term (``algorithm.fedopt.prox_mu``, 0: none)."""
+  prox_mu: float = 0.0
+
+  def __post_init__(self):
+    require(self.prox_mu >= 0, "algorithm.fedopt.prox_mu", ">= 0", self.prox_mu)
+
+
+def _build(setup: ClientSetup, config, prox_mu: float = 0.0) -> Algorithm:
+  return fedopt(setup, server_optimizer(config.server), prox_mu=prox_mu,
+                weighting=config.algorithm.weighting)
+
+
+FEDAVG = AlgorithmEntry(lambda setup, options, config: _build(setup, config))
+FEDPROX = AlgorithmEntry(lambda setup, options, config: _build(setup, config, options.mu),
+                         FedProxConfig)
+FEDOPT = AlgorithmEntry(lambda setup, options, config: _build(setup, config, options.prox_mu),
+                        FedOptConfig)
+# Centralized training: FedAvg on one client holding all the training data.
+CENTRALIZED = AlgorithmEntry(FEDAVG.build, pooled=True)

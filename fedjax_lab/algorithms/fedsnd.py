@@ -1,6 +1,6 @@
 """FedSND: server-side noise distillation plus client-side self-distillation (arXiv 2306.14443,
 "Federated Learning on Non-iid Data via Local and Global Distillation"). No official code is
-public; the choices the paper leaves open are settings (``config.FedSNDConfig``).
+public; the choices the paper leaves open are settings (``FedSNDConfig``).
 
 Client side: local training on ``CE(f(x), y) + lambda * T^2 * KL(p_T(teacher(x)) ||
 p_T(f(x)))`` (``ops.distill``), the teacher being the model received this round (``global``,
@@ -15,24 +15,27 @@ Server side, every round, for the cohort's trained models ``theta_1..theta_M``:
 2. every model ``theta_j`` takes ``distill_steps`` SGD steps on the pseudo-samples of the other
    clients, towards their models' softened outputs (``pairwise``) or the ensemble of all other
    models (``ensemble``; ``ops.distill.server_distillation_targets``);
-3. the distilled models are averaged with FedAvg weights.
+3. the distilled models are aggregated with FedAvg weights (the setup's aggregator: the
+   weighted mean by default).
 Input updates are mapped over clients and distillation over students with the setup's
 executor, inside the jitted round.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from fedjax_lab.algorithms.base import Algorithm, ClientSetup, client_weights, round_keys
-from fedjax_lab.engine.losses import masked_mean, per_example_cross_entropy
+from fedjax_lab.algorithms.base import (AGGREGATION_STREAM, Algorithm, AlgorithmEntry,
+                                        ClientSetup, client_weights, round_keys)
+from fedjax_lab.checks import one_of, require
 from fedjax_lab.ops.aggregate import tree_gather, tree_scatter, weighted_mean
-from fedjax_lab.ops.communication import tree_bytes
 from fedjax_lab.ops.divergence import mean_pairwise_cosine
 from fedjax_lab.ops.distill import kl_distillation, per_example_kl, server_distillation_targets
+from fedjax_lab.ops.losses import masked_mean, per_example_cross_entropy
 from fedjax_lab.ops.pseudo_samples import balanced_labels, refine_pseudo_samples
 
 NOISE_STREAM = 0x501   # fold_in constant: fresh pseudo-samples when not adaptive
@@ -44,6 +47,47 @@ class FedSNDState:
   pseudo_x: jax.Array          # [num_clients, P, ...] each client's pseudo-samples
   previous_params: Any         # [num_clients, ...] last local model (teacher='previous'), or ()
   has_previous: jax.Array      # [num_clients] whether a client has trained before
+  aggregator_state: Any = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class FedSNDConfig:
+  """FedSND's options (``algorithm.fedsnd``). Ablations: ``self_distill_weight = 0`` (noise
+  distillation only), ``noise_distill = false`` (self-distillation only)."""
+  self_distill_weight: float = 1.0  # lambda of the client's KL term (0: off)
+  temperature: float = 2.0          # client-side distillation temperature
+  teacher: str = "global"           # global (received model) | previous (own last model)
+  noise_distill: bool = True        # the server-side step
+  pseudo_per_client: int = 20       # pseudo-samples kept per client
+  noise_steps: int = 20             # input-gradient (Adam) steps per round
+  noise_learning_rate: float = 0.1
+  tv_weight: float = 0.0            # total-variation prior on image pseudo-samples
+  adaptive: bool = True             # keep pseudo-samples across rounds (else fresh noise)
+  distill_steps: int = 10           # server SGD steps per client model
+  distill_learning_rate: float = 0.01
+  distill_mode: str = "pairwise"    # pairwise | ensemble
+  server_temperature: float = 2.0
+
+  def __post_init__(self):
+    p = "algorithm.fedsnd."
+    require(self.self_distill_weight >= 0, p + "self_distill_weight", ">= 0",
+            self.self_distill_weight)
+    require(self.temperature > 0, p + "temperature", "> 0", self.temperature)
+    one_of(p + "teacher", self.teacher, ("global", "previous"))
+    require(self.pseudo_per_client >= 1, p + "pseudo_per_client", ">= 1",
+            self.pseudo_per_client)
+    require(self.noise_steps >= 1, p + "noise_steps", ">= 1", self.noise_steps)
+    require(self.noise_learning_rate > 0, p + "noise_learning_rate", "> 0",
+            self.noise_learning_rate)
+    require(self.tv_weight >= 0, p + "tv_weight", ">= 0", self.tv_weight)
+    require(self.distill_steps >= 1, p + "distill_steps", ">= 1", self.distill_steps)
+    require(self.distill_learning_rate > 0, p + "distill_learning_rate", "> 0",
+            self.distill_learning_rate)
+    one_of(p + "distill_mode", self.distill_mode, ("pairwise", "ensemble"))
+    require(self.server_temperature > 0, p + "server_temperature", "> 0",
+            self.server_temperature)
+    require(self.noise_distill or self.self_distill_weight > 0, p + "self_distill_weight",
+            "> 0 when noise_distill is false (otherwise this is FedAvg)", self.self_distill_weight)
 
 
 def self_distillation_objective(apply_fn, weight: float, temperature: float):
@@ -111,10 +155,21 @@ def noise_distillation(setup: ClientSetup, options, num_classes: int):
   return step
 
 
-def fedsnd(setup: ClientSetup, options, *, weighting: str = "num_examples") -> Algorithm:
-  """``options``: a ``config.FedSNDConfig``."""
+def fedsnd(setup: ClientSetup, options: FedSNDConfig, *,
+           weighting: str = "num_examples") -> Algorithm:
+  """FedSND (module docstring).
+
+  Args:
+    setup: client training, executor and aggregator.
+    options: a ``FedSNDConfig``.
+    weighting: aggregation weights, ``num_examples`` or ``uniform``.
+
+  Returns:
+    An ``Algorithm`` whose state holds the global model, every client's pseudo-samples and
+    (teacher ``previous``) every client's last model.
+  """
   apply_fn = setup.train_apply
-  one_model = jax.eval_shape(setup.init_params, jax.random.key(0))
+  one_model = setup.params_shape
   num_classes = jax.eval_shape(apply_fn, one_model, setup.sample_x).shape[-1]
   input_shape = setup.sample_x.shape[1:]
   per_client_teacher = options.teacher == "previous"
@@ -131,7 +186,8 @@ def fedsnd(setup: ClientSetup, options, *, weighting: str = "num_examples") -> A
                                  + input_shape, jnp.float32)
     previous = jax.tree.map(lambda leaf: jnp.zeros((setup.num_clients,) + leaf.shape,
                                                    leaf.dtype), params) if per_client_teacher else ()
-    return FedSNDState(params, pseudo_x, previous, jnp.zeros(setup.num_clients, bool))
+    return FedSNDState(params, pseudo_x, previous, jnp.zeros(setup.num_clients, bool),
+                       setup.aggregator.init(one_model))
 
   def round_fn(state, cohort, key):
     ids = cohort.client_ids
@@ -157,10 +213,15 @@ def fedsnd(setup: ClientSetup, options, *, weighting: str = "num_examples") -> A
     previous = state.previous_params
     if per_client_teacher:
       previous = tree_scatter(previous, ids, trained)
-    return FedSNDState(weighted_mean(distilled, weights), pseudo_x, previous,
-                       state.has_previous.at[ids].set(True)), metrics
+    params, aggregator_state = setup.aggregator.aggregate(
+        distilled, weights, state.params, state.aggregator_state,
+        jax.random.fold_in(key, AGGREGATION_STREAM))
+    return FedSNDState(params, pseudo_x, previous, state.has_previous.at[ids].set(True),
+                       aggregator_state), metrics
 
-  model_bytes = tree_bytes(one_model)
-  return Algorithm(init, round_fn, global_params=lambda state: state.params,
-                   personal_params=None, bytes_down=model_bytes, bytes_up=model_bytes,
-                   jit_round=setup.executor.jit_round)
+  return Algorithm(init, round_fn, global_params=lambda state: state.params)
+
+
+ENTRY = AlgorithmEntry(
+    lambda setup, options, config: fedsnd(setup, options, weighting=config.algorithm.weighting),
+    FedSNDConfig)

@@ -10,15 +10,17 @@ its locally trained one). Every client downloads all ``k`` models.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from fedjax_lab.algorithms.base import Algorithm, ClientSetup
-from fedjax_lab.algorithms.clustered import train_clients
+from fedjax_lab.algorithms.base import Algorithm, AlgorithmEntry, ClientSetup
+from fedjax_lab.algorithms.clustered import PersonalizedConfig, train_clients
+from fedjax_lab.checks import require
 from fedjax_lab.ops.aggregate import segment_mean, tree_gather
 from fedjax_lab.ops.cluster import canonical_labels, count_clusters
-from fedjax_lab.ops.communication import tree_bytes
 from fedjax_lab.ops.influence import masked_metrics
 
 
@@ -31,6 +33,18 @@ class IFCAState:
 
 def ifca(setup: ClientSetup, num_clusters: int, *, weighting: str = "num_examples",
          finetune: bool = False, chunk_size: int = 16) -> Algorithm:
+  """IFCA (module docstring).
+
+  Args:
+    setup: client training and executor.
+    num_clusters: ``k``, the number of cluster models.
+    weighting: aggregation weights, ``num_examples`` or ``uniform``.
+    finetune: personal model = the client's locally trained model (else its cluster's).
+    chunk_size: clients per chunk when every client scores the ``k`` models.
+
+  Returns:
+    An ``Algorithm`` with per-client models and cluster labels; a client receives ``k`` models.
+  """
   train_cohort = setup.cohort_trainer(None, params_axis=0, context_axis=None)
   metrics_fn = masked_metrics(setup.model.apply)
 
@@ -55,10 +69,24 @@ def ifca(setup: ClientSetup, num_clusters: int, *, weighting: str = "num_example
     metrics["num_clusters"] = count_clusters(canonical_labels(choices))
     return IFCAState(cluster_params, trained, choices), metrics
 
-  model_bytes = tree_bytes(jax.eval_shape(setup.init_params, jax.random.key(0)))
   personal = ((lambda state: state.trained_params) if finetune
               else (lambda state: tree_gather(state.cluster_params, state.choices)))
-  return Algorithm(init, round_fn, global_params=lambda state: None, personal_params=personal,
-                   bytes_down=num_clusters * model_bytes, bytes_up=model_bytes,
-                   jit_round=setup.executor.jit_round,
-                   client_clusters=lambda state: canonical_labels(state.choices))
+  return Algorithm(init, round_fn, personal_params=personal,
+                   client_clusters=lambda state: canonical_labels(state.choices),
+                   download=(setup.params_shape,) * num_clusters)
+
+
+@dataclasses.dataclass(frozen=True)
+class IFCAConfig(PersonalizedConfig):
+  """IFCA's options (``algorithm.ifca``): ``k`` cluster models."""
+  num_clusters: int = 4
+
+  def __post_init__(self):
+    require(self.num_clusters >= 2, "algorithm.ifca.num_clusters", ">= 2", self.num_clusters)
+
+
+ENTRY = AlgorithmEntry(
+    lambda setup, options, config: ifca(setup, options.num_clusters,
+                                        weighting=config.algorithm.weighting,
+                                        finetune=options.finetune),
+    IFCAConfig, every_client_each_round=True)

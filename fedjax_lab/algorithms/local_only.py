@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from flax import struct
 
-from fedjax_lab.algorithms.base import Algorithm, ClientSetup, client_weights, round_keys
+from fedjax_lab.algorithms.base import (Algorithm, AlgorithmEntry, ClientSetup, client_weights,
+                                        round_keys)
 from fedjax_lab.ops.aggregate import tree_broadcast, tree_gather, tree_scatter, weighted_mean
 
 
@@ -17,6 +18,14 @@ class LocalOnlyState:
 
 
 def local_only(setup: ClientSetup) -> Algorithm:
+  """Local-only training (module docstring).
+
+  Args:
+    setup: client training and executor (no aggregation happens).
+
+  Returns:
+    An ``Algorithm`` with per-client models, no global model, nothing sent.
+  """
   train_cohort = setup.cohort_trainer(None, params_axis=0, context_axis=None)
 
   def init(key):
@@ -30,6 +39,8 @@ def local_only(setup: ClientSetup) -> Algorithm:
                                                                             "num_examples"))}
     return LocalOnlyState(tree_scatter(state.client_params, cohort.client_ids, trained)), metrics
 
-  return Algorithm(init, round_fn, global_params=lambda state: None,
-                   personal_params=lambda state: state.client_params, bytes_down=0, bytes_up=0,
-                   jit_round=setup.executor.jit_round)
+  return Algorithm(init, round_fn, personal_params=lambda state: state.client_params,
+                   download=(), upload=())
+
+
+ENTRY = AlgorithmEntry(lambda setup, options, config: local_only(setup))

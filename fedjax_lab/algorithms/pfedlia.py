@@ -1,11 +1,11 @@
 """pFedLIA: personalized FL by clustering clients with a lazy influence approximation
 (arXiv 2505.02540). No official code is public; the choices the paper leaves open are settings
-(``config.PFedLIAConfig``) and are listed here.
+(``PFedLIAConfig``) and are listed here.
 
 Rounds, every client taking part:
 
-1. Warm-up, ``warmup_rounds`` rounds: FedAvg; every client's start model is the global model
-   (``theta0``).
+1. Warm-up, ``warmup_rounds`` rounds: FedAvg (the setup's aggregator); every client's start
+   model is the global model (``theta0``).
 2. Influence phase, the first round after the warm-up (and every ``recluster_every`` rounds if
    set): each client holds out ``validation_fraction`` of its training examples, trains from
    its start model on the rest, and scores every trained model on its held-out split
@@ -27,19 +27,61 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from fedjax_lab.algorithms.base import ClientSetup
-from fedjax_lab.algorithms.clustered import (ClusteredState, initial_state,
+from fedjax_lab.algorithms.base import AGGREGATION_STREAM, Algorithm, AlgorithmEntry, ClientSetup
+from fedjax_lab.algorithms.clustered import (ClusteredState, PersonalizedConfig, initial_state,
                                              personalized_algorithm, train_clients)
-from fedjax_lab.ops.aggregate import (cluster_mean, neighbourhood_mean, tree_broadcast,
-                                      weighted_mean)
-from fedjax_lab.ops.cluster import (agglomerative, count_clusters, neighbourhood_labels,
-                                    neighbourhoods, spectral, symmetrize)
+from fedjax_lab.checks import one_of, require
+from fedjax_lab.ops.aggregate import cluster_mean, neighbourhood_mean, tree_broadcast
+from fedjax_lab.ops.cluster import (LINKAGES, agglomerative, count_clusters,
+                                    neighbourhood_labels, neighbourhoods, spectral, symmetrize)
 from fedjax_lab.ops.communication import tree_bytes
-from fedjax_lab.ops.influence import (drop_leading, influence_cost, influence_matrix,
-                                      masked_metrics, randomized_response, validation_sizes)
+from fedjax_lab.ops.influence import (INFLUENCE_KINDS, drop_leading, influence_cost,
+                                      influence_matrix, masked_metrics, randomized_response,
+                                      validation_sizes)
 
 RESPONSE_STREAM = 0x11A   # fold_in constant: randomized-response key
 SPECTRAL_STREAM = 0x5BE   # fold_in constant: k-means key
+
+
+CLUSTERINGS = ("agglomerative", "spectral", "decentralized")
+
+
+@dataclasses.dataclass(frozen=True)
+class PFedLIAConfig(PersonalizedConfig):
+  """pFedLIA's options (``algorithm.pfedlia``): warm-up, lazy-influence phase, clustering."""
+  warmup_rounds: int = 5            # FedAvg rounds giving the shared start theta0 (0 allowed)
+  recluster_every: int = 0          # > 0: a new influence phase every this many rounds
+  validation_fraction: float = 0.2  # of each client's training examples, held out for scoring
+  influence: str = "loss"           # loss | accuracy | vote
+  vote_epsilon: float = 0.0         # > 0: randomized response on votes (eps-local DP)
+  clustering: str = "agglomerative" # agglomerative | spectral (central) | decentralized
+  linkage: str = "average"
+  num_clusters: int = 0             # 0: agglomerative stops at `threshold`; spectral needs > 0
+  threshold: float = 0.0            # merge while the linkage similarity is >= this
+  neighbours: str = "positive"      # decentralized collaborators: positive | top_k
+  top_k: int = 5
+  chunk_size: int = 16              # scorers per chunk of the N x N influence matrix
+
+  def __post_init__(self):
+    p = "algorithm.pfedlia."
+    require(self.warmup_rounds >= 0, p + "warmup_rounds", ">= 0", self.warmup_rounds)
+    require(self.recluster_every >= 0, p + "recluster_every", ">= 0", self.recluster_every)
+    require(0 < self.validation_fraction < 1, p + "validation_fraction", "in (0, 1)",
+            self.validation_fraction)
+    one_of(p + "influence", self.influence, INFLUENCE_KINDS)
+    require(self.vote_epsilon >= 0, p + "vote_epsilon", ">= 0", self.vote_epsilon)
+    if self.vote_epsilon > 0:
+      require(self.influence == "vote", p + "vote_epsilon", "0 unless influence='vote'",
+              self.vote_epsilon)
+    one_of(p + "clustering", self.clustering, CLUSTERINGS)
+    one_of(p + "linkage", self.linkage, LINKAGES)
+    require(self.num_clusters >= 0, p + "num_clusters", ">= 0", self.num_clusters)
+    if self.clustering == "spectral":
+      require(self.num_clusters >= 2, p + "num_clusters", ">= 2 for spectral clustering",
+              self.num_clusters)
+    one_of(p + "neighbours", self.neighbours, ("positive", "top_k"))
+    require(self.top_k >= 1, p + "top_k", ">= 1", self.top_k)
+    require(self.chunk_size >= 1, p + "chunk_size", ">= 1", self.chunk_size)
 
 
 def is_influence_round(round_index: int, warmup_rounds: int, recluster_every: int) -> bool:
@@ -47,9 +89,19 @@ def is_influence_round(round_index: int, warmup_rounds: int, recluster_every: in
   return since == 0 or (since > 0 and recluster_every > 0 and since % recluster_every == 0)
 
 
-def pfedlia(setup: ClientSetup, options, *, weighting: str = "num_examples",
-            finetune: bool = False):
-  """``options``: a ``config.PFedLIAConfig``."""
+def pfedlia(setup: ClientSetup, options: PFedLIAConfig, *,
+            weighting: str = "num_examples") -> Algorithm:
+  """pFedLIA (module docstring).
+
+  Args:
+    setup: client training, executor, and the aggregator of the warm-up rounds.
+    options: a ``PFedLIAConfig`` (phases, influence kind, clustering rule, ``finetune``).
+    weighting: aggregation weights, ``num_examples`` or ``uniform``.
+
+  Returns:
+    An ``Algorithm`` with per-client models and cluster labels, no global model; its round
+    picks a compiled phase on the host (``host_phases``) and logs the influence phase's cost.
+  """
   train_cohort = setup.cohort_trainer(None, params_axis=0, context_axis=None)
   metrics_fn = masked_metrics(setup.model.apply)
   decentralized = options.clustering == "decentralized"
@@ -63,9 +115,13 @@ def pfedlia(setup: ClientSetup, options, *, weighting: str = "num_examples",
   def warmup(state: ClusteredState, cohort, key):
     trained, weights, metrics = train_clients(train_cohort, state.client_params, cohort, key,
                                               weighting)
-    global_params = tree_broadcast(weighted_mean(trained, weights), setup.num_clients)
-    return state.replace(client_params=global_params, trained_params=trained,
-                         round=state.round + 1), metrics
+    start = jax.tree.map(lambda leaf: leaf[0], state.client_params)   # everyone's start
+    global_params, aggregator_state = setup.aggregator.aggregate(
+        trained, weights, start, state.aggregator_state,
+        jax.random.fold_in(key, AGGREGATION_STREAM))
+    return state.replace(client_params=tree_broadcast(global_params, setup.num_clients),
+                         trained_params=trained, round=state.round + 1,
+                         aggregator_state=aggregator_state), metrics
 
   def influence_phase(state: ClusteredState, cohort, key):
     held_out = validation_sizes(cohort.num_examples, options.validation_fraction)
@@ -105,8 +161,7 @@ def pfedlia(setup: ClientSetup, options, *, weighting: str = "num_examples",
                                                  state.adjacency),
                          trained_params=trained, round=state.round + 1), metrics
 
-  cost = influence_cost(setup.num_clients,
-                        tree_bytes(jax.eval_shape(setup.init_params, jax.random.key(0))))
+  cost = influence_cost(setup.num_clients, tree_bytes(setup.params_shape))
   phases = {name: compile_phase(fn) for name, fn in
             (("warmup", warmup), ("influence", influence_phase), ("personalized", personalized))}
 
@@ -124,5 +179,10 @@ def pfedlia(setup: ClientSetup, options, *, weighting: str = "num_examples",
       metrics.update(cost)
     return state, metrics
 
-  return personalized_algorithm(setup, lambda key: initial_state(setup, key), round_fn,
-                                finetune=finetune, jit_round=False)
+  return personalized_algorithm(lambda key: initial_state(setup, key), round_fn,
+                                finetune=options.finetune, host_phases=True)
+
+
+ENTRY = AlgorithmEntry(
+    lambda setup, options, config: pfedlia(setup, options, weighting=config.algorithm.weighting),
+    PFedLIAConfig, every_client_each_round=True)

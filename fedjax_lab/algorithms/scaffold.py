@@ -3,18 +3,21 @@
 Client k corrects each local gradient by ``c - c_k``: here as the linear term
 ``<params, c - c_k>`` added to its loss, whose gradient is exactly that correction. After
 ``K_k`` local SGD steps of rate ``eta_l``: ``c_k+ = c_k - c + (x - y_k) / (K_k eta_l)``.
-Server: ``x <- x + eta_g * mean_w(y_k - x)``, ``c <- c + |S| / N * mean(c_k+ - c_k)``.
+Server: ``x <- x + eta_g * (A(y; w) - x)`` with ``A`` the setup's aggregator (the weighted mean
+by default), ``c <- c + |S| / N * mean(c_k+ - c_k)``.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from fedjax_lab.algorithms.base import Algorithm, ClientSetup, client_weights, round_keys
+from fedjax_lab.algorithms.base import (AGGREGATION_STREAM, Algorithm, AlgorithmEntry,
+                                        ClientSetup, client_weights, round_keys)
 from fedjax_lab.ops.aggregate import (client_sum, tree_broadcast, tree_gather, tree_scatter,
                                       weighted_mean)
-from fedjax_lab.ops.communication import tree_bytes
 from fedjax_lab.ops.divergence import mean_pairwise_cosine
 
 
@@ -23,6 +26,7 @@ class ScaffoldState:
   params: dict
   server_control: dict         # c, shaped like params
   client_controls: dict        # c_k, [num_clients, ...]
+  aggregator_state: Any = ()
 
 
 def control_correction(params, correction):
@@ -33,12 +37,25 @@ def control_correction(params, correction):
 
 def scaffold(setup: ClientSetup, *, client_learning_rate: float, server_learning_rate: float = 1.0,
              weighting: str = "num_examples") -> Algorithm:
+  """SCAFFOLD with option II control variates (module docstring).
+
+  Args:
+    setup: client training (plain SGD for the control update to hold), executor, aggregator.
+    client_learning_rate: ``eta_l``, the local SGD rate.
+    server_learning_rate: ``eta_g``.
+    weighting: aggregation weights, ``num_examples`` or ``uniform``.
+
+  Returns:
+    An ``Algorithm`` whose state holds ``x``, ``c``, every client's ``c_k`` and the aggregator's
+    state. A client receives and sends a model and a control variate.
+  """
   train_cohort = setup.cohort_trainer(control_correction, params_axis=None, context_axis=0)
 
   def init(key):
     params = setup.init_params(key)
     zeros = jax.tree.map(jnp.zeros_like, params)
-    return ScaffoldState(params, zeros, tree_broadcast(zeros, setup.num_clients))
+    return ScaffoldState(params, zeros, tree_broadcast(zeros, setup.num_clients),
+                         setup.aggregator.init(setup.params_shape))
 
   def round_fn(state, cohort, key):
     old_controls = tree_gather(state.client_controls, cohort.client_ids)
@@ -56,19 +73,27 @@ def scaffold(setup: ClientSetup, *, client_learning_rate: float, server_learning
     new_controls = jax.tree.map(new_control, old_controls, state.server_control, state.params,
                                 client_params)
     weights = client_weights(cohort, weighting)
+    aggregate, aggregator_state = setup.aggregator.aggregate(
+        client_params, weights, state.params, state.aggregator_state,
+        jax.random.fold_in(key, AGGREGATION_STREAM))
     params = jax.tree.map(lambda x, mean: x + server_learning_rate * (mean - x), state.params,
-                          weighted_mean(client_params, weights))
+                          aggregate)
     participation = cohort.client_ids.shape[0] / setup.num_clients
     control_delta = jax.tree.map(lambda total: total / cohort.client_ids.shape[0], client_sum(
         jax.tree.map(jnp.subtract, new_controls, old_controls)))
     server_control = jax.tree.map(lambda c, d: c + participation * d, state.server_control,
                                   control_delta)
     state = ScaffoldState(params, server_control,
-                          tree_scatter(state.client_controls, cohort.client_ids, new_controls))
+                          tree_scatter(state.client_controls, cohort.client_ids, new_controls),
+                          aggregator_state)
     return state, {"train_loss": weighted_mean(result.mean_loss, weights),
                    "client_cosine_similarity": mean_pairwise_cosine(client_params)}
 
-  model_bytes = tree_bytes(jax.eval_shape(setup.init_params, jax.random.key(0)))
-  return Algorithm(init, round_fn, global_params=lambda state: state.params,
-                   personal_params=None, bytes_down=2 * model_bytes, bytes_up=2 * model_bytes,
-                   jit_round=setup.executor.jit_round)
+  payload = (setup.params_shape, setup.params_shape)
+  return Algorithm(init, round_fn, global_params=lambda state: state.params, download=payload,
+                   upload=payload)
+
+
+ENTRY = AlgorithmEntry(lambda setup, options, config: scaffold(
+    setup, client_learning_rate=config.local.learning_rate,
+    server_learning_rate=config.server.learning_rate, weighting=config.algorithm.weighting))

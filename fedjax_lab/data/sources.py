@@ -18,7 +18,6 @@ import numpy as np
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 TFDS_DATASETS = ("mnist", "fashion_mnist", "emnist", "cifar10", "cifar100")
-OFFLINE_SOURCES = ("digits", "fashion_mnist_idx", "synthetic", "shakespeare", "shakespeare_genre")
 # Genres of the First Folio (comedy, history, tragedy; Pericles, not in the Folio, a comedy).
 GENRES = ("comedy", "history", "tragedy")
 _PLAY_GENRES = {
@@ -159,7 +158,7 @@ def shakespeare(directory: str, *, sequence_length: int = 80, min_chars: int = 1
   plays = sorted(p for p in root.glob("*.txt") if not p.stem.endswith("_f")
                  and p.name != "metadata.txt")
   if not plays:
-    raise FileNotFoundError(f"data.shakespeare_dir={directory!r} holds no plain-text plays; "
+    raise FileNotFoundError(f"data.source_dir={directory!r} holds no plain-text plays; "
                             "run `make data`")
   windows, groups, names = [], [], []
   for play in plays:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_lab.engine.losses import per_example_correct, per_example_cross_entropy
+from fedjax_lab.ops.losses import per_example_correct, per_example_cross_entropy
 
 
 def _masked_sums(apply_fn, params, x, y, mask):

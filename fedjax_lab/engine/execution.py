@@ -62,7 +62,7 @@ class Executor:
 
     def loop(*args):
       outputs = [jitted(*_merge(args, in_axes, _rows(args, in_axes, client)))
-                 for client in range(_cohort_size(args, in_axes))]
+                 for client in range(cohort_size(args, in_axes))]
       return jax.tree.map(lambda *leaves: jnp.stack(leaves), *outputs)
     return loop
 
@@ -79,14 +79,15 @@ class Executor:
 
     def loop_sum(*args):
       total = None
-      for client in range(_cohort_size(args, in_axes)):
+      for client in range(cohort_size(args, in_axes)):
         out = jitted(*_merge(args, in_axes, _rows(args, in_axes, client)))
         total = out if total is None else add(total, out)
       return total
     return loop_sum
 
 
-def _cohort_size(args, in_axes) -> int:
+def cohort_size(args, in_axes) -> int:
+  """The length of the client axis of the first client-mapped argument."""
   return next(jax.tree.leaves(a)[0].shape[0] for a, axis in zip(args, in_axes) if axis == 0)
 
 
@@ -99,7 +100,7 @@ def _rows(args, in_axes, clients):
 def _chunked_sum(fn, in_axes, chunk_size, *args):
   """A ``lax.scan`` over the full chunks of ``chunk_size`` clients (each sliced in place, a
   vmap summed into the carry), then one vmap over the remainder."""
-  size = _cohort_size(args, in_axes)
+  size = cohort_size(args, in_axes)
   full = size // chunk_size
   batched = jax.vmap(fn, in_axes=in_axes)
   chunk_sum = lambda rows: client_sum(batched(*_merge(args, in_axes, rows)))

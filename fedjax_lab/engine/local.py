@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_lab.engine.losses import masked_mean, per_example_cross_entropy
+from fedjax_lab.ops.losses import masked_mean, per_example_cross_entropy
 
 # objective(params, batch_x, batch_y, batch_mask, context) -> scalar loss
 Objective = Callable[[Any, jax.Array, jax.Array, jax.Array, Any], jax.Array]

@@ -1,4 +1,4 @@
-"""Model registry. The engine sees a model only through ``Model``: ``init``, ``apply`` and the
+"""Model registry (``MODELS``). The engine sees a model only through ``Model``: ``init``, ``apply`` and the
 ordered ``layer_groups`` that layer-wise methods recombine, personalize or prune."""
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from fedjax_lab.models.im2col import apply_im2col
 from fedjax_lab.models.sequence import CharLSTM, TransformerLM
 from fedjax_lab.models.vision import MLP, VGG, VGG16_LAYOUT, CifarCNN, FedAvgCNN, ResNet20
+from fedjax_lab.registry import Registry
 
 Params = dict
 
@@ -42,33 +43,35 @@ class Model:
     return tuple(params.keys())
 
 
-_BUILDERS: dict[str, Callable[[int], nn.Module]] = {
-    "mlp": lambda n: MLP(n),
-    "fedavg_cnn": lambda n: FedAvgCNN(n),
-    "femnist_cnn": lambda n: FedAvgCNN(n, features=(16, 32), hidden=256, padding="VALID"),
-    "small_cnn": lambda n: FedAvgCNN(n, features=(8, 16), hidden=64),
-    "cifar_cnn": CifarCNN,
-    "resnet20": ResNet20,
-    "vgg": lambda n: VGG(n),
-    "vgg16": lambda n: VGG(n, layout=VGG16_LAYOUT, classifier=(4096, 4096)),
-    "char_lstm": CharLSTM,
-    "transformer_lm": TransformerLM,
-}
-_SEQUENCE_MODELS = ("char_lstm", "transformer_lm")
-MODEL_NAMES = tuple(_BUILDERS)
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+  """A registered model: ``module(num_classes) -> nn.Module``; ``has_conv`` tells the engine
+  it holds convolutions (execution defaults on CPU differ)."""
+  module: Callable[[int], nn.Module]
+  has_conv: bool
+
+
+MODELS: Registry[ModelEntry] = Registry("model.name")
+MODELS.register("mlp", ModelEntry(MLP, has_conv=False))
+MODELS.register("fedavg_cnn", ModelEntry(FedAvgCNN, has_conv=True))
+MODELS.register("femnist_cnn", ModelEntry(
+    lambda n: FedAvgCNN(n, features=(16, 32), hidden=256, padding="VALID"), has_conv=True))
+MODELS.register("small_cnn", ModelEntry(lambda n: FedAvgCNN(n, features=(8, 16), hidden=64),
+                                        has_conv=True))
+MODELS.register("cifar_cnn", ModelEntry(CifarCNN, has_conv=True))
+MODELS.register("resnet20", ModelEntry(ResNet20, has_conv=True))
+MODELS.register("vgg", ModelEntry(VGG, has_conv=True))
+MODELS.register("vgg16", ModelEntry(
+    lambda n: VGG(n, layout=VGG16_LAYOUT, classifier=(4096, 4096)), has_conv=True))
+MODELS.register("char_lstm", ModelEntry(CharLSTM, has_conv=False))
+MODELS.register("transformer_lm", ModelEntry(TransformerLM, has_conv=False))
 CONV_IMPLEMENTATIONS = ("xla", "im2col")
 
 
 def build_model(name: str, num_classes: int, conv: str = "xla") -> Model:
-  """The named model with ``num_classes`` outputs (the vocabulary size for sequence models)."""
-  if name not in _BUILDERS:
-    raise ValueError(f"model.name={name!r} is unknown; allowed: {', '.join(MODEL_NAMES)}")
+  """The registered model ``name`` with ``num_classes`` outputs (the vocabulary size for
+  sequence models); ``conv`` as in ``Model``."""
+  entry = MODELS.get(name)
   if conv not in CONV_IMPLEMENTATIONS:
-    raise ValueError(f"model.conv={conv!r} is unknown; allowed: "
-                     f"{', '.join(CONV_IMPLEMENTATIONS)}")
-  has_conv = name not in ("mlp",) + _SEQUENCE_MODELS
-  return Model(name, _BUILDERS[name](num_classes), has_conv, conv)
-
-
-def is_sequence_model(name: str) -> bool:
-  return name in _SEQUENCE_MODELS
+    raise ValueError(f"model.conv must be one of {', '.join(CONV_IMPLEMENTATIONS)}, got {conv!r}")
+  return Model(name, entry.module(num_classes), entry.has_conv, conv)

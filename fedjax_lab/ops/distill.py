@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fedjax_lab.engine.losses import masked_mean
+from fedjax_lab.ops.losses import masked_mean
 
 
 def per_example_kl(student_logits: jax.Array, teacher_probs: jax.Array,

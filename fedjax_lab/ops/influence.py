@@ -21,7 +21,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from fedjax_lab.engine.losses import masked_mean, per_example_correct, per_example_cross_entropy
+from fedjax_lab.ops.losses import masked_mean, per_example_correct, per_example_cross_entropy
 
 INFLUENCE_KINDS = ("loss", "accuracy", "vote")
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_lab.engine.losses import per_example_cross_entropy
+from fedjax_lab.ops.losses import per_example_cross_entropy
 
 
 def balanced_labels(count: int, num_classes: int) -> jax.Array:

@@ -25,10 +25,10 @@ def recombination_units(params, layer_order: Sequence[str], granularity: str,
   consecutive leaves (the code's ``FedMR_Partition(p)``; ``p = 0`` is per leaf).
   """
   if granularity not in GRANULARITIES:
-    raise ValueError(f"algorithm.fedmr.granularity={granularity!r}; allowed: "
-                     f"{', '.join(GRANULARITIES)}")
+    raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}, got "
+                     f"{granularity!r}")
   if not 0.0 <= block_fraction <= 1.0:
-    raise ValueError(f"algorithm.fedmr.block_fraction must be in [0, 1], got {block_fraction}")
+    raise ValueError(f"block_fraction must be in [0, 1], got {block_fraction}")
   ordered = [(name, path) for name in layer_order
              for path, _ in jax.tree_util.tree_flatten_with_path(params[name])[0]]
   block = max(1, math.ceil(block_fraction * len(ordered)))

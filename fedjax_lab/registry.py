@@ -1,0 +1,39 @@
+"""Name -> entry tables: how methods, aggregators, data sources, partitioners and models are
+found by the name a config gives. Adding one is a module plus a ``register`` call; code outside
+the package registers the same way (README, "Writing a new algorithm")."""
+from __future__ import annotations
+
+from typing import Generic, Iterator, TypeVar
+
+Entry = TypeVar("Entry")
+
+
+class Registry(Generic[Entry]):
+  """Entries by name, in registration order. ``field`` is the config field that names an entry
+  (``algorithm.name``), used in error messages."""
+
+  def __init__(self, field: str):
+    self.field = field
+    self._entries: dict[str, Entry] = {}
+
+  def register(self, name: str, entry: Entry, *, replace: bool = False) -> Entry:
+    """Add ``entry`` under ``name``; an existing name is an error unless ``replace``."""
+    if name in self._entries and not replace:
+      raise ValueError(f"{self.field}={name!r} is already registered")
+    self._entries[name] = entry
+    return entry
+
+  def get(self, name: str) -> Entry:
+    """The entry for ``name``, or one line naming the field and the allowed names."""
+    if name not in self._entries:
+      raise ValueError(f"{self.field} must be one of {', '.join(self._entries)}, got {name!r}")
+    return self._entries[name]
+
+  def names(self) -> tuple[str, ...]:
+    return tuple(self._entries)
+
+  def __contains__(self, name: object) -> bool:
+    return name in self._entries
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._entries)
