@@ -25,7 +25,10 @@ data:
 demo: $(VENV)/.installed data
 	$(BIN)/python experiments/quickstart/run.py
 
+# Lint and format check first (config in pyproject.toml), then the tests.
 test: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 clean:

@@ -16,6 +16,7 @@ compile time (first round minus the median), compilations after the first round,
 two or more cohorts, a least-squares line ``s/round = intercept + slope x cohort`` is fitted per
 model and strategy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,25 +30,40 @@ import subprocess
 import sys
 import time
 
-MODELS = {"mlp": ((28, 28, 1), 10), "fedavg_cnn": ((28, 28, 1), 62),
-          "cifar_cnn": ((32, 32, 3), 10), "resnet20": ((32, 32, 3), 10)}
+MODELS = {
+  "mlp": ((28, 28, 1), 10),
+  "fedavg_cnn": ((28, 28, 1), 62),
+  "cifar_cnn": ((32, 32, 3), 10),
+  "resnet20": ((32, 32, 3), 10),
+}
 EXAMPLES_PER_CLIENT = 200
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
   import jax
   import jax.numpy as jnp
+
   a = jnp.ones((size, size), jnp.float32)
   product = jax.jit(lambda x: x @ x)
   product(a).block_until_ready()
   start = time.perf_counter()
   for _ in range(repeats):
     product(a).block_until_ready()
-  return 2 * size ** 3 * repeats / (time.perf_counter() - start) / 1e9
+  return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def run_cell(model_name: str, cohort: int, strategy: str, conv: str, steps: int, batch: int,
-             rounds: int, unroll: str, chunk_size: int, compute_dtype: str) -> dict:
+def run_cell(
+  model_name: str,
+  cohort: int,
+  strategy: str,
+  conv: str,
+  steps: int,
+  batch: int,
+  rounds: int,
+  unroll: str,
+  chunk_size: int,
+  compute_dtype: str,
+) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -64,21 +80,34 @@ def run_cell(model_name: str, cohort: int, strategy: str, conv: str, steps: int,
 
   compiles = []
   monitoring.register_event_duration_secs_listener(
-      lambda name, *a, **k: compiles.append(1)
-      if name == "/jax/core/compile/backend_compile_duration" else None)
+    lambda name, *a, **k: (
+      compiles.append(1) if name == "/jax/core/compile/backend_compile_duration" else None
+    )
+  )
   shape, num_classes = MODELS[model_name]
   rng = np.random.default_rng(0)
   total = cohort * EXAMPLES_PER_CLIENT
-  dataset = Dataset(rng.random((total,) + shape, np.float32),
-                    rng.integers(0, num_classes, total).astype(np.int32),
-                    np.zeros((1,) + shape, np.float32), np.zeros(1, np.int32), num_classes)
+  dataset = Dataset(
+    rng.random((total,) + shape, np.float32),
+    rng.integers(0, num_classes, total).astype(np.int32),
+    np.zeros((1,) + shape, np.float32),
+    np.zeros(1, np.int32),
+    num_classes,
+  )
   clients = np.split(np.arange(total), cohort)
   data = FederatedData.from_indices(dataset, clients, [np.array([], np.int64)] * cohort)
   model = build_model(model_name, num_classes, conv)
   use_unroll = unroll == "unroll" or (unroll == "auto" and model.has_conv)
-  setup = ClientSetup(model, data.train_x[0, :1], optax.sgd(0.01),
-                      LocalSchedule(batch, data.max_examples, steps=steps),
-                      Executor(strategy, chunk_size), cohort, use_unroll, compute_dtype)
+  setup = ClientSetup(
+    model,
+    data.train_x[0, :1],
+    optax.sgd(0.01),
+    LocalSchedule(batch, data.max_examples, steps=steps),
+    Executor(strategy, chunk_size),
+    cohort,
+    use_unroll,
+    compute_dtype,
+  )
   algorithm = fedopt(setup, optax.sgd(1.0))
   round_fn = compiled_round(algorithm, setup.executor, donate=True)
   state = algorithm.init(jax.random.key(0))
@@ -101,13 +130,19 @@ def run_cell(model_name: str, cohort: int, strategy: str, conv: str, steps: int,
   cost = cost[0] if isinstance(cost, list) else cost
   flops_per_round = float(cost["flops"]) * steps * cohort
   label = _label(strategy, conv, compute_dtype)
-  return {"model": model_name, "cohort": cohort, "strategy": label,
-          "unroll": use_unroll,
-          "seconds_per_round": seconds, "client_updates_per_s": cohort / seconds,
-          "examples_per_s": cohort * steps * batch / seconds,
-          "gflops": flops_per_round / seconds / 1e9, "compile_s": times[0] - seconds,
-          "compiles_after_first_round": recompiles,
-          "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+  return {
+    "model": model_name,
+    "cohort": cohort,
+    "strategy": label,
+    "unroll": use_unroll,
+    "seconds_per_round": seconds,
+    "client_updates_per_s": cohort / seconds,
+    "examples_per_s": cohort * steps * batch / seconds,
+    "gflops": flops_per_round / seconds / 1e9,
+    "compile_s": times[0] - seconds,
+    "compiles_after_first_round": recompiles,
+    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+  }
 
 
 def _label(strategy: str, conv: str, compute_dtype: str) -> str:
@@ -117,69 +152,114 @@ def _label(strategy: str, conv: str, compute_dtype: str) -> str:
 def linear_fits(rows: list[dict]) -> list[dict]:
   """Least-squares ``s/round = intercept + slope * cohort`` per (model, strategy)."""
   import numpy as np
+
   fits = []
   measured = [r for r in rows if "error" not in r]
   for model, strategy in dict.fromkeys((r["model"], r["strategy"]) for r in measured):
-    points = [(r["cohort"], r["seconds_per_round"]) for r in measured
-              if r["model"] == model and r["strategy"] == strategy]
+    points = [
+      (r["cohort"], r["seconds_per_round"])
+      for r in measured
+      if r["model"] == model and r["strategy"] == strategy
+    ]
     if len({c for c, _ in points}) >= 2:
       slope, intercept = np.polyfit(*zip(*points), 1)
-      fits.append({"model": model, "strategy": strategy, "slope_s_per_client": float(slope),
-                   "intercept_s": float(intercept), "cohorts": [c for c, _ in points]})
+      fits.append(
+        {
+          "model": model,
+          "strategy": strategy,
+          "slope_s_per_client": float(slope),
+          "intercept_s": float(intercept),
+          "cohorts": [c for c, _ in points],
+        }
+      )
   return fits
 
 
 def markdown_table(rows: list[dict], peak: float) -> str:
-  header = ("| model | cohort | strategy | s/round | speedup vs loop | client upd/s | examples/s "
-            "| GFLOP/s | % of matmul peak | compile s | recompiles | peak RSS MiB |")
+  header = (
+    "| model | cohort | strategy | s/round | speedup vs loop | client upd/s | examples/s "
+    "| GFLOP/s | % of matmul peak | compile s | recompiles | peak RSS MiB |"
+  )
   lines = [header, "|" + "---|" * 12]
   for row in rows:
     if "error" in row:
-      lines.append(f"| {row['model']} | {row['cohort']} | {row['strategy']} | failed: "
-                   f"{row['error'][:60]} |" + " |" * 8)
+      lines.append(
+        f"| {row['model']} | {row['cohort']} | {row['strategy']} | failed: "
+        f"{row['error'][:60]} |" + " |" * 8
+      )
       continue
     lines.append(
-        f"| {row['model']} | {row['cohort']} | {row['strategy']} | "
-        f"{row['seconds_per_round']:.3f} | {row.get('speedup', float('nan')):.2f}x | "
-        f"{row['client_updates_per_s']:.1f} | {row['examples_per_s']:.0f} | {row['gflops']:.1f} | "
-        f"{100 * row['gflops'] / peak:.0f}% | {row['compile_s']:.1f} | "
-        f"{row['compiles_after_first_round']} | {row['peak_rss_mib']:.0f} |")
+      f"| {row['model']} | {row['cohort']} | {row['strategy']} | "
+      f"{row['seconds_per_round']:.3f} | {row.get('speedup', float('nan')):.2f}x | "
+      f"{row['client_updates_per_s']:.1f} | {row['examples_per_s']:.0f} | {row['gflops']:.1f} | "
+      f"{100 * row['gflops'] / peak:.0f}% | {row['compile_s']:.1f} | "
+      f"{row['compiles_after_first_round']} | {row['peak_rss_mib']:.0f} |"
+    )
   fits = linear_fits(rows)
   if fits:
-    lines += ["", "| model | strategy | slope s/client | intercept s | cohorts |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {f['model']} | {f['strategy']} | {f['slope_s_per_client']:.4f} | "
-              f"{f['intercept_s']:.3f} | {', '.join(map(str, f['cohorts']))} |" for f in fits]
+    lines += [
+      "",
+      "| model | strategy | slope s/client | intercept s | cohorts |",
+      "|---|---|---|---|---|",
+    ]
+    lines += [
+      f"| {f['model']} | {f['strategy']} | {f['slope_s_per_client']:.4f} | "
+      f"{f['intercept_s']:.3f} | {', '.join(map(str, f['cohorts']))} |"
+      for f in fits
+    ]
   return "\n".join(lines)
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--models", nargs="+", default=["mlp", "fedavg_cnn"], choices=MODELS)
   parser.add_argument("--cohorts", nargs="+", type=int, default=[10, 100])
   parser.add_argument("--strategies", nargs="+", default=["vmap", "chunked", "loop"])
-  parser.add_argument("--convs", nargs="+", default=["xla"], choices=["xla", "im2col"],
-                      help="convolution implementations (convolutional models only)")
+  parser.add_argument(
+    "--convs",
+    nargs="+",
+    default=["xla"],
+    choices=["xla", "im2col"],
+    help="convolution implementations (convolutional models only)",
+  )
   parser.add_argument("--chunk-size", type=int, default=8)
   parser.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16"])
-  parser.add_argument("--xla-flags", default="",
-                      help="XLA_FLAGS for every cell, e.g. --xla_cpu_use_xnnpack=true")
+  parser.add_argument(
+    "--xla-flags", default="", help="XLA_FLAGS for every cell, e.g. --xla_cpu_use_xnnpack=true"
+  )
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--batch", type=int, default=20)
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--unroll", default="auto", choices=["auto", "scan", "unroll"])
   parser.add_argument("--out", default="benchmarks/results")
-  parser.add_argument("--cell", nargs=4, metavar=("MODEL", "COHORT", "STRATEGY", "CONV"),
-                      help=argparse.SUPPRESS)
+  parser.add_argument(
+    "--cell", nargs=4, metavar=("MODEL", "COHORT", "STRATEGY", "CONV"), help=argparse.SUPPRESS
+  )
   args = parser.parse_args()
   if args.cell:
     model, cohort, strategy, conv = args.cell
-    print(json.dumps(run_cell(model, int(cohort), strategy, conv, args.steps, args.batch,
-                              args.rounds, args.unroll, args.chunk_size, args.compute_dtype)))
+    print(
+      json.dumps(
+        run_cell(
+          model,
+          int(cohort),
+          strategy,
+          conv,
+          args.steps,
+          args.batch,
+          args.rounds,
+          args.unroll,
+          args.chunk_size,
+          args.compute_dtype,
+        )
+      )
+    )
     return
 
   import jax
+
   peak = matmul_peak_gflops()
   print(f"float32 matmul peak: {peak:.1f} GFLOP/s", flush=True)
   rows = []
@@ -188,17 +268,37 @@ def main() -> None:
       cell_rows = []
       convs = args.convs if model != "mlp" else ["xla"]
       for strategy, conv in [(s, c) for s in args.strategies for c in convs]:
-        command = [sys.executable, __file__, "--cell", model, str(cohort), strategy, conv,
-                   "--steps", str(args.steps), "--batch", str(args.batch),
-                   "--rounds", str(args.rounds), "--unroll", args.unroll,
-                   "--chunk-size", str(args.chunk_size), "--compute-dtype", args.compute_dtype]
+        command = [
+          sys.executable,
+          __file__,
+          "--cell",
+          model,
+          str(cohort),
+          strategy,
+          conv,
+          "--steps",
+          str(args.steps),
+          "--batch",
+          str(args.batch),
+          "--rounds",
+          str(args.rounds),
+          "--unroll",
+          args.unroll,
+          "--chunk-size",
+          str(args.chunk_size),
+          "--compute-dtype",
+          args.compute_dtype,
+        ]
         env = dict(os.environ, XLA_FLAGS=args.xla_flags) if args.xla_flags else None
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         if done.returncode:
           label = _label(strategy, conv, args.compute_dtype)
-          row = {"model": model, "cohort": cohort, "strategy": label,
-                 "error": (done.stderr.strip().splitlines()
-                           or [f"exit status {done.returncode}"])[-1]}
+          row = {
+            "model": model,
+            "cohort": cohort,
+            "strategy": label,
+            "error": (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1],
+          }
         else:
           row = json.loads(done.stdout.strip().splitlines()[-1])
         print(json.dumps(row), flush=True)
@@ -210,15 +310,26 @@ def main() -> None:
       rows.extend(cell_rows)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  environment = {"date": datetime.date.today().isoformat(), "machine": platform.machine(),
-                 "cpus": os.cpu_count(), "xla_flags": args.xla_flags,
-                 "backend": jax.default_backend(),
-                 "device": jax.devices()[0].device_kind, "jax": jax.__version__,
-                 "python": platform.python_version(), "matmul_peak_gflops": peak,
-                 "steps": args.steps, "batch": args.batch, "rounds": args.rounds,
-                 "chunk_size": args.chunk_size}
-  (out / "results.json").write_text(json.dumps({"environment": environment, "rows": rows,
-                                                "linear_fits": linear_fits(rows)}, indent=2))
+  environment = {
+    "date": datetime.date.today().isoformat(),
+    "machine": platform.machine(),
+    "cpus": os.cpu_count(),
+    "xla_flags": args.xla_flags,
+    "backend": jax.default_backend(),
+    "device": jax.devices()[0].device_kind,
+    "jax": jax.__version__,
+    "python": platform.python_version(),
+    "matmul_peak_gflops": peak,
+    "steps": args.steps,
+    "batch": args.batch,
+    "rounds": args.rounds,
+    "chunk_size": args.chunk_size,
+  }
+  (out / "results.json").write_text(
+    json.dumps(
+      {"environment": environment, "rows": rows, "linear_fits": linear_fits(rows)}, indent=2
+    )
+  )
   table = markdown_table(rows, peak)
   (out / "results.md").write_text(f"{json.dumps(environment)}\n\n{table}\n")
   print(table)

@@ -1,5 +1,6 @@
 """From a config to the objects a run needs: the federation, the model, the client setup
 (optimizer, schedule, executor, aggregator) and the algorithm. ``run.py`` keeps the loop."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,13 +29,16 @@ def build_federation(data: DataConfig) -> FederatedData:
   dataset = lookup_source(data.source)(data)
   clients = PARTITIONERS.get(data.partition)(dataset, data)
   if data.max_client_examples > 0:
-    clients = [indices[:data.max_client_examples] for indices in clients]
+    clients = [indices[: data.max_client_examples] for indices in clients]
   train, test = partition.train_test_split(clients, data.test_fraction, data.seed + 1)
   federation = FederatedData.from_indices(dataset, train, test)
   if data.latent_groups > 0:
-    return groups.shift_by_group(federation, groups.contiguous_groups(data.num_clients,
-                                                                      data.latent_groups),
-                                 data.group_shift, data.seed + 2)
+    return groups.shift_by_group(
+      federation,
+      groups.contiguous_groups(data.num_clients, data.latent_groups),
+      data.group_shift,
+      data.seed + 2,
+    )
   if data.source == "shakespeare" and data.partition == "natural":
     names = [dataset.group_names[dataset.train_groups[indices[0]]] for indices in clients]
     return dataclasses.replace(federation, client_groups=groups.shakespeare_genres(names))
@@ -75,6 +79,7 @@ def build_aggregator(aggregation: AggregationConfig) -> Aggregator:
 class Experiment:
   """Everything built from a config: ``train_data`` is what clients train on (the pooled
   federation for a ``pooled`` method), ``data`` what is evaluated."""
+
   config: ExperimentConfig
   data: FederatedData
   train_data: FederatedData
@@ -94,14 +99,21 @@ def build_experiment(config: ExperimentConfig, data: FederatedData | None = None
   entry = ALGORITHMS.get(config.algorithm.name)
   train_data = data.pooled() if entry.pooled else data
   model = build_model(config.model.name, data.num_classes, config.model.conv)
-  schedule = LocalSchedule(config.local.batch_size, train_data.max_examples, config.local.epochs,
-                           config.local.steps)
+  schedule = LocalSchedule(
+    config.local.batch_size, train_data.max_examples, config.local.epochs, config.local.steps
+  )
   strategy, unroll = resolve_execution(config, model, schedule.max_steps)
-  setup = ClientSetup(model, train_data.train_x[0, :1],
-                      client_optimizer(config.local.optimizer, config.local.learning_rate,
-                                       config.local.momentum),
-                      schedule, Executor(strategy, config.execution.chunk_size),
-                      train_data.num_clients, unroll, config.execution.compute_dtype,
-                      build_aggregator(config.aggregation), train_data.client_groups)
+  setup = ClientSetup(
+    model,
+    train_data.train_x[0, :1],
+    client_optimizer(config.local.optimizer, config.local.learning_rate, config.local.momentum),
+    schedule,
+    Executor(strategy, config.execution.chunk_size),
+    train_data.num_clients,
+    unroll,
+    config.execution.compute_dtype,
+    build_aggregator(config.aggregation),
+    train_data.client_groups,
+  )
   algorithm = entry.build(setup, config.algorithm.options, config)
   return Experiment(config, data, train_data, model, setup, entry, algorithm)

@@ -1,4 +1,5 @@
 """Config validation helpers: one line naming the field, what is allowed, and the value."""
+
 from __future__ import annotations
 
 

@@ -1,8 +1,9 @@
 """``fedjax-lab``: run an experiment from a config file with dotted overrides.
 
-  fedjax-lab --config experiments/quickstart.json rounds=50 data.alpha=0.1
-  fedjax-lab --config runs/x/config.json --resume
+fedjax-lab --config experiments/quickstart.json rounds=50 data.alpha=0.1
+fedjax-lab --config runs/x/config.json --resume
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,10 @@ def load_plugin(spec: str) -> None:
   """Import a module by dotted name or a ``.py`` file by path; a plugin registers its methods,
   aggregators, sources or models when imported (README, "Writing a new algorithm")."""
   if spec.endswith(".py"):
-    path = pathlib.Path(spec)
+    path = pathlib.Path(spec).resolve()
+    loaded = sys.modules.get(path.stem)
+    if loaded is not None and getattr(loaded, "__file__", None) == str(path):
+      return  # already imported (and registered) in this process
     module_spec = importlib.util.spec_from_file_location(path.stem, path)
     if module_spec is None or not path.exists():
       raise FileNotFoundError(f"--plugin {spec}: no such file")
@@ -33,17 +37,24 @@ def load_plugin(spec: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="fedjax-lab", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="fedjax-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--config", help="a .json or .toml experiment config")
-  parser.add_argument("--plugin", action="append", default=[],
-                      help="a module or .py file to import first (it may register algorithms, "
-                      "aggregators, sources, partitioners or models); repeatable")
-  parser.add_argument("--resume", action="store_true",
-                      help="continue from the latest checkpoint in out_dir")
+  parser.add_argument(
+    "--plugin",
+    action="append",
+    default=[],
+    help="a module or .py file to import first (it may register algorithms, "
+    "aggregators, sources, partitioners or models); repeatable",
+  )
+  parser.add_argument(
+    "--resume", action="store_true", help="continue from the latest checkpoint in out_dir"
+  )
   parser.add_argument("--no-progress", action="store_true")
-  parser.add_argument("--print-config", action="store_true",
-                      help="print the resolved config and exit")
+  parser.add_argument(
+    "--print-config", action="store_true", help="print the resolved config and exit"
+  )
   parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. local.epochs=2")
   args = parser.parse_args(argv)
   try:

@@ -1,15 +1,16 @@
 """Experiment configuration: frozen dataclasses, validated on construction (before anything is
 traced), loadable from JSON or TOML with dotted command-line overrides (``local.epochs=2``)."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
 import pathlib
-import tomllib
 import typing
-
 from typing import Any
+
+import tomllib
 
 from fedjax_lab.algorithms import ALGORITHMS
 from fedjax_lab.checks import one_of, require
@@ -28,49 +29,64 @@ WEIGHTINGS = ("num_examples", "uniform")
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """Where the examples come from and how they are split into clients."""
-  source: str = "digits"            # an offline source or tfds:<name>
-  source_dir: str = ""              # folder of local files (fashion_mnist_idx, shakespeare, tfds)
-  coarse_labels: bool = False       # CIFAR-100's 20 super-classes
+
+  source: str = "digits"  # an offline source or tfds:<name>
+  source_dir: str = ""  # folder of local files (fashion_mnist_idx, shakespeare, tfds)
+  coarse_labels: bool = False  # CIFAR-100's 20 super-classes
   num_clients: int = 20
   partition: str = "dirichlet"
-  alpha: float = 0.5                # Dirichlet concentration
-  min_examples: int = 10            # per client, for Dirichlet partitions
-  classes_per_client: int = 2       # shards
-  sigma: float = 1.0                # quantity skew (log-normal)
-  test_fraction: float = 0.2        # of each client's examples, held out as its own test split
+  alpha: float = 0.5  # Dirichlet concentration
+  min_examples: int = 10  # per client, for Dirichlet partitions
+  classes_per_client: int = 2  # shards
+  sigma: float = 1.0  # quantity skew (log-normal)
+  test_fraction: float = 0.2  # of each client's examples, held out as its own test split
   synthetic_alpha: float = 1.0
   synthetic_beta: float = 1.0
-  max_client_examples: int = 0      # > 0: keep each client's first examples (dataset order)
-  latent_groups: int = 0            # > 0: clients in this many groups, shifted by group_shift
-  group_shift: str = "label_permutation"   # label_permutation | rotation (data/groups.py)
+  max_client_examples: int = 0  # > 0: keep each client's first examples (dataset order)
+  latent_groups: int = 0  # > 0: clients in this many groups, shifted by group_shift
+  group_shift: str = "label_permutation"  # label_permutation | rotation (data/groups.py)
   seed: int = 0
 
   def __post_init__(self):
-    known = self.source in SOURCES or (self.source.startswith("tfds:")
-                                       and self.source.split("/")[0] in SOURCES)
+    known = self.source in SOURCES or (
+      self.source.startswith("tfds:") and self.source.split("/")[0] in SOURCES
+    )
     require(known, "data.source", "one of " + ", ".join(SOURCES), self.source)
     require(self.num_clients >= 1, "data.num_clients", ">= 1", self.num_clients)
     one_of("data.partition", self.partition, PARTITIONERS.names())
     require(self.alpha > 0 and math.isfinite(self.alpha), "data.alpha", "> 0", self.alpha)
     require(self.min_examples >= 1, "data.min_examples", ">= 1", self.min_examples)
-    require(self.classes_per_client >= 1, "data.classes_per_client", ">= 1",
-             self.classes_per_client)
+    require(
+      self.classes_per_client >= 1, "data.classes_per_client", ">= 1", self.classes_per_client
+    )
     require(self.sigma >= 0, "data.sigma", ">= 0", self.sigma)
     require(0 <= self.test_fraction < 1, "data.test_fraction", "in [0, 1)", self.test_fraction)
-    require(self.max_client_examples >= 0, "data.max_client_examples", ">= 0 (0: no cap)",
-             self.max_client_examples)
-    require(0 <= self.latent_groups <= self.num_clients, "data.latent_groups",
-             f"in [0, data.num_clients={self.num_clients}]", self.latent_groups)
+    require(
+      self.max_client_examples >= 0,
+      "data.max_client_examples",
+      ">= 0 (0: no cap)",
+      self.max_client_examples,
+    )
+    require(
+      0 <= self.latent_groups <= self.num_clients,
+      "data.latent_groups",
+      f"in [0, data.num_clients={self.num_clients}]",
+      self.latent_groups,
+    )
     one_of("data.group_shift", self.group_shift, GROUP_SHIFTS)
     if self.group_shift == "rotation":
-      require(self.latent_groups <= 4, "data.latent_groups", "<= 4 with rotation (90-degree "
-               "turns)", self.latent_groups)
+      require(
+        self.latent_groups <= 4,
+        "data.latent_groups",
+        "<= 4 with rotation (90-degree turns)",
+        self.latent_groups,
+      )
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   name: str = "mlp"
-  conv: str = "xla"                 # xla | im2col: convolutions as matrix products
+  conv: str = "xla"  # xla | im2col: convolutions as matrix products
 
   def __post_init__(self):
     one_of("model.name", self.name, MODELS.names())
@@ -80,6 +96,7 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class LocalConfig:
   """Client training: ``epochs`` passes over the client's data, or exactly ``steps`` if > 0."""
+
   optimizer: str = "sgd"
   learning_rate: float = 0.05
   momentum: float = 0.0
@@ -99,6 +116,7 @@ class LocalConfig:
 @dataclasses.dataclass(frozen=True)
 class ServerConfig:
   """The server optimizer applied to the negative mean client update (FedOpt)."""
+
   optimizer: str = "sgd"
   learning_rate: float = 1.0
   momentum: float = 0.0
@@ -117,62 +135,83 @@ class AlgorithmConfig:
   """The method (``name``, registered in ``algorithms.ALGORITHMS``), the fields every method
   shares, and ``options``: the method's own config dataclass, written ``algorithm.<name>`` in a
   config file (``algorithm.fedmr.granularity=layer``). ``options=None`` means its defaults."""
+
   name: str = "fedavg"
-  weighting: str = "num_examples"   # aggregation weights
+  weighting: str = "num_examples"  # aggregation weights
   options: Any = None
 
   def __post_init__(self):
     entry = ALGORITHMS.get(self.name)
     if self.options is None:
       object.__setattr__(self, "options", entry.options())
-    require(isinstance(self.options, entry.options), "algorithm.options",
-             f"a {entry.options.__name__} for algorithm.name={self.name!r}",
-             type(self.options).__name__)
+    require(
+      isinstance(self.options, entry.options),
+      "algorithm.options",
+      f"a {entry.options.__name__} for algorithm.name={self.name!r}",
+      type(self.options).__name__,
+    )
     one_of("algorithm.weighting", self.weighting, WEIGHTINGS)
 
   @classmethod
-  def from_dict(cls, values: dict, prefix: str = "algorithm.") -> "AlgorithmConfig":
-    """From a table ``{name, weighting, <name>: {options}}``; the options table is parsed by the
-    method's registered dataclass, and any other key is an error naming the allowed ones."""
-    values = dict(values)
-    name = _coerce(f"{prefix}name", str, values.pop("name", cls.name))
-    entry = ALGORITHMS.get(name)
-    options = _build(entry.options, _table(f"{prefix}{name}", values.pop(name, {})),
-                     f"{prefix}{name}.")
-    allowed = ("name", "weighting", name)
-    for key in values:
-      if key != "weighting":
-        raise ValueError(f"{prefix}{key} is not a config field for algorithm.name={name!r}; "
-                         f"allowed: {', '.join(allowed)}")
+  def from_dict(cls, values: dict, prefix: str = "algorithm.") -> AlgorithmConfig:
+    """From a table ``{name, weighting, <method>: {options}, ...}``. Each method's table is
+    parsed and validated by its registered dataclass; the selected method's becomes
+    ``options``, the others are checked and dropped (so one base config can serve several
+    methods of a sweep). Any other key is an error naming the allowed ones."""
+    name = _coerce(f"{prefix}name", str, values.get("name", cls.name))
+    ALGORITHMS.get(name)
+    options = None
+    for key, table in values.items():
+      if key in ("name", "weighting"):
+        continue
+      if key not in ALGORITHMS:
+        raise ValueError(
+          f"{prefix}{key} is not a config field; allowed: name, weighting, or the options "
+          f"table of a method ({', '.join(ALGORITHMS)})"
+        )
+      parsed = _build(
+        ALGORITHMS.get(key).options, _table(f"{prefix}{key}", table), f"{prefix}{key}."
+      )
+      if key == name:
+        options = parsed
     weighting = _coerce(f"{prefix}weighting", str, values.get("weighting", cls.weighting))
     return cls(name, weighting, options)
 
   def to_dict(self) -> dict:
-    return {"name": self.name, "weighting": self.weighting,
-            self.name: dataclasses.asdict(self.options)}
+    return {
+      "name": self.name,
+      "weighting": self.weighting,
+      self.name: dataclasses.asdict(self.options),
+    }
 
 
 @dataclasses.dataclass(frozen=True)
 class AggregationConfig:
   """How cohort contributions are reduced (``ops.aggregators``): the ``rule`` (registered in
   ``AGGREGATORS``), after clipping each client's update to ``clip_norm`` (0: no clipping)."""
+
   rule: str = "mean"
   clip_norm: float = 0.0
 
   def __post_init__(self):
     one_of("aggregation.rule", self.rule, AGGREGATORS.names())
-    require(self.clip_norm >= 0 and math.isfinite(self.clip_norm), "aggregation.clip_norm",
-             ">= 0 (0: no clipping)", self.clip_norm)
+    require(
+      self.clip_norm >= 0 and math.isfinite(self.clip_norm),
+      "aggregation.clip_norm",
+      ">= 0 (0: no clipping)",
+      self.clip_norm,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class ExecutionConfig:
   """How the cohort is executed. ``auto`` picks per backend and model (docs/architecture.md)."""
+
   strategy: str = "auto"
   chunk_size: int = 8
-  unroll: str = "auto"              # auto | scan | unroll
-  devices: int = 1                  # > 1: the cohort axis sharded over this many devices
-  compute_dtype: str = "float32"    # float32 | bfloat16 (local forward/backward; fp32 params)
+  unroll: str = "auto"  # auto | scan | unroll
+  devices: int = 1  # > 1: the cohort axis sharded over this many devices
+  compute_dtype: str = "float32"  # float32 | bfloat16 (local forward/backward; fp32 params)
 
   def __post_init__(self):
     one_of("execution.strategy", self.strategy, ("auto",) + STRATEGIES)
@@ -180,9 +219,12 @@ class ExecutionConfig:
     one_of("execution.unroll", self.unroll, ("auto", "scan", "unroll"))
     require(self.devices >= 1, "execution.devices", ">= 1", self.devices)
     if self.devices > 1:
-      require(self.strategy == "vmap", "execution.strategy",
-               "vmap when execution.devices > 1 (the vmapped cohort axis is what is sharded)",
-               self.strategy)
+      require(
+        self.strategy == "vmap",
+        "execution.strategy",
+        "vmap when execution.devices > 1 (the vmapped cohort axis is what is sharded)",
+        self.strategy,
+      )
     one_of("execution.compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
 
 
@@ -199,23 +241,34 @@ class ExperimentConfig:
   cohort_size: int = 5
   seed: int = 0
   eval_every: int = 5
-  checkpoint_every: int = 10        # 0 disables checkpoints
+  checkpoint_every: int = 10  # 0 disables checkpoints
   out_dir: str = "runs/default"
 
   def __post_init__(self):
     require(self.rounds >= 1, "rounds", ">= 1", self.rounds)
     require(self.cohort_size >= 1, "cohort_size", ">= 1", self.cohort_size)
-    require(self.cohort_size <= self.data.num_clients, "cohort_size",
-             f"<= data.num_clients={self.data.num_clients}", self.cohort_size)
+    require(
+      self.cohort_size <= self.data.num_clients,
+      "cohort_size",
+      f"<= data.num_clients={self.data.num_clients}",
+      self.cohort_size,
+    )
     require(self.eval_every >= 1, "eval_every", ">= 1", self.eval_every)
-    require(self.cohort_size % self.execution.devices == 0, "cohort_size",
-             f"a multiple of execution.devices={self.execution.devices} (equal shards)",
-             self.cohort_size)
+    require(
+      self.cohort_size % self.execution.devices == 0,
+      "cohort_size",
+      f"a multiple of execution.devices={self.execution.devices} (equal shards)",
+      self.cohort_size,
+    )
     require(self.checkpoint_every >= 0, "checkpoint_every", ">= 0", self.checkpoint_every)
     if ALGORITHMS.get(self.algorithm.name).every_client_each_round:
-      require(self.cohort_size == self.data.num_clients, "cohort_size",
-               f"data.num_clients={self.data.num_clients} for {self.algorithm.name} (every "
-               "client takes part in every round)", self.cohort_size)
+      require(
+        self.cohort_size == self.data.num_clients,
+        "cohort_size",
+        f"data.num_clients={self.data.num_clients} for {self.algorithm.name} (every "
+        "client takes part in every round)",
+        self.cohort_size,
+      )
 
   def to_dict(self) -> dict:
     return {**dataclasses.asdict(self), "algorithm": self.algorithm.to_dict()}

@@ -1,6 +1,7 @@
 """Helpers for reproduction scripts (``experiments/<method>/reproduce.py``): run a grid of
 configs where finished runs are read back instead of rerun, summarize over seeds, record the
 environment, and plot mean curves with their min-max band."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,9 +12,9 @@ import time
 
 import numpy as np
 
-from fedjax_lab.tables import format_table
 from fedjax_lab.config import load_config
 from fedjax_lab.run import TrainingDivergedError, run
+from fedjax_lab.tables import format_table
 
 DIVERGED_MARKER = "diverged.txt"
 
@@ -53,24 +54,37 @@ def run_or_load(config, data) -> tuple[list[dict], bool]:
     return run(config, data=data, progress=False).metrics, False
   except TrainingDivergedError as error:
     (out_dir / DIVERGED_MARKER).write_text(f"{error}\n")
-    return _read_rows(out_dir / "metrics.jsonl") + [{"round": config.rounds,
-                                                      "diverged": True}], False
+    return _read_rows(out_dir / "metrics.jsonl") + [
+      {"round": config.rounds, "diverged": True}
+    ], False
 
 
-def run_variants(base, data_config, seed: int, variants: dict, out_dir: pathlib.Path,
-                 data, label: str, report_key: str) -> tuple[dict[str, list[dict]], int]:
+def run_variants(
+  base,
+  data_config,
+  seed: int,
+  variants: dict,
+  out_dir: pathlib.Path,
+  data,
+  label: str,
+  report_key: str,
+) -> tuple[dict[str, list[dict]], int]:
   """Run (or read back) ``base`` with each ``variants[name]`` (an ``AlgorithmConfig``) on one
   federation ``data`` built from ``data_config``, in ``out_dir / name``; print one line each.
   Returns ``({name: metrics}, number read back)``."""
   results, loaded = {}, 0
   for name, algorithm in variants.items():
-    config = dataclasses.replace(base, data=data_config, seed=seed, algorithm=algorithm,
-                                 out_dir=str(out_dir / name))
+    config = dataclasses.replace(
+      base, data=data_config, seed=seed, algorithm=algorithm, out_dir=str(out_dir / name)
+    )
     tick = time.perf_counter()
     results[name], was_loaded = run_or_load(config, data)
     loaded += was_loaded
-    print(f"{label} {name}: {report_key} {last_evaluations(results[name], report_key):.4f} "
-          f"({time.perf_counter() - tick:.0f} s)", flush=True)
+    print(
+      f"{label} {name}: {report_key} {last_evaluations(results[name], report_key):.4f} "
+      f"({time.perf_counter() - tick:.0f} s)",
+      flush=True,
+    )
   return results, loaded
 
 
@@ -91,24 +105,30 @@ def spread(values: list[float]) -> dict[str, float]:
   """Mean, standard deviation, min and max over seeds, ignoring NaN (diverged) runs."""
   finite = [v for v in values if np.isfinite(v)]
   if not finite:
-    return {"mean": float("nan"), "std": float("nan"), "min": float("nan"),
-            "max": float("nan")}
-  return {"mean": float(np.mean(finite)), "std": float(np.std(finite)),
-          "min": float(np.min(finite)), "max": float(np.max(finite))}
+    return {"mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan")}
+  return {
+    "mean": float(np.mean(finite)),
+    "std": float(np.std(finite)),
+    "min": float(np.min(finite)),
+    "max": float(np.max(finite)),
+  }
 
 
 def environment(started: float, runs_read_back: int, config) -> dict:
   """Wall time, hardware and versions, saved beside every summary."""
   import jax
-  return {"wall_seconds": round(time.perf_counter() - started, 1),
-          "runs_read_back_not_rerun": runs_read_back,
-          "machine": f"{platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}",
-          "python": platform.python_version(), "jax": jax.__version__,
-          "config": config.to_dict()}
+
+  return {
+    "wall_seconds": round(time.perf_counter() - started, 1),
+    "runs_read_back_not_rerun": runs_read_back,
+    "machine": f"{platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}",
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "config": config.to_dict(),
+  }
 
 
-def write_summary(out_root: pathlib.Path, rows: list[dict], columns: list[str],
-                  env: dict) -> str:
+def write_summary(out_root: pathlib.Path, rows: list[dict], columns: list[str], env: dict) -> str:
   """``summary.json`` and ``summary.md`` in ``out_root``; returns the printed table."""
   table = format_table(rows, columns)
   (out_root / "summary.json").write_text(json.dumps({"rows": rows, **env}, indent=2))
@@ -116,19 +136,31 @@ def write_summary(out_root: pathlib.Path, rows: list[dict], columns: list[str],
   return table
 
 
-def plot_curves(curves: dict, panels: list, names: list[str], path: pathlib.Path, key: str,
-                ylabel: str, panel_title=str) -> None:
+def plot_curves(
+  curves: dict,
+  panels: list,
+  names: list[str],
+  path: pathlib.Path,
+  key: str,
+  ylabel: str,
+  panel_title=str,
+) -> None:
   """One panel per entry of ``panels``; in each, per name, the mean of ``key`` over the runs
   ``curves[(panel, name)]`` (lists of metric rows) with a min-max band; diverged runs are
   left out."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
   for ax, panel in zip(axes[0], panels):
     for index, name in enumerate(names):
-      series = [[(m["round"], m[key]) for m in rows if key in m]
-                for rows in curves.get((panel, name), []) if not diverged(rows)]
+      series = [
+        [(m["round"], m[key]) for m in rows if key in m]
+        for rows in curves.get((panel, name), [])
+        if not diverged(rows)
+      ]
       series = [s for s in series if s]
       if not series:
         continue
@@ -148,3 +180,12 @@ def plot_curves(curves: dict, panels: list, names: list[str], path: pathlib.Path
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def algorithm_variant(config_path: str, overrides: list[str], method: str, options: dict):
+  """The ``algorithm`` section of ``config_path`` with ``overrides``, switched to ``method``
+  with ``options`` set (``algorithm.<method>.<field>=<value>``); any ``algorithm.<method>.*``
+  already in ``overrides`` applies too (a benchmark's ``algorithm.ifca.num_clusters=4``)."""
+  changes = [f"algorithm.name={method}"]
+  changes += [f"algorithm.{method}.{field}={value}" for field, value in options.items()]
+  return load_config(config_path, list(overrides) + changes).algorithm

@@ -1,9 +1,11 @@
 """Name -> entry tables: how methods, aggregators, data sources, partitioners and models are
 found by the name a config gives. Adding one is a module plus a ``register`` call; code outside
 the package registers the same way (README, "Writing a new algorithm")."""
+
 from __future__ import annotations
 
-from typing import Generic, Iterator, TypeVar
+from collections.abc import Iterator
+from typing import Generic, TypeVar
 
 Entry = TypeVar("Entry")
 
@@ -22,6 +24,10 @@ class Registry(Generic[Entry]):
       raise ValueError(f"{self.field}={name!r} is already registered")
     self._entries[name] = entry
     return entry
+
+  def unregister(self, name: str) -> None:
+    """Remove ``name`` if present (a plugin's entries, after a test)."""
+    self._entries.pop(name, None)
 
   def get(self, name: str) -> Entry:
     """The entry for ``name``, or one line naming the field and the allowed names."""

@@ -1,5 +1,6 @@
 """The host-side driver: sample cohorts, call the (jitted) round, evaluate, log, checkpoint and
 resume. What a run is made of is built from its config by ``build.py``."""
+
 from __future__ import annotations
 
 import csv
@@ -60,11 +61,15 @@ def _write_metrics(out_dir: pathlib.Path, rows: list[dict]) -> None:
 
 def plot_accuracy(rows: list[dict], path: pathlib.Path, title: str = "") -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, ax = plt.subplots(figsize=(5.5, 3.5))
-  for key, label in (("global_accuracy", "global model, pooled test"),
-                     ("client_accuracy_mean", "clients' models, own test (mean)")):
+  for key, label in (
+    ("global_accuracy", "global model, pooled test"),
+    ("client_accuracy_mean", "clients' models, own test (mean)"),
+  ):
     points = [(r["round"], r[key]) for r in rows if key in r]
     if points:
       ax.plot(*zip(*points), marker="o", markersize=3, label=label)
@@ -78,32 +83,45 @@ def plot_accuracy(rows: list[dict], path: pathlib.Path, title: str = "") -> None
   plt.close(fig)
 
 
-def evaluate(config: ExperimentConfig, model: Model, algorithm: Algorithm, state,
-             data: FederatedData) -> dict:
+def evaluate(
+  config: ExperimentConfig, model: Model, algorithm: Algorithm, state, data: FederatedData
+) -> dict:
   """Global model on the pooled test set; each client's model on its own test split."""
   metrics = {}
-  global_params = (algorithm.global_params(state) if algorithm.global_params is not None
-                   else None)
+  global_params = algorithm.global_params(state) if algorithm.global_params is not None else None
   if global_params is not None:
     pooled = evaluate_pooled(model.apply, global_params, data.global_test_x, data.global_test_y)
     metrics.update(global_accuracy=pooled["accuracy"], global_loss=pooled["loss"])
   personal = algorithm.personal_params is not None
   params = algorithm.personal_params(state) if personal else global_params
-  accuracy = evaluate_clients(model.apply, params, data.test_x, data.test_y,
-                              data.test_num_examples, personal=personal,
-                              chunk_size=config.execution.chunk_size)
+  accuracy = evaluate_clients(
+    model.apply,
+    params,
+    data.test_x,
+    data.test_y,
+    data.test_num_examples,
+    personal=personal,
+    chunk_size=config.execution.chunk_size,
+  )
   metrics.update(summarize_clients(accuracy))
   if algorithm.client_clusters is not None and data.client_groups is not None:
-    metrics["cluster_ari"] = float(adjusted_rand_score(data.client_groups,
-                                                       np.asarray(algorithm.client_clusters(state))))
+    metrics["cluster_ari"] = float(
+      adjusted_rand_score(data.client_groups, np.asarray(algorithm.client_clusters(state)))
+    )
   return metrics
 
 
-def run(config: ExperimentConfig, *, resume: bool = False, progress: bool = True,
-        data: FederatedData | None = None) -> RunResult:
+def run(
+  config: ExperimentConfig,
+  *,
+  resume: bool = False,
+  progress: bool = True,
+  data: FederatedData | None = None,
+) -> RunResult:
   """Run ``config`` and write ``config.json``, ``metrics.jsonl``/``.csv``, ``accuracy.png``
   and checkpoints to ``config.out_dir``. ``resume`` continues from the latest checkpoint."""
   from tqdm.auto import tqdm
+
   started = time.perf_counter()
   mesh = client_mesh(config.execution.devices) if config.execution.devices > 1 else None
   experiment = build_experiment(config, data)
@@ -128,12 +146,19 @@ def run(config: ExperimentConfig, *, resume: bool = False, progress: bool = True
   if mesh is not None:
     state = replicate(state, mesh)
 
-  bar = tqdm(range(start_round, config.rounds), initial=start_round, total=config.rounds,
-             disable=not progress, desc=f"{config.algorithm.name}", unit="round")
+  bar = tqdm(
+    range(start_round, config.rounds),
+    initial=start_round,
+    total=config.rounds,
+    disable=not progress,
+    desc=f"{config.algorithm.name}",
+    unit="round",
+  )
   for round_index in bar:
     tick = time.perf_counter()
-    cohort = train_data.cohort(_cohort_ids(config.seed, round_index, train_data.num_clients,
-                                           cohort_size))
+    cohort = train_data.cohort(
+      _cohort_ids(config.seed, round_index, train_data.num_clients, cohort_size)
+    )
     if mesh is not None:
       cohort = shard_clients(cohort, mesh)
     state, round_metrics = round_fn(state, cohort, jax.random.fold_in(rounds_key, round_index))
@@ -142,23 +167,30 @@ def run(config: ExperimentConfig, *, resume: bool = False, progress: bool = True
     if not math.isfinite(train_loss):
       last = manager.latest_step() if manager else None
       raise TrainingDivergedError(
-          f"round {round_index + 1}: training loss is {train_loss}; stopped without saving "
-          f"this state (last good checkpoint: round {last}). Lower local.learning_rate?")
-    row = {"round": round_index + 1, **round_metrics,
-           "bytes_down": bytes_down * cohort_size,
-           "bytes_up": bytes_up * cohort_size,
-           "round_seconds": time.perf_counter() - tick}
+        f"round {round_index + 1}: training loss is {train_loss}; stopped without saving "
+        f"this state (last good checkpoint: round {last}). Lower local.learning_rate?"
+      )
+    row = {
+      "round": round_index + 1,
+      **round_metrics,
+      "bytes_down": bytes_down * cohort_size,
+      "bytes_up": bytes_up * cohort_size,
+      "round_seconds": time.perf_counter() - tick,
+    }
     if (round_index + 1) % config.eval_every == 0 or round_index + 1 == config.rounds:
       row.update(evaluate(config, experiment.model, algorithm, state, data))
-      bar.set_postfix({k: f"{row[k]:.3f}" for k in ("global_accuracy", "client_accuracy_mean")
-                       if k in row})
+      bar.set_postfix(
+        {k: f"{row[k]:.3f}" for k in ("global_accuracy", "client_accuracy_mean") if k in row}
+      )
     rows.append(row)
     _write_metrics(out_dir, rows)
     if manager and (round_index + 1) % config.checkpoint_every == 0:
       checkpoint.save(manager, round_index + 1, state, rounds_key)
   if manager:
     manager.wait_until_finished()
-  plot_accuracy(rows, out_dir / "accuracy.png",
-                f"{config.algorithm.name} / {config.model.name} / {config.data.source} "
-                f"{config.data.partition}")
+  plot_accuracy(
+    rows,
+    out_dir / "accuracy.png",
+    f"{config.algorithm.name} / {config.model.name} / {config.data.source} {config.data.partition}",
+  )
   return RunResult(config, rows, state, out_dir, time.perf_counter() - started)

@@ -1,14 +1,27 @@
 """Plain-text result tables, shared by the CLI and the reproduction scripts."""
+
 from __future__ import annotations
 
-SUMMARY_COLUMNS = ["run", "rounds", "global_acc", "client_acc_mean", "client_acc_p10", "MB_sent",
-                   "seconds"]
+SUMMARY_COLUMNS = [
+  "run",
+  "rounds",
+  "global_acc",
+  "client_acc_mean",
+  "client_acc_p10",
+  "MB_sent",
+  "seconds",
+]
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:
   """A plain-text table; floats with 4 decimals."""
-  cells = [[f"{row.get(c, float('nan')):.4f}" if isinstance(row.get(c), float)
-            else str(row.get(c, "")) for c in columns] for row in rows]
+  cells = [
+    [
+      f"{row.get(c, float('nan')):.4f}" if isinstance(row.get(c), float) else str(row.get(c, ""))
+      for c in columns
+    ]
+    for row in rows
+  ]
   widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
   line = lambda values: "  ".join(v.rjust(w) for v, w in zip(values, widths))
   return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])
@@ -17,9 +30,12 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 def summary_row(name: str, result) -> dict:
   """Final metrics of a run (a ``RunResult``), for the results table."""
   last = [r for r in result.metrics if "client_accuracy_mean" in r][-1]
-  return {"run": name, "rounds": last["round"],
-          "global_acc": last.get("global_accuracy", float("nan")),
-          "client_acc_mean": last["client_accuracy_mean"],
-          "client_acc_p10": last["client_accuracy_p10"],
-          "MB_sent": sum(r["bytes_up"] + r["bytes_down"] for r in result.metrics) / 1e6,
-          "seconds": result.wall_seconds}
+  return {
+    "run": name,
+    "rounds": last["round"],
+    "global_acc": last.get("global_accuracy", float("nan")),
+    "client_acc_mean": last["client_accuracy_mean"],
+    "client_acc_p10": last["client_accuracy_p10"],
+    "MB_sent": sum(r["bytes_up"] + r["bytes_down"] for r in result.metrics) / 1e6,
+    "seconds": result.wall_seconds,
+  }

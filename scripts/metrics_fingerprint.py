@@ -5,6 +5,7 @@ check that a refactor leaves results unchanged. Run it before and after, then co
   python scripts/metrics_fingerprint.py > after.json    # on the new one
   cmp before.json after.json                            # bit-identical metrics
 """
+
 from __future__ import annotations
 
 import json
@@ -13,20 +14,39 @@ import tempfile
 
 from fedjax_lab import load_config, run
 
-BASE = ["data.source=digits", "data.num_clients=8", "data.min_examples=15", "local.batch_size=16",
-        "local.epochs=2", "rounds=4", "cohort_size=4", "eval_every=2", "checkpoint_every=0"]
+BASE = [
+  "data.source=digits",
+  "data.num_clients=8",
+  "data.min_examples=15",
+  "local.batch_size=16",
+  "local.epochs=2",
+  "rounds=4",
+  "cohort_size=4",
+  "eval_every=2",
+  "checkpoint_every=0",
+]
 RUNS = {
-    "fedavg": ["algorithm.name=fedavg"],
-    "scaffold": ["algorithm.name=scaffold"],
-    "fedmr": ["algorithm.name=fedmr", "algorithm.fedmr.first_stage_rounds=1"],
-    "pfedlia": ["algorithm.name=pfedlia", "cohort_size=8", "algorithm.pfedlia.warmup_rounds=1"],
-    "fedavg_chunked": ["algorithm.name=fedavg", "execution.strategy=chunked",
-                       "execution.chunk_size=3"],
-    "fedavg_loop_cnn": ["algorithm.name=fedavg", "model.name=small_cnn", "execution.strategy=loop"],
-    "scaffold_chunked": ["algorithm.name=scaffold", "execution.strategy=chunked",
-                         "execution.chunk_size=3"],
-    "fedsnd": ["algorithm.name=fedsnd", "algorithm.fedsnd.pseudo_per_client=4",
-               "algorithm.fedsnd.noise_steps=2", "algorithm.fedsnd.distill_steps=2"],
+  "fedavg": ["algorithm.name=fedavg"],
+  "scaffold": ["algorithm.name=scaffold"],
+  "fedmr": ["algorithm.name=fedmr", "algorithm.fedmr.first_stage_rounds=1"],
+  "pfedlia": ["algorithm.name=pfedlia", "cohort_size=8", "algorithm.pfedlia.warmup_rounds=1"],
+  "fedavg_chunked": [
+    "algorithm.name=fedavg",
+    "execution.strategy=chunked",
+    "execution.chunk_size=3",
+  ],
+  "fedavg_loop_cnn": ["algorithm.name=fedavg", "model.name=small_cnn", "execution.strategy=loop"],
+  "scaffold_chunked": [
+    "algorithm.name=scaffold",
+    "execution.strategy=chunked",
+    "execution.chunk_size=3",
+  ],
+  "fedsnd": [
+    "algorithm.name=fedsnd",
+    "algorithm.fedsnd.pseudo_per_client=4",
+    "algorithm.fedsnd.noise_steps=2",
+    "algorithm.fedsnd.distill_steps=2",
+  ],
 }
 
 

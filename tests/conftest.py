@@ -1,13 +1,14 @@
 """Shared fixtures: one small real federation (scikit-learn digits) reused across tests, so
 the suite compiles few distinct programs."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from fedjax_lab.build import build_federation
 from fedjax_lab.config import DataConfig
 from fedjax_lab.data import FederatedData, partition, sources
-from fedjax_lab.build import build_federation
 
 
 @pytest.fixture(scope="session")
@@ -18,8 +19,9 @@ def digits_dataset() -> sources.Dataset:
 @pytest.fixture(scope="session")
 def small_federation() -> FederatedData:
   """8 digits clients, Dirichlet(0.5) label skew, uneven sizes (so padding matters)."""
-  return build_federation(DataConfig(source="digits", num_clients=8, partition="dirichlet",
-                                     alpha=0.5, min_examples=15))
+  return build_federation(
+    DataConfig(source="digits", num_clients=8, partition="dirichlet", alpha=0.5, min_examples=15)
+  )
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +31,6 @@ def tiny_federation(digits_dataset) -> FederatedData:
   sizes = [25, 3, 17, 9, 25, 12]
   order = rng.permutation(len(digits_dataset.train_y))
   cuts = np.cumsum(sizes)
-  clients = [np.sort(part) for part in np.split(order[:cuts[-1]], cuts[:-1])]
+  clients = [np.sort(part) for part in np.split(order[: cuts[-1]], cuts[:-1])]
   train, test = partition.train_test_split(clients, 0.2, seed=2)
   return FederatedData.from_indices(digits_dataset, train, test)

@@ -1,5 +1,6 @@
 """A plain per-client reference implementation of FedAvg, FedProx and SCAFFOLD: Python loops
 over clients and steps, unpadded arrays, explicit gradient formulas. The engine must match it."""
+
 from __future__ import annotations
 
 import jax
@@ -14,8 +15,9 @@ def epoch_order(key, num_examples: int, max_examples: int, epoch: int) -> np.nda
   return np.argsort(scores[:num_examples], kind="stable")
 
 
-def local_sgd(apply_fn, params, x, y, key, *, lr, momentum, batch_size, epochs, max_examples,
-              grad_extra=None):
+def local_sgd(
+  apply_fn, params, x, y, key, *, lr, momentum, batch_size, epochs, max_examples, grad_extra=None
+):
   """SGD over the client's real examples. Returns (params, steps taken)."""
   n = len(y)
   if n == 0:
@@ -31,7 +33,7 @@ def local_sgd(apply_fn, params, x, y, key, *, lr, momentum, batch_size, epochs, 
   for epoch in range(epochs):
     order = epoch_order(key, n, max_examples, epoch)
     for b in range(per_epoch):
-      batch = order[b * batch_size:(b + 1) * batch_size]
+      batch = order[b * batch_size : (b + 1) * batch_size]
       grads = jax.grad(loss)(params, x[batch], y[batch])
       if grad_extra is not None:
         grads = jax.tree.map(jnp.add, grads, grad_extra(params))
@@ -51,8 +53,9 @@ def fedavg_round(apply_fn, params, cohort, key, *, prox_mu=0.0, **local):
   trained, weights = [], []
   for i, n in enumerate(cohort.num_examples):
     prox = (lambda p: jax.tree.map(lambda a, b: prox_mu * (a - b), p, params)) if prox_mu else None
-    client, _ = local_sgd(apply_fn, params, cohort.x[i, :n], cohort.y[i, :n], keys[i],
-                          grad_extra=prox, **local)
+    client, _ = local_sgd(
+      apply_fn, params, cohort.x[i, :n], cohort.y[i, :n], keys[i], grad_extra=prox, **local
+    )
     trained.append(client)
     weights.append(n)
   return _mean(trained, weights)
@@ -65,10 +68,20 @@ def scaffold_round(apply_fn, params, c, client_controls, cohort, key, num_client
   for i, (cid, n) in enumerate(zip(cohort.client_ids, cohort.num_examples)):
     ci = client_controls[int(cid)]
     correction = jax.tree.map(jnp.subtract, c, ci)
-    y, steps = local_sgd(apply_fn, params, cohort.x[i, :n], cohort.y[i, :n], keys[i],
-                         grad_extra=lambda p: correction, **local)
-    ci_new = jax.tree.map(lambda a, b, x0, yk: a - b + (x0 - yk) / (steps * local["lr"]),
-                          ci, c, params, y) if steps else ci
+    y, steps = local_sgd(
+      apply_fn,
+      params,
+      cohort.x[i, :n],
+      cohort.y[i, :n],
+      keys[i],
+      grad_extra=lambda p: correction,
+      **local,
+    )
+    ci_new = (
+      jax.tree.map(lambda a, b, x0, yk: a - b + (x0 - yk) / (steps * local["lr"]), ci, c, params, y)
+      if steps
+      else ci
+    )
     deltas.append(jax.tree.map(jnp.subtract, ci_new, ci))
     new_controls[int(cid)] = ci_new
     trained.append(y)

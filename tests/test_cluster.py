@@ -1,4 +1,5 @@
 """Clustering and cluster-aggregation ops against scikit-learn and explicit loops."""
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -15,8 +16,10 @@ BLOCKS = np.repeat(np.arange(3), 5)
 
 def _planted_similarity(seed=0, noise=0.3):
   rng = np.random.default_rng(seed)
-  return jnp.asarray(np.where(BLOCKS[:, None] == BLOCKS[None], 1.0, -1.0)
-                     + noise * rng.normal(size=(15, 15)), jnp.float32)
+  return jnp.asarray(
+    np.where(BLOCKS[:, None] == BLOCKS[None], 1.0, -1.0) + noise * rng.normal(size=(15, 15)),
+    jnp.float32,
+  )
 
 
 @pytest.mark.parametrize("linkage", cluster.LINKAGES)
@@ -27,23 +30,23 @@ def test_agglomerative_matches_scikit_learn(linkage):
     points = rng.normal(size=(14, 3))
     distance = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1))
     labels = np.asarray(run(jnp.asarray(-distance, jnp.float32)))
-    reference = AgglomerativeClustering(n_clusters=4, metric="precomputed",
-                                        linkage=linkage).fit_predict(distance)
+    reference = AgglomerativeClustering(
+      n_clusters=4, metric="precomputed", linkage=linkage
+    ).fit_predict(distance)
     assert adjusted_rand_score(reference, labels) == 1.0
     np.testing.assert_array_equal(labels, np.asarray(cluster.canonical_labels(labels)))
 
 
 def test_agglomerative_threshold_recovers_blocks_and_stops():
   labels = cluster.agglomerative(_planted_similarity(), threshold=0.0)
-  np.testing.assert_array_equal(labels, BLOCKS * 5)        # canonical: smallest member index
+  np.testing.assert_array_equal(labels, BLOCKS * 5)  # canonical: smallest member index
   singletons = cluster.agglomerative(_planted_similarity(), threshold=5.0)
   np.testing.assert_array_equal(singletons, np.arange(15))
 
 
 def test_agglomerative_only_merges_members():
   members = jnp.asarray(BLOCKS != 1)
-  labels = np.asarray(cluster.agglomerative(_planted_similarity(), num_clusters=1,
-                                            members=members))
+  labels = np.asarray(cluster.agglomerative(_planted_similarity(), num_clusters=1, members=members))
   np.testing.assert_array_equal(labels[BLOCKS == 1], np.arange(5, 10))
   assert set(labels[BLOCKS != 1]) == {0}
 
@@ -65,8 +68,10 @@ def test_neighbourhoods_and_their_components():
 
 def test_cluster_mean_and_neighbourhood_mean_match_loops():
   rng = np.random.default_rng(0)
-  stacked = {"w": jnp.asarray(rng.normal(size=(6, 3, 2)), jnp.float32),
-             "b": jnp.asarray(rng.normal(size=(6,)), jnp.float32)}
+  stacked = {
+    "w": jnp.asarray(rng.normal(size=(6, 3, 2)), jnp.float32),
+    "b": jnp.asarray(rng.normal(size=(6,)), jnp.float32),
+  }
   weights = jnp.asarray([1.0, 2.0, 0.0, 4.0, 1.0, 3.0])
   labels = jnp.asarray([0, 0, 2, 2, 0, 5])
   adjacency = jnp.asarray(rng.random((6, 6)) < 0.5) | jnp.eye(6, dtype=bool)

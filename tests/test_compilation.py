@@ -1,4 +1,5 @@
 """No recompilation after the first round, whatever the cohort."""
+
 import jax
 import numpy as np
 import optax
@@ -14,18 +15,30 @@ from fedjax_lab.models import build_model
 
 _compiles = []
 monitoring.register_event_duration_secs_listener(
-    lambda name, *args, **kwargs: _compiles.append(name)
-    if name == "/jax/core/compile/backend_compile_duration" else None)
+  lambda name, *args, **kwargs: (
+    _compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None
+  )
+)
 
 
-@pytest.mark.parametrize("name,strategy", [("scaffold", "vmap"), ("scaffold", "loop"),
-                                           ("fedavg", "chunked"), ("fedavg", "loop")])
+@pytest.mark.parametrize(
+  "name,strategy",
+  [("scaffold", "vmap"), ("scaffold", "loop"), ("fedavg", "chunked"), ("fedavg", "loop")],
+)
 def test_rounds_after_the_first_do_not_compile(tiny_federation, name, strategy):
-  setup = ClientSetup(build_model("mlp", 10), tiny_federation.train_x[0, :1], optax.sgd(0.1),
-                      LocalSchedule(4, tiny_federation.max_examples), Executor(strategy, 2),
-                      tiny_federation.num_clients)
-  algorithm = (scaffold(setup, client_learning_rate=0.1) if name == "scaffold"
-               else fedopt(setup, optax.sgd(1.0)))
+  setup = ClientSetup(
+    build_model("mlp", 10),
+    tiny_federation.train_x[0, :1],
+    optax.sgd(0.1),
+    LocalSchedule(4, tiny_federation.max_examples),
+    Executor(strategy, 2),
+    tiny_federation.num_clients,
+  )
+  algorithm = (
+    scaffold(setup, client_learning_rate=0.1)
+    if name == "scaffold"
+    else fedopt(setup, optax.sgd(1.0))
+  )
   round_fn = compiled_round(algorithm, setup.executor)
   state = algorithm.init(jax.random.key(0))
   rng = np.random.default_rng(0)

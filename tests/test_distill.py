@@ -1,5 +1,4 @@
 """Distillation losses, pseudo-sample refinement and FedSND's server step."""
-import dataclasses
 
 import chex
 import jax
@@ -31,8 +30,11 @@ def test_zero_when_teacher_is_student_and_mask_drops_examples():
   assert abs(float(distill.kl_distillation(logits, logits, 3.0))) < 1e-6
   other = jax.random.normal(jax.random.key(1), (6, 5))
   mask = jnp.array([1, 1, 1, 0, 0, 0])
-  np.testing.assert_allclose(distill.kl_distillation(logits, other, 2.0, mask),
-                             distill.kl_distillation(logits[:3], other[:3], 2.0), rtol=1e-6)
+  np.testing.assert_allclose(
+    distill.kl_distillation(logits, other, 2.0, mask),
+    distill.kl_distillation(logits[:3], other[:3], 2.0),
+    rtol=1e-6,
+  )
 
 
 def test_gradient_pulls_the_student_towards_the_teacher():
@@ -53,11 +55,15 @@ def test_ensemble_teacher_is_the_mean_distribution():
   student = jax.random.normal(jax.random.key(5), (5, 4))
   probs = jax.nn.softmax(teachers / 2.0).mean(0)
   expected = 4.0 * (probs * (jnp.log(probs) - jax.nn.log_softmax(student / 2.0))).sum(-1).mean()
-  np.testing.assert_allclose(distill.ensemble_distillation(student, teachers, 2.0), expected,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    distill.ensemble_distillation(student, teachers, 2.0), expected, rtol=1e-5
+  )
   same = jnp.broadcast_to(teachers[0], teachers.shape)
-  np.testing.assert_allclose(distill.ensemble_distillation(student, same, 2.0),
-                             distill.kl_distillation(student, teachers[0], 2.0), rtol=1e-5)
+  np.testing.assert_allclose(
+    distill.ensemble_distillation(student, same, 2.0),
+    distill.kl_distillation(student, teachers[0], 2.0),
+    rtol=1e-5,
+  )
 
 
 @pytest.mark.parametrize("mode", ["pairwise", "ensemble"])
@@ -73,7 +79,8 @@ def test_server_targets_match_a_loop(mode):
       else:
         others = [m for m in range(3) if m != j]
         expected = sum(float(weights[m]) * probs[m, k] for m in others) / sum(
-            float(weights[m]) for m in others)
+          float(weights[m]) for m in others
+        )
       np.testing.assert_allclose(targets[j, k], expected, rtol=1e-5)
       assert sample_weights[j, k] == (0.0 if j == k else weights[k])
 
@@ -98,7 +105,8 @@ def three_models(tiny_federation):
     keep = real & np.isin(y, labels)
     params = model.init(jax.random.key(seed), x[:1])
     loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
-        model.apply(p, x[keep]), y[keep]).mean()
+      model.apply(p, x[keep]), y[keep]
+    ).mean()
     for _ in range(60):
       params = jax.tree.map(lambda w, g: w - 0.5 * g, params, jax.grad(loss)(params))
     models.append(params)
@@ -110,8 +118,9 @@ def test_noise_refinement_lowers_the_pseudo_sample_loss(three_models):
   params = jax.tree.map(lambda leaf: leaf[0], stacked)
   noise = jax.random.normal(jax.random.key(7), (10,) + sample.shape[1:])
   labels = pseudo_samples.balanced_labels(10, 10)
-  refined, losses = pseudo_samples.refine_pseudo_samples(model.apply, params, noise, labels,
-                                                         steps=15, learning_rate=0.05)
+  refined, losses = pseudo_samples.refine_pseudo_samples(
+    model.apply, params, noise, labels, steps=15, learning_rate=0.05
+  )
   before = pseudo_samples.pseudo_sample_loss(model.apply, params, noise, labels)
   after = pseudo_samples.pseudo_sample_loss(model.apply, params, refined, labels)
   np.testing.assert_allclose(losses[0], before, rtol=1e-5)
@@ -123,9 +132,15 @@ def test_server_step_moves_students_towards_the_teachers(three_models, mode):
   """After the server step, student j's outputs on teacher k's pseudo-samples are closer
   (lower KL) to teacher k's than before, for every pair j != k."""
   model, stacked, sample = three_models
-  options = FedSNDConfig(pseudo_per_client=10, noise_steps=10, noise_learning_rate=0.05,
-                         distill_steps=20, distill_learning_rate=0.1, distill_mode=mode,
-                         server_temperature=2.0)
+  options = FedSNDConfig(
+    pseudo_per_client=10,
+    noise_steps=10,
+    noise_learning_rate=0.05,
+    distill_steps=20,
+    distill_learning_rate=0.1,
+    distill_mode=mode,
+    server_temperature=2.0,
+  )
   setup = ClientSetup(model, sample, optax.sgd(0.1), LocalSchedule(4, 4), Executor("vmap"), 3)
   step = jax.jit(noise_distillation(setup, options, 10))
   noise = jax.random.normal(jax.random.key(8), (3, 10) + sample.shape[1:])
@@ -138,6 +153,7 @@ def test_server_step_moves_students_towards_the_teachers(three_models, mode):
     for j in range(3):
       if j == k:
         continue
-      gap = lambda params: distill.kl_distillation(model.apply(params, refined[k]),
-                                                   teacher_logits, 2.0)
+      gap = lambda params: distill.kl_distillation(
+        model.apply(params, refined[k]), teacher_logits, 2.0
+      )
       assert gap(pick(distilled, j)) < gap(pick(stacked, j)), (j, k)

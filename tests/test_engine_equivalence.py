@@ -1,11 +1,12 @@
 """The vmapped, chunked and looped engines against the plain reference loop, to 1e-5."""
+
 import chex
 import jax
 import numpy as np
 import optax
 import pytest
-
 import reference
+
 from fedjax_lab.algorithms import ClientSetup, compiled_round
 from fedjax_lab.algorithms.fedopt import fedopt
 from fedjax_lab.algorithms.scaffold import scaffold
@@ -21,10 +22,15 @@ STRATEGY_CASES = [("vmap", False), ("chunked", False), ("loop", False), ("vmap",
 
 def _setup(data, strategy, unroll):
   model = build_model("mlp", 10)
-  return ClientSetup(model, data.train_x[0, :1],
-                     optax.sgd(LOCAL["lr"], momentum=LOCAL["momentum"]),
-                     LocalSchedule(LOCAL["batch_size"], data.max_examples, epochs=LOCAL["epochs"]),
-                     Executor(strategy, chunk_size=3), data.num_clients, unroll)
+  return ClientSetup(
+    model,
+    data.train_x[0, :1],
+    optax.sgd(LOCAL["lr"], momentum=LOCAL["momentum"]),
+    LocalSchedule(LOCAL["batch_size"], data.max_examples, epochs=LOCAL["epochs"]),
+    Executor(strategy, chunk_size=3),
+    data.num_clients,
+    unroll,
+  )
 
 
 def _reference_kwargs(data):
@@ -46,17 +52,23 @@ def reference_fedavg(tiny_federation):
   for mu in (0.0, 0.3):
     params = setup.init_params(jax.random.key(0))
     for r in range(ROUNDS):
-      params = reference.fedavg_round(setup.model.apply, params, tiny_federation.cohort(COHORTS[r]),
-                                      jax.random.key(100 + r), prox_mu=mu,
-                                      **_reference_kwargs(tiny_federation))
+      params = reference.fedavg_round(
+        setup.model.apply,
+        params,
+        tiny_federation.cohort(COHORTS[r]),
+        jax.random.key(100 + r),
+        prox_mu=mu,
+        **_reference_kwargs(tiny_federation),
+      )
     out[mu] = params
   return out
 
 
 @pytest.mark.parametrize("strategy,unroll", STRATEGY_CASES)
 @pytest.mark.parametrize("mu", [0.0, 0.3], ids=["fedavg", "fedprox"])
-def test_fedavg_and_fedprox_match_reference(tiny_federation, reference_fedavg, strategy, unroll,
-                                            mu):
+def test_fedavg_and_fedprox_match_reference(
+  tiny_federation, reference_fedavg, strategy, unroll, mu
+):
   algorithm = fedopt(_setup(tiny_federation, strategy, unroll), optax.sgd(1.0), prox_mu=mu)
   state = _run(algorithm, tiny_federation, strategy)
   chex.assert_trees_all_close(state.params, reference_fedavg[mu], atol=1e-5, rtol=1e-5)
@@ -70,19 +82,26 @@ def reference_scaffold(tiny_federation):
   controls = {k: c for k in range(tiny_federation.num_clients)}
   for r in range(ROUNDS):
     params, c, controls = reference.scaffold_round(
-        setup.model.apply, params, c, controls, tiny_federation.cohort(COHORTS[r]),
-        jax.random.key(100 + r), tiny_federation.num_clients, **_reference_kwargs(tiny_federation))
+      setup.model.apply,
+      params,
+      c,
+      controls,
+      tiny_federation.cohort(COHORTS[r]),
+      jax.random.key(100 + r),
+      tiny_federation.num_clients,
+      **_reference_kwargs(tiny_federation),
+    )
   return params, c, controls
 
 
 @pytest.mark.parametrize("strategy,unroll", STRATEGY_CASES)
 def test_scaffold_matches_reference(tiny_federation, reference_scaffold, strategy, unroll):
-  algorithm = scaffold(_setup(tiny_federation, strategy, unroll),
-                       client_learning_rate=LOCAL["lr"])
+  algorithm = scaffold(_setup(tiny_federation, strategy, unroll), client_learning_rate=LOCAL["lr"])
   state = _run(algorithm, tiny_federation, strategy)
   params, c, controls = reference_scaffold
   chex.assert_trees_all_close(state.params, params, atol=1e-5, rtol=1e-5)
   chex.assert_trees_all_close(state.server_control, c, atol=1e-5, rtol=1e-5)
   for k, control in controls.items():
-    chex.assert_trees_all_close(jax.tree.map(lambda l: l[k], state.client_controls), control,
-                                atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(
+      jax.tree.map(lambda l: l[k], state.client_controls), control, atol=1e-5, rtol=1e-5
+    )

@@ -1,17 +1,29 @@
 """The experiment scripts run end to end at a tiny size on offline digits."""
+
 import json
 import pathlib
 import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).parent.parent
-TINY = ["data.source=digits", "data.num_clients=10", "data.min_examples=5", "cohort_size=4",
-        "rounds=2", "eval_every=1", "checkpoint_every=0"]
+TINY = [
+  "data.source=digits",
+  "data.num_clients=10",
+  "data.min_examples=5",
+  "cohort_size=4",
+  "rounds=2",
+  "eval_every=1",
+  "checkpoint_every=0",
+]
 
 
 def test_quickstart_script(tmp_path):
-  done = subprocess.run([sys.executable, str(ROOT / "experiments/quickstart/run.py"), *TINY,
-                         f"out_dir={tmp_path}"], capture_output=True, text=True, cwd=tmp_path)
+  done = subprocess.run(
+    [sys.executable, str(ROOT / "experiments/quickstart/run.py"), *TINY, f"out_dir={tmp_path}"],
+    capture_output=True,
+    text=True,
+    cwd=tmp_path,
+  )
   assert done.returncode == 0, done.stderr[-2000:]
   assert "centralized" in done.stdout and "global_acc" in done.stdout
   assert (tmp_path / "comparison.png").exists()
@@ -20,9 +32,25 @@ def test_quickstart_script(tmp_path):
 
 def test_fedmr_reproduction_script(tmp_path):
   overrides = [arg for item in TINY + [f"out_dir={tmp_path}"] for arg in ("--set", item)]
-  done = subprocess.run([sys.executable, str(ROOT / "experiments/fedmr/reproduce.py"),
-                         "--config", str(ROOT / "experiments/fedmr/mlp.json"), "--alphas", "0.5", "--seeds", "0", "--algorithms", "fedmr", "fedavg",
-                         *overrides], capture_output=True, text=True, cwd=tmp_path)
+  done = subprocess.run(
+    [
+      sys.executable,
+      str(ROOT / "experiments/fedmr/reproduce.py"),
+      "--config",
+      str(ROOT / "experiments/fedmr/mlp.json"),
+      "--alphas",
+      "0.5",
+      "--seeds",
+      "0",
+      "--algorithms",
+      "fedmr",
+      "fedavg",
+      *overrides,
+    ],
+    capture_output=True,
+    text=True,
+    cwd=tmp_path,
+  )
   assert done.returncode == 0, done.stderr[-2000:]
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert [row["algorithm"] for row in summary["rows"]] == ["fedmr", "fedavg"]
@@ -30,26 +58,65 @@ def test_fedmr_reproduction_script(tmp_path):
 
 
 def test_pfedlia_reproduction_script(tmp_path):
-  tiny = ["data.source=digits", "data.num_clients=8", "cohort_size=8", "rounds=2",
-          "eval_every=1", "algorithm.pfedlia.warmup_rounds=1", f"out_dir={tmp_path}"]
+  tiny = [
+    "data.source=digits",
+    "data.num_clients=8",
+    "cohort_size=8",
+    "rounds=2",
+    "eval_every=1",
+    "algorithm.pfedlia.warmup_rounds=1",
+    f"out_dir={tmp_path}",
+  ]
   overrides = [arg for item in tiny for arg in ("--set", item)]
-  done = subprocess.run([sys.executable, str(ROOT / "experiments/pfedlia/reproduce.py"),
-                         "--benchmarks", "permuted", "dirichlet", "--seeds", "0",
-                         "--algorithms", "pfedlia", "oracle", *overrides],
-                        capture_output=True, text=True, cwd=tmp_path)
+  done = subprocess.run(
+    [
+      sys.executable,
+      str(ROOT / "experiments/pfedlia/reproduce.py"),
+      "--benchmarks",
+      "permuted",
+      "dirichlet",
+      "--seeds",
+      "0",
+      "--algorithms",
+      "pfedlia",
+      "oracle",
+      *overrides,
+    ],
+    capture_output=True,
+    text=True,
+    cwd=tmp_path,
+  )
   assert done.returncode == 0, done.stderr[-2000:]
   rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
   assert [(r["benchmark"], r["algorithm"]) for r in rows] == [
-      ("permuted", "pfedlia"), ("permuted", "oracle"), ("dirichlet", "pfedlia")]
+    ("permuted", "pfedlia"),
+    ("permuted", "oracle"),
+    ("dirichlet", "pfedlia"),
+  ]
   assert (tmp_path / "accuracy.png").exists()
 
 
 def test_fedsnd_reproduction_script(tmp_path):
-  overrides = [arg for item in TINY + ["model.name=mlp", f"out_dir={tmp_path}"]
-               for arg in ("--set", item)]
-  done = subprocess.run([sys.executable, str(ROOT / "experiments/fedsnd/reproduce.py"),
-                         "--alphas", "0.5", "--seeds", "0", "--algorithms", "fedavg", "fedsnd",
-                         *overrides], capture_output=True, text=True, cwd=tmp_path)
+  overrides = [
+    arg for item in TINY + ["model.name=mlp", f"out_dir={tmp_path}"] for arg in ("--set", item)
+  ]
+  done = subprocess.run(
+    [
+      sys.executable,
+      str(ROOT / "experiments/fedsnd/reproduce.py"),
+      "--alphas",
+      "0.5",
+      "--seeds",
+      "0",
+      "--algorithms",
+      "fedavg",
+      "fedsnd",
+      *overrides,
+    ],
+    capture_output=True,
+    text=True,
+    cwd=tmp_path,
+  )
   assert done.returncode == 0, done.stderr[-2000:]
   rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
   assert [row["algorithm"] for row in rows] == ["fedavg", "fedsnd"]
@@ -58,6 +125,7 @@ def test_fedsnd_reproduction_script(tmp_path):
 
 def test_a_diverged_run_is_recorded_not_rerun(tmp_path):
   from fedjax_lab import grid, load_config
+
   config = load_config(None, TINY + ["local.learning_rate=1e6", f"out_dir={tmp_path}"])
   metrics, loaded = grid.run_or_load(config, None)
   assert grid.diverged(metrics) and not loaded
@@ -65,12 +133,14 @@ def test_a_diverged_run_is_recorded_not_rerun(tmp_path):
   again, loaded = grid.run_or_load(config, None)
   assert grid.diverged(again) and loaded
   assert grid.last_evaluations(again, "global_accuracy") != grid.last_evaluations(
-      again, "global_accuracy")                                       # NaN
+    again, "global_accuracy"
+  )  # NaN
   assert grid.spread([0.5, float("nan"), 0.7])["mean"] == 0.6
 
 
 def test_a_finished_run_is_read_back_only_with_the_same_config(tmp_path):
   from fedjax_lab import grid, load_config
+
   config = load_config(None, TINY + [f"out_dir={tmp_path}"])
   first, loaded = grid.run_or_load(config, None)
   assert not loaded

@@ -5,8 +5,13 @@ import numpy as np
 import optax
 import pytest
 
-from fedjax_lab.engine.local import (LocalSchedule, batch_indices, cross_entropy_objective,
-                                     epoch_orders, make_local_trainer)
+from fedjax_lab.engine.local import (
+  LocalSchedule,
+  batch_indices,
+  cross_entropy_objective,
+  epoch_orders,
+  make_local_trainer,
+)
 from fedjax_lab.models import build_model
 
 
@@ -26,8 +31,9 @@ def test_each_epoch_visits_every_real_example_once(num_examples, batch_size):
 
 def test_client_steps_follow_true_counts():
   schedule = LocalSchedule(batch_size=5, max_examples=23, epochs=3)
-  np.testing.assert_array_equal(schedule.client_steps(jnp.array([0, 1, 5, 6, 23])),
-                                [0, 3, 3, 6, 15])
+  np.testing.assert_array_equal(
+    schedule.client_steps(jnp.array([0, 1, 5, 6, 23])), [0, 3, 3, 6, 15]
+  )
   assert schedule.max_steps == 15
   fixed = LocalSchedule(batch_size=5, max_examples=23, steps=4)
   np.testing.assert_array_equal(fixed.client_steps(jnp.array([0, 1, 23])), [0, 4, 4])
@@ -56,7 +62,7 @@ def test_padding_and_padded_steps_do_not_move_parameters(mlp_trainer):
   a, result = train(params, clean_x, clean_y, 3, key)
   b, _ = train(params, garbage_x, garbage_y, 3, key)
   chex.assert_trees_all_close(a, b)
-  assert int(result.num_steps) == 4          # 2 epochs x ceil(3 / 2)
+  assert int(result.num_steps) == 4  # 2 epochs x ceil(3 / 2)
   empty, empty_result = train(params, clean_x, clean_y, 0, key)
   chex.assert_trees_all_equal(empty, params)
   assert int(empty_result.num_steps) == 0

@@ -2,18 +2,39 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from jax import lax
 
 from fedjax_lab.models import build_model
+from fedjax_lab.models.im2col import NHWC, conv_with_explicit_vjp
 
-CASES = [("mlp", (2, 8, 8, 1)), ("fedavg_cnn", (2, 28, 28, 1)), ("femnist_cnn", (2, 28, 28, 1)), ("small_cnn", (2, 28, 28, 1)),
-         ("cifar_cnn", (2, 32, 32, 3)), ("resnet20", (2, 32, 32, 3)), ("vgg", (2, 32, 32, 3)),
-         ("char_lstm", (2, 12)), ("transformer_lm", (2, 12))]
-GROUPS = {"fedavg_cnn": ("conv0", "conv1", "fc", "head"),
-          "cifar_cnn": ("conv0", "conv1", "fc0", "fc1", "head"),
-          "resnet20": ("stem", "stage0_block0", "stage0_block1", "stage1_block0",
-                       "stage1_block1", "stage2_block0", "stage2_block1", "head"),
-          "char_lstm": ("embed", "lstm0", "lstm1", "head")}
+CASES = [
+  ("mlp", (2, 8, 8, 1)),
+  ("fedavg_cnn", (2, 28, 28, 1)),
+  ("femnist_cnn", (2, 28, 28, 1)),
+  ("small_cnn", (2, 28, 28, 1)),
+  ("cifar_cnn", (2, 32, 32, 3)),
+  ("resnet20", (2, 32, 32, 3)),
+  ("vgg", (2, 32, 32, 3)),
+  ("char_lstm", (2, 12)),
+  ("transformer_lm", (2, 12)),
+]
+GROUPS = {
+  "fedavg_cnn": ("conv0", "conv1", "fc", "head"),
+  "cifar_cnn": ("conv0", "conv1", "fc0", "fc1", "head"),
+  "resnet20": (
+    "stem",
+    "stage0_block0",
+    "stage0_block1",
+    "stage1_block0",
+    "stage1_block1",
+    "stage2_block0",
+    "stage2_block1",
+    "head",
+  ),
+  "char_lstm": ("embed", "lstm0", "lstm1", "head"),
+}
 
 
 @pytest.mark.parametrize("name,shape", CASES)
@@ -39,12 +60,14 @@ def test_published_parameter_counts():
 
 
 def test_unknown_model_is_a_clear_error():
-  with pytest.raises(ValueError, match="model.name='nope' is unknown; allowed: mlp"):
+  with pytest.raises(ValueError, match="model.name must be one of mlp, .*, got 'nope'"):
     build_model("nope", 10)
 
 
-@pytest.mark.parametrize("name,shape", [("fedavg_cnn", (28, 28, 1)), ("femnist_cnn", (28, 28, 1)),
-                                        ("resnet20", (32, 32, 3))])   # SAME, VALID, strided
+@pytest.mark.parametrize(
+  "name,shape",
+  [("fedavg_cnn", (28, 28, 1)), ("femnist_cnn", (28, 28, 1)), ("resnet20", (32, 32, 3))],
+)  # SAME, VALID, strided
 def test_im2col_convolutions_equal_xla_convolutions(name, shape):
   x = jax.random.normal(jax.random.key(1), (2, *shape))
   xla, im2col = build_model(name, 10), build_model(name, 10, conv="im2col")
@@ -53,5 +76,58 @@ def test_im2col_convolutions_equal_xla_convolutions(name, shape):
   np.testing.assert_allclose(im2col.apply(params, x), xla.apply(params, x), atol=1e-4, rtol=1e-4)
   per_client = jax.tree.map(lambda leaf: jnp.stack([leaf, 2 * leaf]), params)
   clients_x = jnp.stack([x, x[::-1]])
-  np.testing.assert_allclose(jax.vmap(im2col.apply)(per_client, clients_x),
-                             jax.vmap(xla.apply)(per_client, clients_x), atol=1e-3, rtol=1e-3)
+  np.testing.assert_allclose(
+    jax.vmap(im2col.apply)(per_client, clients_x),
+    jax.vmap(xla.apply)(per_client, clients_x),
+    atol=1e-3,
+    rtol=1e-3,
+  )
+
+
+@pytest.mark.parametrize(
+  "x_shape,k_shape,strides,pads",
+  [
+    ((3, 28, 28, 1), (5, 5, 1, 16), (1, 1), ((2, 2), (2, 2))),  # SAME
+    ((3, 12, 12, 16), (5, 5, 16, 32), (1, 1), ((0, 0), (0, 0))),  # VALID (FEMNIST conv2)
+    ((2, 9, 8, 3), (3, 3, 3, 4), (2, 2), ((1, 1), (1, 1))),  # strided, odd sizes
+    ((2, 7, 7, 2), (3, 2, 2, 5), (2, 3), ((1, 0), (0, 2))),  # uneven strides and padding
+  ],
+)
+def test_explicit_vjp_convolution_matches_lax_conv_gradients(x_shape, k_shape, strides, pads):
+  keys = jax.random.split(jax.random.key(3), 3)
+  x, kernel = jax.random.normal(keys[0], x_shape), jax.random.normal(keys[1], k_shape)
+  reference = lambda x, k: lax.conv_general_dilated(x, k, strides, pads, dimension_numbers=NHWC)
+  explicit = lambda x, k: conv_with_explicit_vjp(x, k, strides, pads)
+  out = reference(x, kernel)
+  cotangent = jax.random.normal(keys[2], out.shape)
+  np.testing.assert_allclose(explicit(x, kernel), out, atol=1e-5, rtol=1e-5)
+  loss = lambda fn: lambda x, k: jnp.vdot(fn(x, k), cotangent)
+  want = jax.grad(loss(reference), argnums=(0, 1))(x, kernel)
+  got = jax.grad(loss(explicit), argnums=(0, 1))(x, kernel)
+  chex.assert_trees_all_close(got, want, atol=1e-4, rtol=1e-4)
+  # Per-client kernels and inputs under vmap (and inside jit) give the same gradients.
+  batched = lambda fn: jax.jit(jax.vmap(jax.grad(loss(fn), argnums=(0, 1))))
+  stacked_x, stacked_k = jnp.stack([x, 2 * x]), jnp.stack([kernel, -kernel])
+  chex.assert_trees_all_close(
+    batched(explicit)(stacked_x, stacked_k),
+    batched(reference)(stacked_x, stacked_k),
+    atol=1e-3,
+    rtol=1e-4,
+  )
+
+
+@pytest.mark.parametrize("name,shape", [("femnist_cnn", (28, 28, 1)), ("cifar_cnn", (32, 32, 3))])
+def test_explicit_vjp_models_train_like_xla_models(name, shape):
+  """Same parameters, same logits and the same loss gradient for every parameter."""
+  x = jax.random.normal(jax.random.key(1), (4, *shape))
+  y = jnp.arange(4) % 10
+  xla, explicit = build_model(name, 10), build_model(name, 10, conv="explicit_vjp")
+  params = xla.init(jax.random.key(0), x)
+
+  def loss(model):
+    return lambda p: optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x), y).mean()
+
+  np.testing.assert_allclose(explicit.apply(params, x), xla.apply(params, x), atol=1e-4)
+  chex.assert_trees_all_close(
+    jax.grad(loss(explicit))(params), jax.grad(loss(xla))(params), atol=1e-4, rtol=1e-3
+  )

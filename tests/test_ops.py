@@ -29,6 +29,9 @@ def jax_neg(tree):
 
 
 def test_tree_bytes_counts_dtype_sizes():
-  tree = {"w": jnp.zeros((10, 3), jnp.float32), "i": jnp.zeros(4, jnp.int8),
-          "h": jnp.zeros((2, 2), jnp.bfloat16)}
+  tree = {
+    "w": jnp.zeros((10, 3), jnp.float32),
+    "i": jnp.zeros(4, jnp.int8),
+    "h": jnp.zeros((2, 2), jnp.bfloat16),
+  }
   assert tree_bytes(tree) == 120 + 4 + 8

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedjax_lab.data import partition
 
@@ -35,8 +36,8 @@ def test_dirichlet_skew_grows_as_alpha_shrinks():
 
   def mean_classes_held(alpha):
     clients = partition.dirichlet(labels, 20, alpha, seed=0, min_examples=2)
-    return np.mean([np.sum(np.bincount(labels[c], minlength=10) > 0.05 * len(c))
-                    for c in clients])
+    return np.mean([np.sum(np.bincount(labels[c], minlength=10) > 0.05 * len(c)) for c in clients])
+
   assert mean_classes_held(0.1) < mean_classes_held(1.0) < mean_classes_held(100.0)
 
 

@@ -1,5 +1,6 @@
 """pFedLIA and the clustered baselines on digits clients in 3 label-permuted latent groups:
 the clusters are recovered and personalization beats one global model and local training."""
+
 import dataclasses
 
 import jax
@@ -13,29 +14,41 @@ from fedjax_lab.algorithms import ClientSetup
 from fedjax_lab.algorithms.cfl import CFLConfig
 from fedjax_lab.algorithms.ifca import IFCAConfig
 from fedjax_lab.algorithms.pfedlia import PFedLIAConfig, pfedlia
-from fedjax_lab.config import AlgorithmConfig, DataConfig, ExperimentConfig, LocalConfig, load_config
+from fedjax_lab.build import build_federation
+from fedjax_lab.config import (
+  AlgorithmConfig,
+  DataConfig,
+  ExperimentConfig,
+  LocalConfig,
+  load_config,
+)
 from fedjax_lab.data import groups
 from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import LocalSchedule
 from fedjax_lab.models import build_model
-from fedjax_lab.build import build_federation
 
 GROUPED = ExperimentConfig(
-    data=DataConfig(source="digits", num_clients=12, partition="iid", latent_groups=3),
-    local=LocalConfig(learning_rate=0.1, epochs=2, batch_size=10), rounds=12, cohort_size=12,
-    eval_every=6, checkpoint_every=0)
+  data=DataConfig(source="digits", num_clients=12, partition="iid", latent_groups=3),
+  local=LocalConfig(learning_rate=0.1, epochs=2, batch_size=10),
+  rounds=12,
+  cohort_size=12,
+  eval_every=6,
+  checkpoint_every=0,
+)
 PFEDLIA = PFedLIAConfig(warmup_rounds=2)
 VARIANTS = {
-    "pfedlia": AlgorithmConfig("pfedlia", options=PFEDLIA),
-    "pfedlia_decentralized": AlgorithmConfig(
-        "pfedlia", options=dataclasses.replace(PFEDLIA, clustering="decentralized")),
-    "pfedlia_spectral": AlgorithmConfig(
-        "pfedlia", options=dataclasses.replace(PFEDLIA, clustering="spectral", num_clusters=3)),
-    "oracle": AlgorithmConfig("oracle"),
-    "ifca": AlgorithmConfig("ifca", options=IFCAConfig(num_clusters=3)),
-    "cfl": AlgorithmConfig("cfl", options=CFLConfig(eps1=0.7, eps2=1.0)),
-    "fedavg": AlgorithmConfig("fedavg"),
-    "local": AlgorithmConfig("local"),
+  "pfedlia": AlgorithmConfig("pfedlia", options=PFEDLIA),
+  "pfedlia_decentralized": AlgorithmConfig(
+    "pfedlia", options=dataclasses.replace(PFEDLIA, clustering="decentralized")
+  ),
+  "pfedlia_spectral": AlgorithmConfig(
+    "pfedlia", options=dataclasses.replace(PFEDLIA, clustering="spectral", num_clusters=3)
+  ),
+  "oracle": AlgorithmConfig("oracle"),
+  "ifca": AlgorithmConfig("ifca", options=IFCAConfig(num_clusters=3)),
+  "cfl": AlgorithmConfig("cfl", options=CFLConfig(eps1=0.7, eps2=1.0)),
+  "fedavg": AlgorithmConfig("fedavg"),
+  "local": AlgorithmConfig("local"),
 }
 
 
@@ -49,8 +62,9 @@ def final(grouped_federation, tmp_path_factory):
   """The last evaluation row of each variant."""
   rows = {}
   for name, algorithm in VARIANTS.items():
-    config = dataclasses.replace(GROUPED, algorithm=algorithm,
-                                 out_dir=str(tmp_path_factory.mktemp(name)))
+    config = dataclasses.replace(
+      GROUPED, algorithm=algorithm, out_dir=str(tmp_path_factory.mktemp(name))
+    )
     rows[name] = run(config, progress=False, data=grouped_federation).metrics[-1]
   return rows
 
@@ -68,8 +82,11 @@ def test_group_shift_permutes_labels_by_group(grouped_federation):
 
 def test_rotation_turns_each_group_by_a_quarter_per_group(grouped_federation):
   plain = build_federation(dataclasses.replace(GROUPED.data, latent_groups=0))
-  images = dataclasses.replace(plain, train_x=plain.train_x.reshape(12, -1, 8, 8, 1),
-                               test_x=plain.test_x.reshape(12, plain.test_x.shape[1], 8, 8, 1))
+  images = dataclasses.replace(
+    plain,
+    train_x=plain.train_x.reshape(12, -1, 8, 8, 1),
+    test_x=plain.test_x.reshape(12, plain.test_x.shape[1], 8, 8, 1),
+  )
   turned = groups.shift_by_group(images, np.repeat([0, 1, 2], 4), "rotation", 0)
   np.testing.assert_array_equal(turned.train_x[5], np.rot90(images.train_x[5], 1, axes=(1, 2)))
   np.testing.assert_array_equal(turned.train_y, images.train_y)
@@ -77,8 +94,9 @@ def test_rotation_turns_each_group_by_a_quarter_per_group(grouped_federation):
 
 def test_shakespeare_plays_map_to_genres():
   np.testing.assert_array_equal(
-      groups.shakespeare_genres(["hamlet/HAMLET", "henry_v/KING HENRY", "tempest/ARIEL", "x/Y"]),
-      [2, 1, 0, -1])
+    groups.shakespeare_genres(["hamlet/HAMLET", "henry_v/KING HENRY", "tempest/ARIEL", "x/Y"]),
+    [2, 1, 0, -1],
+  )
 
 
 def test_pfedlia_recovers_the_groups_and_matches_the_oracle(final):
@@ -94,17 +112,26 @@ def test_ifca_and_cfl_find_the_groups_too(final):
   assert final["cfl"]["num_clusters"] >= 2 and final["cfl"]["cluster_ari"] > 0.5
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["algorithm.name=pfedlia", "data.num_clients=10", "cohort_size=5"],
-     "cohort_size must be data.num_clients=10 for pfedlia"),
-    (["algorithm.name=pfedlia", "algorithm.pfedlia.clustering=spectral"],
-     "algorithm.pfedlia.num_clusters must be >= 2 for spectral"),
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
+    (
+      ["algorithm.name=pfedlia", "data.num_clients=10", "cohort_size=5"],
+      "cohort_size must be data.num_clients=10 for pfedlia",
+    ),
+    (
+      ["algorithm.name=pfedlia", "algorithm.pfedlia.clustering=spectral"],
+      "algorithm.pfedlia.num_clusters must be >= 2 for spectral",
+    ),
     (["algorithm.pfedlia.influence=shapley"], "algorithm.pfedlia.influence must be one of loss"),
     (["algorithm.pfedlia.vote_epsilon=1"], "vote_epsilon must be 0 unless influence='vote'"),
     (["data.latent_groups=5", "data.group_shift=rotation"], "data.latent_groups must be <= 4"),
-    (["algorithm.finetune=true"], "algorithm.finetune is not a config field for "
-     "algorithm.name='fedavg'; allowed: name, weighting, fedavg"),
-])
+    (
+      ["algorithm.finetune=true"],
+      "algorithm.finetune is not a config field; allowed: name, weighting",
+    ),
+  ],
+)
 def test_bad_clustering_config_names_the_field(overrides, message):
   with pytest.raises(ValueError, match=message):
     load_config(None, overrides)
@@ -112,20 +139,31 @@ def test_bad_clustering_config_names_the_field(overrides, message):
 
 def test_oracle_without_known_groups_is_refused_before_compiling(tmp_path, monkeypatch):
   monkeypatch.setattr(jax, "jit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("jit")))
-  config = dataclasses.replace(GROUPED, data=dataclasses.replace(GROUPED.data, latent_groups=0),
-                               algorithm=AlgorithmConfig("oracle"), out_dir=str(tmp_path))
+  config = dataclasses.replace(
+    GROUPED,
+    data=dataclasses.replace(GROUPED.data, latent_groups=0),
+    algorithm=AlgorithmConfig("oracle"),
+    out_dir=str(tmp_path),
+  )
   with pytest.raises(ValueError, match="algorithm.name='oracle' needs a federation with known"):
     run(config, progress=False)
 
 
 def test_resume_is_identical_across_the_phases(grouped_federation, tmp_path):
-  config = dataclasses.replace(GROUPED, rounds=6, eval_every=3, checkpoint_every=3,
-                               algorithm=VARIANTS["pfedlia"], out_dir=str(tmp_path / "a"))
+  config = dataclasses.replace(
+    GROUPED,
+    rounds=6,
+    eval_every=3,
+    checkpoint_every=3,
+    algorithm=VARIANTS["pfedlia"],
+    out_dir=str(tmp_path / "a"),
+  )
   straight = run(config, progress=False, data=grouped_federation)
   split = dataclasses.replace(config, rounds=3, out_dir=str(tmp_path / "b"))
   run(split, progress=False, data=grouped_federation)
-  resumed = run(dataclasses.replace(split, rounds=6), resume=True, progress=False,
-                data=grouped_federation)
+  resumed = run(
+    dataclasses.replace(split, rounds=6), resume=True, progress=False, data=grouped_federation
+  )
   drop = lambda rows: [{k: v for k, v in r.items() if k != "round_seconds"} for r in rows]
   assert drop(resumed.metrics) == drop(straight.metrics)
 
@@ -133,17 +171,24 @@ def test_resume_is_identical_across_the_phases(grouped_federation, tmp_path):
 def test_each_phase_compiles_once(grouped_federation):
   compiles = []
   monitoring.register_event_duration_secs_listener(
-      lambda name, *a, **k: compiles.append(name)
-      if name == "/jax/core/compile/backend_compile_duration" else None)
+    lambda name, *a, **k: (
+      compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None
+    )
+  )
   data = grouped_federation
-  setup = ClientSetup(build_model("mlp", 10), data.train_x[0, :1], optax.sgd(0.1),
-                      LocalSchedule(10, data.max_examples, epochs=1), Executor("vmap"),
-                      data.num_clients)
+  setup = ClientSetup(
+    build_model("mlp", 10),
+    data.train_x[0, :1],
+    optax.sgd(0.1),
+    LocalSchedule(10, data.max_examples, epochs=1),
+    Executor("vmap"),
+    data.num_clients,
+  )
   algorithm = pfedlia(setup, PFEDLIA)
   state = algorithm.init(jax.random.key(0))
   cohort = data.cohort(np.arange(data.num_clients))
   per_round = []
-  for round_index in range(6):      # warm-up, warm-up, influence, personalized x 3
+  for round_index in range(6):  # warm-up, warm-up, influence, personalized x 3
     before = len(compiles)
     state, metrics = algorithm.round(state, cohort, jax.random.key(round_index))
     float(metrics["train_loss"])
@@ -155,6 +200,7 @@ def test_each_phase_compiles_once(grouped_federation):
 
 def test_influence_rounds_follow_warmup_and_recluster_period():
   from fedjax_lab.algorithms.pfedlia import is_influence_round
+
   assert [r for r in range(12) if is_influence_round(r, 3, 0)] == [3]
   assert [r for r in range(12) if is_influence_round(r, 3, 4)] == [3, 7, 11]
   assert [r for r in range(5) if is_influence_round(r, 0, 2)] == [0, 2, 4]

@@ -12,11 +12,18 @@ M = 5
 
 def _slots():
   """5 slot models whose every entry is the slot index, so rows reveal where they came from."""
-  shapes = {"conv": {"kernel": (3, 2), "bias": (2,)}, "dense": {"kernel": (4,), "bias": (1,)},
-            "head": {"kernel": (2, 2)}}
-  return jax.tree.map(lambda s: jnp.broadcast_to(
-      jnp.arange(M, dtype=jnp.float32).reshape((M,) + (1,) * len(s)), (M,) + s), shapes,
-      is_leaf=lambda x: isinstance(x, tuple))
+  shapes = {
+    "conv": {"kernel": (3, 2), "bias": (2,)},
+    "dense": {"kernel": (4,), "bias": (1,)},
+    "head": {"kernel": (2, 2)},
+  }
+  return jax.tree.map(
+    lambda s: jnp.broadcast_to(
+      jnp.arange(M, dtype=jnp.float32).reshape((M,) + (1,) * len(s)), (M,) + s
+    ),
+    shapes,
+    is_leaf=lambda x: isinstance(x, tuple),
+  )
 
 
 ORDER = ("conv", "dense", "head")
@@ -47,17 +54,30 @@ def test_fixed_key_gives_known_output():
   slots = _slots()
   units = recombination_units(jax.tree.map(lambda l: l[0], slots), ORDER, "leaf")
   sources = _sources(recombine(jax.random.key(0), slots, units))
-  ordered = [sources["conv"]["bias"], sources["conv"]["kernel"], sources["dense"]["bias"],
-             sources["dense"]["kernel"], sources["head"]["kernel"]]
-  assert [s.tolist() for s in ordered] == [[0, 2, 4, 1, 3], [0, 3, 1, 4, 2], [4, 3, 1, 0, 2],
-                                           [2, 1, 4, 3, 0], [2, 4, 0, 1, 3]]
+  ordered = [
+    sources["conv"]["bias"],
+    sources["conv"]["kernel"],
+    sources["dense"]["bias"],
+    sources["dense"]["kernel"],
+    sources["head"]["kernel"],
+  ]
+  assert [s.tolist() for s in ordered] == [
+    [0, 2, 4, 1, 3],
+    [0, 3, 1, 4, 2],
+    [4, 3, 1, 0, 2],
+    [2, 1, 4, 3, 0],
+    [2, 4, 0, 1, 3],
+  ]
 
 
 def test_layer_mode_moves_a_layers_leaves_together():
   slots = _slots()
   units = recombination_units(jax.tree.map(lambda l: l[0], slots), ORDER, "layer")
-  assert units == {"conv": {"kernel": 0, "bias": 0}, "dense": {"kernel": 1, "bias": 1},
-                   "head": {"kernel": 2}}
+  assert units == {
+    "conv": {"kernel": 0, "bias": 0},
+    "dense": {"kernel": 1, "bias": 1},
+    "head": {"kernel": 2},
+  }
   sources = _sources(recombine(jax.random.key(7), slots, units))
   for layer in ("conv", "dense"):
     np.testing.assert_array_equal(sources[layer]["kernel"], sources[layer]["bias"])
@@ -65,21 +85,27 @@ def test_layer_mode_moves_a_layers_leaves_together():
 
 def test_block_fraction_groups_consecutive_leaves_in_layer_order():
   one = jax.tree.map(lambda l: l[0], _slots())
-  units = recombination_units(one, ORDER, "block", block_fraction=0.4)   # ceil(0.4 * 5) = 2
-  assert units == {"conv": {"bias": 0, "kernel": 0}, "dense": {"bias": 1, "kernel": 1},
-                   "head": {"kernel": 2}}
+  units = recombination_units(one, ORDER, "block", block_fraction=0.4)  # ceil(0.4 * 5) = 2
+  assert units == {
+    "conv": {"bias": 0, "kernel": 0},
+    "dense": {"bias": 1, "kernel": 1},
+    "head": {"kernel": 2},
+  }
   assert recombination_units(one, ORDER, "block", 0.0) == recombination_units(one, ORDER, "leaf")
   assert set(jax.tree.leaves(recombination_units(one, ORDER, "block", 1.0))) == {0}
 
 
 def test_recombination_keeps_the_slot_mean():
   keys = jax.random.split(jax.random.key(1), 3)
-  slots = {"a": {"w": jax.random.normal(keys[0], (M, 3, 4)), "b": jax.random.normal(keys[1], (M, 4))},
-           "z": {"w": jax.random.normal(keys[2], (M, 2))}}
+  slots = {
+    "a": {"w": jax.random.normal(keys[0], (M, 3, 4)), "b": jax.random.normal(keys[1], (M, 4))},
+    "z": {"w": jax.random.normal(keys[2], (M, 2))},
+  }
   units = recombination_units(jax.tree.map(lambda l: l[0], slots), ("a", "z"), "leaf")
   out = jax.jit(lambda key, stacked: recombine(key, stacked, units))(jax.random.key(9), slots)
-  chex.assert_trees_all_close(jax.tree.map(lambda l: l.mean(0), out),
-                              jax.tree.map(lambda l: l.mean(0), slots), atol=1e-6)
+  chex.assert_trees_all_close(
+    jax.tree.map(lambda l: l.mean(0), out), jax.tree.map(lambda l: l.mean(0), slots), atol=1e-6
+  )
 
 
 def test_mean_pairwise_cosine():

@@ -2,6 +2,7 @@
 
 XLA fixes the number of host devices when it starts, so the runs happen in a subprocess with
 ``--xla_force_host_platform_device_count=4``."""
+
 import json
 import os
 import subprocess
@@ -39,22 +40,27 @@ print(json.dumps(out))
 def sharded_runs(tmp_path_factory):
   script = tmp_path_factory.mktemp("sharding") / "runs.py"
   script.write_text(RUNS)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
-  done = subprocess.run([sys.executable, str(script), "fedavg", "scaffold"], env=env,
-                        capture_output=True, text=True, cwd=script.parent)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  done = subprocess.run(
+    [sys.executable, str(script), "fedavg", "scaffold"],
+    env=env,
+    capture_output=True,
+    text=True,
+    cwd=script.parent,
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("algorithm", ["fedavg", "scaffold"])
 def test_four_devices_match_one(sharded_runs, algorithm):
-  assert sharded_runs[algorithm + "_devices"] == 4        # the state lives on the mesh
+  assert sharded_runs[algorithm + "_devices"] == 4  # the state lives on the mesh
   assert sharded_runs[algorithm] <= 1e-5
 
 
 def test_sharding_needs_equal_shards_and_vmap():
   from fedjax_lab import load_config
+
   with pytest.raises(ValueError, match="cohort_size must be a multiple of execution.devices=4"):
     load_config(None, ["cohort_size=6", "execution.devices=4", "execution.strategy=vmap"])
   with pytest.raises(ValueError, match="execution.strategy must be vmap"):

@@ -1,6 +1,7 @@
 """Reduced-scale FedMR reproduction, offline: Fashion-MNIST, 100 clients, 10 per round,
 MOON-style capped Dirichlet(alpha) label skew; FedMR against FedAvg, FedProx and SCAFFOLD over
-several seeds, with the FEMNIST-style CNN (``reduced.json``) or the MLP (``mlp.json``). Writes every run under ``--out`` and a summary table (markdown + JSON) and plots
+several seeds, with the FEMNIST-style CNN (``reduced.json``) or the MLP (``mlp.json``). Writes
+every run under ``--out`` and a summary table (markdown + JSON) and plots
 of accuracy and slot cosine similarity against rounds.
 
   python experiments/fedmr/reproduce.py                       # the grid in README.md
@@ -9,6 +10,7 @@ of accuracy and slot cosine similarity against rounds.
 ``--set section.field=value`` overrides the config. A run whose metrics
 already hold every round is read back instead of rerun, so an interrupted grid resumes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,14 +19,14 @@ import pathlib
 import time
 
 from fedjax_lab import build_federation, grid, load_config
-from fedjax_lab.config import AlgorithmConfig
 
 HERE = pathlib.Path(__file__).parent
+# variant -> (registered method, its options changed from the config's)
 ALGORITHMS = {
-    "fedmr": lambda base: base.algorithm,
-    "fedavg": lambda base: AlgorithmConfig("fedavg"),
-    "fedprox": lambda base: AlgorithmConfig("fedprox"),   # the code's prox_alpha
-    "scaffold": lambda base: AlgorithmConfig("scaffold"),
+  "fedmr": ("fedmr", {}),
+  "fedavg": ("fedavg", {}),
+  "fedprox": ("fedprox", {}),  # mu 0.01: the official code's prox_alpha
+  "scaffold": ("scaffold", {}),
 }
 
 
@@ -34,15 +36,25 @@ def final_accuracy(metrics: list[dict]) -> float:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", default=str(HERE / "reduced.json"),
-                      help="base config (default: reduced.json, the CNN)")
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    "--config",
+    default=str(HERE / "reduced.json"),
+    help="base config (default: reduced.json, the CNN)",
+  )
   parser.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.5, 1.0])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
-  parser.add_argument("--set", dest="overrides", action="append", default=[],
-                      metavar="SECTION.FIELD=VALUE", help="override the config (repeatable)")
+  parser.add_argument(
+    "--set",
+    dest="overrides",
+    action="append",
+    default=[],
+    metavar="SECTION.FIELD=VALUE",
+    help="override the config (repeatable)",
+  )
   args = parser.parse_args()
   base = load_config(args.config, args.overrides)
   out_root = pathlib.Path(base.out_dir)
@@ -53,29 +65,63 @@ def main() -> None:
       data_config = dataclasses.replace(base.data, alpha=alpha, seed=seed)
       data = build_federation(data_config)
       results, read_back = grid.run_variants(
-          base, data_config, seed, {name: ALGORITHMS[name](base) for name in args.algorithms},
-          out_root / f"alpha{alpha}" / f"seed{seed}", data, f"alpha={alpha} seed={seed}",
-          "global_accuracy")
+        base,
+        data_config,
+        seed,
+        {
+          name: grid.algorithm_variant(args.config, args.overrides, *ALGORITHMS[name])
+          for name in args.algorithms
+        },
+        out_root / f"alpha{alpha}" / f"seed{seed}",
+        data,
+        f"alpha={alpha} seed={seed}",
+        "global_accuracy",
+      )
       loaded += read_back
       for name, metrics in results.items():
         curves.setdefault((alpha, name), []).append(metrics)
     for name in args.algorithms:
       finals = grid.spread([final_accuracy(m) for m in curves[(alpha, name)]])
-      rows.append({"alpha": alpha, "algorithm": name,
-                   **{f"acc_{k}": v for k, v in finals.items()},
-                   "seeds": len(curves[(alpha, name)]),
-                   "diverged": sum(grid.diverged(m) for m in curves[(alpha, name)])})
+      rows.append(
+        {
+          "alpha": alpha,
+          "algorithm": name,
+          **{f"acc_{k}": v for k, v in finals.items()},
+          "seeds": len(curves[(alpha, name)]),
+          "diverged": sum(grid.diverged(m) for m in curves[(alpha, name)]),
+        }
+      )
   env = grid.environment(started, loaded, base)
-  table = grid.write_summary(out_root, rows, ["alpha", "algorithm", "acc_mean", "acc_std",
-                                              "acc_min", "acc_max", "seeds", "diverged"], env)
+  table = grid.write_summary(
+    out_root,
+    rows,
+    ["alpha", "algorithm", "acc_mean", "acc_std", "acc_min", "acc_max", "seeds", "diverged"],
+    env,
+  )
   title = lambda alpha: f"alpha = {alpha}"
-  grid.plot_curves(curves, args.alphas, args.algorithms, out_root / "accuracy.png",
-                   "global_accuracy", "global accuracy", title)
-  grid.plot_curves(curves, args.alphas, args.algorithms, out_root / "divergence.png",
-                   "client_cosine_similarity", "cosine of trained models", title)
+  grid.plot_curves(
+    curves,
+    args.alphas,
+    args.algorithms,
+    out_root / "accuracy.png",
+    "global_accuracy",
+    "global accuracy",
+    title,
+  )
+  grid.plot_curves(
+    curves,
+    args.alphas,
+    args.algorithms,
+    out_root / "divergence.png",
+    "client_cosine_similarity",
+    "cosine of trained models",
+    title,
+  )
   print(table)
-  print(f"wall time {env['wall_seconds']} s; wrote {out_root}/summary.md, summary.json, "
-        "accuracy.png, divergence.png")
+  print(
+    f"wall time {env['wall_seconds']} s; wrote {out_root}/summary.md, summary.json, "
+    "accuracy.png, divergence.png"
+  )
 
 
 if __name__ == "__main__":

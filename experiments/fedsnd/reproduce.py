@@ -12,6 +12,7 @@ rounds-to-target is its first evaluation at or above it (missing if never).
 
 A run whose metrics already hold every round is read back instead of rerun.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,27 +23,21 @@ import time
 import numpy as np
 
 from fedjax_lab import build_federation, grid, load_config
-from fedjax_lab.config import AlgorithmConfig
 
 HERE = pathlib.Path(__file__).parent
 
 
-def _fedsnd(base, **changes):
-  return AlgorithmConfig("fedsnd", base.algorithm.weighting,
-                         dataclasses.replace(base.algorithm.options, **changes))
-
-
+# variant -> (registered method, its options changed from the config's)
 ALGORITHMS = {
-    "fedavg": lambda base: AlgorithmConfig("fedavg"),
-    "fedprox": lambda base: AlgorithmConfig("fedprox"),
-    "scaffold": lambda base: AlgorithmConfig("scaffold"),
-    "fedsnd": lambda base: _fedsnd(base),
-    "self_distillation_only": lambda base: _fedsnd(base, noise_distill=False),
-    "noise_distillation_only": lambda base: _fedsnd(base, self_distill_weight=0.0),
-    "self_distillation_previous_teacher": lambda base: _fedsnd(base, noise_distill=False,
-                                                               teacher="previous"),
+  "fedavg": ("fedavg", {}),
+  "fedprox": ("fedprox", {}),
+  "scaffold": ("scaffold", {}),
+  "fedsnd": ("fedsnd", {}),
+  "self_distillation_only": ("fedsnd", {"noise_distill": False}),
+  "noise_distillation_only": ("fedsnd", {"self_distill_weight": 0.0}),
+  "self_distillation_previous_teacher": ("fedsnd", {"noise_distill": False, "teacher": "previous"}),
 }
-DEFAULT_ALGORITHMS = list(ALGORITHMS)[:6]   # the teacher comparison is run on request
+DEFAULT_ALGORITHMS = list(ALGORITHMS)[:6]  # the teacher comparison is run on request
 
 
 def rounds_to_target(metrics: list[dict], target: float) -> float:
@@ -55,15 +50,22 @@ def rounds_to_target(metrics: list[dict], target: float) -> float:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.5])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--algorithms", nargs="+", default=DEFAULT_ALGORITHMS, choices=ALGORITHMS)
   parser.add_argument("--target_fraction", type=float, default=0.95)
   parser.add_argument("--config", default=str(HERE / "reduced.json"))
-  parser.add_argument("--set", dest="overrides", action="append", default=[],
-                      metavar="SECTION.FIELD=VALUE", help="override the config (repeatable)")
+  parser.add_argument(
+    "--set",
+    dest="overrides",
+    action="append",
+    default=[],
+    metavar="SECTION.FIELD=VALUE",
+    help="override the config (repeatable)",
+  )
   args = parser.parse_args()
   base = load_config(args.config, args.overrides)
   out_root = pathlib.Path(base.out_dir)
@@ -74,37 +76,82 @@ def main() -> None:
       data_config = dataclasses.replace(base.data, alpha=alpha, seed=seed)
       data = build_federation(data_config)
       results, read_back = grid.run_variants(
-          base, data_config, seed, {name: ALGORITHMS[name](base) for name in args.algorithms},
-          out_root / f"alpha{alpha}" / f"seed{seed}", data, f"alpha={alpha} seed={seed}",
-          "global_accuracy")
+        base,
+        data_config,
+        seed,
+        {
+          name: grid.algorithm_variant(args.config, args.overrides, *ALGORITHMS[name])
+          for name in args.algorithms
+        },
+        out_root / f"alpha{alpha}" / f"seed{seed}",
+        data,
+        f"alpha={alpha} seed={seed}",
+        "global_accuracy",
+      )
       loaded += read_back
       for name, metrics in results.items():
         curves.setdefault((alpha, name), []).append(metrics)
     reference = args.algorithms[0]
-    target = args.target_fraction * grid.spread(
-        [grid.last_evaluations(m, "global_accuracy") for m in curves[(alpha, reference)]])["mean"]
+    target = (
+      args.target_fraction
+      * grid.spread(
+        [grid.last_evaluations(m, "global_accuracy") for m in curves[(alpha, reference)]]
+      )["mean"]
+    )
     for name in args.algorithms:
       runs = curves[(alpha, name)]
       finals = grid.spread([grid.last_evaluations(m, "global_accuracy") for m in runs])
       reached = [rounds_to_target(m, target) for m in runs]
-      rows.append({"alpha": alpha, "algorithm": name, "acc_mean": finals["mean"],
-                   "acc_std": finals["std"], "target": float(target),
-                   "rounds_to_target": float(np.nanmean(reached)) if any(
-                       np.isfinite(reached)) else float("nan"),
-                   "reached": int(np.isfinite(reached).sum()), "seeds": len(runs),
-                   "diverged": sum(grid.diverged(m) for m in runs),
-                   "round_seconds": float(np.mean([r["round_seconds"] for m in runs
-                                                   for r in m[1:] if "round_seconds" in r]))})
+      rows.append(
+        {
+          "alpha": alpha,
+          "algorithm": name,
+          "acc_mean": finals["mean"],
+          "acc_std": finals["std"],
+          "target": float(target),
+          "rounds_to_target": float(np.nanmean(reached))
+          if any(np.isfinite(reached))
+          else float("nan"),
+          "reached": int(np.isfinite(reached).sum()),
+          "seeds": len(runs),
+          "diverged": sum(grid.diverged(m) for m in runs),
+          "round_seconds": float(
+            np.mean([r["round_seconds"] for m in runs for r in m[1:] if "round_seconds" in r])
+          ),
+        }
+      )
   env = grid.environment(started, loaded, base)
   env["target"] = f"{args.target_fraction} x final accuracy of {args.algorithms[0]}"
-  table = grid.write_summary(out_root, rows, ["alpha", "algorithm", "acc_mean", "acc_std",
-                                              "target", "rounds_to_target", "reached", "seeds",
-                                              "diverged", "round_seconds"], env)
-  grid.plot_curves(curves, args.alphas, args.algorithms, out_root / "accuracy.png",
-                   "global_accuracy", "global accuracy", lambda alpha: f"alpha = {alpha}")
+  table = grid.write_summary(
+    out_root,
+    rows,
+    [
+      "alpha",
+      "algorithm",
+      "acc_mean",
+      "acc_std",
+      "target",
+      "rounds_to_target",
+      "reached",
+      "seeds",
+      "diverged",
+      "round_seconds",
+    ],
+    env,
+  )
+  grid.plot_curves(
+    curves,
+    args.alphas,
+    args.algorithms,
+    out_root / "accuracy.png",
+    "global_accuracy",
+    "global accuracy",
+    lambda alpha: f"alpha = {alpha}",
+  )
   print(table)
-  print(f"wall time {env['wall_seconds']} s; wrote {out_root}/summary.md, summary.json, "
-        "accuracy.png")
+  print(
+    f"wall time {env['wall_seconds']} s; wrote {out_root}/summary.md, summary.json, accuracy.png"
+  )
 
 
 if __name__ == "__main__":

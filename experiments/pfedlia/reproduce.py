@@ -18,6 +18,7 @@ index of the final clusters against the true groups.
 
 A run whose metrics already hold every round is read back instead of rerun.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,36 +30,38 @@ import time
 import numpy as np
 
 from fedjax_lab import build_federation, grid, load_config
-from fedjax_lab.config import AlgorithmConfig
 
 HERE = pathlib.Path(__file__).parent
 BENCHMARKS = json.loads((HERE / "benchmarks.json").read_text())
 
 
-def _pfedlia(base, **changes):
-  return AlgorithmConfig("pfedlia", base.algorithm.weighting,
-                         dataclasses.replace(base.algorithm.options, **changes))
-
-
+# variant -> (registered method, its options changed from the config's)
 ALGORITHMS = {
-    "pfedlia": lambda base: _pfedlia(base),
-    "pfedlia_decentralized": lambda base: _pfedlia(base, clustering="decentralized"),
-    "oracle": lambda base: AlgorithmConfig("oracle", base.algorithm.weighting),
-    "ifca": lambda base: AlgorithmConfig("ifca", base.algorithm.weighting),
-    "cfl": lambda base: AlgorithmConfig("cfl", base.algorithm.weighting),
-    "fedavg": lambda base: AlgorithmConfig("fedavg"),
-    "local": lambda base: AlgorithmConfig("local"),
+  "pfedlia": ("pfedlia", {}),
+  "pfedlia_decentralized": ("pfedlia", {"clustering": "decentralized"}),
+  "oracle": ("oracle", {}),
+  "ifca": ("ifca", {}),
+  "cfl": ("cfl", {}),
+  "fedavg": ("fedavg", {}),
+  "local": ("local", {}),
 }
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS), choices=BENCHMARKS)
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
-  parser.add_argument("--set", dest="overrides", action="append", default=[],
-                      metavar="SECTION.FIELD=VALUE", help="override every benchmark (repeatable)")
+  parser.add_argument(
+    "--set",
+    dest="overrides",
+    action="append",
+    default=[],
+    metavar="SECTION.FIELD=VALUE",
+    help="override every benchmark (repeatable)",
+  )
   args = parser.parse_args()
   out_root = pathlib.Path(load_config(str(HERE / "reduced.json"), args.overrides).out_dir)
   out_root.mkdir(parents=True, exist_ok=True)
@@ -70,11 +73,23 @@ def main() -> None:
     for seed in args.seeds:
       data_config = dataclasses.replace(base.data, seed=seed)
       data = build_federation(data_config)
-      variants = {name: ALGORITHMS[name](base) for name in args.algorithms
-                  if name != "oracle" or data.client_groups is not None}
-      results, read_back = grid.run_variants(base, data_config, seed, variants,
-                                             out_root / benchmark / f"seed{seed}", data,
-                                             f"{benchmark} seed={seed}", "client_accuracy_mean")
+      variants = {
+        name: grid.algorithm_variant(
+          str(HERE / "reduced.json"), BENCHMARKS[benchmark] + args.overrides, *ALGORITHMS[name]
+        )
+        for name in args.algorithms
+        if name != "oracle" or data.client_groups is not None
+      }
+      results, read_back = grid.run_variants(
+        base,
+        data_config,
+        seed,
+        variants,
+        out_root / benchmark / f"seed{seed}",
+        data,
+        f"{benchmark} seed={seed}",
+        "client_accuracy_mean",
+      )
       loaded += read_back
       for name, metrics in results.items():
         curves.setdefault((benchmark, name), []).append(metrics)
@@ -86,23 +101,51 @@ def main() -> None:
       p10 = grid.spread([grid.last_evaluations(m, "client_accuracy_p10") for m in runs])
       ari = [grid.last_evaluations(m, "cluster_ari", 1) for m in runs]
       clusters = [grid.last_evaluations(m, "num_clusters", 1) for m in runs]
-      rows.append({"benchmark": benchmark, "algorithm": name, "acc_mean": accuracy["mean"],
-                   "acc_std": accuracy["std"], "p10_mean": p10["mean"],
-                   "ari_mean": grid.spread(ari)["mean"],
-                   "clusters_mean": grid.spread(clusters)["mean"], "seeds": len(runs),
-                   "round_seconds": float(np.mean([r["round_seconds"] for m in runs
-                                                   for r in m if "round_seconds" in r]))})
-  env = grid.environment(started, loaded, load_config(str(HERE / "reduced.json"),
-                                                      args.overrides))
+      rows.append(
+        {
+          "benchmark": benchmark,
+          "algorithm": name,
+          "acc_mean": accuracy["mean"],
+          "acc_std": accuracy["std"],
+          "p10_mean": p10["mean"],
+          "ari_mean": grid.spread(ari)["mean"],
+          "clusters_mean": grid.spread(clusters)["mean"],
+          "seeds": len(runs),
+          "round_seconds": float(
+            np.mean([r["round_seconds"] for m in runs for r in m if "round_seconds" in r])
+          ),
+        }
+      )
+  env = grid.environment(started, loaded, load_config(str(HERE / "reduced.json"), args.overrides))
   env["benchmark_configs"] = bases
-  table = grid.write_summary(out_root, rows, ["benchmark", "algorithm", "acc_mean", "acc_std",
-                                              "p10_mean", "ari_mean", "clusters_mean", "seeds",
-                                              "round_seconds"], env)
-  grid.plot_curves(curves, args.benchmarks, args.algorithms, out_root / "accuracy.png",
-                   "client_accuracy_mean", "clients' mean personalized accuracy")
+  table = grid.write_summary(
+    out_root,
+    rows,
+    [
+      "benchmark",
+      "algorithm",
+      "acc_mean",
+      "acc_std",
+      "p10_mean",
+      "ari_mean",
+      "clusters_mean",
+      "seeds",
+      "round_seconds",
+    ],
+    env,
+  )
+  grid.plot_curves(
+    curves,
+    args.benchmarks,
+    args.algorithms,
+    out_root / "accuracy.png",
+    "client_accuracy_mean",
+    "clients' mean personalized accuracy",
+  )
   print(table)
-  print(f"wall time {env['wall_seconds']} s; wrote {out_root}/summary.md, summary.json, "
-        "accuracy.png")
+  print(
+    f"wall time {env['wall_seconds']} s; wrote {out_root}/summary.md, summary.json, accuracy.png"
+  )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ each run's metrics plus a comparison plot under ``runs/quickstart/``.
 
   python experiments/quickstart/run.py [overrides...]      e.g. rounds=20 data.alpha=0.5
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,25 +13,28 @@ import pathlib
 import sys
 
 from fedjax_lab import build_federation, load_config, run
-from fedjax_lab.tables import SUMMARY_COLUMNS, format_table, summary_row
 from fedjax_lab.config import AlgorithmConfig, ServerConfig
+from fedjax_lab.tables import SUMMARY_COLUMNS, format_table, summary_row
 
 HERE = pathlib.Path(__file__).parent
 VARIANTS = {
-    "fedavg": dict(algorithm=AlgorithmConfig("fedavg")),
-    "fedprox": dict(algorithm=AlgorithmConfig("fedprox")),
-    "scaffold": dict(algorithm=AlgorithmConfig("scaffold")),
-    "fedadam": dict(algorithm=AlgorithmConfig("fedopt"),
-                    server=ServerConfig(optimizer="adam", learning_rate=0.01)),
-    "local": dict(algorithm=AlgorithmConfig("local")),
-    "centralized": dict(algorithm=AlgorithmConfig("centralized")),
+  "fedavg": dict(algorithm=AlgorithmConfig("fedavg")),
+  "fedprox": dict(algorithm=AlgorithmConfig("fedprox")),
+  "scaffold": dict(algorithm=AlgorithmConfig("scaffold")),
+  "fedadam": dict(
+    algorithm=AlgorithmConfig("fedopt"), server=ServerConfig(optimizer="adam", learning_rate=0.01)
+  ),
+  "local": dict(algorithm=AlgorithmConfig("local")),
+  "centralized": dict(algorithm=AlgorithmConfig("centralized")),
 }
 
 
 def plot_comparison(results: dict, path: pathlib.Path, title: str) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
   for index, (name, result) in enumerate(results.items()):
     for ax, key in zip(axes, ("global_accuracy", "client_accuracy_mean")):
@@ -63,8 +67,10 @@ def main(overrides: list[str]) -> None:
     results[name] = run(config, data=data)
   rows = [summary_row(name, result) for name, result in results.items()]
   table = format_table(rows, SUMMARY_COLUMNS)
-  title = (f"{base.data.source}, {base.data.num_clients} clients, {base.data.partition} "
-           f"alpha={base.data.alpha}, {base.model.name}, cohort {base.cohort_size}")
+  title = (
+    f"{base.data.source}, {base.data.num_clients} clients, {base.data.partition} "
+    f"alpha={base.data.alpha}, {base.model.name}, cohort {base.cohort_size}"
+  )
   print(f"\n{title}\n{table}")
   (out_root / "results.md").write_text(f"# {title}\n\n```\n{table}\n```\n")
   (out_root / "results.json").write_text(json.dumps(rows, indent=2))

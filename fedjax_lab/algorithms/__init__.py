@@ -3,12 +3,28 @@
 A method is a module that defines its factory, its options dataclass and an ``AlgorithmEntry``;
 registering it is one line here (or, from outside the package, one ``ALGORITHMS.register`` call).
 """
+
 from __future__ import annotations
 
-from fedjax_lab.algorithms import cfl, clustered, fedmr, fedopt, fedsnd, ifca, local_only
-from fedjax_lab.algorithms import pfedlia, scaffold
-from fedjax_lab.algorithms.base import (Algorithm, AlgorithmEntry, ClientSetup, NoOptions,
-                                        compiled_round, payload_bytes)
+from fedjax_lab.algorithms import (
+  cfl,
+  clustered,
+  fedmr,
+  fedopt,
+  fedsnd,
+  ifca,
+  local_only,
+  pfedlia,
+  scaffold,
+)
+from fedjax_lab.algorithms.base import (
+  Algorithm,
+  AlgorithmEntry,
+  ClientSetup,
+  NoOptions,
+  compiled_round,
+  payload_bytes,
+)
 from fedjax_lab.registry import Registry
 
 ALGORITHMS: Registry[AlgorithmEntry] = Registry("algorithm.name")
@@ -25,5 +41,12 @@ ALGORITHMS.register("oracle", clustered.ORACLE)
 ALGORITHMS.register("ifca", ifca.ENTRY)
 ALGORITHMS.register("cfl", cfl.ENTRY)
 
-__all__ = ["ALGORITHMS", "Algorithm", "AlgorithmEntry", "ClientSetup", "NoOptions",
-           "compiled_round", "payload_bytes"]
+__all__ = [
+  "ALGORITHMS",
+  "Algorithm",
+  "AlgorithmEntry",
+  "ClientSetup",
+  "NoOptions",
+  "compiled_round",
+  "payload_bytes",
+]

@@ -6,11 +6,13 @@ Everything else is optional: views of the state (the global model, per-client mo
 labels), the payloads one client receives and sends per round (byte counts are derived from
 them), and ``host_phases`` for a round that picks its program on the host.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +21,12 @@ import optax
 
 from fedjax_lab.data import Cohort
 from fedjax_lab.engine.execution import Executor, cohort_size
-from fedjax_lab.engine.local import (LocalSchedule, Objective, cross_entropy_objective,
-                                     make_local_trainer)
+from fedjax_lab.engine.local import (
+  LocalSchedule,
+  Objective,
+  cross_entropy_objective,
+  make_local_trainer,
+)
 from fedjax_lab.engine.precision import apply_in
 from fedjax_lab.models import Model
 from fedjax_lab.ops.aggregate import client_sum
@@ -34,7 +40,8 @@ Regularizer = Callable[[Params, Any], jax.Array]
 AGGREGATION_STREAM = 0xA66  # fold_in constant: the aggregator's key, apart from training keys
 
 jax.tree_util.register_dataclass(
-    Cohort, data_fields=["client_ids", "x", "y", "num_examples"], meta_fields=[])
+  Cohort, data_fields=["client_ids", "x", "y", "num_examples"], meta_fields=[]
+)
 
 
 class Algorithm(NamedTuple):
@@ -48,6 +55,7 @@ class Algorithm(NamedTuple):
   one model. ``host_phases``: the round runs host-side logic between compiled phases, so the
   runner must not ``jit`` it whole (it compiles its phases itself).
   """
+
   init: Callable[[jax.Array], Any]
   round: Callable[[Any, Cohort, jax.Array], tuple[Any, dict]]
   global_params: Optional[Callable[[Any], Params]] = None
@@ -65,8 +73,9 @@ class ClientSetup:
   ``aggregator`` reduces cohort contributions (default: the weighted mean; ``ops.aggregators``);
   ``client_groups`` are the federation's known latent groups (``[num_clients]``) if any.
   """
+
   model: Model
-  sample_x: np.ndarray              # [1, ...] one example, for parameter shapes
+  sample_x: np.ndarray  # [1, ...] one example, for parameter shapes
   optimizer: optax.GradientTransformation
   schedule: LocalSchedule
   executor: Executor
@@ -89,8 +98,9 @@ class ClientSetup:
     """One model's parameters as ``jax.ShapeDtypeStruct``s (computed once, not traced)."""
     return jax.eval_shape(self.init_params, jax.random.key(0))
 
-  def local_trainer(self, regularizer: Optional[Regularizer] = None,
-                    data_loss: Optional[Objective] = None):
+  def local_trainer(
+    self, regularizer: Optional[Regularizer] = None, data_loss: Optional[Objective] = None
+  ):
     """One client's ``train(params, x, y, num_examples, key, context) -> (params,
     LocalResult)``. The local objective is ``data_loss`` (default: cross-entropy) plus
     ``regularizer``."""
@@ -98,17 +108,25 @@ class ClientSetup:
     if regularizer is None:
       objective = data_loss
     else:
+
       def objective(params, x, y, mask, context):
         return data_loss(params, x, y, mask, context) + regularizer(params, context)
+
     return make_local_trainer(objective, self.optimizer, self.schedule, self.unroll)
 
-  def cohort_trainer(self, regularizer: Optional[Regularizer], params_axis: Optional[int],
-                     context_axis: Optional[int], data_loss: Optional[Objective] = None):
+  def cohort_trainer(
+    self,
+    regularizer: Optional[Regularizer],
+    params_axis: Optional[int],
+    context_axis: Optional[int],
+    data_loss: Optional[Objective] = None,
+  ):
     """``local_trainer`` over the cohort axis: ``train(params, x, y, num_examples, keys,
     context) -> (client_params, LocalResult)`` stacked. ``params_axis``/``context_axis``: 0 if
     per client, None if shared."""
-    return self.executor.map(self.local_trainer(regularizer, data_loss),
-                             (params_axis, 0, 0, 0, 0, context_axis))
+    return self.executor.map(
+      self.local_trainer(regularizer, data_loss), (params_axis, 0, 0, 0, 0, context_axis)
+    )
 
   def cohort_aggregate(self, contribution: Callable, in_axes: Sequence[Optional[int]]):
     """Reduce the cohort's contributions through ``aggregator``.
@@ -127,6 +145,7 @@ class ClientSetup:
     """
     aggregator, in_axes = self.aggregator, tuple(in_axes)
     if aggregator.has_sum_form:
+
       def summand(reference, state, client_key, *args):
         model, weight, extras = contribution(*args)
         prepared = aggregator.prepare(model, reference, state, client_key)
@@ -140,23 +159,28 @@ class ClientSetup:
         weighted, total_weight, extras = sums(reference, state, client_keys, *args)
         value, state = aggregator.finalize(weighted, total_weight, reference, state, key)
         return value, total_weight, extras, state
+
       return reduce_by_sums
 
     stacked = self.executor.map(contribution, in_axes)
 
     def reduce_stack(reference, state, key, *args):
       models, weights, extras = stacked(*args)
-      value, state = aggregator.aggregate(models, weights, reference, state,
-                                          jax.random.fold_in(key, AGGREGATION_STREAM))
+      value, state = aggregator.aggregate(
+        models, weights, reference, state, jax.random.fold_in(key, AGGREGATION_STREAM)
+      )
       return value, client_sum(weights), client_sum(extras), state
+
     return reduce_stack
 
 
 def payload_bytes(algorithm: Algorithm, setup: ClientSetup) -> tuple[int, int]:
   """Bytes one participating client receives and sends per round (``download``, ``upload``;
   None counts as one model)."""
+
   def count(payload):
     return tree_bytes(setup.params_shape if payload is None else payload)
+
   return count(algorithm.download), count(algorithm.upload)
 
 
@@ -202,6 +226,7 @@ class AlgorithmEntry:
   ``every_client_each_round``: the method needs ``cohort_size == data.num_clients``.
   ``pooled``: the method trains one client holding the whole federation's training data.
   """
+
   build: Callable[[ClientSetup, Any, Any], Algorithm]
   options: type = NoOptions
   every_client_each_round: bool = False

@@ -8,6 +8,7 @@ have reached a stationary point of the joint objective but not of their own:
 round, into the optimal bipartition by complete-linkage clustering of the cosine similarities
 of its clients' updates ``dtheta_i``. The split round's averages use the new clusters.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,15 +18,25 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from fedjax_lab.algorithms.base import Algorithm, AlgorithmEntry, ClientSetup
-from fedjax_lab.algorithms.clustered import (PersonalizedConfig, initial_state,
-                                             personalized_algorithm, train_clients)
+from fedjax_lab.algorithms.clustered import (
+  PersonalizedConfig,
+  initial_state,
+  personalized_algorithm,
+  train_clients,
+)
 from fedjax_lab.checks import require
 from fedjax_lab.ops.aggregate import cluster_mean, segment_mean
 from fedjax_lab.ops.cluster import agglomerative, count_clusters
 
 
-def cfl(setup: ClientSetup, *, eps1: float, eps2: float, weighting: str = "num_examples",
-        finetune: bool = False) -> Algorithm:
+def cfl(
+  setup: ClientSetup,
+  *,
+  eps1: float,
+  eps2: float,
+  weighting: str = "num_examples",
+  finetune: bool = False,
+) -> Algorithm:
   """CFL (module docstring).
 
   Args:
@@ -42,13 +53,15 @@ def cfl(setup: ClientSetup, *, eps1: float, eps2: float, weighting: str = "num_e
   size = setup.num_clients
 
   def round_fn(state, cohort, key):
-    trained, weights, metrics = train_clients(train_cohort, state.client_params, cohort, key,
-                                              weighting)
+    trained, weights, metrics = train_clients(
+      train_cohort, state.client_params, cohort, key, weighting
+    )
     updates = jax.vmap(lambda new, old: ravel_pytree(new)[0] - ravel_pytree(old)[0])(
-        trained, state.client_params)                                   # [N, P]
+      trained, state.client_params
+    )  # [N, P]
     labels = state.labels
     mean_updates, _ = segment_mean(updates, weights, labels, size)
-    mean_norm = jnp.linalg.norm(mean_updates, axis=1)                   # [N] per cluster label
+    mean_norm = jnp.linalg.norm(mean_updates, axis=1)  # [N] per cluster label
     client_norm = jnp.linalg.norm(updates, axis=1)
     max_norm = jax.ops.segment_max(client_norm, labels, size)
     cluster_size = jax.ops.segment_sum(jnp.ones(size), labels, size)
@@ -58,14 +71,19 @@ def cfl(setup: ClientSetup, *, eps1: float, eps2: float, weighting: str = "num_e
     members = labels == target
     halves = agglomerative(unit @ unit.T, num_clusters=2, linkage="complete", members=members)
     labels = jnp.where(splittable.any() & members, halves, labels)
-    metrics.update(num_clusters=count_clusters(labels),
-                   max_cluster_mean_update_norm=jnp.max(jnp.where(cluster_size > 0, mean_norm, 0)),
-                   max_client_update_norm=jnp.max(client_norm))
-    return state.replace(client_params=cluster_mean(trained, weights, labels),
-                         trained_params=trained, labels=labels, round=state.round + 1), metrics
+    metrics.update(
+      num_clusters=count_clusters(labels),
+      max_cluster_mean_update_norm=jnp.max(jnp.where(cluster_size > 0, mean_norm, 0)),
+      max_client_update_norm=jnp.max(client_norm),
+    )
+    return state.replace(
+      client_params=cluster_mean(trained, weights, labels),
+      trained_params=trained,
+      labels=labels,
+      round=state.round + 1,
+    ), metrics
 
-  return personalized_algorithm(lambda key: initial_state(setup, key), round_fn,
-                                finetune=finetune)
+  return personalized_algorithm(lambda key: initial_state(setup, key), round_fn, finetune=finetune)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +91,7 @@ class CFLConfig(PersonalizedConfig):
   """CFL's split thresholds (``algorithm.cfl``). Both scale with the learning rate and local
   steps: the defaults suit the MLP benchmark of experiments/pfedlia (Sattler et al.'s 0.4 / 1.6
   were for their models); ``cfl`` logs both norms every round."""
+
   eps1: float = 0.12
   eps2: float = 0.35
 
@@ -82,7 +101,13 @@ class CFLConfig(PersonalizedConfig):
 
 
 ENTRY = AlgorithmEntry(
-    lambda setup, options, config: cfl(setup, eps1=options.eps1, eps2=options.eps2,
-                                       weighting=config.algorithm.weighting,
-                                       finetune=options.finetune),
-    CFLConfig, every_client_each_round=True)
+  lambda setup, options, config: cfl(
+    setup,
+    eps1=options.eps1,
+    eps2=options.eps2,
+    weighting=config.algorithm.weighting,
+    finetune=options.finetune,
+  ),
+  CFLConfig,
+  every_client_each_round=True,
+)

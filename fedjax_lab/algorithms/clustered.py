@@ -10,17 +10,24 @@ average, or with ``finetune`` its model after its latest local training.
 Cluster averages are segment sums (one pass over the clients whatever the cluster count), not
 the setup's aggregator: a robust or private rule per cluster would need a segment form of it.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from fedjax_lab.algorithms.base import (Algorithm, AlgorithmEntry, ClientSetup, client_weights,
-                                        round_keys)
+from fedjax_lab.algorithms.base import (
+  Algorithm,
+  AlgorithmEntry,
+  ClientSetup,
+  client_weights,
+  round_keys,
+)
 from fedjax_lab.data import Cohort
 from fedjax_lab.ops.aggregate import cluster_mean, tree_broadcast, weighted_mean
 from fedjax_lab.ops.cluster import canonical_labels, count_clusters
@@ -28,18 +35,19 @@ from fedjax_lab.ops.cluster import canonical_labels, count_clusters
 
 @struct.dataclass
 class ClusteredState:
-  client_params: dict          # [N, ...] each client's start model: its cluster's average
-  trained_params: dict         # [N, ...] each client's model after its latest local training
-  labels: jax.Array            # [N] canonical cluster labels
-  adjacency: jax.Array         # [N, N] collaborators (decentralized pFedLIA only)
-  round: jax.Array             # rounds completed
-  aggregator_state: Any = ()   # of the setup's aggregator (global rounds, e.g. a warm-up)
+  client_params: dict  # [N, ...] each client's start model: its cluster's average
+  trained_params: dict  # [N, ...] each client's model after its latest local training
+  labels: jax.Array  # [N] canonical cluster labels
+  adjacency: jax.Array  # [N, N] collaborators (decentralized pFedLIA only)
+  round: jax.Array  # rounds completed
+  aggregator_state: Any = ()  # of the setup's aggregator (global rounds, e.g. a warm-up)
 
 
 @dataclasses.dataclass(frozen=True)
 class PersonalizedConfig:
   """Options every clustered method shares: ``finetune`` evaluates each client's locally
   trained model instead of its cluster average."""
+
   finetune: bool = False
 
 
@@ -47,30 +55,56 @@ def initial_state(setup: ClientSetup, key: jax.Array) -> ClusteredState:
   """One shared initialization, every client in cluster 0 and everyone's collaborator."""
   params = tree_broadcast(setup.init_params(key), setup.num_clients)
   size = setup.num_clients
-  return ClusteredState(params, params, jnp.zeros(size, jnp.int32), jnp.ones((size, size), bool),
-                        jnp.zeros((), jnp.int32), setup.aggregator.init(setup.params_shape))
+  return ClusteredState(
+    params,
+    params,
+    jnp.zeros(size, jnp.int32),
+    jnp.ones((size, size), bool),
+    jnp.zeros((), jnp.int32),
+    setup.aggregator.init(setup.params_shape),
+  )
 
 
-def train_clients(train_cohort: Callable, start_params, cohort: Cohort, key: jax.Array,
-                  weighting: str):
+def train_clients(
+  train_cohort: Callable, start_params, cohort: Cohort, key: jax.Array, weighting: str
+):
   """Train every client from its row of ``start_params``: ``(trained, weights, metrics)``."""
-  trained, result = train_cohort(start_params, cohort.x, cohort.y, cohort.num_examples,
-                                 round_keys(key, cohort), None)
+  trained, result = train_cohort(
+    start_params, cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort), None
+  )
   weights = client_weights(cohort, weighting)
   return trained, weights, {"train_loss": weighted_mean(result.mean_loss, weights)}
 
 
-def personalized_algorithm(init, round_fn, *, finetune: bool,
-                           host_phases: bool = False) -> Algorithm:
-  """Wrap a clustered round into the ``Algorithm`` contract (no global model)."""
-  personal = ((lambda state: state.trained_params) if finetune
-              else (lambda state: state.client_params))
-  return Algorithm(init, round_fn, personal_params=personal,
-                   client_clusters=lambda state: state.labels, host_phases=host_phases)
+def personalized_algorithm(
+  init, round_fn, *, finetune: bool, host_phases: bool = False
+) -> Algorithm:
+  """Wrap a clustered round into the ``Algorithm`` contract.
+
+  Args:
+    init: ``init(key) -> ClusteredState``.
+    round_fn: the round over a ``ClusteredState``.
+    finetune: personal model = each client's locally trained model (else its cluster average).
+    host_phases: the round picks compiled phases on the host.
+
+  Returns:
+    An ``Algorithm`` with per-client models and cluster labels, no global model.
+  """
+  personal = (
+    (lambda state: state.trained_params) if finetune else (lambda state: state.client_params)
+  )
+  return Algorithm(
+    init,
+    round_fn,
+    personal_params=personal,
+    client_clusters=lambda state: state.labels,
+    host_phases=host_phases,
+  )
 
 
-def oracle(setup: ClientSetup, true_groups, *, weighting: str = "num_examples",
-           finetune: bool = False) -> Algorithm:
+def oracle(
+  setup: ClientSetup, true_groups, *, weighting: str = "num_examples", finetune: bool = False
+) -> Algorithm:
   """FedAvg within each true group from the first round: the clustering upper reference.
 
   Args:
@@ -89,21 +123,28 @@ def oracle(setup: ClientSetup, true_groups, *, weighting: str = "num_examples",
     return initial_state(setup, key).replace(labels=labels)
 
   def round_fn(state, cohort, key):
-    trained, weights, metrics = train_clients(train_cohort, state.client_params, cohort, key,
-                                              weighting)
+    trained, weights, metrics = train_clients(
+      train_cohort, state.client_params, cohort, key, weighting
+    )
     metrics["num_clusters"] = count_clusters(state.labels)
-    return state.replace(client_params=cluster_mean(trained, weights, state.labels),
-                         trained_params=trained, round=state.round + 1), metrics
+    return state.replace(
+      client_params=cluster_mean(trained, weights, state.labels),
+      trained_params=trained,
+      round=state.round + 1,
+    ), metrics
 
   return personalized_algorithm(init, round_fn, finetune=finetune)
 
 
 def _oracle(setup: ClientSetup, options: PersonalizedConfig, config) -> Algorithm:
   if setup.client_groups is None:
-    raise ValueError("algorithm.name='oracle' needs a federation with known client groups "
-                     "(data.latent_groups > 0, or Shakespeare with data.partition='natural')")
-  return oracle(setup, setup.client_groups, weighting=config.algorithm.weighting,
-                finetune=options.finetune)
+    raise ValueError(
+      "algorithm.name='oracle' needs a federation with known client groups "
+      "(data.latent_groups > 0, or Shakespeare with data.partition='natural')"
+    )
+  return oracle(
+    setup, setup.client_groups, weighting=config.algorithm.weighting, finetune=options.finetune
+  )
 
 
 ORACLE = AlgorithmEntry(_oracle, PersonalizedConfig, every_client_each_round=True)

@@ -9,6 +9,7 @@ FedAvg, the two-stage scheme). ``client_cosine_similarity`` is the mean
 pairwise cosine similarity of the trained slots (the paper's weight-divergence plot; FedAvg,
 FedProx and SCAFFOLD log the same for their trained client models).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,26 +19,37 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from fedjax_lab.algorithms.base import (AGGREGATION_STREAM, Algorithm, AlgorithmEntry,
-                                        ClientSetup, client_weights, round_keys)
+from fedjax_lab.algorithms.base import (
+  AGGREGATION_STREAM,
+  Algorithm,
+  AlgorithmEntry,
+  ClientSetup,
+  client_weights,
+  round_keys,
+)
 from fedjax_lab.checks import one_of, require
 from fedjax_lab.ops.aggregate import tree_broadcast, weighted_mean
 from fedjax_lab.ops.divergence import mean_pairwise_cosine
 from fedjax_lab.ops.recombine import GRANULARITIES, recombination_units, recombine
-
 
 RECOMBINE_STREAM = 0x5EC0  # fold_in constant: the recombination key, apart from training keys
 
 
 @struct.dataclass
 class FedMRState:
-  slots: dict                  # [m, ...]
-  round: jax.Array             # rounds completed
+  slots: dict  # [m, ...]
+  round: jax.Array  # rounds completed
   aggregator_state: Any = ()
 
 
-def fedmr(setup: ClientSetup, num_slots: int, *, first_stage_rounds: int = 0,
-          granularity: str = "leaf", block_fraction: float = 0.0) -> Algorithm:
+def fedmr(
+  setup: ClientSetup,
+  num_slots: int,
+  *,
+  first_stage_rounds: int = 0,
+  granularity: str = "leaf",
+  block_fraction: float = 0.0,
+) -> Algorithm:
   """FedMR (module docstring).
 
   Args:
@@ -52,49 +64,75 @@ def fedmr(setup: ClientSetup, num_slots: int, *, first_stage_rounds: int = 0,
   """
   train_slots = setup.cohort_trainer(None, params_axis=0, context_axis=None)
   one_model = setup.params_shape
-  units = recombination_units(one_model, setup.model.layer_groups(one_model), granularity,
-                              block_fraction)
+  units = recombination_units(
+    one_model, setup.model.layer_groups(one_model), granularity, block_fraction
+  )
 
   def init(key):
-    return FedMRState(tree_broadcast(setup.init_params(key), num_slots), jnp.zeros((), jnp.int32),
-                      setup.aggregator.init(one_model))
+    return FedMRState(
+      tree_broadcast(setup.init_params(key), num_slots),
+      jnp.zeros((), jnp.int32),
+      setup.aggregator.init(one_model),
+    )
 
   def round_fn(state, cohort, key):
-    trained, result = train_slots(state.slots, cohort.x, cohort.y, cohort.num_examples,
-                                  round_keys(key, cohort), None)
+    trained, result = train_slots(
+      state.slots, cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort), None
+    )
     mean, aggregator_state = setup.aggregator.aggregate(
-        trained, jnp.ones(num_slots), None, state.aggregator_state,
-        jax.random.fold_in(key, AGGREGATION_STREAM))
-    slots = jax.lax.cond(state.round < first_stage_rounds,
-                         lambda: tree_broadcast(mean, num_slots),
-                         lambda: recombine(jax.random.fold_in(key, RECOMBINE_STREAM), trained,
-                                           units))
-    metrics = {"train_loss": weighted_mean(result.mean_loss, client_weights(cohort,
-                                                                            "num_examples")),
-               "client_cosine_similarity": mean_pairwise_cosine(trained)}
+      trained,
+      jnp.ones(num_slots),
+      None,
+      state.aggregator_state,
+      jax.random.fold_in(key, AGGREGATION_STREAM),
+    )
+    slots = jax.lax.cond(
+      state.round < first_stage_rounds,
+      lambda: tree_broadcast(mean, num_slots),
+      lambda: recombine(jax.random.fold_in(key, RECOMBINE_STREAM), trained, units),
+    )
+    metrics = {
+      "train_loss": weighted_mean(result.mean_loss, client_weights(cohort, "num_examples")),
+      "client_cosine_similarity": mean_pairwise_cosine(trained),
+    }
     return FedMRState(slots, state.round + 1, aggregator_state), metrics
 
-  return Algorithm(init, round_fn,
-                   global_params=lambda state: weighted_mean(state.slots, jnp.ones(num_slots)))
+  return Algorithm(
+    init, round_fn, global_params=lambda state: weighted_mean(state.slots, jnp.ones(num_slots))
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class FedMRConfig:
   """FedMR's options (``algorithm.fedmr``); the slot count is ``cohort_size``."""
-  first_stage_rounds: int = 0       # rounds of unweighted FedAvg before recombination starts
-  granularity: str = "leaf"         # leaf (official code) | layer (paper) | block (ablation)
-  block_fraction: float = 0.0       # FedMR_Partition(p): leaves per block = ceil(p * leaves)
+
+  first_stage_rounds: int = 0  # rounds of unweighted FedAvg before recombination starts
+  granularity: str = "leaf"  # leaf (official code) | layer (paper) | block (ablation)
+  block_fraction: float = 0.0  # FedMR_Partition(p): leaves per block = ceil(p * leaves)
 
   def __post_init__(self):
-    require(self.first_stage_rounds >= 0, "algorithm.fedmr.first_stage_rounds", ">= 0",
-            self.first_stage_rounds)
+    require(
+      self.first_stage_rounds >= 0,
+      "algorithm.fedmr.first_stage_rounds",
+      ">= 0",
+      self.first_stage_rounds,
+    )
     one_of("algorithm.fedmr.granularity", self.granularity, GRANULARITIES)
-    require(0 <= self.block_fraction <= 1, "algorithm.fedmr.block_fraction", "in [0, 1]",
-            self.block_fraction)
+    require(
+      0 <= self.block_fraction <= 1,
+      "algorithm.fedmr.block_fraction",
+      "in [0, 1]",
+      self.block_fraction,
+    )
 
 
 ENTRY = AlgorithmEntry(
-    lambda setup, options, config: fedmr(
-        setup, config.cohort_size, first_stage_rounds=options.first_stage_rounds,
-        granularity=options.granularity, block_fraction=options.block_fraction),
-    FedMRConfig)
+  lambda setup, options, config: fedmr(
+    setup,
+    config.cohort_size,
+    first_stage_rounds=options.first_stage_rounds,
+    granularity=options.granularity,
+    block_fraction=options.block_fraction,
+  ),
+  FedMRConfig,
+)

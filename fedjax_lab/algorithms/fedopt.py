@@ -12,6 +12,7 @@ with weight ``w_k`` and the diagnostics ``(w_k loss_k, y_k / ||y_k||)``; with th
 form) only sums are kept, so with micro-cohorts (``chunked``) or the per-client ``loop`` peak
 memory does not grow with the cohort.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,13 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from fedjax_lab.algorithms.base import (Algorithm, AlgorithmEntry, ClientSetup, client_weight,
-                                        round_keys)
+from fedjax_lab.algorithms.base import (
+  Algorithm,
+  AlgorithmEntry,
+  ClientSetup,
+  client_weight,
+  round_keys,
+)
 from fedjax_lab.checks import require
 from fedjax_lab.ops.divergence import mean_pairwise_cosine_from_sum, unit_vector
 
@@ -37,15 +43,23 @@ class FedOptState:
 
 def proximal_term(mu: float):
   """``mu / 2 * ||params - anchor||^2`` with ``context = anchor`` (FedProx)."""
+
   def regularizer(params, anchor):
-    squares = jax.tree.map(lambda p, a: jnp.sum((p - jax.lax.stop_gradient(a)) ** 2),
-                           params, anchor)
+    squares = jax.tree.map(
+      lambda p, a: jnp.sum((p - jax.lax.stop_gradient(a)) ** 2), params, anchor
+    )
     return 0.5 * mu * sum(jax.tree.leaves(squares))
+
   return regularizer
 
 
-def fedopt(setup: ClientSetup, server_optimizer: optax.GradientTransformation, *,
-           prox_mu: float = 0.0, weighting: str = "num_examples") -> Algorithm:
+def fedopt(
+  setup: ClientSetup,
+  server_optimizer: optax.GradientTransformation,
+  *,
+  prox_mu: float = 0.0,
+  weighting: str = "num_examples",
+) -> Algorithm:
   """FedOpt: local training from the global model, aggregation, a server optimizer step.
 
   Args:
@@ -69,22 +83,35 @@ def fedopt(setup: ClientSetup, server_optimizer: optax.GradientTransformation, *
 
   def init(key):
     params = setup.init_params(key)
-    return FedOptState(params, server_optimizer.init(params),
-                       setup.aggregator.init(setup.params_shape))
+    return FedOptState(
+      params, server_optimizer.init(params), setup.aggregator.init(setup.params_shape)
+    )
 
   def round_fn(state, cohort, key):
     aggregate, total_weight, (weighted_loss, unit_sum), aggregator_state = reduce_cohort(
-        state.params, state.aggregator_state, key, state.params, cohort.x, cohort.y,
-        cohort.num_examples, round_keys(key, cohort))
+      state.params,
+      state.aggregator_state,
+      key,
+      state.params,
+      cohort.x,
+      cohort.y,
+      cohort.num_examples,
+      round_keys(key, cohort),
+    )
     total_weight = jnp.maximum(total_weight, jnp.finfo(jnp.float32).tiny)
     pseudo_gradient = jax.tree.map(jnp.subtract, state.params, aggregate)
-    updates, opt_state = server_optimizer.update(pseudo_gradient, state.server_opt_state,
-                                                 state.params)
-    metrics = {"train_loss": weighted_loss / total_weight,
-               "client_cosine_similarity": mean_pairwise_cosine_from_sum(
-                   unit_sum, cohort.client_ids.shape[0])}
-    return FedOptState(optax.apply_updates(state.params, updates), opt_state,
-                       aggregator_state), metrics
+    updates, opt_state = server_optimizer.update(
+      pseudo_gradient, state.server_opt_state, state.params
+    )
+    metrics = {
+      "train_loss": weighted_loss / total_weight,
+      "client_cosine_similarity": mean_pairwise_cosine_from_sum(
+        unit_sum, cohort.client_ids.shape[0]
+      ),
+    }
+    return FedOptState(
+      optax.apply_updates(state.params, updates), opt_state, aggregator_state
+    ), metrics
 
   return Algorithm(init, round_fn, global_params=lambda state: state.params)
 
@@ -104,6 +131,7 @@ def server_optimizer(server) -> optax.GradientTransformation:
 @dataclasses.dataclass(frozen=True)
 class FedProxConfig:
   """FedProx's proximal weight (``algorithm.fedprox.mu``)."""
+
   mu: float = 0.01
 
   def __post_init__(self):
@@ -113,6 +141,7 @@ class FedProxConfig:
 @dataclasses.dataclass(frozen=True)
 class FedOptConfig:
   """FedOpt with an optional proximal term (``algorithm.fedopt.prox_mu``, 0: none)."""
+
   prox_mu: float = 0.0
 
   def __post_init__(self):
@@ -120,14 +149,17 @@ class FedOptConfig:
 
 
 def _build(setup: ClientSetup, config, prox_mu: float = 0.0) -> Algorithm:
-  return fedopt(setup, server_optimizer(config.server), prox_mu=prox_mu,
-                weighting=config.algorithm.weighting)
+  return fedopt(
+    setup, server_optimizer(config.server), prox_mu=prox_mu, weighting=config.algorithm.weighting
+  )
 
 
 FEDAVG = AlgorithmEntry(lambda setup, options, config: _build(setup, config))
-FEDPROX = AlgorithmEntry(lambda setup, options, config: _build(setup, config, options.mu),
-                         FedProxConfig)
-FEDOPT = AlgorithmEntry(lambda setup, options, config: _build(setup, config, options.prox_mu),
-                        FedOptConfig)
+FEDPROX = AlgorithmEntry(
+  lambda setup, options, config: _build(setup, config, options.mu), FedProxConfig
+)
+FEDOPT = AlgorithmEntry(
+  lambda setup, options, config: _build(setup, config, options.prox_mu), FedOptConfig
+)
 # Centralized training: FedAvg on one client holding all the training data.
 CENTRALIZED = AlgorithmEntry(FEDAVG.build, pooled=True)

@@ -20,6 +20,7 @@ Server side, every round, for the cohort's trained models ``theta_1..theta_M``:
 Input updates are mapped over clients and distillation over students with the setup's
 executor, inside the jitted round.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,24 +30,30 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from fedjax_lab.algorithms.base import (AGGREGATION_STREAM, Algorithm, AlgorithmEntry,
-                                        ClientSetup, client_weights, round_keys)
+from fedjax_lab.algorithms.base import (
+  AGGREGATION_STREAM,
+  Algorithm,
+  AlgorithmEntry,
+  ClientSetup,
+  client_weights,
+  round_keys,
+)
 from fedjax_lab.checks import one_of, require
 from fedjax_lab.ops.aggregate import tree_gather, tree_scatter, weighted_mean
-from fedjax_lab.ops.divergence import mean_pairwise_cosine
 from fedjax_lab.ops.distill import kl_distillation, per_example_kl, server_distillation_targets
+from fedjax_lab.ops.divergence import mean_pairwise_cosine
 from fedjax_lab.ops.losses import masked_mean, per_example_cross_entropy
 from fedjax_lab.ops.pseudo_samples import balanced_labels, refine_pseudo_samples
 
-NOISE_STREAM = 0x501   # fold_in constant: fresh pseudo-samples when not adaptive
+NOISE_STREAM = 0x501  # fold_in constant: fresh pseudo-samples when not adaptive
 
 
 @struct.dataclass
 class FedSNDState:
   params: dict
-  pseudo_x: jax.Array          # [num_clients, P, ...] each client's pseudo-samples
-  previous_params: Any         # [num_clients, ...] last local model (teacher='previous'), or ()
-  has_previous: jax.Array      # [num_clients] whether a client has trained before
+  pseudo_x: jax.Array  # [num_clients, P, ...] each client's pseudo-samples
+  previous_params: Any  # [num_clients, ...] last local model (teacher='previous'), or ()
+  has_previous: jax.Array  # [num_clients] whether a client has trained before
   aggregator_state: Any = ()
 
 
@@ -54,45 +61,52 @@ class FedSNDState:
 class FedSNDConfig:
   """FedSND's options (``algorithm.fedsnd``). Ablations: ``self_distill_weight = 0`` (noise
   distillation only), ``noise_distill = false`` (self-distillation only)."""
+
   self_distill_weight: float = 1.0  # lambda of the client's KL term (0: off)
-  temperature: float = 2.0          # client-side distillation temperature
-  teacher: str = "global"           # global (received model) | previous (own last model)
-  noise_distill: bool = True        # the server-side step
-  pseudo_per_client: int = 20       # pseudo-samples kept per client
-  noise_steps: int = 20             # input-gradient (Adam) steps per round
+  temperature: float = 2.0  # client-side distillation temperature
+  teacher: str = "global"  # global (received model) | previous (own last model)
+  noise_distill: bool = True  # the server-side step
+  pseudo_per_client: int = 20  # pseudo-samples kept per client
+  noise_steps: int = 20  # input-gradient (Adam) steps per round
   noise_learning_rate: float = 0.1
-  tv_weight: float = 0.0            # total-variation prior on image pseudo-samples
-  adaptive: bool = True             # keep pseudo-samples across rounds (else fresh noise)
-  distill_steps: int = 10           # server SGD steps per client model
+  tv_weight: float = 0.0  # total-variation prior on image pseudo-samples
+  adaptive: bool = True  # keep pseudo-samples across rounds (else fresh noise)
+  distill_steps: int = 10  # server SGD steps per client model
   distill_learning_rate: float = 0.01
-  distill_mode: str = "pairwise"    # pairwise | ensemble
+  distill_mode: str = "pairwise"  # pairwise | ensemble
   server_temperature: float = 2.0
 
   def __post_init__(self):
     p = "algorithm.fedsnd."
-    require(self.self_distill_weight >= 0, p + "self_distill_weight", ">= 0",
-            self.self_distill_weight)
+    require(
+      self.self_distill_weight >= 0, p + "self_distill_weight", ">= 0", self.self_distill_weight
+    )
     require(self.temperature > 0, p + "temperature", "> 0", self.temperature)
     one_of(p + "teacher", self.teacher, ("global", "previous"))
-    require(self.pseudo_per_client >= 1, p + "pseudo_per_client", ">= 1",
-            self.pseudo_per_client)
+    require(self.pseudo_per_client >= 1, p + "pseudo_per_client", ">= 1", self.pseudo_per_client)
     require(self.noise_steps >= 1, p + "noise_steps", ">= 1", self.noise_steps)
-    require(self.noise_learning_rate > 0, p + "noise_learning_rate", "> 0",
-            self.noise_learning_rate)
+    require(
+      self.noise_learning_rate > 0, p + "noise_learning_rate", "> 0", self.noise_learning_rate
+    )
     require(self.tv_weight >= 0, p + "tv_weight", ">= 0", self.tv_weight)
     require(self.distill_steps >= 1, p + "distill_steps", ">= 1", self.distill_steps)
-    require(self.distill_learning_rate > 0, p + "distill_learning_rate", "> 0",
-            self.distill_learning_rate)
+    require(
+      self.distill_learning_rate > 0, p + "distill_learning_rate", "> 0", self.distill_learning_rate
+    )
     one_of(p + "distill_mode", self.distill_mode, ("pairwise", "ensemble"))
-    require(self.server_temperature > 0, p + "server_temperature", "> 0",
-            self.server_temperature)
-    require(self.noise_distill or self.self_distill_weight > 0, p + "self_distill_weight",
-            "> 0 when noise_distill is false (otherwise this is FedAvg)", self.self_distill_weight)
+    require(self.server_temperature > 0, p + "server_temperature", "> 0", self.server_temperature)
+    require(
+      self.noise_distill or self.self_distill_weight > 0,
+      p + "self_distill_weight",
+      "> 0 when noise_distill is false (otherwise this is FedAvg)",
+      self.self_distill_weight,
+    )
 
 
 def self_distillation_objective(apply_fn, weight: float, temperature: float):
   """``objective(params, x, y, mask, teacher_params)``: masked CE plus
   ``weight * T^2 * KL(p_T(teacher) || p_T(student))`` on the same batch."""
+
   def objective(params, x, y, mask, teacher_params):
     logits = apply_fn(params, x)
     loss = masked_mean(per_example_cross_entropy(logits, y), mask)
@@ -100,6 +114,7 @@ def self_distillation_objective(apply_fn, weight: float, temperature: float):
       return loss
     teacher_logits = jax.lax.stop_gradient(apply_fn(teacher_params, x))
     return loss + weight * kl_distillation(logits, teacher_logits, temperature, mask)
+
   return objective
 
 
@@ -111,11 +126,18 @@ def noise_distillation(setup: ClientSetup, options, num_classes: int):
   input_shape = setup.sample_x.shape[1:]
 
   def refine_one(params, pseudo_x):
-    return refine_pseudo_samples(apply_fn, params, pseudo_x, labels, steps=options.noise_steps,
-                                 learning_rate=options.noise_learning_rate,
-                                 tv_weight=options.tv_weight, unroll=setup.unroll)
+    return refine_pseudo_samples(
+      apply_fn,
+      params,
+      pseudo_x,
+      labels,
+      steps=options.noise_steps,
+      learning_rate=options.noise_learning_rate,
+      tv_weight=options.tv_weight,
+      unroll=setup.unroll,
+    )
 
-  def logits_on_all(params, all_pseudo_x):           # [M, P, ...] -> [M, P, C]
+  def logits_on_all(params, all_pseudo_x):  # [M, P, ...] -> [M, P, C]
     return jax.vmap(lambda x: apply_fn(params, x))(all_pseudo_x)
 
   def distill_one(params, targets, sample_weights, all_pseudo_x):
@@ -126,15 +148,17 @@ def noise_distillation(setup: ClientSetup, options, num_classes: int):
     per_sample = per_sample / jnp.maximum(per_sample.sum(), 1e-12)
 
     def loss(p):
-      return (per_example_kl(apply_fn(p, flat_x), flat_targets, options.server_temperature)
-              * per_sample).sum()
+      return (
+        per_example_kl(apply_fn(p, flat_x), flat_targets, options.server_temperature) * per_sample
+      ).sum()
 
     def step(p, _):
       value, grads = jax.value_and_grad(loss)(p)
       return jax.tree.map(lambda w, g: w - options.distill_learning_rate * g, p, grads), value
 
-    params, losses = jax.lax.scan(step, params, None, length=options.distill_steps,
-                                  unroll=bool(setup.unroll))
+    params, losses = jax.lax.scan(
+      step, params, None, length=options.distill_steps, unroll=bool(setup.unroll)
+    )
     return params, (losses[0], loss(params))
 
   refine_all = setup.executor.map(refine_one, (0, 0))
@@ -143,20 +167,25 @@ def noise_distillation(setup: ClientSetup, options, num_classes: int):
 
   def step(trained, pseudo_x, weights):
     refined, noise_losses = refine_all(trained, pseudo_x)
-    logits = cross_logits(trained, refined)                         # [M(model), M(k), P, C]
+    logits = cross_logits(trained, refined)  # [M(model), M(k), P, C]
     targets, sample_weights = server_distillation_targets(
-        logits, weights, options.server_temperature, options.distill_mode)
+      logits, weights, options.server_temperature, options.distill_mode
+    )
     distilled, (before, after) = distill_all(trained, targets, sample_weights, refined)
-    metrics = {"noise_loss_first_step": noise_losses[:, 0].mean(),
-               "noise_loss_last_step": noise_losses[:, -1].mean(),
-               "server_distill_loss_before": weighted_mean(before, weights),
-               "server_distill_loss_after": weighted_mean(after, weights)}
+    metrics = {
+      "noise_loss_first_step": noise_losses[:, 0].mean(),
+      "noise_loss_last_step": noise_losses[:, -1].mean(),
+      "server_distill_loss_before": weighted_mean(before, weights),
+      "server_distill_loss_after": weighted_mean(after, weights),
+    }
     return distilled, refined, metrics
+
   return step
 
 
-def fedsnd(setup: ClientSetup, options: FedSNDConfig, *,
-           weighting: str = "num_examples") -> Algorithm:
+def fedsnd(
+  setup: ClientSetup, options: FedSNDConfig, *, weighting: str = "num_examples"
+) -> Algorithm:
   """FedSND (module docstring).
 
   Args:
@@ -174,20 +203,33 @@ def fedsnd(setup: ClientSetup, options: FedSNDConfig, *,
   input_shape = setup.sample_x.shape[1:]
   per_client_teacher = options.teacher == "previous"
   train_cohort = setup.cohort_trainer(
-      None, params_axis=None, context_axis=0 if per_client_teacher else None,
-      data_loss=self_distillation_objective(apply_fn, options.self_distill_weight,
-                                            options.temperature))
+    None,
+    params_axis=None,
+    context_axis=0 if per_client_teacher else None,
+    data_loss=self_distillation_objective(
+      apply_fn, options.self_distill_weight, options.temperature
+    ),
+  )
   server_step = noise_distillation(setup, options, num_classes)
 
   def init(key):
     params_key, noise_key = jax.random.split(key)
     params = setup.init_params(params_key)
-    pseudo_x = jax.random.normal(noise_key, (setup.num_clients, options.pseudo_per_client)
-                                 + input_shape, jnp.float32)
-    previous = jax.tree.map(lambda leaf: jnp.zeros((setup.num_clients,) + leaf.shape,
-                                                   leaf.dtype), params) if per_client_teacher else ()
-    return FedSNDState(params, pseudo_x, previous, jnp.zeros(setup.num_clients, bool),
-                       setup.aggregator.init(one_model))
+    pseudo_x = jax.random.normal(
+      noise_key, (setup.num_clients, options.pseudo_per_client) + input_shape, jnp.float32
+    )
+    previous = (
+      jax.tree.map(lambda leaf: jnp.zeros((setup.num_clients,) + leaf.shape, leaf.dtype), params)
+      if per_client_teacher
+      else ()
+    )
+    return FedSNDState(
+      params,
+      pseudo_x,
+      previous,
+      jnp.zeros(setup.num_clients, bool),
+      setup.aggregator.init(one_model),
+    )
 
   def round_fn(state, cohort, key):
     ids = cohort.client_ids
@@ -195,13 +237,18 @@ def fedsnd(setup: ClientSetup, options: FedSNDConfig, *,
     if per_client_teacher:
       seen = state.has_previous[ids]
       teacher = jax.tree.map(
-          lambda prev, glob: jnp.where(seen.reshape((-1,) + (1,) * glob.ndim), prev, glob),
-          tree_gather(state.previous_params, ids), state.params)
-    trained, result = train_cohort(state.params, cohort.x, cohort.y, cohort.num_examples,
-                                   round_keys(key, cohort), teacher)
+        lambda prev, glob: jnp.where(seen.reshape((-1,) + (1,) * glob.ndim), prev, glob),
+        tree_gather(state.previous_params, ids),
+        state.params,
+      )
+    trained, result = train_cohort(
+      state.params, cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort), teacher
+    )
     weights = client_weights(cohort, weighting)
-    metrics = {"train_loss": weighted_mean(result.mean_loss, weights),
-               "client_cosine_similarity": mean_pairwise_cosine(trained)}
+    metrics = {
+      "train_loss": weighted_mean(result.mean_loss, weights),
+      "client_cosine_similarity": mean_pairwise_cosine(trained),
+    }
     distilled, pseudo_x = trained, state.pseudo_x
     if options.noise_distill:
       start = state.pseudo_x[ids]
@@ -214,14 +261,20 @@ def fedsnd(setup: ClientSetup, options: FedSNDConfig, *,
     if per_client_teacher:
       previous = tree_scatter(previous, ids, trained)
     params, aggregator_state = setup.aggregator.aggregate(
-        distilled, weights, state.params, state.aggregator_state,
-        jax.random.fold_in(key, AGGREGATION_STREAM))
-    return FedSNDState(params, pseudo_x, previous, state.has_previous.at[ids].set(True),
-                       aggregator_state), metrics
+      distilled,
+      weights,
+      state.params,
+      state.aggregator_state,
+      jax.random.fold_in(key, AGGREGATION_STREAM),
+    )
+    return FedSNDState(
+      params, pseudo_x, previous, state.has_previous.at[ids].set(True), aggregator_state
+    ), metrics
 
   return Algorithm(init, round_fn, global_params=lambda state: state.params)
 
 
 ENTRY = AlgorithmEntry(
-    lambda setup, options, config: fedsnd(setup, options, weighting=config.algorithm.weighting),
-    FedSNDConfig)
+  lambda setup, options, config: fedsnd(setup, options, weighting=config.algorithm.weighting),
+  FedSNDConfig,
+)

@@ -8,6 +8,7 @@ per cluster: ``theta_c <- sum_{i: c_i = c} n_i theta_i / sum n_i`` (a cluster no
 keeps its model). Each client's personal model is its cluster's model (or, with ``finetune``,
 its locally trained one). Every client downloads all ``k`` models.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,13 +27,19 @@ from fedjax_lab.ops.influence import masked_metrics
 
 @struct.dataclass
 class IFCAState:
-  cluster_params: dict         # [k, ...]
-  trained_params: dict         # [N, ...] each client's model after its latest local training
-  choices: jax.Array           # [N] the cluster each client joined last
+  cluster_params: dict  # [k, ...]
+  trained_params: dict  # [N, ...] each client's model after its latest local training
+  choices: jax.Array  # [N] the cluster each client joined last
 
 
-def ifca(setup: ClientSetup, num_clusters: int, *, weighting: str = "num_examples",
-         finetune: bool = False, chunk_size: int = 16) -> Algorithm:
+def ifca(
+  setup: ClientSetup,
+  num_clusters: int,
+  *,
+  weighting: str = "num_examples",
+  finetune: bool = False,
+  chunk_size: int = 16,
+) -> Algorithm:
   """IFCA (module docstring).
 
   Args:
@@ -57,28 +64,40 @@ def ifca(setup: ClientSetup, num_clusters: int, *, weighting: str = "num_example
     def losses_of(args):
       x, y, n = args
       return jax.vmap(lambda p: metrics_fn(p, x, y, n)[0])(state.cluster_params)
-    losses = jax.lax.map(losses_of, (cohort.x, cohort.y, cohort.num_examples),
-                         batch_size=chunk_size)
+
+    losses = jax.lax.map(
+      losses_of, (cohort.x, cohort.y, cohort.num_examples), batch_size=chunk_size
+    )
     choices = jnp.argmin(losses, axis=1).astype(jnp.int32)
     trained, weights, metrics = train_clients(
-        train_cohort, tree_gather(state.cluster_params, choices), cohort, key, weighting)
+      train_cohort, tree_gather(state.cluster_params, choices), cohort, key, weighting
+    )
     means, totals = segment_mean(trained, weights, choices, num_clusters)
     joined = lambda leaf: (totals > 0).reshape((-1,) + (1,) * (leaf.ndim - 1))
-    cluster_params = jax.tree.map(lambda new, old: jnp.where(joined(old), new, old), means,
-                                  state.cluster_params)
+    cluster_params = jax.tree.map(
+      lambda new, old: jnp.where(joined(old), new, old), means, state.cluster_params
+    )
     metrics["num_clusters"] = count_clusters(canonical_labels(choices))
     return IFCAState(cluster_params, trained, choices), metrics
 
-  personal = ((lambda state: state.trained_params) if finetune
-              else (lambda state: tree_gather(state.cluster_params, state.choices)))
-  return Algorithm(init, round_fn, personal_params=personal,
-                   client_clusters=lambda state: canonical_labels(state.choices),
-                   download=(setup.params_shape,) * num_clusters)
+  personal = (
+    (lambda state: state.trained_params)
+    if finetune
+    else (lambda state: tree_gather(state.cluster_params, state.choices))
+  )
+  return Algorithm(
+    init,
+    round_fn,
+    personal_params=personal,
+    client_clusters=lambda state: canonical_labels(state.choices),
+    download=(setup.params_shape,) * num_clusters,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class IFCAConfig(PersonalizedConfig):
   """IFCA's options (``algorithm.ifca``): ``k`` cluster models."""
+
   num_clusters: int = 4
 
   def __post_init__(self):
@@ -86,7 +105,9 @@ class IFCAConfig(PersonalizedConfig):
 
 
 ENTRY = AlgorithmEntry(
-    lambda setup, options, config: ifca(setup, options.num_clusters,
-                                        weighting=config.algorithm.weighting,
-                                        finetune=options.finetune),
-    IFCAConfig, every_client_each_round=True)
+  lambda setup, options, config: ifca(
+    setup, options.num_clusters, weighting=config.algorithm.weighting, finetune=options.finetune
+  ),
+  IFCAConfig,
+  every_client_each_round=True,
+)

@@ -3,18 +3,24 @@
 State holds ``[num_clients, ...]`` models, all starting from one initialization; a round
 gathers the cohort's models, trains them, and scatters them back.
 """
+
 from __future__ import annotations
 
 from flax import struct
 
-from fedjax_lab.algorithms.base import (Algorithm, AlgorithmEntry, ClientSetup, client_weights,
-                                        round_keys)
+from fedjax_lab.algorithms.base import (
+  Algorithm,
+  AlgorithmEntry,
+  ClientSetup,
+  client_weights,
+  round_keys,
+)
 from fedjax_lab.ops.aggregate import tree_broadcast, tree_gather, tree_scatter, weighted_mean
 
 
 @struct.dataclass
 class LocalOnlyState:
-  client_params: dict          # [num_clients, ...]
+  client_params: dict  # [num_clients, ...]
 
 
 def local_only(setup: ClientSetup) -> Algorithm:
@@ -32,15 +38,22 @@ def local_only(setup: ClientSetup) -> Algorithm:
     return LocalOnlyState(tree_broadcast(setup.init_params(key), setup.num_clients))
 
   def round_fn(state, cohort, key):
-    trained, result = train_cohort(tree_gather(state.client_params, cohort.client_ids),
-                                   cohort.x, cohort.y, cohort.num_examples,
-                                   round_keys(key, cohort), None)
-    metrics = {"train_loss": weighted_mean(result.mean_loss, client_weights(cohort,
-                                                                            "num_examples"))}
+    trained, result = train_cohort(
+      tree_gather(state.client_params, cohort.client_ids),
+      cohort.x,
+      cohort.y,
+      cohort.num_examples,
+      round_keys(key, cohort),
+      None,
+    )
+    metrics = {
+      "train_loss": weighted_mean(result.mean_loss, client_weights(cohort, "num_examples"))
+    }
     return LocalOnlyState(tree_scatter(state.client_params, cohort.client_ids, trained)), metrics
 
-  return Algorithm(init, round_fn, personal_params=lambda state: state.client_params,
-                   download=(), upload=())
+  return Algorithm(
+    init, round_fn, personal_params=lambda state: state.client_params, download=(), upload=()
+  )
 
 
 ENTRY = AlgorithmEntry(lambda setup, options, config: local_only(setup))

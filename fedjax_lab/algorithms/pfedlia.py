@@ -20,6 +20,7 @@ Rounds, every client taking part:
 
 Phases are chosen on the host from ``state.round``; each phase is its own compiled program.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,19 +29,37 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_lab.algorithms.base import AGGREGATION_STREAM, Algorithm, AlgorithmEntry, ClientSetup
-from fedjax_lab.algorithms.clustered import (ClusteredState, PersonalizedConfig, initial_state,
-                                             personalized_algorithm, train_clients)
+from fedjax_lab.algorithms.clustered import (
+  ClusteredState,
+  PersonalizedConfig,
+  initial_state,
+  personalized_algorithm,
+  train_clients,
+)
 from fedjax_lab.checks import one_of, require
 from fedjax_lab.ops.aggregate import cluster_mean, neighbourhood_mean, tree_broadcast
-from fedjax_lab.ops.cluster import (LINKAGES, agglomerative, count_clusters,
-                                    neighbourhood_labels, neighbourhoods, spectral, symmetrize)
+from fedjax_lab.ops.cluster import (
+  LINKAGES,
+  agglomerative,
+  count_clusters,
+  neighbourhood_labels,
+  neighbourhoods,
+  spectral,
+  symmetrize,
+)
 from fedjax_lab.ops.communication import tree_bytes
-from fedjax_lab.ops.influence import (INFLUENCE_KINDS, drop_leading, influence_cost,
-                                      influence_matrix, masked_metrics, randomized_response,
-                                      validation_sizes)
+from fedjax_lab.ops.influence import (
+  INFLUENCE_KINDS,
+  drop_leading,
+  influence_cost,
+  influence_matrix,
+  masked_metrics,
+  randomized_response,
+  validation_sizes,
+)
 
-RESPONSE_STREAM = 0x11A   # fold_in constant: randomized-response key
-SPECTRAL_STREAM = 0x5BE   # fold_in constant: k-means key
+RESPONSE_STREAM = 0x11A  # fold_in constant: randomized-response key
+SPECTRAL_STREAM = 0x5BE  # fold_in constant: k-means key
 
 
 CLUSTERINGS = ("agglomerative", "spectral", "decentralized")
@@ -49,36 +68,46 @@ CLUSTERINGS = ("agglomerative", "spectral", "decentralized")
 @dataclasses.dataclass(frozen=True)
 class PFedLIAConfig(PersonalizedConfig):
   """pFedLIA's options (``algorithm.pfedlia``): warm-up, lazy-influence phase, clustering."""
-  warmup_rounds: int = 5            # FedAvg rounds giving the shared start theta0 (0 allowed)
-  recluster_every: int = 0          # > 0: a new influence phase every this many rounds
+
+  warmup_rounds: int = 5  # FedAvg rounds giving the shared start theta0 (0 allowed)
+  recluster_every: int = 0  # > 0: a new influence phase every this many rounds
   validation_fraction: float = 0.2  # of each client's training examples, held out for scoring
-  influence: str = "loss"           # loss | accuracy | vote
-  vote_epsilon: float = 0.0         # > 0: randomized response on votes (eps-local DP)
-  clustering: str = "agglomerative" # agglomerative | spectral (central) | decentralized
+  influence: str = "loss"  # loss | accuracy | vote
+  vote_epsilon: float = 0.0  # > 0: randomized response on votes (eps-local DP)
+  clustering: str = "agglomerative"  # agglomerative | spectral (central) | decentralized
   linkage: str = "average"
-  num_clusters: int = 0             # 0: agglomerative stops at `threshold`; spectral needs > 0
-  threshold: float = 0.0            # merge while the linkage similarity is >= this
-  neighbours: str = "positive"      # decentralized collaborators: positive | top_k
+  num_clusters: int = 0  # 0: agglomerative stops at `threshold`; spectral needs > 0
+  threshold: float = 0.0  # merge while the linkage similarity is >= this
+  neighbours: str = "positive"  # decentralized collaborators: positive | top_k
   top_k: int = 5
-  chunk_size: int = 16              # scorers per chunk of the N x N influence matrix
+  chunk_size: int = 16  # scorers per chunk of the N x N influence matrix
 
   def __post_init__(self):
     p = "algorithm.pfedlia."
     require(self.warmup_rounds >= 0, p + "warmup_rounds", ">= 0", self.warmup_rounds)
     require(self.recluster_every >= 0, p + "recluster_every", ">= 0", self.recluster_every)
-    require(0 < self.validation_fraction < 1, p + "validation_fraction", "in (0, 1)",
-            self.validation_fraction)
+    require(
+      0 < self.validation_fraction < 1,
+      p + "validation_fraction",
+      "in (0, 1)",
+      self.validation_fraction,
+    )
     one_of(p + "influence", self.influence, INFLUENCE_KINDS)
     require(self.vote_epsilon >= 0, p + "vote_epsilon", ">= 0", self.vote_epsilon)
     if self.vote_epsilon > 0:
-      require(self.influence == "vote", p + "vote_epsilon", "0 unless influence='vote'",
-              self.vote_epsilon)
+      require(
+        self.influence == "vote", p + "vote_epsilon", "0 unless influence='vote'", self.vote_epsilon
+      )
     one_of(p + "clustering", self.clustering, CLUSTERINGS)
     one_of(p + "linkage", self.linkage, LINKAGES)
     require(self.num_clusters >= 0, p + "num_clusters", ">= 0", self.num_clusters)
     if self.clustering == "spectral":
-      require(self.num_clusters >= 2, p + "num_clusters", ">= 2 for spectral clustering",
-              self.num_clusters)
+      require(
+        self.num_clusters >= 2,
+        p + "num_clusters",
+        ">= 2 for spectral clustering",
+        self.num_clusters,
+      )
     one_of(p + "neighbours", self.neighbours, ("positive", "top_k"))
     require(self.top_k >= 1, p + "top_k", ">= 1", self.top_k)
     require(self.chunk_size >= 1, p + "chunk_size", ">= 1", self.chunk_size)
@@ -89,8 +118,9 @@ def is_influence_round(round_index: int, warmup_rounds: int, recluster_every: in
   return since == 0 or (since > 0 and recluster_every > 0 and since % recluster_every == 0)
 
 
-def pfedlia(setup: ClientSetup, options: PFedLIAConfig, *,
-            weighting: str = "num_examples") -> Algorithm:
+def pfedlia(
+  setup: ClientSetup, options: PFedLIAConfig, *, weighting: str = "num_examples"
+) -> Algorithm:
   """pFedLIA (module docstring).
 
   Args:
@@ -113,57 +143,92 @@ def pfedlia(setup: ClientSetup, options: PFedLIAConfig, *,
     return cluster_mean(trained, weights, labels)
 
   def warmup(state: ClusteredState, cohort, key):
-    trained, weights, metrics = train_clients(train_cohort, state.client_params, cohort, key,
-                                              weighting)
-    start = jax.tree.map(lambda leaf: leaf[0], state.client_params)   # everyone's start
+    trained, weights, metrics = train_clients(
+      train_cohort, state.client_params, cohort, key, weighting
+    )
+    start = jax.tree.map(lambda leaf: leaf[0], state.client_params)  # everyone's start
     global_params, aggregator_state = setup.aggregator.aggregate(
-        trained, weights, start, state.aggregator_state,
-        jax.random.fold_in(key, AGGREGATION_STREAM))
-    return state.replace(client_params=tree_broadcast(global_params, setup.num_clients),
-                         trained_params=trained, round=state.round + 1,
-                         aggregator_state=aggregator_state), metrics
+      trained, weights, start, state.aggregator_state, jax.random.fold_in(key, AGGREGATION_STREAM)
+    )
+    return state.replace(
+      client_params=tree_broadcast(global_params, setup.num_clients),
+      trained_params=trained,
+      round=state.round + 1,
+      aggregator_state=aggregator_state,
+    ), metrics
 
   def influence_phase(state: ClusteredState, cohort, key):
     held_out = validation_sizes(cohort.num_examples, options.validation_fraction)
     fit_x = jax.vmap(drop_leading)(cohort.x, held_out)
     fit_y = jax.vmap(drop_leading)(cohort.y, held_out)
-    fit_cohort = dataclasses.replace(cohort, x=fit_x, y=fit_y,
-                                     num_examples=cohort.num_examples - held_out)
-    trained, weights, metrics = train_clients(train_cohort, state.client_params, fit_cohort, key,
-                                              weighting)
-    influence = influence_matrix(metrics_fn, state.client_params, trained, cohort.x, cohort.y,
-                                 held_out, kind=options.influence, chunk_size=options.chunk_size)
+    fit_cohort = dataclasses.replace(
+      cohort, x=fit_x, y=fit_y, num_examples=cohort.num_examples - held_out
+    )
+    trained, weights, metrics = train_clients(
+      train_cohort, state.client_params, fit_cohort, key, weighting
+    )
+    influence = influence_matrix(
+      metrics_fn,
+      state.client_params,
+      trained,
+      cohort.x,
+      cohort.y,
+      held_out,
+      kind=options.influence,
+      chunk_size=options.chunk_size,
+    )
     if options.vote_epsilon > 0:
-      influence = randomized_response(jax.random.fold_in(key, RESPONSE_STREAM), influence,
-                                      options.vote_epsilon)
+      influence = randomized_response(
+        jax.random.fold_in(key, RESPONSE_STREAM), influence, options.vote_epsilon
+      )
     labels, adjacency = state.labels, state.adjacency
     if decentralized:
       adjacency = neighbourhoods(influence, rule=options.neighbours, top_k=options.top_k)
       labels = neighbourhood_labels(adjacency)
     elif options.clustering == "spectral":
-      labels = spectral(jax.random.fold_in(key, SPECTRAL_STREAM), symmetrize(influence),
-                        options.num_clusters)
+      labels = spectral(
+        jax.random.fold_in(key, SPECTRAL_STREAM), symmetrize(influence), options.num_clusters
+      )
     else:
-      labels = agglomerative(symmetrize(influence), num_clusters=options.num_clusters,
-                             threshold=options.threshold, linkage=options.linkage)
-    metrics.update(influence_self_mean=jnp.mean(jnp.diag(influence)),
-                   influence_positive_fraction=jnp.mean(influence > 0))
+      labels = agglomerative(
+        symmetrize(influence),
+        num_clusters=options.num_clusters,
+        threshold=options.threshold,
+        linkage=options.linkage,
+      )
+    metrics.update(
+      influence_self_mean=jnp.mean(jnp.diag(influence)),
+      influence_positive_fraction=jnp.mean(influence > 0),
+    )
     if decentralized:
       metrics["collaborators_mean"] = jnp.mean(adjacency.sum(1))
-    return state.replace(client_params=aggregate(trained, weights, labels, adjacency),
-                         trained_params=trained, labels=labels, adjacency=adjacency,
-                         round=state.round + 1), metrics
+    return state.replace(
+      client_params=aggregate(trained, weights, labels, adjacency),
+      trained_params=trained,
+      labels=labels,
+      adjacency=adjacency,
+      round=state.round + 1,
+    ), metrics
 
   def personalized(state: ClusteredState, cohort, key):
-    trained, weights, metrics = train_clients(train_cohort, state.client_params, cohort, key,
-                                              weighting)
-    return state.replace(client_params=aggregate(trained, weights, state.labels,
-                                                 state.adjacency),
-                         trained_params=trained, round=state.round + 1), metrics
+    trained, weights, metrics = train_clients(
+      train_cohort, state.client_params, cohort, key, weighting
+    )
+    return state.replace(
+      client_params=aggregate(trained, weights, state.labels, state.adjacency),
+      trained_params=trained,
+      round=state.round + 1,
+    ), metrics
 
   cost = influence_cost(setup.num_clients, tree_bytes(setup.params_shape))
-  phases = {name: compile_phase(fn) for name, fn in
-            (("warmup", warmup), ("influence", influence_phase), ("personalized", personalized))}
+  phases = {
+    name: compile_phase(fn)
+    for name, fn in (
+      ("warmup", warmup),
+      ("influence", influence_phase),
+      ("personalized", personalized),
+    )
+  }
 
   def round_fn(state: ClusteredState, cohort, key):
     round_index = int(state.round)
@@ -179,10 +244,13 @@ def pfedlia(setup: ClientSetup, options: PFedLIAConfig, *,
       metrics.update(cost)
     return state, metrics
 
-  return personalized_algorithm(lambda key: initial_state(setup, key), round_fn,
-                                finetune=options.finetune, host_phases=True)
+  return personalized_algorithm(
+    lambda key: initial_state(setup, key), round_fn, finetune=options.finetune, host_phases=True
+  )
 
 
 ENTRY = AlgorithmEntry(
-    lambda setup, options, config: pfedlia(setup, options, weighting=config.algorithm.weighting),
-    PFedLIAConfig, every_client_each_round=True)
+  lambda setup, options, config: pfedlia(setup, options, weighting=config.algorithm.weighting),
+  PFedLIAConfig,
+  every_client_each_round=True,
+)

@@ -6,6 +6,7 @@ Client k corrects each local gradient by ``c - c_k``: here as the linear term
 Server: ``x <- x + eta_g * (A(y; w) - x)`` with ``A`` the setup's aggregator (the weighted mean
 by default), ``c <- c + |S| / N * mean(c_k+ - c_k)``.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,18 +15,29 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from fedjax_lab.algorithms.base import (AGGREGATION_STREAM, Algorithm, AlgorithmEntry,
-                                        ClientSetup, client_weights, round_keys)
-from fedjax_lab.ops.aggregate import (client_sum, tree_broadcast, tree_gather, tree_scatter,
-                                      weighted_mean)
+from fedjax_lab.algorithms.base import (
+  AGGREGATION_STREAM,
+  Algorithm,
+  AlgorithmEntry,
+  ClientSetup,
+  client_weights,
+  round_keys,
+)
+from fedjax_lab.ops.aggregate import (
+  client_sum,
+  tree_broadcast,
+  tree_gather,
+  tree_scatter,
+  weighted_mean,
+)
 from fedjax_lab.ops.divergence import mean_pairwise_cosine
 
 
 @struct.dataclass
 class ScaffoldState:
   params: dict
-  server_control: dict         # c, shaped like params
-  client_controls: dict        # c_k, [num_clients, ...]
+  server_control: dict  # c, shaped like params
+  client_controls: dict  # c_k, [num_clients, ...]
   aggregator_state: Any = ()
 
 
@@ -35,8 +47,13 @@ def control_correction(params, correction):
   return sum(jax.tree.leaves(products))
 
 
-def scaffold(setup: ClientSetup, *, client_learning_rate: float, server_learning_rate: float = 1.0,
-             weighting: str = "num_examples") -> Algorithm:
+def scaffold(
+  setup: ClientSetup,
+  *,
+  client_learning_rate: float,
+  server_learning_rate: float = 1.0,
+  weighting: str = "num_examples",
+) -> Algorithm:
   """SCAFFOLD with option II control variates (module docstring).
 
   Args:
@@ -54,14 +71,19 @@ def scaffold(setup: ClientSetup, *, client_learning_rate: float, server_learning
   def init(key):
     params = setup.init_params(key)
     zeros = jax.tree.map(jnp.zeros_like, params)
-    return ScaffoldState(params, zeros, tree_broadcast(zeros, setup.num_clients),
-                         setup.aggregator.init(setup.params_shape))
+    return ScaffoldState(
+      params,
+      zeros,
+      tree_broadcast(zeros, setup.num_clients),
+      setup.aggregator.init(setup.params_shape),
+    )
 
   def round_fn(state, cohort, key):
     old_controls = tree_gather(state.client_controls, cohort.client_ids)
     corrections = jax.tree.map(lambda c, ck: c[None] - ck, state.server_control, old_controls)
-    client_params, result = train_cohort(state.params, cohort.x, cohort.y, cohort.num_examples,
-                                         round_keys(key, cohort), corrections)
+    client_params, result = train_cohort(
+      state.params, cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort), corrections
+    )
     steps = result.num_steps.astype(jnp.float32)
     scale = jnp.where(steps > 0, 1.0 / (jnp.maximum(steps, 1.0) * client_learning_rate), 0.0)
 
@@ -70,30 +92,50 @@ def scaffold(setup: ClientSetup, *, client_learning_rate: float, server_learning
       updated = ck - c[None] + (x[None] - y) * expand
       return jnp.where(expand > 0, updated, ck)
 
-    new_controls = jax.tree.map(new_control, old_controls, state.server_control, state.params,
-                                client_params)
+    new_controls = jax.tree.map(
+      new_control, old_controls, state.server_control, state.params, client_params
+    )
     weights = client_weights(cohort, weighting)
     aggregate, aggregator_state = setup.aggregator.aggregate(
-        client_params, weights, state.params, state.aggregator_state,
-        jax.random.fold_in(key, AGGREGATION_STREAM))
-    params = jax.tree.map(lambda x, mean: x + server_learning_rate * (mean - x), state.params,
-                          aggregate)
+      client_params,
+      weights,
+      state.params,
+      state.aggregator_state,
+      jax.random.fold_in(key, AGGREGATION_STREAM),
+    )
+    params = jax.tree.map(
+      lambda x, mean: x + server_learning_rate * (mean - x), state.params, aggregate
+    )
     participation = cohort.client_ids.shape[0] / setup.num_clients
-    control_delta = jax.tree.map(lambda total: total / cohort.client_ids.shape[0], client_sum(
-        jax.tree.map(jnp.subtract, new_controls, old_controls)))
-    server_control = jax.tree.map(lambda c, d: c + participation * d, state.server_control,
-                                  control_delta)
-    state = ScaffoldState(params, server_control,
-                          tree_scatter(state.client_controls, cohort.client_ids, new_controls),
-                          aggregator_state)
-    return state, {"train_loss": weighted_mean(result.mean_loss, weights),
-                   "client_cosine_similarity": mean_pairwise_cosine(client_params)}
+    control_delta = jax.tree.map(
+      lambda total: total / cohort.client_ids.shape[0],
+      client_sum(jax.tree.map(jnp.subtract, new_controls, old_controls)),
+    )
+    server_control = jax.tree.map(
+      lambda c, d: c + participation * d, state.server_control, control_delta
+    )
+    state = ScaffoldState(
+      params,
+      server_control,
+      tree_scatter(state.client_controls, cohort.client_ids, new_controls),
+      aggregator_state,
+    )
+    return state, {
+      "train_loss": weighted_mean(result.mean_loss, weights),
+      "client_cosine_similarity": mean_pairwise_cosine(client_params),
+    }
 
   payload = (setup.params_shape, setup.params_shape)
-  return Algorithm(init, round_fn, global_params=lambda state: state.params, download=payload,
-                   upload=payload)
+  return Algorithm(
+    init, round_fn, global_params=lambda state: state.params, download=payload, upload=payload
+  )
 
 
-ENTRY = AlgorithmEntry(lambda setup, options, config: scaffold(
-    setup, client_learning_rate=config.local.learning_rate,
-    server_learning_rate=config.server.learning_rate, weighting=config.algorithm.weighting))
+ENTRY = AlgorithmEntry(
+  lambda setup, options, config: scaffold(
+    setup,
+    client_learning_rate=config.local.learning_rate,
+    server_learning_rate=config.server.learning_rate,
+    weighting=config.algorithm.weighting,
+  )
+)

@@ -1,4 +1,7 @@
 """Data layer: sources, partitioners and the padded ``FederatedData`` container."""
+
 from fedjax_lab.data import groups, partition, sources
 from fedjax_lab.data.federated import Cohort, FederatedData
 from fedjax_lab.data.sources import Dataset
+
+__all__ = ["Cohort", "Dataset", "FederatedData", "groups", "partition", "sources"]

@@ -4,9 +4,10 @@
 ``data_config`` is the run's ``config.DataConfig``, read for its fields only. A TFDS source is
 ``tfds:<catalog name>``; a variant such as ``tfds:emnist/byclass`` uses its base's entry.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -28,31 +29,46 @@ def lookup_source(name: str) -> Loader:
 
 
 def _tfds(data) -> sources.Dataset:
-  return sources.tfds_source(data.source.removeprefix("tfds:"), data_dir=data.source_dir or None,
-                             coarse_labels=data.coarse_labels)
+  return sources.tfds_source(
+    data.source.removeprefix("tfds:"),
+    data_dir=data.source_dir or None,
+    coarse_labels=data.coarse_labels,
+  )
 
 
 def _single_labels(data, labels: np.ndarray) -> np.ndarray:
   if labels.ndim != 1:
-    raise ValueError(f"data.partition={data.partition!r} needs one label per example; "
-                     "use 'natural' or 'iid' for sequence data")
+    raise ValueError(
+      f"data.partition={data.partition!r} needs one label per example; "
+      "use 'natural' or 'iid' for sequence data"
+    )
   return labels
 
 
 def _dirichlet(dataset, data, balance_cap: bool) -> partition.ClientIndices:
-  return partition.dirichlet(_single_labels(data, dataset.train_y), data.num_clients, data.alpha,
-                             data.seed, min_examples=data.min_examples, balance_cap=balance_cap)
+  return partition.dirichlet(
+    _single_labels(data, dataset.train_y),
+    data.num_clients,
+    data.alpha,
+    data.seed,
+    min_examples=data.min_examples,
+    balance_cap=balance_cap,
+  )
 
 
 def _natural(dataset, data) -> partition.ClientIndices:
   """One client per natural group; a random ``data.num_clients`` of them if there are more."""
   if dataset.train_groups is None:
-    raise ValueError(f"data.partition='natural' needs a source with natural groups "
-                     f"(synthetic, shakespeare); {data.source} has none")
+    raise ValueError(
+      f"data.partition='natural' needs a source with natural groups "
+      f"(synthetic, shakespeare); {data.source} has none"
+    )
   clients = partition.natural(dataset.train_groups)
   if len(clients) < data.num_clients:
-    raise ValueError(f"data.num_clients={data.num_clients} exceeds the {len(clients)} natural "
-                     f"groups of {data.source}")
+    raise ValueError(
+      f"data.num_clients={data.num_clients} exceeds the {len(clients)} natural "
+      f"groups of {data.source}"
+    )
   if len(clients) == data.num_clients:
     return clients
   chosen = np.random.default_rng(data.seed).choice(len(clients), data.num_clients, replace=False)
@@ -60,24 +76,41 @@ def _natural(dataset, data) -> partition.ClientIndices:
 
 
 SOURCES.register("digits", lambda data: sources.digits(data.seed))
-SOURCES.register("fashion_mnist_idx", lambda data: sources.fashion_mnist_idx(data.source_dir
-                                                                             or None))
-SOURCES.register("synthetic", lambda data: sources.synthetic(
-    data.synthetic_alpha, data.synthetic_beta, data.num_clients, data.seed))
-SOURCES.register("shakespeare", lambda data: sources.shakespeare(
-    data.source_dir or "data/shakespeare", seed=data.seed))
-SOURCES.register("shakespeare_genre", lambda data: sources.shakespeare_genre(
-    data.source_dir or "data/shakespeare", seed=data.seed))
+SOURCES.register(
+  "fashion_mnist_idx", lambda data: sources.fashion_mnist_idx(data.source_dir or None)
+)
+SOURCES.register(
+  "synthetic",
+  lambda data: sources.synthetic(
+    data.synthetic_alpha, data.synthetic_beta, data.num_clients, data.seed
+  ),
+)
+SOURCES.register(
+  "shakespeare",
+  lambda data: sources.shakespeare(data.source_dir or "data/shakespeare", seed=data.seed),
+)
+SOURCES.register(
+  "shakespeare_genre",
+  lambda data: sources.shakespeare_genre(data.source_dir or "data/shakespeare", seed=data.seed),
+)
 for _name in sources.TFDS_DATASETS:
   SOURCES.register(f"tfds:{_name}", _tfds)
 
-PARTITIONERS.register("iid", lambda dataset, data: partition.iid(
-    len(dataset.train_y), data.num_clients, data.seed))
+PARTITIONERS.register(
+  "iid", lambda dataset, data: partition.iid(len(dataset.train_y), data.num_clients, data.seed)
+)
 PARTITIONERS.register("dirichlet", lambda dataset, data: _dirichlet(dataset, data, False))
 PARTITIONERS.register("dirichlet_capped", lambda dataset, data: _dirichlet(dataset, data, True))
-PARTITIONERS.register("shards", lambda dataset, data: partition.shards(
-    _single_labels(data, dataset.train_y), data.num_clients, data.classes_per_client,
-    data.seed))
-PARTITIONERS.register("quantity_skew", lambda dataset, data: partition.quantity_skew(
-    len(dataset.train_y), data.num_clients, data.sigma, data.seed))
+PARTITIONERS.register(
+  "shards",
+  lambda dataset, data: partition.shards(
+    _single_labels(data, dataset.train_y), data.num_clients, data.classes_per_client, data.seed
+  ),
+)
+PARTITIONERS.register(
+  "quantity_skew",
+  lambda dataset, data: partition.quantity_skew(
+    len(dataset.train_y), data.num_clients, data.sigma, data.seed
+  ),
+)
 PARTITIONERS.register("natural", _natural)

@@ -4,6 +4,7 @@ Host-resident numpy. A round gathers only its cohort (``cohort``) and moves that
 Row ``k`` of ``train_x`` holds client ``k``'s ``train_num_examples[k]`` real examples first,
 then zero padding; every consumer masks by position ``< num_examples``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,23 +17,26 @@ from fedjax_lab.data.sources import Dataset
 @dataclasses.dataclass(frozen=True)
 class Cohort:
   """The data of the clients that take part in one round, leading axis ``[cohort]``."""
-  client_ids: np.ndarray          # [cohort] int32
-  x: np.ndarray                   # [cohort, max_examples, ...]
-  y: np.ndarray                   # [cohort, max_examples, ...] int32
-  num_examples: np.ndarray        # [cohort] int32
+
+  client_ids: np.ndarray  # [cohort] int32
+  x: np.ndarray  # [cohort, max_examples, ...]
+  y: np.ndarray  # [cohort, max_examples, ...] int32
+  num_examples: np.ndarray  # [cohort] int32
 
 
-def _pad_clients(values: np.ndarray, client_indices: list[np.ndarray],
-                 max_examples: int) -> np.ndarray:
+def _pad_clients(
+  values: np.ndarray, client_indices: list[np.ndarray], max_examples: int
+) -> np.ndarray:
   padded = np.zeros((len(client_indices), max_examples) + values.shape[1:], values.dtype)
   for client, indices in enumerate(client_indices):
-    padded[client, :len(indices)] = values[indices]
+    padded[client, : len(indices)] = values[indices]
   return padded
 
 
 @dataclasses.dataclass(frozen=True)
 class FederatedData:
   """A federation: padded per-client splits, plus the source's pooled global test set."""
+
   train_x: np.ndarray
   train_y: np.ndarray
   train_num_examples: np.ndarray
@@ -42,11 +46,12 @@ class FederatedData:
   global_test_x: np.ndarray
   global_test_y: np.ndarray
   num_classes: int
-  client_groups: np.ndarray | None = None   # [num_clients] true latent group, when known
+  client_groups: np.ndarray | None = None  # [num_clients] true latent group, when known
 
   @classmethod
-  def from_indices(cls, dataset: Dataset, train_indices: list[np.ndarray],
-                   test_indices: list[np.ndarray]) -> "FederatedData":
+  def from_indices(
+    cls, dataset: Dataset, train_indices: list[np.ndarray], test_indices: list[np.ndarray]
+  ) -> FederatedData:
     """Build from index lists into ``dataset.train_*`` (clients' own test parts included)."""
     for k, (tr, te) in enumerate(zip(train_indices, test_indices)):
       if np.intersect1d(tr, te).size:
@@ -54,15 +59,16 @@ class FederatedData:
     max_train = max(1, max(len(i) for i in train_indices))
     max_test = max(1, max(len(i) for i in test_indices))
     return cls(
-        train_x=_pad_clients(dataset.train_x, train_indices, max_train),
-        train_y=_pad_clients(dataset.train_y, train_indices, max_train),
-        train_num_examples=np.array([len(i) for i in train_indices], np.int32),
-        test_x=_pad_clients(dataset.train_x, test_indices, max_test),
-        test_y=_pad_clients(dataset.train_y, test_indices, max_test),
-        test_num_examples=np.array([len(i) for i in test_indices], np.int32),
-        global_test_x=dataset.test_x,
-        global_test_y=dataset.test_y,
-        num_classes=dataset.num_classes)
+      train_x=_pad_clients(dataset.train_x, train_indices, max_train),
+      train_y=_pad_clients(dataset.train_y, train_indices, max_train),
+      train_num_examples=np.array([len(i) for i in train_indices], np.int32),
+      test_x=_pad_clients(dataset.train_x, test_indices, max_test),
+      test_y=_pad_clients(dataset.train_y, test_indices, max_test),
+      test_num_examples=np.array([len(i) for i in test_indices], np.int32),
+      global_test_x=dataset.test_x,
+      global_test_y=dataset.test_y,
+      num_classes=dataset.num_classes,
+    )
 
   @property
   def num_clients(self) -> int:
@@ -76,20 +82,31 @@ class FederatedData:
     """Gather the training data of ``client_ids`` (host-side fancy indexing)."""
     client_ids = np.asarray(client_ids, np.int32)
     if client_ids.ndim != 1 or client_ids.min() < 0 or client_ids.max() >= self.num_clients:
-      raise ValueError(f"client ids must be a 1-D array in [0, {self.num_clients}), "
-                       f"got {client_ids}")
-    return Cohort(client_ids, self.train_x[client_ids], self.train_y[client_ids],
-                  self.train_num_examples[client_ids])
+      raise ValueError(
+        f"client ids must be a 1-D array in [0, {self.num_clients}), got {client_ids}"
+      )
+    return Cohort(
+      client_ids,
+      self.train_x[client_ids],
+      self.train_y[client_ids],
+      self.train_num_examples[client_ids],
+    )
 
-  def pooled(self) -> "FederatedData":
+  def pooled(self) -> FederatedData:
     """The same data as one client holding every training example (the Centralized baseline)."""
     mask = np.arange(self.max_examples)[None] < self.train_num_examples[:, None]
     x, y = self.train_x[mask][None], self.train_y[mask][None]
     tmask = np.arange(self.test_x.shape[1])[None] < self.test_num_examples[:, None]
     return dataclasses.replace(
-        self, train_x=x, train_y=y, train_num_examples=np.array([x.shape[1]], np.int32),
-        test_x=self.test_x[tmask][None], test_y=self.test_y[tmask][None],
-        test_num_examples=np.array([int(tmask.sum())], np.int32), client_groups=None)
+      self,
+      train_x=x,
+      train_y=y,
+      train_num_examples=np.array([x.shape[1]], np.int32),
+      test_x=self.test_x[tmask][None],
+      test_y=self.test_y[tmask][None],
+      test_num_examples=np.array([int(tmask.sum())], np.int32),
+      client_groups=None,
+    )
 
   def label_histogram(self) -> np.ndarray:
     """``[num_clients, num_classes]`` counts of each training label per client."""
@@ -104,11 +121,15 @@ class FederatedData:
   def summary(self) -> dict:
     """Per-client count statistics (and the label entropy, for classification data)."""
     counts = self.train_num_examples
-    stats = {"num_clients": self.num_clients, "total_train": int(counts.sum()),
-             "total_client_test": int(self.test_num_examples.sum()),
-             "global_test": int(len(self.global_test_y)),
-             "examples_min": int(counts.min()), "examples_median": float(np.median(counts)),
-             "examples_max": int(counts.max())}
+    stats = {
+      "num_clients": self.num_clients,
+      "total_train": int(counts.sum()),
+      "total_client_test": int(self.test_num_examples.sum()),
+      "global_test": int(len(self.global_test_y)),
+      "examples_min": int(counts.min()),
+      "examples_median": float(np.median(counts)),
+      "examples_max": int(counts.max()),
+    }
     if self.train_y.ndim == 2:
       hist = self.label_histogram()
       p = hist / np.maximum(hist.sum(1, keepdims=True), 1)
@@ -120,15 +141,23 @@ class FederatedData:
   def plot_label_distribution(self, path, max_clients: int = 50) -> None:
     """Stacked bar chart of each client's label counts, written to ``path`` (PNG)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     hist = self.label_histogram()[:max_clients]
     fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(hist)), 3.5))
     bottom = np.zeros(len(hist))
     cmap = plt.get_cmap("tab20")
     for c in range(self.num_classes):
-      ax.bar(np.arange(len(hist)), hist[:, c], bottom=bottom, color=cmap(c % 20), width=0.9,
-             label=str(c) if self.num_classes <= 20 else None)
+      ax.bar(
+        np.arange(len(hist)),
+        hist[:, c],
+        bottom=bottom,
+        color=cmap(c % 20),
+        width=0.9,
+        label=str(c) if self.num_classes <= 20 else None,
+      )
       bottom += hist[:, c]
     ax.set_xlabel("client")
     ax.set_ylabel("training examples")

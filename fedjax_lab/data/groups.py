@@ -7,6 +7,7 @@ degrees (at most 4 groups). The shift is applied to each client's train and test
 the pooled global test set is left as it is. Shakespeare clients (play, character) group by
 the play's genre in the First Folio (comedy, history, tragedy; Pericles counted a comedy).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,6 +18,7 @@ from fedjax_lab.data.federated import FederatedData
 from fedjax_lab.data.sources import PLAY_GENRE
 
 GROUP_SHIFTS = ("label_permutation", "rotation")
+
 
 def contiguous_groups(num_clients: int, num_groups: int) -> np.ndarray:
   """``[num_clients]`` group ids: client ``k`` is in group ``k * G // N`` (sizes differ by <= 1)."""
@@ -35,16 +37,16 @@ def _rotate(images: np.ndarray, quarter_turns: int) -> np.ndarray:
   return np.rot90(images, k=quarter_turns, axes=(-3, -2)).copy()
 
 
-def shift_by_group(data: FederatedData, groups: np.ndarray, kind: str,
-                   seed: int) -> FederatedData:
+def shift_by_group(data: FederatedData, groups: np.ndarray, kind: str, seed: int) -> FederatedData:
   """``data`` with each client's train and test splits shifted by its group (module doc).
 
   Padding rows are shifted too (they stay masked). Sets ``data.client_groups = groups``.
   """
   groups = np.asarray(groups, np.int32)
   if groups.shape != (data.num_clients,):
-    raise ValueError(f"groups must have one id per client ({data.num_clients}), "
-                     f"got shape {groups.shape}")
+    raise ValueError(
+      f"groups must have one id per client ({data.num_clients}), got shape {groups.shape}"
+    )
   train_x, test_x = data.train_x.copy(), data.test_x.copy()
   train_y, test_y = data.train_y.copy(), data.test_y.copy()
   num_groups = int(groups.max()) + 1
@@ -54,18 +56,20 @@ def shift_by_group(data: FederatedData, groups: np.ndarray, kind: str,
     test_y = permutations[groups[:, None], test_y]
   elif kind == "rotation":
     if train_x.ndim != 5 or num_groups > 4:
-      raise ValueError("data.group_shift='rotation' needs image data [H, W, C] and at most "
-                       f"4 groups, got inputs of rank {train_x.ndim - 2} and {num_groups} groups")
+      raise ValueError(
+        "data.group_shift='rotation' needs image data [H, W, C] and at most "
+        f"4 groups, got inputs of rank {train_x.ndim - 2} and {num_groups} groups"
+      )
     for client, group in enumerate(groups):
       train_x[client] = _rotate(train_x[client], int(group))
       test_x[client] = _rotate(test_x[client], int(group))
   else:
     raise ValueError(f"data.group_shift={kind!r} is unknown; allowed: {', '.join(GROUP_SHIFTS)}")
-  return dataclasses.replace(data, train_x=train_x, train_y=train_y, test_x=test_x,
-                             test_y=test_y, client_groups=groups)
+  return dataclasses.replace(
+    data, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, client_groups=groups
+  )
 
 
 def shakespeare_genres(client_group_names: list[str]) -> np.ndarray:
   """Genre ids (``GENRES``) of clients named ``play/character``; -1 for a play not listed."""
-  return np.array([PLAY_GENRE.get(name.split("/")[0], -1) for name in client_group_names],
-                  np.int32)
+  return np.array([PLAY_GENRE.get(name.split("/")[0], -1) for name in client_group_names], np.int32)

@@ -4,6 +4,7 @@ Every partitioner returns ``list[np.ndarray]`` of length ``num_clients``; entry 
 indices (into the pooled example array) owned by client ``k``. Clients are disjoint and together
 cover the examples they were given (``shards`` may drop a remainder smaller than one shard).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,9 @@ def _check_counts(num_examples: int, num_clients: int) -> None:
     raise ValueError(f"data.num_clients must be >= 1, got {num_clients}")
   if num_clients > num_examples:
     raise ValueError(
-        f"data.num_clients={num_clients} exceeds the {num_examples} examples available: "
-        "every client needs at least one example")
+      f"data.num_clients={num_clients} exceeds the {num_examples} examples available: "
+      "every client needs at least one example"
+    )
 
 
 def iid(num_examples: int, num_clients: int, seed: int) -> ClientIndices:
@@ -27,9 +29,16 @@ def iid(num_examples: int, num_clients: int, seed: int) -> ClientIndices:
   return [np.sort(part) for part in np.array_split(order, num_clients)]
 
 
-def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int, *,
-              min_examples: int = 10, max_retries: int = 100,
-              balance_cap: bool = False) -> ClientIndices:
+def dirichlet(
+  labels: np.ndarray,
+  num_clients: int,
+  alpha: float,
+  seed: int,
+  *,
+  min_examples: int = 10,
+  max_retries: int = 100,
+  balance_cap: bool = False,
+) -> ClientIndices:
   """Label skew: for each class c, proportions p_c ~ Dir(alpha * 1_K) split its examples.
 
   Redraws the whole split until every client has ``min_examples`` (at most ``max_retries``
@@ -42,8 +51,9 @@ def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int, *,
     raise ValueError(f"data.alpha must be > 0 for a Dirichlet partition, got {alpha}")
   if min_examples * num_clients > len(labels):
     raise ValueError(
-        f"data.min_examples={min_examples} x data.num_clients={num_clients} exceeds the "
-        f"{len(labels)} examples available")
+      f"data.min_examples={min_examples} x data.num_clients={num_clients} exceeds the "
+      f"{len(labels)} examples available"
+    )
   rng = np.random.default_rng(seed)
   classes = np.unique(labels)
   cap = len(labels) / num_clients
@@ -62,13 +72,15 @@ def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int, *,
     if min(len(o) for o in owned) >= min_examples:
       return [np.sort(np.asarray(o, dtype=np.int64)) for o in owned]
   raise ValueError(
-      f"Dirichlet partition with data.alpha={alpha} gave some client fewer than "
-      f"data.min_examples={min_examples} examples in {max_retries} draws; raise alpha, "
-      "lower min_examples or use fewer clients")
+    f"Dirichlet partition with data.alpha={alpha} gave some client fewer than "
+    f"data.min_examples={min_examples} examples in {max_retries} draws; raise alpha, "
+    "lower min_examples or use fewer clients"
+  )
 
 
-def shards(labels: np.ndarray, num_clients: int, classes_per_client: int,
-           seed: int) -> ClientIndices:
+def shards(
+  labels: np.ndarray, num_clients: int, classes_per_client: int, seed: int
+) -> ClientIndices:
   """Pathological non-IID (McMahan et al. 2017): sort by label, cut into
   ``num_clients * classes_per_client`` shards, give each client ``classes_per_client`` shards."""
   labels = np.asarray(labels)
@@ -77,20 +89,23 @@ def shards(labels: np.ndarray, num_clients: int, classes_per_client: int,
   rng = np.random.default_rng(seed)
   by_label = np.argsort(labels, kind="stable")
   shard_size = len(labels) // num_shards
-  pieces = by_label[:shard_size * num_shards].reshape(num_shards, shard_size)
+  pieces = by_label[: shard_size * num_shards].reshape(num_shards, shard_size)
   assignment = rng.permutation(num_shards).reshape(num_clients, classes_per_client)
   return [np.sort(pieces[row].ravel()) for row in assignment]
 
 
-def quantity_skew(num_examples: int, num_clients: int, sigma: float, seed: int, *,
-                  min_examples: int = 1) -> ClientIndices:
+def quantity_skew(
+  num_examples: int, num_clients: int, sigma: float, seed: int, *, min_examples: int = 1
+) -> ClientIndices:
   """IID labels, log-normal(0, sigma) client sizes, each client at least ``min_examples``."""
   _check_counts(num_examples, num_clients)
   if sigma < 0:
     raise ValueError(f"data.sigma must be >= 0, got {sigma}")
   if min_examples * num_clients > num_examples:
-    raise ValueError(f"data.min_examples={min_examples} x data.num_clients={num_clients} "
-                     f"exceeds the {num_examples} examples available")
+    raise ValueError(
+      f"data.min_examples={min_examples} x data.num_clients={num_clients} "
+      f"exceeds the {num_examples} examples available"
+    )
   rng = np.random.default_rng(seed)
   weights = rng.lognormal(0.0, sigma, num_clients)
   spare = num_examples - min_examples * num_clients
@@ -106,8 +121,9 @@ def natural(group_ids: np.ndarray) -> ClientIndices:
   return [np.flatnonzero(group_ids == g) for g in np.unique(group_ids)]
 
 
-def train_test_split(client_indices: ClientIndices, test_fraction: float,
-                     seed: int) -> tuple[ClientIndices, ClientIndices]:
+def train_test_split(
+  client_indices: ClientIndices, test_fraction: float, seed: int
+) -> tuple[ClientIndices, ClientIndices]:
   """Split each client's examples at random into a train and a test part (same distribution).
 
   A client with at least 2 examples keeps at least one on each side. Asserts disjointness.

@@ -6,6 +6,7 @@ Debian's ``dataset-fashion-mnist``), ``synthetic`` (FedProx/LEAF Synthetic(alpha
 same plays, text windows classified by genre). Online or pre-downloaded:
 ``tfds:<catalog name>`` through ``tfds.data_source`` (array_record, no TensorFlow).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,26 +22,57 @@ TFDS_DATASETS = ("mnist", "fashion_mnist", "emnist", "cifar10", "cifar100")
 # Genres of the First Folio (comedy, history, tragedy; Pericles, not in the Folio, a comedy).
 GENRES = ("comedy", "history", "tragedy")
 _PLAY_GENRES = {
-    "comedy": ("alls_well_that_ends_well", "as_you_like_it", "comedy_of_errors",
-               "loves_labours_lost", "measure_for_measure", "merchant_of_venice",
-               "merry_wives_of_windsor", "midsummer_nights_dream", "much_ado_about_nothing",
-               "taming_of_the_shrew", "tempest", "twelfth_night", "two_gentlemen_of_verona",
-               "winters_tale", "pericles"),
-    "history": ("henry_iv_part_1", "henry_iv_part_2", "henry_v", "henry_vi_part_1",
-                "henry_vi_part_2", "henry_vi_part_3", "henry_viii", "john", "richard_ii",
-                "richard_iii"),
-    "tragedy": ("antony_and_cleopatra", "coriolanus", "cymbeline", "hamlet", "julius_caesar",
-                "lear", "macbeth", "othello", "romeo_and_juliet", "timon_of_athens",
-                "tragedy_of_titus_andronicus", "troilus_and_cressida"),
+  "comedy": (
+    "alls_well_that_ends_well",
+    "as_you_like_it",
+    "comedy_of_errors",
+    "loves_labours_lost",
+    "measure_for_measure",
+    "merchant_of_venice",
+    "merry_wives_of_windsor",
+    "midsummer_nights_dream",
+    "much_ado_about_nothing",
+    "taming_of_the_shrew",
+    "tempest",
+    "twelfth_night",
+    "two_gentlemen_of_verona",
+    "winters_tale",
+    "pericles",
+  ),
+  "history": (
+    "henry_iv_part_1",
+    "henry_iv_part_2",
+    "henry_v",
+    "henry_vi_part_1",
+    "henry_vi_part_2",
+    "henry_vi_part_3",
+    "henry_viii",
+    "john",
+    "richard_ii",
+    "richard_iii",
+  ),
+  "tragedy": (
+    "antony_and_cleopatra",
+    "coriolanus",
+    "cymbeline",
+    "hamlet",
+    "julius_caesar",
+    "lear",
+    "macbeth",
+    "othello",
+    "romeo_and_juliet",
+    "timon_of_athens",
+    "tragedy_of_titus_andronicus",
+    "troilus_and_cressida",
+  ),
 }
-PLAY_GENRE = {play: GENRES.index(genre) for genre, plays in _PLAY_GENRES.items()
-              for play in plays}
-
+PLAY_GENRE = {play: GENRES.index(genre) for genre, plays in _PLAY_GENRES.items() for play in plays}
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """Pooled arrays. ``train_groups`` (optional) are natural client ids (writer, speaker...)."""
+
   train_x: np.ndarray
   train_y: np.ndarray
   test_x: np.ndarray
@@ -59,6 +91,7 @@ def _holdout(num_examples: int, fraction: float, seed: int) -> tuple[np.ndarray,
 def digits(seed: int = 0) -> Dataset:
   """scikit-learn's 1,797 8x8 digits in [0, 1], ``[N, 8, 8, 1]``; a fixed 20% global test set."""
   from sklearn.datasets import load_digits
+
   bunch = load_digits()
   x = (bunch.images / 16.0).astype(np.float32)[..., None]
   y = bunch.target.astype(np.int32)
@@ -70,28 +103,42 @@ def _read_idx(path: pathlib.Path) -> np.ndarray:
   with gzip.open(path, "rb") as f:
     raw = f.read()
   ndim = raw[3]
-  shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+  shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
   return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def fashion_mnist_idx(directory: str | None = None) -> Dataset:
   """Fashion-MNIST from the four IDX ``.gz`` files, ``[N, 28, 28, 1]`` in [0, 1]."""
-  root = pathlib.Path(directory or os.environ.get("FEDJAX_LAB_FASHION_MNIST_DIR",
-                                                  FASHION_MNIST_DIR))
-  files = {split: (root / f"{split}-images-idx3-ubyte.gz", root / f"{split}-labels-idx1-ubyte.gz")
-           for split in ("train", "t10k")}
+  root = pathlib.Path(
+    directory or os.environ.get("FEDJAX_LAB_FASHION_MNIST_DIR", FASHION_MNIST_DIR)
+  )
+  files = {
+    split: (root / f"{split}-images-idx3-ubyte.gz", root / f"{split}-labels-idx1-ubyte.gz")
+    for split in ("train", "t10k")
+  }
   missing = [str(p) for pair in files.values() for p in pair if not p.exists()]
   if missing:
     raise FileNotFoundError(
-        f"data.source='fashion_mnist_idx' needs the IDX files {missing}; run `make data` "
-        "(installs Debian's dataset-fashion-mnist) or set FEDJAX_LAB_FASHION_MNIST_DIR")
-  arrays = {split: ((_read_idx(img).astype(np.float32) / 255.0)[..., None],
-                    _read_idx(lab).astype(np.int32)) for split, (img, lab) in files.items()}
+      f"data.source='fashion_mnist_idx' needs the IDX files {missing}; run `make data` "
+      "(installs Debian's dataset-fashion-mnist) or set FEDJAX_LAB_FASHION_MNIST_DIR"
+    )
+  arrays = {
+    split: ((_read_idx(img).astype(np.float32) / 255.0)[..., None], _read_idx(lab).astype(np.int32))
+    for split, (img, lab) in files.items()
+  }
   return Dataset(*arrays["train"], *arrays["t10k"], num_classes=10)
 
 
-def synthetic(alpha: float, beta: float, num_clients: int, seed: int, *,
-              dim: int = 60, num_classes: int = 10, iid: bool = False) -> Dataset:
+def synthetic(
+  alpha: float,
+  beta: float,
+  num_clients: int,
+  seed: int,
+  *,
+  dim: int = 60,
+  num_classes: int = 10,
+  iid: bool = False,
+) -> Dataset:
   """Synthetic(alpha, beta) of Li et al. (FedProx, 2020), as LEAF generates it.
 
   Client k: u_k ~ N(0, alpha), B_k ~ N(0, beta); W_k, b_k ~ N(u_k, 1); v_k[j] ~ N(B_k, 1);
@@ -100,8 +147,9 @@ def synthetic(alpha: float, beta: float, num_clients: int, seed: int, *,
   10% of each client's examples form the global test set.
   """
   if alpha < 0 or beta < 0:
-    raise ValueError(f"data.synthetic_alpha and data.synthetic_beta must be >= 0, "
-                     f"got {alpha}, {beta}")
+    raise ValueError(
+      f"data.synthetic_alpha and data.synthetic_beta must be >= 0, got {alpha}, {beta}"
+    )
   rng = np.random.default_rng(seed)
   sizes = (rng.lognormal(4, 2, num_clients).astype(int) + 50).clip(max=2000)
   cov_diag = np.arange(1, dim + 1, dtype=np.float64) ** -1.2
@@ -120,12 +168,20 @@ def synthetic(alpha: float, beta: float, num_clients: int, seed: int, *,
     groups.append(np.full(size, k))
   x, y, g = np.concatenate(xs), np.concatenate(ys), np.concatenate(groups)
   train, test = _holdout(len(y), 0.1, seed + 1)
-  return Dataset(x[train], y[train], x[test], y[test], num_classes, train_groups=g[train],
-                 group_names=tuple(f"client_{k}" for k in range(num_clients)))
+  return Dataset(
+    x[train],
+    y[train],
+    x[test],
+    y[test],
+    num_classes,
+    train_groups=g[train],
+    group_names=tuple(f"client_{k}" for k in range(num_clients)),
+  )
 
 
-SHAKESPEARE_VOCAB = ("\x00\x01" + "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                     "0123456789 .,;:!?'\"-()[]&\n")
+SHAKESPEARE_VOCAB = (
+  "\x00\x01" + "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:!?'\"-()[]&\n"
+)
 _SPEAKER = re.compile(r"^([A-Z][A-Za-z]*(?: [A-Za-z]+){0,3})\.$")
 
 
@@ -146,8 +202,9 @@ def encode_text(text: str) -> np.ndarray:
   return np.array([lookup.get(c, 1) for c in text], np.int32)
 
 
-def shakespeare(directory: str, *, sequence_length: int = 80, min_chars: int = 1000,
-                seed: int = 0) -> Dataset:
+def shakespeare(
+  directory: str, *, sequence_length: int = 80, min_chars: int = 1000, seed: int = 0
+) -> Dataset:
   """Next-character prediction on plays, one natural group per (play, speaking character).
 
   Each character's speeches are concatenated and cut into windows of ``sequence_length + 1``
@@ -155,11 +212,13 @@ def shakespeare(directory: str, *, sequence_length: int = 80, min_chars: int = 1
   fewer than ``min_chars`` characters of speech are dropped. 10% of windows form the test set.
   """
   root = pathlib.Path(directory)
-  plays = sorted(p for p in root.glob("*.txt") if not p.stem.endswith("_f")
-                 and p.name != "metadata.txt")
+  plays = sorted(
+    p for p in root.glob("*.txt") if not p.stem.endswith("_f") and p.name != "metadata.txt"
+  )
   if not plays:
-    raise FileNotFoundError(f"data.source_dir={directory!r} holds no plain-text plays; "
-                            "run `make data`")
+    raise FileNotFoundError(
+      f"data.source_dir={directory!r} holds no plain-text plays; run `make data`"
+    )
   windows, groups, names = [], [], []
   for play in plays:
     by_speaker: dict[str, list[str]] = {}
@@ -170,18 +229,25 @@ def shakespeare(directory: str, *, sequence_length: int = 80, min_chars: int = 1
       count = len(ids) // (sequence_length + 1)
       if len(ids) < min_chars or count == 0:
         continue
-      windows.append(ids[:count * (sequence_length + 1)].reshape(count, sequence_length + 1))
+      windows.append(ids[: count * (sequence_length + 1)].reshape(count, sequence_length + 1))
       groups.append(np.full(count, len(names)))
       names.append(f"{play.stem.removesuffix('_gut')}/{speaker}")
   data, group_ids = np.concatenate(windows), np.concatenate(groups)
   train, test = _holdout(len(data), 0.1, seed)
-  return Dataset(data[train, :-1], data[train, 1:], data[test, :-1], data[test, 1:],
-                 num_classes=len(SHAKESPEARE_VOCAB), train_groups=group_ids[train],
-                 group_names=tuple(names))
+  return Dataset(
+    data[train, :-1],
+    data[train, 1:],
+    data[test, :-1],
+    data[test, 1:],
+    num_classes=len(SHAKESPEARE_VOCAB),
+    train_groups=group_ids[train],
+    group_names=tuple(names),
+  )
 
 
-def shakespeare_genre(directory: str, *, window: int = 200, hash_buckets: int = 512,
-                      seed: int = 0) -> Dataset:
+def shakespeare_genre(
+  directory: str, *, window: int = 200, hash_buckets: int = 512, seed: int = 0
+) -> Dataset:
   """Text classification: which genre (``GENRES``) a ``window``-character piece of a play's
   speeches comes from. Features ``[N, V + hash_buckets]``: character frequencies and
   character-bigram frequencies hashed as ``(a * V + b) mod hash_buckets``, standardized with
@@ -195,32 +261,43 @@ def shakespeare_genre(directory: str, *, window: int = 200, hash_buckets: int = 
     name = play.stem.removesuffix("_gut")
     if name not in PLAY_GENRE:
       continue
-    ids = encode_text(" ".join(speech for _, speech in parse_play(
-        play.read_text(encoding="latin-1"))))
+    ids = encode_text(
+      " ".join(speech for _, speech in parse_play(play.read_text(encoding="latin-1")))
+    )
     count = len(ids) // window
     if count == 0:
       continue
-    pieces = ids[:count * window].reshape(count, window)
+    pieces = ids[: count * window].reshape(count, window)
     unigrams = np.stack([np.bincount(p, minlength=vocab) for p in pieces])
-    bigrams = np.stack([np.bincount((p[:-1] * vocab + p[1:]) % hash_buckets,
-                                    minlength=hash_buckets) for p in pieces])
+    bigrams = np.stack(
+      [np.bincount((p[:-1] * vocab + p[1:]) % hash_buckets, minlength=hash_buckets) for p in pieces]
+    )
     features.append(np.concatenate([unigrams, bigrams], axis=1) / window)
     labels.append(np.full(count, PLAY_GENRE[name]))
     plays.append(np.full(count, len(names)))
     names.append(name)
   if not features:
-    raise FileNotFoundError(f"data.source_dir={directory!r} holds no plays of a known genre; "
-                            "run `make data`")
+    raise FileNotFoundError(
+      f"data.source_dir={directory!r} holds no plays of a known genre; run `make data`"
+    )
   x, y, groups = np.concatenate(features), np.concatenate(labels), np.concatenate(plays)
   train, test = _holdout(len(y), 0.1, seed)
   mean, std = x[train].mean(0), x[train].std(0) + 1e-6
   x = ((x - mean) / std).astype(np.float32)
-  return Dataset(x[train], y[train].astype(np.int32), x[test], y[test].astype(np.int32),
-                 num_classes=len(GENRES), train_groups=groups[train], group_names=tuple(names))
+  return Dataset(
+    x[train],
+    y[train].astype(np.int32),
+    x[test],
+    y[test].astype(np.int32),
+    num_classes=len(GENRES),
+    train_groups=groups[train],
+    group_names=tuple(names),
+  )
 
 
-def tfds_source(name: str, *, data_dir: str | None = None, coarse_labels: bool = False,
-                download: bool = False) -> Dataset:
+def tfds_source(
+  name: str, *, data_dir: str | None = None, coarse_labels: bool = False, download: bool = False
+) -> Dataset:
   """A TFDS image-classification dataset read through ``tfds.data_source`` (array_record).
 
   ``name`` is a catalog name (``mnist``, ``fashion_mnist``, ``emnist/byclass``, ``cifar10``,
@@ -228,9 +305,12 @@ def tfds_source(name: str, *, data_dir: str | None = None, coarse_labels: bool =
   scaled to [0, 1], ``[N, H, W, C]``.
   """
   import tensorflow_datasets as tfds
+
   if name.split("/")[0] not in TFDS_DATASETS:
-    raise ValueError(f"data.source='tfds:{name}' is not supported; allowed: "
-                     f"{', '.join('tfds:' + n for n in TFDS_DATASETS)}")
+    raise ValueError(
+      f"data.source='tfds:{name}' is not supported; allowed: "
+      f"{', '.join('tfds:' + n for n in TFDS_DATASETS)}"
+    )
   if coarse_labels and not name.startswith("cifar100"):
     raise ValueError("data.coarse_labels is only meaningful for tfds:cifar100")
   label_key = "coarse_label" if coarse_labels else "label"

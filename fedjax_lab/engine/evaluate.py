@@ -1,5 +1,6 @@
 """Evaluation: the global model on the pooled test set, and the model each client would use on
 its own test split (personalized evaluation)."""
+
 from __future__ import annotations
 
 import functools
@@ -15,24 +16,35 @@ def _masked_sums(apply_fn, params, x, y, mask):
   """(correct, loss, count) summed over the real examples of one padded batch."""
   logits = apply_fn(params, x)
   mask = mask.astype(jnp.float32)
-  return jnp.stack([(per_example_correct(logits, y) * mask).sum(),
-                    (per_example_cross_entropy(logits, y) * mask).sum(), mask.sum()])
+  return jnp.stack(
+    [
+      (per_example_correct(logits, y) * mask).sum(),
+      (per_example_cross_entropy(logits, y) * mask).sum(),
+      mask.sum(),
+    ]
+  )
 
 
 _jitted_sums = jax.jit(_masked_sums, static_argnums=0)
 
 
-def evaluate_pooled(apply_fn, params, x: np.ndarray, y: np.ndarray,
-                    batch_size: int = 500) -> dict[str, float]:
+def evaluate_pooled(
+  apply_fn, params, x: np.ndarray, y: np.ndarray, batch_size: int = 500
+) -> dict[str, float]:
   """Accuracy and mean loss of one model on ``x, y``, in fixed-shape batches (one compilation)."""
   num_real = len(y)
   batch_size = min(batch_size, num_real)
   padded = -(-num_real // batch_size) * batch_size
   pad = lambda a: np.concatenate([a, np.zeros((padded - num_real,) + a.shape[1:], a.dtype)])
   x, y, mask = pad(x), pad(y), np.arange(padded) < num_real
-  totals = sum(np.asarray(_jitted_sums(apply_fn, params, x[s:s + batch_size],
-                                       y[s:s + batch_size], mask[s:s + batch_size]))
-               for s in range(0, padded, batch_size))
+  totals = sum(
+    np.asarray(
+      _jitted_sums(
+        apply_fn, params, x[s : s + batch_size], y[s : s + batch_size], mask[s : s + batch_size]
+      )
+    )
+    for s in range(0, padded, batch_size)
+  )
   return {"accuracy": float(totals[0] / totals[2]), "loss": float(totals[1] / totals[2])}
 
 
@@ -41,19 +53,27 @@ def _per_client_sums(apply_fn, params, x, y, num_examples, personal: bool, chunk
   def one_client(args):
     client_params, cx, cy, n = args if personal else (params,) + args
     return _masked_sums(apply_fn, client_params, cx, cy, jnp.arange(cx.shape[0]) < n)
+
   args = (params, x, y, num_examples) if personal else (x, y, num_examples)
   return jax.lax.map(one_client, args, batch_size=chunk_size)
 
 
-def evaluate_clients(apply_fn, params, x: np.ndarray, y: np.ndarray, num_examples: np.ndarray,
-                     *, personal: bool, chunk_size: int = 16) -> np.ndarray:
+def evaluate_clients(
+  apply_fn,
+  params,
+  x: np.ndarray,
+  y: np.ndarray,
+  num_examples: np.ndarray,
+  *,
+  personal: bool,
+  chunk_size: int = 16,
+) -> np.ndarray:
   """Per-client test accuracy ``[num_clients]`` (NaN for a client with no test examples).
 
   ``personal``: ``params`` has a leading client axis (each client's own model); otherwise one
   model is shared by every client.
   """
-  sums = np.asarray(_per_client_sums(apply_fn, params, x, y, num_examples, personal,
-                                     chunk_size))
+  sums = np.asarray(_per_client_sums(apply_fn, params, x, y, num_examples, personal, chunk_size))
   with np.errstate(invalid="ignore", divide="ignore"):
     return np.where(sums[:, 2] > 0, sums[:, 0] / sums[:, 2], np.nan)
 
@@ -61,5 +81,8 @@ def evaluate_clients(apply_fn, params, x: np.ndarray, y: np.ndarray, num_example
 def summarize_clients(accuracy: np.ndarray) -> dict[str, float]:
   """Mean, standard deviation and 10th percentile across clients (NaNs ignored)."""
   real = accuracy[~np.isnan(accuracy)]
-  return {"client_accuracy_mean": float(real.mean()), "client_accuracy_std": float(real.std()),
-          "client_accuracy_p10": float(np.percentile(real, 10))}
+  return {
+    "client_accuracy_mean": float(real.mean()),
+    "client_accuracy_std": float(real.std()),
+    "client_accuracy_p10": float(np.percentile(real, 10)),
+  }

@@ -15,11 +15,12 @@ Every strategy computes the same function; they differ in speed and peak memory.
 chunk (one client) of outputs is alive at a time, so an aggregate over a cohort of 1,000 costs
 the memory of a chunk, not of the cohort.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,13 +33,15 @@ STRATEGIES = ("vmap", "chunked", "loop")
 @dataclasses.dataclass(frozen=True)
 class Executor:
   """``map(fn, in_axes)`` lifts ``fn`` over a leading client axis (``in_axes`` entries 0/None)."""
+
   strategy: str = "vmap"
   chunk_size: int = 8
 
   def __post_init__(self):
     if self.strategy not in STRATEGIES:
-      raise ValueError(f"execution.strategy={self.strategy!r} is unknown; allowed: "
-                       f"{', '.join(STRATEGIES)}")
+      raise ValueError(
+        f"execution.strategy={self.strategy!r} is unknown; allowed: {', '.join(STRATEGIES)}"
+      )
     if self.chunk_size < 1:
       raise ValueError(f"execution.chunk_size must be >= 1, got {self.chunk_size}")
 
@@ -52,18 +55,24 @@ class Executor:
     if self.strategy == "vmap":
       return jax.vmap(fn, in_axes=in_axes)
     if self.strategy == "chunked":
+
       def chunked(*args):
         mapped = tuple(a for a, axis in zip(args, in_axes) if axis == 0)
-        return jax.lax.map(lambda rows: fn(*_merge(args, in_axes, rows)), mapped,
-                           batch_size=self.chunk_size)
+        return jax.lax.map(
+          lambda rows: fn(*_merge(args, in_axes, rows)), mapped, batch_size=self.chunk_size
+        )
+
       return chunked
 
     jitted = jax.jit(fn)
 
     def loop(*args):
-      outputs = [jitted(*_merge(args, in_axes, _rows(args, in_axes, client)))
-                 for client in range(cohort_size(args, in_axes))]
+      outputs = [
+        jitted(*_merge(args, in_axes, _rows(args, in_axes, client)))
+        for client in range(cohort_size(args, in_axes))
+      ]
       return jax.tree.map(lambda *leaves: jnp.stack(leaves), *outputs)
+
     return loop
 
   def map_sum(self, fn: Callable, in_axes: Sequence[int | None]) -> Callable:
@@ -83,6 +92,7 @@ class Executor:
         out = jitted(*_merge(args, in_axes, _rows(args, in_axes, client)))
         total = out if total is None else add(total, out)
       return total
+
     return loop_sum
 
 
@@ -93,8 +103,9 @@ def cohort_size(args, in_axes) -> int:
 
 def _rows(args, in_axes, clients):
   """The client-mapped arguments indexed by ``clients`` (one index, or a slice)."""
-  return tuple(jax.tree.map(lambda leaf: leaf[clients], a)
-               for a, axis in zip(args, in_axes) if axis == 0)
+  return tuple(
+    jax.tree.map(lambda leaf: leaf[clients], a) for a, axis in zip(args, in_axes) if axis == 0
+  )
 
 
 def _chunked_sum(fn, in_axes, chunk_size, *args):
@@ -106,15 +117,21 @@ def _chunked_sum(fn, in_axes, chunk_size, *args):
   chunk_sum = lambda rows: client_sum(batched(*_merge(args, in_axes, rows)))
 
   def chunk(index):
-    return tuple(jax.tree.map(
-        lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, index * chunk_size, chunk_size), a)
-        for a, axis in zip(args, in_axes) if axis == 0)
+    return tuple(
+      jax.tree.map(
+        lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, index * chunk_size, chunk_size), a
+      )
+      for a, axis in zip(args, in_axes)
+      if axis == 0
+    )
 
   total = None
   if full:
     total, _ = jax.lax.scan(
-        lambda acc, index: (jax.tree.map(jnp.add, acc, chunk_sum(chunk(index))), None),
-        chunk_sum(chunk(0)), jnp.arange(1, full))
+      lambda acc, index: (jax.tree.map(jnp.add, acc, chunk_sum(chunk(index))), None),
+      chunk_sum(chunk(0)),
+      jnp.arange(1, full),
+    )
   if full * chunk_size < size:
     tail = chunk_sum(_rows(args, in_axes, slice(full * chunk_size, size)))
     total = tail if total is None else jax.tree.map(jnp.add, total, tail)

@@ -6,16 +6,15 @@ epoch ``e = s // b(n)`` and batch ``j = s % b(n)``. Epoch ``e``'s order is a per
 ``n`` real examples drawn from ``fold_in(key, e)``; batch ``j`` holds positions
 ``j*B .. j*B+B-1`` of it, the last batch of an epoch keeping only the real ones (as a PyTorch
 DataLoader with ``drop_last=False``). The client runs ``E * b(n)`` steps (``epochs`` mode) or
-``S`` steps (``steps`` mode). Steps past that (the padding up to the federation-wide maximum
-that keeps shapes static) are computed and then discarded by a select: the parameters and the
-optimizer state stay untouched. (A ``lax.cond`` would skip them outside ``vmap``, but on XLA:CPU
-a convolution inside a conditional ran 4.5x slower than the select's wasted steps cost: FEMNIST
-CNN, batch 50, 72 ms against 17 ms per step.)
+``S`` steps (``steps`` mode), in a rolled loop whose trip count is that number: no step is
+computed for padding (``make_local_trainer``).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +29,7 @@ Objective = Callable[[Any, jax.Array, jax.Array, jax.Array, Any], jax.Array]
 @dataclasses.dataclass(frozen=True)
 class LocalSchedule:
   """How many steps a client takes. Exactly one of ``epochs`` and ``steps`` is positive."""
+
   batch_size: int
   max_examples: int
   epochs: int = 1
@@ -40,8 +40,9 @@ class LocalSchedule:
 
   def client_steps(self, num_examples) -> jax.Array:
     """Steps a client with ``num_examples`` real examples takes (0 for an empty client)."""
-    per_client = self.steps if self.steps > 0 else self.epochs * self.batches_per_epoch(
-        num_examples)
+    per_client = (
+      self.steps if self.steps > 0 else self.epochs * self.batches_per_epoch(num_examples)
+    )
     return jnp.where(num_examples > 0, per_client, 0)
 
   @property
@@ -65,6 +66,7 @@ def epoch_orders(key: jax.Array, num_examples, schedule: LocalSchedule) -> jax.A
   def order(epoch):
     scores = jax.random.uniform(jax.random.fold_in(key, epoch), (schedule.max_examples,))
     return jnp.argsort(jnp.where(positions < num_examples, scores, 2.0))
+
   return jax.vmap(order)(jnp.arange(schedule.max_epochs))
 
 
@@ -73,37 +75,50 @@ def batch_indices(orders: jax.Array, num_examples, step, schedule: LocalSchedule
   per_epoch = schedule.batches_per_epoch(num_examples)
   epoch, batch = step // per_epoch, step % per_epoch
   slots = batch * schedule.batch_size + jnp.arange(schedule.batch_size)
-  indices = orders[jnp.minimum(epoch, orders.shape[0] - 1),
-                   jnp.minimum(slots, schedule.max_examples - 1)]
+  indices = orders[
+    jnp.minimum(epoch, orders.shape[0] - 1), jnp.minimum(slots, schedule.max_examples - 1)
+  ]
   return indices, slots < num_examples
 
 
 def cross_entropy_objective(apply_fn) -> Objective:
   """Mean softmax cross-entropy over the real examples of the batch; ``context`` unused."""
+
   def objective(params, x, y, mask, context):
     del context
     return masked_mean(per_example_cross_entropy(apply_fn(params, x), y), mask)
+
   return objective
 
 
 @dataclasses.dataclass(frozen=True)
 class LocalResult:
   """Per-client diagnostics of local training."""
-  mean_loss: jax.Array       # mean objective over the steps taken (before each update)
-  num_steps: jax.Array       # steps taken
+
+  mean_loss: jax.Array  # mean objective over the steps taken (before each update)
+  num_steps: jax.Array  # steps taken
 
 
-jax.tree_util.register_dataclass(LocalResult, data_fields=["mean_loss", "num_steps"],
-                                 meta_fields=[])
+jax.tree_util.register_dataclass(
+  LocalResult, data_fields=["mean_loss", "num_steps"], meta_fields=[]
+)
 
 
-def make_local_trainer(objective: Objective, optimizer: optax.GradientTransformation,
-                       schedule: LocalSchedule, unroll: bool = False):
+def make_local_trainer(
+  objective: Objective,
+  optimizer: optax.GradientTransformation,
+  schedule: LocalSchedule,
+  unroll: bool = False,
+):
   """``train(params, x, y, num_examples, key, context) -> (params, LocalResult)``.
 
   ``x``, ``y``: one client's padded arrays ``[max_examples, ...]``. The optimizer state starts
-  fresh. ``unroll`` unrolls the step loop (faster for convolutions on XLA:CPU, slower to
-  compile) instead of a rolled ``lax.scan``.
+  fresh. The step loop is rolled and runs to the client's own step count (a ``while`` loop
+  with a traced trip count): alone (the ``loop`` strategy) a client computes exactly its steps;
+  under ``vmap`` the batch runs to its largest member's count, the others' carries held by a
+  select. ``unroll`` instead unrolls a static loop of ``schedule.max_steps`` steps, steps past
+  the client's count computed and discarded by a select (the project's earlier default for
+  convolutions on XLA:CPU: fast steps, compile time growing with the step count).
   """
   grad_fn = jax.value_and_grad(objective)
 
@@ -111,19 +126,24 @@ def make_local_trainer(objective: Objective, optimizer: optax.GradientTransforma
     total_steps = schedule.client_steps(num_examples)
     orders = epoch_orders(key, num_examples, schedule)
 
-    def step(carry, step_index):
+    def update(step_index, carry):
       params, opt_state, loss_sum = carry
       indices, mask = batch_indices(orders, num_examples, step_index, schedule)
       loss, grads = grad_fn(params, x[indices], y[indices], mask, context)
-      updates, new_opt_state = optimizer.update(grads, opt_state, params)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, loss_sum + loss
+
+    def masked_step(carry, step_index):
       active = step_index < total_steps
       keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)
-      return (keep(optax.apply_updates(params, updates), params), keep(new_opt_state, opt_state),
-              loss_sum + jnp.where(active, loss, 0.0)), None
+      return keep(update(step_index, carry), carry), None
 
     carry = (params, optimizer.init(params), jnp.zeros((), jnp.float32))
-    (params, _, loss_sum), _ = jax.lax.scan(step, carry, jnp.arange(schedule.max_steps),
-                                            unroll=bool(unroll))
+    if unroll:
+      carry, _ = jax.lax.scan(masked_step, carry, jnp.arange(schedule.max_steps), unroll=True)
+    else:
+      carry = jax.lax.fori_loop(0, total_steps, update, carry)
+    params, _, loss_sum = carry
     result = LocalResult(loss_sum / jnp.maximum(total_steps, 1), total_steps)
     return params, result
 

@@ -6,6 +6,7 @@ gradient with respect to the float32 parameters flows back through the casts, so
 accumulated in float32. bfloat16 halves activation memory and uses the bf16 matrix units of
 GPUs/TPUs; on CPUs without them it is usually slower (docs/performance.md).
 """
+
 from __future__ import annotations
 
 import jax
@@ -23,4 +24,5 @@ def apply_in(dtype: str, apply_fn):
   def apply(params, x):
     cast = lambda leaf: leaf.astype(compute) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
     return apply_fn(jax.tree.map(cast, params), cast(x)).astype(jnp.float32)
+
   return apply

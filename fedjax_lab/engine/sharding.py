@@ -6,6 +6,7 @@ the vmapped clients and turns the sums over clients into all-reduces, so 1 or N 
 the same function (tests/test_sharding.py). Across hosts, call ``jax.distributed.initialize``
 first; ``jax.devices()`` then lists every host's devices (docs/performance.md).
 """
+
 from __future__ import annotations
 
 import jax
@@ -19,8 +20,10 @@ def client_mesh(num_devices: int) -> Mesh:
   """A 1-D mesh over the first ``num_devices`` devices."""
   available = jax.device_count()
   if num_devices > available:
-    raise ValueError(f"execution.devices={num_devices} but only {available} "
-                     f"{jax.default_backend()} device(s) are visible")
+    raise ValueError(
+      f"execution.devices={num_devices} but only {available} "
+      f"{jax.default_backend()} device(s) are visible"
+    )
   return Mesh(np.asarray(jax.devices()[:num_devices]), (CLIENT_AXIS,))
 
 

@@ -1,15 +1,17 @@
-"""Model registry (``MODELS``). The engine sees a model only through ``Model``: ``init``, ``apply`` and the
-ordered ``layer_groups`` that layer-wise methods recombine, personalize or prune."""
+"""Model registry (``MODELS``). The engine sees a model only through ``Model``: ``init``,
+``apply`` and the ordered ``layer_groups`` that layer-wise methods recombine, personalize or
+prune."""
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fedjax_lab.models.im2col import apply_im2col
+from fedjax_lab.models.im2col import CONVOLUTIONS, apply_convolutions
 from fedjax_lab.models.sequence import CharLSTM, TransformerLM
 from fedjax_lab.models.vision import MLP, VGG, VGG16_LAYOUT, CifarCNN, FedAvgCNN, ResNet20
 from fedjax_lab.registry import Registry
@@ -20,8 +22,10 @@ Params = dict
 @dataclasses.dataclass(frozen=True)
 class Model:
   """A Flax module seen as pure functions. ``params`` is the module's ``'params'`` collection.
-  ``conv``: how convolutions are computed, ``xla`` (``lax.conv``) or ``im2col`` (matrix
-  products, models/im2col.py); the parameters are the same either way."""
+  ``conv``: how convolutions are computed, ``xla`` (``lax.conv``), ``im2col`` (matrix
+  products) or ``explicit_vjp`` (XLA's forward, a backward pass fast inside rolled loops on
+  XLA:CPU); models/im2col.py. The parameters are the same either way."""
+
   name: str
   module: nn.Module
   has_conv: bool
@@ -33,8 +37,8 @@ class Model:
 
   def apply(self, params: Params, x) -> jax.Array:
     """Logits ``[batch, ..., num_classes]``."""
-    if self.conv == "im2col":
-      return apply_im2col(self.module, {"params": params}, x)
+    if self.conv != "xla":
+      return apply_convolutions(self.module, {"params": params}, x, self.conv)
     return self.module.apply({"params": params}, x)
 
   @staticmethod
@@ -47,6 +51,7 @@ class Model:
 class ModelEntry:
   """A registered model: ``module(num_classes) -> nn.Module``; ``has_conv`` tells the engine
   it holds convolutions (execution defaults on CPU differ)."""
+
   module: Callable[[int], nn.Module]
   has_conv: bool
 
@@ -54,18 +59,22 @@ class ModelEntry:
 MODELS: Registry[ModelEntry] = Registry("model.name")
 MODELS.register("mlp", ModelEntry(MLP, has_conv=False))
 MODELS.register("fedavg_cnn", ModelEntry(FedAvgCNN, has_conv=True))
-MODELS.register("femnist_cnn", ModelEntry(
-    lambda n: FedAvgCNN(n, features=(16, 32), hidden=256, padding="VALID"), has_conv=True))
-MODELS.register("small_cnn", ModelEntry(lambda n: FedAvgCNN(n, features=(8, 16), hidden=64),
-                                        has_conv=True))
+MODELS.register(
+  "femnist_cnn",
+  ModelEntry(lambda n: FedAvgCNN(n, features=(16, 32), hidden=256, padding="VALID"), has_conv=True),
+)
+MODELS.register(
+  "small_cnn", ModelEntry(lambda n: FedAvgCNN(n, features=(8, 16), hidden=64), has_conv=True)
+)
 MODELS.register("cifar_cnn", ModelEntry(CifarCNN, has_conv=True))
 MODELS.register("resnet20", ModelEntry(ResNet20, has_conv=True))
 MODELS.register("vgg", ModelEntry(VGG, has_conv=True))
-MODELS.register("vgg16", ModelEntry(
-    lambda n: VGG(n, layout=VGG16_LAYOUT, classifier=(4096, 4096)), has_conv=True))
+MODELS.register(
+  "vgg16", ModelEntry(lambda n: VGG(n, layout=VGG16_LAYOUT, classifier=(4096, 4096)), has_conv=True)
+)
 MODELS.register("char_lstm", ModelEntry(CharLSTM, has_conv=False))
 MODELS.register("transformer_lm", ModelEntry(TransformerLM, has_conv=False))
-CONV_IMPLEMENTATIONS = ("xla", "im2col")
+CONV_IMPLEMENTATIONS = ("xla",) + tuple(CONVOLUTIONS)
 
 
 def build_model(name: str, num_classes: int, conv: str = "xla") -> Model:

@@ -1,4 +1,5 @@
 """Next-token models. Inputs ``[batch, time]`` int ids, logits ``[batch, time, vocab]``."""
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -7,6 +8,7 @@ import jax.numpy as jnp
 
 class CharLSTM(nn.Module):
   """LEAF's Shakespeare model: embedding(8), two LSTM(256) layers, a dense read-out per step."""
+
   vocab_size: int
   embed_dim: int = 8
   hidden: int = 256
@@ -22,6 +24,7 @@ class CharLSTM(nn.Module):
 
 class DecoderBlock(nn.Module):
   """Pre-LayerNorm causal self-attention and MLP, each with a residual connection."""
+
   num_heads: int
   mlp_ratio: int = 4
 
@@ -37,6 +40,7 @@ class DecoderBlock(nn.Module):
 class TransformerLM(nn.Module):
   """A small decoder-only Transformer: token + learned position embeddings, ``num_layers``
   pre-LN blocks, a final LayerNorm and an untied read-out."""
+
   vocab_size: int
   width: int = 64
   num_layers: int = 2

@@ -4,15 +4,17 @@ Normalization layers are GroupNorm, not BatchNorm: batch statistics are mutable 
 would make local training impure and cohort-size dependent (Hsieh et al. 2020 show BatchNorm
 also hurts under non-IID data).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 
 
 class MLP(nn.Module):
   """Flatten, then ``hidden`` ReLU layers, then a linear read-out."""
+
   num_classes: int
   hidden: Sequence[int] = (200, 200)
 
@@ -34,6 +36,7 @@ class FedAvgCNN(nn.Module):
   With ``features=(16, 32)`` and ``hidden=256``, 'VALID' padding it is FedMR's FEMNIST
   ``CNNFashionMnist`` (fc 512 -> 256).
   """
+
   num_classes: int
   features: Sequence[int] = (32, 64)
   hidden: int = 512
@@ -50,6 +53,7 @@ class FedAvgCNN(nn.Module):
 
 class CifarCNN(nn.Module):
   """FedMR's ``CNNCifar`` (LeNet-5): conv5x5(6)-pool-conv5x5(16)-pool-fc120-fc84-out."""
+
   num_classes: int
 
   @nn.compact
@@ -68,6 +72,7 @@ def _norm(name: str, channels: int) -> nn.Module:
 
 class PreActBottleneck(nn.Module):
   """GN-ReLU-conv1x1, GN-ReLU-conv3x3(stride), GN-ReLU-conv1x1(4x); conv1x1 projection shortcut."""
+
   planes: int
   stride: int
 
@@ -76,14 +81,18 @@ class PreActBottleneck(nn.Module):
     out_channels = 4 * self.planes
     shortcut = x
     if self.stride != 1 or x.shape[-1] != out_channels:
-      shortcut = nn.Conv(out_channels, (1, 1), strides=self.stride, use_bias=False,
-                         name="shortcut")(x)
+      shortcut = nn.Conv(
+        out_channels, (1, 1), strides=self.stride, use_bias=False, name="shortcut"
+      )(x)
     y = nn.Conv(self.planes, (1, 1), use_bias=False, name="conv0")(
-        nn.relu(_norm("norm0", x.shape[-1])(x)))
-    y = nn.Conv(self.planes, (3, 3), strides=self.stride, padding=1, use_bias=False,
-                name="conv1")(nn.relu(_norm("norm1", self.planes)(y)))
+      nn.relu(_norm("norm0", x.shape[-1])(x))
+    )
+    y = nn.Conv(self.planes, (3, 3), strides=self.stride, padding=1, use_bias=False, name="conv1")(
+      nn.relu(_norm("norm1", self.planes)(y))
+    )
     y = nn.Conv(out_channels, (1, 1), use_bias=False, name="conv2")(
-        nn.relu(_norm("norm2", self.planes)(y)))
+      nn.relu(_norm("norm2", self.planes)(y))
+    )
     return y + shortcut
 
 
@@ -91,6 +100,7 @@ class ResNet20(nn.Module):
   """FedMR's ``ResNet20_cifar``: stem conv3x3(16), 3 stages x 2 pre-activation bottlenecks
   (planes 16/32/64, strides 1/2/2, expansion 4), global average pool, fc 256 -> classes.
   GroupNorm replaces the code's BatchNorm."""
+
   num_classes: int
 
   @nn.compact
@@ -98,14 +108,16 @@ class ResNet20(nn.Module):
     x = nn.Conv(16, (3, 3), padding=1, use_bias=False, name="stem")(x)
     for stage, (planes, stride) in enumerate(zip((16, 32, 64), (1, 2, 2))):
       for block in range(2):
-        x = PreActBottleneck(planes, stride if block == 0 else 1,
-                             name=f"stage{stage}_block{block}")(x)
+        x = PreActBottleneck(
+          planes, stride if block == 0 else 1, name=f"stage{stage}_block{block}"
+        )(x)
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, name="head")(x)
 
 
 class ConvNormReLU(nn.Module):
   """3x3 conv, GroupNorm, ReLU: one VGG layer (its norm moves with it as one layer group)."""
+
   features: int
 
   @nn.compact
@@ -114,13 +126,32 @@ class ConvNormReLU(nn.Module):
     return nn.relu(_norm("norm", self.features)(x))
 
 
-VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-                512, 512, 512, "M")
+VGG16_LAYOUT = (
+  64,
+  64,
+  "M",
+  128,
+  128,
+  "M",
+  256,
+  256,
+  256,
+  "M",
+  512,
+  512,
+  512,
+  "M",
+  512,
+  512,
+  512,
+  "M",
+)
 
 
 class VGG(nn.Module):
   """VGG-style net: 3x3 conv-GN-ReLU stacks and 2x2 max-pools per ``layout``, then an MLP
   classifier. ``VGG16_LAYOUT`` with ``classifier=(4096, 4096)`` is VGG-16."""
+
   num_classes: int
   layout: Sequence = (32, "M", 64, "M", 128, "M")
   classifier: Sequence[int] = (256,)

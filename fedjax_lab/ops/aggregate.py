@@ -1,4 +1,5 @@
 """Aggregation of stacked client pytrees (leaves ``[clients, ...]``)."""
+
 from __future__ import annotations
 
 import jax
@@ -10,15 +11,17 @@ def weighted_mean(stacked, weights: jax.Array):
   weights = jnp.asarray(weights, jnp.float32)
   total = jnp.maximum(weights.sum(), jnp.finfo(jnp.float32).tiny)
   return jax.tree.map(
-      lambda leaf: jnp.tensordot(weights / total, leaf, axes=1).astype(leaf.dtype), stacked)
+    lambda leaf: jnp.tensordot(weights / total, leaf, axes=1).astype(leaf.dtype), stacked
+  )
 
 
 def client_sum(stacked):
   """Each leaf summed over its leading (client) axis, as a product with a vector of ones:
   XLA:CPU runs ``leaf.sum(0)`` of a [100, 784, 200] stack 75x slower than this dot (213 ms
   against 3 ms)."""
-  return jax.tree.map(lambda leaf: jnp.tensordot(jnp.ones(leaf.shape[0], leaf.dtype), leaf,
-                                                 axes=1), stacked)
+  return jax.tree.map(
+    lambda leaf: jnp.tensordot(jnp.ones(leaf.shape[0], leaf.dtype), leaf, axes=1), stacked
+  )
 
 
 def tree_broadcast(tree, size: int):
@@ -43,9 +46,12 @@ def segment_mean(stacked, weights: jax.Array, segment_ids: jax.Array, num_segmen
   weights = jnp.asarray(weights, jnp.float32)
   totals = jax.ops.segment_sum(weights, segment_ids, num_segments)
   scale = weights / jnp.maximum(totals[segment_ids], jnp.finfo(jnp.float32).tiny)
-  means = jax.tree.map(lambda leaf: jax.ops.segment_sum(leaf * _expand(scale, leaf), segment_ids,
-                                                        num_segments).astype(leaf.dtype),
-                       stacked)
+  means = jax.tree.map(
+    lambda leaf: jax.ops.segment_sum(leaf * _expand(scale, leaf), segment_ids, num_segments).astype(
+      leaf.dtype
+    ),
+    stacked,
+  )
   return means, totals
 
 
@@ -62,8 +68,7 @@ def neighbourhood_mean(stacked, weights: jax.Array, adjacency: jax.Array):
   (each client's collaborators, itself included): row-normalized mixing weights."""
   mixing = adjacency.astype(jnp.float32) * jnp.asarray(weights, jnp.float32)[None, :]
   mixing = mixing / jnp.maximum(mixing.sum(1, keepdims=True), jnp.finfo(jnp.float32).tiny)
-  return jax.tree.map(lambda leaf: jnp.tensordot(mixing, leaf, axes=1).astype(leaf.dtype),
-                      stacked)
+  return jax.tree.map(lambda leaf: jnp.tensordot(mixing, leaf, axes=1).astype(leaf.dtype), stacked)
 
 
 def _expand(per_client: jax.Array, leaf: jax.Array) -> jax.Array:

@@ -18,9 +18,11 @@ median) gets the stack.
 reducer is an ``Aggregator``, each ``ServerTransform`` maps its output (central noise). The
 chain keeps the reducer's sum form. Registered rules: ``AGGREGATORS``.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +35,7 @@ Pytree = Any
 
 class Aggregator(NamedTuple):
   """Reduces ``[cohort, ...]`` contributions to one pytree (module docstring)."""
+
   init: Callable[[Pytree], Any]
   aggregate: Callable[[Pytree, jax.Array, Optional[Pytree], Any, jax.Array], tuple[Pytree, Any]]
   prepare: Optional[Callable[[Pytree, Optional[Pytree], Any, jax.Array], Pytree]] = None
@@ -45,12 +48,14 @@ class Aggregator(NamedTuple):
 
 class ClientTransform(NamedTuple):
   """``apply(contribution, reference, state, key) -> contribution`` for one client."""
+
   init: Callable[[Pytree], Any]
   apply: Callable[[Pytree, Optional[Pytree], Any, jax.Array], Pytree]
 
 
 class ServerTransform(NamedTuple):
   """``apply(value, reference, state, key) -> (value, state)`` on the reduced value."""
+
   init: Callable[[Pytree], Any]
   apply: Callable[[Pytree, Optional[Pytree], Any, jax.Array], tuple[Pytree, Any]]
 
@@ -67,6 +72,7 @@ def mean() -> Aggregator:
     An ``Aggregator`` with a sum form: ``prepare`` is the identity, ``finalize`` divides the
     weighted sum by ``max(sum_k w_k, tiny)``.
   """
+
   def aggregate(stacked, weights, reference, state, key):
     del reference, key
     return weighted_mean(stacked, weights), state
@@ -103,11 +109,13 @@ def median() -> Aggregator:
   Returns:
     An ``Aggregator`` without a sum form.
   """
+
   def aggregate(stacked, weights, reference, state, key):
     del reference, key
     weights = jnp.asarray(weights, jnp.float32)
-    return jax.tree.map(lambda leaf: weighted_median(leaf, weights).astype(leaf.dtype),
-                        stacked), state
+    return jax.tree.map(
+      lambda leaf: weighted_median(leaf, weights).astype(leaf.dtype), stacked
+    ), state
 
   return Aggregator(_no_state, aggregate)
 
@@ -127,8 +135,9 @@ def clip_update_norm(max_norm: float) -> ClientTransform:
 
   def apply(contribution, reference, state, key):
     del state, key
-    update = (contribution if reference is None
-              else jax.tree.map(jnp.subtract, contribution, reference))
+    update = (
+      contribution if reference is None else jax.tree.map(jnp.subtract, contribution, reference)
+    )
     norm = jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(update)))
     scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, jnp.finfo(jnp.float32).tiny))
     clipped = jax.tree.map(lambda leaf: (leaf * scale).astype(leaf.dtype), update)
@@ -152,9 +161,10 @@ def chain(*parts) -> Aggregator:
   if len(reducers) != 1:
     raise ValueError(f"chain needs exactly one Aggregator among its parts, got {len(reducers)}")
   at = reducers[0]
-  before, reducer, after = parts[:at], parts[at], parts[at + 1:]
+  before, reducer, after = parts[:at], parts[at], parts[at + 1 :]
   if not all(isinstance(p, ClientTransform) for p in before) or not all(
-      isinstance(p, ServerTransform) for p in after):
+    isinstance(p, ServerTransform) for p in after
+  ):
     raise ValueError("chain: client transforms come before the reducer, server transforms after")
 
   def init(template):
@@ -162,36 +172,44 @@ def chain(*parts) -> Aggregator:
 
   def prepare_one(contribution, reference, state, key):
     for index, part in enumerate(before):
-      contribution = part.apply(contribution, reference, state[index],
-                                jax.random.fold_in(key, index))
+      contribution = part.apply(
+        contribution, reference, state[index], jax.random.fold_in(key, index)
+      )
     return contribution
 
   def transform_out(value, reference, states, key):
     states = list(states)
     for offset, part in enumerate(after):
       index = at + 1 + offset
-      value, states[index] = part.apply(value, reference, states[index],
-                                        jax.random.fold_in(key, index))
+      value, states[index] = part.apply(
+        value, reference, states[index], jax.random.fold_in(key, index)
+      )
     return value, tuple(states)
 
   def aggregate(stacked, weights, reference, state, key):
     keys = jax.random.split(key, jax.tree.leaves(stacked)[0].shape[0])
     prepared = jax.vmap(prepare_one, in_axes=(0, None, None, 0))(stacked, reference, state, keys)
-    value, reducer_state = reducer.aggregate(prepared, weights, reference, state[at],
-                                             jax.random.fold_in(key, at))
-    return transform_out(value, reference, state[:at] + (reducer_state,) + state[at + 1:], key)
+    value, reducer_state = reducer.aggregate(
+      prepared, weights, reference, state[at], jax.random.fold_in(key, at)
+    )
+    return transform_out(value, reference, state[:at] + (reducer_state,) + state[at + 1 :], key)
 
   if not reducer.has_sum_form:
     return Aggregator(init, aggregate)
 
   def prepare(contribution, reference, state, key):
-    return reducer.prepare(prepare_one(contribution, reference, state, key), reference,
-                           state[at], jax.random.fold_in(key, at))
+    return reducer.prepare(
+      prepare_one(contribution, reference, state, key),
+      reference,
+      state[at],
+      jax.random.fold_in(key, at),
+    )
 
   def finalize(weighted_sum, total_weight, reference, state, key):
-    value, reducer_state = reducer.finalize(weighted_sum, total_weight, reference, state[at],
-                                            jax.random.fold_in(key, at))
-    return transform_out(value, reference, state[:at] + (reducer_state,) + state[at + 1:], key)
+    value, reducer_state = reducer.finalize(
+      weighted_sum, total_weight, reference, state[at], jax.random.fold_in(key, at)
+    )
+    return transform_out(value, reference, state[:at] + (reducer_state,) + state[at + 1 :], key)
 
   return Aggregator(init, aggregate, prepare, finalize)
 

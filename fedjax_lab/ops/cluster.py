@@ -3,6 +3,7 @@
 Labels are canonical: a client's label is the smallest client index in its cluster, so labels
 lie in ``[0, N)`` and feed ``jax.ops.segment_sum`` with ``N`` segments directly.
 """
+
 from __future__ import annotations
 
 import jax
@@ -31,8 +32,14 @@ def count_clusters(labels: jax.Array, members: jax.Array | None = None) -> jax.A
   return is_representative.sum()
 
 
-def agglomerative(similarity: jax.Array, *, num_clusters: int = 0, threshold: float = 0.0,
-                  linkage: str = "average", members: jax.Array | None = None) -> jax.Array:
+def agglomerative(
+  similarity: jax.Array,
+  *,
+  num_clusters: int = 0,
+  threshold: float = 0.0,
+  linkage: str = "average",
+  members: jax.Array | None = None,
+) -> jax.Array:
   """Bottom-up clustering of ``similarity [N, N]`` (larger is closer).
 
   Start from singletons; repeatedly merge the two clusters of highest linkage similarity
@@ -61,26 +68,33 @@ def agglomerative(similarity: jax.Array, *, num_clusters: int = 0, threshold: fl
     proceed &= jnp.isfinite(best)
     if linkage == "average":
       merged = (sizes[keep] * linkage_sim[keep] + sizes[gone] * linkage_sim[gone]) / (
-          sizes[keep] + sizes[gone])
+        sizes[keep] + sizes[gone]
+      )
     elif linkage == "complete":
       merged = jnp.minimum(linkage_sim[keep], linkage_sim[gone])
     else:
       merged = jnp.maximum(linkage_sim[keep], linkage_sim[gone])
-    new = (linkage_sim.at[keep, :].set(merged).at[:, keep].set(merged),
-           alive.at[gone].set(False),
-           jnp.where(labels == gone, keep, labels),
-           sizes.at[keep].add(sizes[gone]))
+    new = (
+      linkage_sim.at[keep, :].set(merged).at[:, keep].set(merged),
+      alive.at[gone].set(False),
+      jnp.where(labels == gone, keep, labels),
+      sizes.at[keep].add(sizes[gone]),
+    )
     return jax.tree.map(lambda n, o: jnp.where(proceed, n, o), new, carry)
 
-  carry = (similarity.astype(jnp.float32), alive, jnp.arange(size, dtype=jnp.int32),
-           jnp.ones(size, jnp.float32))
+  carry = (
+    similarity.astype(jnp.float32),
+    alive,
+    jnp.arange(size, dtype=jnp.int32),
+    jnp.ones(size, jnp.float32),
+  )
   _, _, labels, _ = jax.lax.fori_loop(0, size - 1, merge, carry)
   return labels
 
 
-def kmeans(key: jax.Array, points: jax.Array, num_clusters: int,
-           iterations: int = 50) -> jax.Array:
+def kmeans(key: jax.Array, points: jax.Array, num_clusters: int, iterations: int = 50) -> jax.Array:
   """Lloyd's k-means on ``points [N, d]`` from a k-means++ start; returns labels ``[N]``."""
+
   def add_center(centers_and_count, center_key):
     centers, count = centers_and_count
     distances = ((points[:, None] - centers[None]) ** 2).sum(-1)
@@ -92,8 +106,9 @@ def kmeans(key: jax.Array, points: jax.Array, num_clusters: int,
   first_key, rest_key = jax.random.split(key)
   first = points[jax.random.randint(first_key, (), 0, points.shape[0])]
   centers = jnp.zeros((num_clusters, points.shape[1]), points.dtype).at[0].set(first)
-  (centers, _), _ = jax.lax.scan(add_center, (centers, 1),
-                                 jax.random.split(rest_key, num_clusters - 1))
+  (centers, _), _ = jax.lax.scan(
+    add_center, (centers, 1), jax.random.split(rest_key, num_clusters - 1)
+  )
 
   def lloyd(_, centers):
     labels = jnp.argmin(((points[:, None] - centers[None]) ** 2).sum(-1), axis=1)

@@ -5,6 +5,7 @@ With temperature ``T``, ``p_T(z) = softmax(z / T)``. The per-example loss is
 keeps its gradients on the scale of the cross-entropy as ``T`` grows. Logits may carry token
 axes between the batch and the class axis; they are averaged per example.
 """
+
 from __future__ import annotations
 
 import jax
@@ -13,27 +14,34 @@ import jax.numpy as jnp
 from fedjax_lab.ops.losses import masked_mean
 
 
-def per_example_kl(student_logits: jax.Array, teacher_probs: jax.Array,
-                   temperature: float) -> jax.Array:
+def per_example_kl(
+  student_logits: jax.Array, teacher_probs: jax.Array, temperature: float
+) -> jax.Array:
   """``[batch]``: ``T^2 * KL(teacher_probs || softmax(student / T))``; the teacher is a
   distribution (no gradient flows into it)."""
   teacher_probs = jax.lax.stop_gradient(teacher_probs)
   log_student = jax.nn.log_softmax(student_logits / temperature, axis=-1)
   log_teacher = jnp.log(jnp.maximum(teacher_probs, 1e-30))
   kl = (teacher_probs * (log_teacher - log_student)).sum(-1)
-  return temperature ** 2 * kl.reshape(kl.shape[0], -1).mean(axis=1)
+  return temperature**2 * kl.reshape(kl.shape[0], -1).mean(axis=1)
 
 
-def kl_distillation(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float,
-                    mask: jax.Array | None = None) -> jax.Array:
+def kl_distillation(
+  student_logits: jax.Array,
+  teacher_logits: jax.Array,
+  temperature: float,
+  mask: jax.Array | None = None,
+) -> jax.Array:
   """Masked mean over the batch of ``T^2 * KL(p_T(teacher) || p_T(student))``."""
-  losses = per_example_kl(student_logits, jax.nn.softmax(teacher_logits / temperature, axis=-1),
-                          temperature)
+  losses = per_example_kl(
+    student_logits, jax.nn.softmax(teacher_logits / temperature, axis=-1), temperature
+  )
   return losses.mean() if mask is None else masked_mean(losses, mask)
 
 
-def ensemble_probs(teacher_logits: jax.Array, temperature: float,
-                   weights: jax.Array | None = None) -> jax.Array:
+def ensemble_probs(
+  teacher_logits: jax.Array, temperature: float, weights: jax.Array | None = None
+) -> jax.Array:
   """The ensemble teacher ``sum_m w_m p_T(z_m) / sum_m w_m`` over the leading axis of
   ``teacher_logits [teachers, batch, ..., classes]`` (uniform weights by default)."""
   probs = jax.nn.softmax(teacher_logits / temperature, axis=-1)
@@ -43,15 +51,21 @@ def ensemble_probs(teacher_logits: jax.Array, temperature: float,
   return jnp.tensordot(weights / jnp.maximum(weights.sum(), 1e-12), probs, axes=1)
 
 
-def ensemble_distillation(student_logits: jax.Array, teacher_logits: jax.Array,
-                          temperature: float, weights: jax.Array | None = None) -> jax.Array:
+def ensemble_distillation(
+  student_logits: jax.Array,
+  teacher_logits: jax.Array,
+  temperature: float,
+  weights: jax.Array | None = None,
+) -> jax.Array:
   """Mean over the batch of ``T^2 * KL(ensemble_T(teachers) || p_T(student))``."""
-  return per_example_kl(student_logits, ensemble_probs(teacher_logits, temperature, weights),
-                        temperature).mean()
+  return per_example_kl(
+    student_logits, ensemble_probs(teacher_logits, temperature, weights), temperature
+  ).mean()
 
 
-def server_distillation_targets(cross_logits: jax.Array, weights: jax.Array, temperature: float,
-                                mode: str) -> tuple[jax.Array, jax.Array]:
+def server_distillation_targets(
+  cross_logits: jax.Array, weights: jax.Array, temperature: float, mode: str
+) -> tuple[jax.Array, jax.Array]:
   """Targets for distilling every client model ``j`` on every client ``k``'s pseudo-samples.
 
   ``cross_logits [M, M, P, C]``: entry ``[m, k]`` is model ``m`` on client ``k``'s ``P``
@@ -70,11 +84,11 @@ def server_distillation_targets(cross_logits: jax.Array, weights: jax.Array, tem
   weights = jnp.asarray(weights, probs.dtype)
   others = 1.0 - jnp.eye(num_models, dtype=probs.dtype)
   if mode == "pairwise":
-    own = probs[jnp.arange(num_models), jnp.arange(num_models)]               # [M, P, C]
+    own = probs[jnp.arange(num_models), jnp.arange(num_models)]  # [M, P, C]
     targets = jnp.broadcast_to(own[None], (num_models,) + own.shape)
   elif mode == "ensemble":
     total = jnp.einsum("m,mkpc->kpc", weights, probs)
-    without_j = total[None] - weights[:, None, None, None] * probs             # [j, k, P, C]
+    without_j = total[None] - weights[:, None, None, None] * probs  # [j, k, P, C]
     targets = without_j / jnp.maximum(weights.sum() - weights, 1e-12)[:, None, None, None]
   else:
     raise ValueError(f"distillation mode {mode!r} is unknown; allowed: pairwise, ensemble")

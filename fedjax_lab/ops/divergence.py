@@ -1,4 +1,5 @@
 """Weight-divergence diagnostics of stacked client models."""
+
 from __future__ import annotations
 
 import jax
@@ -24,4 +25,4 @@ def mean_pairwise_cosine_from_sum(unit_sum: jax.Array, count) -> jax.Array:
   """The same mean from ``s = sum_i u_i`` of ``count`` unit vectors, without the stack:
   ``sum_{i != j} u_i . u_j = ||s||^2 - count``, so the mean is that over ``count (count - 1)``
   (what a cohort accumulated chunk by chunk can still report)."""
-  return (jnp.sum(unit_sum ** 2) - count) / jnp.maximum(count * (count - 1), 1)
+  return (jnp.sum(unit_sum**2) - count) / jnp.maximum(count * (count - 1), 1)

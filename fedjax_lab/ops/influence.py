@@ -14,9 +14,10 @@ double vmap (scorers x models), mapped over scorers in chunks so that memory fol
 ``chunk_size * N`` evaluations. Cost: ``N * N + N`` model evaluations on validation splits;
 in the decentralized protocol every model travels to every other client.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -42,17 +43,29 @@ def drop_leading(rows: jax.Array, count: jax.Array) -> jax.Array:
 
 def masked_metrics(apply_fn: Callable) -> Callable:
   """``metrics(params, x, y, count) -> (mean loss, accuracy)`` over the first ``count`` rows."""
+
   def metrics(params, x, y, count):
     logits = apply_fn(params, x)
     mask = jnp.arange(x.shape[0]) < count
-    return (masked_mean(per_example_cross_entropy(logits, y), mask),
-            masked_mean(per_example_correct(logits, y), mask))
+    return (
+      masked_mean(per_example_cross_entropy(logits, y), mask),
+      masked_mean(per_example_correct(logits, y), mask),
+    )
+
   return metrics
 
 
-def influence_matrix(metrics: Callable, start_models, trained_models, val_x: jax.Array,
-                     val_y: jax.Array, val_sizes: jax.Array, *, kind: str = "loss",
-                     chunk_size: int = 16) -> jax.Array:
+def influence_matrix(
+  metrics: Callable,
+  start_models,
+  trained_models,
+  val_x: jax.Array,
+  val_y: jax.Array,
+  val_sizes: jax.Array,
+  *,
+  kind: str = "loss",
+  chunk_size: int = 16,
+) -> jax.Array:
   """``I [scorers, models]`` as in the module docstring (votes before randomized response).
 
   ``start_models`` / ``trained_models``: stacked ``[N, ...]``; ``val_x/val_y [N, max, ...]``
@@ -64,8 +77,9 @@ def influence_matrix(metrics: Callable, start_models, trained_models, val_x: jax
   def score_row(args):
     start, x, y, count = args
     base_loss, base_accuracy = metrics(start, x, y, count)
-    losses, accuracies = jax.vmap(metrics, in_axes=(0, None, None, None))(trained_models, x, y,
-                                                                          count)
+    losses, accuracies = jax.vmap(metrics, in_axes=(0, None, None, None))(
+      trained_models, x, y, count
+    )
     if kind == "accuracy":
       return accuracies - base_accuracy
     gain = base_loss - losses
@@ -85,6 +99,8 @@ def influence_cost(num_clients: int, model_bytes: int) -> dict[str, int]:
   """Model evaluations of one influence phase, and bytes moved if every client scores every
   model itself (decentralized: ``N (N - 1)`` model transfers, then ``N^2`` float32 scores to
   the server for central clustering)."""
-  return {"influence_model_evaluations": num_clients * num_clients + num_clients,
-          "influence_bytes_models": num_clients * (num_clients - 1) * model_bytes,
-          "influence_bytes_scores": num_clients * num_clients * 4}
+  return {
+    "influence_model_evaluations": num_clients * num_clients + num_clients,
+    "influence_bytes_models": num_clients * (num_clients - 1) * model_bytes,
+    "influence_bytes_scores": num_clients * num_clients * 4,
+  }

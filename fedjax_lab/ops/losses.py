@@ -1,4 +1,5 @@
 """Masked losses for padded batches: pure functions over a batch axis."""
+
 from __future__ import annotations
 
 import jax

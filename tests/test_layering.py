@@ -1,0 +1,85 @@
+"""The package's layering holds: data -> models -> ops -> engine -> algorithms -> run. Each
+module imports only modules of its own layer or a lower one; nothing in the package imports the
+command line (``cli``). Read from the source with ``ast``, so an upward import fails here."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "fedjax_lab"
+# Layer of each top-level name under fedjax_lab; base modules (no package imports) are 0.
+LAYERS = {
+  "registry": 0,
+  "checks": 0,
+  "data": 1,
+  "models": 2,
+  "ops": 3,
+  "engine": 4,
+  "algorithms": 5,
+  "config": 6,
+  "build": 6,
+  "run": 6,
+  "grid": 6,
+  "checkpoint": 6,
+  "tables": 6,
+  "cli": 7,
+  "__init__": 7,
+}
+
+
+def _module_name(path: pathlib.Path) -> str:
+  return ".".join(("fedjax_lab",) + path.relative_to(PACKAGE).with_suffix("").parts)
+
+
+def _layer(module: str) -> int:
+  parts = module.split(".")
+  return LAYERS[parts[1] if len(parts) > 1 else "__init__"]
+
+
+def _imports(path: pathlib.Path) -> list[tuple[int, str]]:
+  """(line, imported fedjax_lab module) for every import in ``path``."""
+  found = []
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      found += [(node.lineno, alias.name) for alias in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      found += [(node.lineno, node.module)]
+      found += [
+        (node.lineno, f"{node.module}.{a.name}")
+        for a in node.names
+        if (PACKAGE / pathlib.Path(*node.module.split(".")[1:]) / a.name).is_dir()
+        or (PACKAGE / pathlib.Path(*node.module.split(".")[1:]) / f"{a.name}.py").exists()
+      ]
+  return [(line, name) for line, name in found if name.split(".")[0] == "fedjax_lab"]
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_module_has_a_layer():
+  for path in MODULES:
+    _layer(_module_name(path))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_upward_import(path):
+  own = _layer(_module_name(path))
+  upward = [
+    f"line {line}: {name} (layer {_layer(name)})"
+    for line, name in _imports(path)
+    if name != "fedjax_lab" and _layer(name) > own
+  ]
+  assert not upward, f"{_module_name(path)} (layer {own}) imports upward: {upward}"
+
+
+def test_nothing_imports_the_cli():
+  users = [
+    str(path)
+    for path in MODULES
+    for _, name in _imports(path)
+    if name == "fedjax_lab.cli" and path.name != "cli.py"
+  ]
+  assert not users
