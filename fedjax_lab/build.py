@@ -14,13 +14,13 @@ from fedjax_lab.data import FederatedData, groups, partition
 from fedjax_lab.data.catalog import PARTITIONERS, lookup_source
 from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import LocalSchedule
-from fedjax_lab.models import Model, build_model
+from fedjax_lab.models import MODELS, Model, build_model
 from fedjax_lab.ops.aggregators import AGGREGATORS, Aggregator, chain, clip_update_norm
 
-# Compile time grows linearly with unrolled steps (FEMNIST CNN: 4.6 s rolled, 15.9 s for 40
-# unrolled steps) while each step runs 5x faster (16.6 ms against 83 ms): unrolling pays after a
-# round or two even at this length.
-MAX_UNROLLED_STEPS = 256
+# Below this cohort size `auto` keeps the whole cohort in one vmap on CPU (MLP: 0.049 s a round
+# against 0.063 s chunked at cohort 10; at 100 and 1,000 chunked is as fast or faster and its
+# sorted chunks skip most padded steps on skewed federations; docs/performance.md).
+MIN_CHUNKED_COHORT = 32
 
 
 def build_federation(data: DataConfig) -> FederatedData:
@@ -45,19 +45,38 @@ def build_federation(data: DataConfig) -> FederatedData:
   return federation
 
 
-def resolve_execution(config: ExperimentConfig, model: Model, max_steps: int) -> tuple[str, bool]:
-  """``auto`` rules: vmap everywhere except convolutional models on CPU, which use the per-client
-  loop with fully unrolled local steps (up to ``MAX_UNROLLED_STEPS``) because XLA:CPU runs
-  vmapped per-client convolutions, and convolutions inside any loop (``lax.scan``, even partly
-  unrolled), several times slower (docs/performance.md)."""
-  conv_on_cpu = jax.default_backend() == "cpu" and model.has_conv
-  strategy = config.execution.strategy
+@dataclasses.dataclass(frozen=True)
+class ResolvedExecution:
+  """What ``auto`` settings became: ``strategy``, ``unroll`` (a static unrolled step loop
+  instead of the rolled one) and ``conv`` (how convolutions are computed)."""
+
+  strategy: str
+  unroll: bool
+  conv: str
+
+
+def resolve_execution(config: ExperimentConfig) -> ResolvedExecution:
+  """The ``auto`` rules (docs/performance.md has the measurements behind them).
+
+  Step loops are rolled (each client runs its own step count; compile time does not grow with
+  the step count). On CPU, convolutional models use the per-client ``loop`` with im2col
+  convolutions (XLA:CPU runs ``lax.conv``'s gradients inside loops, and vmapped per-client
+  ``lax.conv``, many times slower); other models ``vmap`` the cohort, or ``chunked`` from
+  ``MIN_CHUNKED_COHORT`` clients. Elsewhere: ``vmap`` and XLA's convolutions.
+  """
+  has_conv = MODELS.get(config.model.name).has_conv
+  on_cpu = jax.default_backend() == "cpu"
+  strategy, conv = config.execution.strategy, config.model.conv
   if strategy == "auto":
-    strategy = "loop" if conv_on_cpu else "vmap"
-  unroll = config.execution.unroll
-  if unroll == "auto":
-    unroll = "unroll" if conv_on_cpu and max_steps <= MAX_UNROLLED_STEPS else "scan"
-  return strategy, unroll == "unroll"
+    if not on_cpu:
+      strategy = "vmap"
+    elif has_conv:
+      strategy = "loop"
+    else:
+      strategy = "chunked" if config.cohort_size >= MIN_CHUNKED_COHORT else "vmap"
+  if conv == "auto":
+    conv = "im2col" if on_cpu and has_conv else "xla"
+  return ResolvedExecution(strategy, config.execution.unroll == "unroll", conv)
 
 
 def client_optimizer(name: str, learning_rate: float, momentum: float):
@@ -98,19 +117,19 @@ def build_experiment(config: ExperimentConfig, data: FederatedData | None = None
   data = data if data is not None else build_federation(config.data)
   entry = ALGORITHMS.get(config.algorithm.name)
   train_data = data.pooled() if entry.pooled else data
-  model = build_model(config.model.name, data.num_classes, config.model.conv)
+  execution = resolve_execution(config)
+  model = build_model(config.model.name, data.num_classes, execution.conv)
   schedule = LocalSchedule(
     config.local.batch_size, train_data.max_examples, config.local.epochs, config.local.steps
   )
-  strategy, unroll = resolve_execution(config, model, schedule.max_steps)
   setup = ClientSetup(
     model,
     train_data.train_x[0, :1],
     client_optimizer(config.local.optimizer, config.local.learning_rate, config.local.momentum),
     schedule,
-    Executor(strategy, config.execution.chunk_size),
+    Executor(execution.strategy, config.execution.chunk_size),
     train_data.num_clients,
-    unroll,
+    execution.unroll,
     config.execution.compute_dtype,
     build_aggregator(config.aggregation),
     train_data.client_groups,

@@ -7,12 +7,14 @@ fedjax-lab --config runs/x/config.json --resume
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
 import json
 import pathlib
 import sys
 
+from fedjax_lab.build import resolve_execution
 from fedjax_lab.config import load_config
 from fedjax_lab.run import TrainingDivergedError, run
 from fedjax_lab.tables import SUMMARY_COLUMNS, format_table, summary_row
@@ -53,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
   )
   parser.add_argument("--no-progress", action="store_true")
   parser.add_argument(
-    "--print-config", action="store_true", help="print the resolved config and exit"
+    "--print-config",
+    action="store_true",
+    help="print the resolved config, with what `auto` picked, and exit",
   )
   parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. local.epochs=2")
   args = parser.parse_args(argv)
@@ -65,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fedjax-lab: config error: {error}", file=sys.stderr)
     return 2
   if args.print_config:
-    print(json.dumps(config.to_dict(), indent=2))
+    resolved = dataclasses.asdict(resolve_execution(config))
+    print(json.dumps({**config.to_dict(), "resolved_execution": resolved}, indent=2))
     return 0
   try:
     result = run(config, resume=args.resume, progress=not args.no_progress)

@@ -86,11 +86,11 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   name: str = "mlp"
-  conv: str = "xla"  # xla | im2col: convolutions as matrix products
+  conv: str = "auto"  # auto | xla | im2col (matrix products) | explicit_vjp (models/im2col.py)
 
   def __post_init__(self):
     one_of("model.name", self.name, MODELS.names())
-    one_of("model.conv", self.conv, CONV_IMPLEMENTATIONS)
+    one_of("model.conv", self.conv, ("auto",) + CONV_IMPLEMENTATIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +209,7 @@ class ExecutionConfig:
 
   strategy: str = "auto"
   chunk_size: int = 8
-  unroll: str = "auto"  # auto | scan | unroll
+  unroll: str = "auto"  # auto (= scan) | scan (rolled, own step counts) | unroll (static)
   devices: int = 1  # > 1: the cohort axis sharded over this many devices
   compute_dtype: str = "float32"  # float32 | bfloat16 (local forward/backward; fp32 params)
 

@@ -20,6 +20,7 @@ from fedjax_lab.build import build_experiment
 from fedjax_lab.config import ExperimentConfig
 from fedjax_lab.data import FederatedData
 from fedjax_lab.engine.evaluate import evaluate_clients, evaluate_pooled, summarize_clients
+from fedjax_lab.engine.execution import computed_steps
 from fedjax_lab.engine.sharding import client_mesh, replicate, shard_clients
 from fedjax_lab.models import Model
 
@@ -35,6 +36,14 @@ class RunResult:
   state: object
   out_dir: pathlib.Path
   wall_seconds: float
+
+
+def computed_step_ratio(setup, num_examples) -> float:
+  """Local steps computed (padding included) over the steps the cohort's clients really take:
+  1.0 means no step was wasted (``engine.execution.computed_steps``)."""
+  steps = np.asarray(setup.schedule.client_steps(np.asarray(num_examples)))
+  unrolled = setup.schedule.max_steps if setup.unroll else None
+  return computed_steps(setup.executor, steps, unrolled) / max(int(steps.sum()), 1)
 
 
 def _cohort_ids(seed: int, round_index: int, num_clients: int, cohort_size: int) -> np.ndarray:
@@ -172,6 +181,7 @@ def run(
       )
     row = {
       "round": round_index + 1,
+      "computed_step_ratio": computed_step_ratio(experiment.setup, cohort.num_examples),
       **round_metrics,
       "bytes_down": bytes_down * cohort_size,
       "bytes_up": bytes_up * cohort_size,

@@ -10,6 +10,7 @@ import reference
 from fedjax_lab.algorithms import ClientSetup, compiled_round
 from fedjax_lab.algorithms.fedopt import fedopt
 from fedjax_lab.algorithms.scaffold import scaffold
+from fedjax_lab.data import FederatedData
 from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import LocalSchedule
 from fedjax_lab.models import build_model
@@ -105,3 +106,31 @@ def test_scaffold_matches_reference(tiny_federation, reference_scaffold, strateg
     chex.assert_trees_all_close(
       jax.tree.map(lambda l: l[k], state.client_controls), control, atol=1e-5, rtol=1e-5
     )
+
+
+@pytest.fixture(scope="module")
+def skewed_federation(digits_dataset):
+  """Heavy quantity skew (90 down to 1 example): the largest client takes 45x the steps of the
+  smallest, so padded steps or a wrong sort would show."""
+  sizes = [90, 2, 37, 5, 1, 60]
+  order = np.random.default_rng(3).permutation(len(digits_dataset.train_y))[: sum(sizes)]
+  clients = np.split(order, np.cumsum(sizes)[:-1])
+  return FederatedData.from_indices(digits_dataset, clients, [c[:0] for c in clients])
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "chunked", "loop"])
+def test_fedavg_matches_reference_on_heavily_skewed_clients(skewed_federation, strategy):
+  setup = _setup(skewed_federation, strategy, False)
+  cohort = skewed_federation.cohort(np.arange(6))
+  expected = reference.fedavg_round(
+    setup.model.apply,
+    setup.init_params(jax.random.key(0)),
+    cohort,
+    jax.random.key(100),
+    **_reference_kwargs(skewed_federation),
+  )
+  algorithm = fedopt(setup, optax.sgd(1.0))
+  state, _ = compiled_round(algorithm, setup.executor)(
+    algorithm.init(jax.random.key(0)), cohort, jax.random.key(100)
+  )
+  chex.assert_trees_all_close(state.params, expected, atol=1e-5, rtol=1e-5)

@@ -125,10 +125,17 @@ class ClientSetup:
     context) -> (client_params, LocalResult)`` stacked. ``params_axis``/``context_axis``: 0 if
     per client, None if shared."""
     return self.executor.map(
-      self.local_trainer(regularizer, data_loss), (params_axis, 0, 0, 0, 0, context_axis)
+      self.local_trainer(regularizer, data_loss),
+      (params_axis, 0, 0, 0, 0, context_axis),
+      sort_by=3,
     )
 
-  def cohort_aggregate(self, contribution: Callable, in_axes: Sequence[Optional[int]]):
+  def cohort_aggregate(
+    self,
+    contribution: Callable,
+    in_axes: Sequence[Optional[int]],
+    sort_by: Optional[int] = None,
+  ):
     """Reduce the cohort's contributions through ``aggregator``.
 
     Args:
@@ -136,6 +143,8 @@ class ClientSetup:
         ``model`` goes through the aggregator with aggregation weight ``weight``; ``extras``
         (diagnostics, already weighted as wanted) are summed over the cohort.
       in_axes: for each of ``args``, 0 if per client, None if shared.
+      sort_by: the position in ``args`` of the example counts, if any: chunked execution then
+        groups clients of similar work (``Executor.map``).
 
     Returns:
       ``reduce(reference, state, key, *args) -> (aggregate, total_weight, extras_sum, state)``
@@ -151,7 +160,9 @@ class ClientSetup:
         prepared = aggregator.prepare(model, reference, state, client_key)
         return jax.tree.map(lambda leaf: weight * leaf, prepared), weight, extras
 
-      sums = self.executor.map_sum(summand, (None, None, 0) + in_axes)
+      sums = self.executor.map_sum(
+        summand, (None, None, 0) + in_axes, None if sort_by is None else 3 + sort_by
+      )
 
       def reduce_by_sums(reference, state, key, *args):
         key = jax.random.fold_in(key, AGGREGATION_STREAM)
@@ -162,7 +173,7 @@ class ClientSetup:
 
       return reduce_by_sums
 
-    stacked = self.executor.map(contribution, in_axes)
+    stacked = self.executor.map(contribution, in_axes, sort_by)
 
     def reduce_stack(reference, state, key, *args):
       models, weights, extras = stacked(*args)

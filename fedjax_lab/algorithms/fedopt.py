@@ -79,7 +79,7 @@ def fedopt(
     weight = client_weight(num_examples, weighting)
     return trained, weight, (weight * result.mean_loss, unit_vector(trained))
 
-  reduce_cohort = setup.cohort_aggregate(contribution, (None, 0, 0, 0, 0))
+  reduce_cohort = setup.cohort_aggregate(contribution, (None, 0, 0, 0, 0), sort_by=3)
 
   def init(key):
     params = setup.init_params(key)

@@ -19,11 +19,11 @@ the memory of a chunk, not of the cohort.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fedjax_lab.ops.aggregate import client_sum
 
@@ -50,17 +50,31 @@ class Executor:
     """Whether the algorithm's whole round can be compiled as one program."""
     return self.strategy != "loop"
 
-  def map(self, fn: Callable, in_axes: Sequence[int | None]) -> Callable:
+  def map(
+    self, fn: Callable, in_axes: Sequence[int | None], sort_by: int | None = None
+  ) -> Callable:
+    """``fn`` over the client axis, outputs stacked ``[cohort, ...]`` in the cohort's order.
+
+    ``sort_by``: the position of a per-client integer argument (the example count) by which
+    ``chunked`` groups clients into chunks, so that clients of similar work share a chunk and
+    a chunk's rolled step loop runs to its own largest count; the outputs are put back in
+    order. The other strategies ignore it.
+    """
     in_axes = tuple(in_axes)
     if self.strategy == "vmap":
       return jax.vmap(fn, in_axes=in_axes)
     if self.strategy == "chunked":
 
       def chunked(*args):
+        order = _order(args, sort_by)
+        args = _permute(args, in_axes, order)
         mapped = tuple(a for a, axis in zip(args, in_axes) if axis == 0)
-        return jax.lax.map(
+        outputs = jax.lax.map(
           lambda rows: fn(*_merge(args, in_axes, rows)), mapped, batch_size=self.chunk_size
         )
+        if order is None:
+          return outputs
+        return jax.tree.map(lambda leaf: leaf[jnp.argsort(order)], outputs)
 
       return chunked
 
@@ -75,13 +89,18 @@ class Executor:
 
     return loop
 
-  def map_sum(self, fn: Callable, in_axes: Sequence[int | None]) -> Callable:
-    """``sum_k fn(args_k)`` over the client axis, as a pytree shaped like one output."""
+  def map_sum(
+    self, fn: Callable, in_axes: Sequence[int | None], sort_by: int | None = None
+  ) -> Callable:
+    """``sum_k fn(args_k)`` over the client axis, as a pytree shaped like one output;
+    ``sort_by`` as in ``map``."""
     in_axes = tuple(in_axes)
     if self.strategy == "vmap":
       return lambda *args: client_sum(jax.vmap(fn, in_axes=in_axes)(*args))
     if self.strategy == "chunked":
-      return functools.partial(_chunked_sum, fn, in_axes, self.chunk_size)
+      return lambda *args: _chunked_sum(
+        fn, in_axes, self.chunk_size, *_permute(args, in_axes, _order(args, sort_by))
+      )
 
     jitted = jax.jit(fn)
     add = jax.jit(lambda total, new: jax.tree.map(jnp.add, total, new), donate_argnums=0)
@@ -96,9 +115,47 @@ class Executor:
     return loop_sum
 
 
+def computed_steps(executor: Executor, client_steps, unrolled_steps: int | None = None) -> int:
+  """Local steps a cohort's training computes, real and wasted, with step loops that run to
+  each client's own count (``unrolled_steps``: a static loop of that length for everyone).
+
+  ``vmap`` runs every client to the cohort's largest count; ``chunked`` (clients sorted by
+  count, as ``sort_by`` does) runs each chunk to its own largest; ``loop`` runs each client's
+  own. Host side (numpy): ``client_steps [cohort]``.
+  """
+  steps = np.asarray(client_steps, np.int64)
+  if unrolled_steps is not None:
+    return int(steps.size * unrolled_steps)
+  if executor.strategy == "loop" or steps.size == 0:
+    return int(steps.sum())
+  if executor.strategy == "vmap":
+    return int(steps.size * steps.max())
+  chunks = np.sort(steps)
+  return int(
+    sum(
+      chunk.size * chunk.max()
+      for chunk in np.split(chunks, range(executor.chunk_size, steps.size, executor.chunk_size))
+    )
+  )
+
+
 def cohort_size(args, in_axes) -> int:
   """The length of the client axis of the first client-mapped argument."""
   return next(jax.tree.leaves(a)[0].shape[0] for a, axis in zip(args, in_axes) if axis == 0)
+
+
+def _order(args, sort_by: int | None):
+  """The permutation that sorts the clients by ``args[sort_by]`` (None: keep the order)."""
+  return None if sort_by is None else jnp.argsort(args[sort_by])
+
+
+def _permute(args, in_axes, order):
+  """The client-mapped arguments reordered by ``order`` (None: unchanged)."""
+  if order is None:
+    return args
+  return tuple(
+    jax.tree.map(lambda leaf: leaf[order], a) if axis == 0 else a for a, axis in zip(args, in_axes)
+  )
 
 
 def _rows(args, in_axes, clients):
