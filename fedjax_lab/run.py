@@ -95,24 +95,26 @@ def plot_accuracy(rows: list[dict], path: pathlib.Path, title: str = "") -> None
 def evaluate(
   config: ExperimentConfig, model: Model, algorithm: Algorithm, state, data: FederatedData
 ) -> dict:
-  """Global model on the pooled test set; each client's model on its own test split."""
+  """Global model on the pooled test set; each client's model on its own test split (when
+  ``data.test_fraction > 0`` gave clients one)."""
   metrics = {}
   global_params = algorithm.global_params(state) if algorithm.global_params is not None else None
   if global_params is not None:
     pooled = evaluate_pooled(model.apply, global_params, data.global_test_x, data.global_test_y)
     metrics.update(global_accuracy=pooled["accuracy"], global_loss=pooled["loss"])
-  personal = algorithm.personal_params is not None
-  params = algorithm.personal_params(state) if personal else global_params
-  accuracy = evaluate_clients(
-    model.apply,
-    params,
-    data.test_x,
-    data.test_y,
-    data.test_num_examples,
-    personal=personal,
-    chunk_size=config.execution.chunk_size,
-  )
-  metrics.update(summarize_clients(accuracy))
+  if np.asarray(data.test_num_examples).sum() > 0:  # clients hold test splits of their own
+    personal = algorithm.personal_params is not None
+    params = algorithm.personal_params(state) if personal else global_params
+    accuracy = evaluate_clients(
+      model.apply,
+      params,
+      data.test_x,
+      data.test_y,
+      data.test_num_examples,
+      personal=personal,
+      chunk_size=config.execution.chunk_size,
+    )
+    metrics.update(summarize_clients(accuracy))
   if algorithm.client_clusters is not None and data.client_groups is not None:
     metrics["cluster_ari"] = float(
       adjusted_rand_score(data.client_groups, np.asarray(algorithm.client_clusters(state)))

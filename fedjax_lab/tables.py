@@ -29,13 +29,13 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 
 def summary_row(name: str, result) -> dict:
   """Final metrics of a run (a ``RunResult``), for the results table."""
-  last = [r for r in result.metrics if "client_accuracy_mean" in r][-1]
+  last = [r for r in result.metrics if "global_accuracy" in r or "client_accuracy_mean" in r][-1]
   return {
     "run": name,
     "rounds": last["round"],
     "global_acc": last.get("global_accuracy", float("nan")),
-    "client_acc_mean": last["client_accuracy_mean"],
-    "client_acc_p10": last["client_accuracy_p10"],
+    "client_acc_mean": last.get("client_accuracy_mean", float("nan")),
+    "client_acc_p10": last.get("client_accuracy_p10", float("nan")),
     "MB_sent": sum(r["bytes_up"] + r["bytes_down"] for r in result.metrics) / 1e6,
     "seconds": result.wall_seconds,
   }

@@ -171,3 +171,23 @@ def test_next_character_federation_trains_a_language_model(tmp_path):
   metrics = run(config, data=data, progress=False).metrics
   assert metrics[-1]["train_loss"] < 0.5 * metrics[0]["train_loss"]
   assert metrics[-1]["global_accuracy"] > 0.5  # a repetitive text is easy to predict
+
+
+def test_a_federation_without_client_test_splits_reports_the_global_model(tmp_path):
+  """``data.test_fraction=0`` (the FedMR official setting: global test set only): no per-client
+  metrics, no crash; the summary row still reads."""
+  from fedjax_lab.tables import summary_row
+
+  config = dataclasses.replace(
+    BASE,
+    data=dataclasses.replace(BASE.data, test_fraction=0.0),
+    algorithm=AlgorithmConfig("fedavg"),
+    rounds=2,
+    eval_every=1,
+    checkpoint_every=0,
+    out_dir=str(tmp_path),
+  )
+  result = run(config, progress=False)
+  assert "global_accuracy" in result.metrics[-1]
+  assert "client_accuracy_mean" not in result.metrics[-1]
+  assert summary_row("fedavg", result)["rounds"] == 2
