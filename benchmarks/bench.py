@@ -97,7 +97,7 @@ def run_cell(
   clients = np.split(np.arange(total), cohort)
   data = FederatedData.from_indices(dataset, clients, [np.array([], np.int64)] * cohort)
   model = build_model(model_name, num_classes, conv)
-  use_unroll = unroll == "unroll" or (unroll == "auto" and model.has_conv)
+  use_unroll = unroll == "unroll"  # auto: rolled, as the runner's auto
   setup = ClientSetup(
     model,
     data.train_x[0, :1],
@@ -221,7 +221,7 @@ def main() -> None:
     "--convs",
     nargs="+",
     default=["xla"],
-    choices=["xla", "im2col"],
+    choices=["xla", "im2col", "explicit_vjp"],
     help="convolution implementations (convolutional models only)",
   )
   parser.add_argument("--chunk-size", type=int, default=8)

@@ -19,7 +19,7 @@ def save(checkpoints: ocp.CheckpointManager, round_count: int, state, rounds_key
   """Save after ``round_count`` completed rounds."""
   item = {
     "state": state,
-    "rng": jax.random.key_data(rounds_key),
+    "rng": np.asarray(jax.random.key_data(rounds_key)),  # host value: any process count
     "round": np.asarray(round_count, np.int64),
   }
   checkpoints.save(round_count, args=ocp.args.StandardSave(item))

@@ -21,7 +21,7 @@ from fedjax_lab.config import ExperimentConfig
 from fedjax_lab.data import FederatedData
 from fedjax_lab.engine.evaluate import evaluate_clients, evaluate_pooled, summarize_clients
 from fedjax_lab.engine.execution import computed_steps
-from fedjax_lab.engine.sharding import client_mesh, replicate, shard_clients
+from fedjax_lab.engine.sharding import client_mesh, replicate, shard_clients, to_host
 from fedjax_lab.models import Model
 
 
@@ -46,7 +46,7 @@ def computed_step_ratio(setup, num_examples) -> float:
   return computed_steps(setup.executor, steps, unrolled) / max(int(steps.sum()), 1)
 
 
-def _cohort_ids(seed: int, round_index: int, num_clients: int, cohort_size: int) -> np.ndarray:
+def cohort_ids(seed: int, round_index: int, num_clients: int, cohort_size: int) -> np.ndarray:
   """Uniform without replacement; a pure function of (seed, round) so resuming repeats it."""
   rng = np.random.default_rng([seed, round_index])
   return np.sort(rng.choice(num_clients, cohort_size, replace=False)).astype(np.int32)
@@ -130,7 +130,12 @@ def run(
   data: FederatedData | None = None,
 ) -> RunResult:
   """Run ``config`` and write ``config.json``, ``metrics.jsonl``/``.csv``, ``accuracy.png``
-  and checkpoints to ``config.out_dir``. ``resume`` continues from the latest checkpoint."""
+  and checkpoints to ``config.out_dir``. ``resume`` continues from the latest checkpoint.
+
+  Under ``jax.distributed`` (several processes, ``execution.devices`` the global device count)
+  every process runs this with the same config; the cohort is split over all processes'
+  devices, and only process 0 writes the config, metrics and plot (orbax writes the replicated
+  checkpoint from process 0 too)."""
   from tqdm.auto import tqdm
 
   started = time.perf_counter()
@@ -142,9 +147,11 @@ def run(
   # The state is donated: each round writes the new state into the old one's buffers.
   round_fn = compiled_round(algorithm, experiment.setup.executor, donate=True)
 
+  writer = jax.process_index() == 0
   out_dir = pathlib.Path(config.out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+  if writer:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
   init_key, rounds_key = jax.random.split(jax.random.key(config.seed))
   state = algorithm.init(init_key)
   manager = checkpoint.manager(out_dir / "checkpoints") if config.checkpoint_every else None
@@ -168,12 +175,14 @@ def run(
   for round_index in bar:
     tick = time.perf_counter()
     cohort = train_data.cohort(
-      _cohort_ids(config.seed, round_index, train_data.num_clients, cohort_size)
+      cohort_ids(config.seed, round_index, train_data.num_clients, cohort_size)
     )
+    step_ratio = computed_step_ratio(experiment.setup, cohort.num_examples)
+    round_key = jax.random.fold_in(rounds_key, round_index)
     if mesh is not None:
-      cohort = shard_clients(cohort, mesh)
-    state, round_metrics = round_fn(state, cohort, jax.random.fold_in(rounds_key, round_index))
-    round_metrics = {name: float(value) for name, value in round_metrics.items()}
+      cohort, round_key = shard_clients(cohort, mesh), replicate(round_key, mesh)
+    state, round_metrics = round_fn(state, cohort, round_key)
+    round_metrics = {name: float(value) for name, value in to_host(round_metrics).items()}
     train_loss = round_metrics["train_loss"]
     if not math.isfinite(train_loss):
       last = manager.latest_step() if manager else None
@@ -183,26 +192,29 @@ def run(
       )
     row = {
       "round": round_index + 1,
-      "computed_step_ratio": computed_step_ratio(experiment.setup, cohort.num_examples),
+      "computed_step_ratio": step_ratio,
       **round_metrics,
       "bytes_down": bytes_down * cohort_size,
       "bytes_up": bytes_up * cohort_size,
       "round_seconds": time.perf_counter() - tick,
     }
     if (round_index + 1) % config.eval_every == 0 or round_index + 1 == config.rounds:
-      row.update(evaluate(config, experiment.model, algorithm, state, data))
+      row.update(evaluate(config, experiment.model, algorithm, to_host(state), data))
       bar.set_postfix(
         {k: f"{row[k]:.3f}" for k in ("global_accuracy", "client_accuracy_mean") if k in row}
       )
     rows.append(row)
-    _write_metrics(out_dir, rows)
+    if writer:
+      _write_metrics(out_dir, rows)
     if manager and (round_index + 1) % config.checkpoint_every == 0:
       checkpoint.save(manager, round_index + 1, state, rounds_key)
   if manager:
     manager.wait_until_finished()
-  plot_accuracy(
-    rows,
-    out_dir / "accuracy.png",
-    f"{config.algorithm.name} / {config.model.name} / {config.data.source} {config.data.partition}",
-  )
+  if writer:
+    plot_accuracy(
+      rows,
+      out_dir / "accuracy.png",
+      f"{config.algorithm.name} / {config.model.name} / {config.data.source} "
+      f"{config.data.partition}",
+    )
   return RunResult(config, rows, state, out_dir, time.perf_counter() - started)

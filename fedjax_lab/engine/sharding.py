@@ -3,8 +3,11 @@
 Cohort arrays (``[cohort, ...]``) are split evenly over the mesh; the server state is
 replicated. The round program is unchanged: XLA's SPMD partitioner runs each device's share of
 the vmapped clients and turns the sums over clients into all-reduces, so 1 or N devices compute
-the same function (tests/test_sharding.py). Across hosts, call ``jax.distributed.initialize``
-first; ``jax.devices()`` then lists every host's devices (docs/performance.md).
+the same function (tests/test_sharding.py). Across processes (hosts), call
+``jax.distributed.initialize`` first; ``jax.devices()`` then lists every process's devices,
+every process builds the same federation and state from the same config, and ``shard_clients``
+/ ``replicate`` keep each process's own shards of them (``jax.make_array_from_callback``);
+tests/test_distributed.py runs two processes (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -29,9 +32,32 @@ def client_mesh(num_devices: int) -> Mesh:
 
 def shard_clients(tree, mesh: Mesh):
   """Place every leaf with its leading (client) axis split over the mesh."""
-  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(CLIENT_AXIS)))
+  return jax.tree.map(
+    lambda leaf: _place(leaf, NamedSharding(mesh, PartitionSpec(CLIENT_AXIS))), tree
+  )
 
 
 def replicate(tree, mesh: Mesh):
   """Place every leaf whole on every device of the mesh."""
-  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+  return jax.tree.map(lambda leaf: _place(leaf, NamedSharding(mesh, PartitionSpec())), tree)
+
+
+def _place(leaf, sharding: NamedSharding):
+  """``leaf`` as a global array with ``sharding``. With several processes each one passes the
+  same whole value and keeps the shards of its own devices (typed PRNG keys through their
+  key data)."""
+  if jax.process_count() == 1:
+    return jax.device_put(leaf, sharding)
+  if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(_place(jax.random.key_data(leaf), sharding))
+  value = np.asarray(leaf)
+  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def to_host(tree):
+  """Every leaf as a host (numpy) array: a fully replicated global array is read from this
+  process's own copy."""
+  return jax.tree.map(
+    lambda leaf: np.asarray(leaf.addressable_data(0)) if isinstance(leaf, jax.Array) else leaf,
+    tree,
+  )
