@@ -102,7 +102,7 @@ def run_cell(
     model,
     data.train_x[0, :1],
     optax.sgd(0.01),
-    LocalSchedule(batch, data.max_examples, steps=steps),
+    LocalSchedule(batch, data.max_examples, steps=steps, min_examples=EXAMPLES_PER_CLIENT),
     Executor(strategy, chunk_size),
     cohort,
     use_unroll,

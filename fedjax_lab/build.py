@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import numpy as np
 import optax
 
 from fedjax_lab.algorithms import ALGORITHMS, Algorithm, AlgorithmEntry, ClientSetup
@@ -119,8 +120,13 @@ def build_experiment(config: ExperimentConfig, data: FederatedData | None = None
   train_data = data.pooled() if entry.pooled else data
   execution = resolve_execution(config)
   model = build_model(config.model.name, data.num_classes, execution.conv)
+  sizes = np.asarray(train_data.train_num_examples)
   schedule = LocalSchedule(
-    config.local.batch_size, train_data.max_examples, config.local.epochs, config.local.steps
+    config.local.batch_size,
+    train_data.max_examples,
+    config.local.epochs,
+    config.local.steps,
+    min_examples=int(sizes[sizes > 0].min(initial=1)),
   )
   setup = ClientSetup(
     model,

@@ -78,3 +78,23 @@ def test_training_lowers_the_loss(mlp_trainer):
   for i in range(5):
     trained, _ = train(trained, x, y, 8, jax.random.key(i))
   assert loss(trained) < 0.7 * loss(params)
+
+
+def test_steps_mode_draws_only_the_epochs_the_smallest_client_can_start():
+  """``min_examples`` bounds the epoch orders drawn in ``steps`` mode, and training is the
+  same as with every order drawn."""
+  assert LocalSchedule(20, 200, steps=10).max_epochs == 10
+  assert LocalSchedule(20, 200, steps=10, min_examples=200).max_epochs == 1
+  assert LocalSchedule(20, 200, steps=10, min_examples=45).max_epochs == 4  # 3 batches an epoch
+  assert LocalSchedule(20, 200, epochs=3, min_examples=45).max_epochs == 3
+  model = build_model("mlp", 10)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.random((60, 8, 8, 1)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 10, 60), jnp.int32)
+  params = model.init(jax.random.key(0), x[:1])
+  trained = []
+  for min_examples in (1, 45):
+    schedule = LocalSchedule(20, 60, steps=7, min_examples=min_examples)
+    train = make_local_trainer(cross_entropy_objective(model.apply), optax.sgd(0.1), schedule)
+    trained.append(jax.jit(train)(params, x, y, jnp.asarray(45), jax.random.key(3))[0])
+  chex.assert_trees_all_equal(*trained)

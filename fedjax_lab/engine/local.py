@@ -28,12 +28,15 @@ Objective = Callable[[Any, jax.Array, jax.Array, jax.Array, Any], jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class LocalSchedule:
-  """How many steps a client takes. Exactly one of ``epochs`` and ``steps`` is positive."""
+  """How many steps a client takes. Exactly one of ``epochs`` and ``steps`` is positive.
+  ``min_examples``: the smallest non-empty client of the federation (it bounds how many epochs
+  a client may start in ``steps`` mode, so only those epochs' orders are drawn)."""
 
   batch_size: int
   max_examples: int
   epochs: int = 1
   steps: int = 0
+  min_examples: int = 1
 
   def batches_per_epoch(self, num_examples):
     return jnp.maximum((num_examples + self.batch_size - 1) // self.batch_size, 1)
@@ -47,8 +50,13 @@ class LocalSchedule:
 
   @property
   def max_epochs(self) -> int:
-    """Epochs any client may start (``steps`` mode: a one-batch client starts one per step)."""
-    return self.steps if self.steps > 0 else self.epochs
+    """Epochs any client may start: ``epochs``, or in ``steps`` mode ``ceil(S / b(n_min))``
+    (a one-batch client starts one per step; 200-example clients of batch 20 only one in 10
+    steps)."""
+    if self.steps <= 0:
+      return self.epochs
+    fewest_batches = -(-max(self.min_examples, 1) // self.batch_size)
+    return -(-self.steps // fewest_batches)
 
   @property
   def max_steps(self) -> int:
