@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
 import numpy as np
@@ -49,11 +50,13 @@ def build_federation(data: DataConfig) -> FederatedData:
 @dataclasses.dataclass(frozen=True)
 class ResolvedExecution:
   """What ``auto`` settings became: ``strategy``, ``unroll`` (a static unrolled step loop
-  instead of the rolled one) and ``conv`` (how convolutions are computed)."""
+  instead of the rolled one), ``conv`` (how convolutions are computed) and ``threads``
+  (clients the ``loop`` strategy runs at once)."""
 
   strategy: str
   unroll: bool
   conv: str
+  threads: int
 
 
 def resolve_execution(config: ExperimentConfig) -> ResolvedExecution:
@@ -77,7 +80,10 @@ def resolve_execution(config: ExperimentConfig) -> ResolvedExecution:
       strategy = "chunked" if config.cohort_size >= MIN_CHUNKED_COHORT else "vmap"
   if conv == "auto":
     conv = "im2col" if on_cpu and has_conv else "xla"
-  return ResolvedExecution(strategy, config.execution.unroll == "unroll", conv)
+  threads = config.execution.threads
+  if threads == 0:
+    threads = min(2, os.cpu_count() or 1) if on_cpu and strategy == "loop" else 1
+  return ResolvedExecution(strategy, config.execution.unroll == "unroll", conv, threads)
 
 
 def client_optimizer(name: str, learning_rate: float, momentum: float):
@@ -133,7 +139,7 @@ def build_experiment(config: ExperimentConfig, data: FederatedData | None = None
     train_data.train_x[0, :1],
     client_optimizer(config.local.optimizer, config.local.learning_rate, config.local.momentum),
     schedule,
-    Executor(execution.strategy, config.execution.chunk_size),
+    Executor(execution.strategy, config.execution.chunk_size, execution.threads),
     train_data.num_clients,
     execution.unroll,
     config.execution.compute_dtype,

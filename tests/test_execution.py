@@ -126,3 +126,19 @@ def test_step_loops_run_to_the_real_step_counts(digits_dataset, strategy, iterat
   jax.block_until_ready(result)
   np.testing.assert_array_equal(result.num_steps, [4, 1, 3, 2, 6])
   assert len(counted) == sum(iterations)
+
+
+def test_loop_threads_give_the_same_numbers_in_the_same_order():
+  """``loop`` with a thread pool runs clients at once but returns (and sums) them in the
+  cohort's order: bit-identical to one at a time."""
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(7, 5, 4)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
+  results = []
+  for threads in (1, 3):
+    executor = Executor("loop", threads=threads)
+    results.append((executor.map(_client_fn, (None, 0, None))(w, x, 0.5),
+                    executor.map_sum(_client_fn, (None, 0, None))(w, x, 0.5)))  # fmt: skip
+  chex.assert_trees_all_equal(*results)
+  with pytest.raises(ValueError, match="execution.threads must be >= 1"):
+    Executor("loop", threads=0)
