@@ -21,7 +21,7 @@ from fedjax_lab.config import ExperimentConfig
 from fedjax_lab.data import FederatedData
 from fedjax_lab.engine.evaluate import evaluate_clients, evaluate_pooled, summarize_clients
 from fedjax_lab.engine.execution import computed_steps
-from fedjax_lab.engine.sharding import client_mesh, replicate, shard_clients, to_host
+from fedjax_lab.engine.sharding import addressable, client_mesh, replicate, shard_clients
 from fedjax_lab.models import Model
 
 
@@ -182,7 +182,7 @@ def run(
     if mesh is not None:
       cohort, round_key = shard_clients(cohort, mesh), replicate(round_key, mesh)
     state, round_metrics = round_fn(state, cohort, round_key)
-    round_metrics = {name: float(value) for name, value in to_host(round_metrics).items()}
+    round_metrics = {name: float(value) for name, value in addressable(round_metrics).items()}
     train_loss = round_metrics["train_loss"]
     if not math.isfinite(train_loss):
       last = manager.latest_step() if manager else None
@@ -199,7 +199,7 @@ def run(
       "round_seconds": time.perf_counter() - tick,
     }
     if (round_index + 1) % config.eval_every == 0 or round_index + 1 == config.rounds:
-      row.update(evaluate(config, experiment.model, algorithm, to_host(state), data))
+      row.update(evaluate(config, experiment.model, algorithm, addressable(state), data))
       bar.set_postfix(
         {k: f"{row[k]:.3f}" for k in ("global_accuracy", "client_accuracy_mean") if k in row}
       )

@@ -3,17 +3,19 @@
 Every strategy computes the same function; they differ in speed and peak memory.
 
 - ``vmap``: the whole cohort in one batched program (the default on GPU/TPU).
-- ``chunked``: micro-cohorts of ``chunk_size`` clients, a vmap per chunk, looped inside the
-  program (``lax.map(..., batch_size=chunk_size)``): peak activation memory follows the chunk.
-- ``loop``: a jitted single-client function called once per client from Python and the outputs
-  stacked. The round around it then runs op by op (``Executor.jit_round`` is False). On XLA:CPU
-  this is faster for convolutional models, whose vmapped per-client convolutions lower to slow
-  grouped convolutions.
+- ``chunked``: micro-cohorts of ``chunk_size`` clients (sorted by work when ``sort_by`` is
+  given), a vmap per chunk, looped inside the program (``lax.map(..., batch_size=chunk_size)``):
+  peak activation memory follows the chunk.
+- ``loop``: a jitted single-client function called per client from Python (``threads`` at once)
+  and the outputs stacked in the cohort's order. The round around it then runs op by op
+  (``Executor.jit_round`` is False). On XLA:CPU this is faster for convolutional models, whose
+  vmapped per-client convolutions lower to slow grouped convolutions, and each client's step
+  loop runs exactly its own steps.
 
 ``map`` returns every client's output stacked (``[cohort, ...]``: memory grows with the cohort).
-``map_sum`` returns their sum, accumulated as it goes: with ``chunked`` and ``loop`` at most one
-chunk (one client) of outputs is alive at a time, so an aggregate over a cohort of 1,000 costs
-the memory of a chunk, not of the cohort.
+``map_sum`` returns their sum, accumulated as it goes: with ``chunked`` at most one chunk of
+outputs is alive at a time, with ``loop`` about ``threads`` clients' outputs, so an aggregate
+over a cohort of 1,000 costs the memory of a chunk, not of the cohort.
 """
 
 from __future__ import annotations

@@ -54,10 +54,15 @@ def _place(leaf, sharding: NamedSharding):
   return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
-def to_host(tree):
-  """Every leaf as a host (numpy) array: a fully replicated global array is read from this
-  process's own copy."""
+def addressable(tree):
+  """``tree`` readable by this process: a leaf spread over other processes' devices (fully
+  replicated, as the state and metrics are) becomes this process's own copy; every other leaf
+  is returned as it is, so a single-process run copies nothing."""
   return jax.tree.map(
-    lambda leaf: np.asarray(leaf.addressable_data(0)) if isinstance(leaf, jax.Array) else leaf,
+    lambda leaf: (
+      leaf.addressable_data(0)
+      if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable
+      else leaf
+    ),
     tree,
   )
