@@ -1,5 +1,5 @@
 """From a config to the objects a run needs: the federation, the model, the client setup
-(optimizer, schedule, executor, aggregator) and the algorithm. ``run.py`` keeps the loop."""
+(optimizer, schedule, executor, aggregator) and the algorithm. ``runner.py`` keeps the loop."""
 
 from __future__ import annotations
 

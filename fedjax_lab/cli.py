@@ -1,23 +1,21 @@
 """``fedjax-lab``: run an experiment from a config file with dotted overrides.
 
-fedjax-lab --config experiments/quickstart.json rounds=50 data.alpha=0.1
-fedjax-lab --config runs/x/config.json --resume
+  fedjax-lab --config experiments/quickstart/config.json rounds=50 data.alpha=0.1
+  fedjax-lab --config runs/x/config.json --resume
+
+Options and overrides may come in any order. Every expected failure (config, data, output
+folder, checkpoint, divergence, interrupt) is one line naming the cause, exit code 2;
+``--debug`` shows the traceback instead. JAX is imported only once the arguments parse.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import importlib.util
 import json
 import pathlib
 import sys
-
-from fedjax_lab.build import resolve_execution
-from fedjax_lab.config import load_config
-from fedjax_lab.run import TrainingDivergedError, run
-from fedjax_lab.tables import SUMMARY_COLUMNS, format_table, summary_row
 
 
 def load_plugin(spec: str) -> None:
@@ -38,7 +36,7 @@ def load_plugin(spec: str) -> None:
     importlib.import_module(spec)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="fedjax-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
@@ -51,7 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     "aggregators, sources, partitioners or models); repeatable",
   )
   parser.add_argument(
-    "--resume", action="store_true", help="continue from the latest checkpoint in out_dir"
+    "--resume",
+    action="store_true",
+    help="continue the run in out_dir from its newest checkpoint that restores",
+  )
+  parser.add_argument(
+    "--overwrite",
+    action="store_true",
+    help="start afresh in an out_dir that holds another run (its run files are deleted)",
   )
   parser.add_argument("--no-progress", action="store_true")
   parser.add_argument(
@@ -59,27 +64,69 @@ def main(argv: list[str] | None = None) -> int:
     action="store_true",
     help="print the resolved config, with what `auto` picked, and exit",
   )
+  parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
   parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. local.epochs=2")
-  args = parser.parse_args(argv)
-  try:
-    for plugin in args.plugin:
-      load_plugin(plugin)
-    config = load_config(args.config, args.overrides)
-  except (ValueError, OSError, ImportError) as error:
-    print(f"fedjax-lab: config error: {error}", file=sys.stderr)
-    return 2
+  return parser
+
+
+def _expected_failures() -> tuple[type[BaseException], ...]:
+  from fedjax_lab.checkpoint import CheckpointError
+  from fedjax_lab.run_folder import RunFolderError
+  from fedjax_lab.runner import RunInterrupted, TrainingDivergedError
+
+  return (
+    ValueError,  # config and data checks
+    OSError,  # files: missing data, unwritable or full disk
+    ImportError,  # plugins
+    RunFolderError,
+    CheckpointError,
+    TrainingDivergedError,
+    RunInterrupted,
+    KeyboardInterrupt,  # a second Ctrl-C, or one before the first round
+  )
+
+
+def _describe(error: BaseException) -> str:
+  if isinstance(error, KeyboardInterrupt):
+    return "interrupted (checkpoints already written are kept; --resume continues)"
+  if isinstance(error, OSError) and error.strerror:
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}{error.strerror}"
+  return f"{type(error).__name__}: {error}"
+
+
+def _main(args: argparse.Namespace) -> int:
+  for plugin in args.plugin:
+    load_plugin(plugin)
+  from fedjax_lab.config import load_config
+
+  config = load_config(args.config, args.overrides)
   if args.print_config:
+    import dataclasses
+
+    from fedjax_lab.build import resolve_execution
+
     resolved = dataclasses.asdict(resolve_execution(config))
     print(json.dumps({**config.to_dict(), "resolved_execution": resolved}, indent=2))
     return 0
-  try:
-    result = run(config, resume=args.resume, progress=not args.no_progress)
-  except (ValueError, FileNotFoundError, TrainingDivergedError) as error:
-    print(f"fedjax-lab: {type(error).__name__}: {error}", file=sys.stderr)
-    return 1
+  from fedjax_lab.runner import run
+  from fedjax_lab.tables import SUMMARY_COLUMNS, format_table, summary_row
+
+  result = run(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
   print(format_table([summary_row(config.algorithm.name, result)], SUMMARY_COLUMNS))
   print(f"metrics, config and plot in {result.out_dir}")
   return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = _parser().parse_intermixed_args(argv)
+  try:
+    return _main(args)
+  except BaseException as error:
+    if args.debug or not isinstance(error, _expected_failures()):
+      raise
+    print(f"fedjax-lab: {_describe(error)}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

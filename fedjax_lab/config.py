@@ -13,7 +13,7 @@ from typing import Any
 import tomllib
 
 from fedjax_lab.algorithms import ALGORITHMS
-from fedjax_lab.checks import one_of, require
+from fedjax_lab.checks import one_of, require, typed_fields
 from fedjax_lab.data.catalog import PARTITIONERS, SOURCES
 from fedjax_lab.data.groups import GROUP_SHIFTS
 from fedjax_lab.engine.execution import STRATEGIES
@@ -48,6 +48,8 @@ class DataConfig:
   seed: int = 0
 
   def __post_init__(self):
+    typed_fields(self, "data.")
+    require(self.seed >= 0, "data.seed", ">= 0", self.seed)
     known = self.source in SOURCES or (
       self.source.startswith("tfds:") and self.source.split("/")[0] in SOURCES
     )
@@ -89,6 +91,7 @@ class ModelConfig:
   conv: str = "auto"  # auto | xla | im2col (matrix products) | explicit_vjp (models/im2col.py)
 
   def __post_init__(self):
+    typed_fields(self, "model.")
     one_of("model.name", self.name, MODELS.names())
     one_of("model.conv", self.conv, ("auto",) + CONV_IMPLEMENTATIONS)
 
@@ -105,6 +108,7 @@ class LocalConfig:
   batch_size: int = 20
 
   def __post_init__(self):
+    typed_fields(self, "local.")
     one_of("local.optimizer", self.optimizer, CLIENT_OPTIMIZERS)
     require(self.learning_rate > 0, "local.learning_rate", "> 0", self.learning_rate)
     require(0 <= self.momentum < 1, "local.momentum", "in [0, 1)", self.momentum)
@@ -125,6 +129,7 @@ class ServerConfig:
   eps: float = 1e-3
 
   def __post_init__(self):
+    typed_fields(self, "server.")
     one_of("server.optimizer", self.optimizer, SERVER_OPTIMIZERS)
     require(self.learning_rate > 0, "server.learning_rate", "> 0", self.learning_rate)
     require(0 <= self.momentum < 1, "server.momentum", "in [0, 1)", self.momentum)
@@ -141,6 +146,7 @@ class AlgorithmConfig:
   options: Any = None
 
   def __post_init__(self):
+    typed_fields(self, "algorithm.")
     entry = ALGORITHMS.get(self.name)
     if self.options is None:
       object.__setattr__(self, "options", entry.options())
@@ -150,6 +156,7 @@ class AlgorithmConfig:
       f"a {entry.options.__name__} for algorithm.name={self.name!r}",
       type(self.options).__name__,
     )
+    typed_fields(self.options, f"algorithm.{self.name}.")
     one_of("algorithm.weighting", self.weighting, WEIGHTINGS)
 
   @classmethod
@@ -194,6 +201,7 @@ class AggregationConfig:
   clip_norm: float = 0.0
 
   def __post_init__(self):
+    typed_fields(self, "aggregation.")
     one_of("aggregation.rule", self.rule, AGGREGATORS.names())
     require(
       self.clip_norm >= 0 and math.isfinite(self.clip_norm),
@@ -215,6 +223,7 @@ class ExecutionConfig:
   compute_dtype: str = "float32"  # float32 | bfloat16 (local forward/backward; fp32 params)
 
   def __post_init__(self):
+    typed_fields(self, "execution.")
     one_of("execution.strategy", self.strategy, ("auto",) + STRATEGIES)
     require(self.chunk_size >= 1, "execution.chunk_size", ">= 1", self.chunk_size)
     require(self.threads >= 0, "execution.threads", ">= 0 (0: auto)", self.threads)
@@ -247,7 +256,10 @@ class ExperimentConfig:
   out_dir: str = "runs/default"
 
   def __post_init__(self):
+    typed_fields(self, "")
     require(self.rounds >= 1, "rounds", ">= 1", self.rounds)
+    require(self.seed >= 0, "seed", ">= 0", self.seed)
+    require(bool(self.out_dir.strip()), "out_dir", "a folder path", self.out_dir)
     require(self.cohort_size >= 1, "cohort_size", ">= 1", self.cohort_size)
     require(
       self.cohort_size <= self.data.num_clients,
@@ -320,7 +332,8 @@ def _coerce(field: str, hint, value):
       except ValueError:
         pass
   elif hint is str:
-    return str(value)
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+      return str(value)
   raise ValueError(f"{field} must be of type {hint.__name__}, got {value!r}")
 
 
@@ -350,6 +363,23 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Experimen
   """Read a ``.json`` or ``.toml`` config (or start from defaults), then apply overrides."""
   values: dict = {}
   if path:
-    text = pathlib.Path(path).read_text()
-    values = tomllib.loads(text) if path.endswith(".toml") else json.loads(text)
+    values = read_config_file(pathlib.Path(path))
   return config_from_dict(apply_overrides(values, list(overrides)))
+
+
+def read_config_file(path: pathlib.Path) -> dict:
+  """The nested table of a ``.json`` or ``.toml`` file; ``ValueError`` naming the file (and the
+  line) when it cannot be read as one."""
+  if not path.is_file():
+    raise ValueError(f"--config {path}: no such file")
+  try:
+    text = path.read_text()
+    values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+  except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+    kind = "TOML" if path.suffix == ".toml" else "JSON"
+    raise ValueError(f"--config {path}: not valid {kind}: {error}") from None
+  if not isinstance(values, dict):
+    raise ValueError(
+      f"--config {path}: must hold a table of sections and fields, got a {type(values).__name__}"
+    )
+  return values

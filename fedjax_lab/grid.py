@@ -12,15 +12,13 @@ import time
 
 import numpy as np
 
+from fedjax_lab import run_folder
+from fedjax_lab.checkpoint import CheckpointError
 from fedjax_lab.config import load_config
-from fedjax_lab.run import TrainingDivergedError, run
+from fedjax_lab.runner import TrainingDivergedError, run
 from fedjax_lab.tables import format_table
 
 DIVERGED_MARKER = "diverged.txt"
-
-
-def _read_rows(path: pathlib.Path) -> list[dict]:
-  return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def _stored_config(path: pathlib.Path):
@@ -41,9 +39,9 @@ def run_or_load(config, data) -> tuple[list[dict], bool]:
   divergence are returned with a last row ``{"round": r, "diverged": True}``, and a
   ``diverged.txt`` marker keeps it from being rerun."""
   out_dir = pathlib.Path(config.out_dir)
-  stored = out_dir / "config.json"
+  stored = out_dir / run_folder.CONFIG_FILE
   same_config = stored.exists() and _stored_config(stored) == config
-  rows = _read_rows(out_dir / "metrics.jsonl") if same_config else []
+  rows = run_folder.read_metrics(out_dir) if same_config else []
   if not same_config:
     (out_dir / DIVERGED_MARKER).unlink(missing_ok=True)
   elif (out_dir / DIVERGED_MARKER).exists():
@@ -51,12 +49,21 @@ def run_or_load(config, data) -> tuple[list[dict], bool]:
   if rows and rows[-1]["round"] == config.rounds:
     return rows, True
   try:
-    return run(config, data=data, progress=False).metrics, False
+    return _continue_or_start(config, data, resumable=same_config), False
   except TrainingDivergedError as error:
     (out_dir / DIVERGED_MARKER).write_text(f"{error}\n")
-    return _read_rows(out_dir / "metrics.jsonl") + [
-      {"round": config.rounds, "diverged": True}
-    ], False
+    return run_folder.read_metrics(out_dir) + [{"round": config.rounds, "diverged": True}], False
+
+
+def _continue_or_start(config, data, resumable: bool) -> list[dict]:
+  """Resume an interrupted run of this config when a checkpoint of it restores; otherwise
+  start afresh, replacing whatever run ``out_dir`` held."""
+  if resumable:
+    try:
+      return run(config, data=data, progress=False, resume=True).metrics
+    except CheckpointError:
+      pass
+  return run(config, data=data, progress=False, overwrite=True).metrics
 
 
 def run_variants(

@@ -104,3 +104,60 @@ def test_train_test_split_is_disjoint_and_keeps_both_sides():
     assert len(te) >= 1 and len(tr) >= 1
   with pytest.raises(ValueError, match="data.test_fraction"):
     partition.train_test_split(clients, 1.0, 0)
+
+
+@given(
+  num_examples=st.integers(1, 300),
+  num_classes=st.integers(1, 10),
+  num_clients=st.integers(1, 40),
+  alpha=st.floats(1e-3, 1e3),
+  sigma=st.floats(0, 60),
+  classes_per_client=st.integers(1, 5),
+  min_examples=st.integers(1, 20),
+  seed=st.integers(0, 2**31),
+  name=st.sampled_from(["iid", "dirichlet", "dirichlet_capped", "shards", "quantity_skew"]),
+)
+@settings(max_examples=150, deadline=None)
+def test_every_partitioner_splits_or_says_which_field_is_wrong(
+  num_examples,
+  num_classes,
+  num_clients,
+  alpha,
+  sigma,
+  classes_per_client,
+  min_examples,
+  seed,
+  name,
+):
+  """Through the registry, with the run's config: a partition (disjoint, within range,
+  complete up to the shards' remainder, the same for the same seed, no empty client, the
+  Dirichlet minimum met) or a ValueError naming a ``data.`` field."""
+  from fedjax_lab.config import DataConfig
+  from fedjax_lab.data.catalog import PARTITIONERS
+  from fedjax_lab.data.sources import Dataset
+
+  labels = np.random.default_rng(seed).integers(0, num_classes, num_examples).astype(np.int32)
+  dataset = Dataset(np.zeros((num_examples, 1), np.float32), labels, labels[:0], labels[:0], 10)
+  data = DataConfig(
+    partition=name,
+    num_clients=num_clients,
+    alpha=alpha,
+    sigma=sigma,
+    classes_per_client=classes_per_client,
+    min_examples=min_examples,
+    seed=seed,
+  )
+  split = PARTITIONERS.get(name)
+  try:
+    clients = split(dataset, data)
+  except ValueError as error:
+    assert "data." in str(error)
+    return
+  assert len(clients) == num_clients
+  flat = np.concatenate(clients)
+  assert len(flat) == len(np.unique(flat)) and (flat >= 0).all() and (flat < num_examples).all()
+  dropped = num_examples % (num_clients * classes_per_client) if name == "shards" else 0
+  assert len(flat) == num_examples - dropped
+  assert min(len(c) for c in clients) >= (min_examples if "dirichlet" in name else 1)
+  again = split(dataset, data)
+  assert all(np.array_equal(a, b) for a, b in zip(clients, again))

@@ -14,7 +14,7 @@ RUNS = r"""
 import json, sys
 import jax, numpy as np
 from fedjax_lab import load_config
-from fedjax_lab.run import run
+from fedjax_lab.runner import run
 assert jax.device_count() == 4, jax.devices()
 base = ["data.source=digits", "data.num_clients=12", "data.min_examples=5", "cohort_size=8",
         "rounds=3", "eval_every=3", "checkpoint_every=0", "execution.strategy=vmap"]

@@ -85,7 +85,11 @@ def shards(
   ``num_clients * classes_per_client`` shards, give each client ``classes_per_client`` shards."""
   labels = np.asarray(labels)
   num_shards = num_clients * classes_per_client
-  _check_counts(len(labels), num_shards)
+  if num_shards > len(labels):
+    raise ValueError(
+      f"data.num_clients={num_clients} x data.classes_per_client={classes_per_client} shards "
+      f"exceed the {len(labels)} examples available: every shard needs at least one example"
+    )
   rng = np.random.default_rng(seed)
   by_label = np.argsort(labels, kind="stable")
   shard_size = len(labels) // num_shards
@@ -99,17 +103,18 @@ def quantity_skew(
 ) -> ClientIndices:
   """IID labels, log-normal(0, sigma) client sizes, each client at least ``min_examples``."""
   _check_counts(num_examples, num_clients)
-  if sigma < 0:
-    raise ValueError(f"data.sigma must be >= 0, got {sigma}")
+  if not 0 <= sigma < np.inf:
+    raise ValueError(f"data.sigma must be a finite number >= 0, got {sigma}")
   if min_examples * num_clients > num_examples:
     raise ValueError(
       f"data.min_examples={min_examples} x data.num_clients={num_clients} "
       f"exceeds the {num_examples} examples available"
     )
   rng = np.random.default_rng(seed)
-  weights = rng.lognormal(0.0, sigma, num_clients)
+  log_weights = sigma * rng.standard_normal(num_clients)  # log of lognormal(0, sigma) draws
+  shares = np.exp(log_weights - log_weights.max())  # normalized in log space: no overflow
   spare = num_examples - min_examples * num_clients
-  sizes = min_examples + np.floor(weights / weights.sum() * spare).astype(int)
+  sizes = min_examples + np.floor(shares / shares.sum() * spare).astype(int)
   sizes[: num_examples - sizes.sum()] += 1  # hand out the rounding remainder
   order = rng.permutation(num_examples)
   return [np.sort(part) for part in np.split(order, np.cumsum(sizes)[:-1])]

@@ -81,6 +81,21 @@ class Dataset:
   train_groups: np.ndarray | None = None
   group_names: tuple[str, ...] = ()
 
+  def __post_init__(self):
+    """Every source is checked for consistency once, where it is made."""
+    for split, x, y in (("train", self.train_x, self.train_y), ("test", self.test_x, self.test_y)):
+      if len(x) != len(y):
+        raise ValueError(f"data source: {len(x)} {split} inputs but {len(y)} {split} labels")
+      if len(y) and not (0 <= np.min(y) and np.max(y) < self.num_classes):
+        raise ValueError(
+          f"data source: {split} labels must lie in [0, {self.num_classes}), got "
+          f"[{np.min(y)}, {np.max(y)}]"
+        )
+    if self.train_groups is not None and len(self.train_groups) != len(self.train_y):
+      raise ValueError(
+        f"data source: {len(self.train_groups)} group ids for {len(self.train_y)} examples"
+      )
+
 
 def _holdout(num_examples: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
   order = np.random.default_rng(seed).permutation(num_examples)
@@ -100,10 +115,19 @@ def digits(seed: int = 0) -> Dataset:
 
 
 def _read_idx(path: pathlib.Path) -> np.ndarray:
-  with gzip.open(path, "rb") as f:
-    raw = f.read()
+  """A gzipped IDX array of unsigned bytes (magic ``0x00000803`` or ``0x00000801``)."""
+  damaged = f"{path} is damaged (run `make data` again)"
+  try:
+    with gzip.open(path, "rb") as f:
+      raw = f.read()
+  except (OSError, EOFError) as error:  # BadGzipFile is an OSError
+    raise ValueError(f"{damaged}: {error}") from None
+  if len(raw) < 4 or raw[:3] != b"\x00\x00\x08" or not 1 <= raw[3] <= 4:
+    raise ValueError(f"{damaged}: not an IDX file of unsigned bytes")
   ndim = raw[3]
   shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+  if len(raw) != 4 + 4 * ndim + int(np.prod(shape)):
+    raise ValueError(f"{damaged}: holds {len(raw)} bytes, its header announces shape {shape}")
   return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
@@ -122,10 +146,15 @@ def fashion_mnist_idx(directory: str | None = None) -> Dataset:
       f"data.source='fashion_mnist_idx' needs the IDX files {missing}; run `make data` "
       "(installs Debian's dataset-fashion-mnist) or set FEDJAX_LAB_FASHION_MNIST_DIR"
     )
-  arrays = {
-    split: ((_read_idx(img).astype(np.float32) / 255.0)[..., None], _read_idx(lab).astype(np.int32))
-    for split, (img, lab) in files.items()
-  }
+  arrays = {}
+  for split, (images_file, labels_file) in files.items():
+    images, labels = _read_idx(images_file), _read_idx(labels_file)
+    if len(images) != len(labels) or images.ndim != 3 or labels.ndim != 1:
+      raise ValueError(
+        f"{images_file} holds images of shape {images.shape} but {labels_file} labels of shape "
+        f"{labels.shape}: one label per 2-D image expected"
+      )
+    arrays[split] = ((images.astype(np.float32) / 255.0)[..., None], labels.astype(np.int32))
   return Dataset(*arrays["train"], *arrays["t10k"], num_classes=10)
 
 
@@ -314,7 +343,17 @@ def tfds_source(
   if coarse_labels and not name.startswith("cifar100"):
     raise ValueError("data.coarse_labels is only meaningful for tfds:cifar100")
   label_key = "coarse_label" if coarse_labels else "label"
-  splits = tfds.data_source(name, split=["train", "test"], data_dir=data_dir, download=download)
+  if data_dir is not None and not pathlib.Path(data_dir).is_dir():
+    raise FileNotFoundError(f"data.source_dir={data_dir!r} is not a folder")
+  try:
+    splits = tfds.data_source(name, split=["train", "test"], data_dir=data_dir, download=download)
+  except Exception as error:  # tfds reports a missing preparation as KeyError, AssertionError...
+    where = data_dir or "TFDS's default data folder"
+    raise FileNotFoundError(
+      f"data.source='tfds:{name}' is not prepared in {where} ({type(error).__name__}); "
+      f"prepare it where it can be downloaded (`tfds build {name} --data_dir DIR`), copy DIR "
+      "here and set data.source_dir=DIR"
+    ) from error
   arrays = []
   for split in splits:
     examples = [split[i] for i in range(len(split))]

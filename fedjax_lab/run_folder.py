@@ -1,0 +1,162 @@
+"""A run's output folder: it owns one experiment, and nothing written there is ever half-written.
+
+The folder holds ``config.json``, ``metrics.jsonl`` / ``metrics.csv``, ``accuracy.png`` and
+``checkpoints/``. Before a run writes anything, :func:`claim` checks that the folder is free
+(or, when resuming, that it holds the same experiment); files are replaced atomically (a
+temporary file in the same folder, then ``os.replace``), so a kill leaves the old version or
+the new one, never a cut one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import pathlib
+import shutil
+
+from fedjax_lab.config import config_from_dict, read_config_file
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+PLOT_FILE = "accuracy.png"
+CHECKPOINT_DIR = "checkpoints"
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, METRICS_CSV, PLOT_FILE, CHECKPOINT_DIR)
+# Fields a resumed run may change: when it stops, how often it reports, where it runs. The
+# execution fields keep the same mathematics; a different strategy may round differently.
+RESUMABLE_FIELDS = ("rounds", "eval_every", "checkpoint_every", "out_dir", "execution.")
+
+
+class RunFolderError(RuntimeError):
+  """The output folder cannot hold this run (another experiment, unreadable, not writable)."""
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in values.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def config_differences(stored: dict, current: dict) -> list[str]:
+  """``"field: stored -> current"`` for every field of two ``ExperimentConfig.to_dict()`` that
+  differs, except :data:`RESUMABLE_FIELDS`."""
+  old, new = _flatten(stored), _flatten(current)
+  return [
+    f"{field}: {old.get(field, '(absent)')!r} -> {new.get(field, '(absent)')!r}"
+    for field in sorted(set(old) | set(new))
+    if old.get(field) != new.get(field) and not field.startswith(RESUMABLE_FIELDS)
+  ]
+
+
+def stored_config(out_dir: pathlib.Path) -> dict:
+  """The config a folder's run was started with, parsed with today's defaults (a field added
+  since, at its default, is no difference)."""
+  try:
+    return config_from_dict(read_config_file(out_dir / CONFIG_FILE)).to_dict()
+  except ValueError as error:
+    raise RunFolderError(
+      f"{out_dir / CONFIG_FILE} cannot be read by this version ({error}); choose a new out_dir"
+    ) from None
+
+
+def claim(out_dir: pathlib.Path, config: dict, *, resume: bool, overwrite: bool) -> None:
+  """Check, before anything is built or written, that ``out_dir`` can hold this run.
+
+  A new run needs an absent or empty folder; ``overwrite`` deletes the run files of whatever
+  is there (other files are left). ``resume`` needs the folder's ``config.json`` to equal
+  ``config`` in every field but :data:`RESUMABLE_FIELDS`. The folder is then created and
+  checked for writing. Raises ``RunFolderError`` naming the cause and the fix."""
+  if out_dir.exists() and not out_dir.is_dir():
+    raise RunFolderError(f"out_dir={str(out_dir)!r} is a file, not a folder")
+  entries = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+  if resume:
+    if CONFIG_FILE not in entries:
+      raise RunFolderError(f"--resume: {out_dir} holds no run ({CONFIG_FILE} is missing)")
+    differences = config_differences(stored_config(out_dir), config)
+    if differences:
+      raise RunFolderError(
+        f"--resume: the config differs from the run in {out_dir} in {'; '.join(differences)}. "
+        "Only rounds, eval_every, checkpoint_every, out_dir and execution.* may change on resume"
+      )
+  elif entries and overwrite:
+    for name in RUN_FILES:
+      path = out_dir / name
+      shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+  elif entries:
+    if CONFIG_FILE not in entries:
+      what = f"files that are not a fedjax-lab run ({', '.join(entries[:3])})"
+    elif config_differences(stored_config(out_dir), config):
+      changes = config_differences(stored_config(out_dir), config)
+      what = f"another experiment (differs in {'; '.join(changes[:3])})"
+    else:
+      what = "this experiment already: --resume continues it"
+    raise RunFolderError(
+      f"out_dir={str(out_dir)!r} holds {what}; choose a new out_dir, or --overwrite to replace "
+      "its run files"
+    )
+  try:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    probe = out_dir / ".write-check"
+    probe.write_text("")
+    probe.unlink()
+  except OSError as error:
+    raise RunFolderError(f"out_dir={str(out_dir)!r} is not writable: {error.strerror}") from None
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+  """Replace ``path`` by ``text`` in one step: readers see the old file or the new one."""
+  temporary = path.with_name(f".{path.name}.tmp")
+  with open(temporary, "w", newline="") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(temporary, path)
+
+
+def write_config(out_dir: pathlib.Path, config: dict) -> None:
+  write_atomic(out_dir / CONFIG_FILE, json.dumps(config, indent=2))
+
+
+def write_metrics(out_dir: pathlib.Path, rows: list[dict]) -> None:
+  """``metrics.jsonl`` (one JSON row per round) and ``metrics.csv``, each replaced atomically."""
+  write_atomic(out_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in rows))
+  table = io.StringIO()
+  writer = csv.DictWriter(table, list(dict.fromkeys(key for row in rows for key in row)))
+  writer.writeheader()
+  writer.writerows(rows)
+  write_atomic(out_dir / METRICS_CSV, table.getvalue())
+
+
+def read_metrics(out_dir: pathlib.Path) -> list[dict]:
+  """The rows of ``metrics.jsonl``. A last line cut short (by a kill during a plain write,
+  which this module never makes) is dropped: its round is computed again on resume. Any
+  other line that does not parse is a ``RunFolderError`` naming it."""
+  path = out_dir / METRICS_FILE
+  if not path.exists():
+    return []
+  lines = path.read_text().splitlines()
+  rows = []
+  for number, line in enumerate(lines, 1):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      if number == len(lines):
+        break
+      raise RunFolderError(f"{path}, line {number}, is not a JSON row: {line[:60]!r}") from None
+  return rows
+
+
+def rounds_recorded(rows: list[dict]) -> int:
+  """How many rounds, 1, 2, ... in order, ``rows`` hold without a gap."""
+  count = 0
+  for row in rows:
+    if row.get("round") != count + 1:
+      break
+    count += 1
+  return count

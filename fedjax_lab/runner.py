@@ -1,0 +1,313 @@
+"""The host-side driver: sample cohorts, call the (jitted) round, evaluate, log, checkpoint and
+resume. What a run is made of is built from its config by ``build.py``."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import pathlib
+import signal
+import sys
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from sklearn.metrics import adjusted_rand_score
+
+from fedjax_lab import checkpoint, run_folder
+from fedjax_lab.algorithms import Algorithm, compiled_round, payload_bytes
+from fedjax_lab.build import build_experiment
+from fedjax_lab.config import ExperimentConfig
+from fedjax_lab.data import FederatedData
+from fedjax_lab.engine.evaluate import evaluate_clients, evaluate_pooled, summarize_clients
+from fedjax_lab.engine.execution import computed_steps
+from fedjax_lab.engine.sharding import addressable, client_mesh, replicate, shard_clients
+from fedjax_lab.models import Model
+
+
+class TrainingDivergedError(RuntimeError):
+  """The training loss or the state became NaN or infinite; the run stopped before saving it."""
+
+
+class RunInterrupted(RuntimeError):
+  """SIGINT or SIGTERM stopped the run after a completed round, its checkpoint written."""
+
+
+@dataclasses.dataclass
+class RunResult:
+  config: ExperimentConfig
+  metrics: list[dict]
+  state: object
+  out_dir: pathlib.Path
+  wall_seconds: float
+
+
+def computed_step_ratio(setup, num_examples) -> float:
+  """Local steps computed (padding included) over the steps the cohort's clients really take:
+  1.0 means no step was wasted (``engine.execution.computed_steps``)."""
+  steps = np.asarray(setup.schedule.client_steps(np.asarray(num_examples)))
+  unrolled = setup.schedule.max_steps if setup.unroll else None
+  return computed_steps(setup.executor, steps, unrolled) / max(int(steps.sum()), 1)
+
+
+def cohort_ids(seed: int, round_index: int, num_clients: int, cohort_size: int) -> np.ndarray:
+  """Uniform without replacement; a pure function of (seed, round) so resuming repeats it."""
+  rng = np.random.default_rng([seed, round_index])
+  return np.sort(rng.choice(num_clients, cohort_size, replace=False)).astype(np.int32)
+
+
+def plot_accuracy(rows: list[dict], path: pathlib.Path, title: str = "") -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(5.5, 3.5))
+  for key, label in (
+    ("global_accuracy", "global model, pooled test"),
+    ("client_accuracy_mean", "clients' models, own test (mean)"),
+  ):
+    points = [(r["round"], r[key]) for r in rows if key in r]
+    if points:
+      ax.plot(*zip(*points), marker="o", markersize=3, label=label)
+  ax.set_xlabel("round")
+  ax.set_ylabel("accuracy")
+  ax.set_title(title, fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def evaluate(
+  config: ExperimentConfig, model: Model, algorithm: Algorithm, state, data: FederatedData
+) -> dict:
+  """Global model on the pooled test set; each client's model on its own test split (when
+  ``data.test_fraction > 0`` gave clients one)."""
+  metrics = {}
+  global_params = algorithm.global_params(state) if algorithm.global_params is not None else None
+  if global_params is not None:
+    pooled = evaluate_pooled(model.apply, global_params, data.global_test_x, data.global_test_y)
+    metrics.update(global_accuracy=pooled["accuracy"], global_loss=pooled["loss"])
+  if np.asarray(data.test_num_examples).sum() > 0:  # clients hold test splits of their own
+    personal = algorithm.personal_params is not None
+    params = algorithm.personal_params(state) if personal else global_params
+    accuracy = evaluate_clients(
+      model.apply,
+      params,
+      data.test_x,
+      data.test_y,
+      data.test_num_examples,
+      personal=personal,
+      chunk_size=config.execution.chunk_size,
+    )
+    metrics.update(summarize_clients(accuracy))
+  if algorithm.client_clusters is not None and data.client_groups is not None:
+    metrics["cluster_ari"] = float(
+      adjusted_rand_score(data.client_groups, np.asarray(algorithm.client_clusters(state)))
+    )
+  return metrics
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  """Whether every inexact leaf of ``tree`` is finite (integer leaves always are)."""
+  leaves = [jnp.isfinite(l).all() for l in jax.tree.leaves(tree) if jnp.issubdtype(l, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def _divergence_hint(config: ExperimentConfig) -> str:
+  rates = [f"local.learning_rate (now {config.local.learning_rate})"]
+  if config.algorithm.name in ("fedopt", "scaffold"):  # the methods with a server step size
+    rates.append(f"server.learning_rate (now {config.server.learning_rate})")
+  return "lower " + " or ".join(rates)
+
+
+@contextlib.contextmanager
+def _stop_requests():
+  """While open, SIGINT and SIGTERM ask the run to stop after the current round (the list
+  yielded gets the signal's name); a second signal stops it at once (``KeyboardInterrupt``,
+  pending checkpoints still awaited). Only the main thread can take signals: elsewhere the
+  list stays empty."""
+  requested: list[str] = []
+  if threading.current_thread() is not threading.main_thread():
+    yield requested
+    return
+
+  def request_stop(signum, frame):
+    if requested:
+      raise KeyboardInterrupt
+    requested.append(signal.Signals(signum).name)
+
+  previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield requested
+  finally:
+    for number, handler in previous.items():
+      signal.signal(number, handler)
+
+
+def _report(message: str) -> None:
+  print(f"fedjax-lab: {message}", file=sys.stderr, flush=True)
+
+
+def run(
+  config: ExperimentConfig,
+  *,
+  resume: bool = False,
+  overwrite: bool = False,
+  progress: bool = True,
+  data: FederatedData | None = None,
+) -> RunResult:
+  """Run ``config`` and write ``config.json``, ``metrics.jsonl``/``.csv``, ``accuracy.png``
+  and checkpoints to ``config.out_dir`` (``run_folder``: the folder owns one experiment, every
+  file is replaced atomically).
+
+  Args:
+    config: the experiment.
+    resume: continue from the newest checkpoint in ``out_dir`` that restores (damaged ones are
+      skipped and reported); the stored config must match (``run_folder.RESUMABLE_FIELDS``).
+    overwrite: start afresh in an ``out_dir`` that holds another run, deleting its run files.
+    progress: a progress bar on a terminal, else a line per evaluation, on stderr.
+    data: the federation, if already built (else built from ``config.data``).
+
+  Returns:
+    ``RunResult``. Raises ``TrainingDivergedError`` when the loss or the state stops being
+    finite (that state is not saved), ``RunInterrupted`` after SIGINT/SIGTERM (the round
+    under way completes and is checkpointed first), ``run_folder.RunFolderError`` and
+    ``checkpoint.CheckpointError``. Every exit path waits for checkpoints being written.
+
+  Under ``jax.distributed`` (several processes, ``execution.devices`` the global device count)
+  every process runs this with the same config; the cohort is split over all processes'
+  devices, and only process 0 writes the config, metrics and plot (orbax writes the replicated
+  checkpoint from process 0 too)."""
+  started = time.perf_counter()
+  writer = jax.process_index() == 0
+  out_dir = pathlib.Path(config.out_dir)
+  if writer:
+    run_folder.claim(out_dir, config.to_dict(), resume=resume, overwrite=overwrite)
+  experiment = build_experiment(config, data)
+  init_key, rounds_key = jax.random.split(jax.random.key(config.seed))
+  state = experiment.algorithm.init(init_key)
+  checkpoint_dir = out_dir / run_folder.CHECKPOINT_DIR
+  manager = checkpoint.manager(checkpoint_dir) if config.checkpoint_every or resume else None
+  try:
+    start_round, rows = 0, []
+    if resume:
+      rows = run_folder.read_metrics(out_dir)
+      state, start_round, skipped = checkpoint.restore(
+        manager, state, rounds_key, at_most=run_folder.rounds_recorded(rows)
+      )
+      rows = rows[:start_round]
+      for reason in skipped:
+        _report(f"skipped checkpoint of {reason}")
+      _report(f"resuming {out_dir} from round {start_round}")
+    if writer:
+      run_folder.write_config(out_dir, config.to_dict())
+    rows, state = _train(
+      config, experiment, state, rows, start_round, rounds_key, manager, progress
+    )
+  finally:
+    if manager is not None:
+      manager.wait_until_finished()
+      manager.close()
+  if writer:
+    plot_accuracy(
+      rows,
+      out_dir / run_folder.PLOT_FILE,
+      f"{config.algorithm.name} / {config.model.name} / {config.data.source} "
+      f"{config.data.partition}",
+    )
+  return RunResult(config, rows, state, out_dir, time.perf_counter() - started)
+
+
+def _train(config, experiment, state, rows, start_round, rounds_key, manager, progress):
+  """The round loop of ``run``: rounds ``start_round + 1 .. config.rounds``; returns
+  ``(rows, state)``."""
+  from tqdm.auto import tqdm
+
+  algorithm, train_data = experiment.algorithm, experiment.train_data
+  # The state is donated: each round writes the new state into the old one's buffers.
+  round_fn = compiled_round(algorithm, experiment.setup.executor, donate=True)
+  payload = [size * experiment.cohort_size for size in payload_bytes(algorithm, experiment.setup)]
+  mesh = client_mesh(config.execution.devices) if config.execution.devices > 1 else None
+  if mesh is not None:
+    state = replicate(state, mesh)
+  writer = jax.process_index() == 0
+  out_dir = pathlib.Path(config.out_dir)
+  terminal = progress and sys.stderr.isatty()
+  bar = tqdm(
+    range(start_round, config.rounds),
+    initial=start_round,
+    total=config.rounds,
+    disable=not terminal,
+    desc=f"{config.algorithm.name}",
+    unit="round",
+  )
+  with _stop_requests() as stop:
+    for round_index in bar:
+      tick = time.perf_counter()
+      cohort = train_data.cohort(
+        cohort_ids(config.seed, round_index, train_data.num_clients, experiment.cohort_size)
+      )
+      step_ratio = computed_step_ratio(experiment.setup, cohort.num_examples)
+      round_key = jax.random.fold_in(rounds_key, round_index)
+      if mesh is not None:
+        cohort, round_key = shard_clients(cohort, mesh), replicate(round_key, mesh)
+      state, round_metrics = round_fn(state, cohort, round_key)
+      round_metrics = {name: float(value) for name, value in addressable(round_metrics).items()}
+      train_loss = round_metrics["train_loss"]
+      if not (math.isfinite(train_loss) and bool(addressable(_all_finite(state)))):
+        last = max(manager.all_steps(), default=None) if manager else None
+        if math.isfinite(train_loss):
+          what = "the state holds NaN or infinite values"
+        else:
+          what = f"training loss is {train_loss}"
+        kept = f"last good checkpoint: round {last}" if last else "no checkpoint was written yet"
+        raise TrainingDivergedError(
+          f"round {round_index + 1}: {what}; stopped without saving this state ({kept}). "
+          f"{_divergence_hint(config).capitalize()}"
+        )
+      row = {
+        "round": round_index + 1,
+        "computed_step_ratio": step_ratio,
+        **round_metrics,
+        "bytes_down": payload[0],
+        "bytes_up": payload[1],
+        "round_seconds": time.perf_counter() - tick,
+      }
+      if (round_index + 1) % config.eval_every == 0 or round_index + 1 == config.rounds:
+        row.update(
+          evaluate(config, experiment.model, algorithm, addressable(state), experiment.data)
+        )
+        shown = {
+          k: f"{row[k]:.3f}" for k in ("global_accuracy", "client_accuracy_mean") if k in row
+        }
+        bar.set_postfix(shown)
+        if progress and not terminal:
+          _report(
+            f"round {round_index + 1}/{config.rounds} train_loss {train_loss:.4f} "
+            + " ".join(f"{k} {v}" for k, v in shown.items())
+          )
+      rows.append(row)
+      if writer:
+        run_folder.write_metrics(out_dir, rows)
+      # Checkpoints every checkpoint_every rounds, after the last round (a finished run can be
+      # extended with a larger `rounds`) and when a signal asks the run to stop.
+      last_round = round_index + 1 == config.rounds
+      due = (round_index + 1) % config.checkpoint_every == 0 if config.checkpoint_every else False
+      if config.checkpoint_every and (due or last_round or stop):
+        checkpoint.save(manager, round_index + 1, state, rounds_key)
+      if stop and round_index + 1 < config.rounds:
+        saved = (
+          "checkpoint saved" if config.checkpoint_every else "no checkpoint (checkpoint_every=0)"
+        )
+        raise RunInterrupted(
+          f"{stop[0]}: stopped after round {round_index + 1} of {config.rounds}, {saved}; "
+          f"continue with: fedjax-lab --config {out_dir / run_folder.CONFIG_FILE} --resume"
+        )
+  return rows, state

@@ -1,0 +1,79 @@
+"""Config parsing under arbitrary input: any override string, any JSON value, is a config or
+one ``ValueError`` naming a field; never another exception (a traceback for the user)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedjax_lab.config import ExperimentConfig, apply_overrides, config_from_dict, load_config
+
+
+def _fields(cls, prefix=""):
+  for field in dataclasses.fields(cls):
+    if dataclasses.is_dataclass(field.type) or field.name in ("data", "model", "local"):
+      continue
+    yield prefix + field.name
+
+
+SECTIONS = {
+  name: list(_fields(type(getattr(ExperimentConfig(), name)), f"{name}."))
+  for name in ("data", "model", "local", "server", "aggregation", "execution")
+}
+KNOWN = [path for paths in SECTIONS.values() for path in paths] + [
+  "rounds",
+  "cohort_size",
+  "seed",
+  "eval_every",
+  "checkpoint_every",
+  "out_dir",
+  "algorithm.name",
+  "algorithm.weighting",
+  "algorithm.fedmr.granularity",
+  "algorithm.pfedlia.num_clusters",
+]
+VALUES = st.one_of(
+  st.text(max_size=12),
+  st.sampled_from(["inf", "-inf", "nan", "1e400", "-1", "0", "2.5", "true", "", "1e-300"]),
+  st.integers(-(10**20), 10**20).map(str),
+  st.floats(allow_nan=True, allow_infinity=True).map(repr),
+)
+OVERRIDES = st.one_of(
+  st.tuples(st.sampled_from(KNOWN), VALUES).map(lambda kv: f"{kv[0]}={kv[1]}"),
+  st.text(max_size=30),
+)
+
+
+@given(st.lists(OVERRIDES, max_size=4))
+@settings(max_examples=300, deadline=None)
+def test_random_overrides_give_a_config_or_one_value_error(overrides):
+  try:
+    config = load_config(None, overrides)
+  except ValueError as error:
+    assert str(error) and "\n" not in str(error)
+    return
+  assert isinstance(config, ExperimentConfig)
+
+
+JSON = st.recursive(
+  st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+  lambda children: (
+    st.lists(children, max_size=3)
+    | st.dictionaries(
+      st.sampled_from(["data", "local", "rounds", "alpha", "x"]), children, max_size=3
+    )
+  ),
+  max_leaves=8,
+)
+
+
+@given(st.dictionaries(st.sampled_from(list(SECTIONS) + ["rounds", "algorithm", "seed"]), JSON))
+@settings(max_examples=200, deadline=None)
+def test_random_config_tables_give_a_config_or_one_value_error(values):
+  try:
+    config = config_from_dict(apply_overrides(values, []))
+  except ValueError:
+    return
+  assert isinstance(config, ExperimentConfig)

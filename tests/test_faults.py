@@ -1,0 +1,333 @@
+"""Faults: nothing a run wrote is lost, nothing wrong passes silently (docs/reliability.md).
+
+Kills and interrupts run the CLI in a subprocess; the resumed run must then equal an
+uninterrupted one bit for bit, metrics and parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from fedjax_lab import checkpoint, run_folder
+from fedjax_lab.cli import main
+from fedjax_lab.config import ExperimentConfig, LocalConfig, load_config
+from fedjax_lab.run_folder import RunFolderError
+from fedjax_lab.runner import TrainingDivergedError, run
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The issue's probe federation: SCAFFOLD on 10 digits clients, Dirichlet(0.5).
+BASE = [
+  "data.source=digits",
+  "data.num_clients=10",
+  "data.alpha=0.5",
+  "local.learning_rate=0.05",
+  "local.epochs=2",
+  "local.batch_size=10",
+  "algorithm.name=scaffold",
+  "cohort_size=5",
+  "eval_every=3",
+  "checkpoint_every=4",
+  "seed=3",
+]
+
+
+def _config(tmp_path, *overrides) -> ExperimentConfig:
+  return load_config(None, BASE + [f"out_dir={tmp_path}", *overrides])
+
+
+def _comparable(rows):
+  return [{k: v for k, v in row.items() if k != "round_seconds"} for row in rows]
+
+
+def _assert_same_run(a, b):
+  assert _comparable(a.metrics) == _comparable(b.metrics)
+  jax.tree.map(np.testing.assert_array_equal, a.state, b.state)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  """The uninterrupted 12-round run every recovery is compared with."""
+  out = tmp_path_factory.mktemp("straight")
+  return run(_config(out, "rounds=12"), progress=False)
+
+
+def _cli(out_dir: pathlib.Path, *overrides) -> subprocess.Popen:
+  command = [sys.executable, "-m", "fedjax_lab.cli", "--no-progress", *BASE, *overrides]
+  return subprocess.Popen(
+    command + [f"out_dir={out_dir}"],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
+
+
+def _wait_for_rows(out_dir: pathlib.Path, count: int, process: subprocess.Popen) -> None:
+  deadline = time.monotonic() + 240
+  while time.monotonic() < deadline and process.poll() is None:
+    if len(run_folder.read_metrics(out_dir)) >= count:
+      return
+    time.sleep(0.02)
+  raise AssertionError(f"the run never reached {count} rounds: {process.communicate()}")
+
+
+@pytest.mark.parametrize("sig,after_rows", [(signal.SIGKILL, 6), (signal.SIGINT, 5)])
+def test_killed_or_interrupted_run_resumes_bit_identically(tmp_path, sig, after_rows):
+  out = tmp_path / "run"
+  process = _cli(out, "rounds=100000")  # never finishes by itself
+  _wait_for_rows(out, after_rows, process)
+  process.send_signal(sig)
+  _, stderr = process.communicate(timeout=120)
+  done = len(run_folder.read_metrics(out))
+  if sig == signal.SIGINT:  # stops after the round under way, with a checkpoint of it
+    assert process.returncode == 2
+    assert stderr.strip().splitlines() == [
+      f"fedjax-lab: RunInterrupted: SIGINT: stopped after round {done} of 100000, checkpoint "
+      f"saved; continue with: fedjax-lab --config {out / 'config.json'} --resume"
+    ]
+    assert max(checkpoint.manager(out / "checkpoints").all_steps()) == done
+  rounds = f"rounds={done + 2}"
+  resumed = run(_config(out, rounds), resume=True, progress=False)
+  _assert_same_run(resumed, run(_config(tmp_path / "straight", rounds), progress=False))
+
+
+def _damage_newest_checkpoint(out: pathlib.Path, target: str) -> None:
+  newest = out / "checkpoints" / str(max(checkpoint.manager(out / "checkpoints").all_steps()))
+  files = [p for p in newest.rglob("*") if p.is_file()]
+  if target == "metadata":
+    victim = next(p for p in files if p.name == "_METADATA")
+  else:  # the largest array data file
+    victim = max((p for p in files if "/d/" in str(p)), key=lambda p: p.stat().st_size)
+  victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("target", ["metadata", "array"])
+def test_resume_skips_a_damaged_newest_checkpoint(tmp_path, straight, target, capsys):
+  run(_config(tmp_path, "rounds=8"), progress=False)  # checkpoints 4 and 8
+  _damage_newest_checkpoint(tmp_path, target)
+  resumed = run(_config(tmp_path, "rounds=12"), resume=True, progress=False)
+  _assert_same_run(resumed, straight)
+  err = capsys.readouterr().err
+  assert "skipped checkpoint of round 8" in err and "from round 4" in err
+
+
+def test_cut_metrics_fall_back_to_a_checkpoint_they_cover(tmp_path, straight):
+  run(_config(tmp_path, "rounds=8"), progress=False)
+  path = tmp_path / "metrics.jsonl"
+  text = path.read_text()
+  path.write_text(text[: text.rindex("{", 0, text.rindex("{")) + 20])  # round 7 cut, 8 gone
+  resumed = run(_config(tmp_path, "rounds=12"), resume=True, progress=False)
+  _assert_same_run(resumed, straight)
+
+
+def test_empty_metrics_refuse_to_resume_instead_of_dropping_rows(tmp_path):
+  run(_config(tmp_path, "rounds=4"), progress=False)
+  (tmp_path / "metrics.jsonl").write_text("")
+  with pytest.raises(checkpoint.CheckpointError, match="newer than the metrics"):
+    run(_config(tmp_path, "rounds=8"), resume=True, progress=False)
+
+
+def test_metrics_are_replaced_atomically(tmp_path, monkeypatch):
+  run_folder.write_metrics(tmp_path, [{"round": 1, "loss": 0.5}])
+  before = (tmp_path / "metrics.jsonl").read_text()
+
+  def killed(*args):
+    raise KeyboardInterrupt  # a kill between writing the new file and renaming it
+
+  monkeypatch.setattr(os, "replace", killed)
+  with pytest.raises(KeyboardInterrupt):
+    run_folder.write_metrics(tmp_path, [{"round": 1, "loss": 0.5}, {"round": 2, "loss": 0.4}])
+  assert (tmp_path / "metrics.jsonl").read_text() == before
+
+
+def test_divergence_right_after_a_checkpoint_keeps_it(tmp_path):
+  """The issue's probe: diverges at round 12, one round after the checkpoint of round 11."""
+  config = _config(tmp_path, "rounds=200", "checkpoint_every=11", "local.learning_rate=0.5")
+  diverged = r"round 12: .*last good checkpoint: round 11.*local.learning_rate .*server.learning"
+  with pytest.raises(TrainingDivergedError, match=diverged):
+    run(config, progress=False)
+  assert checkpoint.manager(tmp_path / "checkpoints").all_steps() == [11]
+  assert not list((tmp_path / "checkpoints").glob("*tmp*"))
+  with pytest.raises(TrainingDivergedError, match="round 12"):  # it resumes, and diverges again
+    run(config, resume=True, progress=False)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")
+def test_divergence_of_the_state_with_a_finite_loss_is_caught(tmp_path):
+  config = _config(tmp_path, "rounds=2", "local.steps=1", "local.learning_rate=1e39")
+  with pytest.raises(TrainingDivergedError, match="round 1: the state holds NaN or infinite"):
+    run(config, progress=False)
+  assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize(
+  "change,field",
+  [
+    ("local.learning_rate=0.02", "local.learning_rate: 0.05 -> 0.02"),
+    ("seed=4", "seed: 3 -> 4"),
+    ("algorithm.name=fedavg", "algorithm.name: 'scaffold' -> 'fedavg'"),
+  ],
+)
+def test_resume_with_another_config_is_refused_before_anything_is_written(tmp_path, change, field):
+  run(_config(tmp_path, "rounds=4"), progress=False)
+  stored = (tmp_path / "config.json").read_text()
+  metrics = (tmp_path / "metrics.jsonl").read_text()
+  with pytest.raises(RunFolderError, match=field):
+    run(_config(tmp_path, "rounds=8", change), resume=True, progress=False)
+  assert (tmp_path / "config.json").read_text() == stored
+  assert (tmp_path / "metrics.jsonl").read_text() == metrics
+  # and the documented command still continues the run
+  assert main(["--config", str(tmp_path / "config.json"), "--resume", "--no-progress"]) == 0
+
+
+def test_an_output_folder_owns_one_experiment(tmp_path):
+  run(_config(tmp_path, "rounds=2"), progress=False)
+  metrics = (tmp_path / "metrics.jsonl").read_text()
+  with pytest.raises(RunFolderError, match="another experiment .*local.learning_rate"):
+    run(_config(tmp_path, "rounds=2", "local.learning_rate=0.01"), progress=False)
+  with pytest.raises(RunFolderError, match="this experiment already: --resume"):
+    run(_config(tmp_path, "rounds=2"), progress=False)
+  assert (tmp_path / "metrics.jsonl").read_text() == metrics
+  replaced = run(_config(tmp_path, "rounds=2", "local.learning_rate=0.01"), overwrite=True)
+  assert json.loads((tmp_path / "config.json").read_text())["local"]["learning_rate"] == 0.01
+  assert len(replaced.metrics) == 2
+  (tmp_path / "notes.txt").write_text("mine")
+  other = tmp_path / "other"
+  other.mkdir()
+  (other / "notes.txt").write_text("mine")
+  with pytest.raises(RunFolderError, match="not a fedjax-lab run"):
+    run(_config(other, "rounds=1"), progress=False)
+
+
+def test_cli_reports_expected_failures_in_one_line_with_exit_code_2(tmp_path, capsys):
+  (tmp_path / "a_file").write_text("")
+  (tmp_path / "list.json").write_text("[1, 2]")
+  (tmp_path / "broken.json").write_text('{"rounds": 2,')
+  cases = {
+    f"out_dir={tmp_path / 'a_file'}": "is a file, not a folder",
+    f"--config={tmp_path / 'list.json'}": "list.json: must hold a table",
+    f"--config={tmp_path / 'broken.json'}": "broken.json: not valid JSON",
+    "local.learning_rate=inf": "local.learning_rate must be a finite number",
+    "data.sigma=inf": "data.sigma must be a finite number",
+    "data.synthetic_alpha=nan": "data.synthetic_alpha must be a finite number",
+    "seed=-1": "seed must be >= 0",
+    "out_dir=": "out_dir must be a folder path",
+    f"data.source=tfds:mnist data.source_dir={tmp_path}": "is not prepared",
+    f"data.source=tfds:mnist data.source_dir={tmp_path / 'none'}": "is not a folder",
+  }
+  for args, message in cases.items():
+    argv = args.split() + ["rounds=1", "--no-progress"]
+    if not any(a.startswith("out_dir") for a in argv):
+      argv.append(f"out_dir={tmp_path / 'out'}")
+    assert main(argv) == 2, args
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, (args, err)
+  with pytest.raises(ValueError, match="local.learning_rate"):
+    main(["local.learning_rate=inf", "--debug"])
+
+
+def test_python_api_checks_types_before_anything_runs():
+  with pytest.raises(ValueError, match="rounds must be an int, got 2.5"):
+    ExperimentConfig(rounds=2.5)
+  with pytest.raises(ValueError, match="local.epochs must be an int"):
+    LocalConfig(epochs="2")
+  with pytest.raises(ValueError, match="data must be a DataConfig"):
+    ExperimentConfig(data={"source": "digits"})
+
+
+def test_overrides_may_follow_options_and_help_does_not_import_jax(tmp_path):
+  done = subprocess.run(
+    [sys.executable, "-c", "import sys, fedjax_lab.cli; assert 'jax' not in sys.modules"],
+    cwd=ROOT,
+  )
+  assert done.returncode == 0
+  out = tmp_path / "out"
+  argv = ["rounds=1", "--no-progress", f"out_dir={out}", "data.num_clients=6", "cohort_size=2"]
+  assert main(argv) == 0
+  assert json.loads((out / "config.json").read_text())["data"]["num_clients"] == 6
+
+
+def test_progress_to_a_log_file_is_one_line_per_evaluation(tmp_path):
+  process = _cli(tmp_path / "run", "rounds=6")
+  process.wait(timeout=240)
+  command = [sys.executable, "-m", "fedjax_lab.cli", *BASE, "rounds=6", "--resume"]
+  done = subprocess.run(
+    command + [f"out_dir={tmp_path / 'run'}", "rounds=9"], cwd=ROOT, capture_output=True, text=True
+  )
+  assert done.returncode == 0, done.stderr
+  assert "\r" not in done.stderr
+  lines = done.stderr.strip().splitlines()
+  assert lines[0] == f"fedjax-lab: resuming {tmp_path / 'run'} from round 6"
+  assert [line.split()[2] for line in lines[1:]] == ["9/9"]
+
+
+def test_damaged_idx_files_are_named(tmp_path):
+  import gzip
+
+  from fedjax_lab.data import sources
+
+  def idx(array, dims):
+    header = bytes([0, 0, 8, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+    return header + np.asarray(array, np.uint8).tobytes()
+
+  def write(images: bytes, labels: bytes):
+    for split in ("train", "t10k"):
+      (tmp_path / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress(images))
+      (tmp_path / f"{split}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+
+  images = idx(np.zeros((5, 4, 4)), (5, 4, 4))
+  write(images, idx(np.zeros(4), (4,)))
+  with pytest.raises(ValueError, match="labels-idx1-ubyte.gz labels of shape \\(4,\\)"):
+    sources.fashion_mnist_idx(str(tmp_path))
+  write(images[:-3], idx(np.zeros(5), (5,)))
+  with pytest.raises(ValueError, match="images-idx3-ubyte.gz is damaged.*announces"):
+    sources.fashion_mnist_idx(str(tmp_path))
+  (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(images)  # not gzip
+  with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz is damaged"):
+    sources.fashion_mnist_idx(str(tmp_path))
+  write(images, idx(np.full(5, 3), (5,)))
+  assert sources.fashion_mnist_idx(str(tmp_path)).num_classes == 10
+
+
+def test_small_clients_and_no_client_test_splits_evaluate(tmp_path):
+  config = _config(
+    tmp_path, "rounds=2", "eval_every=1", "data.max_client_examples=1", "data.min_examples=1"
+  )
+  assert "global_accuracy" in run(config, progress=False).metrics[-1]
+  other = dataclasses.replace(config, out_dir=str(tmp_path / "b"))
+  other = dataclasses.replace(other, data=dataclasses.replace(other.data, test_fraction=0.0))
+  assert "global_accuracy" in run(other, progress=False).metrics[-1]
+
+
+def test_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
+  import errno
+
+  def full(path, text):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+  monkeypatch.setattr(run_folder, "write_atomic", full)
+  assert main(BASE + ["rounds=1", "--no-progress", f"out_dir={tmp_path}"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err == f"fedjax-lab: {tmp_path / 'config.json'}: No space left on device"
+
+
+def test_shards_name_both_fields_and_help_names_a_config_that_exists(capsys):
+  from fedjax_lab.data import partition
+
+  with pytest.raises(ValueError, match="data.num_clients=5 x data.classes_per_client=3"):
+    partition.shards(np.zeros(10, np.int32), 5, 3, 0)
+  with pytest.raises(SystemExit):
+    main(["--help"])
+  example = next(w for w in capsys.readouterr().out.split() if w.endswith(".json"))
+  assert (ROOT / example).exists()
