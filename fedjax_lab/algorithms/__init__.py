@@ -7,6 +7,7 @@ registering it is one line here (or, from outside the package, one ``ALGORITHMS.
 from __future__ import annotations
 
 from fedjax_lab.algorithms import (
+  adaptive_pruning,
   cfl,
   clustered,
   fedmr,
@@ -40,6 +41,7 @@ ALGORITHMS.register("pfedlia", pfedlia.ENTRY)
 ALGORITHMS.register("oracle", clustered.ORACLE)
 ALGORITHMS.register("ifca", ifca.ENTRY)
 ALGORITHMS.register("cfl", cfl.ENTRY)
+ALGORITHMS.register("adaptive_pruning", adaptive_pruning.ENTRY)
 
 __all__ = [
   "ALGORITHMS",

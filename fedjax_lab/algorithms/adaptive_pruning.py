@@ -1,0 +1,336 @@
+"""Adaptive model pruning with partial personalization over a wireless uplink (Liu,
+Ratnarajah, Sellathurai, Eldar, IEEE TSP 2024, arXiv 2309.01816), and its baselines as
+settings of it.
+
+The model is split at a layer-group boundary into a shared part ``u`` (the feature extractor)
+and a personal part ``v_n`` per device (the head; ``personal_groups`` last groups of
+``Model.layer_groups``), which stays on the device and is never uploaded. Round t:
+
+1. Host: a channel draw for the cohort (``ops.wireless``: path loss, Rayleigh fading, FDMA) and
+   each device's pruning ratio ``rho_n`` and bandwidth ``b_n`` (``pruning``: ``adaptive`` =
+   the KKT allocation of ``ops.allocation`` under the latency budget ``tau``; ``fixed`` = one
+   ratio; ``none`` = no pruning; both with ``bandwidth`` = ``equal`` shares or the
+   ``fastest`` shares (min-max latency), which separates the allocation's gain from pruning's).
+2. Device n, in one vmapped (or looped) program: mask ``m_n`` of ``u_t`` at ratio ``rho_n``
+   (``ops.pruning``: magnitude or random, unstructured or by output unit), then ``update``
+   ``alternating``: ``head_epochs`` epochs on ``v_n`` with ``m_n * u`` fixed, then
+   ``local.epochs`` on ``u`` (masked: ``m_n * u`` in the forward pass, so pruned weights get
+   zero gradients and stay zero) with ``v_n`` fixed (FedAlt / FedRep's order); or
+   ``simultaneous``: ``local.epochs`` on both (FedSim / FedPer).
+3. Server: ``u_{t+1}`` = the mask-aware mean, each weight averaged over the devices that kept
+   it (``ops.pruning.mask_aware_mean``, computed from one pass of the setup's aggregator over
+   the pairs ``(m_n * u_n, m_n)``); a weight nobody kept keeps its value.
+
+Round latency is the slowest device's computation plus upload,
+``a_n (1 - kappa rho_n) + bits_n / r_n(b_n)``; the pruned upload is a bitmap plus the kept
+values (``ops.pruning.upload_bytes``). ``personal_groups=0`` with ``pruning=none`` is FedAvg
+with the same latency bookkeeping. Evaluation: device n's model is its head on ``u`` pruned at
+its last ratio (with ``criterion=random``, a fixed random mask at that ratio, not the one
+it trained with).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from fedjax_lab.algorithms.base import (
+  AGGREGATION_STREAM,
+  Algorithm,
+  AlgorithmEntry,
+  ClientSetup,
+  client_weight,
+  round_keys,
+)
+from fedjax_lab.checks import one_of, require
+from fedjax_lab.engine.local import make_local_trainer
+from fedjax_lab.ops import pruning, wireless
+from fedjax_lab.ops.aggregate import tree_broadcast, tree_gather, tree_scatter, weighted_mean
+from fedjax_lab.ops.allocation import RoundProblem, allocate, fastest_bandwidth
+from fedjax_lab.ops.losses import masked_mean, per_example_cross_entropy
+
+PRUNING_MODES = ("adaptive", "fixed", "none")
+UPDATES = ("alternating", "simultaneous")
+CRITERIA = ("magnitude", "random")
+BANDWIDTH_SHARES = ("equal", "fastest")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptivePruningConfig:
+  """``algorithm.adaptive_pruning``; the wireless defaults are documented in ops/wireless.py."""
+
+  personal_groups: int = 1  # last layer groups kept per device (0: everything shared)
+  update: str = "alternating"  # alternating (v, then u) | simultaneous
+  head_epochs: int = 1  # alternating: epochs on v before local.epochs on u
+  pruning: str = "adaptive"  # adaptive (KKT) | fixed (one ratio) | none
+  ratio: float = 0.5  # fixed: the ratio; adaptive: the largest ratio allowed (rho_max)
+  bandwidth: str = "equal"  # fixed / none: equal | fastest (min-max latency); adaptive: KKT
+  criterion: str = "magnitude"  # magnitude | random
+  structured: bool = False  # prune whole output units instead of single weights
+  latency_budget_s: float = 1.0  # tau, adaptive only
+  bandwidth_mhz: float = 20.0
+  noise_dbm_per_hz: float = -174.0
+  power_w: float = 0.1
+  cell_radius_m: float = 500.0
+  cpu_ghz_low: float = 1.0
+  cpu_ghz_high: float = 2.0
+  cycles_per_sample: float = 1e6
+  shared_compute_fraction: float = 0.95  # kappa: the shared part's share of the computation
+  placement_seed: int = 0  # device positions and CPU speeds
+
+  def __post_init__(self):
+    prefix = "algorithm.adaptive_pruning."
+    require(self.personal_groups >= 0, prefix + "personal_groups", ">= 0", self.personal_groups)
+    one_of(prefix + "update", self.update, UPDATES)
+    require(self.head_epochs >= 1, prefix + "head_epochs", ">= 1", self.head_epochs)
+    one_of(prefix + "pruning", self.pruning, PRUNING_MODES)
+    require(0 <= self.ratio < 1, prefix + "ratio", "in [0, 1)", self.ratio)
+    one_of(prefix + "bandwidth", self.bandwidth, BANDWIDTH_SHARES)
+    one_of(prefix + "criterion", self.criterion, CRITERIA)
+    for name in ("latency_budget_s", "bandwidth_mhz", "power_w", "cell_radius_m"):
+      require(getattr(self, name) > 0, prefix + name, "> 0", getattr(self, name))
+    require(
+      0 < self.cpu_ghz_low <= self.cpu_ghz_high,
+      prefix + "cpu_ghz_low",
+      f"in (0, cpu_ghz_high={self.cpu_ghz_high}]",
+      self.cpu_ghz_low,
+    )
+    require(self.cycles_per_sample > 0, prefix + "cycles_per_sample", "> 0", self.cycles_per_sample)
+    require(
+      0 <= self.shared_compute_fraction <= 1,
+      prefix + "shared_compute_fraction",
+      "in [0, 1]",
+      self.shared_compute_fraction,
+    )
+    require(self.placement_seed >= 0, prefix + "placement_seed", ">= 0", self.placement_seed)
+
+
+@struct.dataclass
+class PruningState:
+  shared: dict  # u
+  heads: dict  # v, [num_clients, ...]
+  last_ratio: jax.Array  # [num_clients], the ratio each device last trained at
+  aggregator_state: Any = ()
+
+
+def split_groups(params: dict, groups: tuple[str, ...], personal_groups: int):
+  """``(shared, personal)``: the first ``len(groups) - personal_groups`` groups, the rest."""
+  require(
+    personal_groups < len(groups),
+    "algorithm.adaptive_pruning.personal_groups",
+    f"< the model's {len(groups)} layer groups ({', '.join(groups)})",
+    personal_groups,
+  )
+  cut = len(groups) - personal_groups
+  return {g: params[g] for g in groups[:cut]}, {g: params[g] for g in groups[cut:]}
+
+
+def _bits(shape_tree) -> tuple[float, float]:
+  """(bits of the prunable weights, bits of the rest), float32."""
+  leaves = jax.tree.leaves(shape_tree)
+  prunable = sum(int(np.prod(leaf.shape)) for leaf in leaves if len(leaf.shape) >= 2)
+  other = sum(int(np.prod(leaf.shape)) for leaf in leaves if len(leaf.shape) < 2)
+  return 32.0 * prunable, 32.0 * other
+
+
+def adaptive_pruning(
+  setup: ClientSetup, options: AdaptivePruningConfig, weighting: str = "num_examples"
+) -> Algorithm:
+  """Adaptive pruning with partial personalization (module docstring).
+
+  Args:
+    setup: client training (``setup.optimizer``, ``setup.schedule`` for the shared part),
+      executor and aggregator (the mean gives the mask-aware mean).
+    options: split, update order, pruning mode and the wireless system.
+    weighting: aggregation weights, ``num_examples`` or ``uniform``.
+
+  Returns:
+    An ``Algorithm`` with host phases (the allocation runs in NumPy between rounds); metrics
+    ``train_loss``, ``prune_ratio_mean``, ``upload_bytes_mean`` and the simulated
+    ``latency_s`` (slowest device), ``latency_compute_s``, ``latency_upload_s`` (its two
+    parts), ``energy_j`` (cohort total), ``allocation_feasible``.
+  """
+  groups = setup.model.layer_groups(setup.params_shape)
+  shared_shape, head_shape = split_groups(setup.params_shape, groups, options.personal_groups)
+  merge = lambda shared, head: {**shared, **head}
+  devices = wireless.place_devices(
+    setup.num_clients,
+    options.placement_seed,
+    cell_radius_m=options.cell_radius_m,
+    bandwidth_mhz=options.bandwidth_mhz,
+    noise_dbm_per_hz=options.noise_dbm_per_hz,
+    power_w=options.power_w,
+    cpu_ghz=(options.cpu_ghz_low, options.cpu_ghz_high),
+    cycles_per_sample=options.cycles_per_sample,
+  )
+  prunable_bits, other_bits = _bits(shared_shape)
+  pruned = options.pruning != "none"
+  # A pruned upload carries a bitmap (1 bit per prunable weight) besides the kept values.
+  fixed_bits = other_bits + (prunable_bits / 32.0 if pruned else 0.0)
+
+  def mask_of(shared, rho, key):
+    if options.criterion == "random":
+      return pruning.random_mask(key, shared, rho)
+    return pruning.magnitude_mask(shared, rho, options.structured)
+
+  def loss_of(params, x, y, batch_mask):
+    logits = setup.train_apply(params, x)
+    return masked_mean(per_example_cross_entropy(logits, y), batch_mask)
+
+  def head_objective(head, x, y, batch_mask, shared):
+    return loss_of(merge(jax.lax.stop_gradient(shared), head), x, y, batch_mask)
+
+  def shared_objective(shared, x, y, batch_mask, context):
+    head, mask = context
+    return loss_of(merge(pruning.apply_mask(shared, mask), head), x, y, batch_mask)
+
+  def joint_objective(both, x, y, batch_mask, mask):
+    shared, head = both
+    return loss_of(merge(pruning.apply_mask(shared, mask), head), x, y, batch_mask)
+
+  head_schedule = dataclasses.replace(setup.schedule, epochs=options.head_epochs)
+  train_head = make_local_trainer(head_objective, setup.optimizer, head_schedule, setup.unroll)
+  train_shared = make_local_trainer(shared_objective, setup.optimizer, setup.schedule, setup.unroll)
+  train_joint = make_local_trainer(joint_objective, setup.optimizer, setup.schedule, setup.unroll)
+
+  def client(shared, head, rho, x, y, num_examples, key):
+    mask = mask_of(shared, rho, key)
+    shared = pruning.apply_mask(shared, mask)
+    head_key, shared_key = jax.random.split(key)
+    if options.update == "alternating":
+      head, head_result = train_head(head, x, y, num_examples, head_key, shared)
+      shared, result = train_shared(shared, x, y, num_examples, shared_key, (head, mask))
+    else:
+      (shared, head), result = train_joint((shared, head), x, y, num_examples, shared_key, mask)
+    shared = pruning.apply_mask(shared, mask)
+    kept = {"kept": shared, "mask": mask}
+    return kept, head, result.mean_loss, pruning.upload_bytes(mask)
+
+  train_cohort = setup.executor.map(client, (None, 0, 0, 0, 0, 0, 0), sort_by=5)
+  pair_shape = {"kept": shared_shape, "mask": shared_shape}
+
+  def train_phase(state, cohort, key, rho):
+    keys = round_keys(key, cohort)
+    kept, heads, losses, upload = train_cohort(
+      state.shared,
+      tree_gather(state.heads, cohort.client_ids),
+      rho,
+      cohort.x,
+      cohort.y,
+      cohort.num_examples,
+      keys,
+    )
+    weights = client_weight(cohort.num_examples, weighting)
+    reference = {"kept": state.shared, "mask": jax.tree.map(jnp.ones_like, state.shared)}
+    means, aggregator_state = setup.aggregator.aggregate(
+      kept, weights, reference, state.aggregator_state, jax.random.fold_in(key, AGGREGATION_STREAM)
+    )
+    shared = pruning.mask_aware_mean(means["kept"], means["mask"], state.shared)
+    new_state = PruningState(
+      shared,
+      tree_scatter(state.heads, cohort.client_ids, heads),
+      state.last_ratio.at[cohort.client_ids].set(rho),
+      aggregator_state,
+    )
+    metrics = {
+      "train_loss": weighted_mean(losses, weights),
+      "prune_ratio_mean": jnp.mean(rho),
+      "upload_bytes_mean": jnp.mean(upload),
+    }
+    return new_state, metrics
+
+  compiled_phase = jax.jit(train_phase) if setup.executor.jit_round else train_phase
+
+  def samples_processed(num_examples: np.ndarray) -> np.ndarray:
+    per_step = np.minimum(setup.schedule.batch_size, num_examples)
+    steps = np.asarray(setup.schedule.client_steps(num_examples))
+    if options.update == "alternating":
+      steps = steps + np.asarray(head_schedule.client_steps(num_examples))
+    return steps * per_step
+
+  def allocation(cohort, key):
+    """Host side: the channel draw and each device's ratio and bandwidth."""
+    ids, num_examples = np.asarray(cohort.client_ids), np.asarray(cohort.num_examples)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+    chosen = devices.take(ids)
+    snr = chosen.snr_bandwidth(chosen.channel_gains(rng))
+    samples = samples_processed(num_examples)
+    compute = wireless.computation_seconds(chosen, samples, 0.0, options.shared_compute_fraction)
+    problem = RoundProblem(
+      compute_s=compute,
+      snr_bandwidth=snr,
+      weights=num_examples / max(num_examples.sum(), 1),
+      prunable_bits=prunable_bits,
+      fixed_bits=fixed_bits,
+      shared_fraction=options.shared_compute_fraction,
+      latency_s=options.latency_budget_s,
+      bandwidth_hz=devices.bandwidth_hz,
+      rho_max=options.ratio,
+    )
+    if options.pruning == "adaptive":
+      chosen_allocation = allocate(problem)
+      rho, bandwidth = chosen_allocation.rho, chosen_allocation.bandwidth_hz
+      feasible = chosen_allocation.feasible
+    else:
+      rho = np.full(len(ids), options.ratio if pruned else 0.0)
+      feasible = True
+      if options.bandwidth == "fastest":
+        bandwidth = fastest_bandwidth(problem, rho)
+      else:
+        bandwidth = np.full(len(ids), devices.bandwidth_hz / len(ids))
+    compute_s = compute * (1 - options.shared_compute_fraction * rho)
+    upload_s = (fixed_bits + (1 - rho) * prunable_bits) / wireless.shannon_rate(bandwidth, snr)
+    slowest = int(np.argmax(compute_s + upload_s))
+    energy = wireless.computation_joules(chosen, samples, rho, options.shared_compute_fraction)
+    metrics = {
+      "latency_s": float(compute_s[slowest] + upload_s[slowest]),
+      "latency_compute_s": float(compute_s[slowest]),
+      "latency_upload_s": float(upload_s[slowest]),
+      "energy_j": float(np.sum(energy + chosen.power_w * upload_s)),
+      "allocation_feasible": float(feasible),
+    }
+    return rho.astype(np.float32), metrics
+
+  def init(key):
+    params = setup.init_params(key)
+    shared, head = split_groups(params, groups, options.personal_groups)
+    return PruningState(
+      shared,
+      tree_broadcast(head, setup.num_clients),
+      jnp.zeros(setup.num_clients, jnp.float32),
+      setup.aggregator.init(pair_shape),
+    )
+
+  def round_fn(state, cohort, key):
+    rho, latency = allocation(cohort, key)
+    state, metrics = compiled_phase(state, cohort, key, jnp.asarray(rho))
+    return state, {**metrics, **latency}
+
+  def personal_params(state):
+    def device_model(head, rho, key):
+      shared = pruning.apply_mask(state.shared, mask_of(state.shared, rho, key))
+      return merge(shared, head)
+
+    keys = jax.random.split(jax.random.key(0), setup.num_clients)
+    return jax.vmap(device_model)(state.heads, state.last_ratio, keys)
+
+  return Algorithm(
+    init,
+    round_fn,
+    global_params=(lambda state: state.shared) if options.personal_groups == 0 else None,
+    personal_params=personal_params,
+    download=shared_shape,
+    upload=shared_shape,
+    host_phases=True,
+  )
+
+
+ENTRY = AlgorithmEntry(
+  lambda setup, options, config: adaptive_pruning(setup, options, config.algorithm.weighting),
+  options=AdaptivePruningConfig,
+)
