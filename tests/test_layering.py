@@ -14,6 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "fedjax_lab"
 LAYERS = {
   "registry": 0,
   "checks": 0,
+  "stats": 0,
   "data": 1,
   "models": 2,
   "ops": 3,

@@ -1,6 +1,7 @@
 import chex
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fedjax_lab.ops.aggregate import tree_broadcast, tree_gather, tree_scatter, weighted_mean
 from fedjax_lab.ops.communication import tree_bytes
@@ -35,3 +36,22 @@ def test_tree_bytes_counts_dtype_sizes():
     "h": jnp.zeros((2, 2), jnp.bfloat16),
   }
   assert tree_bytes(tree) == 120 + 4 + 8
+
+
+def test_seed_statistics_use_the_sample_std_and_paired_t_intervals():
+  from scipy import stats as scipy_stats
+
+  from fedjax_lab.stats import describe, paired_difference
+
+  summary = describe([0.5, 0.7, float("nan"), 0.6])
+  assert summary["n"] == 3 and summary["n_missing"] == 1
+  assert summary["std"] == pytest.approx(np.std([0.5, 0.7, 0.6], ddof=1))
+  a, b = np.array([0.81, 0.79, 0.83, 0.80]), np.array([0.78, 0.77, 0.80, 0.79])
+  paired = paired_difference(a, b)
+  test = scipy_stats.ttest_rel(a, b)
+  interval = test.confidence_interval(0.95)
+  assert paired["low"] == pytest.approx(interval.low) and paired["high"] == pytest.approx(
+    interval.high
+  )
+  assert paired["verdict"] == ("a > b" if test.pvalue < 0.05 else "no measurable difference")
+  assert paired_difference([0.5, 0.7], [0.6, 0.6])["verdict"] == "no measurable difference"

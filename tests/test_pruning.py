@@ -227,6 +227,30 @@ def test_adaptive_pruning_meets_the_budget_and_cuts_latency_at_similar_accuracy(
   assert accuracy(adaptive) > accuracy(unpruned) - 0.05
 
 
+@pytest.mark.parametrize("strategy", ["vmap", "loop", "chunked"])
+def test_every_strategy_runs_the_method_with_and_without_a_personal_part(tmp_path, strategy):
+  from fedjax_lab.config import load_config
+  from fedjax_lab.runner import run
+
+  for personal in (0, 1):
+    config = load_config(
+      None,
+      [
+        "data.source=digits",
+        "data.num_clients=6",
+        "cohort_size=3",
+        "rounds=2",
+        "checkpoint_every=0",
+        "algorithm.name=adaptive_pruning",
+        f"algorithm.adaptive_pruning.personal_groups={personal}",
+        f"execution.strategy={strategy}",
+        "execution.chunk_size=2",
+        f"out_dir={tmp_path / str(personal)}",
+      ],
+    )
+    assert np.isfinite(run(config, progress=False).metrics[-1]["train_loss"])
+
+
 def test_personal_heads_beat_one_shared_model_on_pathological_shards(shard_runs):
   personal = shard_runs["unpruned"].metrics[-1]["client_accuracy_mean"]
   shared = shard_runs["fedavg"].metrics[-1]["client_accuracy_mean"]

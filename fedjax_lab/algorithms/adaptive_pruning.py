@@ -130,12 +130,100 @@ def split_groups(params: dict, groups: tuple[str, ...], personal_groups: int):
   return {g: params[g] for g in groups[:cut]}, {g: params[g] for g in groups[cut:]}
 
 
-def _bits(shape_tree) -> tuple[float, float]:
-  """(bits of the prunable weights, bits of the rest), float32."""
-  leaves = jax.tree.leaves(shape_tree)
+def upload_bits(shared_shape, options: AdaptivePruningConfig) -> tuple[float, float]:
+  """``(S, F)``: bits of the prunable weights (float32), and the bits sent whatever the
+  ratio: the other leaves, plus a bitmap of one bit per prunable weight when pruning."""
+  leaves = jax.tree.leaves(shared_shape)
   prunable = sum(int(np.prod(leaf.shape)) for leaf in leaves if len(leaf.shape) >= 2)
   other = sum(int(np.prod(leaf.shape)) for leaf in leaves if len(leaf.shape) < 2)
-  return 32.0 * prunable, 32.0 * other
+  bitmap = prunable if options.pruning != "none" else 0
+  return 32.0 * prunable, 32.0 * other + bitmap
+
+
+def system_devices(num_devices: int, options: AdaptivePruningConfig) -> wireless.Devices:
+  """The run's devices, placed by ``options.placement_seed``."""
+  return wireless.place_devices(
+    num_devices,
+    options.placement_seed,
+    cell_radius_m=options.cell_radius_m,
+    bandwidth_mhz=options.bandwidth_mhz,
+    noise_dbm_per_hz=options.noise_dbm_per_hz,
+    power_w=options.power_w,
+    cpu_ghz=(options.cpu_ghz_low, options.cpu_ghz_high),
+    cycles_per_sample=options.cycles_per_sample,
+  )
+
+
+def samples_processed(schedule, head_schedule, num_examples: np.ndarray) -> np.ndarray:
+  """Training samples a device processes in a round (steps x batch, both phases)."""
+  steps = np.asarray(schedule.client_steps(num_examples))
+  if head_schedule is not None:
+    steps = steps + np.asarray(head_schedule.client_steps(num_examples))
+  return steps * np.minimum(schedule.batch_size, num_examples)
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundPlan:
+  """One round on the air, per cohort device (arrays ``[cohort]``)."""
+
+  rho: np.ndarray
+  bandwidth_hz: np.ndarray
+  snr_bandwidth: np.ndarray  # g_n = p_n h_n / N0
+  compute_s: np.ndarray
+  upload_s: np.ndarray
+  energy_j: np.ndarray
+  feasible: bool
+
+  def metrics(self) -> dict:
+    """The slowest device's latency and its two parts, the cohort's energy."""
+    slowest = int(np.argmax(self.compute_s + self.upload_s))
+    return {
+      "latency_s": float(self.compute_s[slowest] + self.upload_s[slowest]),
+      "latency_compute_s": float(self.compute_s[slowest]),
+      "latency_upload_s": float(self.upload_s[slowest]),
+      "energy_j": float(np.sum(self.energy_j)),
+      "allocation_feasible": float(self.feasible),
+    }
+
+
+def plan_round(
+  devices: wireless.Devices,
+  options: AdaptivePruningConfig,
+  num_examples: np.ndarray,
+  samples: np.ndarray,
+  key: jax.Array,
+  bits: tuple[float, float],
+) -> RoundPlan:
+  """The channel draw of round ``key`` for the cohort's ``devices`` and each one's ratio and
+  bandwidth, by ``options.pruning`` and ``options.bandwidth`` (module docstring)."""
+  rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+  snr = devices.snr_bandwidth(devices.channel_gains(rng))
+  kappa = options.shared_compute_fraction
+  compute = wireless.computation_seconds(devices, samples, 0.0, kappa)
+  problem = RoundProblem(
+    compute_s=compute,
+    snr_bandwidth=snr,
+    weights=num_examples / max(num_examples.sum(), 1),
+    prunable_bits=bits[0],
+    fixed_bits=bits[1],
+    shared_fraction=kappa,
+    latency_s=options.latency_budget_s,
+    bandwidth_hz=devices.bandwidth_hz,
+    rho_max=options.ratio,
+  )
+  feasible = True
+  if options.pruning == "adaptive":
+    allocation = allocate(problem)
+    rho, bandwidth, feasible = allocation.rho, allocation.bandwidth_hz, allocation.feasible
+  else:
+    rho = np.full(len(samples), options.ratio if options.pruning == "fixed" else 0.0)
+    if options.bandwidth == "fastest":
+      bandwidth = fastest_bandwidth(problem, rho)
+    else:
+      bandwidth = np.full(len(samples), devices.bandwidth_hz / len(samples))
+  upload = (bits[1] + (1 - rho) * bits[0]) / wireless.shannon_rate(bandwidth, snr)
+  energy = wireless.computation_joules(devices, samples, rho, kappa) + devices.power_w * upload
+  return RoundPlan(rho, bandwidth, snr, compute * (1 - kappa * rho), upload, energy, feasible)
 
 
 def adaptive_pruning(
@@ -158,20 +246,8 @@ def adaptive_pruning(
   groups = setup.model.layer_groups(setup.params_shape)
   shared_shape, head_shape = split_groups(setup.params_shape, groups, options.personal_groups)
   merge = lambda shared, head: {**shared, **head}
-  devices = wireless.place_devices(
-    setup.num_clients,
-    options.placement_seed,
-    cell_radius_m=options.cell_radius_m,
-    bandwidth_mhz=options.bandwidth_mhz,
-    noise_dbm_per_hz=options.noise_dbm_per_hz,
-    power_w=options.power_w,
-    cpu_ghz=(options.cpu_ghz_low, options.cpu_ghz_high),
-    cycles_per_sample=options.cycles_per_sample,
-  )
-  prunable_bits, other_bits = _bits(shared_shape)
-  pruned = options.pruning != "none"
-  # A pruned upload carries a bitmap (1 bit per prunable weight) besides the kept values.
-  fixed_bits = other_bits + (prunable_bits / 32.0 if pruned else 0.0)
+  devices = system_devices(setup.num_clients, options)
+  prunable_bits, fixed_bits = upload_bits(shared_shape, options)
 
   def mask_of(shared, rho, key):
     if options.criterion == "random":
@@ -193,8 +269,14 @@ def adaptive_pruning(
     shared, head = both
     return loss_of(merge(pruning.apply_mask(shared, mask), head), x, y, batch_mask)
 
-  head_schedule = dataclasses.replace(setup.schedule, epochs=options.head_epochs)
-  train_head = make_local_trainer(head_objective, setup.optimizer, head_schedule, setup.unroll)
+  head_schedule = (
+    dataclasses.replace(setup.schedule, epochs=options.head_epochs)
+    if options.update == "alternating"
+    else None
+  )
+  train_head = head_schedule and make_local_trainer(
+    head_objective, setup.optimizer, head_schedule, setup.unroll
+  )
   train_shared = make_local_trainer(shared_objective, setup.optimizer, setup.schedule, setup.unroll)
   train_joint = make_local_trainer(joint_objective, setup.optimizer, setup.schedule, setup.unroll)
 
@@ -202,8 +284,8 @@ def adaptive_pruning(
     mask = mask_of(shared, rho, key)
     shared = pruning.apply_mask(shared, mask)
     head_key, shared_key = jax.random.split(key)
-    if options.update == "alternating":
-      head, head_result = train_head(head, x, y, num_examples, head_key, shared)
+    if head_schedule is not None:
+      head, _ = train_head(head, x, y, num_examples, head_key, shared)
       shared, result = train_shared(shared, x, y, num_examples, shared_key, (head, mask))
     else:
       (shared, head), result = train_joint((shared, head), x, y, num_examples, shared_key, mask)
@@ -246,56 +328,6 @@ def adaptive_pruning(
 
   compiled_phase = jax.jit(train_phase) if setup.executor.jit_round else train_phase
 
-  def samples_processed(num_examples: np.ndarray) -> np.ndarray:
-    per_step = np.minimum(setup.schedule.batch_size, num_examples)
-    steps = np.asarray(setup.schedule.client_steps(num_examples))
-    if options.update == "alternating":
-      steps = steps + np.asarray(head_schedule.client_steps(num_examples))
-    return steps * per_step
-
-  def allocation(cohort, key):
-    """Host side: the channel draw and each device's ratio and bandwidth."""
-    ids, num_examples = np.asarray(cohort.client_ids), np.asarray(cohort.num_examples)
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
-    chosen = devices.take(ids)
-    snr = chosen.snr_bandwidth(chosen.channel_gains(rng))
-    samples = samples_processed(num_examples)
-    compute = wireless.computation_seconds(chosen, samples, 0.0, options.shared_compute_fraction)
-    problem = RoundProblem(
-      compute_s=compute,
-      snr_bandwidth=snr,
-      weights=num_examples / max(num_examples.sum(), 1),
-      prunable_bits=prunable_bits,
-      fixed_bits=fixed_bits,
-      shared_fraction=options.shared_compute_fraction,
-      latency_s=options.latency_budget_s,
-      bandwidth_hz=devices.bandwidth_hz,
-      rho_max=options.ratio,
-    )
-    if options.pruning == "adaptive":
-      chosen_allocation = allocate(problem)
-      rho, bandwidth = chosen_allocation.rho, chosen_allocation.bandwidth_hz
-      feasible = chosen_allocation.feasible
-    else:
-      rho = np.full(len(ids), options.ratio if pruned else 0.0)
-      feasible = True
-      if options.bandwidth == "fastest":
-        bandwidth = fastest_bandwidth(problem, rho)
-      else:
-        bandwidth = np.full(len(ids), devices.bandwidth_hz / len(ids))
-    compute_s = compute * (1 - options.shared_compute_fraction * rho)
-    upload_s = (fixed_bits + (1 - rho) * prunable_bits) / wireless.shannon_rate(bandwidth, snr)
-    slowest = int(np.argmax(compute_s + upload_s))
-    energy = wireless.computation_joules(chosen, samples, rho, options.shared_compute_fraction)
-    metrics = {
-      "latency_s": float(compute_s[slowest] + upload_s[slowest]),
-      "latency_compute_s": float(compute_s[slowest]),
-      "latency_upload_s": float(upload_s[slowest]),
-      "energy_j": float(np.sum(energy + chosen.power_w * upload_s)),
-      "allocation_feasible": float(feasible),
-    }
-    return rho.astype(np.float32), metrics
-
   def init(key):
     params = setup.init_params(key)
     shared, head = split_groups(params, groups, options.personal_groups)
@@ -307,9 +339,17 @@ def adaptive_pruning(
     )
 
   def round_fn(state, cohort, key):
-    rho, latency = allocation(cohort, key)
-    state, metrics = compiled_phase(state, cohort, key, jnp.asarray(rho))
-    return state, {**metrics, **latency}
+    ids, num_examples = np.asarray(cohort.client_ids), np.asarray(cohort.num_examples)
+    plan = plan_round(
+      devices.take(ids),
+      options,
+      num_examples,
+      samples_processed(setup.schedule, head_schedule, num_examples),
+      key,
+      (prunable_bits, fixed_bits),
+    )
+    state, metrics = compiled_phase(state, cohort, key, jnp.asarray(plan.rho, jnp.float32))
+    return state, {**metrics, **plan.metrics()}
 
   def personal_params(state):
     def device_model(head, rho, key):

@@ -165,8 +165,10 @@ def computed_steps(executor: Executor, client_steps, unrolled_steps: int | None 
 
 
 def cohort_size(args, in_axes) -> int:
-  """The length of the client axis of the first client-mapped argument."""
-  return next(jax.tree.leaves(a)[0].shape[0] for a, axis in zip(args, in_axes) if axis == 0)
+  """The length of the client axis of the first client-mapped argument that has leaves (an
+  empty pytree, such as a model with no personal part, has none)."""
+  mapped = (jax.tree.leaves(a) for a, axis in zip(args, in_axes) if axis == 0)
+  return next(leaves[0].shape[0] for leaves in mapped if leaves)
 
 
 def _order(args, sort_by: int | None):
