@@ -195,20 +195,46 @@ class AlgorithmConfig:
 @dataclasses.dataclass(frozen=True)
 class AggregationConfig:
   """How cohort contributions are reduced (``ops.aggregators``): the ``rule`` (registered in
-  ``AGGREGATORS``), after clipping each client's update to ``clip_norm`` (0: no clipping)."""
+  ``AGGREGATORS``), after clipping each client's update to ``clip_norm`` (0: no clipping).
+  The robust rules' parameters: ``trim_fraction`` (trimmed_mean), ``byzantine`` (the ``f``
+  of krum / multi_krum), ``krum_selected`` (multi_krum), ``iterations`` (geometric_median,
+  centered_clip), ``clip_radius`` (centered_clip)."""
 
   rule: str = "mean"
   clip_norm: float = 0.0
+  trim_fraction: float = 0.1
+  byzantine: int = 0
+  krum_selected: int = 1
+  iterations: int = 10
+  clip_radius: float = 1.0
 
   def __post_init__(self):
     typed_fields(self, "aggregation.")
     one_of("aggregation.rule", self.rule, AGGREGATORS.names())
+    require(self.clip_norm >= 0, "aggregation.clip_norm", ">= 0 (0: no clipping)", self.clip_norm)
     require(
-      self.clip_norm >= 0 and math.isfinite(self.clip_norm),
-      "aggregation.clip_norm",
-      ">= 0 (0: no clipping)",
-      self.clip_norm,
+      0 <= self.trim_fraction < 0.5, "aggregation.trim_fraction", "in [0, 0.5)", self.trim_fraction
     )
+    require(self.byzantine >= 0, "aggregation.byzantine", ">= 0", self.byzantine)
+    require(self.krum_selected >= 1, "aggregation.krum_selected", ">= 1", self.krum_selected)
+    require(self.iterations >= 1, "aggregation.iterations", ">= 1", self.iterations)
+    require(self.clip_radius > 0, "aggregation.clip_radius", "> 0", self.clip_radius)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacyConfig:
+  """Central differential privacy (DP-FedAvg, McMahan et al. 2018): each client's update is
+  clipped to ``aggregation.clip_norm`` and Gaussian noise of std ``noise_multiplier *
+  clip_norm / cohort_size`` is added to the uniform mean. The (epsilon, ``delta``) spent is
+  logged each round as ``privacy_epsilon`` (``ops/accounting.py``). 0 turns it off."""
+
+  noise_multiplier: float = 0.0
+  delta: float = 1e-5
+
+  def __post_init__(self):
+    typed_fields(self, "privacy.")
+    require(self.noise_multiplier >= 0, "privacy.noise_multiplier", ">= 0", self.noise_multiplier)
+    require(0 < self.delta < 1, "privacy.delta", "in (0, 1)", self.delta)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,6 +273,7 @@ class ExperimentConfig:
   server: ServerConfig = ServerConfig()
   algorithm: AlgorithmConfig = AlgorithmConfig()
   aggregation: AggregationConfig = AggregationConfig()
+  privacy: PrivacyConfig = PrivacyConfig()
   execution: ExecutionConfig = ExecutionConfig()
   rounds: int = 20
   cohort_size: int = 5
@@ -275,6 +302,7 @@ class ExperimentConfig:
       self.cohort_size,
     )
     require(self.checkpoint_every >= 0, "checkpoint_every", ">= 0", self.checkpoint_every)
+    self._check_aggregation()
     if ALGORITHMS.get(self.algorithm.name).every_client_each_round:
       require(
         self.cohort_size == self.data.num_clients,
@@ -282,6 +310,39 @@ class ExperimentConfig:
         f"data.num_clients={self.data.num_clients} for {self.algorithm.name} (every "
         "client takes part in every round)",
         self.cohort_size,
+      )
+
+  def _check_aggregation(self) -> None:
+    """The robust rules and DP against the cohort size and the weighting."""
+    rule, cohort = self.aggregation.rule, self.cohort_size
+    if rule in ("krum", "multi_krum"):
+      byzantine = self.aggregation.byzantine
+      require(
+        cohort >= byzantine + 3,
+        "cohort_size",
+        f">= aggregation.byzantine + 3 = {byzantine + 3} for {rule}",
+        cohort,
+      )
+    if rule == "multi_krum":
+      require(
+        self.aggregation.krum_selected <= cohort,
+        "aggregation.krum_selected",
+        f"<= cohort_size={cohort}",
+        self.aggregation.krum_selected,
+      )
+    if self.privacy.noise_multiplier > 0:
+      require(
+        self.aggregation.clip_norm > 0,
+        "aggregation.clip_norm",
+        "> 0 with privacy.noise_multiplier > 0 (it bounds each client's contribution)",
+        self.aggregation.clip_norm,
+      )
+      require(rule == "mean", "aggregation.rule", "mean with privacy.noise_multiplier > 0", rule)
+      require(
+        self.algorithm.weighting == "uniform",
+        "algorithm.weighting",
+        "uniform with privacy.noise_multiplier > 0 (example-count weights are unbounded)",
+        self.algorithm.weighting,
       )
 
   def to_dict(self) -> dict:

@@ -26,6 +26,7 @@ from fedjax_lab.engine.evaluate import evaluate_clients, evaluate_pooled, summar
 from fedjax_lab.engine.execution import computed_steps
 from fedjax_lab.engine.sharding import addressable, client_mesh, replicate, shard_clients
 from fedjax_lab.models import Model
+from fedjax_lab.ops import accounting
 
 
 class TrainingDivergedError(RuntimeError):
@@ -271,6 +272,14 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
         raise TrainingDivergedError(
           f"round {round_index + 1}: {what}; stopped without saving this state ({kept}). "
           f"{_divergence_hint(config).capitalize()}"
+        )
+      if config.privacy.noise_multiplier > 0:
+        round_metrics["privacy_epsilon"] = accounting.epsilon(
+          round_index + 1,
+          experiment.cohort_size,
+          train_data.num_clients,
+          config.privacy.noise_multiplier,
+          config.privacy.delta,
         )
       row = {
         "round": round_index + 1,

@@ -26,8 +26,8 @@ from fedjax_lab.ops.aggregators import (
   clip_update_norm,
   mean,
   median,
-  weighted_median,
 )
+from fedjax_lab.ops.robust import weighted_median
 
 KEY = jax.random.key(0)
 STACK = {"w": jnp.array([[1.0, 2.0], [3.0, 6.0], [5.0, -4.0]]), "b": jnp.array([0.0, 4.0, 8.0])}

@@ -16,7 +16,9 @@ median) gets the stack.
 ``chain(*client_transforms, reducer, *server_transforms)`` builds one aggregator: each
 ``ClientTransform`` maps every contribution before the reduction (clipping, local noise), the
 reducer is an ``Aggregator``, each ``ServerTransform`` maps its output (central noise). The
-chain keeps the reducer's sum form. Registered rules: ``AGGREGATORS``.
+chain keeps the reducer's sum form. Registered rules: ``AGGREGATORS`` (mean, median, and the
+robust rules of ``ops/robust.py``: trimmed mean, Krum, Multi-Krum, geometric median, centered
+clipping).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
+from fedjax_lab.ops import robust
 from fedjax_lab.ops.aggregate import weighted_mean
 from fedjax_lab.registry import Registry
 
@@ -89,22 +93,9 @@ def mean() -> Aggregator:
   return Aggregator(_no_state, aggregate, prepare, finalize)
 
 
-def weighted_median(values: jax.Array, weights: jax.Array) -> jax.Array:
-  """Coordinate-wise weighted median over the leading axis of ``values [cohort, ...]``: per
-  coordinate, the smallest value whose cumulative weight (values sorted) reaches half the total.
-  Zero-weight rows never count; with equal weights and an even count it is the lower median."""
-  order = jnp.argsort(values, axis=0)
-  sorted_values = jnp.take_along_axis(values, order, axis=0)
-  expand = weights.reshape(weights.shape + (1,) * (values.ndim - 1))
-  sorted_weights = jnp.take_along_axis(jnp.broadcast_to(expand, values.shape), order, axis=0)
-  cumulative = jnp.cumsum(sorted_weights, axis=0)
-  first = jnp.argmax(cumulative >= 0.5 * cumulative[-1:], axis=0)
-  return jnp.take_along_axis(sorted_values, first[None], axis=0)[0]
-
-
 def median() -> Aggregator:
-  """Coordinate-wise weighted median (``weighted_median`` per leaf): robust to a minority of
-  arbitrary contributions. No sum form: it needs the cohort's stack.
+  """Coordinate-wise weighted median (``ops.robust.weighted_median`` per leaf): robust to a
+  minority of arbitrary contributions. No sum form: it needs the cohort's stack.
 
   Returns:
     An ``Aggregator`` without a sum form.
@@ -114,7 +105,7 @@ def median() -> Aggregator:
     del reference, key
     weights = jnp.asarray(weights, jnp.float32)
     return jax.tree.map(
-      lambda leaf: weighted_median(leaf, weights).astype(leaf.dtype), stacked
+      lambda leaf: robust.weighted_median(leaf, weights).astype(leaf.dtype), stacked
     ), state
 
   return Aggregator(_no_state, aggregate)
@@ -214,6 +205,125 @@ def chain(*parts) -> Aggregator:
   return Aggregator(init, aggregate, prepare, finalize)
 
 
-AGGREGATORS: Registry[Callable[[], Aggregator]] = Registry("aggregation.rule")
-AGGREGATORS.register("mean", mean)
-AGGREGATORS.register("median", median)
+def trimmed_mean(trim_fraction: float) -> Aggregator:
+  """Coordinate-wise trimmed mean (``ops.robust.trimmed_mean``), dropping
+  ``floor(trim_fraction * K)`` values at each end of every coordinate.
+
+  Args:
+    trim_fraction: in [0, 0.5).
+
+  Returns:
+    An ``Aggregator`` without a sum form.
+  """
+
+  def aggregate(stacked, weights, reference, state, key):
+    del reference, key
+    weights = jnp.asarray(weights, jnp.float32)
+    trim = int(trim_fraction * weights.shape[0])
+    return jax.tree.map(
+      lambda leaf: robust.trimmed_mean(leaf, weights, trim).astype(leaf.dtype), stacked
+    ), state
+
+  return Aggregator(_no_state, aggregate)
+
+
+def _whole_model_rule(reduce_rows: Callable) -> Aggregator:
+  """An aggregator from ``reduce_rows(rows [K, D], weights [K], reference_row or None) ->
+  row``: each client's contribution is one vector."""
+
+  def aggregate(stacked, weights, reference, state, key):
+    del key
+    rows, unflatten = robust.flatten_cohort(stacked)
+    reference_row = None if reference is None else ravel_pytree(reference)[0]
+    return unflatten(reduce_rows(rows, jnp.asarray(weights, jnp.float32), reference_row)), state
+
+  return Aggregator(_no_state, aggregate)
+
+
+def multi_krum(byzantine: int, selected: int) -> Aggregator:
+  """Multi-Krum (``ops.robust.multi_krum``; ``selected=1``: Krum) over whole models.
+
+  Args:
+    byzantine: the number ``f`` of malicious clients tolerated.
+    selected: how many lowest-scoring contributions are averaged.
+
+  Returns:
+    An ``Aggregator`` without a sum form.
+  """
+  return _whole_model_rule(
+    lambda rows, weights, reference: robust.multi_krum(rows, weights, byzantine, selected)
+  )
+
+
+def geometric_median(iterations: int) -> Aggregator:
+  """The weighted geometric median of whole models (``ops.robust.geometric_median``).
+
+  Args:
+    iterations: Weiszfeld iterations.
+
+  Returns:
+    An ``Aggregator`` without a sum form.
+  """
+  return _whole_model_rule(
+    lambda rows, weights, reference: robust.geometric_median(rows, weights, iterations)
+  )
+
+
+def centered_clip(radius: float, iterations: int) -> Aggregator:
+  """Centered clipping around the clients' start model (``ops.robust.centered_clip``; around
+  the weighted mean when there is no reference).
+
+  Args:
+    radius: the clipping radius around the running center.
+    iterations: clipping iterations.
+
+  Returns:
+    An ``Aggregator`` without a sum form.
+  """
+
+  def reduce_rows(rows, weights, reference):
+    center = weights @ rows / jnp.maximum(weights.sum(), 1e-12) if reference is None else reference
+    return robust.centered_clip(rows, weights, center, radius, iterations)
+
+  return _whole_model_rule(reduce_rows)
+
+
+def gaussian_noise(stddev: float) -> ServerTransform:
+  """Add ``N(0, stddev^2)`` to every coordinate of the reduced value (central DP: with
+  contributions clipped to norm ``C`` around the reference and ``K`` uniform weights, the
+  mean's sensitivity is ``C / K`` and ``stddev = z C / K`` for noise multiplier ``z``).
+
+  Args:
+    stddev: the noise's standard deviation, >= 0.
+
+  Returns:
+    A ``ServerTransform`` (stateless).
+  """
+
+  def apply(value, reference, state, key):
+    del reference
+    leaves, treedef = jax.tree.flatten(value)
+    keys = jax.random.split(key, len(leaves))
+    noisy = [
+      (leaf + stddev * jax.random.normal(k, leaf.shape)).astype(leaf.dtype)
+      for k, leaf in zip(keys, leaves)
+    ]
+    return jax.tree.unflatten(treedef, noisy), state
+
+  return ServerTransform(_no_state, apply)
+
+
+# name -> rule(aggregation) -> Aggregator; ``aggregation`` is the run's
+# ``config.AggregationConfig``, read for its fields only.
+AGGREGATORS: Registry[Callable[[Any], Aggregator]] = Registry("aggregation.rule")
+AGGREGATORS.register("mean", lambda options: mean())
+AGGREGATORS.register("median", lambda options: median())
+AGGREGATORS.register("trimmed_mean", lambda options: trimmed_mean(options.trim_fraction))
+AGGREGATORS.register("krum", lambda options: multi_krum(options.byzantine, 1))
+AGGREGATORS.register(
+  "multi_krum", lambda options: multi_krum(options.byzantine, options.krum_selected)
+)
+AGGREGATORS.register("geometric_median", lambda options: geometric_median(options.iterations))
+AGGREGATORS.register(
+  "centered_clip", lambda options: centered_clip(options.clip_radius, options.iterations)
+)

@@ -1,0 +1,200 @@
+"""Robust aggregation rules (ops/robust.py) against NumPy references and their breakdown
+behaviour; central DP (clipping + Gaussian noise) and its accountant (ops/accounting.py)."""
+
+from __future__ import annotations
+
+import itertools
+
+import dp_accounting
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from dp_accounting import rdp
+
+from fedjax_lab.config import load_config
+from fedjax_lab.ops import accounting, robust
+from fedjax_lab.ops.aggregators import (
+  AGGREGATORS,
+  centered_clip,
+  chain,
+  clip_update_norm,
+  gaussian_noise,
+  mean,
+)
+
+RNG = np.random.default_rng(0)
+
+
+def test_trimmed_mean_matches_numpy():
+  values = RNG.normal(size=(9, 4, 3)).astype(np.float32)
+  weights = RNG.uniform(0.5, 2, 9).astype(np.float32)
+  got = np.asarray(robust.trimmed_mean(jnp.asarray(values), jnp.asarray(weights), 2))
+  for i, j in itertools.product(range(4), range(3)):
+    order = np.argsort(values[:, i, j], kind="stable")[2:-2]
+    expected = np.average(values[order, i, j], weights=weights[order])
+    np.testing.assert_allclose(got[i, j], expected, rtol=1e-5)
+
+
+def _krum_reference(rows, byzantine, selected):
+  n = len(rows)
+  scores = []
+  for i in range(n):
+    distances = sorted(np.sum((rows[i] - rows[j]) ** 2) for j in range(n) if j != i)
+    scores.append(sum(distances[: n - byzantine - 2]))
+  chosen = np.argsort(scores, kind="stable")[:selected]
+  return rows[chosen].mean(0)
+
+
+@pytest.mark.parametrize("selected", [1, 3])
+def test_multi_krum_matches_numpy(selected):
+  rows = RNG.normal(size=(8, 6)).astype(np.float32)
+  got = robust.multi_krum(jnp.asarray(rows), jnp.ones(8), byzantine=2, selected=selected)
+  np.testing.assert_allclose(got, _krum_reference(rows, 2, selected), rtol=1e-5, atol=1e-6)
+
+
+def test_geometric_median_minimizes_the_sum_of_distances():
+  rows = RNG.normal(size=(7, 5)).astype(np.float64)
+  weights = RNG.uniform(0.5, 2, 7)
+  z = np.asarray(robust.geometric_median(jnp.asarray(rows), jnp.asarray(weights), 200))
+  cost = lambda point: np.sum(weights * np.linalg.norm(rows - point, axis=1))
+  for direction in np.eye(5):  # no small step improves it
+    assert cost(z) <= cost(z + 1e-3 * direction) and cost(z) <= cost(z - 1e-3 * direction)
+
+
+def test_centered_clip_matches_a_plain_loop():
+  rows = RNG.normal(size=(6, 4)).astype(np.float32)
+  weights = RNG.uniform(0.5, 2, 6).astype(np.float32)
+  center = np.zeros(4, np.float32)
+  v = center.copy()
+  for _ in range(3):
+    steps = []
+    for x in rows:
+      offset = x - v
+      steps.append(offset * min(1.0, 0.5 / np.linalg.norm(offset)))
+    v = v + np.average(np.stack(steps), axis=0, weights=weights)
+  got = robust.centered_clip(jnp.asarray(rows), jnp.asarray(weights), jnp.asarray(center), 0.5, 3)
+  np.testing.assert_allclose(got, v, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "rule", ["median", "trimmed_mean", "krum", "multi_krum", "geometric_median"]
+)
+def test_robust_rules_ignore_a_minority_of_far_outliers(rule):
+  """Fewer than half the rows (3 of 10) placed 1e6 away: the robust rules stay near the honest
+  clients; the mean does not."""
+  from fedjax_lab.config import AggregationConfig
+
+  honest = RNG.normal(size=(7, 20)).astype(np.float32)
+  stacked = {"w": jnp.asarray(np.concatenate([honest, np.full((3, 20), 1e6, np.float32)]))}
+  options = AggregationConfig(rule, trim_fraction=0.3, byzantine=3, krum_selected=3)
+  value, _ = AGGREGATORS.get(rule)(options).aggregate(stacked, jnp.ones(10), None, (), None)
+  assert np.abs(np.asarray(value["w"]) - honest.mean(0)).max() < 3.0
+  poisoned, _ = mean().aggregate(stacked, jnp.ones(10), None, (), None)
+  assert np.abs(np.asarray(poisoned["w"])).min() > 1e5
+
+
+def test_centered_clip_bounds_what_outliers_can_move():
+  reference = {"w": jnp.zeros(20)}
+  stacked = {"w": jnp.concatenate([jnp.zeros((7, 20)), jnp.full((3, 20), 1e6)])}
+  value, _ = centered_clip(1.0, 5).aggregate(stacked, jnp.ones(10), reference, (), None)
+  assert float(jnp.linalg.norm(value["w"])) <= 5 * 1.0 * 3 / 10 + 1e-5
+
+
+def test_dp_aggregation_clips_then_adds_the_noise_it_claims():
+  contributions = {"w": jnp.asarray(RNG.normal(size=(4, 3000)) * 10, jnp.float32)}
+  reference = {"w": jnp.zeros(3000)}
+  quiet = chain(clip_update_norm(1.0), mean())
+  value, _ = quiet.aggregate(contributions, jnp.ones(4), reference, ((), ()), jax.random.key(0))
+  clipped = contributions["w"] / jnp.linalg.norm(contributions["w"], axis=1, keepdims=True)
+  np.testing.assert_allclose(value["w"], clipped.mean(0), rtol=1e-5, atol=1e-7)
+  noisy = chain(clip_update_norm(1.0), mean(), gaussian_noise(0.3))
+  state = ((), (), ())
+  with_noise, _ = noisy.aggregate(contributions, jnp.ones(4), reference, state, jax.random.key(0))
+  added = np.asarray(with_noise["w"] - value["w"])
+  assert added.std() == pytest.approx(0.3, rel=0.05) and abs(added.mean()) < 0.03
+
+
+def test_epsilon_matches_dp_accounting_and_behaves():
+  direct = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+  event = dp_accounting.SampledWithoutReplacementDpEvent(
+    100, 10, dp_accounting.GaussianDpEvent(1.1)
+  )
+  direct.compose(dp_accounting.SelfComposedDpEvent(event, 50))
+  assert accounting.epsilon(50, 10, 100, 1.1, 1e-5) == pytest.approx(direct.get_epsilon(1e-5))
+  assert accounting.epsilon(100, 10, 100, 1.1, 1e-5) > accounting.epsilon(50, 10, 100, 1.1, 1e-5)
+  assert accounting.epsilon(50, 10, 100, 2.0, 1e-5) < accounting.epsilon(50, 10, 100, 1.1, 1e-5)
+  # every client each round: the Gaussian mechanism's RDP, T alpha / (2 z^2), converted
+  everyone = accounting.epsilon(10, 5, 5, 4.0, 1e-5)
+  orders = np.linspace(1.01, 200, 20000)
+  bound = np.min(10 * orders / (2 * 16.0) + np.log(1 / 1e-5) / (orders - 1))
+  assert everyone <= bound + 1e-6 and everyone > 0.5 * bound
+
+
+@pytest.mark.parametrize(
+  "overrides,message",
+  [
+    (["aggregation.rule=krum", "aggregation.byzantine=3", "cohort_size=5"], "cohort_size must"),
+    (["aggregation.rule=multi_krum", "aggregation.krum_selected=9"], "krum_selected must"),
+    (["privacy.noise_multiplier=1"], "aggregation.clip_norm must be > 0 with privacy"),
+    (
+      ["privacy.noise_multiplier=1", "aggregation.clip_norm=1", "aggregation.rule=median"],
+      "aggregation.rule must be mean",
+    ),
+    (["privacy.noise_multiplier=1", "aggregation.clip_norm=1"], "algorithm.weighting must be"),
+    (["aggregation.trim_fraction=0.5"], "aggregation.trim_fraction must be in"),
+  ],
+)
+def test_robust_and_private_settings_are_checked_before_anything_runs(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    load_config(None, ["data.num_clients=10", *overrides])
+
+
+@pytest.mark.parametrize(
+  "rule", ["trimmed_mean", "multi_krum", "geometric_median", "centered_clip"]
+)
+def test_every_robust_rule_trains_fedavg(tmp_path, rule):
+  from fedjax_lab.runner import run
+
+  config = load_config(
+    None,
+    [
+      "data.source=digits",
+      "data.num_clients=8",
+      "cohort_size=6",
+      "rounds=6",
+      "eval_every=6",
+      "checkpoint_every=0",
+      "local.learning_rate=0.1",
+      f"aggregation.rule={rule}",
+      "aggregation.byzantine=1",
+      "aggregation.krum_selected=3",
+      "aggregation.clip_radius=10",
+      f"out_dir={tmp_path}",
+    ],
+  )
+  metrics = run(config, progress=False).metrics
+  assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+  assert metrics[-1]["global_accuracy"] > 0.5
+
+
+def test_a_private_run_logs_the_epsilon_it_spends(tmp_path):
+  from fedjax_lab.runner import run
+
+  config = load_config(
+    None,
+    [
+      "data.source=digits",
+      "data.num_clients=20",
+      "cohort_size=5",
+      "rounds=3",
+      "checkpoint_every=0",
+      "aggregation.clip_norm=1",
+      "privacy.noise_multiplier=1.5",
+      "algorithm.weighting=uniform",
+      f"out_dir={tmp_path}",
+    ],
+  )
+  epsilons = [row["privacy_epsilon"] for row in run(config, progress=False).metrics]
+  assert epsilons == [accounting.epsilon(r, 5, 20, 1.5, 1e-5) for r in (1, 2, 3)]
+  assert epsilons[0] < epsilons[1] < epsilons[2]
