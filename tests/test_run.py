@@ -73,7 +73,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
     ),
     (["algorithm.name=fedmr", "algorithm.fedprox.mu=0"], "algorithm.fedprox.mu must be > 0"),
     (["algorithm.name=fedavgg"], "algorithm.name must be one of fedavg, fedprox"),
-    (["aggregation.rule=krum"], "aggregation.rule must be one of mean, median"),
+    (["aggregation.rule=bulyan"], "aggregation.rule must be one of mean, median, trimmed_mean"),
   ],
 )
 def test_bad_config_names_the_field(overrides, message):
