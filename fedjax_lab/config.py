@@ -198,7 +198,9 @@ class AggregationConfig:
   ``AGGREGATORS``), after clipping each client's update to ``clip_norm`` (0: no clipping).
   The robust rules' parameters: ``trim_fraction`` (trimmed_mean), ``byzantine`` (the ``f``
   of krum / multi_krum), ``krum_selected`` (multi_krum), ``iterations`` (geometric_median,
-  centered_clip), ``clip_radius`` (centered_clip)."""
+  centered_clip), ``clip_radius`` (centered_clip); ``secure_mean``'s fixed-point
+  ``secure_scale_bits`` and the fraction ``secure_dropout`` of each cohort that drops after
+  masking."""
 
   rule: str = "mean"
   clip_norm: float = 0.0
@@ -207,6 +209,8 @@ class AggregationConfig:
   krum_selected: int = 1
   iterations: int = 10
   clip_radius: float = 1.0
+  secure_scale_bits: int = 16
+  secure_dropout: float = 0.0
 
   def __post_init__(self):
     typed_fields(self, "aggregation.")
@@ -219,6 +223,15 @@ class AggregationConfig:
     require(self.krum_selected >= 1, "aggregation.krum_selected", ">= 1", self.krum_selected)
     require(self.iterations >= 1, "aggregation.iterations", ">= 1", self.iterations)
     require(self.clip_radius > 0, "aggregation.clip_radius", "> 0", self.clip_radius)
+    require(
+      1 <= self.secure_scale_bits <= 24,
+      "aggregation.secure_scale_bits",
+      "in [1, 24]",
+      self.secure_scale_bits,
+    )
+    require(
+      0 <= self.secure_dropout < 1, "aggregation.secure_dropout", "in [0, 1)", self.secure_dropout
+    )
 
 
 @dataclasses.dataclass(frozen=True)

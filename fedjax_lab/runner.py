@@ -235,6 +235,9 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
   # The state is donated: each round writes the new state into the old one's buffers.
   round_fn = compiled_round(algorithm, experiment.setup.executor, donate=True)
   payload = [size * experiment.cohort_size for size in payload_bytes(algorithm, experiment.setup)]
+  overhead = experiment.setup.aggregator.upload_overhead
+  if overhead is not None:  # the aggregation protocol's own messages (secure aggregation)
+    payload[1] += overhead(experiment.cohort_size) * experiment.cohort_size
   mesh = client_mesh(config.execution.devices) if config.execution.devices > 1 else None
   if mesh is not None:
     state = replicate(state, mesh)

@@ -198,3 +198,49 @@ def test_a_private_run_logs_the_epsilon_it_spends(tmp_path):
   epsilons = [row["privacy_epsilon"] for row in run(config, progress=False).metrics]
   assert epsilons == [accounting.epsilon(r, 5, 20, 1.5, 1e-5) for r in (1, 2, 3)]
   assert epsilons[0] < epsilons[1] < epsilons[2]
+
+
+@pytest.mark.parametrize("dropped", [[], [1], [0, 3, 4]])
+def test_secure_aggregation_masks_cancel_exactly_with_and_without_dropouts(dropped):
+  from fedjax_lab.ops import secure_aggregation as secagg
+
+  values = jnp.asarray(RNG.normal(size=(6, 50)), jnp.float32)
+  key = jax.random.key(7)
+  received = secagg.masked_inputs(values, key, 16)
+  survived = jnp.asarray([i not in dropped for i in range(6)])
+  plain = jnp.sum(jnp.where(survived[:, None], secagg.encode(values, 16), 0), 0, dtype=jnp.uint32)
+  np.testing.assert_array_equal(secagg.unmask_sum(received, survived, key), plain)
+  np.testing.assert_allclose(
+    secagg.decode(plain, 16), values[np.asarray(survived)].sum(0), atol=6 * 2.0**-17
+  )
+  assert not np.array_equal(received[0], secagg.encode(values, 16)[0])  # a row reveals nothing
+  assert int(jnp.sum(secagg.masks(key, 6, 50), 0, dtype=jnp.uint32).max()) == 0
+
+
+def test_secure_mean_equals_the_plain_mean_and_counts_its_bytes(tmp_path):
+  from fedjax_lab.config import AggregationConfig
+  from fedjax_lab.ops import secure_aggregation as secagg
+
+  stacked = {"w": jnp.asarray(RNG.normal(size=(5, 30)), jnp.float32)}
+  reference = {"w": jnp.zeros(30)}
+  weights = jnp.asarray([1.0, 2.0, 3.0, 1.0, 1.0])
+  secure = AGGREGATORS.get("secure_mean")(AggregationConfig("secure_mean"))
+  value, _ = secure.aggregate(stacked, weights, reference, (), jax.random.key(0))
+  plain, _ = mean().aggregate(stacked, weights, reference, (), None)
+  np.testing.assert_allclose(value["w"], plain["w"], atol=1e-4)
+  assert secure.upload_overhead(10) == secagg.overhead_bytes(10) == 32 + 9 * 64
+  from fedjax_lab.runner import run
+
+  base = ["data.source=digits", "data.num_clients=8", "cohort_size=4", "rounds=2"]
+  base += ["checkpoint_every=0", "eval_every=2"]
+  rows = {
+    rule: run(
+      load_config(None, base + [f"aggregation.rule={rule}", f"out_dir={tmp_path / rule}"]),
+      progress=False,
+    ).metrics
+    for rule in ("mean", "secure_mean")
+  }
+  assert rows["secure_mean"][-1]["bytes_up"] == rows["mean"][-1]["bytes_up"] + 4 * (32 + 3 * 64)
+  assert (
+    abs(rows["secure_mean"][-1]["global_accuracy"] - rows["mean"][-1]["global_accuracy"]) < 0.02
+  )

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from fedjax_lab.ops import robust
+from fedjax_lab.ops import robust, secure_aggregation
 from fedjax_lab.ops.aggregate import weighted_mean
 from fedjax_lab.registry import Registry
 
@@ -44,6 +44,8 @@ class Aggregator(NamedTuple):
   aggregate: Callable[[Pytree, jax.Array, Optional[Pytree], Any, jax.Array], tuple[Pytree, Any]]
   prepare: Optional[Callable[[Pytree, Optional[Pytree], Any, jax.Array], Pytree]] = None
   finalize: Optional[Callable[..., tuple[Pytree, Any]]] = None
+  # extra bytes one client uploads per round for the aggregation protocol, given the cohort
+  upload_overhead: Optional[Callable[[int], int]] = None
 
   @property
   def has_sum_form(self) -> bool:
@@ -186,7 +188,7 @@ def chain(*parts) -> Aggregator:
     return transform_out(value, reference, state[:at] + (reducer_state,) + state[at + 1 :], key)
 
   if not reducer.has_sum_form:
-    return Aggregator(init, aggregate)
+    return Aggregator(init, aggregate, upload_overhead=reducer.upload_overhead)
 
   def prepare(contribution, reference, state, key):
     return reducer.prepare(
@@ -202,7 +204,7 @@ def chain(*parts) -> Aggregator:
     )
     return transform_out(value, reference, state[:at] + (reducer_state,) + state[at + 1 :], key)
 
-  return Aggregator(init, aggregate, prepare, finalize)
+  return Aggregator(init, aggregate, prepare, finalize, reducer.upload_overhead)
 
 
 def trimmed_mean(trim_fraction: float) -> Aggregator:
@@ -288,6 +290,45 @@ def centered_clip(radius: float, iterations: int) -> Aggregator:
   return _whole_model_rule(reduce_rows)
 
 
+def secure_mean(scale_bits: int, dropout: float) -> Aggregator:
+  """The weighted mean through simulated secure aggregation (``ops/secure_aggregation.py``):
+  each client sends its weighted update ``w_k / sum(w) * (c_k - reference)`` in fixed point
+  (``scale_bits`` fractional bits) plus pairwise masks; ``floor(dropout * K)`` clients chosen
+  at random drop after masking and the server recovers the survivors' sum, then divides by
+  their share of the weight. Equals the mean of the survivors up to the fixed-point rounding
+  (at most ``K 2^-(scale_bits+1)`` per coordinate); values must stay within
+  ``+-2^(31-scale_bits)``.
+
+  Args:
+    scale_bits: fractional bits of the fixed-point encoding.
+    dropout: the fraction of each cohort that drops after masking, in [0, 1).
+
+  Returns:
+    An ``Aggregator`` without a sum form (the masks need the whole cohort), whose
+    ``upload_overhead`` counts the protocol's keys and seed shares.
+  """
+
+  def aggregate(stacked, weights, reference, state, key):
+    rows, unflatten = robust.flatten_cohort(stacked)
+    start = jnp.zeros_like(rows[0]) if reference is None else ravel_pytree(reference)[0]
+    share = jnp.asarray(weights, jnp.float32)
+    share = share / jnp.maximum(share.sum(), jnp.finfo(jnp.float32).tiny)
+    mask_key, drop_key = jax.random.split(key)
+    count = rows.shape[0]
+    dropped = jax.random.permutation(drop_key, count) < int(dropout * count)
+    received = secure_aggregation.masked_inputs(
+      share[:, None] * (rows - start), mask_key, scale_bits
+    )
+    total = secure_aggregation.decode(
+      secure_aggregation.unmask_sum(received, ~dropped, mask_key), scale_bits
+    )
+    surviving = jnp.sum(jnp.where(dropped, 0.0, share))
+    mean_update = total / jnp.maximum(surviving, jnp.finfo(jnp.float32).tiny)
+    return unflatten((start + mean_update).astype(rows.dtype)), state
+
+  return Aggregator(_no_state, aggregate, upload_overhead=secure_aggregation.overhead_bytes)
+
+
 def gaussian_noise(stddev: float) -> ServerTransform:
   """Add ``N(0, stddev^2)`` to every coordinate of the reduced value (central DP: with
   contributions clipped to norm ``C`` around the reference and ``K`` uniform weights, the
@@ -326,4 +367,7 @@ AGGREGATORS.register(
 AGGREGATORS.register("geometric_median", lambda options: geometric_median(options.iterations))
 AGGREGATORS.register(
   "centered_clip", lambda options: centered_clip(options.clip_radius, options.iterations)
+)
+AGGREGATORS.register(
+  "secure_mean", lambda options: secure_mean(options.secure_scale_bits, options.secure_dropout)
 )
