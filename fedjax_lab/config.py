@@ -20,6 +20,7 @@ from fedjax_lab.engine.execution import STRATEGIES
 from fedjax_lab.engine.precision import COMPUTE_DTYPES
 from fedjax_lab.models import CONV_IMPLEMENTATIONS, MODELS
 from fedjax_lab.ops.aggregators import AGGREGATORS
+from fedjax_lab.ops.attacks import ATTACKS
 
 CLIENT_OPTIMIZERS = ("sgd", "adam")
 SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
@@ -235,6 +236,27 @@ class AggregationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AttackConfig:
+  """Malicious clients. Model poisoning (``sign_flip``, ``scale``, ``gaussian``, ``alie``;
+  ``ops/attacks.py``): each round ``floor(fraction * cohort_size)`` random contributions are
+  replaced before aggregation, ``strength`` their factor, noise std or z (``alie``: 0 means
+  Baruch et al.'s z_max). Data poisoning (``label_flip``): ``floor(fraction *
+  data.num_clients)`` fixed clients train on flipped labels."""
+
+  kind: str = "none"
+  fraction: float = 0.0
+  strength: float = 0.0
+
+  def __post_init__(self):
+    typed_fields(self, "attack.")
+    one_of("attack.kind", self.kind, ("none", "label_flip") + ATTACKS)
+    require(0 <= self.fraction < 1, "attack.fraction", "in [0, 1)", self.fraction)
+    require(self.strength >= 0, "attack.strength", ">= 0", self.strength)
+    if self.kind in ("sign_flip", "scale", "gaussian"):
+      require(self.strength > 0, "attack.strength", f"> 0 for attack.kind={self.kind}", 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
 class PrivacyConfig:
   """Central differential privacy (DP-FedAvg, McMahan et al. 2018): each client's update is
   clipped to ``aggregation.clip_norm`` and Gaussian noise of std ``noise_multiplier *
@@ -287,6 +309,7 @@ class ExperimentConfig:
   algorithm: AlgorithmConfig = AlgorithmConfig()
   aggregation: AggregationConfig = AggregationConfig()
   privacy: PrivacyConfig = PrivacyConfig()
+  attack: AttackConfig = AttackConfig()
   execution: ExecutionConfig = ExecutionConfig()
   rounds: int = 20
   cohort_size: int = 5
