@@ -244,7 +244,7 @@ def adaptive_pruning(
     parts), ``energy_j`` (cohort total), ``allocation_feasible``.
   """
   groups = setup.model.layer_groups(setup.params_shape)
-  shared_shape, head_shape = split_groups(setup.params_shape, groups, options.personal_groups)
+  shared_shape, _ = split_groups(setup.params_shape, groups, options.personal_groups)
   merge = lambda shared, head: {**shared, **head}
   devices = system_devices(setup.num_clients, options)
   prunable_bits, fixed_bits = upload_bits(shared_shape, options)
@@ -259,7 +259,7 @@ def adaptive_pruning(
     return masked_mean(per_example_cross_entropy(logits, y), batch_mask)
 
   def head_objective(head, x, y, batch_mask, shared):
-    return loss_of(merge(jax.lax.stop_gradient(shared), head), x, y, batch_mask)
+    return loss_of(merge(shared, head), x, y, batch_mask)  # shared: context, not trained
 
   def shared_objective(shared, x, y, batch_mask, context):
     head, mask = context
@@ -269,14 +269,10 @@ def adaptive_pruning(
     shared, head = both
     return loss_of(merge(pruning.apply_mask(shared, mask), head), x, y, batch_mask)
 
-  head_schedule = (
-    dataclasses.replace(setup.schedule, epochs=options.head_epochs)
-    if options.update == "alternating"
-    else None
-  )
-  train_head = head_schedule and make_local_trainer(
-    head_objective, setup.optimizer, head_schedule, setup.unroll
-  )
+  head_schedule, train_head = None, None
+  if options.update == "alternating":
+    head_schedule = dataclasses.replace(setup.schedule, epochs=options.head_epochs)
+    train_head = make_local_trainer(head_objective, setup.optimizer, head_schedule, setup.unroll)
   train_shared = make_local_trainer(shared_objective, setup.optimizer, setup.schedule, setup.unroll)
   train_joint = make_local_trainer(joint_objective, setup.optimizer, setup.schedule, setup.unroll)
 
