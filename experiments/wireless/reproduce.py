@@ -14,7 +14,9 @@ until client accuracy first reaches a target fixed in advance (``TARGETS``). Acr
 mean, sample std, n, and each method's paired difference against the paper's comparator
 (partial personalization without pruning, equal bandwidth).
 
-  python experiments/wireless/reproduce.py                 # about 40 min on 2 CPU cores
+  python experiments/wireless/reproduce.py --seeds 0 1 2                  # about 65 min, 2 cores
+  python experiments/wireless/reproduce.py --seeds 0 1 2 3 4 \
+      --variants adaptive_pruning fedrep_unpruned                        # 2 more seeds: 12 min
   python experiments/wireless/reproduce.py --summarize     # tables and plots from results/
 
 Runs live in ``runs/wireless`` and are read back (or resumed) when rerun; per-seed results go
@@ -241,9 +243,16 @@ def plot(records: list[dict], curves: dict, plans: dict, out: pathlib.Path) -> N
   plt.close(fig)
 
 
+def finished(config) -> bool:
+  """Whether ``config``'s run in its ``out_dir`` holds every round."""
+  path = pathlib.Path(config.out_dir) / "metrics.jsonl"
+  return path.exists() and len(path.read_text().splitlines()) >= config.rounds
+
+
 def run_all(args, base, budget: float, results: pathlib.Path) -> None:
   """Run (or read back) every partition x seed x variant; write ``per_seed.jsonl`` and each
-  run's metrics under ``results/metrics``."""
+  run's metrics under ``results/metrics``. Variants outside ``args.variants`` (if given) are
+  never started: only their finished runs are read back and reported."""
   runs, read_back, started = pathlib.Path(args.runs), 0, time.perf_counter()
   (results / "metrics").mkdir(parents=True, exist_ok=True)
   records = []
@@ -256,6 +265,8 @@ def run_all(args, base, budget: float, results: pathlib.Path) -> None:
       data = build_federation(next(iter(configs.values())).data)
       for name, config in configs.items():
         tick = time.perf_counter()
+        if args.variants and name not in args.variants and not finished(config):
+          continue
         metrics, loaded = grid.run_or_load(config, data)
         read_back += loaded
         record = {"partition": partition, "seed": seed, "variant": name}
@@ -314,6 +325,9 @@ def main() -> None:
   )
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=PARTITIONS)
+  parser.add_argument(
+    "--variants", nargs="+", choices=VARIANTS, help="start only these (others: read back)"
+  )
   parser.add_argument("--budget_fraction", type=float, default=0.5)
   parser.add_argument("--config", default=str(HERE / "base.json"))
   parser.add_argument("--runs", default="runs/wireless")
