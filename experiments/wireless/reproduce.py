@@ -143,14 +143,12 @@ def summary_tables(records: list[dict]) -> str:
     rows = [r for r in records if r["partition"] == partition]
     if not rows:
       continue
-    seeds = sorted({r["seed"] for r in rows})
     by = {(r["variant"], r["seed"]): r for r in rows}
-    values = lambda name, key: np.asarray(
-      [by[(name, s)][key] if (name, s) in by else np.nan for s in seeds], np.float64
-    )
+    seeds_of = lambda name: sorted(seed for variant, seed in by if variant == name)
+    values = lambda name, key, seeds: np.asarray([by[(name, s)][key] for s in seeds], np.float64)
     table = []
     for name in PARTITIONS[partition][1]:
-      if not any((name, s) in by for s in seeds):
+      if not seeds_of(name):
         continue
       row = {"method": name}
       for key, label, scale in (
@@ -159,18 +157,19 @@ def summary_tables(records: list[dict]) -> str:
         ("latency_to_target_s", "to target s", 1),
         ("ratio_mean", "ratio", 1),
       ):
-        d = describe(values(name, key) * scale)
+        d = describe(values(name, key, seeds_of(name)) * scale)
         never = f", {d['n_missing']} never" if d["n_missing"] else ""
         row[label] = f"{d['mean']:.2f} ± {d['std']:.2f} (n={d['n']}{never})"
-      if name != COMPARATOR:
-        accuracy = paired_difference(
-          100 * values(name, "accuracy"), 100 * values(COMPARATOR, "accuracy")
-        )
+      common = sorted(set(seeds_of(name)) & set(seeds_of(COMPARATOR)))
+      if name != COMPARATOR and common:
+        ours = lambda key: values(name, key, common)
+        theirs = lambda key: values(COMPARATOR, key, common)
+        accuracy = paired_difference(100 * ours("accuracy"), 100 * theirs("accuracy"))
         row["Δacc pts (95% CI)"] = f"{_interval(accuracy)} {accuracy['verdict']}"
         for key, label in (("latency_total_s", "latency"), ("latency_to_target_s", "to target")):
-          ratio = values(name, key) / values(COMPARATOR, key)
+          ratio = ours(key) / theirs(key)
           row[f"{label} ratio (95% CI)"] = _interval(
-            paired_difference(ratio - 1, np.zeros(len(seeds))), offset=1, sign=""
+            paired_difference(ratio - 1, np.zeros(len(common))), offset=1, sign=""
           )
       table.append(row)
     columns = list(dict.fromkeys(key for row in table for key in row))
