@@ -149,3 +149,39 @@ def test_a_finished_run_is_read_back_only_with_the_same_config(tmp_path):
   changed = load_config(None, TINY + [f"out_dir={tmp_path}", "local.learning_rate=0.02"])
   _, loaded = grid.run_or_load(changed, None)
   assert not loaded
+
+
+def test_wireless_reproduction_script(tmp_path):
+  overrides = [
+    arg
+    for item in TINY + ["model.name=mlp", "data.max_client_examples=60"]
+    for arg in ("--set", item)
+  ]
+  command = [sys.executable, str(ROOT / "experiments/wireless/reproduce.py"), *overrides]
+  command += ["--seeds", "0", "--partitions", "dirichlet", "--runs", str(tmp_path / "runs")]
+  done = subprocess.run(
+    command + ["--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  records = [
+    json.loads(line) for line in (tmp_path / "out/per_seed.jsonl").read_text().splitlines()
+  ]
+  assert [r["variant"] for r in records] == ["adaptive_pruning", "fedrep_unpruned", "fedavg"]
+  assert (tmp_path / "out/allocation.png").exists() and "Δacc pts" in done.stdout
+
+
+def test_wireless_readme_tables_are_what_the_committed_results_give():
+  """Every number of the README's tables is recomputed from results/per_seed.jsonl."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(
+    "wireless_reproduce", ROOT / "experiments/wireless/reproduce.py"
+  )
+  reproduce = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(reproduce)
+  results = ROOT / "experiments/wireless/results/per_seed.jsonl"
+  records = [json.loads(line) for line in results.read_text().splitlines()]
+  tables = reproduce.summary_tables(records)
+  readme = (ROOT / "experiments/wireless/README.md").read_text()
+  for block in tables.split("```")[1::2]:
+    assert block in readme
