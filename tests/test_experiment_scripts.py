@@ -185,3 +185,32 @@ def test_wireless_readme_tables_are_what_the_committed_results_give():
   readme = (ROOT / "experiments/wireless/README.md").read_text()
   for block in tables.split("```")[1::2]:
     assert block in readme
+
+
+def test_privacy_reproduction_script(tmp_path):
+  overrides = [
+    arg
+    for item in TINY + ["data.test_fraction=0", "aggregation.clip_norm=1"]
+    for arg in ("--set", item)
+  ]
+  command = [sys.executable, str(ROOT / "experiments/privacy/reproduce.py"), *overrides]
+  command += ["--seeds", "0", "1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path)]
+  done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+  assert done.returncode == 0, done.stderr[-2000:]
+  records = [json.loads(line) for line in (tmp_path / "per_seed.jsonl").read_text().splitlines()]
+  assert len(records) == 8 and "vs z=0" in done.stdout
+  epsilons = [r["epsilon"] for r in records if r["seed"] == 0]
+  assert epsilons[0] is None and epsilons[1] > epsilons[2] > epsilons[3]
+
+
+def test_privacy_readme_table_is_what_the_committed_results_give():
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(
+    "privacy_reproduce", ROOT / "experiments/privacy/reproduce.py"
+  )
+  reproduce = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(reproduce)
+  results = ROOT / "experiments/privacy/results/per_seed.jsonl"
+  records = [json.loads(line) for line in results.read_text().splitlines()]
+  assert reproduce.summary_table(records) in (ROOT / "experiments/privacy/README.md").read_text()
