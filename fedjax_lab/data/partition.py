@@ -64,8 +64,9 @@ def dirichlet(
       proportions = rng.dirichlet(np.full(num_clients, alpha))
       if balance_cap:
         sizes = np.array([len(o) for o in owned])
-        proportions = proportions * (sizes < cap)
-        proportions = proportions / proportions.sum()
+        capped = proportions * (sizes < cap)
+        if capped.sum() > 0:  # else every client with mass is full: keep the draw (no 0 / 0)
+          proportions = capped / capped.sum()
       cuts = (np.cumsum(proportions) * len(members)).astype(int)[:-1]
       for client, part in enumerate(np.split(members, cuts)):
         owned[client].extend(part.tolist())
