@@ -170,20 +170,23 @@ def test_wireless_reproduction_script(tmp_path):
   assert (tmp_path / "out/allocation.png").exists() and "Δacc pts" in done.stdout
 
 
-def test_wireless_readme_tables_are_what_the_committed_results_give():
-  """Every number of the README's tables is recomputed from results/per_seed.jsonl."""
+def _committed(experiment: str):
+  """``(reproduce module, per-seed records)`` of ``experiments/<experiment>``."""
   import importlib.util
 
-  spec = importlib.util.spec_from_file_location(
-    "wireless_reproduce", ROOT / "experiments/wireless/reproduce.py"
-  )
+  folder = ROOT / "experiments" / experiment
+  spec = importlib.util.spec_from_file_location(f"{experiment}_reproduce", folder / "reproduce.py")
   reproduce = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(reproduce)
-  results = ROOT / "experiments/wireless/results/per_seed.jsonl"
-  records = [json.loads(line) for line in results.read_text().splitlines()]
-  tables = reproduce.summary_tables(records)
+  lines = (folder / "results/per_seed.jsonl").read_text().splitlines()
+  return reproduce, [json.loads(line) for line in lines]
+
+
+def test_wireless_readme_tables_are_what_the_committed_results_give():
+  """Every number of the README's tables is recomputed from results/per_seed.jsonl."""
+  reproduce, records = _committed("wireless")
   readme = (ROOT / "experiments/wireless/README.md").read_text()
-  for block in tables.split("```")[1::2]:
+  for block in reproduce.summary_tables(records).split("```")[1::2]:
     assert block in readme
 
 
@@ -204,13 +207,5 @@ def test_privacy_reproduction_script(tmp_path):
 
 
 def test_privacy_readme_table_is_what_the_committed_results_give():
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location(
-    "privacy_reproduce", ROOT / "experiments/privacy/reproduce.py"
-  )
-  reproduce = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(reproduce)
-  results = ROOT / "experiments/privacy/results/per_seed.jsonl"
-  records = [json.loads(line) for line in results.read_text().splitlines()]
+  reproduce, records = _committed("privacy")
   assert reproduce.summary_table(records) in (ROOT / "experiments/privacy/README.md").read_text()
