@@ -15,7 +15,9 @@ class CheckpointError(RuntimeError):
 
 def manager(directory: pathlib.Path, max_to_keep: int = 2) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-    directory.absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep)
+    directory.absolute(),
+    # A save cut short by a kill leaves a temporary folder; it is removed, never restored.
+    options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, cleanup_tmp_directories=True),
   )
 
 
@@ -40,8 +42,10 @@ def restore(
   """``(state, completed_rounds, skipped)`` from the newest checkpoint that restores, at or
   below round ``at_most`` if given; ``skipped`` says which newer ones did not, and why.
   ``like_state`` gives the structure. The skipped ones are deleted: the resumed run writes
-  those rounds again. Raises ``CheckpointError`` if none restores, and if the saved RNG key is
-  not the one this config's seed derives."""
+  those rounds again. A run stopped before its first checkpoint was complete has none:
+  ``(like_state, 0, [])``, the run starts over (deterministically, so the rounds it recorded
+  are written again, equal). Raises ``CheckpointError`` if checkpoints exist and none restores,
+  and if the saved RNG key is not the one this config's seed derives."""
   abstract = {
     "state": jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state),
     "rng": ocp.utils.to_shape_dtype_struct(jax.random.key_data(rounds_key)),
@@ -49,6 +53,8 @@ def restore(
   }
   checkpoints.reload()  # steps written since the manager was made count too
   skipped, steps = [], sorted(checkpoints.all_steps(), reverse=True)
+  if not steps:
+    return like_state, 0, []
   for index, step in enumerate(steps):
     if at_most is not None and step > at_most:
       skipped.append(f"round {step} (newer than the metrics, which end at round {at_most})")
@@ -63,5 +69,4 @@ def restore(
     for newer in steps[:index]:
       checkpoints.delete(newer)
     return item["state"], int(item["round"]), skipped
-  found = "; ".join(skipped) if skipped else "none found"
-  raise CheckpointError(f"no checkpoint in {checkpoints.directory} restores: {found}")
+  raise CheckpointError(f"no checkpoint in {checkpoints.directory} restores: {'; '.join(skipped)}")

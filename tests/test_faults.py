@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,6 +130,20 @@ def test_cut_metrics_fall_back_to_a_checkpoint_they_cover(tmp_path, straight):
   path.write_text(text[: text.rindex("{", 0, text.rindex("{")) + 20])  # round 7 cut, 8 gone
   resumed = run(_config(tmp_path, "rounds=12"), resume=True, progress=False)
   _assert_same_run(resumed, straight)
+
+
+def test_a_run_killed_before_its_first_checkpoint_was_complete_starts_over(
+  tmp_path, straight, capsys
+):
+  run(_config(tmp_path, "rounds=6"), progress=False)  # checkpoints 4 and 6
+  checkpoints = tmp_path / "checkpoints"
+  shutil.rmtree(checkpoints / "6")
+  unfinished = checkpoints / "4.orbax-checkpoint-tmp-1"  # what a kill during the save leaves
+  (checkpoints / "4").rename(unfinished)
+  resumed = run(_config(tmp_path, "rounds=12"), resume=True, progress=False)
+  _assert_same_run(resumed, straight)
+  assert "from round 0" in capsys.readouterr().err
+  assert not unfinished.exists()
 
 
 def test_empty_metrics_refuse_to_resume_instead_of_dropping_rows(tmp_path):
