@@ -116,19 +116,25 @@ def test_dp_aggregation_clips_then_adds_the_noise_it_claims():
 
 
 def test_epsilon_matches_dp_accounting_and_behaves():
+  # replace-one moves the sum of clipped contributions by 2C: multiplier z / 2 for RDP
   direct = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
   event = dp_accounting.SampledWithoutReplacementDpEvent(
-    100, 10, dp_accounting.GaussianDpEvent(1.1)
+    100, 10, dp_accounting.GaussianDpEvent(1.1 / 2)
   )
   direct.compose(dp_accounting.SelfComposedDpEvent(event, 50))
   assert accounting.epsilon(50, 10, 100, 1.1, 1e-5) == pytest.approx(direct.get_epsilon(1e-5))
   assert accounting.epsilon(100, 10, 100, 1.1, 1e-5) > accounting.epsilon(50, 10, 100, 1.1, 1e-5)
   assert accounting.epsilon(50, 10, 100, 2.0, 1e-5) < accounting.epsilon(50, 10, 100, 1.1, 1e-5)
-  # every client each round: the Gaussian mechanism's RDP, T alpha / (2 z^2), converted
+  # every client each round: the Gaussian mechanism of sensitivity 2C, RDP T a / (2 (z/2)^2)
   everyone = accounting.epsilon(10, 5, 5, 4.0, 1e-5)
   orders = np.linspace(1.01, 200, 20000)
-  bound = np.min(10 * orders / (2 * 16.0) + np.log(1 / 1e-5) / (orders - 1))
+  bound = np.min(10 * orders / (2 * 4.0) + np.log(1 / 1e-5) / (orders - 1))
   assert everyone <= bound + 1e-6 and everyone > 0.5 * bound
+  # the PLD accountant applies replace-one itself; it is tighter, and needs full participation
+  tighter = accounting.epsilon(10, 5, 5, 4.0, 1e-5, accountant="pld")
+  assert 0.7 * everyone < tighter <= everyone
+  with pytest.raises(ValueError, match="full participation"):
+    accounting.epsilon(10, 5, 50, 4.0, 1e-5, accountant="pld")
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,14 @@
 """The privacy spent by central DP-FedAvg, from Google's ``dp-accounting`` (host side).
 
-Each round releases the Gaussian mechanism with noise multiplier ``z`` (noise std over the
-clipped contributions' sensitivity) on a cohort of ``K`` clients drawn uniformly without
-replacement from ``N`` (``runner.cohort_ids``): a ``SampledWithoutReplacementDpEvent`` under
-the replace-one neighbouring relation, composed over the rounds, accounted with Rényi DP.
+Each round releases the Gaussian mechanism on the sum of ``K`` clipped contributions (norm at
+most ``C``), noise std ``z C``, the cohort drawn uniformly without replacement from ``N``
+(``runner.cohort_ids``): a ``SampledWithoutReplacementDpEvent`` under the replace-one
+neighbouring relation, composed over the rounds. Replacing one client moves the sum by up to
+``2 C``, so the mechanism's noise multiplier with respect to its sensitivity is ``z / 2``: what
+the Rényi-DP accountant is given (it does not apply the relation to a Gaussian itself). The
+privacy-loss-distribution accountant (``accountant="pld"``, tighter) takes ``z`` and applies
+the replace-one relation itself; ``dp-accounting`` has it only for full participation
+(``K = N``).
 """
 
 from __future__ import annotations
@@ -11,21 +16,39 @@ from __future__ import annotations
 import functools
 
 import dp_accounting
-from dp_accounting import rdp
+from dp_accounting import pld, rdp
+
+ACCOUNTANTS = ("rdp", "pld")
 
 
 @functools.lru_cache(maxsize=4096)
 def epsilon(
-  rounds: int, cohort_size: int, num_clients: int, noise_multiplier: float, delta: float
+  rounds: int,
+  cohort_size: int,
+  num_clients: int,
+  noise_multiplier: float,
+  delta: float,
+  accountant: str = "rdp",
 ) -> float:
-  """(epsilon, ``delta``)-DP of ``rounds`` rounds, client-level, by the RDP accountant."""
+  """(epsilon, ``delta``)-DP of ``rounds`` rounds, client-level (module docstring), by the
+  ``accountant``, ``rdp`` or ``pld``; ``noise_multiplier`` is ``z`` (noise std / clip norm)."""
   if noise_multiplier <= 0:
     return float("inf")
-  round_event = dp_accounting.GaussianDpEvent(noise_multiplier)
-  if cohort_size < num_clients:
-    round_event = dp_accounting.SampledWithoutReplacementDpEvent(
-      num_clients, cohort_size, round_event
-    )
-  accountant = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
-  accountant.compose(dp_accounting.SelfComposedDpEvent(round_event, rounds))
-  return float(accountant.get_epsilon(delta))
+  relation = dp_accounting.NeighboringRelation.REPLACE_ONE
+  if accountant == "pld":
+    if cohort_size < num_clients:
+      raise ValueError(
+        "the PLD accountant needs full participation (cohort_size == num_clients); "
+        "use accountant='rdp' for sampled cohorts"
+      )
+    tracker = pld.PLDAccountant(neighboring_relation=relation)
+    round_event = dp_accounting.GaussianDpEvent(noise_multiplier)
+  else:
+    tracker = rdp.RdpAccountant(neighboring_relation=relation)
+    round_event = dp_accounting.GaussianDpEvent(noise_multiplier / 2)
+    if cohort_size < num_clients:
+      round_event = dp_accounting.SampledWithoutReplacementDpEvent(
+        num_clients, cohort_size, round_event
+      )
+  tracker.compose(dp_accounting.SelfComposedDpEvent(round_event, rounds))
+  return float(tracker.get_epsilon(delta))
