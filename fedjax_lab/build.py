@@ -35,7 +35,8 @@ MIN_CHUNKED_COHORT = 32
 
 def build_federation(data: DataConfig) -> FederatedData:
   """Source, partition and per-client train/test split, as the config says; then the latent
-  group shift (``data.latent_groups``), or Shakespeare's genres as known client groups."""
+  group shift (``data.latent_groups``); a natural partition names its clients by their groups
+  (``client_paths``; Shakespeare's genres become known client groups)."""
   dataset = lookup_source(data.source)(data)
   clients = PARTITIONERS.get(data.partition)(dataset, data)
   if data.max_client_examples > 0:
@@ -49,8 +50,11 @@ def build_federation(data: DataConfig) -> FederatedData:
       data.group_shift,
       data.seed + 2,
     )
-  if data.source == "shakespeare" and data.partition == "natural":
-    names = [dataset.group_names[dataset.train_groups[indices[0]]] for indices in clients]
+  if data.partition != "natural":
+    return federation
+  names = tuple(dataset.group_names[dataset.train_groups[indices[0]]] for indices in clients)
+  federation = dataclasses.replace(federation, client_paths=names)
+  if data.source == "shakespeare":
     return dataclasses.replace(federation, client_groups=groups.shakespeare_genres(names))
   return federation
 
@@ -94,10 +98,13 @@ def resolve_execution(config: ExperimentConfig) -> ResolvedExecution:
   return ResolvedExecution(strategy, config.execution.unroll == "unroll", conv, threads)
 
 
-def client_optimizer(name: str, learning_rate: float, momentum: float):
-  """``local.optimizer``: SGD (with momentum if > 0) or Adam."""
+def client_optimizer(name: str, learning_rate: float, momentum: float, weight_decay: float = 0.0):
+  """``local.optimizer``: SGD (with momentum if > 0), Adam, or AdamW (decoupled
+  ``weight_decay``)."""
   if name == "sgd":
     return optax.sgd(learning_rate, momentum=momentum or None)
+  if name == "adamw":
+    return optax.adamw(learning_rate, weight_decay=weight_decay)
   return optax.adam(learning_rate)
 
 
@@ -158,7 +165,12 @@ def build_experiment(config: ExperimentConfig, data: FederatedData | None = None
   setup = ClientSetup(
     model,
     train_data.train_x[0, :1],
-    client_optimizer(config.local.optimizer, config.local.learning_rate, config.local.momentum),
+    client_optimizer(
+      config.local.optimizer,
+      config.local.learning_rate,
+      config.local.momentum,
+      config.local.weight_decay,
+    ),
     schedule,
     Executor(execution.strategy, config.execution.chunk_size, execution.threads),
     train_data.num_clients,
@@ -166,6 +178,7 @@ def build_experiment(config: ExperimentConfig, data: FederatedData | None = None
     config.execution.compute_dtype,
     build_aggregator(config),
     train_data.client_groups,
+    train_data.client_paths,
   )
   algorithm = entry.build(setup, config.algorithm.options, config)
   return Experiment(config, data, train_data, model, setup, entry, algorithm)

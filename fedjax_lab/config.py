@@ -22,7 +22,7 @@ from fedjax_lab.models import CONV_IMPLEMENTATIONS, MODELS
 from fedjax_lab.ops.aggregators import AGGREGATORS
 from fedjax_lab.ops.attacks import ATTACKS
 
-CLIENT_OPTIMIZERS = ("sgd", "adam")
+CLIENT_OPTIMIZERS = ("sgd", "adam", "adamw")
 SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
 WEIGHTINGS = ("num_examples", "uniform")
 
@@ -107,6 +107,7 @@ class LocalConfig:
   epochs: int = 1
   steps: int = 0
   batch_size: int = 20
+  weight_decay: float = 0.0  # adamw's decoupled weight decay
 
   def __post_init__(self):
     typed_fields(self, "local.")
@@ -116,6 +117,7 @@ class LocalConfig:
     require(self.epochs >= 1, "local.epochs", ">= 1", self.epochs)
     require(self.steps >= 0, "local.steps", ">= 0 (0: use local.epochs)", self.steps)
     require(self.batch_size >= 1, "local.batch_size", ">= 1", self.batch_size)
+    require(self.weight_decay >= 0, "local.weight_decay", ">= 0", self.weight_decay)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,7 @@ from fedjax_lab.algorithms import Algorithm, compiled_round, payload_bytes
 from fedjax_lab.build import build_experiment
 from fedjax_lab.config import ExperimentConfig
 from fedjax_lab.data import FederatedData
-from fedjax_lab.engine.evaluate import evaluate_clients, evaluate_pooled, summarize_clients
+from fedjax_lab.engine.evaluate import client_metrics, client_test_sums, evaluate_pooled
 from fedjax_lab.engine.execution import computed_steps
 from fedjax_lab.engine.sharding import addressable, client_mesh, replicate, shard_clients
 from fedjax_lab.models import Model
@@ -97,7 +97,7 @@ def evaluate(
   if np.asarray(data.test_num_examples).sum() > 0:  # clients hold test splits of their own
     personal = algorithm.personal_params is not None
     params = algorithm.personal_params(state) if personal else global_params
-    accuracy = evaluate_clients(
+    sums = client_test_sums(
       model.apply,
       params,
       data.test_x,
@@ -106,7 +106,7 @@ def evaluate(
       personal=personal,
       chunk_size=config.execution.chunk_size,
     )
-    metrics.update(summarize_clients(accuracy))
+    metrics.update(client_metrics(sums, sequences=data.test_y.ndim > 2))
   if algorithm.client_clusters is not None and data.client_groups is not None:
     metrics["cluster_ari"] = float(
       adjusted_rand_score(data.client_groups, np.asarray(algorithm.client_clusters(state)))
@@ -276,7 +276,9 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
           f"round {round_index + 1}: {what}; stopped without saving this state ({kept}). "
           f"{_divergence_hint(config).capitalize()}"
         )
-      if config.privacy.noise_multiplier > 0:
+      if algorithm.privacy is not None:
+        round_metrics.update(algorithm.privacy(round_index + 1))
+      elif config.privacy.noise_multiplier > 0:
         round_metrics["privacy_epsilon"] = accounting.epsilon(
           round_index + 1,
           experiment.cohort_size,

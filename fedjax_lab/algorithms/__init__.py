@@ -17,6 +17,7 @@ from fedjax_lab.algorithms import (
   local_only,
   pfedlia,
   scaffold,
+  worldlm,
 )
 from fedjax_lab.algorithms.base import (
   Algorithm,
@@ -42,6 +43,7 @@ ALGORITHMS.register("oracle", clustered.ORACLE)
 ALGORITHMS.register("ifca", ifca.ENTRY)
 ALGORITHMS.register("cfl", cfl.ENTRY)
 ALGORITHMS.register("adaptive_pruning", adaptive_pruning.ENTRY)
+ALGORITHMS.register("worldlm", worldlm.ENTRY)
 
 __all__ = [
   "ALGORITHMS",

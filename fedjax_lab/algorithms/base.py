@@ -53,7 +53,9 @@ class Algorithm(NamedTuple):
   ``[num_clients]`` (clustering methods). ``download`` / ``upload``: the pytrees (arrays or
   ``jax.ShapeDtypeStruct``) one participating client receives / sends per round; None means
   one model. ``host_phases``: the round runs host-side logic between compiled phases, so the
-  runner must not ``jit`` it whole (it compiles its phases itself).
+  runner must not ``jit`` it whole (it compiles its phases itself). ``privacy(rounds)``: the
+  privacy an algorithm with its own DP mechanism has spent after ``rounds`` rounds, as metrics
+  (``{"privacy_epsilon": ...}``; host side).
   """
 
   init: Callable[[jax.Array], Any]
@@ -64,6 +66,7 @@ class Algorithm(NamedTuple):
   download: Any = None
   upload: Any = None
   host_phases: bool = False
+  privacy: Optional[Callable[[int], dict]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +74,9 @@ class ClientSetup:
   """Everything about client-side training and aggregation that algorithms share.
 
   ``aggregator`` reduces cohort contributions (default: the weighted mean; ``ops.aggregators``);
-  ``client_groups`` are the federation's known latent groups (``[num_clients]``) if any.
+  ``client_groups`` are the federation's known latent groups (``[num_clients]``) if any;
+  ``client_paths`` the natural clients' names (``/``-separated: their place in a federation
+  tree, ``data.tree``) if the partition is natural.
   """
 
   model: Model
@@ -84,6 +89,7 @@ class ClientSetup:
   compute_dtype: str = "float32"
   aggregator: Aggregator = dataclasses.field(default_factory=mean)
   client_groups: Optional[np.ndarray] = None
+  client_paths: Optional[tuple[str, ...]] = None
 
   @property
   def train_apply(self):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fedjax_lab.data import partition, sources
+from fedjax_lab.data import partition, sources, text_world
 from fedjax_lab.registry import Registry
 
 Loader = Callable[[object], sources.Dataset]
@@ -61,7 +61,7 @@ def _natural(dataset, data) -> partition.ClientIndices:
   if dataset.train_groups is None:
     raise ValueError(
       f"data.partition='natural' needs a source with natural groups "
-      f"(synthetic, shakespeare); {data.source} has none"
+      f"(synthetic, shakespeare, text_world); {data.source} has none"
     )
   clients = partition.natural(dataset.train_groups)
   if len(clients) < data.num_clients:
@@ -92,6 +92,12 @@ SOURCES.register(
 SOURCES.register(
   "shakespeare_genre",
   lambda data: sources.shakespeare_genre(data.source_dir or "data/shakespeare", seed=data.seed),
+)
+SOURCES.register(
+  "text_world",
+  lambda data: text_world.text_world(
+    text_world.world_documents(data.source_dir or "data/shakespeare"), seed=data.seed
+  ),
 )
 for _name in sources.TFDS_DATASETS:
   SOURCES.register(f"tfds:{_name}", _tfds)

@@ -47,6 +47,8 @@ class FederatedData:
   global_test_y: np.ndarray
   num_classes: int
   client_groups: np.ndarray | None = None  # [num_clients] true latent group, when known
+  # [num_clients] '/'-separated names of natural clients, e.g. their place in a federation tree
+  client_paths: tuple[str, ...] | None = None
 
   @classmethod
   def from_indices(
@@ -106,6 +108,7 @@ class FederatedData:
       test_y=self.test_y[tmask][None],
       test_num_examples=np.array([int(tmask.sum())], np.int32),
       client_groups=None,
+      client_paths=None,
     )
 
   def label_histogram(self) -> np.ndarray:

@@ -58,7 +58,7 @@ def _per_client_sums(apply_fn, params, x, y, num_examples, personal: bool, chunk
   return jax.lax.map(one_client, args, batch_size=chunk_size)
 
 
-def evaluate_clients(
+def client_test_sums(
   apply_fn,
   params,
   x: np.ndarray,
@@ -68,14 +68,23 @@ def evaluate_clients(
   personal: bool,
   chunk_size: int = 16,
 ) -> np.ndarray:
-  """Per-client test accuracy ``[num_clients]`` (NaN for a client with no test examples).
+  """``[num_clients, 3]``: each client's (correct, summed loss, example count) on its padded
+  split. ``personal``: ``params`` has a leading client axis (each client's own model);
+  otherwise one model is shared by every client."""
+  return np.asarray(_per_client_sums(apply_fn, params, x, y, num_examples, personal, chunk_size))
 
-  ``personal``: ``params`` has a leading client axis (each client's own model); otherwise one
-  model is shared by every client.
-  """
-  sums = np.asarray(_per_client_sums(apply_fn, params, x, y, num_examples, personal, chunk_size))
+
+def client_metrics(sums: np.ndarray, sequences: bool) -> dict[str, float]:
+  """From ``client_test_sums``: per-client accuracy summarized (``summarize_clients``) and the
+  loss over all clients' test examples pooled, ``client_loss``; for next-token data also
+  ``client_perplexity = exp(client_loss)`` (per token: every example has the same length)."""
   with np.errstate(invalid="ignore", divide="ignore"):
-    return np.where(sums[:, 2] > 0, sums[:, 0] / sums[:, 2], np.nan)
+    accuracy = np.where(sums[:, 2] > 0, sums[:, 0] / sums[:, 2], np.nan)
+  loss = float(sums[:, 1].sum() / max(sums[:, 2].sum(), 1))
+  metrics = {**summarize_clients(accuracy), "client_loss": loss}
+  if sequences:
+    metrics["client_perplexity"] = float(np.exp(loss))
+  return metrics
 
 
 def summarize_clients(accuracy: np.ndarray) -> dict[str, float]:

@@ -74,6 +74,10 @@ MODELS.register(
 )
 MODELS.register("char_lstm", ModelEntry(CharLSTM, has_conv=False))
 MODELS.register("transformer_lm", ModelEntry(TransformerLM, has_conv=False))
+MODELS.register(
+  "byte_lm",  # the CPU-scale WorldLM model: 46k parameters, byte windows up to 128
+  ModelEntry(lambda n: TransformerLM(n, width=32, num_heads=2, max_length=128), has_conv=False),
+)
 CONV_IMPLEMENTATIONS = ("xla",) + tuple(CONVOLUTIONS)
 
 

@@ -1,0 +1,353 @@
+"""WorldLM: federations of federations with a shared backbone and attentively aggregated key
+layers (Iacob et al., arXiv 2405.14446), and the baselines that share its round.
+
+The federation is a tree (``data.tree.FederationTree``, from the clients' paths): the root,
+federations, sub-federations, clients at the leaves. The model's parameters are split by
+``key_layers`` (comma-separated path components, e.g. ``block1`` or ``embed,position``) into
+a backbone B (every parameter none of whose path components is named) and key layers K. The
+state holds one B and one K per tree node (``[num_nodes, ...]``), persistent across rounds. One
+round, one jitted program, every client of every federation vmapped together:
+
+1. each client starts from B and the K of its ``start`` node (its sub-federation for
+   WorldLM) and trains both locally (``local.*``; AdamW in the paper);
+2. B is averaged up the tree by token counts to the root (``ops.tree_aggregation.tree_mean``;
+   equal to the flat token-weighted mean);
+3. K is aggregated bottom-up by attention (``tree_attention``): each internal node ``p``
+   weighs its children's K (and its own, if ``include_parent``) with
+   ``softmax_c(sim(K_p, K_c) / temperature)``, level by level;
+4. residual layer embeddings (``residual_exchange``): each internal node's residual
+   ``K_v - K_parent(v)`` is mixed with the residuals of every node at its depth, across
+   federations, by ``softmax(sim / cross_temperature)``, and K is rebuilt top-down as the
+   parent's K plus the mixed residual (``cross_temperature = 0``: no exchange);
+5. top-down: B is the root's; each client's next start is its sub-federation's K.
+
+Differential privacy at the federation boundary (``dp_noise_multiplier > 0``): each
+federation's (depth-1 node's) token-weighted B update is clipped to ``dp_clip_norm``, the
+root takes their uniform mean plus Gaussian noise of std ``z C / F`` (``F`` federations), and
+K does not cross federation boundaries (attention stops at the federations, no residual
+exchange). The spent (epsilon, ``dp_delta``) per round is logged by RDP and PLD accounting.
+
+``variant`` picks the method; the baselines run the same round, data, model and budget:
+
+- ``worldlm``: the above;
+- ``fedavg``: everything is B (one global model, token-weighted FedAvg);
+- ``hierfavg``: everything is K, averaged by tokens inside each sub-federation every round and
+  over the whole tree every ``global_every`` rounds (HierFAVG's edge and cloud periods);
+- ``fedper``: B shared, K personal per client (never aggregated);
+- ``federation_local``: everything is K, averaged by tokens inside each federation (depth 1);
+  nothing crosses federations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct, traverse_util
+
+from fedjax_lab.algorithms.base import (
+  AGGREGATION_STREAM,
+  Algorithm,
+  AlgorithmEntry,
+  ClientSetup,
+  round_keys,
+)
+from fedjax_lab.checks import one_of, require, typed_fields
+from fedjax_lab.data.tree import FederationTree
+from fedjax_lab.ops import accounting
+from fedjax_lab.ops.aggregate import tree_broadcast, tree_gather, weighted_mean
+from fedjax_lab.ops.tree_aggregation import (
+  SIMILARITIES,
+  residual_exchange,
+  tree_attention,
+  tree_mean,
+)
+
+VARIANTS = ("worldlm", "fedavg", "hierfavg", "fedper", "federation_local")
+ALL = object()  # key_layers: every parameter is a key layer
+
+
+@struct.dataclass
+class WorldState:
+  backbone: dict  # B, flat {path: array}
+  keys: dict  # K per node, flat {path: [num_nodes, ...]}
+  round: jax.Array  # rounds completed
+  attention: jax.Array  # [num_nodes] weight each node got from its parent's softmax, last round
+  exchange: jax.Array  # [num_nodes, num_nodes] residual exchange weights, last round
+
+
+def split_params(params: dict, key_layers) -> tuple[dict, dict]:
+  """``(backbone, key)`` as flat ``{"a/b/kernel": leaf}`` dicts: a parameter is a key layer
+  when a component of its path is in ``key_layers`` (a collection of names, or ``ALL``)."""
+  flat = traverse_util.flatten_dict(params, sep="/")
+  is_key = {
+    path: key_layers is ALL or bool(set(path.split("/")) & set(key_layers)) for path in flat
+  }
+  return (
+    {path: leaf for path, leaf in flat.items() if not is_key[path]},
+    {path: leaf for path, leaf in flat.items() if is_key[path]},
+  )
+
+
+def merge_params(backbone: dict, key: dict) -> dict:
+  """The nested parameters of ``split_params``'s two halves."""
+  return traverse_util.unflatten_dict({**backbone, **key}, sep="/")
+
+
+def start_nodes(tree: FederationTree, variant: str) -> np.ndarray:
+  """``[num_clients]``: the node whose K each client starts from (and is evaluated with)."""
+  if variant == "fedper":
+    return tree.client_node
+  if variant == "federation_local":
+    return tree.ancestor_at_depth(1)
+  return tree.parent_of[tree.client_node]
+
+
+def _clip(update: dict, clip_norm: float) -> dict:
+  """``update * min(1, C / |update|)``, the norm over every leaf."""
+  norm = jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(update)))
+  scale = jnp.minimum(1.0, clip_norm / jnp.maximum(norm, jnp.finfo(jnp.float32).tiny))
+  return jax.tree.map(lambda leaf: leaf * scale, update)
+
+
+def worldlm(
+  setup: ClientSetup,
+  *,
+  variant: str = "worldlm",
+  key_layers=("block1",),
+  similarity: str = "cosine",
+  temperature: float = 0.05,
+  include_parent: bool = True,
+  cross_temperature: float = 0.05,
+  global_every: int = 2,
+  dp_noise_multiplier: float = 0.0,
+  dp_clip_norm: float = 0.0,
+  dp_delta: float = 1e-5,
+) -> Algorithm:
+  """WorldLM or one of its baselines (module docstring).
+
+  Args:
+    setup: client training; ``setup.client_paths`` name the clients' places in the tree.
+    variant: ``worldlm``, ``fedavg``, ``hierfavg``, ``fedper`` or ``federation_local``.
+    key_layers: names of path components that make a parameter a key layer (``worldlm``,
+      ``fedper``; the other variants fix it).
+    similarity: ``cosine`` or ``dot`` (``ops.tree_aggregation.row_similarity``).
+    temperature: the attention temperature over children.
+    include_parent: a node attends to its own previous K too.
+    cross_temperature: the residual exchange's temperature (0: no exchange).
+    global_every: ``hierfavg``'s cloud period in rounds.
+    dp_noise_multiplier, dp_clip_norm, dp_delta: DP at the federation boundary (0: none).
+
+  Returns:
+    An ``Algorithm``: every client each round; personal models are B with the client's
+    start node's K (``fedavg``: one global model).
+  """
+  tree = FederationTree.from_paths(setup.client_paths)
+  parent_of, depth = tree.parent_of, tree.depth
+  num_nodes, dp = tree.num_nodes, dp_noise_multiplier > 0
+  start = start_nodes(tree, variant)
+  federations = np.flatnonzero(depth == 1)
+  internal = np.zeros(num_nodes, bool)
+  internal[tree.internal_nodes] = True
+  if variant == "fedavg":
+    key_layers = ()
+  elif variant in ("hierfavg", "federation_local"):
+    key_layers = ALL
+  train = setup.cohort_trainer(None, params_axis=0, context_axis=None)
+
+  def init(key):
+    backbone, keys = split_params(setup.init_params(key), key_layers)
+    return WorldState(
+      backbone,
+      tree_broadcast(keys, num_nodes),
+      jnp.zeros((), jnp.int32),
+      jnp.zeros(num_nodes, jnp.float32),
+      jnp.zeros((num_nodes, num_nodes), jnp.float32),
+    )
+
+  def aggregate_backbone(state, node_backbone, node_weight, key):
+    if not dp:
+      return tree_gather(tree_mean(node_backbone, node_weight, parent_of, depth)[0], 0)
+    per_federation, weight = tree_mean(node_backbone, node_weight, parent_of, depth, up_to=1)
+    present = weight[federations] > 0
+    updates = [
+      _clip(jax.tree.map(lambda f, b: f[node] - b, per_federation, state.backbone), dp_clip_norm)
+      for node in federations
+    ]
+    count = jnp.maximum(present.sum(), 1)
+    mean_update = jax.tree.map(
+      lambda *leaves: sum(jnp.where(p, u, 0.0) for p, u in zip(present, leaves)) / count, *updates
+    )
+    leaves, treedef = jax.tree.flatten(mean_update)
+    noise_keys = jax.random.split(jax.random.fold_in(key, AGGREGATION_STREAM), len(leaves))
+    stddev = dp_noise_multiplier * dp_clip_norm / len(federations)
+    noisy = [
+      leaf + stddev * jax.random.normal(k, leaf.shape, leaf.dtype)
+      for leaf, k in zip(leaves, noise_keys)
+    ]
+    return jax.tree.map(jnp.add, state.backbone, jax.tree.unflatten(treedef, noisy))
+
+  def aggregate_keys(state, node_keys, node_weight):
+    attention, exchange = state.attention, state.exchange
+    if variant == "worldlm":
+      node_keys, attention = tree_attention(
+        node_keys,
+        node_weight,
+        parent_of,
+        depth,
+        similarity=similarity,
+        temperature=temperature,
+        include_parent=include_parent,
+        up_to=1 if dp else 0,
+      )
+      if cross_temperature > 0 and not dp:
+        node_keys, exchange = residual_exchange(
+          node_keys,
+          parent_of,
+          depth,
+          internal & (depth >= 1),
+          similarity=similarity,
+          temperature=cross_temperature,
+        )
+    elif variant == "hierfavg":
+      node_keys, _ = tree_mean(node_keys, node_weight, parent_of, depth)
+      cloud = (state.round + 1) % global_every == 0
+      rows = jnp.asarray(internal)[:, None] & cloud
+      node_keys = jax.tree.map(
+        lambda leaf: jnp.where(rows.reshape((-1,) + (1,) * (leaf.ndim - 1)), leaf[0], leaf),
+        node_keys,
+      )
+    elif variant == "federation_local":
+      node_keys, _ = tree_mean(node_keys, node_weight, parent_of, depth, up_to=1)
+    return node_keys, attention, exchange
+
+  def round_fn(state, cohort, key):
+    ids = jnp.asarray(cohort.client_ids)
+    size = ids.shape[0]
+    params = merge_params(
+      tree_broadcast(state.backbone, size), tree_gather(state.keys, jnp.asarray(start)[ids])
+    )
+    trained, result = train(
+      params, cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort), None
+    )
+    client_backbone, client_keys = split_params(trained, key_layers)
+    leaves = jnp.asarray(tree.client_node)[ids]
+    tokens = cohort.num_examples.astype(jnp.float32)
+    node_weight = jnp.zeros(num_nodes, jnp.float32).at[leaves].set(tokens)
+    place = lambda stacked, rows: jax.tree.map(lambda s, r: s.at[leaves].set(r), stacked, rows)
+    backbone = state.backbone
+    if backbone:
+      node_backbone = place(tree_broadcast(state.backbone, num_nodes), client_backbone)
+      backbone = aggregate_backbone(state, node_backbone, node_weight, key)
+    node_keys, attention, exchange = aggregate_keys(
+      state, place(state.keys, client_keys), node_weight
+    )
+    metrics = {"train_loss": weighted_mean(result.mean_loss, tokens)}
+    return WorldState(backbone, node_keys, state.round + 1, attention, exchange), metrics
+
+  def personal_params(state):
+    nodes = jnp.asarray(start)
+    return merge_params(tree_broadcast(state.backbone, len(start)), tree_gather(state.keys, nodes))
+
+  privacy = None
+  if dp:
+    count = len(federations)
+    privacy = lambda rounds: {
+      "privacy_epsilon": accounting.epsilon(rounds, count, count, dp_noise_multiplier, dp_delta),
+      "privacy_epsilon_pld": accounting.epsilon(
+        rounds, count, count, dp_noise_multiplier, dp_delta, accountant="pld"
+      ),
+    }
+  backbone_shape, keys_shape = split_params(setup.params_shape, key_layers)
+  fedavg = variant == "fedavg"
+  return Algorithm(
+    init,
+    round_fn,
+    global_params=(lambda state: merge_params(state.backbone, {})) if fedavg else None,
+    personal_params=None if fedavg else personal_params,
+    download=(backbone_shape, keys_shape),
+    upload=(backbone_shape, {} if variant == "fedper" else keys_shape),
+    privacy=privacy,
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldLMConfig:
+  """WorldLM's options (``algorithm.worldlm``); the module docstring says what each does."""
+
+  variant: str = "worldlm"
+  key_layers: str = "block1"  # comma-separated path components
+  similarity: str = "cosine"
+  temperature: float = 0.05
+  include_parent: bool = True
+  cross_temperature: float = 0.05
+  global_every: int = 2
+  dp_noise_multiplier: float = 0.0
+  dp_clip_norm: float = 0.0
+  dp_delta: float = 1e-5
+
+  def __post_init__(self):
+    prefix = "algorithm.worldlm."
+    typed_fields(self, prefix)
+    one_of(prefix + "variant", self.variant, VARIANTS)
+    one_of(prefix + "similarity", self.similarity, SIMILARITIES)
+    require(self.temperature > 0, prefix + "temperature", "> 0", self.temperature)
+    require(
+      self.cross_temperature >= 0,
+      prefix + "cross_temperature",
+      ">= 0 (0: no exchange)",
+      self.cross_temperature,
+    )
+    require(self.global_every >= 1, prefix + "global_every", ">= 1", self.global_every)
+    require(
+      self.dp_noise_multiplier >= 0,
+      prefix + "dp_noise_multiplier",
+      ">= 0",
+      self.dp_noise_multiplier,
+    )
+    require(
+      self.dp_noise_multiplier == 0 or self.dp_clip_norm > 0,
+      prefix + "dp_clip_norm",
+      "> 0 when dp_noise_multiplier > 0",
+      self.dp_clip_norm,
+    )
+    require(0 < self.dp_delta < 1, prefix + "dp_delta", "in (0, 1)", self.dp_delta)
+
+
+def _check(setup: ClientSetup, options: WorldLMConfig, config) -> None:
+  """Refuse what WorldLM would silently ignore, naming the field."""
+  if setup.client_paths is None:
+    raise ValueError(
+      "algorithm.name='worldlm' needs a federation tree: data.partition='natural' on a source "
+      "whose clients are named by paths (data.source='text_world')"
+    )
+  if config.aggregation.rule != "mean" or config.aggregation.clip_norm > 0:
+    raise ValueError(
+      "algorithm.name='worldlm' aggregates along its tree: aggregation.rule must be 'mean' "
+      "and aggregation.clip_norm 0 (use algorithm.worldlm.dp_* for privacy)"
+    )
+  if config.privacy.noise_multiplier > 0:
+    raise ValueError(
+      "algorithm.name='worldlm' adds its DP at the federation boundary: set "
+      "algorithm.worldlm.dp_noise_multiplier instead of privacy.noise_multiplier"
+    )
+  if options.variant in ("worldlm", "fedper"):
+    backbone, keys = split_params(setup.params_shape, options.key_layers.split(","))
+    names = sorted({p for path in backbone | keys for p in path.split("/")[:-1]})
+    require(
+      bool(backbone) and bool(keys),
+      "algorithm.worldlm.key_layers",
+      f"path components that select some but not all parameters ({', '.join(names)})",
+      options.key_layers,
+    )
+
+
+def _build(setup, options: WorldLMConfig, config) -> Algorithm:
+  _check(setup, options, config)
+  fields = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+  return worldlm(setup, **{**fields, "key_layers": tuple(options.key_layers.split(","))})
+
+
+ENTRY = AlgorithmEntry(_build, WorldLMConfig, every_client_each_round=True)
