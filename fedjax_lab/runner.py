@@ -106,7 +106,7 @@ def evaluate(
       personal=personal,
       chunk_size=config.execution.chunk_size,
     )
-    metrics.update(client_metrics(sums, sequences=data.test_y.ndim > 2))
+    metrics.update(client_metrics(sums, data.test_y.ndim > 2, data.client_paths))
   if algorithm.client_clusters is not None and data.client_groups is not None:
     metrics["cluster_ari"] = float(
       adjusted_rand_score(data.client_groups, np.asarray(algorithm.client_clusters(state)))

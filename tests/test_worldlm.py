@@ -16,7 +16,7 @@ from dp_accounting import rdp
 from fedjax_lab.algorithms.worldlm import split_params
 from fedjax_lab.build import build_experiment
 from fedjax_lab.config import load_config
-from fedjax_lab.data import FederatedData, partition, text_world
+from fedjax_lab.data import FederatedData, text_world
 from fedjax_lab.data.tree import FederationTree
 from fedjax_lab.ops import tree_aggregation as ta
 from fedjax_lab.runner import run
@@ -218,11 +218,7 @@ def markov_world() -> FederatedData:
   dataset = text_world.text_world(
     _markov_documents(), sequence_length=32, min_client_bytes=100, clients_per_group=2
   )
-  clients = partition.natural(dataset.train_groups)
-  train, test = partition.train_test_split(clients, 0.2, seed=1)
-  federation = FederatedData.from_indices(dataset, train, test)
-  names = tuple(dataset.group_names[dataset.train_groups[i[0]]] for i in clients)
-  return FederatedData(**{**federation.__dict__, "client_paths": names})
+  return FederatedData.by_group(dataset, 0.2, seed=1)
 
 
 def _config(tmp_path, variant, *overrides):

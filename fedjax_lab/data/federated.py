@@ -11,6 +11,7 @@ import dataclasses
 
 import numpy as np
 
+from fedjax_lab.data import partition
 from fedjax_lab.data.sources import Dataset
 
 
@@ -71,6 +72,16 @@ class FederatedData:
       global_test_y=dataset.test_y,
       num_classes=dataset.num_classes,
     )
+
+  @classmethod
+  def by_group(cls, dataset: Dataset, test_fraction: float, seed: int) -> FederatedData:
+    """One client per natural group of ``dataset`` (``partition.natural``), named by its group
+    (``client_paths``), ``test_fraction`` of each client's examples held out as its own test
+    split."""
+    clients = partition.natural(dataset.train_groups)
+    train, test = partition.train_test_split(clients, test_fraction, seed)
+    names = tuple(dataset.group_names[dataset.train_groups[indices[0]]] for indices in clients)
+    return dataclasses.replace(cls.from_indices(dataset, train, test), client_paths=names)
 
   @property
   def num_clients(self) -> int:

@@ -106,10 +106,20 @@ def _code(directory: pathlib.Path, packages) -> list[tuple[str, str]]:
   return documents
 
 
+PACKAGE_LISTS = pathlib.Path("/var/lib/dpkg/info")
+
+
 def _prose(directory: pathlib.Path, languages) -> list[tuple[str, str]]:
+  """Manual pages per language: only those Debian's ``manpages-<language>`` installed, when its
+  file list is there (other packages add pages that differ from machine to machine)."""
   documents = []
   for language in languages:
-    for page in sorted((directory / language).glob("man*/*.gz")):
+    pages = sorted((directory / language).glob("man*/*.gz"))
+    listing = PACKAGE_LISTS / f"manpages-{language}.list"
+    if listing.is_file() and directory == pathlib.Path("/usr/share/man"):
+      packaged = set(listing.read_text().splitlines())
+      pages = [page for page in pages if str(page) in packaged]
+    for page in pages:
       try:
         roff = gzip.decompress(page.read_bytes()).decode("utf-8")
       except (OSError, UnicodeDecodeError):

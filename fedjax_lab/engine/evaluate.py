@@ -74,16 +74,24 @@ def client_test_sums(
   return np.asarray(_per_client_sums(apply_fn, params, x, y, num_examples, personal, chunk_size))
 
 
-def client_metrics(sums: np.ndarray, sequences: bool) -> dict[str, float]:
+def client_metrics(sums: np.ndarray, sequences: bool, client_paths=None) -> dict[str, float]:
   """From ``client_test_sums``: per-client accuracy summarized (``summarize_clients``) and the
   loss over all clients' test examples pooled, ``client_loss``; for next-token data also
-  ``client_perplexity = exp(client_loss)`` (per token: every example has the same length)."""
+  ``client_perplexity = exp(client_loss)`` (per token: every example has the same length) and,
+  given the clients' paths, ``client_perplexity/<federation>`` over the clients whose path
+  starts with that federation."""
   with np.errstate(invalid="ignore", divide="ignore"):
     accuracy = np.where(sums[:, 2] > 0, sums[:, 0] / sums[:, 2], np.nan)
   loss = float(sums[:, 1].sum() / max(sums[:, 2].sum(), 1))
   metrics = {**summarize_clients(accuracy), "client_loss": loss}
   if sequences:
     metrics["client_perplexity"] = float(np.exp(loss))
+    federations = [path.split("/")[0] for path in client_paths or ()]
+    for name in sorted(set(federations)):
+      part = sums[np.array(federations) == name]
+      metrics[f"client_perplexity/{name}"] = float(
+        np.exp(part[:, 1].sum() / max(part[:, 2].sum(), 1))
+      )
   return metrics
 
 
