@@ -1,6 +1,7 @@
 """The experiment scripts run end to end at a tiny size on offline digits."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -209,3 +210,40 @@ def test_privacy_reproduction_script(tmp_path):
 def test_privacy_readme_table_is_what_the_committed_results_give():
   reproduce, records = _committed("privacy")
   assert reproduce.summary_table(records) in (ROOT / "experiments/privacy/README.md").read_text()
+
+
+def _text_world_files(tmp_path) -> dict:
+  """Plays and translated manual pages made locally (the code federation is this Python's
+  standard library): the environment and overrides that point text_world at them."""
+  import gzip
+
+  plays = tmp_path / "plays"
+  plays.mkdir()
+  speech = "HAMLET.\nTo be, or not to be, that is the question.\n\n" * 100
+  (plays / "hamlet.txt").write_text(speech)
+  (plays / "tempest.txt").write_text(speech.replace("HAMLET", "ARIEL"))
+  for language in ("de", "fr", "es"):
+    (tmp_path / "man" / language / "man1").mkdir(parents=True)
+    page = f".TH LS 1\n.SH NAME\nls \\- {language} \\fBlist\\fR text, caf\\('e\n" * 200
+    (tmp_path / "man" / language / "man1" / "ls.1.gz").write_bytes(gzip.compress(page.encode()))
+  return {"FEDJAX_LAB_MAN_DIR": str(tmp_path / "man"), "source_dir": str(plays)}
+
+
+def test_worldlm_reproduction_script(tmp_path):
+  files = _text_world_files(tmp_path)
+  tiny = ["data.num_clients=14", "cohort_size=14", "rounds=2", "eval_every=1"]
+  overrides = [
+    arg for item in tiny + [f"data.source_dir={files['source_dir']}"] for arg in ("--set", item)
+  ]
+  command = [sys.executable, str(ROOT / "experiments/worldlm/reproduce.py"), *overrides]
+  command += ["--seeds", "0", "--parts", "main", "--only", "worldlm", "fedavg"]
+  command += ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+  env = {**os.environ, "FEDJAX_LAB_MAN_DIR": files["FEDJAX_LAB_MAN_DIR"]}
+  done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+  assert done.returncode == 0, done.stderr[-2000:]
+  records = [
+    json.loads(line) for line in (tmp_path / "out/per_seed.jsonl").read_text().splitlines()
+  ]
+  assert [r["method"] for r in records] == ["worldlm", "fedavg"]
+  assert all(r["perplexity/prose"] > 1 for r in records) and "baseline/WorldLM" in done.stdout
+  assert (tmp_path / "out/attention.png").exists()

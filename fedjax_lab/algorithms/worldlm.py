@@ -21,11 +21,12 @@ round, one jitted program, every client of every federation vmapped together:
    parent's K plus the mixed residual (``cross_temperature = 0``: no exchange);
 5. top-down: B is the root's; each client's next start is its sub-federation's K.
 
-Differential privacy at the federation boundary (``dp_noise_multiplier > 0``): each
-federation's (depth-1 node's) token-weighted B update is clipped to ``dp_clip_norm``, the
-root takes their uniform mean plus Gaussian noise of std ``z C / F`` (``F`` federations), and
-K does not cross federation boundaries (attention stops at the federations, no residual
-exchange). The spent (epsilon, ``dp_delta``) per round is logged by RDP and PLD accounting.
+Differential privacy at the federation boundary (``dp_clip_norm = C > 0``): each
+federation's (depth-1 node's) token-weighted B update is clipped to ``C``, the root takes
+their uniform mean plus Gaussian noise of std ``z C / F`` (``z = dp_noise_multiplier``, ``F``
+federations; ``z = 0``: clipping alone, the reference without noise), and K does not cross
+federation boundaries (attention stops at the federations, no residual exchange). With
+``z > 0`` the (epsilon, ``dp_delta``) spent is logged every round, by RDP and PLD accounting.
 
 ``variant`` picks the method; the baselines run the same round, data, model and budget:
 
@@ -138,7 +139,8 @@ def worldlm(
     include_parent: a node attends to its own previous K too.
     cross_temperature: the residual exchange's temperature (0: no exchange).
     global_every: ``hierfavg``'s cloud period in rounds.
-    dp_noise_multiplier, dp_clip_norm, dp_delta: DP at the federation boundary (0: none).
+    dp_noise_multiplier, dp_clip_norm, dp_delta: DP at the federation boundary (clip norm 0:
+      none; noise multiplier 0: clipping alone).
 
   Returns:
     An ``Algorithm``: every client each round; personal models are B with the client's
@@ -146,7 +148,7 @@ def worldlm(
   """
   tree = FederationTree.from_paths(setup.client_paths)
   parent_of, depth = tree.parent_of, tree.depth
-  num_nodes, dp = tree.num_nodes, dp_noise_multiplier > 0
+  num_nodes, dp = tree.num_nodes, dp_clip_norm > 0
   start = start_nodes(tree, variant)
   federations = np.flatnonzero(depth == 1)
   internal = np.zeros(num_nodes, bool)
@@ -252,7 +254,7 @@ def worldlm(
     return merge_params(tree_broadcast(state.backbone, len(start)), tree_gather(state.keys, nodes))
 
   privacy = None
-  if dp:
+  if dp_noise_multiplier > 0:
     count = len(federations)
     privacy = lambda rounds: {
       "privacy_epsilon": accounting.epsilon(rounds, count, count, dp_noise_multiplier, dp_delta),

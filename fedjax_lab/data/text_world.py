@@ -17,6 +17,7 @@ client (its UTF-8 bytes, at most ``max_client_bytes``, cut into windows), named 
 from __future__ import annotations
 
 import gzip
+import os
 import pathlib
 import re
 import sysconfig
@@ -106,6 +107,7 @@ def _code(directory: pathlib.Path, packages) -> list[tuple[str, str]]:
   return documents
 
 
+MAN_DIR = "/usr/share/man"
 PACKAGE_LISTS = pathlib.Path("/var/lib/dpkg/info")
 
 
@@ -116,7 +118,7 @@ def _prose(directory: pathlib.Path, languages) -> list[tuple[str, str]]:
   for language in languages:
     pages = sorted((directory / language).glob("man*/*.gz"))
     listing = PACKAGE_LISTS / f"manpages-{language}.list"
-    if listing.is_file() and directory == pathlib.Path("/usr/share/man"):
+    if listing.is_file() and directory == pathlib.Path(MAN_DIR):
       packaged = set(listing.read_text().splitlines())
       pages = [page for page in pages if str(page) in packaged]
     for page in pages:
@@ -131,14 +133,16 @@ def _prose(directory: pathlib.Path, languages) -> list[tuple[str, str]]:
 
 def world_documents(
   shakespeare_dir: str = "data/shakespeare",
-  man_dir: str = "/usr/share/man",
+  man_dir: str | None = None,
   stdlib_dir: str | None = None,
   *,
   code_packages=CODE_PACKAGES,
   languages=LANGUAGES,
 ) -> list[tuple[str, str]]:
-  """``(path, text)`` of every document of the three federations (module docstring). Raises
-  ``FileNotFoundError`` naming what is missing and how to install it."""
+  """``(path, text)`` of every document of the three federations (module docstring); the
+  manual pages come from ``man_dir``, else ``$FEDJAX_LAB_MAN_DIR``, else ``/usr/share/man``.
+  Raises ``FileNotFoundError`` naming what is missing and how to install it."""
+  man_dir = man_dir or os.environ.get("FEDJAX_LAB_MAN_DIR", MAN_DIR)
   stdlib = pathlib.Path(stdlib_dir or sysconfig.get_paths()["stdlib"])
   parts = {
     "drama": (_drama(pathlib.Path(shakespeare_dir)), f"plays in {shakespeare_dir} (`make data`)"),
