@@ -125,6 +125,12 @@ def attention_weights(config, data) -> dict:
   }
 
 
+def plot_world(data, path: pathlib.Path) -> None:
+  """The federation tree of one seed's documents, with clients and training tokens per node."""
+  tokens = data.train_num_examples * data.train_x.shape[-1]
+  FederationTree.from_paths(data.client_paths).plot(path, tokens_per_client=tokens)
+
+
 def run_one(part, name, seed, config, data, records: list, results: pathlib.Path) -> None:
   """Run (or read back) one config; append its record and rewrite ``per_seed.jsonl``."""
   metrics, _ = grid.run_or_load(config, data)
@@ -153,6 +159,7 @@ def run_all(args, results: pathlib.Path) -> None:
           continue
         if seed not in federations:
           federations[seed] = build_federation(config.data)
+          plot_world(federations[seed], results / f"tree_seed{seed}.png")
         run_one(part, name, seed, config, federations[seed], records, results)
   env = {
     "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),

@@ -113,26 +113,28 @@ class FederationTree:
       children = np.flatnonzero(self.parent_of == v)
       if len(children):
         x[v] = x[children].mean()
-    fig, ax = plt.subplots(figsize=(max(8, 0.55 * len(leaves)), 1.6 * (depth.max() + 1)))
+    leaf_set = set(leaves)
+    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(leaves)), 1.8 * (depth.max() + 1)))
     for v in range(1, self.num_nodes):
       p = self.parent_of[v]
       ax.plot([x[p], x[v]], [-depth[p], -depth[v]], color="0.7", lw=0.8, zorder=1)
     for v in range(self.num_nodes):
-      label = self.names[v].split("/")[-1][:14]
-      label += f"\n{clients[v]} cl." if v not in leaves else ""
+      label = self.names[v].split("/")[-1][:16]
+      label += "" if v in leaf_set else f"\n{clients[v]} clients"
       if tokens_per_client is not None:
-        label += f"\n{tokens[v] / 1000:.0f}k tok"
+        label += f"{' ' if v in leaf_set else chr(10)}{tokens[v] / 1000:.0f}k tok"
       ax.text(
         x[v],
         -depth[v],
         label,
         ha="center",
-        va="center",
+        va="top" if v in leaf_set else "center",
+        rotation=90 if v in leaf_set else 0,
         fontsize=6,
         zorder=2,
         bbox=dict(boxstyle="round", fc="white", ec="0.5", lw=0.5),
       )
+    ax.set_ylim(-depth.max() - 1.6, 0.4)
     ax.set_axis_off()
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
