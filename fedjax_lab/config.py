@@ -46,6 +46,9 @@ class DataConfig:
   max_client_examples: int = 0  # > 0: keep each client's first examples (dataset order)
   latent_groups: int = 0  # > 0: clients in this many groups, shifted by group_shift
   group_shift: str = "label_permutation"  # label_permutation | rotation (data/groups.py)
+  text_spec: str = ""  # tfds_text: the JSON file of groups and their TFDS datasets
+  sequence_length: int = 64  # tfds_text: bytes per window
+  max_client_bytes: int = 32768  # tfds_text: each client's bytes are cut here
   seed: int = 0
 
   def __post_init__(self):
@@ -56,6 +59,19 @@ class DataConfig:
     )
     require(known, "data.source", "one of " + ", ".join(SOURCES), self.source)
     require(self.num_clients >= 1, "data.num_clients", ">= 1", self.num_clients)
+    require(
+      self.source != "tfds_text" or bool(self.text_spec),
+      "data.text_spec",
+      "a JSON file of groups and TFDS datasets with data.source='tfds_text'",
+      self.text_spec,
+    )
+    require(self.sequence_length >= 1, "data.sequence_length", ">= 1", self.sequence_length)
+    require(
+      self.max_client_bytes > self.sequence_length,
+      "data.max_client_bytes",
+      "> data.sequence_length",
+      self.max_client_bytes,
+    )
     one_of("data.partition", self.partition, PARTITIONERS.names())
     require(self.alpha > 0 and math.isfinite(self.alpha), "data.alpha", "> 0", self.alpha)
     require(self.min_examples >= 1, "data.min_examples", ">= 1", self.min_examples)

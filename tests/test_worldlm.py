@@ -5,6 +5,7 @@ DP at the federation boundary) and the method's effect on a federation of distin
 from __future__ import annotations
 
 import gzip
+import pathlib
 
 import dp_accounting
 import jax
@@ -20,6 +21,8 @@ from fedjax_lab.data import FederatedData, text_world
 from fedjax_lab.data.tree import FederationTree
 from fedjax_lab.ops import tree_aggregation as ta
 from fedjax_lab.runner import run
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 PATHS = ["a/x/1", "a/x/2", "a/y/3", "b/z/4", "b/z/5", "b/w/6", "b/w/7", "c/v/8"]
 
@@ -320,3 +323,37 @@ def test_worldlm_refuses_what_it_would_ignore(markov_world, tmp_path):
   digits = load_config(None, ["algorithm.name=worldlm", "cohort_size=20"])
   with pytest.raises(ValueError, match="needs a federation tree"):
     build_experiment(digits)
+
+
+def test_tfds_text_world_reads_groups_of_records_from_a_spec(tmp_path):
+  import json
+
+  import tensorflow_datasets as tfds
+
+  spec = tmp_path / "world.json"
+  groups = {"news/en": "lm1b:train", "reviews/en": "imdb_reviews:test"}
+  spec.write_text(json.dumps({"groups": groups, "clients_per_group": 2, "records_per_client": 3}))
+  with tfds.testing.mock_data(num_examples=10):
+    documents = text_world.tfds_documents(str(spec))
+  assert [p for p, _ in documents] == ["news/en/0", "news/en/1", "reviews/en/0", "reviews/en/1"]
+  assert all(isinstance(text, str) and text for _, text in documents)
+  spec.write_text(
+    json.dumps(
+      {"groups": {"x/y": "no_such_dataset"}, "records_per_client": 1, "clients_per_group": 1}
+    )
+  )
+  with pytest.raises(FileNotFoundError, match="no_such_dataset"):
+    text_world.tfds_documents(str(spec), str(tmp_path))
+
+
+@pytest.mark.parametrize(
+  "path", sorted((ROOT / "experiments/worldlm/paper_scale").glob("*_[0-9]*m.json")), ids=str
+)
+def test_paper_scale_configs_are_valid(path):
+  import json
+
+  config = load_config(str(path))
+  spec = json.loads((ROOT / config.data.text_spec).read_text())
+  groups = {group.rsplit("/", 1)[0] for group in spec["groups"]}
+  assert config.data.num_clients == len(spec["groups"]) * spec["clients_per_group"]
+  assert len(groups) >= 3 and config.model.name.startswith("transformer_lm_")

@@ -99,6 +99,15 @@ SOURCES.register(
     text_world.world_documents(data.source_dir or "data/shakespeare"), seed=data.seed
   ),
 )
+SOURCES.register(  # paper scale: a world of TFDS text datasets (data.text_spec, a JSON file)
+  "tfds_text",
+  lambda data: text_world.text_world(
+    text_world.tfds_documents(data.text_spec, data.source_dir or None),
+    sequence_length=data.sequence_length,
+    max_client_bytes=data.max_client_bytes,
+    seed=data.seed,
+  ),
+)
 for _name in sources.TFDS_DATASETS:
   SOURCES.register(f"tfds:{_name}", _tfds)
 

@@ -10,6 +10,9 @@ installs or every machine has:
 - ``prose/<language>/<page>``: translated manual pages (Debian's ``manpages-de``, ``-fr``,
   ``-es`` under ``/usr/share/man/<language>``), roff markup stripped.
 
+``tfds_documents`` makes the same kind of world from TFDS text datasets at paper scale
+(``c4/multilingual`` by language, ``wiki40b/<language>``...), as a JSON spec file says.
+
 ``text_world`` turns ``(path, text)`` documents into a ``Dataset``: each document is one
 client (its UTF-8 bytes, at most ``max_client_bytes``, cut into windows), named by its path.
 """
@@ -17,6 +20,8 @@ client (its UTF-8 bytes, at most ``max_client_bytes``, cut into windows), named 
 from __future__ import annotations
 
 import gzip
+import itertools
+import json
 import os
 import pathlib
 import re
@@ -157,6 +162,42 @@ def world_documents(
   if missing:
     raise FileNotFoundError(f"data.source='text_world' found no {'; no '.join(missing)}")
   return [document for documents, _ in parts.values() for document in documents]
+
+
+def tfds_documents(spec_path: str, data_dir: str | None = None) -> list[tuple[str, str]]:
+  """Documents from TFDS text datasets, as the JSON file ``spec_path`` says::
+
+    {"groups": {"web/de": "c4/multilingual:de", "science/arxiv":
+                "scientific_papers/arxiv:train#article", ...},
+     "clients_per_group": 8, "records_per_client": 2000}
+
+  Each group (a sub-federation: its path) reads its ``name:split#feature`` (split ``train``
+  and feature ``text`` by default) through ``tfds.data_source`` from ``data_dir``; client ``k`` of the group, ``<path>/<k>``, is
+  ``records_per_client`` consecutive records joined by blank lines. The datasets must be
+  prepared beforehand (``tfds build``); a missing one is named with how to prepare it."""
+  import tensorflow_datasets as tfds
+
+  spec = json.loads(pathlib.Path(spec_path).read_text())
+  per_client = int(spec["records_per_client"])
+  documents = []
+  for path, source in spec["groups"].items():
+    source, _, feature = source.partition("#")
+    name, _, split = source.partition(":")
+    feature = feature or "text"
+    try:
+      records = tfds.data_source(name, split=split or "train", data_dir=data_dir, download=False)
+    except Exception as error:  # tfds reports a missing preparation in several ways
+      raise FileNotFoundError(
+        f"{spec_path}: TFDS dataset {name!r} (split {split or 'train'!r}) is not prepared in "
+        f"{data_dir or 'the default data folder'} ({type(error).__name__}); prepare it where "
+        f"it can be downloaded (`tfds build {name}`) and set data.source_dir"
+      ) from error
+    total = min(len(records), per_client * int(spec["clients_per_group"]))
+    for k, start in enumerate(range(0, total - per_client + 1, per_client)):
+      texts = (records[i][feature] for i in range(start, start + per_client))
+      decoded = (t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in texts)
+      documents.append((f"{path}/{k}", "\n\n".join(itertools.islice(decoded, per_client))))
+  return documents
 
 
 def text_world(

@@ -74,6 +74,20 @@ MODELS.register(
 )
 MODELS.register("char_lstm", ModelEntry(CharLSTM, has_conv=False))
 MODELS.register("transformer_lm", ModelEntry(TransformerLM, has_conv=False))
+MODELS.register(  # WorldLM's paper scale, byte vocabulary: 86M and 384M parameters
+  "transformer_lm_125m",
+  ModelEntry(
+    lambda n: TransformerLM(n, width=768, num_layers=12, num_heads=12, max_length=512),
+    has_conv=False,
+  ),
+)
+MODELS.register(
+  "transformer_lm_400m",
+  ModelEntry(
+    lambda n: TransformerLM(n, width=1152, num_layers=24, num_heads=18, max_length=512),
+    has_conv=False,
+  ),
+)
 MODELS.register(
   "byte_lm",  # the CPU-scale WorldLM model: 46k parameters, byte windows up to 128
   ModelEntry(lambda n: TransformerLM(n, width=32, num_heads=2, max_length=128), has_conv=False),
