@@ -20,6 +20,7 @@ from fedjax_lab.models import MODELS, Model, build_model
 from fedjax_lab.ops.aggregators import (
   AGGREGATORS,
   Aggregator,
+  adaptive_clip_mean,
   chain,
   clip_update_norm,
   gaussian_noise,
@@ -110,18 +111,35 @@ def client_optimizer(name: str, learning_rate: float, momentum: float, weight_de
 
 def build_aggregator(config: ExperimentConfig) -> Aggregator:
   """The ``aggregation.rule``, after per-client update clipping if ``clip_norm > 0``, then
-  central Gaussian noise if ``privacy.noise_multiplier > 0`` (std ``z C / cohort_size``); fed
-  a poisoned cohort when ``attack`` is a model-poisoning attack."""
+  central Gaussian noise if ``privacy.noise_multiplier > 0`` (std ``z C / cohort_size``), or,
+  with ``clip_quantile > 0``, the adaptively clipped (noisy) mean; fed a poisoned cohort when
+  ``attack`` is a model-poisoning attack."""
   aggregation, privacy = config.aggregation, config.privacy
+  if aggregation.clip_quantile > 0:
+    return _attacked(
+      config,
+      adaptive_clip_mean(
+        aggregation.clip_norm,
+        aggregation.clip_quantile,
+        aggregation.clip_learning_rate,
+        privacy.noise_multiplier,
+        aggregation.clip_count_stddev or config.cohort_size / 20,
+      ),
+    )
   parts = [AGGREGATORS.get(aggregation.rule)(aggregation)]
   if aggregation.clip_norm > 0:
     parts.insert(0, clip_update_norm(aggregation.clip_norm))
   if privacy.noise_multiplier > 0:
     stddev = privacy.noise_multiplier * aggregation.clip_norm / config.cohort_size
     parts.append(gaussian_noise(stddev))
-  aggregator = parts[0] if len(parts) == 1 else chain(*parts)
+  return _attacked(config, parts[0] if len(parts) == 1 else chain(*parts))
+
+
+def _attacked(config: ExperimentConfig, aggregator: Aggregator) -> Aggregator:
+  """``aggregator`` fed a poisoned cohort when ``attack`` is a model-poisoning attack (the
+  attacker acts before any clipping)."""
   attack = config.attack
-  if attack.kind in ATTACKS and attack.fraction > 0:  # the attacker acts before any clipping
+  if attack.kind in ATTACKS and attack.fraction > 0:
     return under_attack(aggregator, attack.kind, attack.fraction, attack.strength)
   return aggregator
 

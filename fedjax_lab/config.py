@@ -219,7 +219,9 @@ class AggregationConfig:
   of krum / multi_krum), ``krum_selected`` (multi_krum), ``iterations`` (geometric_median,
   centered_clip), ``clip_radius`` (centered_clip); ``secure_mean``'s fixed-point
   ``secure_scale_bits`` and the fraction ``secure_dropout`` of each cohort that drops after
-  masking."""
+  masking. ``clip_quantile > 0``: adaptive clipping (``ops.aggregators.adaptive_clip_mean``),
+  ``clip_norm`` its initial norm, ``clip_learning_rate`` its step, ``clip_count_stddev`` the
+  noise on its count under DP."""
 
   rule: str = "mean"
   clip_norm: float = 0.0
@@ -230,9 +232,27 @@ class AggregationConfig:
   clip_radius: float = 1.0
   secure_scale_bits: int = 16
   secure_dropout: float = 0.0
+  clip_quantile: float = 0.0  # > 0: adaptive clipping to this quantile of update norms
+  clip_learning_rate: float = 0.2  # adaptive clipping's geometric step
+  clip_count_stddev: float = 0.0  # noise std on the unclipped count (0: cohort_size / 20)
 
   def __post_init__(self):
     typed_fields(self, "aggregation.")
+    require(
+      0 <= self.clip_quantile < 1,
+      "aggregation.clip_quantile",
+      "in [0, 1) (0: a fixed clip norm)",
+      self.clip_quantile,
+    )
+    require(
+      self.clip_learning_rate > 0, "aggregation.clip_learning_rate", "> 0", self.clip_learning_rate
+    )
+    require(
+      self.clip_count_stddev >= 0,
+      "aggregation.clip_count_stddev",
+      ">= 0 (0: cohort_size / 20)",
+      self.clip_count_stddev,
+    )
     one_of("aggregation.rule", self.rule, AGGREGATORS.names())
     require(self.clip_norm >= 0, "aggregation.clip_norm", ">= 0 (0: no clipping)", self.clip_norm)
     require(
@@ -384,6 +404,14 @@ class ExperimentConfig:
         f"<= cohort_size={cohort}",
         self.aggregation.krum_selected,
       )
+    if self.aggregation.clip_quantile > 0:
+      require(
+        self.aggregation.clip_norm > 0,
+        "aggregation.clip_norm",
+        "> 0 with aggregation.clip_quantile > 0 (the initial clip norm)",
+        self.aggregation.clip_norm,
+      )
+      require(rule == "mean", "aggregation.rule", "mean with aggregation.clip_quantile > 0", rule)
     if self.privacy.noise_multiplier > 0:
       require(
         self.aggregation.clip_norm > 0,

@@ -13,7 +13,7 @@ import pytest
 from dp_accounting import rdp
 
 from fedjax_lab.config import load_config
-from fedjax_lab.ops import accounting, robust
+from fedjax_lab.ops import accounting, aggregators, robust
 from fedjax_lab.ops.aggregators import (
   AGGREGATORS,
   centered_clip,
@@ -250,3 +250,43 @@ def test_secure_mean_equals_the_plain_mean_and_counts_its_bytes(tmp_path):
   assert (
     abs(rows["secure_mean"][-1]["global_accuracy"] - rows["mean"][-1]["global_accuracy"]) < 0.02
   )
+
+
+def test_adaptive_clipping_tracks_the_target_quantile_of_update_norms():
+  norms = jnp.arange(1.0, 11.0)  # ten clients, update norms 1..10
+  direction = jnp.zeros((10, 4)).at[:, 0].set(1.0)
+  contributions = {"w": direction * norms[:, None]}
+  reference = {"w": jnp.zeros(4)}
+  rule = aggregators.adaptive_clip_mean(0.5, target_quantile=0.5, learning_rate=0.2)
+  state = rule.init(reference)
+  for step in range(200):
+    value, state = rule.aggregate(
+      contributions, jnp.ones(10), reference, state, jax.random.key(step)
+    )
+  assert 5.0 <= float(state) < 6.0  # half of the norms at or below it
+  expected = jnp.minimum(norms, state).mean()
+  np.testing.assert_allclose(value["w"][0], expected, rtol=1e-5)
+
+
+def test_adaptive_clipping_noise_leaves_the_update_its_share():
+  z, sigma_b, clip = 1.0, 2.0, 0.5
+  rule = aggregators.adaptive_clip_mean(clip, 0.5, 0.2, noise_multiplier=z, count_stddev=sigma_b)
+  contributions = {"w": jnp.full((10, 20000), 1e-4)}  # all unclipped
+  reference = {"w": jnp.zeros(20000)}
+  value, new_norm = rule.aggregate(
+    contributions, jnp.ones(10), reference, rule.init(reference), jax.random.key(0)
+  )
+  z_update = (z**-2 - (2 * sigma_b) ** -2) ** -0.5
+  assert float(jnp.std(value["w"])) == pytest.approx(z_update * clip / 10, rel=0.03)
+  assert float(new_norm) != clip
+  with pytest.raises(ValueError, match="clip_count_stddev must be > privacy.noise_multiplier / 2"):
+    aggregators.adaptive_clip_mean(1.0, 0.5, 0.2, noise_multiplier=2.0, count_stddev=0.9)
+
+
+def test_adaptive_clipping_needs_an_initial_norm_and_the_mean():
+  with pytest.raises(ValueError, match="aggregation.clip_norm must be > 0 with"):
+    load_config(None, ["aggregation.clip_quantile=0.5"])
+  with pytest.raises(ValueError, match="aggregation.rule must be mean with"):
+    load_config(
+      None, ["aggregation.clip_quantile=0.5", "aggregation.clip_norm=1", "aggregation.rule=median"]
+    )

@@ -195,6 +195,7 @@ def main_table(records) -> str:
     for federation in FEDERATIONS:
       row[federation] = _cell([r[f"perplexity/{federation}"] for r in runs])
     row["all"] = _cell([r["perplexity"] for r in runs]) + f" (n={len(runs)})"
+    row["bits/byte"] = f"{np.mean([np.log2(r['perplexity']) for r in runs]):.3f}"
     row["flat: change last 50"] = f"{np.mean([r.get('change_last_50', np.nan) for r in runs]):+.1%}"
     if method != "worldlm":
       other = np.array([r["perplexity"] for r in runs])

@@ -172,8 +172,9 @@ def tfds_documents(spec_path: str, data_dir: str | None = None) -> list[tuple[st
      "clients_per_group": 8, "records_per_client": 2000}
 
   Each group (a sub-federation: its path) reads its ``name:split#feature`` (split ``train``
-  and feature ``text`` by default) through ``tfds.data_source`` from ``data_dir``; client ``k`` of the group, ``<path>/<k>``, is
-  ``records_per_client`` consecutive records joined by blank lines. The datasets must be
+  and feature ``text`` by default) through ``tfds.data_source`` from ``data_dir``; client
+  ``k`` of the group, ``<path>/<k>``, is ``records_per_client`` consecutive records joined by
+  blank lines. The datasets must be
   prepared beforehand (``tfds build``); a missing one is named with how to prepare it."""
   import tensorflow_datasets as tfds
 
