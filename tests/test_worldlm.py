@@ -136,23 +136,17 @@ def test_residual_exchange_keeps_distinct_nodes_and_mixes_similar_ones():
   values[z] = [0, 0, 0, 1]
   rows = np.zeros(tree.num_nodes, bool)
   rows[[x, y, z]] = True
-  cold, _ = ta.residual_exchange(
+  exchange = lambda temperature: ta.residual_exchange(
     {"k": jnp.asarray(values)},
     tree.parent_of,
     tree.depth,
     rows,
     similarity="cosine",
-    temperature=1e-4,
+    temperature=temperature,
   )
+  cold, _ = exchange(1e-4)
   np.testing.assert_allclose(cold["k"], values, atol=1e-5)  # T -> 0 changes nothing
-  warm, mixing = ta.residual_exchange(
-    {"k": jnp.asarray(values)},
-    tree.parent_of,
-    tree.depth,
-    rows,
-    similarity="cosine",
-    temperature=0.5,
-  )
+  warm, mixing = exchange(0.5)
   assert mixing[x, y] > mixing[x, z] and np.allclose(np.asarray(mixing)[[x, y, z]].sum(1), 1)
   assert np.linalg.norm(warm["k"][x] - values[y]) < np.linalg.norm(values[x] - values[y])
 

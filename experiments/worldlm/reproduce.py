@@ -175,6 +175,12 @@ def _by(records, part):
   return {(r["method"], r["seed"]): r for r in records if r["part"] == part}
 
 
+def _paired(a, b) -> str:
+  """``a - b`` paired by seed: mean, 95% t-interval and the verdict."""
+  diff = paired_difference(np.asarray(a), np.asarray(b))
+  return f"{diff['mean']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}] {diff['verdict']}"
+
+
 def _cell(values) -> str:
   d = describe(values)
   return f"{d['mean']:.2f} ± {d['std']:.2f}"
@@ -200,12 +206,9 @@ def main_table(records) -> str:
     if method != "worldlm":
       other = np.array([r["perplexity"] for r in runs])
       ratio = describe(other / world)
-      diff = paired_difference(world, other)
       row["baseline/WorldLM"] = f"{ratio['mean']:.3f}x ± {ratio['std']:.3f}"
       row["paper"] = f"{PAPER_RATIOS[method]}x" if method in PAPER_RATIOS else "-"
-      row["WorldLM - baseline (95% CI)"] = (
-        f"{diff['mean']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}] {diff['verdict']}"
-      )
+      row["WorldLM - baseline (95% CI)"] = _paired(world, other)
     rows.append(row)
   return format_table(rows, list(dict.fromkeys(k for row in rows for k in row)))
 
@@ -256,12 +259,8 @@ def keys_table(records) -> str:
       row[federation] = _cell([r[f"perplexity/{federation}"] for r in runs])
     row["all"] = _cell([r["perplexity"] for r in runs]) + f" (n={len(runs)})"
     if layers is not None and all(("worldlm", s) in main for s in seeds):
-      diff = paired_difference(
-        np.array([r["perplexity"] for r in runs]),
-        np.array([main[("worldlm", s)]["perplexity"] for s in seeds]),
-      )
-      row["minus last_block (95% CI)"] = (
-        f"{diff['mean']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}] {diff['verdict']}"
+      row["minus last_block (95% CI)"] = _paired(
+        [r["perplexity"] for r in runs], [main[("worldlm", s)]["perplexity"] for s in seeds]
       )
     rows.append(row)
   return format_table(rows, list(dict.fromkeys(k for row in rows for k in row)))
