@@ -22,8 +22,10 @@ from fedjax_lab.ops.aggregators import (
   Aggregator,
   adaptive_clip_mean,
   chain,
+  clip_layer_norms,
   clip_update_norm,
   gaussian_noise,
+  local_gaussian_noise,
   under_attack,
 )
 from fedjax_lab.ops.attacks import ATTACKS
@@ -110,7 +112,8 @@ def client_optimizer(name: str, learning_rate: float, momentum: float, weight_de
 
 
 def build_aggregator(config: ExperimentConfig) -> Aggregator:
-  """The ``aggregation.rule``, after per-client update clipping if ``clip_norm > 0``, then
+  """The ``aggregation.rule``, after per-client update clipping if ``clip_norm > 0`` (per layer
+  with ``clip_per_layer``) and local noise if ``privacy.local_noise_multiplier > 0``, then
   central Gaussian noise if ``privacy.noise_multiplier > 0`` (std ``z C / cohort_size``), or,
   with ``clip_quantile > 0``, the adaptively clipped (noisy) mean; fed a poisoned cohort when
   ``attack`` is a model-poisoning attack."""
@@ -126,9 +129,11 @@ def build_aggregator(config: ExperimentConfig) -> Aggregator:
         aggregation.clip_count_stddev or config.cohort_size / 20,
       ),
     )
-  parts = [AGGREGATORS.get(aggregation.rule)(aggregation)]
-  if aggregation.clip_norm > 0:
-    parts.insert(0, clip_update_norm(aggregation.clip_norm))
+  clip, parts = aggregation.clip_norm, [AGGREGATORS.get(aggregation.rule)(aggregation)]
+  if privacy.local_noise_multiplier > 0:
+    parts.insert(0, local_gaussian_noise(privacy.local_noise_multiplier * clip))
+  if clip > 0:
+    parts.insert(0, (clip_layer_norms if aggregation.clip_per_layer else clip_update_norm)(clip))
   if privacy.noise_multiplier > 0:
     stddev = privacy.noise_multiplier * aggregation.clip_norm / config.cohort_size
     parts.append(gaussian_noise(stddev))

@@ -232,6 +232,7 @@ class AggregationConfig:
   clip_radius: float = 1.0
   secure_scale_bits: int = 16
   secure_dropout: float = 0.0
+  clip_per_layer: bool = False  # each layer group clipped to clip_norm / sqrt(groups)
   clip_quantile: float = 0.0  # > 0: adaptive clipping to this quantile of update norms
   clip_learning_rate: float = 0.2  # adaptive clipping's geometric step
   clip_count_stddev: float = 0.0  # noise std on the unclipped count (0: cohort_size / 20)
@@ -299,14 +300,24 @@ class PrivacyConfig:
   """Central differential privacy (DP-FedAvg, McMahan et al. 2018): each client's update is
   clipped to ``aggregation.clip_norm`` and Gaussian noise of std ``noise_multiplier *
   clip_norm / cohort_size`` is added to the uniform mean. The (epsilon, ``delta``) spent is
-  logged each round as ``privacy_epsilon`` (``ops/accounting.py``). 0 turns it off."""
+  logged each round as ``privacy_epsilon`` (``ops/accounting.py``). 0 turns it off.
+  ``local_noise_multiplier > 0``: local DP, each client adds noise of std ``z_local *
+  clip_norm`` to its clipped update itself; ``local_privacy_epsilon`` is one client's
+  epsilon after taking part in every round so far (no amplification by sampling)."""
 
   noise_multiplier: float = 0.0
   delta: float = 1e-5
+  local_noise_multiplier: float = 0.0  # > 0: local DP, each client adds N(0, (z C)^2)
 
   def __post_init__(self):
     typed_fields(self, "privacy.")
     require(self.noise_multiplier >= 0, "privacy.noise_multiplier", ">= 0", self.noise_multiplier)
+    require(
+      self.local_noise_multiplier >= 0,
+      "privacy.local_noise_multiplier",
+      ">= 0",
+      self.local_noise_multiplier,
+    )
     require(0 < self.delta < 1, "privacy.delta", "in (0, 1)", self.delta)
 
 
@@ -412,6 +423,13 @@ class ExperimentConfig:
         self.aggregation.clip_norm,
       )
       require(rule == "mean", "aggregation.rule", "mean with aggregation.clip_quantile > 0", rule)
+    if self.privacy.local_noise_multiplier > 0 or self.aggregation.clip_per_layer:
+      require(
+        self.aggregation.clip_norm > 0,
+        "aggregation.clip_norm",
+        "> 0 with privacy.local_noise_multiplier > 0 or aggregation.clip_per_layer",
+        self.aggregation.clip_norm,
+      )
     if self.privacy.noise_multiplier > 0:
       require(
         self.aggregation.clip_norm > 0,

@@ -276,6 +276,10 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
           f"round {round_index + 1}: {what}; stopped without saving this state ({kept}). "
           f"{_divergence_hint(config).capitalize()}"
         )
+      if config.privacy.local_noise_multiplier > 0:  # one client, in every round so far
+        round_metrics["local_privacy_epsilon"] = accounting.epsilon(
+          round_index + 1, 1, 1, config.privacy.local_noise_multiplier, config.privacy.delta
+        )
       if algorithm.privacy is not None:
         round_metrics.update(algorithm.privacy(round_index + 1))
       elif config.privacy.noise_multiplier > 0:

@@ -290,3 +290,36 @@ def test_adaptive_clipping_needs_an_initial_norm_and_the_mean():
     load_config(
       None, ["aggregation.clip_quantile=0.5", "aggregation.clip_norm=1", "aggregation.rule=median"]
     )
+
+
+def test_per_layer_clipping_bounds_each_layer_and_the_whole_update():
+  reference = {"a": jnp.zeros(3), "b": jnp.zeros(5)}
+  update = {"a": jnp.array([3.0, 4.0, 0.0]), "b": jnp.full(5, 0.01)}  # a is large, b small
+  clipped = aggregators.clip_layer_norms(1.0).apply(update, reference, (), jax.random.key(0))
+  assert float(jnp.linalg.norm(clipped["a"])) == pytest.approx(2**-0.5, rel=1e-5)
+  np.testing.assert_allclose(clipped["b"], update["b"])  # under its share: untouched
+  whole = aggregators.clip_update_norm(1.0).apply(update, reference, (), jax.random.key(0))
+  assert float(jnp.linalg.norm(whole["b"])) < 0.01 * 5**0.5  # whole-model clipping shrinks b
+
+
+def test_local_noise_is_added_by_each_client_before_the_mean():
+  from fedjax_lab.build import build_aggregator
+
+  config = load_config(
+    None,
+    [
+      "aggregation.clip_norm=0.5",
+      "privacy.local_noise_multiplier=2",
+      "cohort_size=16",
+      "aggregation.clip_per_layer=true",
+    ],
+  )
+  rule = build_aggregator(config)
+  contributions = {"w": jnp.full((16, 40000), 1e-4)}
+  reference = {"w": jnp.zeros(40000)}
+  value, _ = rule.aggregate(
+    contributions, jnp.ones(16), reference, rule.init(reference), jax.random.key(3)
+  )
+  assert float(jnp.std(value["w"])) == pytest.approx(2 * 0.5 / 16**0.5, rel=0.03)
+  with pytest.raises(ValueError, match="clip_norm must be > 0 with privacy.local_noise"):
+    load_config(None, ["privacy.local_noise_multiplier=1"])

@@ -139,6 +139,57 @@ def clip_update_norm(max_norm: float) -> ClientTransform:
   return ClientTransform(_no_state, apply)
 
 
+def clip_layer_norms(max_norm: float) -> ClientTransform:
+  """Per-layer clipping (McMahan et al. 2018): each top-level subtree ``l`` of the update (one
+  of ``L`` layer groups) is clipped to ``max_norm / sqrt(L)``, so the whole update's norm stays
+  at most ``max_norm`` (the same sensitivity as ``clip_update_norm``) while a layer with large
+  updates no longer shrinks the others.
+
+  Args:
+    max_norm: the bound on the whole update's norm, > 0.
+
+  Returns:
+    A ``ClientTransform`` (stateless); contributions must be dicts of layer groups.
+  """
+  whole = clip_update_norm(max_norm)
+
+  def apply(contribution, reference, state, key):
+    groups = list(contribution)
+    layer_clip = clip_update_norm(max_norm / len(groups) ** 0.5)
+    return {
+      name: layer_clip.apply(
+        contribution[name], None if reference is None else reference[name], state, key
+      )
+      for name in groups
+    }
+
+  return ClientTransform(whole.init, apply)
+
+
+def local_gaussian_noise(stddev: float) -> ClientTransform:
+  """Local DP: each client adds ``N(0, stddev^2)`` to every coordinate of its (clipped) update
+  before it leaves the client (``stddev = z C`` for local noise multiplier ``z``).
+
+  Args:
+    stddev: the noise's standard deviation, > 0.
+
+  Returns:
+    A ``ClientTransform`` (stateless).
+  """
+
+  def apply(contribution, reference, state, key):
+    del reference, state
+    leaves, treedef = jax.tree.flatten(contribution)
+    keys = jax.random.split(key, len(leaves))
+    noisy = [
+      (leaf + stddev * jax.random.normal(k, leaf.shape)).astype(leaf.dtype)
+      for k, leaf in zip(keys, leaves)
+    ]
+    return jax.tree.unflatten(treedef, noisy)
+
+  return ClientTransform(_no_state, apply)
+
+
 def update_noise_multiplier(noise_multiplier: float, count_stddev: float) -> float:
   """The noise multiplier left for the update when the clipped-count query of adaptive
   clipping spends part of ``noise_multiplier`` (Andrew et al. 2021, Theorem 1):
