@@ -204,3 +204,31 @@ def test_influence_rounds_follow_warmup_and_recluster_period():
   assert [r for r in range(12) if is_influence_round(r, 3, 0)] == [3]
   assert [r for r in range(12) if is_influence_round(r, 3, 4)] == [3, 7, 11]
   assert [r for r in range(5) if is_influence_round(r, 0, 2)] == [0, 2, 4]
+
+
+def test_vote_privacy_composes_every_vote_a_client_has_released():
+  from fedjax_lab.build import build_experiment
+  from fedjax_lab.ops import accounting
+
+  config = load_config(
+    None,
+    [
+      "data.source=digits",
+      "data.num_clients=6",
+      "cohort_size=6",
+      "algorithm.name=pfedlia",
+      "algorithm.pfedlia.influence=vote",
+      "algorithm.pfedlia.vote_epsilon=0.5",
+      "algorithm.pfedlia.warmup_rounds=2",
+      "algorithm.pfedlia.recluster_every=3",
+    ],
+  )
+  privacy = build_experiment(config).algorithm.privacy
+  assert privacy(2)["vote_epsilon_total"] == 0.0  # warm-up only: no vote yet
+  one_phase = privacy(3)["vote_epsilon_total"]  # the influence round 2: 6 votes
+  assert one_phase == pytest.approx(accounting.randomized_response_epsilon(6, 0.5, 1e-5))
+  assert privacy(5)["vote_epsilon_total"] == one_phase  # next phase at round 5
+  assert privacy(6)["vote_epsilon_total"] > one_phase
+  # one release is 0.5-DP; many compose to less than their sum
+  assert accounting.randomized_response_epsilon(1, 0.5, 1e-5) == pytest.approx(0.5, abs=1e-3)
+  assert accounting.randomized_response_epsilon(100, 0.5, 1e-5) < 0.7 * 100 * 0.5

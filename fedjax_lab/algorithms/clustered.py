@@ -77,7 +77,7 @@ def train_clients(
 
 
 def personalized_algorithm(
-  init, round_fn, *, finetune: bool, host_phases: bool = False
+  init, round_fn, *, finetune: bool, host_phases: bool = False, privacy=None
 ) -> Algorithm:
   """Wrap a clustered round into the ``Algorithm`` contract.
 
@@ -86,6 +86,7 @@ def personalized_algorithm(
     round_fn: the round over a ``ClusteredState``.
     finetune: personal model = each client's locally trained model (else its cluster average).
     host_phases: the round picks compiled phases on the host.
+    privacy: ``Algorithm.privacy``, if the method spends privacy itself.
 
   Returns:
     An ``Algorithm`` with per-client models and cluster labels, no global model.
@@ -99,6 +100,7 @@ def personalized_algorithm(
     personal_params=personal,
     client_clusters=lambda state: state.labels,
     host_phases=host_phases,
+    privacy=privacy,
   )
 
 

@@ -37,6 +37,7 @@ from fedjax_lab.algorithms.clustered import (
   train_clients,
 )
 from fedjax_lab.checks import one_of, require
+from fedjax_lab.ops.accounting import randomized_response_epsilon
 from fedjax_lab.ops.aggregate import cluster_mean, neighbourhood_mean, tree_broadcast
 from fedjax_lab.ops.cluster import (
   LINKAGES,
@@ -74,6 +75,7 @@ class PFedLIAConfig(PersonalizedConfig):
   validation_fraction: float = 0.2  # of each client's training examples, held out for scoring
   influence: str = "loss"  # loss | accuracy | vote
   vote_epsilon: float = 0.0  # > 0: randomized response on votes (eps-local DP)
+  vote_delta: float = 1e-5  # the delta at which the votes' composed epsilon is reported
   clustering: str = "agglomerative"  # agglomerative | spectral (central) | decentralized
   linkage: str = "average"
   num_clusters: int = 0  # 0: agglomerative stops at `threshold`; spectral needs > 0
@@ -94,6 +96,7 @@ class PFedLIAConfig(PersonalizedConfig):
     )
     one_of(p + "influence", self.influence, INFLUENCE_KINDS)
     require(self.vote_epsilon >= 0, p + "vote_epsilon", ">= 0", self.vote_epsilon)
+    require(0 < self.vote_delta < 1, p + "vote_delta", "in (0, 1)", self.vote_delta)
     if self.vote_epsilon > 0:
       require(
         self.influence == "vote", p + "vote_epsilon", "0 unless influence='vote'", self.vote_epsilon
@@ -244,8 +247,22 @@ def pfedlia(
       metrics.update(cost)
     return state, metrics
 
+  def privacy(rounds: int) -> dict:
+    """Each influence phase, a client releases one randomized-response vote per client: its
+    own data's epsilon over every vote so far (PLD composition, delta ``vote_delta``)."""
+    phases = sum(
+      is_influence_round(r, options.warmup_rounds, options.recluster_every) for r in range(rounds)
+    )
+    votes = phases * setup.num_clients
+    spent = randomized_response_epsilon(votes, options.vote_epsilon, options.vote_delta)
+    return {"vote_epsilon_total": spent}
+
   return personalized_algorithm(
-    lambda key: initial_state(setup, key), round_fn, finetune=options.finetune, host_phases=True
+    lambda key: initial_state(setup, key),
+    round_fn,
+    finetune=options.finetune,
+    host_phases=True,
+    privacy=privacy if options.vote_epsilon > 0 else None,
   )
 
 

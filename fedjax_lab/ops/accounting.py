@@ -14,9 +14,11 @@ the replace-one relation itself; ``dp-accounting`` has it only for full particip
 from __future__ import annotations
 
 import functools
+import math
 
 import dp_accounting
 from dp_accounting import pld, rdp
+from dp_accounting.pld import privacy_loss_distribution
 
 ACCOUNTANTS = ("rdp", "pld")
 
@@ -52,3 +54,23 @@ def epsilon(
       )
   tracker.compose(dp_accounting.SelfComposedDpEvent(round_event, rounds))
   return float(tracker.get_epsilon(delta))
+
+
+@functools.lru_cache(maxsize=4096)
+def randomized_response_epsilon(releases: int, epsilon: float, delta: float) -> float:
+  """(epsilon_total, ``delta``) of ``releases`` binary randomized responses, each
+  ``epsilon``-local-DP (kept with probability ``e^eps / (1 + e^eps)``), about the same
+  person's data, composed as privacy loss distributions (tighter than ``releases * epsilon``).
+  Each is ``dp-accounting``'s randomized response over 2 buckets with noise parameter
+  ``p = 2 / (1 + e^eps)`` (the value is replaced by a uniform bucket with probability
+  ``p``)."""
+  if releases == 0:
+    return 0.0
+  # Built from the PLD itself: dp-accounting's PLDAccountant composes a randomized response
+  # once whatever the count of a SelfComposedDpEvent (it drops the count; version 0.6.0).
+  one = privacy_loss_distribution.from_randomized_response(
+    noise_parameter=2.0 / (1.0 + math.exp(epsilon)),
+    num_buckets=2,
+    neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE,
+  )
+  return float(one.self_compose(releases).get_epsilon_for_delta(delta))
