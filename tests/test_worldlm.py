@@ -299,9 +299,9 @@ def test_worldlm_personalizes_where_one_model_cannot(markov_world, tmp_path):
   chain; FedAvg's one model must spread over all of them."""
   final = {}
   for variant in ("fedavg", "worldlm"):
-    result = run(_config(tmp_path, variant, "rounds=25"), data=markov_world, progress=False)
+    result = run(_config(tmp_path, variant, "rounds=12"), data=markov_world, progress=False)
     final[variant] = result.metrics[-1]["client_loss"]
-  assert final["worldlm"] < final["fedavg"] - 0.1, final
+  assert final["worldlm"] < final["fedavg"] - 0.2, final
 
 
 def test_worldlm_refuses_what_it_would_ignore(markov_world, tmp_path):
