@@ -1,0 +1,201 @@
+"""Accuracy under malicious clients: every attack against every aggregation rule.
+
+FedAvg on non-IID Fashion-MNIST (``base.json``). For each attack (``ATTACKS``: model
+poisoning of a random share of each cohort, or label flipping by a fixed share of clients),
+each malicious fraction (``FRACTIONS``) and each aggregation rule (``RULES``), 3 seeds (data
+split and training); the 0% column is each rule without an attack. Accuracy: the global model
+on the test set at the round budget (mean of the last 2 evaluations). Results: a table per
+attack (rule x fraction: mean ± sample std) and ``heatmap.png``.
+
+  python experiments/robustness/reproduce.py                 # about 2 h on 2 CPU cores
+  python experiments/robustness/reproduce.py --summarize     # the tables from results/
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import platform
+import time
+
+import jax
+import numpy as np
+
+from fedjax_lab import build_federation, grid, load_config
+from fedjax_lab.stats import describe, paired_difference
+from fedjax_lab.tables import format_table
+
+HERE = pathlib.Path(__file__).parent
+# name -> (attack.kind, attack.strength)
+ATTACKS = {
+  "sign_flip": ("sign_flip", 4.0),
+  "scale": ("scale", 10.0),
+  "gaussian": ("gaussian", 1.0),
+  "alie": ("alie", 0.0),
+  "label_flip": ("label_flip", 0.0),
+}
+FRACTIONS = (0.1, 0.2, 0.3)
+RULES = ("mean", "median", "trimmed_mean", "krum", "geometric_median", "centered_clip")
+
+
+def _variant(base, rule: str, attack: str | None, fraction: float):
+  """``base`` with ``rule``, under ``attack`` at ``fraction`` (None: no attack)."""
+  aggregation = dataclasses.replace(base.aggregation, rule=rule)
+  if rule in ("krum", "multi_krum"):  # Krum's f: the attackers it must tolerate per cohort
+    aggregation = dataclasses.replace(
+      aggregation, byzantine=max(1, int(max(FRACTIONS) * base.cohort_size))
+    )
+  if attack is None:
+    return dataclasses.replace(base, aggregation=aggregation)
+  kind, strength = ATTACKS[attack]
+  return dataclasses.replace(
+    base,
+    aggregation=aggregation,
+    attack=dataclasses.replace(base.attack, kind=kind, fraction=fraction, strength=strength),
+  )
+
+
+def grid_cells(attacks, fractions, rules):
+  """``(attack or None, fraction, rule)`` of every run: each rule once without an attack."""
+  cells = [(None, 0.0, rule) for rule in rules]
+  return cells + [(a, f, r) for a in attacks for f in fractions for r in rules]
+
+
+def run_all(args, base, results: pathlib.Path) -> None:
+  per_seed = results / "per_seed.jsonl"
+  records = [json.loads(l) for l in per_seed.read_text().splitlines()] if per_seed.exists() else []
+  done = {(r["attack"], r["fraction"], r["rule"], r["seed"]) for r in records}
+  started = time.perf_counter()
+  for seed in args.seeds:
+    data_config = dataclasses.replace(base.data, seed=seed)
+    data = None
+    for attack, fraction, rule in grid_cells(args.attacks, args.fractions, args.rules):
+      if (attack, fraction, rule, seed) in done:
+        continue
+      data = data if data is not None else build_federation(data_config)
+      name = f"{attack or 'none'}_{fraction}_{rule}"
+      config = dataclasses.replace(
+        _variant(base, rule, attack, fraction),
+        data=data_config,
+        seed=seed,
+        out_dir=str(pathlib.Path(args.runs) / f"seed{seed}" / name),
+      )
+      metrics, _ = grid.run_or_load(config, data)
+      accuracy = float("nan")
+      if not grid.diverged(metrics):
+        accuracy = grid.last_evaluations(metrics, "global_accuracy", count=2)
+      record = {"attack": attack, "fraction": fraction, "rule": rule, "seed": seed}
+      records.append({**record, "accuracy": None if np.isnan(accuracy) else accuracy})
+      per_seed.write_text("".join(json.dumps(r) + "\n" for r in records))  # after every run
+      print(json.dumps(records[-1]), flush=True)
+  env = {
+    "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
+    "machine": f"{platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}",
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "config": base.to_dict(),
+  }
+  (results / "environment.json").write_text(json.dumps(env, indent=1))
+
+
+def _accuracy(records, attack, fraction, rule) -> dict[int, float]:
+  """seed -> accuracy in points (NaN: diverged)."""
+  return {
+    r["seed"]: np.nan if r["accuracy"] is None else 100 * r["accuracy"]
+    for r in records
+    if r["attack"] == attack and r["fraction"] == fraction and r["rule"] == rule
+  }
+
+
+def summary_tables(records) -> str:
+  """Per attack: rule x fraction, accuracy mean ± sample std (n), and at the largest fraction
+  the paired difference against the same rule without attack."""
+  rules = [r for r in RULES if any(x["rule"] == r for x in records)]
+  attacks = [a for a in ATTACKS if any(x["attack"] == a for x in records)]
+  blocks = []
+  for attack in attacks:
+    fractions = sorted({x["fraction"] for x in records if x["attack"] == attack})
+    rows = []
+    for rule in rules:
+      clean = _accuracy(records, None, 0.0, rule)
+      row = {"rule": rule, "0%": _cell(clean.values())}
+      for fraction in fractions:
+        row[f"{fraction:.0%}"] = _cell(_accuracy(records, attack, fraction, rule).values())
+      worst = _accuracy(records, attack, fractions[-1], rule)
+      seeds = sorted(set(worst) & set(clean))
+      diff = paired_difference([worst[s] for s in seeds], [clean[s] for s in seeds])
+      row[f"{fractions[-1]:.0%} vs 0%, pts (95% CI)"] = (
+        f"{diff['mean']:+.1f} [{diff['low']:+.1f}, {diff['high']:+.1f}] {diff['verdict']}"
+      )
+      rows.append(row)
+    table = format_table(rows, list(rows[0]))
+    blocks.append(f"### {attack}\n\n```\n{table}\n```\n")
+  return "\n".join(blocks)
+
+
+def _cell(values) -> str:
+  d = describe(list(values))
+  missing = f", {d['n_missing']} diverged" if d["n_missing"] else ""
+  return f"{d['mean']:.1f} ± {d['std']:.1f} (n={d['n']}{missing})"
+
+
+def plot_heatmap(records, path: pathlib.Path) -> None:
+  """Mean accuracy, rules down, (attack, fraction) across; the 0% column first."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  rules = [r for r in RULES if any(x["rule"] == r for x in records)]
+  columns = [(None, 0.0)] + sorted(
+    {(x["attack"], x["fraction"]) for x in records if x["attack"] is not None},
+    key=lambda c: (list(ATTACKS).index(c[0]), c[1]),
+  )
+  values = np.array(
+    [
+      [np.nanmean(list(_accuracy(records, a, f, r).values()) or [np.nan]) for a, f in columns]
+      for r in rules
+    ]
+  )
+  fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(columns), 0.5 + 0.45 * len(rules)))
+  image = ax.imshow(values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+  for (i, j), value in np.ndenumerate(values):
+    ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=6, color="white")
+  ax.set_yticks(range(len(rules)), rules, fontsize=7)
+  labels = ["none" if a is None else f"{a} {f:.0%}" for a, f in columns]
+  ax.set_xticks(range(len(columns)), labels, rotation=90, fontsize=7)
+  fig.colorbar(image, ax=ax, label="test accuracy %")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=list(ATTACKS))
+  parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+  parser.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
+  parser.add_argument("--config", default=str(HERE / "base.json"))
+  parser.add_argument("--runs", default="runs/robustness")
+  parser.add_argument("--out", default=str(HERE / "results"))
+  parser.add_argument("--set", action="append", default=[], help="config override")
+  parser.add_argument("--summarize", action="store_true", help="the tables from --out only")
+  args = parser.parse_args()
+  results = pathlib.Path(args.out)
+  results.mkdir(parents=True, exist_ok=True)
+  if not args.summarize:
+    run_all(args, load_config(args.config, args.set), results)
+  records = [json.loads(line) for line in (results / "per_seed.jsonl").read_text().splitlines()]
+  text = summary_tables(records)
+  (results / "summary.md").write_text(text)
+  plot_heatmap(records, results / "heatmap.png")
+  print(text)
+
+
+if __name__ == "__main__":
+  main()
