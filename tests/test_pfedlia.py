@@ -4,6 +4,7 @@ the clusters are recovered and personalization beats one global model and local 
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -232,3 +233,54 @@ def test_vote_privacy_composes_every_vote_a_client_has_released():
   # one release is 0.5-DP; many compose to less than their sum
   assert accounting.randomized_response_epsilon(1, 0.5, 1e-5) == pytest.approx(0.5, abs=1e-3)
   assert accounting.randomized_response_epsilon(100, 0.5, 1e-5) < 0.7 * 100 * 0.5
+
+
+def test_ifca_clients_join_the_cluster_model_of_lowest_loss_and_only_its_members_move_it(
+  digits_dataset,
+):
+  from fedjax_lab.build import build_experiment
+  from fedjax_lab.data import FederatedData
+
+  labels = digits_dataset.train_y
+  clients = [np.flatnonzero(labels == k)[:30] for k in (0, 1, 0)]  # two 0-clients, one 1-client
+  data = FederatedData.from_indices(digits_dataset, clients, [np.array([], int)] * 3)
+  config = load_config(
+    None,
+    [
+      "data.source=digits",
+      "data.num_clients=3",
+      "cohort_size=3",
+      "algorithm.name=ifca",
+      "algorithm.ifca.num_clusters=2",
+      "local.learning_rate=0.01",
+      "data.test_fraction=0",
+    ],
+  )
+  algorithm = build_experiment(config, data).algorithm
+  state = algorithm.init(jax.random.key(0))
+  bias = lambda k: jnp.zeros(10).at[k].set(20.0)  # cluster k predicts label k whatever the input
+  heads = {"kernel": jnp.zeros((2, 200, 10)), "bias": jnp.stack([bias(1), bias(0)])}
+  state = state.replace(cluster_params={**state.cluster_params, "head": heads})
+  new, _ = jax.jit(algorithm.round)(state, data.cohort(np.arange(3)), jax.random.key(1))
+  np.testing.assert_array_equal(new.choices, [1, 0, 1])  # the 0-clients join cluster 1
+  moved = lambda k: float(jnp.abs(new.cluster_params["head"]["bias"][k] - heads["bias"][k]).sum())
+  assert moved(0) > 0 and moved(1) > 0
+  np.testing.assert_allclose(  # cluster 0 is client 1's trained model alone
+    new.cluster_params["head"]["bias"][0], new.trained_params["head"]["bias"][1], rtol=1e-6
+  )
+
+
+def test_cfl_splits_a_cluster_only_at_a_joint_stationary_point_with_diverging_clients():
+  from fedjax_lab.algorithms.cfl import split_rule
+
+  v = jnp.array([1.0, 0.5, 0.0])
+  updates = jnp.stack([v, 1.1 * v, -v, -0.9 * v, 0.01 * v])  # 0,1 against 2,3; 4 elsewhere
+  labels = jnp.array([0, 0, 0, 0, 4])
+  split, norms = split_rule(updates, jnp.ones(5), labels, eps1=0.2, eps2=0.5)
+  assert split[0] == split[1] != split[2] == split[3] and split[4] == 4
+  assert float(norms["max_client_update_norm"]) == pytest.approx(float(jnp.linalg.norm(1.1 * v)))
+  same = lambda eps1, eps2: np.array_equal(
+    split_rule(updates, jnp.ones(5), labels, eps1, eps2)[0], labels
+  )
+  assert same(eps1=0.01, eps2=0.5)  # the mean update is not small enough: no split
+  assert same(eps1=0.2, eps2=5.0)  # no client far enough from stationary: no split

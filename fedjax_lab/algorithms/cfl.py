@@ -29,6 +29,27 @@ from fedjax_lab.ops.aggregate import cluster_mean, segment_mean
 from fedjax_lab.ops.cluster import agglomerative, count_clusters
 
 
+def split_rule(updates, weights, labels, eps1: float, eps2: float):
+  """CFL's split (module docstring) over flat client updates ``[N, P]``: the new labels, and
+  the norms it decided on (``max_cluster_mean_update_norm``, ``max_client_update_norm``)."""
+  size = labels.shape[0]
+  mean_updates, _ = segment_mean(updates, weights, labels, size)
+  mean_norm = jnp.linalg.norm(mean_updates, axis=1)  # [N] per cluster label
+  client_norm = jnp.linalg.norm(updates, axis=1)
+  max_norm = jax.ops.segment_max(client_norm, labels, size)
+  cluster_size = jax.ops.segment_sum(jnp.ones(size), labels, size)
+  splittable = (mean_norm < eps1) & (max_norm > eps2) & (cluster_size >= 2)
+  target = jnp.argmax(jnp.where(splittable, max_norm, -jnp.inf))
+  unit = updates / jnp.maximum(client_norm, 1e-12)[:, None]
+  members = labels == target
+  halves = agglomerative(unit @ unit.T, num_clusters=2, linkage="complete", members=members)
+  norms = {
+    "max_cluster_mean_update_norm": jnp.max(jnp.where(cluster_size > 0, mean_norm, 0)),
+    "max_client_update_norm": jnp.max(client_norm),
+  }
+  return jnp.where(splittable.any() & members, halves, labels), norms
+
+
 def cfl(
   setup: ClientSetup,
   *,
@@ -50,7 +71,6 @@ def cfl(
     An ``Algorithm`` with per-client models and cluster labels, no global model.
   """
   train_cohort = setup.cohort_trainer(None, params_axis=0, context_axis=None)
-  size = setup.num_clients
 
   def round_fn(state, cohort, key):
     trained, weights, metrics = train_clients(
@@ -59,23 +79,8 @@ def cfl(
     updates = jax.vmap(lambda new, old: ravel_pytree(new)[0] - ravel_pytree(old)[0])(
       trained, state.client_params
     )  # [N, P]
-    labels = state.labels
-    mean_updates, _ = segment_mean(updates, weights, labels, size)
-    mean_norm = jnp.linalg.norm(mean_updates, axis=1)  # [N] per cluster label
-    client_norm = jnp.linalg.norm(updates, axis=1)
-    max_norm = jax.ops.segment_max(client_norm, labels, size)
-    cluster_size = jax.ops.segment_sum(jnp.ones(size), labels, size)
-    splittable = (mean_norm < eps1) & (max_norm > eps2) & (cluster_size >= 2)
-    target = jnp.argmax(jnp.where(splittable, max_norm, -jnp.inf))
-    unit = updates / jnp.maximum(client_norm, 1e-12)[:, None]
-    members = labels == target
-    halves = agglomerative(unit @ unit.T, num_clusters=2, linkage="complete", members=members)
-    labels = jnp.where(splittable.any() & members, halves, labels)
-    metrics.update(
-      num_clusters=count_clusters(labels),
-      max_cluster_mean_update_norm=jnp.max(jnp.where(cluster_size > 0, mean_norm, 0)),
-      max_client_update_norm=jnp.max(client_norm),
-    )
+    labels, norms = split_rule(updates, weights, state.labels, eps1, eps2)
+    metrics.update(num_clusters=count_clusters(labels), **norms)
     return state.replace(
       client_params=cluster_mean(trained, weights, labels),
       trained_params=trained,
