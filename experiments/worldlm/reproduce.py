@@ -186,6 +186,8 @@ def main_table(records) -> str:
   paired comparison with WorldLM."""
   by = _by(records, "main")
   seeds = sorted({s for (m, s) in by if m == "worldlm"})
+  if not seeds:
+    return "(no WorldLM run)"
   world = np.array([by[("worldlm", s)]["perplexity"] for s in seeds])
   rows = []
   for method in METHODS:
