@@ -261,3 +261,10 @@ def test_robustness_reproduction_script(tmp_path):
   records = [json.loads(line) for line in (tmp_path / "per_seed.jsonl").read_text().splitlines()]
   assert len(records) == 4 and {r["attack"] for r in records} == {None, "sign_flip"}
   assert "### sign_flip" in done.stdout and (tmp_path / "heatmap.png").exists()
+
+
+def test_worldlm_readme_tables_are_what_the_committed_results_give():
+  reproduce, records = _committed("worldlm")
+  readme = (ROOT / "experiments/worldlm/README.md").read_text()
+  for table in (reproduce.main_table, reproduce.dp_table, reproduce.keys_table):
+    assert table(records) in readme

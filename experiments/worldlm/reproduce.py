@@ -233,8 +233,9 @@ def dp_table(records) -> str:
           ratio = describe(np.array([r["perplexity"] for r in finished]) / np.array(clean))
           row["vs no DP"] = f"{ratio['mean']:.2f}x ± {ratio['std']:.2f}"
         if "privacy_epsilon" in finished[0]:
+          pld = finished[0].get("privacy_epsilon_pld")
           row["epsilon RDP / PLD"] = (
-            f"{finished[0]['privacy_epsilon']:.3g} / {finished[0]['privacy_epsilon_pld']:.3g}"
+            f"{finished[0]['privacy_epsilon']:.3g} / {'-' if pld is None else f'{pld:.3g}'}"
           )
       rows.append(row)
   return format_table(rows, list(dict.fromkeys(k for row in rows for k in row)))
@@ -288,6 +289,9 @@ def plot_attention(results: pathlib.Path) -> None:
     grid_values[row, : len(children)] = received[children]
     grid_values[row, width] = 1 - received[children].sum()
   image = left.imshow(grid_values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+  for (i, j), value in np.ndenumerate(grid_values):
+    if np.isfinite(value):
+      left.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white")
   left.set_yticks(range(len(subs)), [names[s] for s in subs], fontsize=7)
   left.set_xticks(range(width + 1), [f"client {i + 1}" for i in range(width)] + ["itself"])
   left.set_title("sub-federation's attention over its clients (seed 0)", fontsize=9)
