@@ -238,7 +238,19 @@ def dp_table(records) -> str:
             f"{finished[0]['privacy_epsilon']:.3g} / {'-' if pld is None else f'{pld:.3g}'}"
           )
       rows.append(row)
-  return format_table(rows, list(dict.fromkeys(k for row in rows for k in row)))
+  table = format_table(rows, list(dict.fromkeys(k for row in rows for k in row)))
+  for z in DP_NOISE:  # does WorldLM degrade less than FedAvg? paired by seed
+    ratios = {}
+    for method in ("fedavg", "worldlm"):
+      runs = {s: r for (m, s), r in by.items() if m == f"{method}_z{z}" and not r.get("diverged")}
+      ratios[method] = {
+        s: r["perplexity"] / main[(method, s)]["perplexity"] for s, r in runs.items()
+      }
+    seeds = sorted(set(ratios["fedavg"]) & set(ratios["worldlm"]))
+    if seeds:
+      paired = _paired([ratios["worldlm"][s] for s in seeds], [ratios["fedavg"][s] for s in seeds])
+      table += f"\nz = {z}: WorldLM's 'vs no DP' minus FedAvg's, paired by seed: {paired}"
+  return table
 
 
 def keys_table(records) -> str:
