@@ -46,7 +46,7 @@ METHODS = {
   "federation_local": ["algorithm.worldlm.variant=federation_local"],
   "centralized": ["algorithm.name=centralized", f"local.steps={LOCAL_STEPS * CLIENTS}"],
 }
-DP_NOISE = (0.02,)
+DP_NOISE = (0.02, 0.05)
 DP_CLIP = 1.0
 DP_METHODS = ("fedavg", "worldlm")
 KEY_CHOICES = {"first_block": "block0", "embeddings": "embed,position"}
