@@ -4,6 +4,7 @@ environment, and plot mean curves with their min-max band."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import pathlib
@@ -196,3 +197,25 @@ def algorithm_variant(config_path: str, overrides: list[str], method: str, optio
   changes = [f"algorithm.name={method}"]
   changes += [f"algorithm.{method}.{field}={value}" for field, value in options.items()]
   return load_config(config_path, list(overrides) + changes).algorithm
+
+
+def reproduction_parser(doc: str, here: pathlib.Path, runs: str) -> argparse.ArgumentParser:
+  """The options every reproduction script shares: ``--seeds`` (0 1 2), ``--config``
+  (``here/base.json``), ``--runs`` (``runs``), ``--out`` (``here/results``), ``--set``
+  (config overrides) and ``--summarize`` (tables from ``--out`` only)."""
+  parser = argparse.ArgumentParser(
+    description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--config", default=str(here / "base.json"))
+  parser.add_argument("--runs", default=runs)
+  parser.add_argument("--out", default=str(here / "results"))
+  parser.add_argument("--set", action="append", default=[], help="config override")
+  parser.add_argument("--summarize", action="store_true", help="the tables from --out only")
+  return parser
+
+
+def read_records(results: pathlib.Path) -> list[dict]:
+  """The per-seed records of ``results/per_seed.jsonl`` ([] if there is none yet)."""
+  path = results / "per_seed.jsonl"
+  return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

@@ -13,7 +13,6 @@ budget (mean of the last 2 evaluations).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
@@ -92,21 +91,13 @@ def summary_table(records: list[dict]) -> str:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(
-    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-  )
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  parser.add_argument("--config", default=str(HERE / "base.json"))
-  parser.add_argument("--runs", default="runs/privacy")
-  parser.add_argument("--out", default=str(HERE / "results"))
-  parser.add_argument("--set", action="append", default=[], help="config override")
-  parser.add_argument("--summarize", action="store_true", help="the table from --out only")
+  parser = grid.reproduction_parser(__doc__, HERE, "runs/privacy")
   args = parser.parse_args()
   results = pathlib.Path(args.out)
   results.mkdir(parents=True, exist_ok=True)
   if not args.summarize:
     run_all(args, load_config(args.config, args.set), results)
-  records = [json.loads(line) for line in (results / "per_seed.jsonl").read_text().splitlines()]
+  records = grid.read_records(results)
   table = summary_table(records)
   (results / "summary.md").write_text(f"```\n{table}\n```\n")
   print(table)

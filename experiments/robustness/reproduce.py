@@ -13,7 +13,6 @@ attack (rule x fraction: mean ± sample std) and ``heatmap.png``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
@@ -64,8 +63,8 @@ def grid_cells(attacks, fractions, rules):
 
 
 def run_all(args, base, results: pathlib.Path) -> None:
+  records = grid.read_records(results)
   per_seed = results / "per_seed.jsonl"
-  records = [json.loads(l) for l in per_seed.read_text().splitlines()] if per_seed.exists() else []
   done = {(r["attack"], r["fraction"], r["rule"], r["seed"]) for r in records}
   started = time.perf_counter()
   for seed in args.seeds:
@@ -173,24 +172,16 @@ def plot_heatmap(records, path: pathlib.Path) -> None:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(
-    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-  )
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser = grid.reproduction_parser(__doc__, HERE, "runs/robustness")
   parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=list(ATTACKS))
   parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
   parser.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
-  parser.add_argument("--config", default=str(HERE / "base.json"))
-  parser.add_argument("--runs", default="runs/robustness")
-  parser.add_argument("--out", default=str(HERE / "results"))
-  parser.add_argument("--set", action="append", default=[], help="config override")
-  parser.add_argument("--summarize", action="store_true", help="the tables from --out only")
   args = parser.parse_args()
   results = pathlib.Path(args.out)
   results.mkdir(parents=True, exist_ok=True)
   if not args.summarize:
     run_all(args, load_config(args.config, args.set), results)
-  records = [json.loads(line) for line in (results / "per_seed.jsonl").read_text().splitlines()]
+  records = grid.read_records(results)
   text = summary_tables(records)
   (results / "summary.md").write_text(text)
   plot_heatmap(records, results / "heatmap.png")

@@ -20,7 +20,6 @@ per federation and overall, at the last evaluation (the round budget, named as s
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import platform
@@ -139,10 +138,7 @@ def run_one(part, name, seed, config, data, records: list, results: pathlib.Path
 
 
 def run_all(args, results: pathlib.Path) -> None:
-  per_seed = results / "per_seed.jsonl"
-  records = (
-    [json.loads(line) for line in per_seed.read_text().splitlines()] if per_seed.exists() else []
-  )
+  records = grid.read_records(results)
   done = {(r["part"], r["method"], r["seed"]) for r in records}
   started = time.perf_counter()
   federations = {}  # seed -> its federation, built once
@@ -320,23 +316,15 @@ def plot_attention(results: pathlib.Path) -> None:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(
-    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-  )
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser = grid.reproduction_parser(__doc__, HERE, "runs/worldlm")
   parser.add_argument("--parts", nargs="+", default=["main", "dp", "keys"])
   parser.add_argument("--only", nargs="+", default=[], help="run only these method names")
-  parser.add_argument("--config", default=str(HERE / "base.json"))
-  parser.add_argument("--set", action="append", default=[], help="config override")
-  parser.add_argument("--runs", default="runs/worldlm")
-  parser.add_argument("--out", default=str(HERE / "results"))
-  parser.add_argument("--summarize", action="store_true", help="the tables from --out only")
   args = parser.parse_args()
   results = pathlib.Path(args.out)
   results.mkdir(parents=True, exist_ok=True)
   if not args.summarize:
     run_all(args, results)
-  records = [json.loads(line) for line in (results / "per_seed.jsonl").read_text().splitlines()]
+  records = grid.read_records(results)
   tables = {
     "main": main_table(records),
     "dp": dp_table(records),
