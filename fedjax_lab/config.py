@@ -364,6 +364,9 @@ class ExperimentConfig:
   cohort_size: int = 5
   seed: int = 0
   eval_every: int = 5
+  # > 0: also evaluate each client's copy of the global model after this many epochs of local
+  # training on its own data (local adaptation), as the adapted_client_* metrics
+  eval_finetune_epochs: int = 0
   checkpoint_every: int = 10  # 0 disables checkpoints
   out_dir: str = "runs/default"
 
@@ -380,6 +383,22 @@ class ExperimentConfig:
       self.cohort_size,
     )
     require(self.eval_every >= 1, "eval_every", ">= 1", self.eval_every)
+    require(
+      self.eval_finetune_epochs >= 0, "eval_finetune_epochs", ">= 0", self.eval_finetune_epochs
+    )
+    if self.eval_finetune_epochs > 0:
+      require(
+        self.data.test_fraction > 0,
+        "data.test_fraction",
+        "> 0 with eval_finetune_epochs (adapted models are tested on the clients' own splits)",
+        self.data.test_fraction,
+      )
+      require(
+        not ALGORITHMS.get(self.algorithm.name).pooled,
+        "eval_finetune_epochs",
+        f"0 for {self.algorithm.name} (it trains on pooled data, not on clients)",
+        self.eval_finetune_epochs,
+      )
     require(
       self.cohort_size % self.execution.devices == 0,
       "cohort_size",

@@ -11,6 +11,7 @@ import pathlib
 import platform
 import time
 
+import jax
 import numpy as np
 
 from fedjax_lab import run_folder
@@ -212,7 +213,24 @@ def reproduction_parser(doc: str, here: pathlib.Path, runs: str) -> argparse.Arg
   parser.add_argument("--out", default=str(here / "results"))
   parser.add_argument("--set", action="append", default=[], help="config override")
   parser.add_argument("--summarize", action="store_true", help="the tables from --out only")
+  parser.add_argument(
+    "--compilation-cache",
+    default="runs/.jax_cache",
+    help="JAX's persistent compilation cache folder: runs that differ only in their seed "
+    "compile once ('' turns it off)",
+  )
   return parser
+
+
+def parse_reproduction_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+  """``parser.parse_args()``, then JAX's persistent compilation cache in
+  ``--compilation-cache`` (every program cached, however fast it compiled)."""
+  args = parser.parse_args()
+  if args.compilation_cache and not args.summarize:
+    jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return args
 
 
 def read_records(results: pathlib.Path) -> list[dict]:

@@ -28,6 +28,8 @@ from fedjax_lab.engine.sharding import addressable, client_mesh, replicate, shar
 from fedjax_lab.models import Model
 from fedjax_lab.ops import accounting
 
+ADAPTATION_STREAM = 0xADA  # fold_in constant: local adaptation's keys, apart from training's
+
 
 class TrainingDivergedError(RuntimeError):
   """The training loss or the state became NaN or infinite; the run stopped before saving it."""
@@ -84,11 +86,36 @@ def plot_accuracy(rows: list[dict], path: pathlib.Path, title: str = "") -> None
   plt.close(fig)
 
 
+def local_adaptation(experiment):
+  """None unless ``eval_finetune_epochs > 0``; then ``adapt(params) -> [num_clients, ...]``:
+  every client's copy of ``params`` after that many epochs on its own training split
+  (``ClientSetup.local_adaptation``; the same shuffling keys at every evaluation)."""
+  config, data = experiment.config, experiment.data
+  if config.eval_finetune_epochs == 0:
+    return None
+  if experiment.algorithm.global_params is None:
+    raise ValueError(
+      f"eval_finetune_epochs must be 0 for {config.algorithm.name}: it has no global model to adapt"
+    )
+  adapt = experiment.setup.local_adaptation(config.eval_finetune_epochs)
+  adapt = jax.jit(adapt) if experiment.setup.executor.jit_round else adapt
+  keys = jax.random.split(
+    jax.random.fold_in(jax.random.key(config.seed), ADAPTATION_STREAM), data.num_clients
+  )
+  return lambda params: adapt(params, data.train_x, data.train_y, data.train_num_examples, keys)
+
+
 def evaluate(
-  config: ExperimentConfig, model: Model, algorithm: Algorithm, state, data: FederatedData
+  config: ExperimentConfig,
+  model: Model,
+  algorithm: Algorithm,
+  state,
+  data: FederatedData,
+  adapt=None,
 ) -> dict:
   """Global model on the pooled test set; each client's model on its own test split (when
-  ``data.test_fraction > 0`` gave clients one)."""
+  ``data.test_fraction > 0`` gave clients one); with ``adapt`` (``local_adaptation``) also
+  each client's adapted global model on its split, as ``adapted_client_*``."""
   metrics = {}
   global_params = algorithm.global_params(state) if algorithm.global_params is not None else None
   if global_params is not None:
@@ -107,6 +134,20 @@ def evaluate(
       chunk_size=config.execution.chunk_size,
     )
     metrics.update(client_metrics(sums, data.test_y.ndim > 2, data.client_paths))
+    if adapt is not None:
+      adapted = client_test_sums(
+        model.apply,
+        adapt(global_params),
+        data.test_x,
+        data.test_y,
+        data.test_num_examples,
+        personal=True,
+        chunk_size=config.execution.chunk_size,
+      )
+      metrics.update(
+        (f"adapted_{k}", v)
+        for k, v in client_metrics(adapted, data.test_y.ndim > 2, data.client_paths).items()
+      )
   if algorithm.client_clusters is not None and data.client_groups is not None:
     metrics["cluster_ari"] = float(
       adjusted_rand_score(data.client_groups, np.asarray(algorithm.client_clusters(state)))
@@ -234,6 +275,7 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
   algorithm, train_data = experiment.algorithm, experiment.train_data
   # The state is donated: each round writes the new state into the old one's buffers.
   round_fn = compiled_round(algorithm, experiment.setup.executor, donate=True)
+  adapt = local_adaptation(experiment)
   payload = [size * experiment.cohort_size for size in payload_bytes(algorithm, experiment.setup)]
   overhead = experiment.setup.aggregator.upload_overhead
   if overhead is not None:  # the aggregation protocol's own messages (secure aggregation)
@@ -300,7 +342,7 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
       }
       if (round_index + 1) % config.eval_every == 0 or round_index + 1 == config.rounds:
         row.update(
-          evaluate(config, experiment.model, algorithm, addressable(state), experiment.data)
+          evaluate(config, experiment.model, algorithm, addressable(state), experiment.data, adapt)
         )
         shown = {
           k: f"{row[k]:.3f}" for k in ("global_accuracy", "client_accuracy_mean") if k in row

@@ -74,6 +74,14 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
     (["algorithm.name=fedmr", "algorithm.fedprox.mu=0"], "algorithm.fedprox.mu must be > 0"),
     (["algorithm.name=fedavgg"], "algorithm.name must be one of fedavg, fedprox"),
     (["aggregation.rule=bulyan"], "aggregation.rule must be one of mean, median, trimmed_mean"),
+    (
+      ["eval_finetune_epochs=1", "data.test_fraction=0"],
+      "data.test_fraction must be > 0 with eval_finetune_epochs",
+    ),
+    (
+      ["eval_finetune_epochs=1", "algorithm.name=centralized"],
+      "eval_finetune_epochs must be 0 for centralized",
+    ),
   ],
 )
 def test_bad_config_names_the_field(overrides, message):

@@ -92,7 +92,7 @@ def summary_table(records: list[dict]) -> str:
 
 def main() -> None:
   parser = grid.reproduction_parser(__doc__, HERE, "runs/privacy")
-  args = parser.parse_args()
+  args = grid.parse_reproduction_args(parser)
   results = pathlib.Path(args.out)
   results.mkdir(parents=True, exist_ok=True)
   if not args.summarize:

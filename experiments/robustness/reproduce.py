@@ -176,7 +176,7 @@ def main() -> None:
   parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=list(ATTACKS))
   parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
   parser.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
-  args = parser.parse_args()
+  args = grid.parse_reproduction_args(parser)
   results = pathlib.Path(args.out)
   results.mkdir(parents=True, exist_ok=True)
   if not args.summarize:

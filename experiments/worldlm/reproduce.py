@@ -319,7 +319,7 @@ def main() -> None:
   parser = grid.reproduction_parser(__doc__, HERE, "runs/worldlm")
   parser.add_argument("--parts", nargs="+", default=["main", "dp", "keys"])
   parser.add_argument("--only", nargs="+", default=[], help="run only these method names")
-  args = parser.parse_args()
+  args = grid.parse_reproduction_args(parser)
   results = pathlib.Path(args.out)
   results.mkdir(parents=True, exist_ok=True)
   if not args.summarize:

@@ -120,6 +120,26 @@ class ClientSetup:
 
     return make_local_trainer(objective, self.optimizer, self.schedule, self.unroll)
 
+  def local_adaptation(self, epochs: int):
+    """Local adaptation (fine-tuning; Yu, Bagdasaryan and Shmatikov 2020): every client's copy
+    of a model after ``epochs`` epochs of local training on its own data, with the setup's
+    optimizer and batch size, cross-entropy only.
+
+    Args:
+      epochs: local epochs of the adaptation, >= 1.
+
+    Returns:
+      ``adapt(params, x, y, num_examples, keys) -> [clients, ...]``: one shared ``params``,
+      per-client data and keys; the clients' adapted models stacked, over the executor.
+    """
+    schedule = dataclasses.replace(self.schedule, epochs=epochs, steps=0)
+    train = make_local_trainer(
+      cross_entropy_objective(self.train_apply), self.optimizer, schedule, self.unroll
+    )
+    return self.executor.map(
+      lambda params, x, y, n, key: train(params, x, y, n, key)[0], (None, 0, 0, 0, 0), sort_by=3
+    )
+
   def cohort_trainer(
     self,
     regularizer: Optional[Regularizer],
