@@ -24,6 +24,7 @@ from fedjax_lab.ops.aggregators import (
   chain,
   clip_layer_norms,
   clip_update_norm,
+  fixed_denominator_mean,
   gaussian_noise,
   local_gaussian_noise,
   under_attack,
@@ -112,11 +113,12 @@ def client_optimizer(name: str, learning_rate: float, momentum: float, weight_de
 
 
 def build_aggregator(config: ExperimentConfig) -> Aggregator:
-  """The ``aggregation.rule``, after per-client update clipping if ``clip_norm > 0`` (per layer
-  with ``clip_per_layer``) and local noise if ``privacy.local_noise_multiplier > 0``, then
-  central Gaussian noise if ``privacy.noise_multiplier > 0`` (std ``z C / cohort_size``), or,
-  with ``clip_quantile > 0``, the adaptively clipped (noisy) mean; fed a poisoned cohort when
-  ``attack`` is a model-poisoning attack."""
+  """The ``aggregation.rule`` (with Poisson cohorts: the mean over the expected cohort size,
+  ``fixed_denominator_mean``), after per-client update clipping if ``clip_norm > 0`` (per
+  layer with ``clip_per_layer``) and local noise if ``privacy.local_noise_multiplier > 0``,
+  then central Gaussian noise if ``privacy.noise_multiplier > 0`` (std ``z C / cohort_size``);
+  or, with ``clip_quantile > 0``, the adaptively clipped (noisy) mean; fed a poisoned cohort
+  when ``attack`` is a model-poisoning attack."""
   aggregation, privacy = config.aggregation, config.privacy
   if aggregation.clip_quantile > 0:
     return _attacked(
@@ -129,7 +131,11 @@ def build_aggregator(config: ExperimentConfig) -> Aggregator:
         aggregation.clip_count_stddev or config.cohort_size / 20,
       ),
     )
-  clip, parts = aggregation.clip_norm, [AGGREGATORS.get(aggregation.rule)(aggregation)]
+  if config.cohort_sampling == "poisson":  # the rule is the mean (config validation)
+    reducer = fixed_denominator_mean(config.cohort_size)
+  else:
+    reducer = AGGREGATORS.get(aggregation.rule)(aggregation)
+  clip, parts = aggregation.clip_norm, [reducer]
   if privacy.local_noise_multiplier > 0:
     parts.insert(0, local_gaussian_noise(privacy.local_noise_multiplier * clip))
   if clip > 0:

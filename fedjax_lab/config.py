@@ -19,6 +19,7 @@ from fedjax_lab.data.groups import GROUP_SHIFTS
 from fedjax_lab.engine.execution import STRATEGIES
 from fedjax_lab.engine.precision import COMPUTE_DTYPES
 from fedjax_lab.models import CONV_IMPLEMENTATIONS, MODELS
+from fedjax_lab.ops.accounting import ACCOUNTANTS, SAMPLINGS
 from fedjax_lab.ops.aggregators import AGGREGATORS
 from fedjax_lab.ops.attacks import ATTACKS
 
@@ -308,9 +309,12 @@ class PrivacyConfig:
   noise_multiplier: float = 0.0
   delta: float = 1e-5
   local_noise_multiplier: float = 0.0  # > 0: local DP, each client adds N(0, (z C)^2)
+  # rdp, or pld (tighter; full participation or cohort_sampling=poisson)
+  accountant: str = "rdp"
 
   def __post_init__(self):
     typed_fields(self, "privacy.")
+    one_of("privacy.accountant", self.accountant, ACCOUNTANTS)
     require(self.noise_multiplier >= 0, "privacy.noise_multiplier", ">= 0", self.noise_multiplier)
     require(
       self.local_noise_multiplier >= 0,
@@ -362,6 +366,9 @@ class ExperimentConfig:
   execution: ExecutionConfig = ExecutionConfig()
   rounds: int = 20
   cohort_size: int = 5
+  # fixed: exactly cohort_size clients a round; poisson: each client joins with probability
+  # cohort_size / data.num_clients (DP-FedAvg's sampling; runner.cohort_ids)
+  cohort_sampling: str = "fixed"
   seed: int = 0
   eval_every: int = 5
   # > 0: also evaluate each client's copy of the global model after this many epochs of local
@@ -406,7 +413,9 @@ class ExperimentConfig:
       self.cohort_size,
     )
     require(self.checkpoint_every >= 0, "checkpoint_every", ">= 0", self.checkpoint_every)
+    one_of("cohort_sampling", self.cohort_sampling, SAMPLINGS)
     self._check_aggregation()
+    self._check_sampling()
     if ALGORITHMS.get(self.algorithm.name).every_client_each_round:
       require(
         self.cohort_size == self.data.num_clients,
@@ -462,6 +471,46 @@ class ExperimentConfig:
         "algorithm.weighting",
         "uniform with privacy.noise_multiplier > 0 (example-count weights are unbounded)",
         self.algorithm.weighting,
+      )
+
+  def _check_sampling(self) -> None:
+    """Poisson cohorts (padded with empty clients, reduced over a fixed denominator) against
+    the method, the aggregation and the accountant."""
+    if self.cohort_sampling == "poisson":
+      name, aggregation = self.algorithm.name, self.aggregation
+      require(
+        ALGORITHMS.get(name).any_cohort_size,
+        "cohort_sampling",
+        f"fixed for {name} (poisson needs a method without per-client state: "
+        + ", ".join(n for n in ALGORITHMS.names() if ALGORITHMS.get(n).any_cohort_size)
+        + ")",
+        self.cohort_sampling,
+      )
+      require(
+        aggregation.rule == "mean" and aggregation.clip_quantile == 0,
+        "aggregation.rule",
+        "mean, without clip_quantile, with cohort_sampling=poisson",
+        aggregation.rule,
+      )
+      require(
+        self.algorithm.weighting == "uniform",
+        "algorithm.weighting",
+        "uniform with cohort_sampling=poisson (the denominator is the expected cohort size)",
+        self.algorithm.weighting,
+      )
+      require(
+        self.attack.fraction == 0 or self.attack.kind == "label_flip",
+        "attack.kind",
+        "label_flip (or attack.fraction=0) with cohort_sampling=poisson",
+        self.attack.kind,
+      )
+    elif self.privacy.accountant == "pld" and self.privacy.noise_multiplier > 0:
+      require(
+        self.cohort_size == self.data.num_clients,
+        "privacy.accountant",
+        "rdp for fixed-size cohorts smaller than data.num_clients (pld needs full "
+        "participation or cohort_sampling=poisson)",
+        self.privacy.accountant,
       )
 
   def to_dict(self) -> dict:

@@ -21,13 +21,15 @@ from fedjax_lab import checkpoint, run_folder
 from fedjax_lab.algorithms import Algorithm, compiled_round, payload_bytes
 from fedjax_lab.build import build_experiment
 from fedjax_lab.config import ExperimentConfig
-from fedjax_lab.data import FederatedData
+from fedjax_lab.data import Cohort, FederatedData
 from fedjax_lab.engine.evaluate import client_metrics, client_test_sums, evaluate_pooled
 from fedjax_lab.engine.execution import computed_steps
 from fedjax_lab.engine.sharding import addressable, client_mesh, replicate, shard_clients
 from fedjax_lab.models import Model
 from fedjax_lab.ops import accounting
 
+# Poisson cohorts are padded with empty clients to a multiple of this: few shapes to compile
+POISSON_PADDING = 8
 ADAPTATION_STREAM = 0xADA  # fold_in constant: local adaptation's keys, apart from training's
 
 
@@ -56,10 +58,27 @@ def computed_step_ratio(setup, num_examples) -> float:
   return computed_steps(setup.executor, steps, unrolled) / max(int(steps.sum()), 1)
 
 
-def cohort_ids(seed: int, round_index: int, num_clients: int, cohort_size: int) -> np.ndarray:
-  """Uniform without replacement; a pure function of (seed, round) so resuming repeats it."""
+def cohort_ids(
+  seed: int, round_index: int, num_clients: int, cohort_size: int, sampling: str = "fixed"
+) -> np.ndarray:
+  """The round's clients, sorted: ``cohort_size`` uniformly without replacement (``fixed``), or
+  each client independently with probability ``cohort_size / num_clients`` (``poisson``; any
+  size, empty included). A pure function of (seed, round) so resuming repeats it."""
   rng = np.random.default_rng([seed, round_index])
+  if sampling == "poisson":
+    return np.flatnonzero(rng.random(num_clients) < cohort_size / num_clients).astype(np.int32)
   return np.sort(rng.choice(num_clients, cohort_size, replace=False)).astype(np.int32)
+
+
+def padded_cohort(data: FederatedData, client_ids: np.ndarray, multiple: int) -> Cohort:
+  """The cohort of ``client_ids`` padded with empty clients (no examples: no local steps,
+  aggregation weight 0) to the smallest positive multiple of ``multiple``, so that Poisson
+  cohorts of every size share a few compiled shapes."""
+  size = max(multiple, -(-len(client_ids) // multiple) * multiple)
+  filler = np.full(size - len(client_ids), client_ids[0] if len(client_ids) else 0, np.int32)
+  cohort = data.cohort(np.concatenate([client_ids, filler]))
+  real = np.arange(size) < len(client_ids)
+  return dataclasses.replace(cohort, num_examples=np.where(real, cohort.num_examples, 0))
 
 
 def plot_accuracy(rows: list[dict], path: pathlib.Path, title: str = "") -> None:
@@ -276,10 +295,12 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
   # The state is donated: each round writes the new state into the old one's buffers.
   round_fn = compiled_round(algorithm, experiment.setup.executor, donate=True)
   adapt = local_adaptation(experiment)
-  payload = [size * experiment.cohort_size for size in payload_bytes(algorithm, experiment.setup)]
+  download, upload = payload_bytes(algorithm, experiment.setup)  # one client's
   overhead = experiment.setup.aggregator.upload_overhead
   if overhead is not None:  # the aggregation protocol's own messages (secure aggregation)
-    payload[1] += overhead(experiment.cohort_size) * experiment.cohort_size
+    upload += overhead(experiment.cohort_size)
+  poisson = config.cohort_sampling == "poisson"
+  pad_to = math.lcm(POISSON_PADDING, config.execution.devices)
   mesh = client_mesh(config.execution.devices) if config.execution.devices > 1 else None
   if mesh is not None:
     state = replicate(state, mesh)
@@ -297,9 +318,14 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
   with _stop_requests() as stop:
     for round_index in bar:
       tick = time.perf_counter()
-      cohort = train_data.cohort(
-        cohort_ids(config.seed, round_index, train_data.num_clients, experiment.cohort_size)
+      ids = cohort_ids(
+        config.seed,
+        round_index,
+        train_data.num_clients,
+        experiment.cohort_size,
+        config.cohort_sampling,
       )
+      cohort = padded_cohort(train_data, ids, pad_to) if poisson else train_data.cohort(ids)
       step_ratio = computed_step_ratio(experiment.setup, cohort.num_examples)
       round_key = jax.random.fold_in(rounds_key, round_index)
       if mesh is not None:
@@ -331,13 +357,16 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
           train_data.num_clients,
           config.privacy.noise_multiplier,
           config.privacy.delta,
+          config.privacy.accountant,
+          config.cohort_sampling,
         )
       row = {
         "round": round_index + 1,
         "computed_step_ratio": step_ratio,
         **round_metrics,
-        "bytes_down": payload[0],
-        "bytes_up": payload[1],
+        **({"cohort_clients": len(ids)} if poisson else {}),
+        "bytes_down": download * len(ids),
+        "bytes_up": upload * len(ids),
         "round_seconds": time.perf_counter() - tick,
       }
       if (round_index + 1) % config.eval_every == 0 or round_index + 1 == config.rounds:

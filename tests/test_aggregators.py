@@ -24,6 +24,7 @@ from fedjax_lab.ops.aggregators import (
   ServerTransform,
   chain,
   clip_update_norm,
+  fixed_denominator_mean,
   mean,
   median,
 )
@@ -45,6 +46,21 @@ def test_mean_is_the_weighted_mean_in_both_forms():
   nobody = jax.tree.map(jnp.zeros_like, weighted)  # all weights zero: zeros, not NaN
   zeros, _ = aggregator.finalize(nobody, jnp.zeros(()), None, (), KEY)
   chex.assert_trees_all_equal(zeros, nobody)
+
+
+def test_fixed_denominator_mean_formula_in_both_forms():
+  """``r + sum_k w_k (c_k - r) / D``: the same by stack and by sums; nobody gives ``r``."""
+  reference = {"w": jnp.array([1.0, 1.0]), "b": jnp.array(2.0)}
+  aggregator = fixed_denominator_mean(4.0)
+  value, _ = aggregator.aggregate(STACK, WEIGHTS, reference, (), KEY)
+  expected = {"w": jnp.array([1.0 + 6.0 / 4, 1.0 + 16.0 / 4]), "b": jnp.array(2.0 + 4.0 / 4)}
+  chex.assert_trees_all_close(value, expected)
+  prepared = jax.vmap(lambda c: aggregator.prepare(c, reference, (), KEY))(STACK)
+  weighted = jax.tree.map(lambda leaf: jnp.tensordot(WEIGHTS, leaf, axes=1), prepared)
+  by_sums, _ = aggregator.finalize(weighted, WEIGHTS.sum(), reference, (), KEY)
+  chex.assert_trees_all_close(by_sums, value)
+  nobody, _ = aggregator.aggregate(STACK, jnp.zeros(3), reference, (), KEY)
+  chex.assert_trees_all_equal(nobody, reference)
 
 
 def test_weighted_median_formula():
@@ -132,6 +148,31 @@ def test_cohort_aggregate_sum_form_equals_stack_form(tiny_federation, strategy):
   )
   chex.assert_trees_all_close(value, expected, atol=1e-6)
   assert float(total) == float(cohort.num_examples.sum())
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "chunked"])
+def test_a_poisson_cohort_padded_with_empty_clients_gives_the_unpadded_round(
+  tiny_federation, strategy
+):
+  """FedAvg with the fixed-denominator mean: padding a cohort with empty clients (the runner's
+  Poisson cohorts) changes neither the model nor the training loss."""
+  from fedjax_lab.algorithms.fedopt import fedopt
+  from fedjax_lab.runner import padded_cohort
+
+  algorithm = fedopt(
+    _setup(tiny_federation, strategy, fixed_denominator_mean(2.5)),
+    optax.sgd(1.0),
+    weighting="uniform",
+  )
+  state = algorithm.init(KEY)
+  ids = np.array([1, 3, 4], np.int32)
+  padded = padded_cohort(tiny_federation, ids, 8)
+  assert padded.client_ids.shape == (8,) and list(padded.num_examples[3:]) == [0] * 5
+  plain, plain_metrics = jax.jit(algorithm.round)(state, tiny_federation.cohort(ids), KEY)
+  # split(key, 8)[:3] == split(key, 3) (partitionable threefry): the real clients' keys agree
+  with_padding, metrics = jax.jit(algorithm.round)(state, padded, KEY)
+  chex.assert_trees_all_close(with_padding.params, plain.params, atol=1e-6)
+  assert float(metrics["train_loss"]) == pytest.approx(float(plain_metrics["train_loss"]))
 
 
 def test_median_resists_a_corrupted_client_where_the_mean_does_not(tiny_federation):

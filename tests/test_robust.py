@@ -3,6 +3,7 @@ behaviour; central DP (clipping + Gaussian noise) and its accountant (ops/accoun
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import dp_accounting
@@ -10,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from dp_accounting import rdp
+from dp_accounting import pld, rdp
 
 from fedjax_lab.config import load_config
 from fedjax_lab.ops import accounting, aggregators, robust
@@ -137,6 +138,32 @@ def test_epsilon_matches_dp_accounting_and_behaves():
     accounting.epsilon(10, 5, 50, 4.0, 1e-5, accountant="pld")
 
 
+def test_poisson_sampling_is_accounted_under_add_or_remove_by_both_accountants():
+  relation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+  event = dp_accounting.SelfComposedDpEvent(
+    dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.1)), 50
+  )
+  for name, tracker in (("rdp", rdp.RdpAccountant), ("pld", pld.PLDAccountant)):
+    direct = tracker(neighboring_relation=relation)
+    direct.compose(event)
+    ours = accounting.epsilon(50, 10, 100, 1.1, 1e-5, name, "poisson")
+    assert ours == pytest.approx(direct.get_epsilon(1e-5), rel=1e-6)
+  rdp_eps = accounting.epsilon(50, 10, 100, 1.1, 1e-5, "rdp", "poisson")
+  assert accounting.epsilon(50, 10, 100, 1.1, 1e-5, "pld", "poisson") <= rdp_eps
+
+
+def test_poisson_cohorts_are_seeded_of_varying_size_at_the_expected_rate():
+  from fedjax_lab.runner import cohort_ids
+
+  draws = [cohort_ids(3, r, 50, 10, "poisson") for r in range(400)]
+  sizes = np.array([len(d) for d in draws])
+  assert abs(sizes.mean() - 10) < 0.5 and sizes.std() > 1.5  # Binomial(50, 0.2): std 2.8
+  counts = np.bincount(np.concatenate(draws), minlength=50)
+  assert np.all(np.abs(counts / 400 - 0.2) < 0.1)  # each client at about q
+  assert all(np.all(np.diff(d) > 0) for d in draws)  # sorted, no repeats
+  np.testing.assert_array_equal(cohort_ids(3, 7, 50, 10, "poisson"), draws[7])
+
+
 @pytest.mark.parametrize(
   "overrides,message",
   [
@@ -185,7 +212,7 @@ def test_every_robust_rule_trains_fedavg(tmp_path, rule):
 
 
 def test_a_private_run_logs_the_epsilon_it_spends(tmp_path):
-  from fedjax_lab.runner import run
+  from fedjax_lab.runner import cohort_ids, run
 
   config = load_config(
     None,
@@ -204,6 +231,20 @@ def test_a_private_run_logs_the_epsilon_it_spends(tmp_path):
   epsilons = [row["privacy_epsilon"] for row in run(config, progress=False).metrics]
   assert epsilons == [accounting.epsilon(r, 5, 20, 1.5, 1e-5) for r in (1, 2, 3)]
   assert epsilons[0] < epsilons[1] < epsilons[2]
+  # Poisson cohorts: the realized sizes logged, bytes per client drawn, the PLD accountant
+  poisson = dataclasses.replace(
+    config,
+    cohort_sampling="poisson",
+    privacy=dataclasses.replace(config.privacy, accountant="pld"),
+    out_dir=str(tmp_path / "poisson"),
+  )
+  rows = run(poisson, progress=False).metrics
+  sizes = [row["cohort_clients"] for row in rows]
+  assert [len(cohort_ids(0, r, 20, 5, "poisson")) for r in range(3)] == sizes
+  assert rows[0]["bytes_up"] / sizes[0] == rows[1]["bytes_up"] / sizes[1]
+  assert [row["privacy_epsilon"] for row in rows] == [
+    accounting.epsilon(r, 5, 20, 1.5, 1e-5, "pld", "poisson") for r in (1, 2, 3)
+  ]
 
 
 @pytest.mark.parametrize("dropped", [[], [1], [0, 3, 4]])

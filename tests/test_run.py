@@ -74,6 +74,13 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
     (["algorithm.name=fedmr", "algorithm.fedprox.mu=0"], "algorithm.fedprox.mu must be > 0"),
     (["algorithm.name=fedavgg"], "algorithm.name must be one of fedavg, fedprox"),
     (["aggregation.rule=bulyan"], "aggregation.rule must be one of mean, median, trimmed_mean"),
+    (["cohort_sampling=poisson", "algorithm.name=scaffold"], "cohort_sampling must be fixed"),
+    (["cohort_sampling=every"], "cohort_sampling must be one of fixed, poisson"),
+    (
+      ["privacy.accountant=pld", "privacy.noise_multiplier=1", "aggregation.clip_norm=1"]
+      + ["algorithm.weighting=uniform"],
+      "privacy.accountant must be rdp for fixed-size cohorts",
+    ),
     (
       ["eval_finetune_epochs=1", "data.test_fraction=0"],
       "data.test_fraction must be > 0 with eval_finetune_epochs",

@@ -7,8 +7,14 @@ after the last round comes from dp-accounting's RDP accountant for cohorts drawn
 replacement (``ops/accounting.py``). Accuracy: the global model on the test set at the round
 budget (mean of the last 2 evaluations).
 
+Part ``personalized``: the same runs with a 20% test split per client and local adaptation at
+evaluation (``eval_finetune_epochs=1``: FedAvg-FT, each client's copy of the global model after
+one local epoch on its own data, never uploaded, so the guarantee is unchanged); accuracy on
+the clients' own test splits, of the global model and of the adapted ones.
+
   python experiments/privacy/reproduce.py                 # about 10 min on 2 CPU cores
-  python experiments/privacy/reproduce.py --summarize     # the table from results/
+  python experiments/privacy/reproduce.py --part personalized    # about 10 min
+  python experiments/privacy/reproduce.py --summarize     # the tables from results/
 """
 
 from __future__ import annotations
@@ -29,10 +35,28 @@ from fedjax_lab.tables import format_table
 
 HERE = pathlib.Path(__file__).parent
 NOISE_MULTIPLIERS = (0.0, 0.5, 1.0, 2.0)
+# part -> config overrides on base.json
+PARTS = {
+  "main": [],
+  "personalized": ["data.test_fraction=0.2", "eval_finetune_epochs=1"],
+}
+# record field -> metric (the mean of the last 2 evaluations)
+MEASURES = {
+  "main": {"accuracy": "global_accuracy"},
+  "personalized": {
+    "accuracy": "global_accuracy",
+    "client_accuracy": "client_accuracy_mean",
+    "adapted_client_accuracy": "adapted_client_accuracy_mean",
+  },
+}
 
 
 def run_all(args, base, results: pathlib.Path) -> None:
-  records, started = [], time.perf_counter()
+  """Every seed and noise multiplier of ``args.part``; the part's records in
+  ``per_seed.jsonl`` are replaced, the other parts' kept."""
+  runs = pathlib.Path(args.runs) / ("" if args.part == "main" else args.part)
+  records = [r for r in grid.read_records(results) if r.get("part", "main") != args.part]
+  started = time.perf_counter()
   for seed in args.seeds:
     data_config = dataclasses.replace(base.data, seed=seed)
     data = build_federation(data_config)
@@ -42,23 +66,26 @@ def run_all(args, base, results: pathlib.Path) -> None:
         data=data_config,
         seed=seed,
         privacy=dataclasses.replace(base.privacy, noise_multiplier=z),
-        out_dir=str(pathlib.Path(args.runs) / f"seed{seed}" / f"z{z}"),
+        out_dir=str(runs / f"seed{seed}" / f"z{z}"),
       )
       metrics, _ = grid.run_or_load(config, data)
       epsilon = accounting.epsilon(
         config.rounds, config.cohort_size, data.num_clients, z, config.privacy.delta
       )
       record = {
+        "part": args.part,
         "seed": seed,
         "noise_multiplier": z,
         "epsilon": epsilon if z > 0 else None,  # no noise: no finite epsilon (strict JSON)
-        "accuracy": grid.last_evaluations(metrics, "global_accuracy", count=2),
       }
+      for field, metric in MEASURES[args.part].items():
+        record[field] = grid.last_evaluations(metrics, metric, count=2)
       records.append(record)
       print(json.dumps(record), flush=True)
   (results / "per_seed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
   env = {
-    "wall_seconds": round(time.perf_counter() - started, 1),
+    "wall_seconds_last_invocation": round(time.perf_counter() - started, 1),
+    "last_part": args.part,
     "machine": f"{platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}",
     "python": platform.python_version(),
     "jax": jax.__version__,
@@ -67,40 +94,82 @@ def run_all(args, base, results: pathlib.Path) -> None:
   (results / "environment.json").write_text(json.dumps(env, indent=1))
 
 
+def _points(by, z, seeds, field) -> np.ndarray:
+  return np.asarray([by[(z, s)][field] for s in seeds]) * 100
+
+
+def _cell(values) -> str:
+  d = describe(values)
+  return f"{d['mean']:.2f} ± {d['std']:.2f} (n={d['n']})"
+
+
+def _difference(a, b) -> str:
+  diff = paired_difference(a, b)
+  return f"{diff['mean']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}] {diff['verdict']}"
+
+
 def summary_table(records: list[dict]) -> str:
   """Per noise multiplier: epsilon, accuracy mean ± sample std (n), and the paired accuracy
   difference against z = 0 (points, 95% t-interval)."""
+  records = [r for r in records if r.get("part", "main") == "main"]
   by = {(r["noise_multiplier"], r["seed"]): r for r in records}
   seeds = sorted({r["seed"] for r in records})
   rows = []
   for z in sorted({r["noise_multiplier"] for r in records}):
-    accuracy = np.asarray([by[(z, s)]["accuracy"] for s in seeds]) * 100
-    reference = np.asarray([by[(0.0, s)]["accuracy"] for s in seeds]) * 100
-    d, diff = describe(accuracy), paired_difference(accuracy, reference)
+    accuracy = _points(by, z, seeds, "accuracy")
     row = {
       "noise z": f"{z:.1f}",
       "epsilon": "inf" if z == 0 else f"{by[(z, seeds[0])]['epsilon']:.2f}",
-      "accuracy %": f"{d['mean']:.2f} ± {d['std']:.2f} (n={d['n']})",
+      "accuracy %": _cell(accuracy),
     }
     if z > 0:
-      row["vs z=0, pts (95% CI)"] = (
-        f"{diff['mean']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}] {diff['verdict']}"
-      )
+      row["vs z=0, pts (95% CI)"] = _difference(accuracy, _points(by, 0.0, seeds, "accuracy"))
+    rows.append(row)
+  return format_table(rows, list(dict.fromkeys(k for row in rows for k in row)))
+
+
+def personalized_table(records: list[dict]) -> str:
+  """Per noise multiplier, on the clients' own test splits: the global model (FedAvg) and its
+  locally adapted copies (FedAvg-FT), the paired gain of adaptation, and each one's loss
+  against z = 0 with the paired difference of the two losses."""
+  records = [r for r in records if r.get("part") == "personalized"]
+  by = {(r["noise_multiplier"], r["seed"]): r for r in records}
+  seeds = sorted({r["seed"] for r in records})
+  rows = []
+  for z in sorted({r["noise_multiplier"] for r in records}):
+    fedavg = _points(by, z, seeds, "client_accuracy")
+    adapted = _points(by, z, seeds, "adapted_client_accuracy")
+    row = {
+      "noise z": f"{z:.1f}",
+      "epsilon": "inf" if z == 0 else f"{by[(z, seeds[0])]['epsilon']:.2f}",
+      "FedAvg %": _cell(fedavg),
+      "FedAvg-FT %": _cell(adapted),
+      "FT - FedAvg, pts (95% CI)": _difference(adapted, fedavg),
+    }
+    if z > 0:
+      fedavg_loss = fedavg - _points(by, 0.0, seeds, "client_accuracy")
+      adapted_loss = adapted - _points(by, 0.0, seeds, "adapted_client_accuracy")
+      row["FedAvg vs z=0"] = f"{fedavg_loss.mean():+.2f}"
+      row["FT vs z=0"] = f"{adapted_loss.mean():+.2f}"
+      row["FT loss - FedAvg loss (95% CI)"] = _difference(adapted_loss, fedavg_loss)
     rows.append(row)
   return format_table(rows, list(dict.fromkeys(k for row in rows for k in row)))
 
 
 def main() -> None:
   parser = grid.reproduction_parser(__doc__, HERE, "runs/privacy")
+  parser.add_argument("--part", choices=list(PARTS), default="main")
   args = grid.parse_reproduction_args(parser)
   results = pathlib.Path(args.out)
   results.mkdir(parents=True, exist_ok=True)
   if not args.summarize:
-    run_all(args, load_config(args.config, args.set), results)
+    run_all(args, load_config(args.config, PARTS[args.part] + args.set), results)
   records = grid.read_records(results)
-  table = summary_table(records)
-  (results / "summary.md").write_text(f"```\n{table}\n```\n")
-  print(table)
+  text = f"```\n{summary_table(records)}\n```\n"
+  if any(r.get("part") == "personalized" for r in records):
+    text += f"\n## personalized\n\n```\n{personalized_table(records)}\n```\n"
+  (results / "summary.md").write_text(text)
+  print(text)
 
 
 if __name__ == "__main__":

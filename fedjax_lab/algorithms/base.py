@@ -262,9 +262,13 @@ class AlgorithmEntry:
   ``config.server``, ``config.local``, ``config.cohort_size``, ``config.algorithm.weighting``).
   ``every_client_each_round``: the method needs ``cohort_size == data.num_clients``.
   ``pooled``: the method trains one client holding the whole federation's training data.
+  ``any_cohort_size``: the method keeps no per-client state and reduces the cohort only
+  through ``setup.aggregator``, so cohorts of any size, padded with empty clients, are exact
+  (``cohort_sampling=poisson``).
   """
 
   build: Callable[[ClientSetup, Any, Any], Algorithm]
   options: type = NoOptions
   every_client_each_round: bool = False
   pooled: bool = False
+  any_cohort_size: bool = False

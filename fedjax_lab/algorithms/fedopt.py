@@ -77,7 +77,8 @@ def fedopt(
   def contribution(params, x, y, num_examples, key):
     trained, result = train(params, x, y, num_examples, key, params)
     weight = client_weight(num_examples, weighting)
-    return trained, weight, (weight * result.mean_loss, unit_vector(trained))
+    present = (num_examples > 0).astype(jnp.float32)  # not an empty (padding) client
+    return trained, weight, (weight * result.mean_loss, present * unit_vector(trained), present)
 
   reduce_cohort = setup.cohort_aggregate(contribution, (None, 0, 0, 0, 0), sort_by=3)
 
@@ -88,7 +89,7 @@ def fedopt(
     )
 
   def round_fn(state, cohort, key):
-    aggregate, total_weight, (weighted_loss, unit_sum), aggregator_state = reduce_cohort(
+    aggregate, total_weight, (weighted_loss, unit_sum, present), aggregator_state = reduce_cohort(
       state.params,
       state.aggregator_state,
       key,
@@ -105,9 +106,7 @@ def fedopt(
     )
     metrics = {
       "train_loss": weighted_loss / total_weight,
-      "client_cosine_similarity": mean_pairwise_cosine_from_sum(
-        unit_sum, cohort.client_ids.shape[0]
-      ),
+      "client_cosine_similarity": mean_pairwise_cosine_from_sum(unit_sum, present),
     }
     return FedOptState(
       optax.apply_updates(state.params, updates), opt_state, aggregator_state
@@ -154,12 +153,16 @@ def _build(setup: ClientSetup, config, prox_mu: float = 0.0) -> Algorithm:
   )
 
 
-FEDAVG = AlgorithmEntry(lambda setup, options, config: _build(setup, config))
+FEDAVG = AlgorithmEntry(lambda setup, options, config: _build(setup, config), any_cohort_size=True)
 FEDPROX = AlgorithmEntry(
-  lambda setup, options, config: _build(setup, config, options.mu), FedProxConfig
+  lambda setup, options, config: _build(setup, config, options.mu),
+  FedProxConfig,
+  any_cohort_size=True,
 )
 FEDOPT = AlgorithmEntry(
-  lambda setup, options, config: _build(setup, config, options.prox_mu), FedOptConfig
+  lambda setup, options, config: _build(setup, config, options.prox_mu),
+  FedOptConfig,
+  any_cohort_size=True,
 )
 # Centralized training: FedAvg on one client holding all the training data.
 CENTRALIZED = AlgorithmEntry(FEDAVG.build, pooled=True)

@@ -1,14 +1,21 @@
 """The privacy spent by central DP-FedAvg, from Google's ``dp-accounting`` (host side).
 
-Each round releases the Gaussian mechanism on the sum of ``K`` clipped contributions (norm at
-most ``C``), noise std ``z C``, the cohort drawn uniformly without replacement from ``N``
-(``runner.cohort_ids``): a ``SampledWithoutReplacementDpEvent`` under the replace-one
-neighbouring relation, composed over the rounds. Replacing one client moves the sum by up to
-``2 C``, so the mechanism's noise multiplier with respect to its sensitivity is ``z / 2``: what
-the Rényi-DP accountant is given (it does not apply the relation to a Gaussian itself). The
-privacy-loss-distribution accountant (``accountant="pld"``, tighter) takes ``z`` and applies
-the replace-one relation itself; ``dp-accounting`` has it only for full participation
-(``K = N``).
+Each round releases the Gaussian mechanism on the sum of clipped contributions (norm at most
+``C``), noise std ``z C``, composed over the rounds. Two samplings, as the run draws cohorts
+(``runner.cohort_ids``):
+
+- ``fixed``: ``K`` clients uniformly without replacement from ``N``, a
+  ``SampledWithoutReplacementDpEvent`` under the replace-one neighbouring relation. Replacing
+  one client moves the sum by up to ``2 C``, so the mechanism's noise multiplier with respect
+  to its sensitivity is ``z / 2``: what the Rényi-DP accountant is given (it does not apply
+  the relation to a Gaussian itself). The privacy-loss-distribution accountant (tighter) takes
+  ``z`` and applies the relation itself; ``dp-accounting`` has it only for full participation
+  (``K = N``).
+- ``poisson``: each client joins each round independently with probability ``q = K / N``, a
+  ``PoissonSampledDpEvent`` under add-or-remove-one (one client moves the sum by ``C``, so the
+  Gaussian is given ``z``); both accountants support it. Epsilons of the two samplings are
+  about different neighbouring relations: replace-one is the stronger guarantee (about twice
+  the sensitivity).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from dp_accounting import pld, rdp
 from dp_accounting.pld import privacy_loss_distribution
 
 ACCOUNTANTS = ("rdp", "pld")
+SAMPLINGS = ("fixed", "poisson")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -31,27 +39,37 @@ def epsilon(
   noise_multiplier: float,
   delta: float,
   accountant: str = "rdp",
+  sampling: str = "fixed",
 ) -> float:
   """(epsilon, ``delta``)-DP of ``rounds`` rounds, client-level (module docstring), by the
-  ``accountant``, ``rdp`` or ``pld``; ``noise_multiplier`` is ``z`` (noise std / clip norm)."""
+  ``accountant`` (``rdp`` or ``pld``) for cohorts drawn by ``sampling`` (``fixed``: exactly
+  ``cohort_size``; ``poisson``: ``cohort_size`` expected); ``noise_multiplier`` is ``z``
+  (noise std / clip norm)."""
   if noise_multiplier <= 0:
     return float("inf")
-  relation = dp_accounting.NeighboringRelation.REPLACE_ONE
-  if accountant == "pld":
+  if sampling == "poisson":
+    relation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+    round_event = dp_accounting.GaussianDpEvent(noise_multiplier)
+    if cohort_size < num_clients:
+      round_event = dp_accounting.PoissonSampledDpEvent(cohort_size / num_clients, round_event)
+  elif accountant == "pld":
+    relation = dp_accounting.NeighboringRelation.REPLACE_ONE
     if cohort_size < num_clients:
       raise ValueError(
-        "the PLD accountant needs full participation (cohort_size == num_clients); "
-        "use accountant='rdp' for sampled cohorts"
+        "the PLD accountant needs full participation (cohort_size == num_clients) or "
+        "cohort_sampling=poisson; use accountant='rdp' for fixed-size sampled cohorts"
       )
-    tracker = pld.PLDAccountant(neighboring_relation=relation)
     round_event = dp_accounting.GaussianDpEvent(noise_multiplier)
   else:
-    tracker = rdp.RdpAccountant(neighboring_relation=relation)
+    relation = dp_accounting.NeighboringRelation.REPLACE_ONE
     round_event = dp_accounting.GaussianDpEvent(noise_multiplier / 2)
     if cohort_size < num_clients:
       round_event = dp_accounting.SampledWithoutReplacementDpEvent(
         num_clients, cohort_size, round_event
       )
+  tracker = (pld.PLDAccountant if accountant == "pld" else rdp.RdpAccountant)(
+    neighboring_relation=relation
+  )
   tracker.compose(dp_accounting.SelfComposedDpEvent(round_event, rounds))
   return float(tracker.get_epsilon(delta))
 

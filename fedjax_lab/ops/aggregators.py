@@ -95,6 +95,48 @@ def mean() -> Aggregator:
   return Aggregator(_no_state, aggregate, prepare, finalize)
 
 
+def fixed_denominator_mean(denominator: float) -> Aggregator:
+  """The mean of updates over a fixed denominator ``D``, for Poisson-sampled cohorts
+  (McMahan et al. 2018's fixed-denominator estimator):
+  ``reference + sum_k w_k (c_k - reference) / D``, whatever the number of clients drawn; an
+  empty cohort (all weights 0) gives the reference. With ``D`` the expected total weight it is
+  unbiased for the mean update over every client, and one client moves it by at most
+  ``w_k ||c_k - reference|| / D``, a bound that does not depend on the draw (so the Gaussian
+  noise of ``gaussian_noise(z C / D)`` makes it DP).
+
+  Args:
+    denominator: ``D > 0``, the expected total weight (with uniform weights: the expected
+      cohort size).
+
+  Returns:
+    An ``Aggregator`` with a sum form (``prepare`` is ``c - reference``); it needs a
+    reference.
+  """
+  if not denominator > 0:
+    raise ValueError(f"the fixed denominator must be > 0, got {denominator!r}")
+
+  def aggregate(stacked, weights, reference, state, key):
+    del key
+    weights = jnp.asarray(weights, jnp.float32)
+    return jax.tree.map(
+      lambda c, r: (r + jnp.tensordot(weights, c - r, axes=1) / denominator).astype(r.dtype),
+      stacked,
+      reference,
+    ), state
+
+  def prepare(contribution, reference, state, key):
+    del state, key
+    return jax.tree.map(jnp.subtract, contribution, reference)
+
+  def finalize(weighted_sum, total_weight, reference, state, key):
+    del total_weight, key
+    return jax.tree.map(
+      lambda s, r: (r + s / denominator).astype(r.dtype), weighted_sum, reference
+    ), state
+
+  return Aggregator(_no_state, aggregate, prepare, finalize)
+
+
 def median() -> Aggregator:
   """Coordinate-wise weighted median (``ops.robust.weighted_median`` per leaf): robust to a
   minority of arbitrary contributions. No sum form: it needs the cohort's stack.
