@@ -10,10 +10,13 @@ budget (mean of the last 2 evaluations).
 Part ``personalized``: the same runs with a 20% test split per client and local adaptation at
 evaluation (``eval_finetune_epochs=1``: FedAvg-FT, each client's copy of the global model after
 one local epoch on its own data, never uploaded, so the guarantee is unchanged); accuracy on
-the clients' own test splits, of the global model and of the adapted ones.
+the clients' own test splits, of the global model and of the adapted ones. Part ``poisson``:
+the main runs with Poisson cohorts (each client joins with probability 0.2, the mean over the
+expected cohort size) and the PLD accountant under add-or-remove-one.
 
   python experiments/privacy/reproduce.py                 # about 10 min on 2 CPU cores
-  python experiments/privacy/reproduce.py --part personalized    # about 10 min
+  python experiments/privacy/reproduce.py --part personalized --seeds 0 1 2 3 4   # 15 min
+  python experiments/privacy/reproduce.py --part poisson  # about 10 min
   python experiments/privacy/reproduce.py --summarize     # the tables from results/
 """
 
@@ -39,10 +42,12 @@ NOISE_MULTIPLIERS = (0.0, 0.5, 1.0, 2.0)
 PARTS = {
   "main": [],
   "personalized": ["data.test_fraction=0.2", "eval_finetune_epochs=1"],
+  "poisson": ["cohort_sampling=poisson", "privacy.accountant=pld"],
 }
 # record field -> metric (the mean of the last 2 evaluations)
 MEASURES = {
   "main": {"accuracy": "global_accuracy"},
+  "poisson": {"accuracy": "global_accuracy"},
   "personalized": {
     "accuracy": "global_accuracy",
     "client_accuracy": "client_accuracy_mean",
@@ -70,7 +75,13 @@ def run_all(args, base, results: pathlib.Path) -> None:
       )
       metrics, _ = grid.run_or_load(config, data)
       epsilon = accounting.epsilon(
-        config.rounds, config.cohort_size, data.num_clients, z, config.privacy.delta
+        config.rounds,
+        config.cohort_size,
+        data.num_clients,
+        z,
+        config.privacy.delta,
+        config.privacy.accountant,
+        config.cohort_sampling,
       )
       record = {
         "part": args.part,
@@ -108,10 +119,10 @@ def _difference(a, b) -> str:
   return f"{diff['mean']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}] {diff['verdict']}"
 
 
-def summary_table(records: list[dict]) -> str:
-  """Per noise multiplier: epsilon, accuracy mean ± sample std (n), and the paired accuracy
-  difference against z = 0 (points, 95% t-interval)."""
-  records = [r for r in records if r.get("part", "main") == "main"]
+def summary_table(records: list[dict], part: str = "main") -> str:
+  """Per noise multiplier of ``part``: epsilon, accuracy mean ± sample std (n), and the paired
+  accuracy difference against z = 0 (points, 95% t-interval)."""
+  records = [r for r in records if r.get("part", "main") == part]
   by = {(r["noise_multiplier"], r["seed"]): r for r in records}
   seeds = sorted({r["seed"] for r in records})
   rows = []
@@ -168,6 +179,8 @@ def main() -> None:
   text = f"```\n{summary_table(records)}\n```\n"
   if any(r.get("part") == "personalized" for r in records):
     text += f"\n## personalized\n\n```\n{personalized_table(records)}\n```\n"
+  if any(r.get("part") == "poisson" for r in records):
+    text += f"\n## poisson\n\n```\n{summary_table(records, 'poisson')}\n```\n"
   (results / "summary.md").write_text(text)
   print(text)
 

@@ -48,7 +48,7 @@ METHODS = {
 DP_NOISE = (0.02, 0.05)
 DP_CLIP = 1.0
 DP_METHODS = ("fedavg", "worldlm")
-KEY_CHOICES = {"first_block": "block0", "embeddings": "embed,position"}
+KEY_CHOICES = {"first_block": "block0", "embeddings": "embed,position", "attention": "attention"}
 PAPER_RATIOS = {"fedavg": 1.91, "hierfavg": 1.86, "fedper": 3.3, "centralized": 1.39}
 
 
