@@ -111,13 +111,14 @@ def last_evaluations(metrics: list[dict], key: str, count: int = 3) -> float:
 
 
 def spread(values: list[float]) -> dict[str, float]:
-  """Mean, standard deviation, min and max over seeds, ignoring NaN (diverged) runs."""
+  """Mean, sample standard deviation (ddof=1; NaN for one value), min and max over seeds,
+  ignoring NaN (diverged) runs."""
   finite = [v for v in values if np.isfinite(v)]
   if not finite:
     return {"mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan")}
   return {
     "mean": float(np.mean(finite)),
-    "std": float(np.std(finite)),
+    "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else float("nan"),
     "min": float(np.min(finite)),
     "max": float(np.max(finite)),
   }
