@@ -219,9 +219,12 @@ def test_privacy_reproduction_script(tmp_path):
   assert all(0 <= r["adapted_client_accuracy"] <= 1 for r in personalized)
 
 
-def test_privacy_readme_table_is_what_the_committed_results_give():
+def test_privacy_readme_tables_are_what_the_committed_results_give():
   reproduce, records = _committed("privacy")
-  assert reproduce.summary_table(records) in (ROOT / "experiments/privacy/README.md").read_text()
+  readme = (ROOT / "experiments/privacy/README.md").read_text()
+  assert reproduce.summary_table(records) in readme
+  assert reproduce.summary_table(records, "poisson") in readme
+  assert reproduce.personalized_table(records) in readme
 
 
 def _text_world_files(tmp_path) -> dict:

@@ -121,7 +121,9 @@ def _difference(a, b) -> str:
 
 def summary_table(records: list[dict], part: str = "main") -> str:
   """Per noise multiplier of ``part``: epsilon, accuracy mean ± sample std (n), and the paired
-  accuracy difference against z = 0 (points, 95% t-interval)."""
+  accuracy difference against z = 0 (points, 95% t-interval); for another part than ``main``
+  also the paired difference against ``main`` at the same z."""
+  main = {(r["noise_multiplier"], r["seed"]): r for r in records if r.get("part", "main") == "main"}
   records = [r for r in records if r.get("part", "main") == part]
   by = {(r["noise_multiplier"], r["seed"]): r for r in records}
   seeds = sorted({r["seed"] for r in records})
@@ -135,8 +137,14 @@ def summary_table(records: list[dict], part: str = "main") -> str:
     }
     if z > 0:
       row["vs z=0, pts (95% CI)"] = _difference(accuracy, _points(by, 0.0, seeds, "accuracy"))
+    if part != "main":
+      row["vs fixed-size cohorts, pts (95% CI)"] = _difference(
+        accuracy, _points(main, z, seeds, "accuracy")
+      )
     rows.append(row)
-  return format_table(rows, list(dict.fromkeys(k for row in rows for k in row)))
+  columns = ["noise z", "epsilon", "accuracy %", "vs z=0, pts (95% CI)"]
+  columns += ["vs fixed-size cohorts, pts (95% CI)"] if part != "main" else []
+  return format_table(rows, columns)
 
 
 def personalized_table(records: list[dict]) -> str:
