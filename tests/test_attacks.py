@@ -35,6 +35,10 @@ def test_each_attack_replaces_only_the_malicious_rows_as_claimed(kind):
 def test_alie_z_is_baruchs():
   # K = 50, M = 12: s = 26 - 12 = 14 supporters needed, z = Phi^-1(36 / 50)
   assert attacks.alie_z(50, 12) == pytest.approx(0.5828, abs=1e-3)
+  # called while a round is traced (the aggregator computes it from the cohort's static size)
+  assert float(jax.jit(lambda x: x * attacks.alie_z(50, 12))(1.0)) == pytest.approx(
+    0.5828, abs=1e-3
+  )
   assert int(attacks.malicious_rows(jax.random.key(0), 10, 0.3).sum()) == 3
 
 

@@ -17,18 +17,20 @@ malicious rows replaced; honest rows are never changed.
 
 from __future__ import annotations
 
+import statistics
+
 import jax
 import jax.numpy as jnp
-from jax.scipy.stats import norm
 
 ATTACKS = ("sign_flip", "scale", "gaussian", "alie")
 
 
 def alie_z(count: int, malicious: int) -> float:
-  """Baruch et al.'s ``z_max`` for ``malicious`` of ``count`` rows (0 if none is needed)."""
+  """Baruch et al.'s ``z_max`` for ``malicious`` of ``count`` rows (0 if none is needed); host
+  side (plain Python), so it stays a constant inside a traced round."""
   supporters = count // 2 + 1 - malicious
   quantile = (count - supporters) / count
-  return float(norm.ppf(min(max(quantile, 0.5), 1 - 1e-6)))
+  return statistics.NormalDist().inv_cdf(min(max(quantile, 0.5), 1 - 1e-6))
 
 
 def poison(
