@@ -140,6 +140,11 @@ def _cell(values) -> str:
   return f"{d['mean']:.1f} ± {d['std']:.1f} (n={d['n']}{missing})"
 
 
+def _finite_mean(values) -> float:
+  finite = [v for v in values if np.isfinite(v)]
+  return float(np.mean(finite)) if finite else float("nan")
+
+
 def plot_heatmap(records, path: pathlib.Path) -> None:
   """Mean accuracy, rules down, (attack, fraction) across; the 0% column first."""
   import matplotlib
@@ -153,15 +158,15 @@ def plot_heatmap(records, path: pathlib.Path) -> None:
     key=lambda c: (list(ATTACKS).index(c[0]), c[1]),
   )
   values = np.array(
-    [
-      [np.nanmean(list(_accuracy(records, a, f, r).values()) or [np.nan]) for a, f in columns]
-      for r in rules
-    ]
+    [[_finite_mean(_accuracy(records, a, f, r).values()) for a, f in columns] for r in rules]
   )
   fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(columns), 0.5 + 0.45 * len(rules)))
   image = ax.imshow(values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
   for (i, j), value in np.ndenumerate(values):
-    ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=6, color="white")
+    if np.isnan(value):  # every seed diverged (or none ran): a blank cell
+      ax.text(j, i, "div.", ha="center", va="center", fontsize=6, color="black")
+    else:
+      ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=6, color="white")
   ax.set_yticks(range(len(rules)), rules, fontsize=7)
   labels = ["none" if a is None else f"{a} {f:.0%}" for a, f in columns]
   ax.set_xticks(range(len(columns)), labels, rotation=90, fontsize=7)
