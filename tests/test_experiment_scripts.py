@@ -283,3 +283,11 @@ def test_worldlm_readme_tables_are_what_the_committed_results_give():
   readme = (ROOT / "experiments/worldlm/README.md").read_text()
   for table in (reproduce.main_table, reproduce.dp_table, reproduce.keys_table):
     assert table(records) in readme
+
+
+def test_robustness_readme_tables_are_what_the_committed_results_give():
+  reproduce, records = _committed("robustness")
+  readme = (ROOT / "experiments/robustness/README.md").read_text()
+  assert len(records) == 288
+  for block in reproduce.summary_tables(records).split("```")[1::2]:
+    assert block in readme
