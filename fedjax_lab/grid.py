@@ -34,9 +34,10 @@ def _stored_config(path: pathlib.Path):
 def run_or_load(config, data) -> tuple[list[dict], bool]:
   """(metrics, whether they were read back from an earlier finished run in ``out_dir``).
 
-  Only a run made with the same config is read back; any other is rerun. Its ``config.json`` is
-  read with today's defaults, so a field added since then, at its default, does not count as
-  a change.
+  Only a run made with the same config is read back; a run of the same experiment with fewer
+  ``rounds`` (or other ``run_folder.RESUMABLE_FIELDS``) is extended from its last checkpoint;
+  any other is rerun. Its ``config.json`` is read with today's defaults, so a field added
+  since then, at its default, does not count as a change.
   A run that diverges (``TrainingDivergedError``) is finished too: its rows up to the
   divergence are returned with a last row ``{"round": r, "diverged": True}``, and a
   ``diverged.txt`` marker keeps it from being rerun."""
@@ -50,8 +51,14 @@ def run_or_load(config, data) -> tuple[list[dict], bool]:
     return rows + [{"round": config.rounds, "diverged": True}], True
   if rows and rows[-1]["round"] == config.rounds:
     return rows, True
+  stored_config = _stored_config(stored) if stored.exists() and not same_config else None
+  extendable = (
+    stored_config is not None
+    and stored_config.rounds <= config.rounds
+    and not run_folder.config_differences(stored_config.to_dict(), config.to_dict())
+  )
   try:
-    return _continue_or_start(config, data, resumable=same_config), False
+    return _continue_or_start(config, data, resumable=same_config or extendable), False
   except TrainingDivergedError as error:
     (out_dir / DIVERGED_MARKER).write_text(f"{error}\n")
     return run_folder.read_metrics(out_dir) + [{"round": config.rounds, "diverged": True}], False

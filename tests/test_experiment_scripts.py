@@ -152,6 +152,17 @@ def test_a_finished_run_is_read_back_only_with_the_same_config(tmp_path):
   assert not loaded
 
 
+def test_a_finished_run_is_extended_to_more_rounds_from_its_checkpoint(tmp_path):
+  from fedjax_lab import grid, load_config
+
+  short = load_config(None, TINY + [f"out_dir={tmp_path}", "checkpoint_every=1"])
+  first, _ = grid.run_or_load(short, None)
+  longer = load_config(None, TINY + [f"out_dir={tmp_path}", "checkpoint_every=1", "rounds=3"])
+  extended, loaded = grid.run_or_load(longer, None)
+  assert not loaded and [row["round"] for row in extended] == [1, 2, 3]
+  assert extended[:2] == first  # the recorded rows kept, timings included: resumed, not rerun
+
+
 def test_wireless_reproduction_script(tmp_path):
   overrides = [
     arg
