@@ -294,6 +294,8 @@ def test_worldlm_readme_tables_are_what_the_committed_results_give():
   readme = (ROOT / "experiments/worldlm/README.md").read_text()
   for table in (reproduce.main_table, reproduce.dp_table, reproduce.keys_table):
     assert table(records) in readme
+  lines = (ROOT / "experiments/worldlm/results/budget400/per_seed.jsonl").read_text().splitlines()
+  assert reproduce.main_table([json.loads(line) for line in lines]) in readme
 
 
 def test_robustness_readme_tables_are_what_the_committed_results_give():
