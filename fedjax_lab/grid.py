@@ -43,7 +43,8 @@ def run_or_load(config, data) -> tuple[list[dict], bool]:
   ``diverged.txt`` marker keeps it from being rerun."""
   out_dir = pathlib.Path(config.out_dir)
   stored = out_dir / run_folder.CONFIG_FILE
-  same_config = stored.exists() and _stored_config(stored) == config
+  stored_config = _stored_config(stored) if stored.exists() else None
+  same_config = stored_config == config
   rows = run_folder.read_metrics(out_dir) if same_config else []
   if not same_config:
     (out_dir / DIVERGED_MARKER).unlink(missing_ok=True)
@@ -51,9 +52,9 @@ def run_or_load(config, data) -> tuple[list[dict], bool]:
     return rows + [{"round": config.rounds, "diverged": True}], True
   if rows and rows[-1]["round"] == config.rounds:
     return rows, True
-  stored_config = _stored_config(stored) if stored.exists() and not same_config else None
   extendable = (
-    stored_config is not None
+    not same_config
+    and stored_config is not None
     and stored_config.rounds <= config.rounds
     and not run_folder.config_differences(stored_config.to_dict(), config.to_dict())
   )
