@@ -1,4 +1,5 @@
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +9,7 @@ from jax import lax
 
 from fedjax_lab.models import build_model
 from fedjax_lab.models.im2col import NHWC, conv_with_explicit_vjp
+from fedjax_lab.models.pooling import max_pool_2x2
 
 CASES = [
   ("mlp", (2, 8, 8, 1)),
@@ -130,4 +132,31 @@ def test_explicit_vjp_models_train_like_xla_models(name, shape):
   np.testing.assert_allclose(explicit.apply(params, x), xla.apply(params, x), atol=1e-4)
   chex.assert_trees_all_close(
     jax.grad(loss(explicit))(params), jax.grad(loss(xla))(params), atol=1e-4, rtol=1e-3
+  )
+
+
+@pytest.mark.parametrize("shape", [(3, 24, 24, 16), (2, 9, 7, 3)])  # even; odd sizes cropped
+def test_mask_max_pool_equals_flax_max_pool_after_relu(shape):
+  """Values always; gradients after a ReLU, where tied window maxima are zeros (as in every model
+  here), including windows that are all zero."""
+  keys = jax.random.split(jax.random.key(5), 2)
+  x = jax.nn.relu(jax.random.normal(keys[0], shape) - 0.5)  # about 70% zeros: many ties
+  reference = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
+  np.testing.assert_array_equal(max_pool_2x2(x), reference(x))
+  cotangent = jax.random.normal(keys[1], reference(x).shape)
+  loss = lambda pool: lambda z: jnp.vdot(pool(jax.nn.relu(z)), cotangent)
+  z = jax.random.normal(keys[0], shape) - 0.5
+  np.testing.assert_array_equal(jax.grad(loss(max_pool_2x2))(z), jax.grad(loss(reference))(z))
+  batched = jax.vmap(jax.grad(loss(max_pool_2x2)))(jnp.stack([z, -z]))
+  np.testing.assert_array_equal(batched[1], jax.grad(loss(reference))(-z))
+
+
+def test_mask_max_pool_gives_every_tied_maximum_the_gradient():
+  x = jnp.array([[1.0, 1.0], [0.0, 2.0]])[None, :, :, None]
+  ties = jnp.array([[3.0, 3.0], [0.0, 0.0]])[None, :, :, None]
+  np.testing.assert_array_equal(
+    jax.grad(lambda x: max_pool_2x2(x).sum())(x)[0, :, :, 0], [[0, 0], [0, 1]]
+  )
+  np.testing.assert_array_equal(
+    jax.grad(lambda x: max_pool_2x2(x).sum())(ties)[0, :, :, 0], [[1, 1], [0, 0]]
   )

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 
+from fedjax_lab.models.pooling import max_pool_2x2
+
 
 class MLP(nn.Module):
   """Flatten, then ``hidden`` ReLU layers, then a linear read-out."""
@@ -24,10 +26,6 @@ class MLP(nn.Module):
     for i, width in enumerate(self.hidden):
       x = nn.relu(nn.Dense(width, name=f"dense{i}")(x))
     return nn.Dense(self.num_classes, name="head")(x)
-
-
-def _max_pool(x):
-  return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
 class FedAvgCNN(nn.Module):
@@ -45,7 +43,7 @@ class FedAvgCNN(nn.Module):
   @nn.compact
   def __call__(self, x):
     for i, width in enumerate(self.features):
-      x = _max_pool(nn.relu(nn.Conv(width, (5, 5), padding=self.padding, name=f"conv{i}")(x)))
+      x = max_pool_2x2(nn.relu(nn.Conv(width, (5, 5), padding=self.padding, name=f"conv{i}")(x)))
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.hidden, name="fc")(x))
     return nn.Dense(self.num_classes, name="head")(x)
@@ -58,8 +56,8 @@ class CifarCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = _max_pool(nn.relu(nn.Conv(6, (5, 5), padding="VALID", name="conv0")(x)))
-    x = _max_pool(nn.relu(nn.Conv(16, (5, 5), padding="VALID", name="conv1")(x)))
+    x = max_pool_2x2(nn.relu(nn.Conv(6, (5, 5), padding="VALID", name="conv0")(x)))
+    x = max_pool_2x2(nn.relu(nn.Conv(16, (5, 5), padding="VALID", name="conv1")(x)))
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(120, name="fc0")(x))
     x = nn.relu(nn.Dense(84, name="fc1")(x))
@@ -161,7 +159,7 @@ class VGG(nn.Module):
     conv_index = 0
     for item in self.layout:
       if item == "M":
-        x = _max_pool(x)
+        x = max_pool_2x2(x)
       else:
         x = ConvNormReLU(item, name=f"conv{conv_index}")(x)
         conv_index += 1
