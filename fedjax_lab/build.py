@@ -182,7 +182,9 @@ def build_experiment(config: ExperimentConfig, data: FederatedData | None = None
   entry = ALGORITHMS.get(config.algorithm.name)
   train_data = data.pooled() if entry.pooled else data
   execution = resolve_execution(config)
-  model = build_model(config.model.name, data.num_classes, execution.conv)
+  model = build_model(
+    config.model.name, data.num_classes, execution.conv, config.model.initialization
+  )
   sizes = np.asarray(train_data.train_num_examples)
   schedule = LocalSchedule(
     config.local.batch_size,

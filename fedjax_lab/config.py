@@ -18,7 +18,7 @@ from fedjax_lab.data.catalog import PARTITIONERS, SOURCES
 from fedjax_lab.data.groups import GROUP_SHIFTS
 from fedjax_lab.engine.execution import STRATEGIES
 from fedjax_lab.engine.precision import COMPUTE_DTYPES
-from fedjax_lab.models import CONV_IMPLEMENTATIONS, MODELS
+from fedjax_lab.models import CONV_IMPLEMENTATIONS, INITIALIZATIONS, MODELS
 from fedjax_lab.ops.accounting import ACCOUNTANTS, SAMPLINGS
 from fedjax_lab.ops.aggregators import AGGREGATORS
 from fedjax_lab.ops.attacks import ATTACKS
@@ -107,11 +107,13 @@ class DataConfig:
 class ModelConfig:
   name: str = "mlp"
   conv: str = "auto"  # auto | xla | im2col (matrix products) | explicit_vjp (models/im2col.py)
+  initialization: str = "flax"  # flax | torch (PyTorch's defaults; models/initialization.py)
 
   def __post_init__(self):
     typed_fields(self, "model.")
     one_of("model.name", self.name, MODELS.names())
     one_of("model.conv", self.conv, ("auto",) + CONV_IMPLEMENTATIONS)
+    one_of("model.initialization", self.initialization, INITIALIZATIONS)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -304,3 +304,12 @@ def test_robustness_readme_tables_are_what_the_committed_results_give():
   assert len(records) == 288
   for block in reproduce.summary_tables(records).split("```")[1::2]:
     assert block in readme
+
+
+def test_every_published_table_row_config_is_valid():
+  from fedjax_lab import load_config
+
+  paths = sorted(ROOT.glob("experiments/*/configs/*.json"))
+  assert len(paths) >= 20
+  for path in paths:
+    load_config(str(path))

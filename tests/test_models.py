@@ -1,4 +1,5 @@
 import chex
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -160,3 +161,30 @@ def test_mask_max_pool_gives_every_tied_maximum_the_gradient():
   np.testing.assert_array_equal(
     jax.grad(lambda x: max_pool_2x2(x).sum())(ties)[0, :, :, 0], [[1, 1], [0, 0]]
   )
+
+
+def test_torch_initialization_draws_linear_and_conv_layers_from_pytorchs_bounds():
+  flax_model = build_model("femnist_cnn", 10)
+  torch_model = build_model("femnist_cnn", 10, initialization="torch")
+  x = jnp.zeros((1, 28, 28, 1))
+  params = torch_model.init(jax.random.key(0), x)
+  chex.assert_trees_all_equal_shapes(params, flax_model.init(jax.random.key(0), x))
+  for name, fan_in in [("conv0", 25), ("conv1", 400), ("fc", 512), ("head", 256)]:
+    bound = fan_in**-0.5
+    for leaf in params[name].values():  # kernel and bias: U(-bound, bound), biases not zero
+      assert float(jnp.abs(leaf).max()) <= bound
+      assert float(jnp.abs(leaf).max()) > 0.8 * bound
+  np.testing.assert_allclose(float(params["fc"]["kernel"].std()), 512**-0.5 / 3**0.5, rtol=0.02)
+  # Other leaves (a transformer's embeddings, norms, 3-D attention kernels) keep theirs.
+  lm, lm_torch = (
+    build_model("transformer_lm", 20),
+    build_model("transformer_lm", 20, "xla", "torch"),
+  )
+  tokens = jnp.zeros((1, 8), jnp.int32)
+  plain = flax.traverse_util.flatten_dict(lm.init(jax.random.key(0), tokens))
+  redrawn = flax.traverse_util.flatten_dict(lm_torch.init(jax.random.key(0), tokens))
+  for path, leaf in plain.items():
+    parent = plain.get((*path[:-1], "kernel"))
+    dense = parent is not None and parent.ndim == 2 and path[-1] in ("kernel", "bias")
+    assert np.array_equal(leaf, redrawn[path]) != dense, path
+  assert any(path[-1] == "embedding" for path in plain)

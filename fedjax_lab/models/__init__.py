@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_lab.models.im2col import CONVOLUTIONS, apply_convolutions
+from fedjax_lab.models.initialization import torch_default_init
 from fedjax_lab.models.sequence import CharLSTM, TransformerLM
 from fedjax_lab.models.vision import MLP, VGG, VGG16_LAYOUT, CifarCNN, FedAvgCNN, ResNet20
 from fedjax_lab.registry import Registry
@@ -24,16 +25,22 @@ class Model:
   """A Flax module seen as pure functions. ``params`` is the module's ``'params'`` collection.
   ``conv``: how convolutions are computed, ``xla`` (``lax.conv``), ``im2col`` (matrix
   products) or ``explicit_vjp`` (XLA's forward, a backward pass fast inside rolled loops on
-  XLA:CPU); models/im2col.py. The parameters are the same either way."""
+  XLA:CPU); models/im2col.py. The parameters are the same either way. ``initialization``:
+  ``flax`` (the modules' own initializers) or ``torch`` (PyTorch's defaults for linear and
+  convolutional layers; models/initialization.py)."""
 
   name: str
   module: nn.Module
   has_conv: bool
   conv: str = "xla"
+  initialization: str = "flax"
 
   def init(self, key: jax.Array, sample_x) -> Params:
     """Parameters for inputs shaped like ``sample_x`` (``[batch, ...]``)."""
-    return self.module.init(key, jnp.asarray(sample_x))["params"]
+    params = self.module.init(key, jnp.asarray(sample_x))["params"]
+    if self.initialization == "torch":
+      params = torch_default_init(params, jax.random.fold_in(key, 1))
+    return params
 
   def apply(self, params: Params, x) -> jax.Array:
     """Logits ``[batch, ..., num_classes]``."""
@@ -93,12 +100,15 @@ MODELS.register(
   ModelEntry(lambda n: TransformerLM(n, width=32, num_heads=2, max_length=128), has_conv=False),
 )
 CONV_IMPLEMENTATIONS = ("xla",) + tuple(CONVOLUTIONS)
+INITIALIZATIONS = ("flax", "torch")
 
 
-def build_model(name: str, num_classes: int, conv: str = "xla") -> Model:
+def build_model(
+  name: str, num_classes: int, conv: str = "xla", initialization: str = "flax"
+) -> Model:
   """The registered model ``name`` with ``num_classes`` outputs (the vocabulary size for
-  sequence models); ``conv`` as in ``Model``."""
+  sequence models); ``conv`` and ``initialization`` as in ``Model``."""
   entry = MODELS.get(name)
   if conv not in CONV_IMPLEMENTATIONS:
     raise ValueError(f"model.conv must be one of {', '.join(CONV_IMPLEMENTATIONS)}, got {conv!r}")
-  return Model(name, entry.module(num_classes), entry.has_conv, conv)
+  return Model(name, entry.module(num_classes), entry.has_conv, conv, initialization)
