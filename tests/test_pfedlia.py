@@ -14,7 +14,7 @@ from fedjax_lab import run
 from fedjax_lab.algorithms import ClientSetup
 from fedjax_lab.algorithms.cfl import CFLConfig
 from fedjax_lab.algorithms.ifca import IFCAConfig
-from fedjax_lab.algorithms.pfedlia import PFedLIAConfig, pfedlia
+from fedjax_lab.algorithms.pfedlia import PFedLIAConfig, pfedlia, scoring_split
 from fedjax_lab.build import build_federation
 from fedjax_lab.config import (
   AlgorithmConfig,
@@ -24,6 +24,7 @@ from fedjax_lab.config import (
   load_config,
 )
 from fedjax_lab.data import groups
+from fedjax_lab.data.federated import Cohort
 from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import LocalSchedule
 from fedjax_lab.models import build_model
@@ -284,3 +285,28 @@ def test_cfl_splits_a_cluster_only_at_a_joint_stationary_point_with_diverging_cl
   )
   assert same(eps1=0.01, eps2=0.5)  # the mean update is not small enough: no split
   assert same(eps1=0.2, eps2=5.0)  # no client far enough from stationary: no split
+
+
+def test_scoring_split_is_a_seeded_random_draw_never_trained_on():
+  """Rows carry their own id: the held-out rows and the rows a client trains on are disjoint
+  and together its real rows; the draw depends on the key, not on the dataset order."""
+  sizes = np.array([10, 7, 2, 25], np.int32)
+  ids = np.zeros((4, 25), np.int32)
+  for client, n in enumerate(sizes):
+    ids[client, :n] = 1000 * client + np.arange(n) + 1  # 0 marks padding
+  cohort = Cohort(np.arange(4, dtype=np.int32), ids[..., None].astype(np.float32), ids, sizes)
+  draws = []
+  for seed in (0, 1):
+    scoring, fit, held_out = scoring_split(cohort, jax.random.key(seed), 0.2, "random")
+    np.testing.assert_array_equal(held_out, [2, 1, 1, 5])
+    np.testing.assert_array_equal(fit.num_examples, sizes - held_out)
+    np.testing.assert_array_equal(scoring.x[..., 0], scoring.y)  # x and y moved together
+    for client, n in enumerate(sizes):
+      scored = set(np.asarray(scoring.y[client, : held_out[client]]).tolist())
+      trained = set(np.asarray(fit.y[client, : fit.num_examples[client]]).tolist())
+      assert not scored & trained
+      assert scored | trained == set(ids[client, :n].tolist())
+    draws.append(np.asarray(scoring.y[3, :5]))
+  assert not np.array_equal(draws[0], draws[1])
+  first, _, _ = scoring_split(cohort, jax.random.key(0), 0.2, "first")
+  np.testing.assert_array_equal(first.y[3, :5], ids[3, :5])

@@ -7,7 +7,8 @@ Rounds, every client taking part:
 1. Warm-up, ``warmup_rounds`` rounds: FedAvg (the setup's aggregator); every client's start
    model is the global model (``theta0``).
 2. Influence phase, the first round after the warm-up (and every ``recluster_every`` rounds if
-   set): each client holds out ``validation_fraction`` of its training examples, trains from
+   set): each client holds out ``validation_fraction`` of its training examples (a seeded
+   random draw, ``validation_split=random``, or its first rows, ``first``), trains from
    its start model on the rest, and scores every trained model on its held-out split
    (``ops.influence``; from the shared ``theta0`` this is the lazy influence, on re-clustering
    each scorer compares against its own current model). Central variants symmetrize the
@@ -56,11 +57,13 @@ from fedjax_lab.ops.influence import (
   influence_matrix,
   masked_metrics,
   randomized_response,
+  real_rows_shuffled,
   validation_sizes,
 )
 
 RESPONSE_STREAM = 0x11A  # fold_in constant: randomized-response key
 SPECTRAL_STREAM = 0x5BE  # fold_in constant: k-means key
+SPLIT_STREAM = 0x5B1  # fold_in constant: the held-out draw
 
 
 CLUSTERINGS = ("agglomerative", "spectral", "decentralized")
@@ -73,6 +76,7 @@ class PFedLIAConfig(PersonalizedConfig):
   warmup_rounds: int = 5  # FedAvg rounds giving the shared start theta0 (0 allowed)
   recluster_every: int = 0  # > 0: a new influence phase every this many rounds
   validation_fraction: float = 0.2  # of each client's training examples, held out for scoring
+  validation_split: str = "random"  # random (seeded draw) | first (rows in dataset order)
   influence: str = "loss"  # loss | accuracy | vote
   vote_epsilon: float = 0.0  # > 0: randomized response on votes (eps-local DP)
   vote_delta: float = 1e-5  # the delta at which the votes' composed epsilon is reported
@@ -94,6 +98,7 @@ class PFedLIAConfig(PersonalizedConfig):
       "in (0, 1)",
       self.validation_fraction,
     )
+    one_of(p + "validation_split", self.validation_split, ("random", "first"))
     one_of(p + "influence", self.influence, INFLUENCE_KINDS)
     require(self.vote_epsilon >= 0, p + "vote_epsilon", ">= 0", self.vote_epsilon)
     require(0 < self.vote_delta < 1, p + "vote_delta", "in (0, 1)", self.vote_delta)
@@ -114,6 +119,29 @@ class PFedLIAConfig(PersonalizedConfig):
     one_of(p + "neighbours", self.neighbours, ("positive", "top_k"))
     require(self.top_k >= 1, p + "top_k", ">= 1", self.top_k)
     require(self.chunk_size >= 1, p + "chunk_size", ">= 1", self.chunk_size)
+
+
+def scoring_split(cohort, key: jax.Array, fraction: float, split: str):
+  """``(cohort, fit_cohort, held_out)`` for an influence phase: each client's first
+  ``held_out[i]`` rows of the returned ``cohort`` are its scoring split (``fraction`` of its
+  examples, ``ops.influence.validation_sizes``) and ``fit_cohort`` holds its other real rows
+  first, the ones it trains on. ``split="random"`` first shuffles each client's real rows with
+  its own key from ``key``; ``"first"`` holds out the rows in dataset order."""
+  if split == "random":
+    keys = jax.random.split(key, cohort.num_examples.shape[0])
+    order = jax.vmap(real_rows_shuffled, in_axes=(0, 0, None))(
+      keys, cohort.num_examples, cohort.x.shape[1]
+    )
+    take = jax.vmap(lambda rows, positions: rows[positions])
+    cohort = dataclasses.replace(cohort, x=take(cohort.x, order), y=take(cohort.y, order))
+  held_out = validation_sizes(cohort.num_examples, fraction)
+  fit_cohort = dataclasses.replace(
+    cohort,
+    x=jax.vmap(drop_leading)(cohort.x, held_out),
+    y=jax.vmap(drop_leading)(cohort.y, held_out),
+    num_examples=cohort.num_examples - held_out,
+  )
+  return cohort, fit_cohort, held_out
 
 
 def is_influence_round(round_index: int, warmup_rounds: int, recluster_every: int) -> bool:
@@ -161,12 +189,10 @@ def pfedlia(
     ), metrics
 
   def influence_phase(state: ClusteredState, cohort, key):
-    held_out = validation_sizes(cohort.num_examples, options.validation_fraction)
-    fit_x = jax.vmap(drop_leading)(cohort.x, held_out)
-    fit_y = jax.vmap(drop_leading)(cohort.y, held_out)
-    fit_cohort = dataclasses.replace(
-      cohort, x=fit_x, y=fit_y, num_examples=cohort.num_examples - held_out
-    )
+    cohort, fit_cohort, held_out = scoring_split(
+      cohort, jax.random.fold_in(key, SPLIT_STREAM), options.validation_fraction,
+      options.validation_split,
+    )  # fmt: skip
     trained, weights, metrics = train_clients(
       train_cohort, state.client_params, fit_cohort, key, weighting
     )

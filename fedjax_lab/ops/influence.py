@@ -34,6 +34,14 @@ def validation_sizes(num_examples: jax.Array, fraction: float) -> jax.Array:
   return jnp.where(num_examples >= 2, size, 0)
 
 
+def real_rows_shuffled(key: jax.Array, count: jax.Array, max_rows: int) -> jax.Array:
+  """``[max_rows]`` positions: a uniformly random order of one client's ``count`` real rows,
+  then its padding rows in place. Indexing a client's padded arrays with it and holding out
+  the first ``k`` rows draws a random held-out split of ``k`` real examples."""
+  scores = jnp.where(jnp.arange(max_rows) < count, jax.random.uniform(key, (max_rows,)), 2.0)
+  return jnp.argsort(scores)
+
+
 def drop_leading(rows: jax.Array, count: jax.Array) -> jax.Array:
   """One client's padded array ``[max, ...]`` with its first ``count`` rows moved to the end:
   the examples after the held-out ones come first, so ``n - count`` of them are real."""
