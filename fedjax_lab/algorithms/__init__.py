@@ -15,6 +15,7 @@ from fedjax_lab.algorithms import (
   fedsnd,
   ifca,
   local_only,
+  moon,
   pfedlia,
   scaffold,
   worldlm,
@@ -38,6 +39,7 @@ ALGORITHMS.register("scaffold", scaffold.ENTRY)
 ALGORITHMS.register("local", local_only.ENTRY)
 ALGORITHMS.register("fedmr", fedmr.ENTRY)
 ALGORITHMS.register("fedsnd", fedsnd.ENTRY)
+ALGORITHMS.register("moon", moon.ENTRY)
 ALGORITHMS.register("pfedlia", pfedlia.ENTRY)
 ALGORITHMS.register("oracle", clustered.ORACLE)
 ALGORITHMS.register("ifca", ifca.ENTRY)

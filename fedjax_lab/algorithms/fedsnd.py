@@ -39,7 +39,7 @@ from fedjax_lab.algorithms.base import (
   round_keys,
 )
 from fedjax_lab.checks import one_of, require
-from fedjax_lab.ops.aggregate import tree_gather, tree_scatter, weighted_mean
+from fedjax_lab.ops.aggregate import tree_gather_or, tree_scatter, weighted_mean
 from fedjax_lab.ops.distill import kl_distillation, per_example_kl, server_distillation_targets
 from fedjax_lab.ops.divergence import mean_pairwise_cosine
 from fedjax_lab.ops.losses import masked_mean, per_example_cross_entropy
@@ -235,12 +235,7 @@ def fedsnd(
     ids = cohort.client_ids
     teacher = state.params
     if per_client_teacher:
-      seen = state.has_previous[ids]
-      teacher = jax.tree.map(
-        lambda prev, glob: jnp.where(seen.reshape((-1,) + (1,) * glob.ndim), prev, glob),
-        tree_gather(state.previous_params, ids),
-        state.params,
-      )
+      teacher = tree_gather_or(state.previous_params, ids, state.has_previous, state.params)
     trained, result = train_cohort(
       state.params, cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort), teacher
     )

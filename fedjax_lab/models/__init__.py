@@ -48,6 +48,22 @@ class Model:
       return apply_convolutions(self.module, {"params": params}, x, self.conv)
     return self.module.apply({"params": params}, x)
 
+  def apply_with_features(self, params: Params, x) -> tuple[jax.Array, jax.Array]:
+    """``(logits, features)``: ``apply``'s logits and the representation the read-out layer
+    ``head`` receives (``[batch, ..., d]``; contrastive methods such as MOON compare it)."""
+    captured = []
+
+    def capture_head_input(next_fun, args, kwargs, context):
+      if context.module.name == "head" and context.method_name == "__call__":
+        captured.append(args[0])
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(capture_head_input):
+      logits = self.apply(params, x)
+    if not captured:
+      raise ValueError(f"model {self.name!r} has no layer named 'head' to take features from")
+    return logits, captured[-1]
+
   @staticmethod
   def layer_groups(params: Params) -> tuple[str, ...]:
     """Top-level parameter subtrees, input to output (the order Flax created them in)."""

@@ -34,6 +34,17 @@ def tree_gather(stacked, indices):
   return jax.tree.map(lambda leaf: leaf[indices], stacked)
 
 
+def tree_gather_or(stacked, indices, present: jax.Array, default):
+  """Rows ``indices`` of ``stacked`` where ``present[indices]``, else ``default`` (one model,
+  broadcast): a cohort's per-client state with a fallback for clients that have none yet."""
+  keep = present[indices]
+  return jax.tree.map(
+    lambda rows, shared: jnp.where(keep.reshape((-1,) + (1,) * shared.ndim), rows, shared),
+    tree_gather(stacked, indices),
+    default,
+  )
+
+
 def tree_scatter(stacked, indices, rows):
   """``stacked`` with rows ``indices`` replaced by ``rows`` (write a cohort's state back)."""
   return jax.tree.map(lambda leaf, new: leaf.at[indices].set(new), stacked, rows)
