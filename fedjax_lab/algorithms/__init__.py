@@ -10,6 +10,7 @@ from fedjax_lab.algorithms import (
   adaptive_pruning,
   cfl,
   clustered,
+  feddf,
   fedmr,
   fedopt,
   fedsnd,
@@ -40,6 +41,7 @@ ALGORITHMS.register("local", local_only.ENTRY)
 ALGORITHMS.register("fedmr", fedmr.ENTRY)
 ALGORITHMS.register("fedsnd", fedsnd.ENTRY)
 ALGORITHMS.register("moon", moon.ENTRY)
+ALGORITHMS.register("feddf", feddf.ENTRY)
 ALGORITHMS.register("pfedlia", pfedlia.ENTRY)
 ALGORITHMS.register("oracle", clustered.ORACLE)
 ALGORITHMS.register("ifca", ifca.ENTRY)
