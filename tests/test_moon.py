@@ -1,5 +1,6 @@
 """MOON: the model-contrastive loss as an op, representations from the read-out layer, the
-algorithm's executors and per-client state, and its effect (representations nearer the received model than the previous one)."""
+algorithm's executors and per-client state, and its effect (representations nearer the
+received model than the previous one)."""
 
 import chex
 import jax
