@@ -29,9 +29,10 @@ from fedjax_lab.engine.local import (
 )
 from fedjax_lab.engine.precision import apply_in
 from fedjax_lab.models import Model
-from fedjax_lab.ops.aggregate import client_sum
+from fedjax_lab.ops.aggregate import client_sum, weighted_mean
 from fedjax_lab.ops.aggregators import Aggregator, mean
 from fedjax_lab.ops.communication import tree_bytes
+from fedjax_lab.ops.divergence import mean_pairwise_cosine
 
 Params = Any
 # regularizer(params, context) -> scalar added to the local data loss
@@ -240,6 +241,24 @@ def client_weight(num_examples, weighting: str) -> jax.Array:
 def client_weights(cohort: Cohort, weighting: str) -> jax.Array:
   """Aggregation weights ``[cohort]`` (``client_weight`` of each member)."""
   return client_weight(cohort.num_examples, weighting)
+
+
+def aggregate_models(setup: ClientSetup, models, weights, reference, aggregator_state, key):
+  """``(aggregate, aggregator_state)``: the cohort's stacked ``models`` through the setup's
+  aggregator, with ``reference`` the model the clients started from and the aggregation key
+  drawn from the round's ``key``."""
+  return setup.aggregator.aggregate(
+    models, weights, reference, aggregator_state, jax.random.fold_in(key, AGGREGATION_STREAM)
+  )
+
+
+def training_metrics(result, trained, weights) -> dict:
+  """The round metrics of every method that trains client models: the weighted mean local
+  loss and the mean pairwise cosine similarity of the trained models."""
+  return {
+    "train_loss": weighted_mean(result.mean_loss, weights),
+    "client_cosine_similarity": mean_pairwise_cosine(trained),
+  }
 
 
 def round_keys(key: jax.Array, cohort: Cohort) -> jax.Array:

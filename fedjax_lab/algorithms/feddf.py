@@ -23,18 +23,17 @@ import optax
 from flax import struct
 
 from fedjax_lab.algorithms.base import (
-  AGGREGATION_STREAM,
   Algorithm,
   AlgorithmEntry,
   ClientSetup,
+  aggregate_models,
   client_weights,
   round_keys,
+  training_metrics,
 )
 from fedjax_lab.checks import one_of, require
 from fedjax_lab.data.proxy import PROXIES, unlabeled_images
-from fedjax_lab.ops.aggregate import weighted_mean
 from fedjax_lab.ops.distill import ensemble_distillation
-from fedjax_lab.ops.divergence import mean_pairwise_cosine
 
 DISTILL_STREAM = 0xDF  # fold_in constant: proxy batches
 
@@ -129,19 +128,14 @@ def feddf(
       state.params, cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort), None
     )
     weights = client_weights(cohort, weighting)
-    mean, aggregator_state = setup.aggregator.aggregate(
-      trained, weights, state.params, state.aggregator_state,
-      jax.random.fold_in(key, AGGREGATION_STREAM),
-    )  # fmt: skip
+    mean, aggregator_state = aggregate_models(
+      setup, trained, weights, state.params, state.aggregator_state, key
+    )
     params, (before, after) = distill(
       mean, trained, weights, jax.random.fold_in(key, DISTILL_STREAM)
     )
-    metrics = {
-      "train_loss": weighted_mean(result.mean_loss, weights),
-      "client_cosine_similarity": mean_pairwise_cosine(trained),
-      "server_distill_loss_before": before,
-      "server_distill_loss_after": after,
-    }
+    metrics = training_metrics(result, trained, weights)
+    metrics.update(server_distill_loss_before=before, server_distill_loss_after=after)
     return FedDFState(params, aggregator_state), metrics
 
   return Algorithm(init, round_fn, global_params=lambda state: state.params)

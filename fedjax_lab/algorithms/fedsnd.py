@@ -31,17 +31,17 @@ import jax.numpy as jnp
 from flax import struct
 
 from fedjax_lab.algorithms.base import (
-  AGGREGATION_STREAM,
   Algorithm,
   AlgorithmEntry,
   ClientSetup,
+  aggregate_models,
   client_weights,
   round_keys,
+  training_metrics,
 )
 from fedjax_lab.checks import one_of, require
 from fedjax_lab.ops.aggregate import tree_gather_or, tree_scatter, weighted_mean
 from fedjax_lab.ops.distill import kl_distillation, per_example_kl, server_distillation_targets
-from fedjax_lab.ops.divergence import mean_pairwise_cosine
 from fedjax_lab.ops.losses import masked_mean, per_example_cross_entropy
 from fedjax_lab.ops.pseudo_samples import balanced_labels, refine_pseudo_samples
 
@@ -240,10 +240,7 @@ def fedsnd(
       state.params, cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort), teacher
     )
     weights = client_weights(cohort, weighting)
-    metrics = {
-      "train_loss": weighted_mean(result.mean_loss, weights),
-      "client_cosine_similarity": mean_pairwise_cosine(trained),
-    }
+    metrics = training_metrics(result, trained, weights)
     distilled, pseudo_x = trained, state.pseudo_x
     if options.noise_distill:
       start = state.pseudo_x[ids]
@@ -255,12 +252,8 @@ def fedsnd(
     previous = state.previous_params
     if per_client_teacher:
       previous = tree_scatter(previous, ids, trained)
-    params, aggregator_state = setup.aggregator.aggregate(
-      distilled,
-      weights,
-      state.params,
-      state.aggregator_state,
-      jax.random.fold_in(key, AGGREGATION_STREAM),
+    params, aggregator_state = aggregate_models(
+      setup, distilled, weights, state.params, state.aggregator_state, key
     )
     return FedSNDState(
       params, pseudo_x, previous, state.has_previous.at[ids].set(True), aggregator_state

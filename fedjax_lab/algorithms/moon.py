@@ -19,22 +19,21 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
 from flax import struct
 
 from fedjax_lab.algorithms.base import (
-  AGGREGATION_STREAM,
   Algorithm,
   AlgorithmEntry,
   ClientSetup,
+  aggregate_models,
   client_weights,
   round_keys,
+  training_metrics,
 )
 from fedjax_lab.checks import require
 from fedjax_lab.engine.precision import apply_in
-from fedjax_lab.ops.aggregate import tree_broadcast, tree_gather, tree_scatter, weighted_mean
+from fedjax_lab.ops.aggregate import tree_broadcast, tree_gather, tree_scatter
 from fedjax_lab.ops.contrastive import model_contrastive_loss
-from fedjax_lab.ops.divergence import mean_pairwise_cosine
 from fedjax_lab.ops.losses import masked_mean, per_example_cross_entropy
 
 
@@ -115,17 +114,10 @@ def moon(setup: ClientSetup, options: MOONConfig, *, weighting: str = "num_examp
       (received, previous),
     )
     weights = client_weights(cohort, weighting)
-    params, aggregator_state = setup.aggregator.aggregate(
-      trained,
-      weights,
-      state.params,
-      state.aggregator_state,
-      jax.random.fold_in(key, AGGREGATION_STREAM),
+    params, aggregator_state = aggregate_models(
+      setup, trained, weights, state.params, state.aggregator_state, key
     )
-    metrics = {
-      "train_loss": weighted_mean(result.mean_loss, weights),
-      "client_cosine_similarity": mean_pairwise_cosine(trained),
-    }
+    metrics = training_metrics(result, trained, weights)
     return MOONState(
       params,
       tree_scatter(state.previous_params, ids, trained),
