@@ -313,3 +313,31 @@ def test_every_published_table_row_config_is_valid():
   assert len(paths) >= 20
   for path in paths:
     load_config(str(path))
+
+
+def _script(path: str):
+  """The module of the experiment script at ``path`` (relative to the repository)."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem + "_script", ROOT / path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_fedmr_official_readme_tables_are_what_the_committed_runs_give():
+  official = _script("experiments/fedmr/official.py")
+  runs = official.read_runs()
+  assert sum(len(by_seed) for by_seed in runs.values()) >= 6
+  readme = (ROOT / "experiments/fedmr/README.md").read_text()
+  for block in official.summary_tables(runs).split("```")[1::2]:
+    assert block in readme
+
+
+def test_pfedlia_privacy_readme_table_is_what_the_committed_results_give():
+  privacy = _script("experiments/pfedlia/privacy.py")
+  lines = (ROOT / "experiments/pfedlia/results/privacy/per_seed.jsonl").read_text().splitlines()
+  records = [json.loads(line) for line in lines]
+  assert len(records) == 18
+  readme = (ROOT / "experiments/pfedlia/README.md").read_text()
+  assert privacy.privacy_table(records) in readme
