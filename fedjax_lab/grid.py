@@ -242,6 +242,29 @@ def parse_reproduction_args(parser: argparse.ArgumentParser) -> argparse.Namespa
   return args
 
 
+def run_file_stem(name: str, alpha: float, seed: int) -> str:
+  """``<name>_alpha<alpha>_seed<seed>``: the file name (without ``.jsonl``) of one run's
+  committed metrics."""
+  return f"{name}_alpha{alpha:g}_seed{seed}"
+
+
+def save_run_metrics(results: pathlib.Path, name: str, alpha: float, seed: int, metrics) -> None:
+  """Write one run's metric rows to ``results/<run_file_stem>.jsonl``, one JSON row a line."""
+  path = results / f"{run_file_stem(name, alpha, seed)}.jsonl"
+  path.write_text("".join(json.dumps(row) + "\n" for row in metrics))
+
+
+def read_run_metrics(results: pathlib.Path) -> dict[tuple[float, str], dict[int, list[dict]]]:
+  """``(alpha, name) -> {seed: metric rows}`` from the files ``save_run_metrics`` wrote."""
+  runs: dict = {}
+  for path in sorted(results.glob("*_alpha*_seed*.jsonl")):
+    name, _, rest = path.stem.rpartition("_alpha")
+    alpha, _, seed = rest.partition("_seed")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    runs.setdefault((float(alpha), name), {})[int(seed)] = rows
+  return runs
+
+
 def read_records(results: pathlib.Path) -> list[dict]:
   """The per-seed records of ``results/per_seed.jsonl`` ([] if there is none yet)."""
   path = results / "per_seed.jsonl"

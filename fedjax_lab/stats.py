@@ -45,3 +45,17 @@ def paired_difference(a, b, confidence: float = 0.95) -> dict:
     "a > b" if mean - half > 0 else "a < b" if mean + half < 0 else ("no measurable difference")
   )
   return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "verdict": verdict}
+
+
+def format_spread(values, digits: int = 2, scale: float = 1.0) -> str:
+  """``"mean ± std (n=N)"`` of ``describe(values * scale)``, with ``", k diverged"`` inside
+  the parentheses when k values are NaN."""
+  d = describe(np.asarray(values, np.float64) * scale)
+  missing = f", {d['n_missing']} diverged" if d["n_missing"] else ""
+  return f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f} (n={d['n']}{missing})"
+
+
+def format_paired(a, b, digits: int = 2) -> str:
+  """``"mean [low, high] verdict"`` of ``paired_difference(a, b)``."""
+  d = paired_difference(a, b)
+  return f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}] {d['verdict']}"

@@ -327,7 +327,7 @@ def _script(path: str):
 
 def test_fedmr_official_readme_tables_are_what_the_committed_runs_give():
   official = _script("experiments/fedmr/official.py")
-  runs = official.read_runs()
+  runs = official.grid.read_run_metrics(official.RESULTS)
   assert sum(len(by_seed) for by_seed in runs.values()) >= 6
   readme = (ROOT / "experiments/fedmr/README.md").read_text()
   for block in official.summary_tables(runs).split("```")[1::2]:

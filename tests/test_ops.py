@@ -55,3 +55,23 @@ def test_seed_statistics_use_the_sample_std_and_paired_t_intervals():
   )
   assert paired["verdict"] == ("a > b" if test.pvalue < 0.05 else "no measurable difference")
   assert paired_difference([0.5, 0.7], [0.6, 0.6])["verdict"] == "no measurable difference"
+
+
+def test_seed_statistics_format_as_table_cells():
+  from fedjax_lab.stats import format_paired, format_spread
+
+  assert format_spread([0.5, 0.7, float("nan")], scale=100) == "60.00 ± 14.14 (n=2, 1 diverged)"
+  assert format_spread([1.0, 2.0, 3.0], digits=1) == "2.0 ± 1.0 (n=3)"
+  assert format_paired([3.0, 4.0, 5.0], [1.0, 1.0, 1.0], digits=1).endswith("a > b")
+
+
+def test_run_metric_files_round_trip_whatever_the_variant_name(tmp_path):
+  from fedjax_lab import grid
+
+  rows = [{"round": 1, "global_accuracy": 0.5}]
+  grid.save_run_metrics(tmp_path, "self_distillation_only", 0.1, 3, rows)
+  grid.save_run_metrics(tmp_path, "fedavg", 0.5, 0, rows)
+  assert grid.read_run_metrics(tmp_path) == {
+    (0.1, "self_distillation_only"): {3: rows},
+    (0.5, "fedavg"): {0: rows},
+  }

@@ -19,24 +19,19 @@ t-interval). Writes ``summary.md`` and ``accuracy.png``.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import statistics
 
 import numpy as np
 
 from fedjax_lab import build_federation, grid, load_config
-from fedjax_lab.stats import describe, paired_difference
+from fedjax_lab.stats import format_paired, format_spread
 from fedjax_lab.tables import format_table
 
 HERE = pathlib.Path(__file__).parent
 RESULTS = HERE / "results" / "official"
 ALGORITHMS = ("fedavg", "fedmr")
 FLAT_POINTS = 0.5
-
-
-def _stem(name: str, alpha: float, seed: int) -> str:
-  return f"{name}_alpha{alpha:g}_seed{seed}"
 
 
 def run_all(args) -> None:
@@ -51,9 +46,8 @@ def run_all(args) -> None:
           + [f"algorithm.name={name}", f"out_dir={args.runs}/alpha{alpha:g}/seed{seed}/{name}"],
         )
         metrics, _ = grid.run_or_load(config, data)
-        path = RESULTS / f"{_stem(name, alpha, seed)}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in metrics))
-        print(f"{path.name}: accuracy at round {metrics[-1]['round']}", _accuracy(metrics)[-1])
+        grid.save_run_metrics(RESULTS, name, alpha, seed, metrics)
+        print(f"{name} alpha {alpha:g} seed {seed}: accuracy at round 100", _accuracy(metrics)[-1])
 
 
 def _accuracy(metrics: list[dict]) -> list[float]:
@@ -62,21 +56,6 @@ def _accuracy(metrics: list[dict]) -> list[float]:
 
 def _at(metrics: list[dict], round_index: int) -> float:
   return next(100 * r["global_accuracy"] for r in metrics if r["round"] == round_index)
-
-
-def read_runs() -> dict[tuple[float, str], dict[int, list[dict]]]:
-  """``(alpha, algorithm) -> {seed: metric rows}`` from the committed per-run files."""
-  runs: dict = {}
-  for path in sorted(RESULTS.glob("*_alpha*_seed*.jsonl")):
-    name, alpha, seed = path.stem.split("_")
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    runs.setdefault((float(alpha[5:]), name), {})[int(seed[4:])] = rows
-  return runs
-
-
-def _cell(values) -> str:
-  d = describe(values)
-  return f"{d['mean']:.2f} ± {d['std']:.2f} (n={d['n']})"
 
 
 MEASURES = {
@@ -101,7 +80,7 @@ def summary_tables(runs) -> str:
         {
           "alpha": f"{alpha:g}",
           "method": name,
-          **{k: _cell([f(m) for m in by_seed.values()]) for k, f in MEASURES.items()},
+          **{k: format_spread([f(m) for m in by_seed.values()]) for k, f in MEASURES.items()},
           "change vs rounds 50-70": f"{np.mean(change):+.2f}"
           + (" flat" if abs(np.mean(change)) < FLAT_POINTS else ""),
           "s / training round": f"{statistics.mean(seconds):.2f}",
@@ -112,8 +91,7 @@ def summary_tables(runs) -> str:
     if len(seeds) >= 2:
       row = {"alpha": f"{alpha:g}", "seeds": len(seeds)}
       for k, f in MEASURES.items():
-        d = paired_difference([f(fedmr[s]) for s in seeds], [f(fedavg[s]) for s in seeds])
-        row[k] = f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] {d['verdict']}"
+        row[k] = format_paired([f(fedmr[s]) for s in seeds], [f(fedavg[s]) for s in seeds])
       paired.append(row)
   out = "global test accuracy (%)\n\n```\n" + format_table(rows, list(rows[0])) + "\n```\n"
   if paired:
@@ -136,7 +114,7 @@ def main() -> None:
   RESULTS.mkdir(parents=True, exist_ok=True)
   if not args.summarize:
     run_all(args)
-  runs = read_runs()
+  runs = grid.read_run_metrics(RESULTS)
   tables = summary_tables(runs)
   (RESULTS / "summary.md").write_text(tables)
   alphas = sorted({a for a, _ in runs})

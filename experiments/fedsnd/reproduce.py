@@ -36,6 +36,8 @@ ALGORITHMS = {
   "self_distillation_only": ("fedsnd", {"noise_distill": False}),
   "noise_distillation_only": ("fedsnd", {"self_distill_weight": 0.0}),
   "self_distillation_previous_teacher": ("fedsnd", {"noise_distill": False, "teacher": "previous"}),
+  "moon": ("moon", {}),
+  "feddf": ("feddf", {}),
 }
 DEFAULT_ALGORITHMS = list(ALGORITHMS)[:6]  # the teacher comparison is run on request
 

@@ -24,10 +24,8 @@ import dataclasses
 import json
 import pathlib
 
-import numpy as np
-
 from fedjax_lab import build_federation, grid, load_config
-from fedjax_lab.stats import describe, paired_difference
+from fedjax_lab.stats import format_paired, format_spread
 from fedjax_lab.tables import format_table
 
 HERE = pathlib.Path(__file__).parent
@@ -83,11 +81,6 @@ def run_all(args, results: pathlib.Path) -> None:
   (results / "per_seed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-def _cell(values, scale: float = 1.0, digits: int = 2) -> str:
-  d = describe(np.asarray(values) * scale)
-  return f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f} (n={d['n']})"
-
-
 def privacy_table(records: list[dict]) -> str:
   """Per variant: epsilon per vote and composed over a client's votes, accuracy (points),
   10th percentile, ARI and clusters (mean ± sample std (n)), and the paired accuracy difference
@@ -101,20 +94,19 @@ def privacy_table(records: list[dict]) -> str:
       continue
     accuracy = [r["accuracy"] * 100 for r in runs]
     reference = [by[(REFERENCE, r["seed"])]["accuracy"] * 100 for r in runs]
-    diff = paired_difference(accuracy, reference)
     total = runs[0]["epsilon_total"]
     rows.append(
       {
         "influence": variant,
         "eps per vote": f"{runs[0]['vote_epsilon']:g}" if runs[0]["vote_epsilon"] else "inf",
         "eps over its votes": f"{total:.1f}" if total is not None else "inf",
-        "accuracy %": _cell(accuracy),
-        "p10 %": _cell([r["accuracy_p10"] for r in runs], 100),
-        "ARI": _cell([r["ari"] for r in runs]),
-        "clusters": _cell([r["clusters"] for r in runs], digits=1),
+        "accuracy %": format_spread(accuracy),
+        "p10 %": format_spread([r["accuracy_p10"] for r in runs], scale=100),
+        "ARI": format_spread([r["ari"] for r in runs]),
+        "clusters": format_spread([r["clusters"] for r in runs], digits=1),
         f"vs {REFERENCE} (95% CI)": "-"
         if variant == REFERENCE
-        else f"{diff['mean']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}] {diff['verdict']}",
+        else format_paired(accuracy, reference),
       }
     )
   return format_table(rows, list(rows[0]))

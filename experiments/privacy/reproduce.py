@@ -33,7 +33,7 @@ import numpy as np
 
 from fedjax_lab import build_federation, grid, load_config
 from fedjax_lab.ops import accounting
-from fedjax_lab.stats import describe, paired_difference
+from fedjax_lab.stats import format_paired, format_spread
 from fedjax_lab.tables import format_table
 
 HERE = pathlib.Path(__file__).parent
@@ -109,16 +109,6 @@ def _points(by, z, seeds, field) -> np.ndarray:
   return np.asarray([by[(z, s)][field] for s in seeds]) * 100
 
 
-def _cell(values) -> str:
-  d = describe(values)
-  return f"{d['mean']:.2f} ± {d['std']:.2f} (n={d['n']})"
-
-
-def _difference(a, b) -> str:
-  diff = paired_difference(a, b)
-  return f"{diff['mean']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}] {diff['verdict']}"
-
-
 def summary_table(records: list[dict], part: str = "main") -> str:
   """Per noise multiplier of ``part``: epsilon, accuracy mean ± sample std (n), and the paired
   accuracy difference against z = 0 (points, 95% t-interval); for another part than ``main``
@@ -133,12 +123,12 @@ def summary_table(records: list[dict], part: str = "main") -> str:
     row = {
       "noise z": f"{z:.1f}",
       "epsilon": "inf" if z == 0 else f"{by[(z, seeds[0])]['epsilon']:.2f}",
-      "accuracy %": _cell(accuracy),
+      "accuracy %": format_spread(accuracy),
     }
     if z > 0:
-      row["vs z=0, pts (95% CI)"] = _difference(accuracy, _points(by, 0.0, seeds, "accuracy"))
+      row["vs z=0, pts (95% CI)"] = format_paired(accuracy, _points(by, 0.0, seeds, "accuracy"))
     if part != "main":
-      row["vs fixed-size cohorts, pts (95% CI)"] = _difference(
+      row["vs fixed-size cohorts, pts (95% CI)"] = format_paired(
         accuracy, _points(main, z, seeds, "accuracy")
       )
     rows.append(row)
@@ -161,16 +151,16 @@ def personalized_table(records: list[dict]) -> str:
     row = {
       "noise z": f"{z:.1f}",
       "epsilon": "inf" if z == 0 else f"{by[(z, seeds[0])]['epsilon']:.2f}",
-      "FedAvg %": _cell(fedavg),
-      "FedAvg-FT %": _cell(adapted),
-      "FT - FedAvg, pts (95% CI)": _difference(adapted, fedavg),
+      "FedAvg %": format_spread(fedavg),
+      "FedAvg-FT %": format_spread(adapted),
+      "FT - FedAvg, pts (95% CI)": format_paired(adapted, fedavg),
     }
     if z > 0:
       fedavg_loss = fedavg - _points(by, 0.0, seeds, "client_accuracy")
       adapted_loss = adapted - _points(by, 0.0, seeds, "adapted_client_accuracy")
       row["FedAvg vs z=0"] = f"{fedavg_loss.mean():+.2f}"
       row["FT vs z=0"] = f"{adapted_loss.mean():+.2f}"
-      row["FT loss - FedAvg loss (95% CI)"] = _difference(adapted_loss, fedavg_loss)
+      row["FT loss - FedAvg loss (95% CI)"] = format_paired(adapted_loss, fedavg_loss)
     rows.append(row)
   return format_table(rows, list(dict.fromkeys(k for row in rows for k in row)))
 

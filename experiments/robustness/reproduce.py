@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from fedjax_lab import build_federation, grid, load_config
-from fedjax_lab.stats import describe, paired_difference
+from fedjax_lab.stats import format_paired, format_spread
 from fedjax_lab.tables import format_table
 
 HERE = pathlib.Path(__file__).parent
@@ -119,25 +119,20 @@ def summary_tables(records) -> str:
     rows = []
     for rule in rules:
       clean = _accuracy(records, None, 0.0, rule)
-      row = {"rule": rule, "0%": _cell(clean.values())}
+      row = {"rule": rule, "0%": format_spread(list(clean.values()), digits=1)}
       for fraction in fractions:
-        row[f"{fraction:.0%}"] = _cell(_accuracy(records, attack, fraction, rule).values())
+        row[f"{fraction:.0%}"] = format_spread(
+          list(_accuracy(records, attack, fraction, rule).values()), digits=1
+        )
       worst = _accuracy(records, attack, fractions[-1], rule)
       seeds = sorted(set(worst) & set(clean))
-      diff = paired_difference([worst[s] for s in seeds], [clean[s] for s in seeds])
-      row[f"{fractions[-1]:.0%} vs 0%, pts (95% CI)"] = (
-        f"{diff['mean']:+.1f} [{diff['low']:+.1f}, {diff['high']:+.1f}] {diff['verdict']}"
+      row[f"{fractions[-1]:.0%} vs 0%, pts (95% CI)"] = format_paired(
+        [worst[s] for s in seeds], [clean[s] for s in seeds], digits=1
       )
       rows.append(row)
     table = format_table(rows, list(rows[0]))
     blocks.append(f"### {attack}\n\n```\n{table}\n```\n")
   return "\n".join(blocks)
-
-
-def _cell(values) -> str:
-  d = describe(list(values))
-  missing = f", {d['n_missing']} diverged" if d["n_missing"] else ""
-  return f"{d['mean']:.1f} ± {d['std']:.1f} (n={d['n']}{missing})"
 
 
 def _finite_mean(values) -> float:

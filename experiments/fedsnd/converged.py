@@ -1,0 +1,190 @@
+"""FedSND against FedAvg, FedProx, SCAFFOLD, MOON and FedDF run to 100 rounds, 5 seeds, on the
+reduced image setting (``converged.json``: ``reduced.json`` with 100 rounds instead of 30).
+
+Runs finished in ``--runs`` with the same config are read back, not rerun. Each run's metrics
+go to ``results/converged/<variant>_alpha<a>_seed<s>.jsonl`` (committed); the tables are
+computed from those files only, per alpha and variant (global test accuracy, %):
+
+- final: the mean of the last 3 evaluations (rounds 90-100), mean ± sample std (n seeds);
+- round 30: the accuracy at the old 30-round budget;
+- flat: the mean over the last 10% of rounds (evaluations at 95 and 100) minus the mean over
+  the 10% before (85 and 90), averaged over seeds; converged when under 0.5 points
+  (docs/reproducing.md);
+- rounds to target: the first evaluation at or above ``TARGETS[alpha]``, fixed before these
+  runs (just above FedAvg's 30-round accuracy in the older runs: 0.684 at alpha 0.1, 0.763 at
+  0.5), mean over the seeds that reached it, and how many did;
+- the paired difference by seed (95% t-interval) of every variant against FedAvg, and of
+  FedSND against each of its ablations (final accuracy and round 30).
+
+  python experiments/fedsnd/converged.py --alphas 0.1        # 8 variants x 5 seeds, ~1 h
+  python experiments/fedsnd/converged.py --alphas 0.5        # 5 variants x 5 seeds, ~45 min
+  python experiments/fedsnd/converged.py --summarize         # the tables from results/ only
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import statistics
+
+import numpy as np
+
+from fedjax_lab import build_federation, grid, load_config
+from fedjax_lab.stats import format_paired, format_spread
+from fedjax_lab.tables import format_table
+
+HERE = pathlib.Path(__file__).parent
+RESULTS = HERE / "results" / "converged"
+TARGETS = {0.1: 0.70, 0.5: 0.78}
+VARIANTS = {
+  0.1: [
+    "fedavg",
+    "fedprox",
+    "scaffold",
+    "moon",
+    "feddf",
+    "fedsnd",
+    "self_distillation_only",
+    "noise_distillation_only",
+  ],
+  0.5: ["fedavg", "fedprox", "moon", "feddf", "fedsnd"],
+}
+ABLATIONS = ("self_distillation_only", "noise_distillation_only")
+FLAT_POINTS = 0.5
+
+
+def run_all(args) -> None:
+  from reproduce import ALGORITHMS  # the variants of the 30-round grid
+
+  for alpha in args.alphas:
+    for seed in args.seeds:
+      base = [f"data.alpha={alpha}", f"data.seed={seed}", f"seed={seed}"]
+      data = build_federation(load_config(args.config, base).data)
+      for name in args.variants or VARIANTS[alpha]:
+        config = dataclasses.replace(
+          load_config(
+            args.config, base + [f"out_dir={args.runs}/alpha{alpha:g}/seed{seed}/{name}"]
+          ),
+          algorithm=grid.algorithm_variant(args.config, base, *ALGORITHMS[name]),
+        )
+        metrics, _ = grid.run_or_load(config, data)
+        grid.save_run_metrics(RESULTS, name, alpha, seed, metrics)
+        print(f"alpha {alpha:g} seed {seed} {name}: final {_final(metrics):.2f}", flush=True)
+
+
+def _accuracy(metrics: list[dict]) -> list[float]:
+  """Global test accuracy (%) at each evaluation; [] for a diverged run."""
+  if grid.diverged(metrics):
+    return []
+  return [100 * r["global_accuracy"] for r in metrics if "global_accuracy" in r]
+
+
+def _final(metrics: list[dict]) -> float:
+  values = _accuracy(metrics)
+  return float(np.mean(values[-3:])) if values else float("nan")
+
+
+def _at_round_30(metrics: list[dict]) -> float:
+  hits = [
+    100 * r["global_accuracy"] for r in metrics if r["round"] == 30 and "global_accuracy" in r
+  ]
+  return hits[0] if hits else float("nan")
+
+
+def _last_tenth_change(metrics: list[dict]) -> float:
+  values = _accuracy(metrics)
+  return float(np.mean(values[-2:]) - np.mean(values[-4:-2])) if len(values) >= 4 else float("nan")
+
+
+def _rounds_to_target(metrics: list[dict], target: float) -> float:
+  if grid.diverged(metrics):
+    return float("nan")
+  hits = [r["round"] for r in metrics if r.get("global_accuracy", -1.0) >= target]
+  return float(hits[0]) if hits else float("nan")
+
+
+def summary_tables(runs) -> str:
+  """The accuracy table and the paired tables of the module docstring, as markdown."""
+  rows, paired = [], []
+  for alpha in sorted({a for a, _ in runs}):
+    names = [n for n in VARIANTS.get(alpha, []) if (alpha, n) in runs]
+    for name in names:
+      by_seed = runs[(alpha, name)]
+      reached = [_rounds_to_target(m, TARGETS[alpha]) for m in by_seed.values()]
+      change = np.nanmean([_last_tenth_change(m) for m in by_seed.values()] or [np.nan])
+      seconds = [
+        r["round_seconds"] for m in by_seed.values() for r in m[1:] if "round_seconds" in r
+      ]
+      rows.append(
+        {
+          "alpha": f"{alpha:g}",
+          "variant": name,
+          "final (rounds 90-100)": format_spread([_final(m) for m in by_seed.values()]),
+          "round 30": format_spread([_at_round_30(m) for m in by_seed.values()]),
+          "last 10% change": f"{change:+.2f}" + (" flat" if abs(change) < FLAT_POINTS else ""),
+          f"rounds to {100 * TARGETS[alpha]:g}%": (
+            f"{np.nanmean(reached):.0f}" if np.isfinite(reached).any() else "never"
+          )
+          + f" ({int(np.isfinite(reached).sum())}/{len(reached)})",
+          "s / round": f"{statistics.mean(seconds):.2f}" if seconds else "",
+        }
+      )
+    comparisons = [(n, "fedavg") for n in names if n != "fedavg"]
+    comparisons += [("fedsnd", a) for a in ABLATIONS if a in names and "fedsnd" in names]
+    for a, b in comparisons:
+      seeds = sorted(set(runs[(alpha, a)]) & set(runs.get((alpha, b), {})))
+      if len(seeds) < 2:
+        continue
+      run_a, run_b = runs[(alpha, a)], runs[(alpha, b)]
+      paired.append(
+        {
+          "alpha": f"{alpha:g}",
+          "difference": f"{a} - {b}",
+          "seeds": len(seeds),
+          "final": format_paired(
+            [_final(run_a[s]) for s in seeds], [_final(run_b[s]) for s in seeds]
+          ),
+          "round 30": format_paired(
+            [_at_round_30(run_a[s]) for s in seeds], [_at_round_30(run_b[s]) for s in seeds]
+          ),
+        }
+      )
+  out = (
+    "Global test accuracy (%), 100 rounds\n\n```\n" + format_table(rows, list(rows[0])) + "\n```\n"
+  )
+  if paired:
+    out += "\nPaired by seed (points, 95% t-interval)\n\n```\n"
+    out += format_table(paired, list(paired[0])) + "\n```\n"
+  return out
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+  parser.add_argument("--alphas", type=float, nargs="+", default=sorted(VARIANTS))
+  parser.add_argument("--variants", nargs="+", help="default: VARIANTS[alpha]")
+  parser.add_argument("--config", default=str(HERE / "converged.json"))
+  parser.add_argument("--runs", default="runs/fedsnd_converged")
+  parser.add_argument("--summarize", action="store_true", help="the tables from results/ only")
+  args = parser.parse_args()
+  RESULTS.mkdir(parents=True, exist_ok=True)
+  if not args.summarize:
+    run_all(args)
+  runs = grid.read_run_metrics(RESULTS)
+  tables = summary_tables(runs)
+  (RESULTS / "summary.md").write_text(tables)
+  alphas = sorted({a for a, _ in runs})
+  names = [n for n in VARIANTS[0.1] if any((a, n) in runs for a in alphas)]
+  curves = {key: list(by_seed.values()) for key, by_seed in runs.items()}
+  grid.plot_curves(
+    curves, alphas, names, RESULTS / "accuracy.png", "global_accuracy",
+    "global test accuracy", panel_title=lambda alpha: f"reduced image setting, alpha={alpha:g}",
+  )  # fmt: skip
+  print(tables)
+
+
+if __name__ == "__main__":
+  main()
