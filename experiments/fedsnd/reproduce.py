@@ -36,6 +36,7 @@ ALGORITHMS = {
   "self_distillation_only": ("fedsnd", {"noise_distill": False}),
   "noise_distillation_only": ("fedsnd", {"self_distill_weight": 0.0}),
   "self_distillation_previous_teacher": ("fedsnd", {"noise_distill": False, "teacher": "previous"}),
+  "self_distillation_dropout_teacher": ("fedsnd", {"noise_distill": False, "teacher": "dropout"}),
   "moon": ("moon", {}),
   "feddf": ("feddf", {}),
 }

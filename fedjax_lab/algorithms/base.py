@@ -106,20 +106,23 @@ class ClientSetup:
     return jax.eval_shape(self.init_params, jax.random.key(0))
 
   def local_trainer(
-    self, regularizer: Optional[Regularizer] = None, data_loss: Optional[Objective] = None
+    self,
+    regularizer: Optional[Regularizer] = None,
+    data_loss: Optional[Objective] = None,
+    stochastic: bool = False,
   ):
     """One client's ``train(params, x, y, num_examples, key, context) -> (params,
     LocalResult)``. The local objective is ``data_loss`` (default: cross-entropy) plus
-    ``regularizer``."""
+    ``regularizer``; ``stochastic``: ``data_loss`` takes a per-step key (``make_local_trainer``)."""
     data_loss = data_loss or cross_entropy_objective(self.train_apply)
     if regularizer is None:
       objective = data_loss
     else:
 
-      def objective(params, x, y, mask, context):
-        return data_loss(params, x, y, mask, context) + regularizer(params, context)
+      def objective(params, x, y, mask, context, *step_key):
+        return data_loss(params, x, y, mask, context, *step_key) + regularizer(params, context)
 
-    return make_local_trainer(objective, self.optimizer, self.schedule, self.unroll)
+    return make_local_trainer(objective, self.optimizer, self.schedule, self.unroll, stochastic)
 
   def local_adaptation(self, epochs: int):
     """Local adaptation (fine-tuning; Yu, Bagdasaryan and Shmatikov 2020): every client's copy
@@ -147,12 +150,13 @@ class ClientSetup:
     params_axis: Optional[int],
     context_axis: Optional[int],
     data_loss: Optional[Objective] = None,
+    stochastic: bool = False,
   ):
     """``local_trainer`` over the cohort axis: ``train(params, x, y, num_examples, keys,
     context) -> (client_params, LocalResult)`` stacked. ``params_axis``/``context_axis``: 0 if
     per client, None if shared."""
     return self.executor.map(
-      self.local_trainer(regularizer, data_loss),
+      self.local_trainer(regularizer, data_loss, stochastic),
       (params_axis, 0, 0, 0, 0, context_axis),
       sort_by=3,
     )

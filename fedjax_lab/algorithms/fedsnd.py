@@ -5,7 +5,11 @@ public; the choices the paper leaves open are settings (``FedSNDConfig``).
 Client side: local training on ``CE(f(x), y) + lambda * T^2 * KL(p_T(teacher(x)) ||
 p_T(f(x)))`` (``ops.distill``), the teacher being the model received this round (``global``,
 frozen) or the client's own model from its previous participation (``previous``: per-client
-state; the received model until a client has one).
+state; the received model until a client has one), or the model being trained itself under
+another dropout mask (``dropout``, R-Drop-like: student and teacher logits are two passes of
+the same parameters, each with its own dropout mask of rate ``dropout_rate`` on the read-out
+layer's input, ``Model.apply_with_dropout``, the teacher's without gradient; the CE is the
+student pass's).
 
 Server side, every round, for the cohort's trained models ``theta_1..theta_M``:
 1. each client ``k``'s pseudo-samples ``X_k`` (``P`` inputs, Gaussian noise at the start,
@@ -40,12 +44,14 @@ from fedjax_lab.algorithms.base import (
   training_metrics,
 )
 from fedjax_lab.checks import one_of, require
+from fedjax_lab.engine.precision import apply_in
 from fedjax_lab.ops.aggregate import tree_gather_or, tree_scatter, weighted_mean
 from fedjax_lab.ops.distill import kl_distillation, per_example_kl, server_distillation_targets
 from fedjax_lab.ops.losses import masked_mean, per_example_cross_entropy
 from fedjax_lab.ops.pseudo_samples import balanced_labels, refine_pseudo_samples
 
 NOISE_STREAM = 0x501  # fold_in constant: fresh pseudo-samples when not adaptive
+TEACHERS = ("global", "previous", "dropout")
 
 
 @struct.dataclass
@@ -64,7 +70,8 @@ class FedSNDConfig:
 
   self_distill_weight: float = 1.0  # lambda of the client's KL term (0: off)
   temperature: float = 2.0  # client-side distillation temperature
-  teacher: str = "global"  # global (received model) | previous (own last model)
+  teacher: str = "global"  # global (received model) | previous (own last model) | dropout
+  dropout_rate: float = 0.2  # teacher='dropout': rate on the read-out layer's input
   noise_distill: bool = True  # the server-side step
   pseudo_per_client: int = 20  # pseudo-samples kept per client
   noise_steps: int = 20  # input-gradient (Adam) steps per round
@@ -82,7 +89,8 @@ class FedSNDConfig:
       self.self_distill_weight >= 0, p + "self_distill_weight", ">= 0", self.self_distill_weight
     )
     require(self.temperature > 0, p + "temperature", "> 0", self.temperature)
-    one_of(p + "teacher", self.teacher, ("global", "previous"))
+    one_of(p + "teacher", self.teacher, TEACHERS)
+    require(0 < self.dropout_rate < 1, p + "dropout_rate", "in (0, 1)", self.dropout_rate)
     require(self.pseudo_per_client >= 1, p + "pseudo_per_client", ">= 1", self.pseudo_per_client)
     require(self.noise_steps >= 1, p + "noise_steps", ">= 1", self.noise_steps)
     require(
@@ -116,6 +124,33 @@ def self_distillation_objective(apply_fn, weight: float, temperature: float):
     return loss + weight * kl_distillation(logits, teacher_logits, temperature, mask)
 
   return objective
+
+
+def dropout_self_distillation_objective(apply_with_dropout, weight: float, temperature: float):
+  """``objective(params, x, y, mask, context, key)`` (stochastic; ``context`` unused): the
+  student's logits ``apply_with_dropout(params, x, k1)`` and the teacher's
+  ``stop_gradient(apply_with_dropout(params, x, k2))`` under two masks split from ``key``;
+  masked CE of the student plus ``weight * T^2 * KL(p_T(teacher) || p_T(student))``."""
+
+  def objective(params, x, y, mask, _context, key):
+    student_key, teacher_key = jax.random.split(key)
+    logits = apply_with_dropout(params, x, student_key)
+    loss = masked_mean(per_example_cross_entropy(logits, y), mask)
+    teacher_logits = jax.lax.stop_gradient(apply_with_dropout(params, x, teacher_key))
+    return loss + weight * kl_distillation(logits, teacher_logits, temperature, mask)
+
+  return objective
+
+
+def dropout_apply(setup: ClientSetup, rate: float):
+  """``apply(params, x, key)``: ``setup.model.apply_with_dropout`` at ``rate``, computing in
+  the setup's ``compute_dtype``."""
+
+  def apply(params, x, key):
+    with_mask = lambda p, inputs: setup.model.apply_with_dropout(p, inputs, key, rate)
+    return apply_in(setup.compute_dtype, with_mask)(params, x)
+
+  return apply
 
 
 def noise_distillation(setup: ClientSetup, options, num_classes: int):
@@ -202,13 +237,20 @@ def fedsnd(
   num_classes = jax.eval_shape(apply_fn, one_model, setup.sample_x).shape[-1]
   input_shape = setup.sample_x.shape[1:]
   per_client_teacher = options.teacher == "previous"
+  if options.teacher == "dropout":
+    data_loss = dropout_self_distillation_objective(
+      dropout_apply(setup, options.dropout_rate), options.self_distill_weight, options.temperature
+    )
+  else:
+    data_loss = self_distillation_objective(
+      apply_fn, options.self_distill_weight, options.temperature
+    )
   train_cohort = setup.cohort_trainer(
     None,
     params_axis=None,
     context_axis=0 if per_client_teacher else None,
-    data_loss=self_distillation_objective(
-      apply_fn, options.self_distill_weight, options.temperature
-    ),
+    data_loss=data_loss,
+    stochastic=options.teacher == "dropout",
   )
   server_step = noise_distillation(setup, options, num_classes)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +21,10 @@ import optax
 
 from fedjax_lab.ops.losses import masked_mean, per_example_cross_entropy
 
-# objective(params, batch_x, batch_y, batch_mask, context) -> scalar loss
-Objective = Callable[[Any, jax.Array, jax.Array, jax.Array, Any], jax.Array]
+# objective(params, batch_x, batch_y, batch_mask, context) -> scalar loss; a stochastic one
+# (make_local_trainer(stochastic=True)) takes a sixth argument, the step's own key.
+Objective = Callable[..., jax.Array]
+STEP_KEY_STREAM = 0x5EED  # fold_in(key, STEP_KEY_STREAM): the root of the per-step keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,8 +118,13 @@ def make_local_trainer(
   optimizer: optax.GradientTransformation,
   schedule: LocalSchedule,
   unroll: bool = False,
+  stochastic: bool = False,
 ):
   """``train(params, x, y, num_examples, key, context) -> (params, LocalResult)``.
+
+  ``stochastic``: ``objective`` also takes a key of its own at every step (dropout), step
+  ``s``'s being ``fold_in(fold_in(key, STEP_KEY_STREAM), s)``: the same client key gives the
+  same keys, whatever the execution strategy.
 
   ``x``, ``y``: one client's padded arrays ``[max_examples, ...]``. The optimizer state starts
   fresh. The step loop is rolled and runs to the client's own step count (a ``while`` loop
@@ -133,11 +139,13 @@ def make_local_trainer(
   def train(params, x, y, num_examples, key, context=None):
     total_steps = schedule.client_steps(num_examples)
     orders = epoch_orders(key, num_examples, schedule)
+    step_keys = jax.random.fold_in(key, STEP_KEY_STREAM)
 
     def update(step_index, carry):
       params, opt_state, loss_sum = carry
       indices, mask = batch_indices(orders, num_examples, step_index, schedule)
-      loss, grads = grad_fn(params, x[indices], y[indices], mask, context)
+      step_key = (jax.random.fold_in(step_keys, step_index),) if stochastic else ()
+      loss, grads = grad_fn(params, x[indices], y[indices], mask, context, *step_key)
       updates, opt_state = optimizer.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state, loss_sum + loss
 

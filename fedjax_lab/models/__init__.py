@@ -53,16 +53,41 @@ class Model:
     ``head`` receives (``[batch, ..., d]``; contrastive methods such as MOON compare it)."""
     captured = []
 
-    def capture_head_input(next_fun, args, kwargs, context):
+    def capture(features):
+      captured.append(features)
+      return features
+
+    return self._apply_transforming_head_input(params, x, capture), captured[-1]
+
+  def apply_with_dropout(self, params: Params, x, key: jax.Array, rate: float) -> jax.Array:
+    """Logits with inverted dropout on the read-out layer's input: each feature ``head``
+    receives is zeroed with probability ``rate`` (masks drawn from ``key``) and the others
+    scaled by ``1 / (1 - rate)``, so that the expected logits are ``apply``'s (``head`` is
+    linear). The parameters are ``apply``'s; ``rate = 0`` is ``apply``."""
+    if rate == 0:
+      return self.apply(params, x)
+
+    def drop(features):
+      keep = jax.random.bernoulli(key, 1.0 - rate, features.shape)
+      return jnp.where(keep, features / (1.0 - rate), 0).astype(features.dtype)
+
+    return self._apply_transforming_head_input(params, x, drop)
+
+  def _apply_transforming_head_input(self, params: Params, x, transform) -> jax.Array:
+    """``apply`` with the input ``h`` of the layer named ``head`` replaced by ``transform(h)``."""
+    found = []
+
+    def intercept(next_fun, args, kwargs, context):
       if context.module.name == "head" and context.method_name == "__call__":
-        captured.append(args[0])
+        found.append(True)
+        args = (transform(args[0]),) + tuple(args[1:])
       return next_fun(*args, **kwargs)
 
-    with nn.intercept_methods(capture_head_input):
+    with nn.intercept_methods(intercept):
       logits = self.apply(params, x)
-    if not captured:
+    if not found:
       raise ValueError(f"model {self.name!r} has no layer named 'head' to take features from")
-    return logits, captured[-1]
+    return logits
 
   @staticmethod
   def layer_groups(params: Params) -> tuple[str, ...]:
