@@ -45,6 +45,7 @@ VARIANTS = [  # table order
   "scaffold",
   "moon",
   "feddf",
+  "fedgen",
   "fedsnd",
   "self_distillation_only",
   "noise_distillation_only",

@@ -39,6 +39,7 @@ ALGORITHMS = {
   "self_distillation_dropout_teacher": ("fedsnd", {"noise_distill": False, "teacher": "dropout"}),
   "moon": ("moon", {}),
   "feddf": ("feddf", {}),
+  "fedgen": ("fedgen", {}),
 }
 DEFAULT_ALGORITHMS = list(ALGORITHMS)[:6]  # the teacher comparison is run on request
 

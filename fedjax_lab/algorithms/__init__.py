@@ -11,6 +11,7 @@ from fedjax_lab.algorithms import (
   cfl,
   clustered,
   feddf,
+  fedgen,
   fedmr,
   fedopt,
   fedsnd,
@@ -42,6 +43,7 @@ ALGORITHMS.register("fedmr", fedmr.ENTRY)
 ALGORITHMS.register("fedsnd", fedsnd.ENTRY)
 ALGORITHMS.register("moon", moon.ENTRY)
 ALGORITHMS.register("feddf", feddf.ENTRY)
+ALGORITHMS.register("fedgen", fedgen.ENTRY)
 ALGORITHMS.register("pfedlia", pfedlia.ENTRY)
 ALGORITHMS.register("oracle", clustered.ORACLE)
 ALGORITHMS.register("ifca", ifca.ENTRY)
