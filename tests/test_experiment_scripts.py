@@ -334,6 +334,15 @@ def test_fedmr_official_readme_tables_are_what_the_committed_runs_give():
     assert block in readme
 
 
+def test_fedsnd_converged_readme_tables_are_what_the_committed_runs_give():
+  converged = _script("experiments/fedsnd/converged.py")
+  runs = converged.grid.read_run_metrics(converged.RESULTS)
+  assert sum(len(by_seed) for by_seed in runs.values()) >= 30
+  readme = (ROOT / "experiments/fedsnd/README.md").read_text()
+  for block in converged.summary_tables(runs).split("```")[1::2]:
+    assert block in readme
+
+
 def test_pfedlia_privacy_readme_table_is_what_the_committed_results_give():
   privacy = _script("experiments/pfedlia/privacy.py")
   lines = (ROOT / "experiments/pfedlia/results/privacy/per_seed.jsonl").read_text().splitlines()
