@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from fedjax_lab import run_folder
+from fedjax_lab.build import build_federation
 from fedjax_lab.checkpoint import CheckpointError
 from fedjax_lab.config import load_config
 from fedjax_lab.runner import TrainingDivergedError, run
@@ -263,6 +264,37 @@ def read_run_metrics(results: pathlib.Path) -> dict[tuple[float, str], dict[int,
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     runs.setdefault((float(alpha), name), {})[int(seed)] = rows
   return runs
+
+
+def run_alpha_seed_grid(
+  config_path: str,
+  variants: dict[str, tuple[str, dict]],
+  alphas,
+  seeds,
+  runs_root: str,
+  results: pathlib.Path,
+  report=None,
+) -> None:
+  """For each alpha and seed, one federation (``data.alpha``, ``data.seed`` and ``seed`` set),
+  then each ``variants[name] = (registered method, its options)`` run or read back
+  (``run_or_load``) in ``runs_root/alpha<a>/seed<s>/<name>``, its metrics saved to
+  ``results`` (``save_run_metrics``) and one line printed (with ``report(metrics)``)."""
+  for alpha in alphas:
+    for seed in seeds:
+      base = [f"data.alpha={alpha}", f"data.seed={seed}", f"seed={seed}"]
+      data = build_federation(load_config(config_path, base).data)
+      for name, (method, options) in variants.items():
+        config = dataclasses.replace(
+          load_config(
+            config_path, base + [f"out_dir={runs_root}/alpha{alpha:g}/seed{seed}/{name}"]
+          ),
+          algorithm=algorithm_variant(config_path, base, method, options),
+        )
+        metrics, _ = run_or_load(config, data)
+        save_run_metrics(results, name, alpha, seed, metrics)
+        print(
+          f"alpha {alpha:g} seed {seed} {name}: {report(metrics) if report else 'done'}", flush=True
+        )
 
 
 def read_records(results: pathlib.Path) -> list[dict]:

@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).parent.parent
 TINY = [
   "data.source=digits",
@@ -325,22 +327,19 @@ def _script(path: str):
   return module
 
 
-def test_fedmr_official_readme_tables_are_what_the_committed_runs_give():
-  official = _script("experiments/fedmr/official.py")
-  runs = official.grid.read_run_metrics(official.RESULTS)
-  assert sum(len(by_seed) for by_seed in runs.values()) >= 6
-  readme = (ROOT / "experiments/fedmr/README.md").read_text()
-  for block in official.summary_tables(runs).split("```")[1::2]:
-    assert block in readme
-
-
-def test_fedsnd_converged_readme_tables_are_what_the_committed_runs_give():
-  converged = _script("experiments/fedsnd/converged.py")
-  runs = converged.grid.read_run_metrics(converged.RESULTS)
-  assert sum(len(by_seed) for by_seed in runs.values()) >= 30
-  readme = (ROOT / "experiments/fedsnd/README.md").read_text()
-  for block in converged.summary_tables(runs).split("```")[1::2]:
-    assert block in readme
+@pytest.mark.parametrize(
+  "script, readme, least_runs",
+  [
+    ("experiments/fedmr/official.py", "experiments/fedmr/README.md", 6),
+  ],
+)
+def test_readme_tables_are_what_the_committed_per_run_metrics_give(script, readme, least_runs):
+  module = _script(script)
+  runs = module.grid.read_run_metrics(module.RESULTS)
+  assert sum(len(by_seed) for by_seed in runs.values()) >= least_runs
+  text = (ROOT / readme).read_text()
+  for block in module.summary_tables(runs).split("```")[1::2]:
+    assert block in text
 
 
 def test_pfedlia_privacy_readme_table_is_what_the_committed_results_give():

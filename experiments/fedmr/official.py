@@ -24,7 +24,7 @@ import statistics
 
 import numpy as np
 
-from fedjax_lab import build_federation, grid, load_config
+from fedjax_lab import grid
 from fedjax_lab.stats import format_paired, format_spread
 from fedjax_lab.tables import format_table
 
@@ -35,19 +35,15 @@ FLAT_POINTS = 0.5
 
 
 def run_all(args) -> None:
-  for alpha in args.alphas:
-    for seed in args.seeds:
-      base = [f"data.alpha={alpha}", f"data.seed={seed}", f"seed={seed}"]
-      data = build_federation(load_config(args.config, base).data)
-      for name in args.algorithms:
-        config = load_config(
-          args.config,
-          base
-          + [f"algorithm.name={name}", f"out_dir={args.runs}/alpha{alpha:g}/seed{seed}/{name}"],
-        )
-        metrics, _ = grid.run_or_load(config, data)
-        grid.save_run_metrics(RESULTS, name, alpha, seed, metrics)
-        print(f"{name} alpha {alpha:g} seed {seed}: accuracy at round 100", _accuracy(metrics)[-1])
+  grid.run_alpha_seed_grid(
+    args.config,
+    {name: (name, {}) for name in args.algorithms},
+    args.alphas,
+    args.seeds,
+    args.runs,
+    RESULTS,
+    report=lambda metrics: f"accuracy at round 100 {_accuracy(metrics)[-1]:.2f}",
+  )
 
 
 def _accuracy(metrics: list[dict]) -> list[float]:

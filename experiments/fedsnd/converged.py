@@ -26,13 +26,12 @@ computed from those files only, per alpha and variant (global test accuracy, %):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import pathlib
 import statistics
 
 import numpy as np
 
-from fedjax_lab import build_federation, grid, load_config
+from fedjax_lab import grid
 from fedjax_lab.stats import format_paired, format_spread
 from fedjax_lab.tables import format_table
 
@@ -63,19 +62,15 @@ def run_all(args) -> None:
   from reproduce import ALGORITHMS  # the variants of the 30-round grid
 
   for alpha in args.alphas:
-    for seed in args.seeds:
-      base = [f"data.alpha={alpha}", f"data.seed={seed}", f"seed={seed}"]
-      data = build_federation(load_config(args.config, base).data)
-      for name in args.variants or DEFAULT_RUNS[alpha]:
-        config = dataclasses.replace(
-          load_config(
-            args.config, base + [f"out_dir={args.runs}/alpha{alpha:g}/seed{seed}/{name}"]
-          ),
-          algorithm=grid.algorithm_variant(args.config, base, *ALGORITHMS[name]),
-        )
-        metrics, _ = grid.run_or_load(config, data)
-        grid.save_run_metrics(RESULTS, name, alpha, seed, metrics)
-        print(f"alpha {alpha:g} seed {seed} {name}: final {_final(metrics):.2f}", flush=True)
+    grid.run_alpha_seed_grid(
+      args.config,
+      {name: ALGORITHMS[name] for name in args.variants or DEFAULT_RUNS[alpha]},
+      [alpha],
+      args.seeds,
+      args.runs,
+      RESULTS,
+      report=lambda metrics: f"final {_final(metrics):.2f}",
+    )
 
 
 def _accuracy(metrics: list[dict]) -> list[float]:
