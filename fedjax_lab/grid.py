@@ -297,6 +297,23 @@ def run_alpha_seed_grid(
         )
 
 
+def summarize_run_metrics(results: pathlib.Path, summary_tables, names, panel_title) -> str:
+  """From the per-run metrics in ``results`` (``read_run_metrics``): ``summary_tables(runs)``
+  written to ``results/summary.md`` and returned, and the global-accuracy curves of ``names``
+  (one panel per alpha, titled ``panel_title(alpha)``) to ``results/accuracy.png``."""
+  runs = read_run_metrics(results)
+  tables = summary_tables(runs)
+  (results / "summary.md").write_text(tables)
+  alphas = sorted({alpha for alpha, _ in runs})
+  present = [name for name in names if any((alpha, name) in runs for alpha in alphas)]
+  curves = {key: list(by_seed.values()) for key, by_seed in runs.items()}
+  plot_curves(
+    curves, alphas, present, results / "accuracy.png", "global_accuracy",
+    "global test accuracy", panel_title=panel_title,
+  )  # fmt: skip
+  return tables
+
+
 def read_records(results: pathlib.Path) -> list[dict]:
   """The per-seed records of ``results/per_seed.jsonl`` ([] if there is none yet)."""
   path = results / "per_seed.jsonl"

@@ -177,16 +177,9 @@ def main() -> None:
   RESULTS.mkdir(parents=True, exist_ok=True)
   if not args.summarize:
     run_all(args)
-  runs = grid.read_run_metrics(RESULTS)
-  tables = summary_tables(runs)
-  (RESULTS / "summary.md").write_text(tables)
-  alphas = sorted({a for a, _ in runs})
-  names = [n for n in VARIANTS if any((a, n) in runs for a in alphas)]
-  curves = {key: list(by_seed.values()) for key, by_seed in runs.items()}
-  grid.plot_curves(
-    curves, alphas, names, RESULTS / "accuracy.png", "global_accuracy",
-    "global test accuracy", panel_title=lambda alpha: f"reduced image setting, alpha={alpha:g}",
-  )  # fmt: skip
+  tables = grid.summarize_run_metrics(
+    RESULTS, summary_tables, VARIANTS, lambda alpha: f"reduced image setting, alpha={alpha:g}"
+  )
   print(tables)
 
 
