@@ -249,10 +249,20 @@ def run_file_stem(name: str, alpha: float, seed: int) -> str:
   return f"{name}_alpha{alpha:g}_seed{seed}"
 
 
-def save_run_metrics(results: pathlib.Path, name: str, alpha: float, seed: int, metrics) -> None:
-  """Write one run's metric rows to ``results/<run_file_stem>.jsonl``, one JSON row a line."""
-  path = results / f"{run_file_stem(name, alpha, seed)}.jsonl"
+def write_metrics_file(path: pathlib.Path, metrics) -> None:
+  """One run's metric rows to ``path``, one JSON row a line (its folder made if needed)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text("".join(json.dumps(row) + "\n" for row in metrics))
+
+
+def read_metrics_file(path: pathlib.Path) -> list[dict]:
+  """The metric rows ``write_metrics_file`` wrote to ``path``."""
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def save_run_metrics(results: pathlib.Path, name: str, alpha: float, seed: int, metrics) -> None:
+  """Write one run's metric rows to ``results/<run_file_stem>.jsonl``."""
+  write_metrics_file(results / f"{run_file_stem(name, alpha, seed)}.jsonl", metrics)
 
 
 def read_run_metrics(results: pathlib.Path) -> dict[tuple[float, str], dict[int, list[dict]]]:
@@ -261,8 +271,7 @@ def read_run_metrics(results: pathlib.Path) -> dict[tuple[float, str], dict[int,
   for path in sorted(results.glob("*_alpha*_seed*.jsonl")):
     name, _, rest = path.stem.rpartition("_alpha")
     alpha, _, seed = rest.partition("_seed")
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    runs.setdefault((float(alpha), name), {})[int(seed)] = rows
+    runs.setdefault((float(alpha), name), {})[int(seed)] = read_metrics_file(path)
   return runs
 
 

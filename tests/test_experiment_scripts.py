@@ -68,7 +68,6 @@ def test_pfedlia_reproduction_script(tmp_path):
     "rounds=2",
     "eval_every=1",
     "algorithm.pfedlia.warmup_rounds=1",
-    f"out_dir={tmp_path}",
   ]
   overrides = [arg for item in tiny for arg in ("--set", item)]
   done = subprocess.run(
@@ -80,9 +79,14 @@ def test_pfedlia_reproduction_script(tmp_path):
       "dirichlet",
       "--seeds",
       "0",
-      "--algorithms",
+      "1",
+      "--variants",
       "pfedlia",
       "oracle",
+      "--runs",
+      str(tmp_path / "runs"),
+      "--out",
+      str(tmp_path / "results"),
       *overrides,
     ],
     capture_output=True,
@@ -90,13 +94,18 @@ def test_pfedlia_reproduction_script(tmp_path):
     cwd=tmp_path,
   )
   assert done.returncode == 0, done.stderr[-2000:]
-  rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
-  assert [(r["benchmark"], r["algorithm"]) for r in rows] == [
-    ("permuted", "pfedlia"),
-    ("permuted", "oracle"),
-    ("dirichlet", "pfedlia"),
+  files = sorted(p.relative_to(tmp_path / "results") for p in tmp_path.glob("results/*/*.jsonl"))
+  assert [str(f) for f in files] == [
+    "dirichlet/pfedlia_seed0.jsonl",
+    "dirichlet/pfedlia_seed1.jsonl",
+    "permuted/oracle_seed0.jsonl",
+    "permuted/oracle_seed1.jsonl",
+    "permuted/pfedlia_seed0.jsonl",
+    "permuted/pfedlia_seed1.jsonl",
   ]
-  assert (tmp_path / "accuracy.png").exists()
+  summary = (tmp_path / "results" / "summary.md").read_text()
+  assert summary.index("permuted, 2 rounds") < summary.index("dirichlet, 2 rounds")
+  assert "(n=2)" in summary and (tmp_path / "results" / "accuracy.png").exists()
 
 
 def test_fedsnd_reproduction_script(tmp_path):

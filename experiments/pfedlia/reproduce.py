@@ -7,145 +7,158 @@ Benchmarks (``benchmarks.json``, each a list of overrides of ``reduced.json``):
   shakespeare  next-character prediction (small Transformer), 30 (play, character) clients,
                groups = play genre (comedy, history, tragedy)
 
-Algorithms: pFedLIA central (agglomerative, threshold 0: the number of clusters is not given)
-and decentralized (positive-influence neighbourhoods), Oracle (true groups), IFCA (k given),
-CFL, FedAvg, Local. Reports, per benchmark and algorithm, the mean over seeds of the clients'
-mean personalized accuracy and its 10th percentile (last 3 evaluations) and the adjusted Rand
-index of the final clusters against the true groups.
+Variants (``VARIANTS``): pFedLIA central (agglomerative, threshold 0: the number of clusters is
+not given), decentralized (positive-influence neighbourhoods), with re-clustering every 10
+rounds, with local fine-tuning; the Oracle (FedAvg within the true groups); IFCA given the true
+number of groups and IFCA at k = 8 (not given it); CFL (eps1, eps2 tuned by ``tune_cfl.py`` on
+another benchmark and split); FedAvg; Local.
 
-  python experiments/pfedlia/reproduce.py
-  python experiments/pfedlia/reproduce.py --benchmarks permuted --seeds 0 --set rounds=10
+Each run's metrics go to ``results/runs/<benchmark>/<variant>_seed<s>.jsonl`` (committed); the
+tables (``--summarize``) are computed from those files only, per benchmark and variant: the
+clients' mean personalized accuracy and its 10th percentile (mean of the last 3 evaluations),
+the adjusted Rand index of the final clusters against the true groups and the final number of
+clusters, each as mean ± sample std (n seeds); the change of the accuracy over the run's end
+(the mean of the last 2 evaluations minus the 2 before, in points, averaged over seeds: "flat"
+under 0.5); and each variant's accuracy minus pFedLIA central's, paired by seed (95%
+t-interval).
 
-A run whose metrics already hold every round is read back instead of rerun.
+  python experiments/pfedlia/reproduce.py --benchmarks permuted dirichlet rotated   # 5 seeds
+  python experiments/pfedlia/reproduce.py --benchmarks shakespeare --seeds 0 1 2
+  python experiments/pfedlia/reproduce.py --summarize          # the tables from results/ only
+
+A run whose metrics already hold every round (same config, in ``--runs``) is read back.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
-import time
 
 import numpy as np
 
 from fedjax_lab import build_federation, grid, load_config
+from fedjax_lab.stats import format_paired, format_spread
+from fedjax_lab.tables import format_table
 
 HERE = pathlib.Path(__file__).parent
+RESULTS = HERE / "results" / "runs"
 BENCHMARKS = json.loads((HERE / "benchmarks.json").read_text())
-
-
 # variant -> (registered method, its options changed from the config's)
-ALGORITHMS = {
+VARIANTS = {
   "pfedlia": ("pfedlia", {}),
   "pfedlia_decentralized": ("pfedlia", {"clustering": "decentralized"}),
+  "pfedlia_recluster": ("pfedlia", {"recluster_every": 10}),
+  "pfedlia_finetune": ("pfedlia", {"finetune": True}),
   "oracle": ("oracle", {}),
-  "ifca": ("ifca", {}),
+  "ifca": ("ifca", {}),  # the true number of groups: benchmarks.json
+  "ifca_k8": ("ifca", {"num_clusters": 8}),
   "cfl": ("cfl", {}),
   "fedavg": ("fedavg", {}),
   "local": ("local", {}),
 }
+REFERENCE = "pfedlia"
+FLAT_POINTS = 0.5
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(
-    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-  )
-  parser.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS), choices=BENCHMARKS)
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
-  parser.add_argument(
-    "--set",
-    dest="overrides",
-    action="append",
-    default=[],
-    metavar="SECTION.FIELD=VALUE",
-    help="override every benchmark (repeatable)",
-  )
-  args = parser.parse_args()
-  out_root = pathlib.Path(load_config(str(HERE / "reduced.json"), args.overrides).out_dir)
-  out_root.mkdir(parents=True, exist_ok=True)
-  started = time.perf_counter()
-  curves, rows, loaded, bases = {}, [], 0, {}
+def run_all(args) -> None:
   for benchmark in args.benchmarks:
-    base = load_config(str(HERE / "reduced.json"), BENCHMARKS[benchmark] + args.overrides)
-    bases[benchmark] = base.to_dict()
+    overrides = BENCHMARKS[benchmark] + args.set
     for seed in args.seeds:
-      data_config = dataclasses.replace(base.data, seed=seed)
-      data = build_federation(data_config)
-      variants = {
-        name: grid.algorithm_variant(
-          str(HERE / "reduced.json"), BENCHMARKS[benchmark] + args.overrides, *ALGORITHMS[name]
+      seeded = overrides + [f"data.seed={seed}", f"seed={seed}"]
+      data = build_federation(load_config(args.config, seeded).data)
+      for name in args.variants:
+        if name == "oracle" and data.client_groups is None:
+          continue
+        config = dataclasses.replace(
+          load_config(args.config, seeded + [f"out_dir={args.runs}/{benchmark}/seed{seed}/{name}"]),
+          algorithm=grid.algorithm_variant(args.config, seeded, *VARIANTS[name]),
         )
-        for name in args.algorithms
-        if name != "oracle" or data.client_groups is not None
-      }
-      results, read_back = grid.run_variants(
-        base,
-        data_config,
-        seed,
-        variants,
-        out_root / benchmark / f"seed{seed}",
-        data,
-        f"{benchmark} seed={seed}",
-        "client_accuracy_mean",
-      )
-      loaded += read_back
-      for name, metrics in results.items():
-        curves.setdefault((benchmark, name), []).append(metrics)
-    for name in args.algorithms:
-      runs = curves.get((benchmark, name))
-      if not runs:
-        continue
-      accuracy = grid.spread([grid.last_evaluations(m, "client_accuracy_mean") for m in runs])
-      p10 = grid.spread([grid.last_evaluations(m, "client_accuracy_p10") for m in runs])
-      ari = [grid.last_evaluations(m, "cluster_ari", 1) for m in runs]
-      clusters = [grid.last_evaluations(m, "num_clusters", 1) for m in runs]
+        metrics, _ = grid.run_or_load(config, data)
+        path = pathlib.Path(args.out) / benchmark / f"{name}_seed{seed}.jsonl"
+        grid.write_metrics_file(path, metrics)
+        accuracy = grid.last_evaluations(metrics, "client_accuracy_mean")
+        print(f"{benchmark} seed {seed} {name}: accuracy {accuracy:.4f}", flush=True)
+
+
+def read_runs(results: pathlib.Path = RESULTS) -> dict[tuple[str, str], dict[int, list[dict]]]:
+  """``(benchmark, variant) -> {seed: metric rows}`` from ``results/<benchmark>/*.jsonl``."""
+  runs: dict = {}
+  for path in sorted(results.glob("*/*_seed*.jsonl")):
+    name, _, seed = path.stem.rpartition("_seed")
+    runs.setdefault((path.parent.name, name), {})[int(seed)] = grid.read_metrics_file(path)
+  return runs
+
+
+def _end_change(metrics: list[dict]) -> float:
+  values = [100 * r["client_accuracy_mean"] for r in metrics if "client_accuracy_mean" in r]
+  return float(np.mean(values[-2:]) - np.mean(values[-4:-2])) if len(values) >= 4 else np.nan
+
+
+def _spread_or_dash(values, digits: int = 2) -> str:
+  """``format_spread`` of the values, or "-" where the variant has no such metric."""
+  return format_spread(values, digits=digits) if np.isfinite(values).any() else "-"
+
+
+def summary_tables(runs) -> str:
+  """The table of the module docstring, one block per benchmark, as markdown."""
+  out = []
+  for benchmark in [b for b in BENCHMARKS if any(key[0] == b for key in runs)]:
+    rows = []
+    reference = runs.get((benchmark, REFERENCE), {})
+    for name in [n for n in VARIANTS if (benchmark, n) in runs]:
+      by_seed = runs[(benchmark, name)]
+
+      def final(key, count=3, seeds=by_seed, by=by_seed):
+        return [grid.last_evaluations(by[s], key, count) for s in seeds]
+
+      change = np.nanmean([_end_change(m) for m in by_seed.values()])
+      paired = sorted(set(by_seed) & set(reference))
       rows.append(
         {
-          "benchmark": benchmark,
-          "algorithm": name,
-          "acc_mean": accuracy["mean"],
-          "acc_std": accuracy["std"],
-          "p10_mean": p10["mean"],
-          "ari_mean": grid.spread(ari)["mean"],
-          "clusters_mean": grid.spread(clusters)["mean"],
-          "seeds": len(runs),
-          "round_seconds": float(
-            np.mean([r["round_seconds"] for m in runs for r in m if "round_seconds" in r])
+          "variant": name,
+          "accuracy %": format_spread(final("client_accuracy_mean"), scale=100),
+          "p10 %": format_spread(final("client_accuracy_p10"), scale=100),
+          "ARI": _spread_or_dash(final("cluster_ari", 1)),
+          "clusters": _spread_or_dash(final("num_clusters", 1), digits=1),
+          "end change": f"{change:+.2f}" + (" flat" if abs(change) < FLAT_POINTS else ""),
+          f"minus {REFERENCE} (95% CI)": "-"
+          if name == REFERENCE or len(paired) < 2
+          else format_paired(
+            [100 * a for a in final("client_accuracy_mean", seeds=paired)],
+            [100 * grid.last_evaluations(reference[s], "client_accuracy_mean") for s in paired],
           ),
         }
       )
-  env = grid.environment(started, loaded, load_config(str(HERE / "reduced.json"), args.overrides))
-  env["benchmark_configs"] = bases
-  table = grid.write_summary(
-    out_root,
-    rows,
-    [
-      "benchmark",
-      "algorithm",
-      "acc_mean",
-      "acc_std",
-      "p10_mean",
-      "ari_mean",
-      "clusters_mean",
-      "seeds",
-      "round_seconds",
-    ],
-    env,
-  )
+    rounds = max(r["round"] for by in runs[(benchmark, rows[0]["variant"])].values() for r in by)
+    out.append(
+      f"{benchmark}, {rounds} rounds: clients' mean personalized accuracy (%)\n\n```\n"
+      + format_table(rows, list(rows[0]))
+      + "\n```\n"
+    )
+  return "\n".join(out)
+
+
+def main() -> None:
+  parser = grid.reproduction_parser(__doc__, HERE, "runs/pfedlia_reduced")
+  parser.set_defaults(config=str(HERE / "reduced.json"), out=str(RESULTS), seeds=[0, 1, 2, 3, 4])
+  parser.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS), choices=BENCHMARKS)
+  parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+  args = grid.parse_reproduction_args(parser)
+  results = pathlib.Path(args.out)
+  if not args.summarize:
+    run_all(args)
+  runs = read_runs(results)
+  tables = summary_tables(runs)
+  (results / "summary.md").write_text(tables)
+  benchmarks = [b for b in BENCHMARKS if any(key[0] == b for key in runs)]
+  curves = {key: list(by_seed.values()) for key, by_seed in runs.items()}
+  names = [n for n in VARIANTS if any((b, n) in runs for b in benchmarks)]
   grid.plot_curves(
-    curves,
-    args.benchmarks,
-    args.algorithms,
-    out_root / "accuracy.png",
-    "client_accuracy_mean",
+    curves, benchmarks, names, results / "accuracy.png", "client_accuracy_mean",
     "clients' mean personalized accuracy",
-  )
-  print(table)
-  print(
-    f"wall time {env['wall_seconds']} s; wrote {out_root}/summary.md, summary.json, accuracy.png"
-  )
+  )  # fmt: skip
+  print(tables)
 
 
 if __name__ == "__main__":
