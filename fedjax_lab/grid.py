@@ -327,3 +327,49 @@ def read_records(results: pathlib.Path) -> list[dict]:
   """The per-seed records of ``results/per_seed.jsonl`` ([] if there is none yet)."""
   path = results / "per_seed.jsonl"
   return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def run_tuning_grid(
+  config_path: str,
+  overrides: list[str],
+  candidates: dict[str, list[str]],
+  seeds,
+  runs_root: str,
+  metrics: dict[str, tuple[str, int]],
+) -> list[dict]:
+  """Each candidate (config overrides on top of ``overrides``) on each tuning seed
+  (``data.seed`` and ``seed``), run or read back in ``runs_root/seed<s>/<candidate>``.
+
+  Returns one record per (candidate, seed): ``{"candidate", "seed"}`` and, for each
+  ``metrics[label] = (metric key, count)``, ``last_evaluations(rows, key, count)``."""
+  records = []
+  for seed in seeds:
+    seeded = list(overrides) + [f"data.seed={seed}", f"seed={seed}"]
+    data = build_federation(load_config(config_path, seeded).data)
+    for name, changes in candidates.items():
+      out_dir = f"out_dir={runs_root}/seed{seed}/{name}"
+      rows, _ = run_or_load(load_config(config_path, seeded + changes + [out_dir]), data)
+      record = {"candidate": name, "seed": seed}
+      record.update({label: last_evaluations(rows, *how) for label, how in metrics.items()})
+      records.append(record)
+      print(json.dumps(record), flush=True)
+  return records
+
+
+def tuning_table(records: list[dict], key: str, columns: dict[str, str]) -> str:
+  """One row per candidate: the mean over its seeds of each ``columns[label] = record field``
+  (``key`` too), and ``*`` on the candidate with the highest mean ``key``: the one chosen."""
+  names = list(dict.fromkeys(r["candidate"] for r in records))
+  means = {
+    name: {f: float(np.mean([r[f] for r in records if r["candidate"] == name])) for f in records[0]
+           if f not in ("candidate", "seed")}
+    for name in names
+  }  # fmt: skip
+  best = max(names, key=lambda name: means[name][key])
+  seeds = {name: sum(r["candidate"] == name for r in records) for name in names}
+  rows = [
+    {"candidate": name, **{label: f"{means[name][f]:.3f}" for label, f in columns.items()},
+     "seeds": seeds[name], "chosen": "*" if name == best else ""}
+    for name in names
+  ]  # fmt: skip
+  return format_table(rows, list(rows[0]))

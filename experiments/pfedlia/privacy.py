@@ -43,9 +43,6 @@ VARIANTS = {
   },
 }
 REFERENCE = "votes, no RR"
-# Every variant scores on a seeded random held-out draw (reduced.json keeps the dataset-order
-# split its committed tables were computed with).
-RANDOM_SPLIT = ["algorithm.pfedlia.validation_split=random"]
 
 
 def run_all(args, results: pathlib.Path) -> None:
@@ -60,7 +57,6 @@ def run_all(args, results: pathlib.Path) -> None:
         args.config,
         BENCHMARK
         + args.set
-        + RANDOM_SPLIT
         + overrides
         + [f"data.seed={seed}", f"seed={seed}", f"out_dir={args.runs}/seed{seed}/{folder}"],
       )

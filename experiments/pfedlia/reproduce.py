@@ -20,7 +20,7 @@ the adjusted Rand index of the final clusters against the true groups and the fi
 clusters, each as mean ± sample std (n seeds); the change of the accuracy over the run's end
 (the mean of the last 2 evaluations minus the 2 before, in points, averaged over seeds: "flat"
 under 0.5); and each variant's accuracy minus pFedLIA central's, paired by seed (95%
-t-interval).
+t-interval); the mean seconds a round after the first (the influence round included).
 
   python experiments/pfedlia/reproduce.py --benchmarks permuted dirichlet rotated   # 5 seeds
   python experiments/pfedlia/reproduce.py --benchmarks shakespeare --seeds 0 1 2
@@ -114,6 +114,7 @@ def summary_tables(runs) -> str:
 
       change = np.nanmean([_end_change(m) for m in by_seed.values()])
       paired = sorted(set(by_seed) & set(reference))
+      seconds = [r["round_seconds"] for m in by_seed.values() for r in m[1:]]
       rows.append(
         {
           "variant": name,
@@ -122,6 +123,7 @@ def summary_tables(runs) -> str:
           "ARI": _spread_or_dash(final("cluster_ari", 1)),
           "clusters": _spread_or_dash(final("num_clusters", 1), digits=1),
           "end change": f"{change:+.2f}" + (" flat" if abs(change) < FLAT_POINTS else ""),
+          "s / round": f"{np.mean(seconds):.2f}",
           f"minus {REFERENCE} (95% CI)": "-"
           if name == REFERENCE or len(paired) < 2
           else format_paired(
@@ -132,7 +134,7 @@ def summary_tables(runs) -> str:
       )
     rounds = max(r["round"] for by in runs[(benchmark, rows[0]["variant"])].values() for r in by)
     out.append(
-      f"{benchmark}, {rounds} rounds: clients' mean personalized accuracy (%)\n\n```\n"
+      f"{benchmark}: clients' mean personalized accuracy (%) at the {rounds}-round budget\n\n```\n"
       + format_table(rows, list(rows[0]))
       + "\n```\n"
     )
