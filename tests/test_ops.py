@@ -75,3 +75,18 @@ def test_run_metric_files_round_trip_whatever_the_variant_name(tmp_path):
     (0.1, "self_distillation_only"): {3: rows},
     (0.5, "fedavg"): {0: rows},
   }
+
+
+def test_tuning_table_chooses_the_candidate_with_the_best_mean_over_its_seeds():
+  from fedjax_lab import grid
+
+  records = [
+    {"candidate": "a", "seed": 100, "accuracy": 0.9, "clusters": 2.0},
+    {"candidate": "a", "seed": 101, "accuracy": 0.5, "clusters": 4.0},
+    {"candidate": "b", "seed": 100, "accuracy": 0.8, "clusters": 1.0},
+    {"candidate": "b", "seed": 101, "accuracy": 0.8, "clusters": 1.0},
+  ]
+  lines = grid.tuning_table(records, "accuracy", {"acc": "accuracy", "k": "clusters"}).splitlines()
+  assert lines[0].split() == ["candidate", "acc", "k", "seeds", "chosen"]
+  assert lines[2].split() == ["a", "0.700", "3.000", "2"]
+  assert lines[3].split() == ["b", "0.800", "1.000", "2", "*"]
