@@ -13,7 +13,7 @@ rounds, with local fine-tuning; the Oracle (FedAvg within the true groups); IFCA
 number of groups and IFCA at k = 8 (not given it); CFL (eps1, eps2 tuned by ``tune_cfl.py`` on
 another benchmark and split); FedAvg; Local.
 
-Each run's metrics go to ``results/runs/<benchmark>/<variant>_seed<s>.jsonl`` (committed); the
+Each run's metrics go to ``results/per_run/<benchmark>/<variant>_seed<s>.jsonl`` (committed); the
 tables (``--summarize``) are computed from those files only, per benchmark and variant: the
 clients' mean personalized accuracy and its 10th percentile (mean of the last 3 evaluations),
 the adjusted Rand index of the final clusters against the true groups and the final number of
@@ -42,7 +42,7 @@ from fedjax_lab.stats import format_paired, format_spread
 from fedjax_lab.tables import format_table
 
 HERE = pathlib.Path(__file__).parent
-RESULTS = HERE / "results" / "runs"
+RESULTS = HERE / "results" / "per_run"
 BENCHMARKS = json.loads((HERE / "benchmarks.json").read_text())
 # variant -> (registered method, its options changed from the config's)
 VARIANTS = {
