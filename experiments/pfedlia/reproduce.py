@@ -20,7 +20,8 @@ the adjusted Rand index of the final clusters against the true groups and the fi
 clusters, each as mean ± sample std (n seeds); the change of the accuracy over the run's end
 (the mean of the last 2 evaluations minus the 2 before, in points, averaged over seeds: "flat"
 under 0.5); and each variant's accuracy minus pFedLIA central's, paired by seed (95%
-t-interval); the mean seconds a round after the first (the influence round included).
+t-interval); the mean seconds a round after the first (the influence round included); then
+the paired differences of ``COMPARISONS``.
 
   python experiments/pfedlia/reproduce.py --benchmarks permuted dirichlet rotated   # 5 seeds
   python experiments/pfedlia/reproduce.py --benchmarks shakespeare --seeds 0 1 2
@@ -58,6 +59,14 @@ VARIANTS = {
   "local": ("local", {}),
 }
 REFERENCE = "pfedlia"
+COMPARISONS = [  # (a, b): a - b, beside every variant minus REFERENCE
+  ("oracle", "ifca_k8"),
+  ("ifca_k8", "ifca"),
+  ("pfedlia_decentralized", "local"),
+  ("pfedlia_recluster", "local"),
+  ("pfedlia_finetune", "local"),
+  ("oracle", "fedavg"),
+]
 FLAT_POINTS = 0.5
 
 
@@ -100,42 +109,61 @@ def _spread_or_dash(values, digits: int = 2) -> str:
   return format_spread(values, digits=digits) if np.isfinite(values).any() else "-"
 
 
+def _accuracy(metrics: list[dict]) -> float:
+  """The clients' mean personalized accuracy (%), mean of the last 3 evaluations."""
+  return 100 * grid.last_evaluations(metrics, "client_accuracy_mean")
+
+
+def _paired(a: dict[int, list[dict]], b: dict[int, list[dict]]) -> str:
+  """Accuracy of ``a`` minus ``b`` over their common seeds (95% t-interval); "-" under 2."""
+  seeds = sorted(set(a) & set(b))
+  if len(seeds) < 2:
+    return "-"
+  return format_paired([_accuracy(a[s]) for s in seeds], [_accuracy(b[s]) for s in seeds])
+
+
 def summary_tables(runs) -> str:
-  """The table of the module docstring, one block per benchmark, as markdown."""
-  out = []
+  """The tables of the module docstring, one block per benchmark, and the ``COMPARISONS``
+  present, as markdown."""
+  out, comparisons = [], []
   for benchmark in [b for b in BENCHMARKS if any(key[0] == b for key in runs)]:
     rows = []
     reference = runs.get((benchmark, REFERENCE), {})
     for name in [n for n in VARIANTS if (benchmark, n) in runs]:
       by_seed = runs[(benchmark, name)]
 
-      def final(key, count=3, seeds=by_seed, by=by_seed):
-        return [grid.last_evaluations(by[s], key, count) for s in seeds]
+      def final(key, count=3, by=by_seed):
+        return [grid.last_evaluations(metrics, key, count) for metrics in by.values()]
 
       change = np.nanmean([_end_change(m) for m in by_seed.values()])
-      paired = sorted(set(by_seed) & set(reference))
       seconds = [r["round_seconds"] for m in by_seed.values() for r in m[1:]]
       rows.append(
         {
           "variant": name,
-          "accuracy %": format_spread(final("client_accuracy_mean"), scale=100),
+          "accuracy %": format_spread([_accuracy(m) for m in by_seed.values()]),
           "p10 %": format_spread(final("client_accuracy_p10"), scale=100),
           "ARI": _spread_or_dash(final("cluster_ari", 1)),
           "clusters": _spread_or_dash(final("num_clusters", 1), digits=1),
           "end change": f"{change:+.2f}" + (" flat" if abs(change) < FLAT_POINTS else ""),
           "s / round": f"{np.mean(seconds):.2f}",
-          f"minus {REFERENCE} (95% CI)": "-"
-          if name == REFERENCE or len(paired) < 2
-          else format_paired(
-            [100 * a for a in final("client_accuracy_mean", seeds=paired)],
-            [100 * grid.last_evaluations(reference[s], "client_accuracy_mean") for s in paired],
-          ),
+          f"minus {REFERENCE} (95% CI)": "-" if name == REFERENCE else _paired(by_seed, reference),
         }
       )
+    comparisons += [
+      {"benchmark": benchmark, "difference": f"{a} - {b}", "accuracy (95% CI)": difference}
+      for a, b in COMPARISONS
+      if (difference := _paired(runs.get((benchmark, a), {}), runs.get((benchmark, b), {}))) != "-"
+    ]
     rounds = max(r["round"] for by in runs[(benchmark, rows[0]["variant"])].values() for r in by)
     out.append(
       f"{benchmark}: clients' mean personalized accuracy (%) at the {rounds}-round budget\n\n```\n"
       + format_table(rows, list(rows[0]))
+      + "\n```\n"
+    )
+  if comparisons:
+    out.append(
+      "Other pairs, paired by seed (points)\n\n```\n"
+      + format_table(comparisons, list(comparisons[0]))
       + "\n```\n"
     )
   return "\n".join(out)
