@@ -361,6 +361,21 @@ def test_pfedlia_readme_tables_are_what_the_committed_per_run_metrics_give():
     assert block in text
 
 
+@pytest.mark.parametrize(
+  "script, readme",
+  [
+    ("experiments/pfedlia/tune_cfl.py", "experiments/pfedlia/README.md"),
+    ("experiments/fedsnd/server_sweep.py", "experiments/fedsnd/README.md"),
+  ],
+)
+def test_tuning_tables_in_readmes_are_what_the_committed_records_give(script, readme):
+  """Each tuning script's committed records give the table its README shows."""
+  module = _script(script)
+  records = module.grid.read_records(module.RESULTS)
+  assert len(records) == len(module.CANDIDATES) * len(module.TUNING_SEEDS)
+  assert module.tuning_table(records) in (ROOT / readme).read_text()
+
+
 def test_pfedlia_privacy_readme_table_is_what_the_committed_results_give():
   privacy = _script("experiments/pfedlia/privacy.py")
   lines = (ROOT / "experiments/pfedlia/results/privacy/per_seed.jsonl").read_text().splitlines()

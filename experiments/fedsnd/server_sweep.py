@@ -19,6 +19,7 @@ import pathlib
 from fedjax_lab import grid
 
 HERE = pathlib.Path(__file__).parent
+RESULTS = HERE / "results" / "server_sweep"
 TUNING_SEEDS = [100, 101]
 OVERRIDES = ["rounds=50"]
 CANDIDATES = {
@@ -32,11 +33,14 @@ CANDIDATES = {
 METRICS = {"accuracy": ("global_accuracy", 3)}
 
 
+def tuning_table(records: list[dict]) -> str:
+  """Mean global accuracy per candidate over the tuning seeds; the chosen one marked."""
+  return grid.tuning_table(records, "accuracy", {"accuracy": "accuracy"})
+
+
 def main() -> None:
   parser = grid.reproduction_parser(__doc__, HERE, "runs/fedsnd_server_sweep")
-  parser.set_defaults(
-    config=str(HERE / "converged.json"), out=str(HERE / "results" / "server_sweep")
-  )
+  parser.set_defaults(config=str(HERE / "converged.json"), out=str(RESULTS))
   args = grid.parse_reproduction_args(parser)
   results = pathlib.Path(args.out)
   results.mkdir(parents=True, exist_ok=True)
@@ -45,7 +49,7 @@ def main() -> None:
       args.config, OVERRIDES + args.set, CANDIDATES, TUNING_SEEDS, args.runs, METRICS
     )
     (results / "per_seed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-  table = grid.tuning_table(grid.read_records(results), "accuracy", {"accuracy": "accuracy"})
+  table = tuning_table(grid.read_records(results))
   (results / "summary.md").write_text(f"```\n{table}\n```\n")
   print(table)
 
