@@ -9,6 +9,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).parent.parent
+PFEDLIA_RUNS = 170  # committed per-run metric files of experiments/pfedlia/reproduce.py
 TINY = [
   "data.source=digits",
   "data.num_clients=10",
