@@ -373,3 +373,33 @@ def tuning_table(records: list[dict], key: str, columns: dict[str, str]) -> str:
     for name in names
   ]  # fmt: skip
   return format_table(rows, list(rows[0]))
+
+
+def tuning_main(
+  doc: str,
+  config: pathlib.Path,
+  runs: str,
+  results: pathlib.Path,
+  overrides: list[str],
+  candidates: dict[str, list[str]],
+  seeds,
+  metrics: dict[str, tuple[str, int]],
+  table,
+) -> None:
+  """A tuning script's command line (``reproduction_parser``'s options): unless
+  ``--summarize``, ``run_tuning_grid`` with these arguments, its records written to
+  ``--out/per_seed.jsonl``; then ``table(records)`` written to ``--out/summary.md`` and
+  printed."""
+  parser = reproduction_parser(doc, config.parent, runs)
+  parser.set_defaults(config=str(config), out=str(results))
+  args = parse_reproduction_args(parser)
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  if not args.summarize:
+    records = run_tuning_grid(
+      args.config, overrides + args.set, candidates, seeds, args.runs, metrics
+    )
+    (out / "per_seed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  text = table(read_records(out))
+  (out / "summary.md").write_text(f"```\n{text}\n```\n")
+  print(text)

@@ -13,7 +13,6 @@ test accuracy (mean of the last 3 evaluations, then over the two seeds) is the o
 from __future__ import annotations
 
 import itertools
-import json
 import pathlib
 
 from fedjax_lab import grid
@@ -39,19 +38,9 @@ def tuning_table(records: list[dict]) -> str:
 
 
 def main() -> None:
-  parser = grid.reproduction_parser(__doc__, HERE, "runs/fedsnd_server_sweep")
-  parser.set_defaults(config=str(HERE / "converged.json"), out=str(RESULTS))
-  args = grid.parse_reproduction_args(parser)
-  results = pathlib.Path(args.out)
-  results.mkdir(parents=True, exist_ok=True)
-  if not args.summarize:
-    records = grid.run_tuning_grid(
-      args.config, OVERRIDES + args.set, CANDIDATES, TUNING_SEEDS, args.runs, METRICS
-    )
-    (results / "per_seed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-  table = tuning_table(grid.read_records(results))
-  (results / "summary.md").write_text(f"```\n{table}\n```\n")
-  print(table)
+  config, runs = HERE / "converged.json", "runs/fedsnd_server_sweep"
+  grid.tuning_main(__doc__, config, runs, RESULTS, OVERRIDES, CANDIDATES, TUNING_SEEDS, METRICS,
+                   tuning_table)  # fmt: skip
 
 
 if __name__ == "__main__":

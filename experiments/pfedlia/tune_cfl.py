@@ -42,19 +42,9 @@ def tuning_table(records: list[dict]) -> str:
 
 
 def main() -> None:
-  parser = grid.reproduction_parser(__doc__, HERE, "runs/pfedlia_cfl_tuning")
-  parser.set_defaults(config=str(HERE / "reduced.json"), out=str(RESULTS))
-  args = grid.parse_reproduction_args(parser)
-  results = pathlib.Path(args.out)
-  results.mkdir(parents=True, exist_ok=True)
-  if not args.summarize:
-    records = grid.run_tuning_grid(
-      args.config, BENCHMARK + args.set, CANDIDATES, TUNING_SEEDS, args.runs, METRICS
-    )
-    (results / "per_seed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-  table = tuning_table(grid.read_records(results))
-  (results / "summary.md").write_text(f"```\n{table}\n```\n")
-  print(table)
+  config, runs = HERE / "reduced.json", "runs/pfedlia_cfl_tuning"
+  grid.tuning_main(__doc__, config, runs, RESULTS, BENCHMARK, CANDIDATES, TUNING_SEEDS, METRICS,
+                   tuning_table)  # fmt: skip
 
 
 if __name__ == "__main__":
