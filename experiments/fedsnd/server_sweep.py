@@ -1,12 +1,12 @@
-"""FedSND's server step (noise distillation) swept on splits that no table reports: the
-100-round grid's setting (``converged.json``, alpha 0.1) at 50 rounds, on data seeds 100 and
-101 (the reported runs use seeds 0-4). Candidates: pseudo-samples per client
+"""FedSND's server step (noise distillation) swept on a split that no table reports: the
+100-round grid's setting (``converged.json``, alpha 0.1) at 50 rounds, on data seed 100 (the
+reported runs use seeds 0-4). Candidates: pseudo-samples per client
 (``pseudo_per_client``), server SGD steps per model (``distill_steps``) and their learning
 rate (``distill_learning_rate``), each at a weak and a strong value; the reported setting is
 the weak corner (10 pseudo-samples, 5 steps at lr 0.01). The candidate with the highest global
-test accuracy (mean of the last 3 evaluations, then over the two seeds) is the one chosen.
+test accuracy (mean of the last 3 evaluations, over the tuning seeds) is the one chosen.
 
-  python experiments/fedsnd/server_sweep.py               # 16 runs, about 35 min on 2 cores
+  python experiments/fedsnd/server_sweep.py               # 8 runs, about 25 min on 2 cores
   python experiments/fedsnd/server_sweep.py --summarize   # the table from results/server_sweep/
 """
 
@@ -19,7 +19,7 @@ from fedjax_lab import grid
 
 HERE = pathlib.Path(__file__).parent
 RESULTS = HERE / "results" / "server_sweep"
-TUNING_SEEDS = [100, 101]
+TUNING_SEEDS = [100]  # a second seed (101) was planned; not run for time
 OVERRIDES = ["rounds=50"]
 CANDIDATES = {
   f"pseudo={pseudo} steps={steps} lr={lr:g}": [
