@@ -283,14 +283,16 @@ def run_alpha_seed_grid(
   runs_root: str,
   results: pathlib.Path,
   report=None,
+  overrides=(),
 ) -> None:
-  """For each alpha and seed, one federation (``data.alpha``, ``data.seed`` and ``seed`` set),
-  then each ``variants[name] = (registered method, its options)`` run or read back
-  (``run_or_load``) in ``runs_root/alpha<a>/seed<s>/<name>``, its metrics saved to
-  ``results`` (``save_run_metrics``) and one line printed (with ``report(metrics)``)."""
+  """For each alpha and seed, one federation (``data.alpha``, ``data.seed`` and ``seed`` set,
+  after the config's own ``overrides``), then each ``variants[name] = (registered method, its
+  options)`` run or read back (``run_or_load``) in ``runs_root/alpha<a>/seed<s>/<name>``, its
+  metrics saved to ``results`` (``save_run_metrics``) and one line printed (with
+  ``report(metrics)``)."""
   for alpha in alphas:
     for seed in seeds:
-      base = [f"data.alpha={alpha}", f"data.seed={seed}", f"seed={seed}"]
+      base = [*overrides, f"data.alpha={alpha}", f"data.seed={seed}", f"seed={seed}"]
       data = build_federation(load_config(config_path, base).data)
       for name, (method, options) in variants.items():
         config = dataclasses.replace(

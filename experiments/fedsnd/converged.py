@@ -1,15 +1,16 @@
 """FedSND and its two ablations against FedAvg, MOON and FedDF (FedProx and SCAFFOLD on
 request) run to 100 rounds, 5 seeds, on the reduced image setting (``converged.json``:
-``reduced.json`` with 100 rounds instead of 30).
+``reduced.json`` with 100 rounds instead of 30); ``--rounds 300`` runs the same setting to 300
+rounds (checkpointed every 25, so an interrupted run resumes) into ``results/rounds300/``.
 
 Runs finished in ``--runs`` with the same config are read back, not rerun. Each run's metrics
-go to ``results/converged/<variant>_alpha<a>_seed<s>.jsonl`` (committed); the tables are
+go to ``results/<setting>/<variant>_alpha<a>_seed<s>.jsonl`` (committed); the tables are
 computed from those files only, per alpha and variant (global test accuracy, %):
 
-- final: the mean of the last 3 evaluations (rounds 90-100), mean ± sample std (n seeds);
+- final: the mean of the last 3 evaluations (rounds 90-100 of 100), mean ± sample std (n seeds);
 - round 30: the accuracy at the old 30-round budget;
-- flat: the mean over the last 10% of rounds (evaluations at 95 and 100) minus the mean over
-  the 10% before (85 and 90), averaged over seeds; converged when under 0.5 points
+- flat: the mean over the last 10% of rounds (evaluations at 95 and 100 of 100) minus the mean
+  over the 10% before (85 and 90), averaged over seeds; converged when under 0.5 points
   (docs/reproducing.md);
 - rounds to target: the first evaluation at or above ``TARGETS[alpha]`` (70% at alpha 0.1,
   78% at 0.5), fixed before these
@@ -21,6 +22,7 @@ computed from those files only, per alpha and variant (global test accuracy, %):
   python experiments/fedsnd/converged.py --alphas 0.1        # 6 variants x 5 seeds, ~1 h
   python experiments/fedsnd/converged.py --alphas 0.5        # 4 variants x 5 seeds, ~40 min
   python experiments/fedsnd/converged.py --alphas 0.1 --variants fedprox scaffold
+  python experiments/fedsnd/converged.py --rounds 300 --alphas 0.1 --variants fedavg fedsnd
   python experiments/fedsnd/converged.py --summarize         # the tables from results/ only
 """
 
@@ -38,6 +40,8 @@ from fedjax_lab.tables import format_table
 
 HERE = pathlib.Path(__file__).parent
 RESULTS = HERE / "results" / "converged"
+RESULTS_BY_ROUNDS = {100: RESULTS, 300: HERE / "results" / "rounds300"}
+CHECKPOINT_EVERY = 25
 TARGETS = {0.1: 0.70, 0.5: 0.78}
 VARIANTS = [  # table order
   "fedavg",
@@ -62,15 +66,17 @@ FLAT_POINTS = 0.5
 def run_all(args) -> None:
   from reproduce import ALGORITHMS  # the variants of the 30-round grid
 
+  overrides = [f"rounds={args.rounds}", f"checkpoint_every={CHECKPOINT_EVERY}"]
   for alpha in args.alphas:
     grid.run_alpha_seed_grid(
       args.config,
       {name: ALGORITHMS[name] for name in args.variants or DEFAULT_RUNS[alpha]},
       [alpha],
       args.seeds,
-      args.runs,
-      RESULTS,
+      args.runs or f"runs/fedsnd_{RESULTS_BY_ROUNDS[args.rounds].name}",
+      RESULTS_BY_ROUNDS[args.rounds],
       report=lambda metrics: f"final {_final(metrics):.2f}",
+      overrides=overrides if args.rounds != 100 else [],
     )
 
 
@@ -94,8 +100,21 @@ def _at_round_30(metrics: list[dict]) -> float:
 
 
 def _last_tenth_change(metrics: list[dict]) -> float:
-  values = _accuracy(metrics)
-  return float(np.mean(values[-2:]) - np.mean(values[-4:-2])) if len(values) >= 4 else float("nan")
+  """Mean accuracy over evaluations in the last 10% of rounds minus the 10% before."""
+  if grid.diverged(metrics):
+    return float("nan")
+  evals = [(r["round"], 100 * r["global_accuracy"]) for r in metrics if "global_accuracy" in r]
+  rounds = evals[-1][0] if evals else 0
+  last = [a for t, a in evals if t > 0.9 * rounds]
+  before = [a for t, a in evals if 0.8 * rounds < t <= 0.9 * rounds]
+  return float(np.mean(last) - np.mean(before)) if last and before else float("nan")
+
+
+def _final_rounds(runs) -> tuple[int, int]:
+  """(first, last) round of the evaluations ``_final`` averages, from any run."""
+  metrics = next(iter(next(iter(runs.values())).values()))
+  evals = [r["round"] for r in metrics if "global_accuracy" in r]
+  return evals[-3], evals[-1]
 
 
 def _rounds_to_target(metrics: list[dict], target: float) -> float:
@@ -108,6 +127,7 @@ def _rounds_to_target(metrics: list[dict], target: float) -> float:
 def summary_tables(runs) -> str:
   """The accuracy table and the paired tables of the module docstring, as markdown."""
   rows, paired = [], []
+  first, last = _final_rounds(runs)
   for alpha in sorted({a for a, _ in runs}):
     names = [n for n in VARIANTS if (alpha, n) in runs]
     for name in names:
@@ -121,7 +141,7 @@ def summary_tables(runs) -> str:
         {
           "alpha": f"{alpha:g}",
           "variant": name,
-          "final (rounds 90-100)": format_spread([_final(m) for m in by_seed.values()]),
+          f"final (rounds {first}-{last})": format_spread([_final(m) for m in by_seed.values()]),
           "round 30": format_spread([_at_round_30(m) for m in by_seed.values()]),
           "last 10% change": f"{change:+.2f}" + (" flat" if abs(change) < FLAT_POINTS else ""),
           "rounds to target": (
@@ -154,9 +174,8 @@ def summary_tables(runs) -> str:
           ),
         }
       )
-  out = (
-    "Global test accuracy (%), 100 rounds\n\n```\n" + format_table(rows, list(rows[0])) + "\n```\n"
-  )
+  out = f"Global test accuracy (%), {last} rounds\n\n```\n"
+  out += format_table(rows, list(rows[0])) + "\n```\n"
   if paired:
     out += "\nPaired by seed (points, 95% t-interval)\n\n```\n"
     out += format_table(paired, list(paired[0])) + "\n```\n"
@@ -171,14 +190,16 @@ def main() -> None:
   parser.add_argument("--alphas", type=float, nargs="+", default=sorted(DEFAULT_RUNS))
   parser.add_argument("--variants", nargs="+", choices=VARIANTS, help="default: DEFAULT_RUNS")
   parser.add_argument("--config", default=str(HERE / "converged.json"))
-  parser.add_argument("--runs", default="runs/fedsnd_converged")
+  parser.add_argument("--rounds", type=int, choices=sorted(RESULTS_BY_ROUNDS), default=100)
+  parser.add_argument("--runs", help="default: runs/fedsnd_<results folder>")
   parser.add_argument("--summarize", action="store_true", help="the tables from results/ only")
   args = parser.parse_args()
-  RESULTS.mkdir(parents=True, exist_ok=True)
+  results = RESULTS_BY_ROUNDS[args.rounds]
+  results.mkdir(parents=True, exist_ok=True)
   if not args.summarize:
     run_all(args)
   tables = grid.summarize_run_metrics(
-    RESULTS, summary_tables, VARIANTS, lambda alpha: f"reduced image setting, alpha={alpha:g}"
+    results, summary_tables, VARIANTS, lambda alpha: f"reduced image setting, alpha={alpha:g}"
   )
   print(tables)
 
