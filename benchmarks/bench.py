@@ -63,6 +63,8 @@ def run_cell(
   unroll: str,
   chunk_size: int,
   compute_dtype: str,
+  threads: int,
+  clients_per_call: int,
 ) -> dict:
   import jax
   import jax.numpy as jnp
@@ -103,7 +105,7 @@ def run_cell(
     data.train_x[0, :1],
     optax.sgd(0.01),
     LocalSchedule(batch, data.max_examples, steps=steps, min_examples=EXAMPLES_PER_CLIENT),
-    Executor(strategy, chunk_size),
+    Executor(strategy, chunk_size, threads, clients_per_call),
     cohort,
     use_unroll,
     compute_dtype,
@@ -129,7 +131,7 @@ def run_cell(
   cost = jax.jit(jax.grad(loss)).lower(params).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   flops_per_round = float(cost["flops"]) * steps * cohort
-  label = _label(strategy, conv, compute_dtype)
+  label = _label(strategy, conv, compute_dtype, clients_per_call)
   return {
     "model": model_name,
     "cohort": cohort,
@@ -145,8 +147,13 @@ def run_cell(
   }
 
 
-def _label(strategy: str, conv: str, compute_dtype: str) -> str:
-  return "+".join([strategy] + [conv] * (conv != "xla") + ["bf16"] * (compute_dtype != "float32"))
+def _label(strategy: str, conv: str, compute_dtype: str, clients_per_call: int = 1) -> str:
+  """``loop/4+im2col+bf16``: the strategy (``/k``: ``loop`` calls of k clients), then what is not
+  the default."""
+  calls = f"/{clients_per_call}" if strategy == "loop" and clients_per_call > 1 else ""
+  return "+".join(
+    [strategy + calls] + [conv] * (conv != "xla") + ["bf16"] * (compute_dtype != "float32")
+  )
 
 
 def linear_fits(rows: list[dict]) -> list[dict]:
@@ -225,6 +232,15 @@ def main() -> None:
     help="convolution implementations (convolutional models only)",
   )
   parser.add_argument("--chunk-size", type=int, default=8)
+  parser.add_argument(
+    "--threads", type=int, default=0, help="calls `loop` runs at once (0: the runner's auto)"
+  )
+  parser.add_argument(
+    "--clients-per-call",
+    type=int,
+    default=0,
+    help="clients in one `loop` call (0: the runner's auto, 1 for convolutional models, else 4)",
+  )
   parser.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument(
     "--xla-flags", default="", help="XLA_FLAGS for every cell, e.g. --xla_cpu_use_xnnpack=true"
@@ -239,6 +255,8 @@ def main() -> None:
   )
   args = parser.parse_args()
   if args.cell:
+    from fedjax_lab.build import CPU_CLIENTS_PER_CALL
+
     model, cohort, strategy, conv = args.cell
     print(
       json.dumps(
@@ -253,6 +271,8 @@ def main() -> None:
           args.unroll,
           args.chunk_size,
           args.compute_dtype,
+          args.threads or (min(2, os.cpu_count() or 1) if strategy == "loop" else 1),
+          args.clients_per_call or (1 if model != "mlp" else CPU_CLIENTS_PER_CALL),
         )
       )
     )
@@ -286,6 +306,10 @@ def main() -> None:
           args.unroll,
           "--chunk-size",
           str(args.chunk_size),
+          "--threads",
+          str(args.threads),
+          "--clients-per-call",
+          str(args.clients_per_call),
           "--compute-dtype",
           args.compute_dtype,
         ]
@@ -324,6 +348,8 @@ def main() -> None:
     "batch": args.batch,
     "rounds": args.rounds,
     "chunk_size": args.chunk_size,
+    "threads": args.threads or "auto",
+    "clients_per_call": args.clients_per_call or "auto",
   }
   (out / "results.json").write_text(
     json.dumps(

@@ -26,8 +26,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 UNIFORM = {
   ("cnn", 10): ["--models", "fedavg_cnn", "--strategies", "loop", "--convs", "im2col"],
   ("cnn", 100): ["--models", "fedavg_cnn", "--strategies", "loop", "--convs", "im2col"],
-  ("mlp", 10): ["--models", "mlp", "--strategies", "vmap"],
-  ("mlp", 100): ["--models", "mlp", "--strategies", "chunked"],
+  ("mlp", 10): ["--models", "mlp", "--strategies", "loop"],
+  ("mlp", 100): ["--models", "mlp", "--strategies", "loop"],
 }
 
 
@@ -88,7 +88,7 @@ def main() -> None:
       rounds = 2 if (model, clients) == ("cnn", 100) else args.rounds
       row = {"repeat": repeat, "cell": f"{model} C={clients} (uniform)",
              "fedjax_lab": project_uniform(model, clients, rounds)}  # fmt: skip
-      for peer in ("torch", "fedjax") + (("raw_jax",) if model == "mlp" and clients == 10 else ()):
+      for peer in ("torch", "fedjax") + (("raw_jax",) if model == "mlp" else ()):
         row[peer] = peer_uniform(peers, peer, model, clients, rounds)
       rows.append(row)
     ours, torch = official("jax", args.official_rounds), official("torch", args.official_rounds)

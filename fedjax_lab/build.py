@@ -31,10 +31,12 @@ from fedjax_lab.ops.aggregators import (
 )
 from fedjax_lab.ops.attacks import ATTACKS
 
-# Below this cohort size `auto` keeps the whole cohort in one vmap on CPU (MLP: 0.049 s a round
-# against 0.063 s chunked at cohort 10; at 100 and 1,000 chunked is as fast or faster and its
-# sorted chunks skip most padded steps on skewed federations; docs/performance.md).
-MIN_CHUNKED_COHORT = 32
+# On CPU, `auto` runs models without convolutions from MIN_LOOP_COHORT clients a round as `loop`
+# calls of CPU_CLIENTS_PER_CALL vmapped clients, two calls at once (MLP, 100 clients: 0.18-0.27 s
+# a round against 0.35-0.48 s `chunked`); smaller cohorts stay one `vmap` program, as fast at 10
+# clients and without a per-call dispatch (docs/performance.md).
+CPU_CLIENTS_PER_CALL = 4
+MIN_LOOP_COHORT = 16
 
 
 def build_federation(data: DataConfig) -> FederatedData:
@@ -66,40 +68,43 @@ def build_federation(data: DataConfig) -> FederatedData:
 @dataclasses.dataclass(frozen=True)
 class ResolvedExecution:
   """What ``auto`` settings became: ``strategy``, ``unroll`` (a static unrolled step loop
-  instead of the rolled one), ``conv`` (how convolutions are computed) and ``threads``
-  (clients the ``loop`` strategy runs at once)."""
+  instead of the rolled one), ``conv`` (how convolutions are computed), ``threads`` (calls the
+  ``loop`` strategy runs at once) and ``clients_per_call`` (clients in one ``loop`` call)."""
 
   strategy: str
   unroll: bool
   conv: str
   threads: int
+  clients_per_call: int
 
 
 def resolve_execution(config: ExperimentConfig) -> ResolvedExecution:
   """The ``auto`` rules (docs/performance.md has the measurements behind them).
 
   Step loops are rolled (each client runs its own step count; compile time does not grow with
-  the step count). On CPU, convolutional models use the per-client ``loop`` with im2col
-  convolutions (XLA:CPU runs ``lax.conv``'s gradients inside loops, and vmapped per-client
-  ``lax.conv``, many times slower); other models ``vmap`` the cohort, or ``chunked`` from
-  ``MIN_CHUNKED_COHORT`` clients. Elsewhere: ``vmap`` and XLA's convolutions.
+  the step count). On CPU the ``loop`` strategy runs a call per core at once: convolutional
+  models one client a call with im2col convolutions (XLA:CPU runs ``lax.conv``'s gradients
+  inside loops, and vmapped per-client ``lax.conv``, many times slower), other models blocks of
+  ``CPU_CLIENTS_PER_CALL`` vmapped clients from ``MIN_LOOP_COHORT`` clients a round (``vmap``
+  below). Elsewhere: ``vmap`` and XLA's convolutions.
   """
   has_conv = MODELS.get(config.model.name).has_conv
   on_cpu = jax.default_backend() == "cpu"
   strategy, conv = config.execution.strategy, config.model.conv
   if strategy == "auto":
-    if not on_cpu:
-      strategy = "vmap"
-    elif has_conv:
-      strategy = "loop"
-    else:
-      strategy = "chunked" if config.cohort_size >= MIN_CHUNKED_COHORT else "vmap"
+    blocks = has_conv or config.cohort_size >= MIN_LOOP_COHORT
+    strategy = "loop" if on_cpu and blocks else "vmap"
   if conv == "auto":
     conv = "im2col" if on_cpu and has_conv else "xla"
   threads = config.execution.threads
   if threads == 0:
     threads = min(2, os.cpu_count() or 1) if on_cpu and strategy == "loop" else 1
-  return ResolvedExecution(strategy, config.execution.unroll == "unroll", conv, threads)
+  clients_per_call = config.execution.clients_per_call
+  if clients_per_call == 0:
+    clients_per_call = 1 if has_conv else CPU_CLIENTS_PER_CALL
+  return ResolvedExecution(
+    strategy, config.execution.unroll == "unroll", conv, threads, clients_per_call
+  )
 
 
 def client_optimizer(name: str, learning_rate: float, momentum: float, weight_decay: float = 0.0):
@@ -203,7 +208,12 @@ def build_experiment(config: ExperimentConfig, data: FederatedData | None = None
       config.local.weight_decay,
     ),
     schedule,
-    Executor(execution.strategy, config.execution.chunk_size, execution.threads),
+    Executor(
+      execution.strategy,
+      config.execution.chunk_size,
+      execution.threads,
+      execution.clients_per_call,
+    ),
     train_data.num_clients,
     execution.unroll,
     config.execution.compute_dtype,

@@ -333,7 +333,8 @@ class ExecutionConfig:
 
   strategy: str = "auto"
   chunk_size: int = 8
-  threads: int = 0  # loop strategy: clients run at once (0: auto)
+  threads: int = 0  # loop strategy: calls run at once (0: auto)
+  clients_per_call: int = 0  # loop strategy: clients vmapped in one call (0: auto)
   unroll: str = "auto"  # auto (= scan) | scan (rolled, own step counts) | unroll (static)
   devices: int = 1  # > 1: the cohort axis sharded over this many devices
   compute_dtype: str = "float32"  # float32 | bfloat16 (local forward/backward; fp32 params)
@@ -343,6 +344,12 @@ class ExecutionConfig:
     one_of("execution.strategy", self.strategy, ("auto",) + STRATEGIES)
     require(self.chunk_size >= 1, "execution.chunk_size", ">= 1", self.chunk_size)
     require(self.threads >= 0, "execution.threads", ">= 0 (0: auto)", self.threads)
+    require(
+      self.clients_per_call >= 0,
+      "execution.clients_per_call",
+      ">= 0 (0: auto)",
+      self.clients_per_call,
+    )
     one_of("execution.unroll", self.unroll, ("auto", "scan", "unroll"))
     require(self.devices >= 1, "execution.devices", ">= 1", self.devices)
     if self.devices > 1:

@@ -18,7 +18,21 @@ from fedjax_lab.models import build_model
 LOCAL = dict(lr=0.1, momentum=0.5, batch_size=4, epochs=2)
 ROUNDS = 3
 COHORTS = [np.array([0, 1, 2, 3]), np.array([1, 3, 4, 5]), np.array([0, 2, 4, 5])]
-STRATEGY_CASES = [("vmap", False), ("chunked", False), ("loop", False), ("vmap", True)]
+STRATEGY_CASES = [
+  ("vmap", False),
+  ("chunked", False),
+  ("loop", False),
+  ("loop/2", False),
+  ("vmap", True),
+]
+
+
+def _executor(strategy):
+  """``loop/k``: ``loop`` calls of k vmapped clients, two calls at once."""
+  name, _, per_call = strategy.partition("/")
+  return Executor(
+    name, chunk_size=3, threads=2 if per_call else 1, clients_per_call=int(per_call or 1)
+  )
 
 
 def _setup(data, strategy, unroll):
@@ -28,7 +42,7 @@ def _setup(data, strategy, unroll):
     data.train_x[0, :1],
     optax.sgd(LOCAL["lr"], momentum=LOCAL["momentum"]),
     LocalSchedule(LOCAL["batch_size"], data.max_examples, epochs=LOCAL["epochs"]),
-    Executor(strategy, chunk_size=3),
+    _executor(strategy),
     data.num_clients,
     unroll,
   )
@@ -40,7 +54,7 @@ def _reference_kwargs(data):
 
 def _run(algorithm, data, strategy):
   state = algorithm.init(jax.random.key(0))
-  round_fn = compiled_round(algorithm, Executor(strategy))
+  round_fn = compiled_round(algorithm, _executor(strategy))
   for r in range(ROUNDS):
     state, _ = round_fn(state, data.cohort(COHORTS[r]), jax.random.key(100 + r))
   return state
@@ -118,7 +132,7 @@ def skewed_federation(digits_dataset):
   return FederatedData.from_indices(digits_dataset, clients, [c[:0] for c in clients])
 
 
-@pytest.mark.parametrize("strategy", ["vmap", "chunked", "loop"])
+@pytest.mark.parametrize("strategy", ["vmap", "chunked", "loop", "loop/4"])
 def test_fedavg_matches_reference_on_heavily_skewed_clients(skewed_federation, strategy):
   setup = _setup(skewed_federation, strategy, False)
   cohort = skewed_federation.cohort(np.arange(6))

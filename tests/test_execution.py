@@ -1,6 +1,8 @@
 """Executor.map_sum: every strategy gives the sum of the per-client outputs, and micro-cohorts
 bound the memory of the reduction by the chunk, not the cohort."""
 
+import os
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -50,19 +52,20 @@ def test_micro_cohorts_bound_memory_by_the_chunk():
   assert stacked[1] - stacked[0] > 100 * output_bytes  # vmap holds every client's output
 
 
-@pytest.mark.parametrize("strategy", ["vmap", "chunked", "loop"])
+@pytest.mark.parametrize("strategy", ["vmap", "chunked", "loop", "loop/2"])
 def test_sorted_chunks_keep_the_cohort_order(strategy):
-  """With ``sort_by`` the chunked strategy reorders clients internally; outputs come back in
-  the cohort's order and sums are unchanged."""
+  """With ``sort_by`` the chunked strategy (and ``loop/k``, calls of k clients) reorders
+  clients internally; outputs come back in the cohort's order and sums are unchanged."""
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(7, 5, 4)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
   sizes = jnp.array([5, 1, 4, 2, 5, 3, 1])
   fn = lambda w, x, n: _client_fn(w, x, n.astype(jnp.float32))
   expected = Executor("vmap").map(fn, (None, 0, 0))(w, x, sizes)
-  executor = Executor(strategy, 3)
+  name, _, per_call = strategy.partition("/")
+  executor = Executor(name, 3, threads=2, clients_per_call=int(per_call or 1))
   mapped, summed = executor.map(fn, (None, 0, 0), 2), executor.map_sum(fn, (None, 0, 0), 2)
-  if strategy != "loop":
+  if name != "loop":
     mapped, summed = jax.jit(mapped), jax.jit(summed)
   chex.assert_trees_all_close(mapped(w, x, sizes), expected, atol=1e-5, rtol=1e-5)
   chex.assert_trees_all_close(
@@ -77,6 +80,25 @@ def test_computed_steps_formula():
   # sorted chunks of 3: [1, 1, 2] [3, 7, 10] [10] -> 3*2 + 3*10 + 1*10
   assert computed_steps(Executor("chunked", 3), steps) == 46
   assert computed_steps(Executor("loop"), steps, unrolled_steps=12) == 84
+  # loop calls of about 3 clients, 2 at once: 2 blocks, sorted [1, 1, 2] [3, 7, 10, 10]
+  assert computed_steps(Executor("loop", threads=2, clients_per_call=3), steps) == 3 * 2 + 4 * 10
+
+
+@pytest.mark.parametrize(
+  "count,per_call,threads,sizes",
+  [
+    (10, 4, 2, [5, 5]),  # not 4 + 4 + 2: every thread gets as many calls
+    (100, 4, 2, [4] * 20 + [5] * 4),
+    (7, 4, 1, [3, 4]),
+    (3, 4, 4, [1, 1, 1]),  # never an empty call
+    (5, 1, 2, [1] * 5),
+  ],
+)
+def test_loop_blocks_cover_the_cohort_in_near_equal_calls(count, per_call, threads, sizes):
+  blocks = Executor("loop", threads=threads, clients_per_call=per_call).loop_blocks(count)
+  assert blocks[0][0] == 0 and blocks[-1][1] == count
+  assert all(stop == start for (_, stop), (start, _) in zip(blocks, blocks[1:]))
+  assert sorted(stop - start for start, stop in blocks) == sizes
 
 
 @pytest.mark.parametrize(
@@ -140,5 +162,50 @@ def test_loop_threads_give_the_same_numbers_in_the_same_order():
     results.append((executor.map(_client_fn, (None, 0, None))(w, x, 0.5),
                     executor.map_sum(_client_fn, (None, 0, None))(w, x, 0.5)))  # fmt: skip
   chex.assert_trees_all_equal(*results)
+  # inside a jit (an algorithm compiling its round anyway) the calls are traced in order
+  blocked = Executor("loop", threads=2, clients_per_call=3)
+  chex.assert_trees_all_close(
+    jax.jit(blocked.map_sum(_client_fn, (None, 0, None)))(w, x, 0.5),
+    results[0][1],
+    atol=1e-5,
+    rtol=1e-5,
+  )
   with pytest.raises(ValueError, match="execution.threads must be >= 1"):
     Executor("loop", threads=0)
+  with pytest.raises(ValueError, match="execution.clients_per_call must be >= 1"):
+    Executor("loop", clients_per_call=0)
+
+
+def test_auto_execution_on_cpu_keeps_every_core_busy_with_loop_calls():
+  """``auto`` on CPU: ``loop``, a call per core at once; blocks of vmapped clients for models
+  without convolutions (from ``MIN_LOOP_COHORT`` clients; one ``vmap`` program below), one
+  client a call (im2col convolutions) for convolutional ones; explicit settings win."""
+  from fedjax_lab.build import CPU_CLIENTS_PER_CALL, MIN_LOOP_COHORT, resolve_execution
+  from fedjax_lab.config import load_config
+
+  threads = min(2, os.cpu_count() or 1)
+  large = [f"cohort_size={MIN_LOOP_COHORT}", "data.num_clients=100"]
+  mlp = resolve_execution(load_config(None, ["model.name=mlp", *large]))
+  assert (mlp.strategy, mlp.conv, mlp.threads) == ("loop", "xla", threads)
+  assert mlp.clients_per_call == CPU_CLIENTS_PER_CALL
+  small = resolve_execution(load_config(None, ["model.name=mlp", "cohort_size=10"]))
+  assert (small.strategy, small.threads) == ("vmap", 1)
+  cnn = resolve_execution(load_config(None, ["model.name=fedavg_cnn"]))
+  assert (cnn.strategy, cnn.conv, cnn.threads, cnn.clients_per_call) == (
+    "loop",
+    "im2col",
+    threads,
+    1,
+  )
+  chosen = resolve_execution(
+    load_config(
+      None,
+      [
+        "model.name=mlp",
+        "execution.strategy=chunked",
+        "execution.clients_per_call=2",
+        "execution.threads=3",
+      ],
+    )
+  )
+  assert (chosen.strategy, chosen.threads, chosen.clients_per_call) == ("chunked", 3, 2)

@@ -6,11 +6,14 @@ Every strategy computes the same function; they differ in speed and peak memory.
 - ``chunked``: micro-cohorts of ``chunk_size`` clients (sorted by work when ``sort_by`` is
   given), a vmap per chunk, looped inside the program (``lax.map(..., batch_size=chunk_size)``):
   peak activation memory follows the chunk.
-- ``loop``: a jitted single-client function called per client from Python (``threads`` at once)
-  and the outputs stacked in the cohort's order. The round around it then runs op by op
-  (``Executor.jit_round`` is False). On XLA:CPU this is faster for convolutional models, whose
-  vmapped per-client convolutions lower to slow grouped convolutions, and each client's step
-  loop runs exactly its own steps.
+- ``loop``: a jitted function called from Python per client, or per block of
+  ``clients_per_call`` clients (vmapped, clients sorted by work as in ``chunked``), ``threads``
+  calls at once, the outputs stacked in the cohort's order. The round around it then runs op by
+  op (``Executor.jit_round`` is False). On XLA:CPU this is the fastest way to use the cores:
+  two independent small programs keep both cores busy where one program's small matrix
+  products parallelize poorly (a block of 4 MLP clients); convolutional models go one client a
+  call, whose step loop then runs exactly its own steps (vmapped per-client convolutions lower
+  to slow grouped convolutions).
 
 ``map`` returns every client's output stacked (``[cohort, ...]``: memory grows with the cohort).
 ``map_sum`` returns their sum, accumulated as it goes: with ``chunked`` at most one chunk of
@@ -40,7 +43,8 @@ class Executor:
 
   strategy: str = "vmap"
   chunk_size: int = 8
-  threads: int = 1  # loop only: clients run at once
+  threads: int = 1  # loop only: calls run at once
+  clients_per_call: int = 1  # loop only: clients vmapped in one call
 
   def __post_init__(self):
     if self.strategy not in STRATEGIES:
@@ -51,6 +55,8 @@ class Executor:
       raise ValueError(f"execution.chunk_size must be >= 1, got {self.chunk_size}")
     if self.threads < 1:
       raise ValueError(f"execution.threads must be >= 1, got {self.threads}")
+    if self.clients_per_call < 1:
+      raise ValueError(f"execution.clients_per_call must be >= 1, got {self.clients_per_call}")
 
   @property
   def jit_round(self) -> bool:
@@ -63,9 +69,9 @@ class Executor:
     """``fn`` over the client axis, outputs stacked ``[cohort, ...]`` in the cohort's order.
 
     ``sort_by``: the position of a per-client integer argument (the example count) by which
-    ``chunked`` groups clients into chunks, so that clients of similar work share a chunk and
-    a chunk's rolled step loop runs to its own largest count; the outputs are put back in
-    order. The other strategies ignore it.
+    ``chunked`` (and ``loop`` with ``clients_per_call > 1``) groups clients into chunks, so
+    that clients of similar work share a chunk and a chunk's rolled step loop runs to its own
+    largest count; the outputs are put back in order. ``vmap`` ignores it.
     """
     in_axes = tuple(in_axes)
     if self.strategy == "vmap":
@@ -85,11 +91,16 @@ class Executor:
 
       return chunked
 
-    jitted = jax.jit(fn)
+    call = self._call(fn, in_axes, summed=False)
+    join = jnp.stack if self.clients_per_call == 1 else jnp.concatenate
 
     def loop(*args):
-      outputs = list(self._each_client(jitted, args, in_axes))
-      return jax.tree.map(lambda *leaves: jnp.stack(leaves), *outputs)
+      order = self._loop_order(args, sort_by)
+      outputs = list(self._each_call(call, _permute(args, in_axes, order), in_axes))
+      outputs = jax.tree.map(lambda *leaves: join(leaves), *outputs)
+      if order is None:
+        return outputs
+      return jax.tree.map(lambda leaf: leaf[jnp.argsort(order)], outputs)
 
     return loop
 
@@ -106,38 +117,67 @@ class Executor:
         fn, in_axes, self.chunk_size, *_permute(args, in_axes, _order(args, sort_by))
       )
 
-    jitted = jax.jit(fn)
+    call = self._call(fn, in_axes, summed=True)
     add = jax.jit(lambda total, new: jax.tree.map(jnp.add, total, new), donate_argnums=0)
 
     def loop_sum(*args):
+      args = _permute(args, in_axes, self._loop_order(args, sort_by))
       total = None
-      for out in self._each_client(jitted, args, in_axes):
+      for out in self._each_call(call, args, in_axes):
         total = out if total is None else add(total, out)
       return total
 
     return loop_sum
 
-  def _each_client(self, jitted: Callable, args, in_axes) -> Iterator:
-    """``loop``: each client's output, in the cohort's order. With ``threads > 1`` that many
-    clients run at once from a thread pool (XLA:CPU uses two cores for one small client only
-    1.5x as well as one), at most ``threads`` results ahead of the consumer, so memory holds a
-    few clients' outputs and sums still add in the cohort's order."""
+  def _call(self, fn: Callable, in_axes, summed: bool) -> Callable:
+    """``loop``'s jitted call: ``fn`` on one client, or vmapped over a block of
+    ``clients_per_call`` clients (the block's outputs summed when ``summed``)."""
+    if self.clients_per_call == 1:
+      return jax.jit(fn)
+    batched = jax.vmap(fn, in_axes=in_axes)
+    return jax.jit(lambda *args: client_sum(batched(*args)) if summed else batched(*args))
 
-    def one(client):
-      return jitted(*_merge(args, in_axes, _rows(args, in_axes, client)))
+  def _loop_order(self, args, sort_by: int | None):
+    """``loop`` sorts clients by work only when several share a call."""
+    return _order(args, sort_by) if self.clients_per_call > 1 else None
 
-    count = cohort_size(args, in_axes)
-    if self.threads == 1:
-      yield from (one(client) for client in range(count))
+  def _each_call(self, call: Callable, args, in_axes) -> Iterator:
+    """``loop``: each call's output (one client's, or a block's), in the cohort's order. With
+    ``threads > 1`` that many calls run at once from a thread pool, at most ``threads``
+    results ahead of the consumer, so memory holds a few calls' outputs and sums still add in
+    the cohort's order. Called inside a ``jit`` (an algorithm that compiles its round whatever
+    the strategy) the calls are traced one after the other into that program: JAX's tracing
+    state belongs to the calling thread."""
+
+    def one(bounds):
+      rows = bounds[0] if self.clients_per_call == 1 else slice(*bounds)
+      return call(*_merge(args, in_axes, _rows(args, in_axes, rows)))
+
+    blocks = self.loop_blocks(cohort_size(args, in_axes))
+    traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args))
+    if self.threads == 1 or traced:  # under a trace the calls join the caller's program
+      yield from (one(bounds) for bounds in blocks)
       return
     with concurrent.futures.ThreadPoolExecutor(self.threads) as pool:
       pending = collections.deque()
-      for client in range(count):
-        pending.append(pool.submit(lambda c: jax.block_until_ready(one(c)), client))
+      for bounds in blocks:
+        pending.append(pool.submit(lambda b: jax.block_until_ready(one(b)), bounds))
         if len(pending) > self.threads:
           yield pending.popleft().result()
       while pending:
         yield pending.popleft().result()
+
+  def loop_blocks(self, count: int) -> list[tuple[int, int]]:
+    """``loop``'s calls as ``(start, stop)`` client ranges: ``count`` clients in ``k`` blocks
+    of near-equal size (differing by at most one, so at most two compiled shapes), ``k`` the
+    multiple of ``threads`` that brings the block size nearest ``clients_per_call`` (every
+    thread gets as many calls; 10 clients, 4 a call, 2 threads: 5 + 5, not 4 + 4 + 2)."""
+    if self.clients_per_call == 1:
+      return [(client, client + 1) for client in range(count)]
+    calls = self.threads * max(1, round(count / (self.threads * self.clients_per_call)))
+    calls = min(calls, count)
+    bounds = [count * i // calls for i in range(calls + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def computed_steps(executor: Executor, client_steps, unrolled_steps: int | None = None) -> int:
@@ -145,23 +185,23 @@ def computed_steps(executor: Executor, client_steps, unrolled_steps: int | None 
   each client's own count (``unrolled_steps``: a static loop of that length for everyone).
 
   ``vmap`` runs every client to the cohort's largest count; ``chunked`` (clients sorted by
-  count, as ``sort_by`` does) runs each chunk to its own largest; ``loop`` runs each client's
-  own. Host side (numpy): ``client_steps [cohort]``.
+  count, as ``sort_by`` does) runs each chunk to its own largest, and so does ``loop`` with
+  each block of ``loop_blocks`` (one client a call: exactly its own). Host side (numpy):
+  ``client_steps [cohort]``.
   """
   steps = np.asarray(client_steps, np.int64)
   if unrolled_steps is not None:
     return int(steps.size * unrolled_steps)
-  if executor.strategy == "loop" or steps.size == 0:
-    return int(steps.sum())
+  if steps.size == 0:
+    return 0
   if executor.strategy == "vmap":
     return int(steps.size * steps.max())
-  chunks = np.sort(steps)
-  return int(
-    sum(
-      chunk.size * chunk.max()
-      for chunk in np.split(chunks, range(executor.chunk_size, steps.size, executor.chunk_size))
-    )
-  )
+  if executor.strategy == "chunked":
+    starts = list(range(0, steps.size, executor.chunk_size))
+  else:
+    starts = [start for start, _ in executor.loop_blocks(steps.size)]
+  chunks = np.split(np.sort(steps), starts[1:])
+  return int(sum(chunk.size * chunk.max() for chunk in chunks))
 
 
 def cohort_size(args, in_axes) -> int:
