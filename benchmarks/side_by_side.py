@@ -26,7 +26,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 UNIFORM = {
   ("cnn", 10): ["--models", "fedavg_cnn", "--strategies", "loop", "--convs", "im2col"],
   ("cnn", 100): ["--models", "fedavg_cnn", "--strategies", "loop", "--convs", "im2col"],
-  ("mlp", 10): ["--models", "mlp", "--strategies", "loop"],
+  ("mlp", 10): ["--models", "mlp", "--strategies", "vmap"],
   ("mlp", 100): ["--models", "mlp", "--strategies", "loop"],
 }
 
