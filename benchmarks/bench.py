@@ -1,7 +1,7 @@
 """Round-speed benchmark: every execution strategy against the sequential per-client loop.
 
   python benchmarks/bench.py                          # the default matrix, a table at the end
-  python benchmarks/bench.py --models mlp --cohorts 10 100 --strategies vmap chunked loop
+  python benchmarks/bench.py --models mlp --cohorts 10 100 --strategies vmap chunked loop loop/4
   python benchmarks/bench.py --models fedavg_cnn --convs xla im2col --strategies vmap loop
 
 FedAvg rounds of ``--steps`` local SGD steps of batch ``--batch`` per client on synthetic data
@@ -64,7 +64,6 @@ def run_cell(
   chunk_size: int,
   compute_dtype: str,
   threads: int,
-  clients_per_call: int,
 ) -> dict:
   import jax
   import jax.numpy as jnp
@@ -80,6 +79,7 @@ def run_cell(
   from fedjax_lab.engine.local import LocalSchedule
   from fedjax_lab.models import build_model
 
+  name, _, per_call = strategy.partition("/")  # loop/4: loop calls of 4 vmapped clients
   compiles = []
   monitoring.register_event_duration_secs_listener(
     lambda name, *a, **k: (
@@ -105,7 +105,7 @@ def run_cell(
     data.train_x[0, :1],
     optax.sgd(0.01),
     LocalSchedule(batch, data.max_examples, steps=steps, min_examples=EXAMPLES_PER_CLIENT),
-    Executor(strategy, chunk_size, threads, clients_per_call),
+    Executor(name, chunk_size, threads, int(per_call or 1)),
     cohort,
     use_unroll,
     compute_dtype,
@@ -131,7 +131,7 @@ def run_cell(
   cost = jax.jit(jax.grad(loss)).lower(params).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   flops_per_round = float(cost["flops"]) * steps * cohort
-  label = _label(strategy, conv, compute_dtype, clients_per_call)
+  label = _label(strategy, conv, compute_dtype)
   return {
     "model": model_name,
     "cohort": cohort,
@@ -147,13 +147,8 @@ def run_cell(
   }
 
 
-def _label(strategy: str, conv: str, compute_dtype: str, clients_per_call: int = 1) -> str:
-  """``loop/4+im2col+bf16``: the strategy (``/k``: ``loop`` calls of k clients), then what is not
-  the default."""
-  calls = f"/{clients_per_call}" if strategy == "loop" and clients_per_call > 1 else ""
-  return "+".join(
-    [strategy + calls] + [conv] * (conv != "xla") + ["bf16"] * (compute_dtype != "float32")
-  )
+def _label(strategy: str, conv: str, compute_dtype: str) -> str:
+  return "+".join([strategy] + [conv] * (conv != "xla") + ["bf16"] * (compute_dtype != "float32"))
 
 
 def linear_fits(rows: list[dict]) -> list[dict]:
@@ -223,7 +218,12 @@ def main() -> None:
   )
   parser.add_argument("--models", nargs="+", default=["mlp", "fedavg_cnn"], choices=MODELS)
   parser.add_argument("--cohorts", nargs="+", type=int, default=[10, 100])
-  parser.add_argument("--strategies", nargs="+", default=["vmap", "chunked", "loop"])
+  parser.add_argument(
+    "--strategies",
+    nargs="+",
+    default=["vmap", "chunked", "loop"],
+    help="`loop` is one client a call (the sequential baseline); `loop/k`: calls of k clients",
+  )
   parser.add_argument(
     "--convs",
     nargs="+",
@@ -234,12 +234,6 @@ def main() -> None:
   parser.add_argument("--chunk-size", type=int, default=8)
   parser.add_argument(
     "--threads", type=int, default=0, help="calls `loop` runs at once (0: the runner's auto)"
-  )
-  parser.add_argument(
-    "--clients-per-call",
-    type=int,
-    default=0,
-    help="clients in one `loop` call (0: the runner's auto, 1 for convolutional models, else 4)",
   )
   parser.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument(
@@ -255,8 +249,6 @@ def main() -> None:
   )
   args = parser.parse_args()
   if args.cell:
-    from fedjax_lab.build import CPU_CLIENTS_PER_CALL
-
     model, cohort, strategy, conv = args.cell
     print(
       json.dumps(
@@ -271,8 +263,7 @@ def main() -> None:
           args.unroll,
           args.chunk_size,
           args.compute_dtype,
-          args.threads or (min(2, os.cpu_count() or 1) if strategy == "loop" else 1),
-          args.clients_per_call or (1 if model != "mlp" else CPU_CLIENTS_PER_CALL),
+          args.threads or (min(2, os.cpu_count() or 1) if strategy.startswith("loop") else 1),
         )
       )
     )
@@ -308,8 +299,6 @@ def main() -> None:
           str(args.chunk_size),
           "--threads",
           str(args.threads),
-          "--clients-per-call",
-          str(args.clients_per_call),
           "--compute-dtype",
           args.compute_dtype,
         ]
@@ -349,7 +338,6 @@ def main() -> None:
     "rounds": args.rounds,
     "chunk_size": args.chunk_size,
     "threads": args.threads or "auto",
-    "clients_per_call": args.clients_per_call or "auto",
   }
   (out / "results.json").write_text(
     json.dumps(

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-benchmarks/results}
-"$PY" benchmarks/bench.py --models mlp --cohorts 10 100 1000 --strategies vmap chunked loop \
+"$PY" benchmarks/bench.py --models mlp --cohorts 10 100 1000 --strategies vmap chunked loop loop/4 \
   --rounds 2 --out "$OUT/mlp"
 "$PY" benchmarks/bench.py --models mlp --cohorts 100 --strategies vmap chunked --rounds 2 \
   --xla-flags=--xla_cpu_use_xnnpack=true --out "$OUT/mlp_xnnpack"

@@ -27,7 +27,7 @@ UNIFORM = {
   ("cnn", 10): ["--models", "fedavg_cnn", "--strategies", "loop", "--convs", "im2col"],
   ("cnn", 100): ["--models", "fedavg_cnn", "--strategies", "loop", "--convs", "im2col"],
   ("mlp", 10): ["--models", "mlp", "--strategies", "vmap"],
-  ("mlp", 100): ["--models", "mlp", "--strategies", "loop"],
+  ("mlp", 100): ["--models", "mlp", "--strategies", "loop/4"],
 }
 
 
