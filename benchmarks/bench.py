@@ -10,8 +10,9 @@ that peak memory (max RSS) and compilations are its own. Per cell: seconds per r
 client updates and examples per second, achieved GFLOP/s (XLA's cost analysis of one training
 step x steps x cohort) and its fraction of the float32 matmul peak measured in the same run,
 compile time (first round minus the median), compilations after the first round, peak RSS.
-``loop`` (a jitted per-client update driven from Python) is the sequential baseline: the
-``speedup`` column is its seconds per round over the cell's. Convolutional models run once per
+``loop`` (a jitted per-client update driven from Python, ``--threads`` calls at once) is the
+baseline: the ``speedup`` column is its seconds per round over the cell's. ``loop/k``: calls of
+k vmapped clients. Convolutional models run once per
 ``--convs`` entry (``xla``: ``lax.conv``; ``im2col``: matrix products, models/im2col.py). With
 two or more cohorts, a least-squares line ``s/round = intercept + slope x cohort`` is fitted per
 model and strategy.

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-benchmarks/results}
 "$PY" benchmarks/bench.py --models mlp --cohorts 10 100 1000 --strategies vmap chunked loop loop/4 \
-  --rounds 2 --out "$OUT/mlp"
+  --rounds 2 --out "$OUT/mlp_loop_blocks"
 "$PY" benchmarks/bench.py --models mlp --cohorts 100 --strategies vmap chunked --rounds 2 \
   --xla-flags=--xla_cpu_use_xnnpack=true --out "$OUT/mlp_xnnpack"
 "$PY" benchmarks/bench.py --models mlp --cohorts 100 --strategies chunked --rounds 2 \
