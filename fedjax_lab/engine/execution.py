@@ -85,9 +85,7 @@ class Executor:
         outputs = jax.lax.map(
           lambda rows: fn(*_merge(args, in_axes, rows)), mapped, batch_size=self.chunk_size
         )
-        if order is None:
-          return outputs
-        return jax.tree.map(lambda leaf: leaf[jnp.argsort(order)], outputs)
+        return _unpermute(outputs, order)
 
       return chunked
 
@@ -97,10 +95,7 @@ class Executor:
     def loop(*args):
       order = self._loop_order(args, sort_by)
       outputs = list(self._each_call(call, _permute(args, in_axes, order), in_axes))
-      outputs = jax.tree.map(lambda *leaves: join(leaves), *outputs)
-      if order is None:
-        return outputs
-      return jax.tree.map(lambda leaf: leaf[jnp.argsort(order)], outputs)
+      return _unpermute(jax.tree.map(lambda *leaves: join(leaves), *outputs), order)
 
     return loop
 
@@ -223,6 +218,13 @@ def _permute(args, in_axes, order):
   return tuple(
     jax.tree.map(lambda leaf: leaf[order], a) if axis == 0 else a for a, axis in zip(args, in_axes)
   )
+
+
+def _unpermute(outputs, order):
+  """Outputs stacked in ``order`` put back in the cohort's order (None: already in it)."""
+  if order is None:
+    return outputs
+  return jax.tree.map(lambda leaf: leaf[jnp.argsort(order)], outputs)
 
 
 def _rows(args, in_axes, clients):
