@@ -9,7 +9,7 @@ import pytest
 from jax import lax
 
 from fedjax_lab.models import build_model
-from fedjax_lab.models.im2col import NHWC, conv_with_explicit_vjp
+from fedjax_lab.models.im2col import NHWC, apply_convolutions, conv_with_explicit_vjp
 from fedjax_lab.models.pooling import max_pool_2x2
 
 CASES = [
@@ -119,20 +119,51 @@ def test_explicit_vjp_convolution_matches_lax_conv_gradients(x_shape, k_shape, s
   )
 
 
+@pytest.mark.parametrize("conv", ["explicit_vjp", "im2col"])
 @pytest.mark.parametrize("name,shape", [("femnist_cnn", (28, 28, 1)), ("cifar_cnn", (32, 32, 3))])
-def test_explicit_vjp_models_train_like_xla_models(name, shape):
+def test_custom_gradient_models_train_like_xla_models(name, shape, conv):
   """Same parameters, same logits and the same loss gradient for every parameter."""
   x = jax.random.normal(jax.random.key(1), (4, *shape))
   y = jnp.arange(4) % 10
-  xla, explicit = build_model(name, 10), build_model(name, 10, conv="explicit_vjp")
+  xla, custom = build_model(name, 10), build_model(name, 10, conv=conv)
   params = xla.init(jax.random.key(0), x)
 
   def loss(model):
     return lambda p: optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x), y).mean()
 
-  np.testing.assert_allclose(explicit.apply(params, x), xla.apply(params, x), atol=1e-4)
+  np.testing.assert_allclose(custom.apply(params, x), xla.apply(params, x), atol=1e-4)
   chex.assert_trees_all_close(
-    jax.grad(loss(explicit))(params), jax.grad(loss(xla))(params), atol=1e-4, rtol=1e-3
+    jax.grad(loss(custom))(params), jax.grad(loss(xla))(params), atol=1e-4, rtol=1e-3
+  )
+
+
+@pytest.mark.parametrize(
+  "x_shape,kernel,strides,padding",
+  [
+    ((3, 14, 14, 32), (5, 5), 1, "SAME"),  # the FEMNIST CNN's second conv
+    ((2, 9, 8, 3), (3, 3), 2, "SAME"),  # strided, odd sizes
+    ((2, 13, 12, 2), (9, 3), (2, 3), [(1, 0), (0, 2)]),  # more than 8 rows; uneven
+  ],
+)
+def test_im2col_convolution_gradients_equal_lax_conv_gradients(x_shape, kernel, strides, padding):
+  """Values and input / kernel gradients, alone and under vmap over per-client kernels."""
+  conv = nn.Conv(4, kernel, strides=strides, padding=padding)
+  keys = jax.random.split(jax.random.key(5), 3)
+  x = jax.random.normal(keys[0], x_shape)
+  params = conv.init(keys[1], x)
+  out = conv.apply(params, x)
+  cotangent = jax.random.normal(keys[2], out.shape)
+  im2col = lambda p, x: apply_convolutions(conv, p, x, "im2col")
+  loss = lambda fn: lambda p, x: jnp.vdot(fn(p, x), cotangent)
+  np.testing.assert_allclose(im2col(params, x), out, atol=1e-5, rtol=1e-5)
+  want = jax.grad(loss(conv.apply), argnums=(0, 1))(params, x)
+  chex.assert_trees_all_close(
+    jax.grad(loss(im2col), argnums=(0, 1))(params, x), want, atol=1e-4, rtol=1e-4
+  )
+  batched = lambda fn: jax.jit(jax.vmap(jax.grad(loss(fn), argnums=(0, 1))))
+  stacked = jax.tree.map(lambda leaf: jnp.stack([leaf, -2 * leaf]), params), jnp.stack([x, x])
+  chex.assert_trees_all_close(
+    batched(im2col)(*stacked), batched(conv.apply)(*stacked), atol=1e-3, rtol=1e-4
   )
 
 

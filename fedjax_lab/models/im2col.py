@@ -59,18 +59,54 @@ def _explicit_padding(padding, kernel, strides, spatial):
   return _padding(padding, 2)
 
 
+def _window_slices(x, window: tuple[int, int, int, int]):
+  """The ``kh kw`` shifted, strided slices of ``x`` (``window = (kh, kw, sh, sw)``): slice
+  ``(i, j)`` (row-major) holds, at each output position, the window's entry ``(i, j)``."""
+  kh, kw, sh, sw = window
+  out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+  return [
+    x[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :]
+    for i in range(kh)
+    for j in range(kw)
+  ]
+
+
+def _concatenated_windows(x, window):
+  return jnp.concatenate(_window_slices(x, window), axis=-1)
+
+
 def _patches(x, kh: int, kw: int, sh: int, sw: int):
   """``[n, out_h, out_w, kh kw c]``: each output position's window of the padded ``x``, features
-  ordered ``(kh, kw, c)``, from ``kh kw`` shifted strided slices."""
-  out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
-  return jnp.concatenate(
-    [
-      x[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :]
-      for i in range(kh)
-      for j in range(kw)
-    ],
-    axis=-1,
-  )
+  ordered ``(kh, kw, c)``; see ``_stacked_windows``."""
+  return _stacked_windows(x, (kh, kw, sh, sw), x.shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _stacked_windows(x, window: tuple[int, int, int, int], shape: tuple[int, ...]):
+  """``_concatenated_windows(x, window)``, built as two stacks on axes that are not the minor
+  one, of ``kw`` then ``kh`` slices, so that XLA:CPU fuses the slices into the concatenation
+  and writes the patches once. (It fuses neither a concatenation along the minor axis nor one
+  of more than 8 operands: the plain concatenation of ``kh kw`` slices along the channels wrote
+  every slice, then copied them all.) The backward pass is the transpose of the plain
+  concatenation, which XLA fuses into the op consuming the input gradient; autodiff of the
+  stacks would write partial sums instead. ``shape`` is ``x.shape`` (static)."""
+  kh, kw, sh, sw = window
+  out_h, out_w = (shape[1] - kh) // sh + 1, (shape[2] - kw) // sw + 1
+  columns = jnp.stack([x[:, :, j : j + sw * (out_w - 1) + 1 : sw] for j in range(kw)], axis=3)
+  rows = jnp.stack([columns[:, i : i + sh * (out_h - 1) + 1 : sh] for i in range(kh)], axis=3)
+  return rows.reshape(shape[0], out_h, out_w, kh * kw * shape[3])
+
+
+def _stacked_windows_forward(x, window, shape):
+  return _stacked_windows(x, window, shape), None
+
+
+def _stacked_windows_backward(window, shape, _, d_patches):
+  concatenate = functools.partial(_concatenated_windows, window=window)
+  return jax.linear_transpose(concatenate, jax.ShapeDtypeStruct(shape, d_patches.dtype))(d_patches)
+
+
+_stacked_windows.defvjp(_stacked_windows_forward, _stacked_windows_backward)
 
 
 def conv_as_matmul(conv: nn.Conv, x):
