@@ -109,14 +109,22 @@ def _stacked_windows_backward(window, shape, _, d_patches):
 _stacked_windows.defvjp(_stacked_windows_forward, _stacked_windows_backward)
 
 
+def _rows(x):
+  """``x`` as a matrix with one row per position: ``[n out_h out_w, features]``."""
+  return x.reshape(-1, x.shape[-1])
+
+
 def conv_as_matmul(conv: nn.Conv, x):
   """What ``conv(x)`` computes (NHWC, no dilation, one feature group), as patches @ kernel."""
   kernel = conv.get_variable("params", "kernel")
   kh, kw, c_in, c_out = kernel.shape
   sh, sw = _pairs(conv.strides, 2)
   pads = _explicit_padding(conv.padding, (kh, kw), (sh, sw), x.shape[1:3])
-  x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
-  y = _patches(x, kh, kw, sh, sw) @ kernel.reshape(kh * kw * c_in, c_out)
+  patches = _patches(jnp.pad(x, [(0, 0), *pads, (0, 0)]), kh, kw, sh, sw)
+  # A 2-D product: the 4-D one's transposes (autodiff) had XLA:CPU copy the output gradient
+  # into a transposed buffer for every kernel gradient.
+  y = _rows(patches) @ kernel.reshape(kh * kw * c_in, c_out)
+  y = y.reshape(*patches.shape[:-1], c_out)
   if conv.use_bias:
     y = y + conv.get_variable("params", "bias")
   return y
@@ -142,7 +150,7 @@ def _conv_backward(strides, pads, residuals, dy):
   (sh, sw), ((top, bottom), (left, right)) = strides, pads
   padded = jnp.pad(x, [(0, 0), (top, bottom), (left, right), (0, 0)])
   patches = _patches(padded, kh, kw, sh, sw)
-  d_kernel = jnp.einsum("nhwk,nhwo->ko", patches, dy).reshape(kernel.shape)
+  d_kernel = jnp.einsum("nk,no->ko", _rows(patches), _rows(dy)).reshape(kernel.shape)
   rest_h = (padded.shape[1] - kh) % sh
   rest_w = (padded.shape[2] - kw) % sw
   flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)
