@@ -2,6 +2,7 @@
 workloads, in one sitting, interleaved (project, torch, FedJAX, ... then again), as ratios.
 
   python benchmarks/side_by_side.py --peers /path/to/copy/of/shared/peers --repeats 2
+  python benchmarks/side_by_side.py --peers ... --models cnn     # the CNN cells and FedMR's only
 
 Cells: the peers' uniform workload (200 synthetic examples per client, 10 local steps of batch
 20: the FEMNIST CNN at 10 and 100 clients a round, the 784-200-200-10 MLP at 10 and 100) run by
@@ -76,7 +77,8 @@ def main() -> None:
   parser.add_argument("--peers", required=True, help="a copy of shared/peers with its venvs")
   parser.add_argument("--repeats", type=int, default=2)
   parser.add_argument("--rounds", type=int, default=3)
-  parser.add_argument("--official-rounds", type=int, default=8)
+  parser.add_argument("--official-rounds", type=int, default=8, help="0: skip that cell")
+  parser.add_argument("--models", nargs="+", choices=["cnn", "mlp"], default=["cnn", "mlp"])
   parser.add_argument("--out", default="benchmarks/results/side_by_side.jsonl")
   args = parser.parse_args()
   peers = pathlib.Path(args.peers).resolve()
@@ -84,20 +86,21 @@ def main() -> None:
   out.parent.mkdir(parents=True, exist_ok=True)
   for repeat in range(1, args.repeats + 1):
     rows = []
-    for model, clients in UNIFORM:
+    for model, clients in (cell for cell in UNIFORM if cell[0] in args.models):
       rounds = 2 if (model, clients) == ("cnn", 100) else args.rounds
       row = {"repeat": repeat, "cell": f"{model} C={clients} (uniform)",
              "fedjax_lab": project_uniform(model, clients, rounds)}  # fmt: skip
       for peer in ("torch", "fedjax") + (("raw_jax",) if model == "mlp" else ()):
         row[peer] = peer_uniform(peers, peer, model, clients, rounds)
       rows.append(row)
-    ours, torch = official("jax", args.official_rounds), official("torch", args.official_rounds)
-    rows.append({"repeat": repeat, "cell": "FedMR official setting (skewed, 5 epochs)",
-                 "fedjax_lab": ours.get("sec_per_round_mean"),
-                 "torch": torch.get("sec_per_round_mean"),
-                 "fedjax_lab_peak_rss_mib": ours.get("peak_rss_mib"),
-                 "fedjax_lab_first_round_s": ours.get("first_round_sec"),
-                 "computed_step_ratio": ours.get("computed_step_ratio")})  # fmt: skip
+    if args.official_rounds:
+      ours, torch = official("jax", args.official_rounds), official("torch", args.official_rounds)
+      rows.append({"repeat": repeat, "cell": "FedMR official setting (skewed, 5 epochs)",
+                   "fedjax_lab": ours.get("sec_per_round_mean"),
+                   "torch": torch.get("sec_per_round_mean"),
+                   "fedjax_lab_peak_rss_mib": ours.get("peak_rss_mib"),
+                   "fedjax_lab_first_round_s": ours.get("first_round_sec"),
+                   "computed_step_ratio": ours.get("computed_step_ratio")})  # fmt: skip
     with open(out, "a") as f:
       for row in rows:
         f.write(json.dumps(row) + "\n")
