@@ -9,7 +9,9 @@ the FEMNIST CNN on XLA:CPU, so it is not used.)
 Under ``vmap`` over per-client kernels the patches fold the client axis into the batch and the
 product becomes one batched matrix product, where ``vmap`` of ``lax.conv`` lowers to a grouped
 convolution that XLA:CPU runs slowly (docs/performance.md). The price is memory: the patches
-are ``kh kw`` times larger than the input.
+are ``kh kw`` times larger than the input. The patches have a custom VJP (see
+``_stacked_windows``), so these convolutions support reverse-mode autodiff only (no ``jax.jvp``
+through them; ``conv="xla"`` for forward mode).
 
 ``conv_with_explicit_vjp`` keeps XLA's forward convolution but defines the backward pass
 itself: the kernel gradient as the im2col product ``patches(x)^T @ dy``, the input gradient as a
