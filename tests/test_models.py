@@ -76,12 +76,13 @@ def test_im2col_convolutions_equal_xla_convolutions(name, shape):
   xla, im2col = build_model(name, 10), build_model(name, 10, conv="im2col")
   params = xla.init(jax.random.key(0), x)
   chex.assert_trees_all_equal_shapes(params, im2col.init(jax.random.key(0), x))
-  np.testing.assert_allclose(im2col.apply(params, x), xla.apply(params, x), atol=1e-4, rtol=1e-4)
+  apply = lambda model: jax.jit(model.apply)
+  np.testing.assert_allclose(apply(im2col)(params, x), apply(xla)(params, x), atol=1e-4, rtol=1e-4)
   per_client = jax.tree.map(lambda leaf: jnp.stack([leaf, 2 * leaf]), params)
   clients_x = jnp.stack([x, x[::-1]])
   np.testing.assert_allclose(
-    jax.vmap(im2col.apply)(per_client, clients_x),
-    jax.vmap(xla.apply)(per_client, clients_x),
+    jax.jit(jax.vmap(im2col.apply))(per_client, clients_x),
+    jax.jit(jax.vmap(xla.apply))(per_client, clients_x),
     atol=1e-3,
     rtol=1e-3,
   )
@@ -132,9 +133,8 @@ def test_custom_gradient_models_train_like_xla_models(name, shape, conv):
     return lambda p: optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x), y).mean()
 
   np.testing.assert_allclose(custom.apply(params, x), xla.apply(params, x), atol=1e-4)
-  chex.assert_trees_all_close(
-    jax.grad(loss(custom))(params), jax.grad(loss(xla))(params), atol=1e-4, rtol=1e-3
-  )
+  gradient = lambda model: jax.jit(jax.grad(loss(model)))(params)
+  chex.assert_trees_all_close(gradient(custom), gradient(xla), atol=1e-4, rtol=1e-3)
 
 
 @pytest.mark.parametrize(
