@@ -61,16 +61,23 @@ def _explicit_padding(padding, kernel, strides, spatial):
   return _padding(padding, 2)
 
 
+def _taps(start: int, stride: int, count: int) -> slice:
+  """Positions ``start, start + stride, ...``: the input rows (or columns) that ``count``
+  output positions read at window offset ``start``."""
+  return slice(start, start + stride * (count - 1) + 1, stride)
+
+
+def _output_size(shape, window) -> tuple[int, int]:
+  kh, kw, sh, sw = window
+  return (shape[1] - kh) // sh + 1, (shape[2] - kw) // sw + 1
+
+
 def _window_slices(x, window: tuple[int, int, int, int]):
   """The ``kh kw`` shifted, strided slices of ``x`` (``window = (kh, kw, sh, sw)``): slice
   ``(i, j)`` (row-major) holds, at each output position, the window's entry ``(i, j)``."""
   kh, kw, sh, sw = window
-  out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
-  return [
-    x[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :]
-    for i in range(kh)
-    for j in range(kw)
-  ]
+  out_h, out_w = _output_size(x.shape, window)
+  return [x[:, _taps(i, sh, out_h), _taps(j, sw, out_w)] for i in range(kh) for j in range(kw)]
 
 
 def _concatenated_windows(x, window):
@@ -93,9 +100,9 @@ def _stacked_windows(x, window: tuple[int, int, int, int], shape: tuple[int, ...
   concatenation, which XLA fuses into the op consuming the input gradient; autodiff of the
   stacks would write partial sums instead. ``shape`` is ``x.shape`` (static)."""
   kh, kw, sh, sw = window
-  out_h, out_w = (shape[1] - kh) // sh + 1, (shape[2] - kw) // sw + 1
-  columns = jnp.stack([x[:, :, j : j + sw * (out_w - 1) + 1 : sw] for j in range(kw)], axis=3)
-  rows = jnp.stack([columns[:, i : i + sh * (out_h - 1) + 1 : sh] for i in range(kh)], axis=3)
+  out_h, out_w = _output_size(shape, window)
+  columns = jnp.stack([x[:, :, _taps(j, sw, out_w)] for j in range(kw)], axis=3)
+  rows = jnp.stack([columns[:, _taps(i, sh, out_h)] for i in range(kh)], axis=3)
   return rows.reshape(shape[0], out_h, out_w, kh * kw * shape[3])
 
 
