@@ -195,8 +195,8 @@ class AlgorithmConfig:
         continue
       if key not in ALGORITHMS:
         raise ValueError(
-          f"{prefix}{key} is not a config field; allowed: name, weighting, or the options "
-          f"table of a method ({', '.join(ALGORITHMS)})"
+          f"{_field_name(prefix, key)} is not a config field; allowed: name, weighting, or the "
+          f"options table of a method ({', '.join(ALGORITHMS)})"
         )
       parsed = _build(
         ALGORITHMS.get(key).options, _table(f"{prefix}{key}", table), f"{prefix}{key}."
@@ -526,6 +526,13 @@ class ExperimentConfig:
     return {**dataclasses.asdict(self), "algorithm": self.algorithm.to_dict()}
 
 
+def _field_name(prefix: str, key) -> str:
+  """``prefix + key`` for an error message, the key quoted when it would not print as one line
+  (a user's key with a newline or a control character)."""
+  key = str(key)
+  return prefix + (key if key.isprintable() else repr(key))
+
+
 def _table(field: str, value) -> dict:
   if not isinstance(value, dict):
     raise ValueError(f"{field} must be a table of fields, got {value!r}")
@@ -537,7 +544,7 @@ def _build(cls, values: dict, prefix: str = ""):
   names = {f.name for f in dataclasses.fields(cls)}
   kwargs = {}
   for key, value in values.items():
-    field = f"{prefix}{key}"
+    field = _field_name(prefix, key)
     if key not in names:
       raise ValueError(f"{field} is not a config field; allowed: {', '.join(sorted(names))}")
     hint = hints[key]
@@ -592,7 +599,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     for section in sections:
       node = node.setdefault(section, {})
       if not isinstance(node, dict):
-        raise ValueError(f"override {override!r}: {section} is not a section")
+        raise ValueError(f"override {override!r}: {_field_name('', section)} is not a section")
     node[leaf] = raw
   return values
 

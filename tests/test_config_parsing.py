@@ -77,3 +77,14 @@ def test_random_config_tables_give_a_config_or_one_value_error(values):
   except ValueError:
     return
   assert isinstance(config, ExperimentConfig)
+
+
+def test_a_key_with_a_newline_is_named_on_one_line():
+  """Found by the random-override test: the unknown key was echoed raw, over two lines."""
+  for overrides in (["0\n0="], ["a\nb.c=1"], ["algorithm.x\ty=1"]):
+    try:
+      load_config(None, overrides)
+    except ValueError as error:
+      assert "\n" not in str(error) and "is not a" in str(error)
+    else:
+      raise AssertionError(f"{overrides!r} was accepted")
