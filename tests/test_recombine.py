@@ -4,7 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedjax_lab.ops.divergence import mean_pairwise_cosine
+from fedjax_lab.ops.divergence import (
+  mean_pairwise_cosine,
+  mean_pairwise_cosine_from_sum,
+  unit_vector,
+)
 from fedjax_lab.ops.recombine import recombination_units, recombine
 
 M = 5
@@ -115,6 +119,21 @@ def test_mean_pairwise_cosine():
   assert float(mean_pairwise_cosine(orthogonal)) == pytest.approx(0.0)
   opposite = {"w": jnp.array([[1.0, 0.0], [-1.0, 0.0]])}
   assert float(mean_pairwise_cosine(opposite)) == pytest.approx(-1.0)
+
+
+def test_pairwise_cosine_of_a_pytree_is_that_of_the_flattened_models():
+  stacked = {
+    "a": jax.random.normal(jax.random.key(0), (4, 3, 5)),
+    "b": {"c": jax.random.normal(jax.random.key(1), (4, 7))},
+  }
+  flat = jnp.concatenate([leaf.reshape(4, -1) for leaf in jax.tree.leaves(stacked)], axis=1)
+  unit = flat / jnp.linalg.norm(flat, axis=1, keepdims=True)
+  gram = unit @ unit.T
+  expected = (gram.sum() - jnp.trace(gram)) / 12
+  assert float(mean_pairwise_cosine(stacked)) == pytest.approx(float(expected), abs=1e-6)
+  unit_sum = jax.tree.map(lambda leaf: leaf.sum(0), jax.vmap(unit_vector)(stacked))
+  from_sum = mean_pairwise_cosine_from_sum(unit_sum, 4.0)
+  assert float(from_sum) == pytest.approx(float(expected), abs=1e-5)
 
 
 def test_bad_granularity_is_a_clear_error():

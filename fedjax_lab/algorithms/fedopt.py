@@ -78,7 +78,8 @@ def fedopt(
     trained, result = train(params, x, y, num_examples, key, params)
     weight = client_weight(num_examples, weighting)
     present = (num_examples > 0).astype(jnp.float32)  # not an empty (padding) client
-    return trained, weight, (weight * result.mean_loss, present * unit_vector(trained), present)
+    unit = jax.tree.map(lambda leaf: present * leaf, unit_vector(trained))
+    return trained, weight, (weight * result.mean_loss, unit, present)
 
   reduce_cohort = setup.cohort_aggregate(contribution, (None, 0, 0, 0, 0), sort_by=3)
 
