@@ -3,6 +3,8 @@
 # 10 / 100 / 1000 (MLP and the FEMNIST CNN, vmap and chunked) and the FedMR official setting
 # (skewed Dirichlet(0.1) federation, full client data, 5 epochs), printing one table.
 #   bash benchmarks/gpu.sh            # needs a jax with CUDA: pip install -U "jax[cuda12]"
+#   PY=python3 PYTHONPATH=$PWD bash benchmarks/gpu.sh   # a machine whose python3 has jax+CUDA
+# The official cell reads Fashion-MNIST's four IDX .gz files (FEDJAX_LAB_FASHION_MNIST_DIR).
 # Results go to $OUT (default benchmarks/results/gpu); record the table in docs/performance.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -36,9 +36,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  root = tmp_path_factory.mktemp("distributed")
+def _runs(root):
+  """The federation run by two processes (into ``root/two``) and by one (``root/one``): the two
+  processes' printed results and the single process's."""
   script = root / "worker.py"
   script.write_text(WORKER)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -60,22 +60,20 @@ def runs(tmp_path_factory):
     assert worker.returncode == 0, err[-3000:]
   assert single.returncode == 0, single.stderr[-3000:]
   parsed = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
-  return root, parsed, json.loads(single.stdout.strip().splitlines()[-1])
+  return parsed, json.loads(single.stdout.strip().splitlines()[-1])
 
 
-def test_two_processes_compute_what_one_computes(runs):
-  _, (first, second), single = runs
+def test_two_processes_compute_what_one_computes_and_only_process_zero_writes(tmp_path):
+  (first, second), single = _runs(tmp_path)
   assert first["devices"] == second["devices"] == 2 and single["devices"] == 1
   assert first["metrics"] == second["metrics"]  # both processes see the same metrics
   for two, one in zip(first["metrics"], single["metrics"], strict=True):
     assert two.keys() == one.keys()
     for key in one:
       assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
-
-
-def test_only_process_zero_writes(runs):
-  root, (first, _), _ = runs
-  rows = [json.loads(line) for line in (root / "two" / "metrics.jsonl").read_text().splitlines()]
+  rows = [
+    json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+  ]
   assert [r["round"] for r in rows] == [1, 2, 3, 4]
   assert rows[-1]["train_loss"] == first["metrics"][-1]["train_loss"]
-  assert sorted(p.name for p in (root / "two" / "checkpoints").iterdir()) == ["2", "4"]
+  assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["2", "4"]

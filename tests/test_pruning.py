@@ -4,6 +4,7 @@ method (ops/pruning.py, ops/wireless.py, ops/allocation.py, algorithms/adaptive_
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 
 import jax
@@ -174,8 +175,9 @@ def test_allocation_without_pressure_prunes_nothing_and_says_when_the_budget_is_
 
 @pytest.fixture(scope="module")
 def shard_runs(tmp_path_factory):
-  """Digits in shards (2 classes per client): the method, its unpruned comparator and FedAvg
-  with the same latency bookkeeping, on the same data and channel draws."""
+  """``shard_runs(variant)``: digits in shards (2 classes per client), the method, its unpruned
+  comparator or FedAvg with the same latency bookkeeping, on the same data and channel draws;
+  each variant run when first asked for."""
   from fedjax_lab.config import load_config
   from fedjax_lab.runner import run
 
@@ -205,16 +207,18 @@ def shard_runs(tmp_path_factory):
       "algorithm.adaptive_pruning.personal_groups=0",
     ],
   }
-  results = {}
-  for name, extra in variants.items():
+
+  @functools.cache
+  def result(name):
     out = tmp_path_factory.mktemp(name)
-    results[name] = run(load_config(None, base + extra + [f"out_dir={out}"]), progress=False)
-  return results
+    return run(load_config(None, base + variants[name] + [f"out_dir={out}"]), progress=False)
+
+  return result
 
 
 def test_adaptive_pruning_meets_the_budget_and_cuts_latency_at_similar_accuracy(shard_runs):
-  adaptive, unpruned = shard_runs["adaptive"].metrics, shard_runs["unpruned"].metrics
-  fastest = shard_runs["unpruned_fastest"].metrics
+  adaptive, unpruned = shard_runs("adaptive").metrics, shard_runs("unpruned").metrics
+  fastest = shard_runs("unpruned_fastest").metrics
   met = [row for row in adaptive if row["allocation_feasible"] == 1.0]
   assert len(met) >= 0.8 * len(adaptive)  # a deep fade may make the budget impossible
   assert max(row["latency_s"] for row in met) <= 0.25 * (1 + 1e-6)
@@ -252,6 +256,6 @@ def test_every_strategy_runs_the_method_with_and_without_a_personal_part(tmp_pat
 
 
 def test_personal_heads_beat_one_shared_model_on_pathological_shards(shard_runs):
-  personal = shard_runs["unpruned"].metrics[-1]["client_accuracy_mean"]
-  shared = shard_runs["fedavg"].metrics[-1]["client_accuracy_mean"]
+  personal = shard_runs("unpruned").metrics[-1]["client_accuracy_mean"]
+  shared = shard_runs("fedavg").metrics[-1]["client_accuracy_mean"]
   assert personal > shared + 0.1

@@ -36,9 +36,8 @@ print(json.dumps(out))
 """
 
 
-@pytest.fixture(scope="module")
-def sharded_runs(tmp_path_factory):
-  script = tmp_path_factory.mktemp("sharding") / "runs.py"
+def test_four_devices_match_one(tmp_path):
+  script = tmp_path / "runs.py"
   script.write_text(RUNS)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
   done = subprocess.run(
@@ -49,13 +48,10 @@ def sharded_runs(tmp_path_factory):
     cwd=script.parent,
   )
   assert done.returncode == 0, done.stderr[-3000:]
-  return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-@pytest.mark.parametrize("algorithm", ["fedavg", "scaffold"])
-def test_four_devices_match_one(sharded_runs, algorithm):
-  assert sharded_runs[algorithm + "_devices"] == 4  # the state lives on the mesh
-  assert sharded_runs[algorithm] <= 1e-5
+  differences = json.loads(done.stdout.strip().splitlines()[-1])
+  for algorithm in ("fedavg", "scaffold"):
+    assert differences[algorithm + "_devices"] == 4, algorithm  # the state lives on the mesh
+    assert differences[algorithm] <= 1e-5, algorithm
 
 
 def test_sharding_needs_equal_shards_and_vmap():
