@@ -46,6 +46,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import struct, traverse_util
 
 from fedjax_lab.algorithms.base import (
@@ -109,7 +110,7 @@ def start_nodes(tree: FederationTree, variant: str) -> np.ndarray:
 
 def _clip(update: dict, clip_norm: float) -> dict:
   """``update * min(1, C / |update|)``, the norm over every leaf."""
-  norm = jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(update)))
+  norm = optax.tree.norm(update)
   scale = jnp.minimum(1.0, clip_norm / jnp.maximum(norm, jnp.finfo(jnp.float32).tiny))
   return jax.tree.map(lambda leaf: leaf * scale, update)
 

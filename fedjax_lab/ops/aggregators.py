@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.flatten_util import ravel_pytree
 
 from fedjax_lab.ops import attacks, robust, secure_aggregation
@@ -173,7 +174,7 @@ def clip_update_norm(max_norm: float) -> ClientTransform:
     update = (
       contribution if reference is None else jax.tree.map(jnp.subtract, contribution, reference)
     )
-    norm = jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree.leaves(update)))
+    norm = optax.tree.norm(update)
     scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, jnp.finfo(jnp.float32).tiny))
     clipped = jax.tree.map(lambda leaf: (leaf * scale).astype(leaf.dtype), update)
     return clipped if reference is None else jax.tree.map(jnp.add, reference, clipped)
