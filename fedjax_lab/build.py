@@ -121,7 +121,8 @@ def build_aggregator(config: ExperimentConfig) -> Aggregator:
   """The ``aggregation.rule`` (with Poisson cohorts: the mean over the expected cohort size,
   ``fixed_denominator_mean``), after per-client update clipping if ``clip_norm > 0`` (per
   layer with ``clip_per_layer``) and local noise if ``privacy.local_noise_multiplier > 0``,
-  then central Gaussian noise if ``privacy.noise_multiplier > 0`` (std ``z C / cohort_size``);
+  then central Gaussian noise if ``privacy.noise_multiplier > 0`` (std ``z C / K``, ``K`` the
+  contributions aggregated: ``config.contributions``, 1 for a pooled method);
   or, with ``clip_quantile > 0``, the adaptively clipped (noisy) mean; fed a poisoned cohort
   when ``attack`` is a model-poisoning attack."""
   aggregation, privacy = config.aggregation, config.privacy
@@ -133,7 +134,7 @@ def build_aggregator(config: ExperimentConfig) -> Aggregator:
         aggregation.clip_quantile,
         aggregation.clip_learning_rate,
         privacy.noise_multiplier,
-        aggregation.clip_count_stddev or config.cohort_size / 20,
+        aggregation.clip_count_stddev or config.contributions / 20,
       ),
     )
   if config.cohort_sampling == "poisson":  # the rule is the mean (config validation)
@@ -146,7 +147,7 @@ def build_aggregator(config: ExperimentConfig) -> Aggregator:
   if clip > 0:
     parts.insert(0, (clip_layer_norms if aggregation.clip_per_layer else clip_update_norm)(clip))
   if privacy.noise_multiplier > 0:
-    stddev = privacy.noise_multiplier * aggregation.clip_norm / config.cohort_size
+    stddev = privacy.noise_multiplier * aggregation.clip_norm / config.contributions
     parts.append(gaussian_noise(stddev))
   return _attacked(config, parts[0] if len(parts) == 1 else chain(*parts))
 
@@ -179,8 +180,16 @@ class Experiment:
 
 
 def build_experiment(config: ExperimentConfig, data: FederatedData | None = None) -> Experiment:
-  """Build the federation (unless ``data`` is given), the model, the setup and the algorithm."""
+  """Build the federation (unless ``data`` is given), the model, the setup and the algorithm.
+  A given ``data`` must hold ``config.data.num_clients`` clients; every federation is checked
+  (``FederatedData.validate``) before anything is compiled."""
+  if data is not None and data.num_clients != config.data.num_clients:
+    raise ValueError(
+      f"data.num_clients must be the federation's client count {data.num_clients} when data "
+      f"is given, got {config.data.num_clients}"
+    )
   data = data if data is not None else build_federation(config.data)
+  data.validate()
   if config.attack.kind == "label_flip" and config.attack.fraction > 0:
     attackers = poisoning.malicious_clients(data.num_clients, config.attack.fraction, config.seed)
     data = poisoning.flip_labels(data, attackers)

@@ -19,7 +19,7 @@ from fedjax_lab.data.groups import GROUP_SHIFTS
 from fedjax_lab.engine.execution import STRATEGIES
 from fedjax_lab.engine.precision import COMPUTE_DTYPES
 from fedjax_lab.models import CONV_IMPLEMENTATIONS, INITIALIZATIONS, MODELS
-from fedjax_lab.ops.accounting import ACCOUNTANTS, SAMPLINGS
+from fedjax_lab.ops.accounting import ACCOUNTANTS, PLD_MIN_NOISE_MULTIPLIER, SAMPLINGS
 from fedjax_lab.ops.aggregators import AGGREGATORS
 from fedjax_lab.ops.attacks import ATTACKS
 
@@ -325,6 +325,14 @@ class PrivacyConfig:
       self.local_noise_multiplier,
     )
     require(0 < self.delta < 1, "privacy.delta", "in (0, 1)", self.delta)
+    if self.accountant == "pld" and self.noise_multiplier > 0:
+      require(
+        self.noise_multiplier >= PLD_MIN_NOISE_MULTIPLIER,
+        "privacy.noise_multiplier",
+        f">= {PLD_MIN_NOISE_MULTIPLIER} with privacy.accountant=pld (smaller noise cannot be "
+        "accounted in reasonable time and memory; use privacy.accountant=rdp)",
+        self.noise_multiplier,
+      )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -424,6 +432,7 @@ class ExperimentConfig:
     require(self.checkpoint_every >= 0, "checkpoint_every", ">= 0", self.checkpoint_every)
     one_of("cohort_sampling", self.cohort_sampling, SAMPLINGS)
     self._check_aggregation()
+    self._check_guarantees()
     self._check_sampling()
     if ALGORITHMS.get(self.algorithm.name).every_client_each_round:
       require(
@@ -434,15 +443,71 @@ class ExperimentConfig:
         self.cohort_size,
       )
 
+  @property
+  def contributions(self) -> int:
+    """Contributions aggregated a round: ``cohort_size`` (1 for a ``pooled`` method, whose
+    one client holds the federation)."""
+    return 1 if ALGORITHMS.get(self.algorithm.name).pooled else self.cohort_size
+
+  def _check_guarantees(self) -> None:
+    """DP, clipping, robust rules, secure aggregation and model poisoning act in the setup's
+    aggregator: refused for a method whose uploads do not all pass through it
+    (``AlgorithmEntry.aggregated_uploads``). An attack must have at least one attacker, and
+    ``attack.kind=none`` takes no attack fields."""
+    name, aggregation, privacy, attack = (
+      self.algorithm.name,
+      self.aggregation,
+      self.privacy,
+      self.attack,
+    )
+    if not ALGORITHMS.get(name).aggregated_uploads:
+      supported = [n for n in ALGORITHMS.names() if ALGORITHMS.get(n).aggregated_uploads]
+      reason = (
+        f"for algorithm.name={name} (its uploads reach the server outside the setup's "
+        f"aggregator; methods that support it: {', '.join(supported)})"
+      )
+      defaults = AggregationConfig()
+      for field, value, default in (
+        ("privacy.noise_multiplier", privacy.noise_multiplier, 0.0),
+        ("privacy.local_noise_multiplier", privacy.local_noise_multiplier, 0.0),
+        ("aggregation.rule", aggregation.rule, defaults.rule),
+        ("aggregation.clip_norm", aggregation.clip_norm, defaults.clip_norm),
+        ("aggregation.clip_quantile", aggregation.clip_quantile, defaults.clip_quantile),
+        ("aggregation.clip_per_layer", aggregation.clip_per_layer, defaults.clip_per_layer),
+      ):
+        require(value == default, field, f"{default} {reason}", value)
+      require(
+        attack.kind not in ATTACKS,
+        "attack.kind",
+        f"none or label_flip (data poisoning) {reason}",
+        attack.kind,
+      )
+    if attack.kind == "none":
+      require(attack.fraction == 0, "attack.fraction", "0 with attack.kind=none", attack.fraction)
+      require(attack.strength == 0, "attack.strength", "0 with attack.kind=none", attack.strength)
+      return
+    label_flip = attack.kind == "label_flip"
+    among, count = ("data.num_clients", self.data.num_clients)
+    if not label_flip:
+      among, count = ("cohort_size", self.contributions)
+    require(
+      int(attack.fraction * count) >= 1,
+      "attack.fraction",
+      f">= 1 / {among} = {1 / count:.4g} for attack.kind={attack.kind} (floor(fraction * "
+      f"{count}) attackers; fewer is no attack)",
+      attack.fraction,
+    )
+
   def _check_aggregation(self) -> None:
     """The robust rules and DP against the cohort size and the weighting."""
-    rule, cohort = self.aggregation.rule, self.cohort_size
+    rule, cohort = self.aggregation.rule, self.contributions
     if rule in ("krum", "multi_krum"):
       byzantine = self.aggregation.byzantine
       require(
-        cohort >= byzantine + 3,
+        cohort >= 2 * byzantine + 3,
         "cohort_size",
-        f">= aggregation.byzantine + 3 = {byzantine + 3} for {rule}",
+        f">= 2 * aggregation.byzantine + 3 = {2 * byzantine + 3} for {rule} (Krum's guarantee "
+        "needs n > 2f + 2)",
         cohort,
       )
     if rule == "multi_krum":
@@ -508,9 +573,9 @@ class ExperimentConfig:
         self.algorithm.weighting,
       )
       require(
-        self.attack.fraction == 0 or self.attack.kind == "label_flip",
+        self.attack.kind in ("none", "label_flip"),
         "attack.kind",
-        "label_flip (or attack.fraction=0) with cohort_sampling=poisson",
+        "none or label_flip with cohort_sampling=poisson",
         self.attack.kind,
       )
     elif self.privacy.accountant == "pld" and self.privacy.noise_multiplier > 0:

@@ -9,7 +9,9 @@ the new one, never a cut one.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
@@ -24,6 +26,9 @@ METRICS_CSV = "metrics.csv"
 PLOT_FILE = "accuracy.png"
 CHECKPOINT_DIR = "checkpoints"
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, METRICS_CSV, PLOT_FILE, CHECKPOINT_DIR)
+# Held (``flock``, exclusive) by the process that runs in the folder, from the claim to the end
+# of the run; the kernel releases it when the process dies, so a stale file is never a lock.
+LOCK_FILE = ".fedjax-lab.lock"
 # Fields a resumed run may change: when it stops, how often it reports, where it runs. The
 # execution fields keep the same mathematics; a different strategy may round differently.
 RESUMABLE_FIELDS = ("rounds", "eval_every", "checkpoint_every", "out_dir", "execution.")
@@ -65,16 +70,62 @@ def stored_config(out_dir: pathlib.Path) -> dict:
     ) from None
 
 
-def claim(out_dir: pathlib.Path, config: dict, *, resume: bool, overwrite: bool) -> None:
-  """Check, before anything is built or written, that ``out_dir`` can hold this run.
+def _lock(out_dir: pathlib.Path):
+  """The open lock file of ``out_dir``, exclusively locked by this process; ``RunFolderError``
+  naming the holder when another process holds it."""
+  try:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(out_dir / LOCK_FILE, "a+")
+  except OSError as error:
+    raise RunFolderError(f"out_dir={str(out_dir)!r} is not writable: {error.strerror}") from None
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    handle.seek(0)
+    holder = handle.read().strip() or "unknown"
+    handle.close()
+    raise RunFolderError(
+      f"out_dir={str(out_dir)!r} is in use by another run (process {holder}); wait for it to "
+      "end or choose another out_dir"
+    ) from None
+  handle.seek(0)
+  handle.truncate()
+  handle.write(str(os.getpid()))
+  handle.flush()
+  return handle
 
-  A new run needs an absent or empty folder; ``overwrite`` deletes the run files of whatever
-  is there (other files are left). ``resume`` needs the folder's ``config.json`` to equal
-  ``config`` in every field but :data:`RESUMABLE_FIELDS`. The folder is then created and
-  checked for writing. Raises ``RunFolderError`` naming the cause and the fix."""
+
+def claim(
+  out_dir: pathlib.Path, config: dict, *, resume: bool, overwrite: bool
+) -> contextlib.closing:
+  """Claim ``out_dir`` for this run, before anything is built or written.
+
+  The folder is locked first (:data:`LOCK_FILE`), so of two processes that start in one folder
+  at once the second is refused; the lock is held until the returned object is closed (or the
+  process ends). Then: a new run needs an absent or empty folder; ``overwrite`` deletes the
+  run files of whatever is there (other files are left). ``resume`` needs the folder's
+  ``config.json`` to equal ``config`` in every field but :data:`RESUMABLE_FIELDS`. Raises
+  ``RunFolderError`` naming the cause and the fix (the lock released).
+
+  Returns:
+    The held lock, as ``contextlib.closing``: ``close()`` releases it.
+  """
   if out_dir.exists() and not out_dir.is_dir():
     raise RunFolderError(f"out_dir={str(out_dir)!r} is a file, not a folder")
-  entries = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+  if resume and not (out_dir / CONFIG_FILE).is_file():
+    raise RunFolderError(f"--resume: {out_dir} holds no run ({CONFIG_FILE} is missing)")
+  lock = _lock(out_dir)
+  try:
+    _check_free(out_dir, config, resume=resume, overwrite=overwrite)
+  except BaseException:
+    lock.close()
+    raise
+  return contextlib.closing(lock)
+
+
+def _check_free(out_dir: pathlib.Path, config: dict, *, resume: bool, overwrite: bool) -> None:
+  """The checks of :func:`claim`, made while the folder is locked."""
+  entries = sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_FILE)
   if resume:
     if CONFIG_FILE not in entries:
       raise RunFolderError(f"--resume: {out_dir} holds no run ({CONFIG_FILE} is missing)")
@@ -101,7 +152,6 @@ def claim(out_dir: pathlib.Path, config: dict, *, resume: bool, overwrite: bool)
       "its run files"
     )
   try:
-    out_dir.mkdir(parents=True, exist_ok=True)
     probe = out_dir / ".write-check"
     probe.write_text("")
     probe.unlink()

@@ -248,9 +248,30 @@ def run(
   checkpoint from process 0 too)."""
   started = time.perf_counter()
   writer = jax.process_index() == 0
-  out_dir = pathlib.Path(config.out_dir)
+  out_dir = output_folder(config)
+  claimed = contextlib.nullcontext()
   if writer:
-    run_folder.claim(out_dir, config.to_dict(), resume=resume, overwrite=overwrite)
+    claimed = run_folder.claim(out_dir, config.to_dict(), resume=resume, overwrite=overwrite)
+  with claimed:
+    rows, state = _run_claimed(config, out_dir, resume, progress, data)
+  if writer:
+    plot_accuracy(
+      rows,
+      out_dir / run_folder.PLOT_FILE,
+      f"{config.algorithm.name} / {config.model.name} / {config.data.source} "
+      f"{config.data.partition}",
+    )
+  return RunResult(config, rows, state, out_dir, time.perf_counter() - started)
+
+
+def output_folder(config: ExperimentConfig) -> pathlib.Path:
+  """``config.out_dir`` as a path, ``~`` expanded (a quoted ``~/runs`` reaches us unexpanded)."""
+  return pathlib.Path(config.out_dir).expanduser()
+
+
+def _run_claimed(config, out_dir, resume, progress, data):
+  """``run`` in a claimed ``out_dir``: build, restore, train; returns ``(rows, state)``."""
+  writer = jax.process_index() == 0
   experiment = build_experiment(config, data)
   init_key, rounds_key = jax.random.split(jax.random.key(config.seed))
   state = experiment.algorithm.init(init_key)
@@ -276,14 +297,7 @@ def run(
     if manager is not None:
       manager.wait_until_finished()
       manager.close()
-  if writer:
-    plot_accuracy(
-      rows,
-      out_dir / run_folder.PLOT_FILE,
-      f"{config.algorithm.name} / {config.model.name} / {config.data.source} "
-      f"{config.data.partition}",
-    )
-  return RunResult(config, rows, state, out_dir, time.perf_counter() - started)
+  return rows, state
 
 
 def _train(config, experiment, state, rows, start_round, rounds_key, manager, progress):
@@ -305,7 +319,7 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
   if mesh is not None:
     state = replicate(state, mesh)
   writer = jax.process_index() == 0
-  out_dir = pathlib.Path(config.out_dir)
+  out_dir = output_folder(config)
   terminal = progress and sys.stderr.isatty()
   bar = tqdm(
     range(start_round, config.rounds),

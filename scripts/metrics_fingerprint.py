@@ -1,4 +1,5 @@
-"""Metrics of short runs of FedAvg, SCAFFOLD, FedMR, pFedLIA and FedSND, as JSON: the recorded
+"""Metrics of short runs of FedAvg (plain, under central and local DP), FedProx (median
+aggregation under attack), SCAFFOLD, FedMR, pFedLIA and FedSND, as JSON: the recorded
 check that a refactor leaves results unchanged. Run it before and after, then compare:
 
   python scripts/metrics_fingerprint.py > before.json   # on the old commit
@@ -40,6 +41,24 @@ RUNS = {
     "algorithm.name=scaffold",
     "execution.strategy=chunked",
     "execution.chunk_size=3",
+  ],
+  "fedavg_dp": [
+    "algorithm.name=fedavg",
+    "algorithm.weighting=uniform",
+    "aggregation.clip_norm=1.0",
+    "privacy.noise_multiplier=0.5",
+  ],
+  "fedavg_local_dp": [
+    "algorithm.name=fedavg",
+    "aggregation.clip_norm=1.0",
+    "privacy.local_noise_multiplier=0.05",
+  ],
+  "fedprox_median_attacked": [
+    "algorithm.name=fedprox",
+    "aggregation.rule=median",
+    "attack.kind=sign_flip",
+    "attack.fraction=0.25",
+    "attack.strength=2",
   ],
   "fedsnd": [
     "algorithm.name=fedsnd",

@@ -369,4 +369,5 @@ def adaptive_pruning(
 ENTRY = AlgorithmEntry(
   lambda setup, options, config: adaptive_pruning(setup, options, config.algorithm.weighting),
   options=AdaptivePruningConfig,
+  aggregated_uploads=True,
 )

@@ -288,6 +288,12 @@ class AlgorithmEntry:
   ``any_cohort_size``: the method keeps no per-client state and reduces the cohort only
   through ``setup.aggregator``, so cohorts of any size, padded with empty clients, are exact
   (``cohort_sampling=poisson``).
+  ``aggregated_uploads``: every message a client sends the server in a round is reduced only
+  by one call of ``setup.aggregator`` over the cohort (``cohort_aggregate`` or
+  ``aggregate_models``), and nothing else of the client's reaches the server. Only then do
+  central and local DP, update clipping, robust rules, secure aggregation and model-poisoning
+  attacks act on all a client sends, so config validation refuses them for a method without it
+  (the safe default: a new method is refused until it declares this).
   """
 
   build: Callable[[ClientSetup, Any, Any], Algorithm]
@@ -295,3 +301,4 @@ class AlgorithmEntry:
   every_client_each_round: bool = False
   pooled: bool = False
   any_cohort_size: bool = False
+  aggregated_uploads: bool = False

@@ -154,16 +154,22 @@ def _build(setup: ClientSetup, config, prox_mu: float = 0.0) -> Algorithm:
   )
 
 
-FEDAVG = AlgorithmEntry(lambda setup, options, config: _build(setup, config), any_cohort_size=True)
+FEDAVG = AlgorithmEntry(
+  lambda setup, options, config: _build(setup, config),
+  any_cohort_size=True,
+  aggregated_uploads=True,
+)
 FEDPROX = AlgorithmEntry(
   lambda setup, options, config: _build(setup, config, options.mu),
   FedProxConfig,
   any_cohort_size=True,
+  aggregated_uploads=True,
 )
 FEDOPT = AlgorithmEntry(
   lambda setup, options, config: _build(setup, config, options.prox_mu),
   FedOptConfig,
   any_cohort_size=True,
+  aggregated_uploads=True,
 )
 # Centralized training: FedAvg on one client holding all the training data.
-CENTRALIZED = AlgorithmEntry(FEDAVG.build, pooled=True)
+CENTRALIZED = AlgorithmEntry(FEDAVG.build, pooled=True, aggregated_uploads=True)

@@ -130,4 +130,5 @@ def moon(setup: ClientSetup, options: MOONConfig, *, weighting: str = "num_examp
 ENTRY = AlgorithmEntry(
   lambda setup, options, config: moon(setup, options, weighting=config.algorithm.weighting),
   MOONConfig,
+  aggregated_uploads=True,
 )

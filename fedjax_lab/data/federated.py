@@ -34,6 +34,25 @@ def _pad_clients(
   return padded
 
 
+def _check_rows(where: str, x, y, real: np.ndarray, num_classes: int) -> None:
+  """``ValueError`` at the first real row (``real [clients, rows]``) whose labels fall outside
+  ``[0, num_classes)`` or whose inputs are not finite; ``where.format(client, row)`` names it."""
+  per_row = lambda values: values.reshape(values.shape[:2] + (-1,)).all(axis=2)
+  labels_ok = per_row((y >= 0) & (y < num_classes))
+  bad = np.argwhere(real & ~labels_ok)
+  if bad.size:
+    client, row = bad[0]
+    labels = np.asarray(y[client, row]).ravel()
+    label = labels[(labels < 0) | (labels >= num_classes)][0]
+    raise ValueError(
+      f"data: {where.format(client, row)} has label {label}, outside [0, {num_classes})"
+    )
+  if np.issubdtype(x.dtype, np.inexact):
+    bad = np.argwhere(real & ~per_row(np.isfinite(x)))
+    if bad.size:
+      raise ValueError(f"data: {where.format(*bad[0])} holds NaN or infinite inputs")
+
+
 @dataclasses.dataclass(frozen=True)
 class FederatedData:
   """A federation: padded per-client splits, plus the source's pooled global test set."""
@@ -82,6 +101,38 @@ class FederatedData:
     train, test = partition.train_test_split(clients, test_fraction, seed)
     names = tuple(dataset.group_names[dataset.train_groups[indices[0]]] for indices in clients)
     return dataclasses.replace(cls.from_indices(dataset, train, test), client_paths=names)
+
+  def validate(self) -> None:
+    """Check the federation at the boundary, before anything is compiled: each split's arrays
+    agree in shape, its counts lie in ``[0, padded axis]``, and every real row holds labels in
+    ``[0, num_classes)`` and finite inputs (padding rows may hold anything: every consumer
+    selects them away). Raises ``ValueError`` naming the first offending client and row."""
+    splits = [
+      ("train", self.train_x, self.train_y, np.asarray(self.train_num_examples)),
+      ("test", self.test_x, self.test_y, np.asarray(self.test_num_examples)),
+    ]
+    for split, x, y, counts in splits:
+      if x.ndim < 2 or y.shape[:2] != x.shape[:2] or counts.shape != (x.shape[0],):
+        raise ValueError(
+          f"data: {split}_x {x.shape}, {split}_y {y.shape} and {split}_num_examples "
+          f"{counts.shape} must share [num_clients, max_examples] (and [num_clients])"
+        )
+      outside = np.flatnonzero((counts < 0) | (counts > x.shape[1]))
+      if outside.size:
+        client = outside[0]
+        raise ValueError(
+          f"data: {split}_num_examples[{client}] = {counts[client]} is outside [0, "
+          f"{x.shape[1]}] (the padded axis of {split}_x)"
+        )
+      real = np.arange(x.shape[1])[None] < counts[:, None]
+      _check_rows(f"client {{}}'s {split} example {{}}", x, y, real, self.num_classes)
+    global_x, global_y = self.global_test_x[None], self.global_test_y[None]
+    everywhere = np.ones(global_y.shape[:2], bool)
+    _check_rows("global test example {1}", global_x, global_y, everywhere, self.num_classes)
+    if self.train_y.shape[0] != self.test_y.shape[0]:
+      raise ValueError(
+        f"data: {self.train_y.shape[0]} clients in train_x but {self.test_y.shape[0]} in test_x"
+      )
 
   @property
   def num_clients(self) -> int:

@@ -9,18 +9,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedjax_lab.ops.losses import per_example_correct, per_example_cross_entropy
+from fedjax_lab.ops.losses import inert_padding, per_example_correct, per_example_cross_entropy
 
 
 def _masked_sums(apply_fn, params, x, y, mask):
-  """(correct, loss, count) summed over the real examples of one padded batch."""
+  """(correct, loss, count) summed over the real examples of one padded batch (padding rows
+  selected away: ``ops.losses.inert_padding``)."""
+  x, y = inert_padding(x, mask), inert_padding(y, mask)
   logits = apply_fn(params, x)
-  mask = mask.astype(jnp.float32)
+  real = lambda values: jnp.where(mask, values, 0.0).sum()
   return jnp.stack(
     [
-      (per_example_correct(logits, y) * mask).sum(),
-      (per_example_cross_entropy(logits, y) * mask).sum(),
-      mask.sum(),
+      real(per_example_correct(logits, y)),
+      real(per_example_cross_entropy(logits, y)),
+      mask.astype(jnp.float32).sum(),
     ]
   )
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedjax_lab.ops.losses import masked_mean, per_example_cross_entropy
+from fedjax_lab.ops.losses import inert_padding, masked_mean, per_example_cross_entropy
 
 # objective(params, batch_x, batch_y, batch_mask, context) -> scalar loss; a stochastic one
 # (make_local_trainer(stochastic=True)) takes a sixth argument, the step's own key.
@@ -145,7 +145,8 @@ def make_local_trainer(
       params, opt_state, loss_sum = carry
       indices, mask = batch_indices(orders, num_examples, step_index, schedule)
       step_key = (jax.random.fold_in(step_keys, step_index),) if stochastic else ()
-      loss, grads = grad_fn(params, x[indices], y[indices], mask, context, *step_key)
+      batch_x, batch_y = inert_padding(x[indices], mask), inert_padding(y[indices], mask)
+      loss, grads = grad_fn(params, batch_x, batch_y, mask, context, *step_key)
       updates, opt_state = optimizer.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state, loss_sum + loss
 

@@ -8,9 +8,17 @@ import optax
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
-  """sum(mask * values) / max(sum(mask), 1) over the batch axis (``values`` ``[batch]``)."""
-  mask = mask.astype(values.dtype)
-  return (values * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+  """``sum_{mask} values / max(|mask|, 1)`` over the batch axis (``values`` ``[batch]``).
+  Masked-out entries are selected away, not multiplied by 0, so a NaN there cannot leak."""
+  total = jnp.where(mask, values, jnp.zeros_like(values)).sum()
+  return total / jnp.maximum(mask.astype(values.dtype).sum(), 1.0)
+
+
+def inert_padding(rows: jax.Array, mask: jax.Array) -> jax.Array:
+  """``rows`` ``[batch, ...]`` with the rows where ``mask`` is False replaced by zeros: padding
+  rows (whatever they hold, NaN included) then add nothing to a loss or its gradient."""
+  keep = mask.reshape(mask.shape + (1,) * (rows.ndim - 1))
+  return jnp.where(keep, rows, jnp.zeros_like(rows))
 
 
 def per_example_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
