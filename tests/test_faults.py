@@ -346,3 +346,56 @@ def test_shards_name_both_fields_and_help_names_a_config_that_exists(capsys):
     main(["--help"])
   example = next(w for w in capsys.readouterr().out.split() if w.endswith(".json"))
   assert (ROOT / example).exists()
+
+
+def test_two_processes_on_one_out_dir_cannot_mix(tmp_path):
+  """Two runs of different learning rates started 0.3 s apart in one empty folder: the folder
+  is locked by the first to claim it, the other is refused in one line, and what is left is
+  one run's config, metrics and checkpoints (which ``--resume`` continues as that run)."""
+  out_dir = tmp_path / "shared"
+  common = [*BASE, "rounds=8", "checkpoint_every=2", f"out_dir={out_dir}", "--no-progress"]
+  command = [sys.executable, "-m", "fedjax_lab.cli"]
+  rates = ("0.05", "0.02")
+  processes = []
+  for rate in rates:
+    processes.append(
+      subprocess.Popen(
+        [*command, *common, f"local.learning_rate={rate}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+    )
+    time.sleep(0.3)
+  outputs = [p.communicate(timeout=300) for p in processes]
+  codes = [p.returncode for p in processes]
+  assert sorted(codes) == [0, 2], outputs
+  winner, loser = (0, 1) if codes[0] == 0 else (1, 0)
+  refusal = outputs[loser][1].strip()
+  assert len(refusal.splitlines()) == 1, refusal
+  assert "in use by another run" in refusal or "holds another experiment" in refusal, refusal
+  stored = json.loads((out_dir / run_folder.CONFIG_FILE).read_text())
+  assert stored["local"]["learning_rate"] == float(rates[winner])
+  alone = run(_config(tmp_path / "alone", "rounds=8", f"local.learning_rate={rates[winner]}"))
+  assert _comparable(run_folder.read_metrics(out_dir)) == _comparable(alone.metrics)
+
+
+def test_a_claimed_out_dir_is_released_on_every_exit_path(tmp_path):
+  """The lock lives as long as the run: a refused, failed or finished run leaves the folder
+  free for the next one in the same process."""
+  config = _config(tmp_path, "rounds=2")
+  with run_folder.claim(tmp_path, config.to_dict(), resume=False, overwrite=False):
+    with pytest.raises(RunFolderError, match="in use by another run"):
+      run_folder.claim(tmp_path, config.to_dict(), resume=False, overwrite=False).close()
+  run(config, progress=False)
+  with pytest.raises(RunFolderError, match="--resume continues it"):
+    run(config, progress=False)
+  run(dataclasses.replace(config, rounds=3), resume=True, progress=False)
+
+
+def test_a_tilde_out_dir_is_the_home_folder(tmp_path, monkeypatch):
+  monkeypatch.setenv("HOME", str(tmp_path))
+  monkeypatch.chdir(tmp_path)
+  result = run(_config(tmp_path, "rounds=1", "out_dir=~/runs/a"), progress=False)
+  assert result.out_dir == tmp_path / "runs" / "a" and (result.out_dir / "config.json").is_file()
+  assert not (tmp_path / "~").exists()

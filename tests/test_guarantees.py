@@ -9,8 +9,8 @@ epsilon only where noise was applied."""
 from __future__ import annotations
 
 import functools
-import re
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -59,7 +59,7 @@ def _config(name: str, setting: str, tmp_path):
   return load_config(None, overrides + SETTINGS[setting])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _outcome(name: str, setting: str, folder: str):
   """``(leaves of the final state, last metrics row)`` of a tiny run (computed once), or None
   when the config is refused (in one line)."""
