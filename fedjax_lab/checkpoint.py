@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import pathlib
+import shutil
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 
+# Room kept free beyond a checkpoint's array bytes (orbax's metadata and index files).
+FREE_SPACE_MARGIN = 1 << 20
+
+
 class CheckpointError(RuntimeError):
-  """No checkpoint of the run can be restored."""
+  """No checkpoint of the run can be restored, or one cannot be written."""
 
 
 def manager(directory: pathlib.Path, max_to_keep: int = 2) -> ocp.CheckpointManager:
@@ -22,13 +27,40 @@ def manager(directory: pathlib.Path, max_to_keep: int = 2) -> ocp.CheckpointMana
 
 
 def save(checkpoints: ocp.CheckpointManager, round_count: int, state, rounds_key) -> None:
-  """Save after ``round_count`` completed rounds (asynchronously: ``wait_until_finished``)."""
+  """Save after ``round_count`` completed rounds (asynchronously: ``finish``). A disk without
+  room for it (its arrays' bytes plus ``FREE_SPACE_MARGIN``) is a ``CheckpointError`` before
+  orbax starts writing: a write that fails midway spills hundreds of lines of tracebacks
+  from orbax's threads."""
+  need = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(state)) + FREE_SPACE_MARGIN
+  directory = pathlib.Path(checkpoints.directory)
+  free = shutil.disk_usage(directory if directory.exists() else directory.parent).free
+  if free < need:
+    raise CheckpointError(
+      f"no room for the checkpoint of round {round_count} in {directory}: "
+      f"{free / 2**20:.1f} MiB free, it needs about {need / 2**20:.1f} MiB (free some space, "
+      "or checkpoint_every=0)"
+    )
   item = {
     "state": state,
     "rng": np.asarray(jax.random.key_data(rounds_key)),  # host value: any process count
     "round": np.asarray(round_count, np.int64),
   }
   checkpoints.save(round_count, args=ocp.args.StandardSave(item))
+
+
+def finish(checkpoints: ocp.CheckpointManager) -> None:
+  """Wait for the checkpoints being written, then close the manager. A write that failed for
+  lack of space is a one-line ``CheckpointError`` naming the folder."""
+  try:
+    checkpoints.wait_until_finished()
+  except Exception as error:
+    if "No space left on device" not in str(error):
+      raise
+    raise CheckpointError(
+      f"a checkpoint in {checkpoints.directory} could not be written: no space left on device"
+    ) from None
+  finally:
+    checkpoints.close()
 
 
 def _reason(error: Exception) -> str:

@@ -295,8 +295,7 @@ def _run_claimed(config, out_dir, resume, progress, data):
     )
   finally:
     if manager is not None:
-      manager.wait_until_finished()
-      manager.close()
+      checkpoint.finish(manager)
   return rows, state
 
 

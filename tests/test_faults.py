@@ -337,6 +337,54 @@ def test_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
   assert err == f"fedjax-lab: {tmp_path / 'config.json'}: No space left on device"
 
 
+def _small_filesystem(path: pathlib.Path, size: str):
+  """A real tmpfs of ``size`` mounted at ``path`` (None where this machine does not allow it)."""
+  path.mkdir()
+  mounted = subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+  )
+  return path if mounted.returncode == 0 else None
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_naming_the_folder(tmp_path, capsys):
+  """A real 300 KiB filesystem when this machine lets the test mount one (the run's config
+  and metrics fit, its 2.5 MB SCAFFOLD checkpoint does not); the check runs in any case on a
+  disk reported full to the checkpoint module alone (below)."""
+  small = _small_filesystem(tmp_path / "small", "300k")
+  if small is None:
+    pytest.skip("mounting a tmpfs is not permitted here; the disk_usage case below still runs")
+  try:
+    code = main(BASE + ["rounds=3", "checkpoint_every=2", "--no-progress", f"out_dir={small}/r"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(
+      f"fedjax-lab: CheckpointError: no room for the checkpoint of round 2 in {small}/r/checkpoints"
+    )
+    assert [r["round"] for r in run_folder.read_metrics(small / "r")] == [1, 2]
+  finally:
+    subprocess.run(["umount", str(small)], check=False)
+
+
+def test_a_checkpoint_that_would_not_fit_is_refused_before_orbax_writes(
+  tmp_path, monkeypatch, capsys
+):
+  """The checkpoint module's own free-space check (the metrics writer is left alone): round 2's
+  metrics are kept, no half-written checkpoint folder is left, one line names the folder."""
+  real = shutil.disk_usage
+
+  def nearly_full(path):
+    usage = real(path)
+    return usage._replace(free=100_000) if "checkpoints" in str(path) else usage
+
+  monkeypatch.setattr(checkpoint.shutil, "disk_usage", nearly_full)
+  code = main(BASE + ["rounds=3", "checkpoint_every=2", "--no-progress", f"out_dir={tmp_path}"])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and len(err.splitlines()) == 1, err
+  assert f"no room for the checkpoint of round 2 in {tmp_path / 'checkpoints'}: 0.1 MiB" in err
+  assert [r["round"] for r in run_folder.read_metrics(tmp_path)] == [1, 2]
+  assert not list((tmp_path / "checkpoints").iterdir())
+
+
 def test_shards_name_both_fields_and_help_names_a_config_that_exists(capsys):
   from fedjax_lab.data import partition
 
