@@ -190,6 +190,15 @@ def build_experiment(config: ExperimentConfig, data: FederatedData | None = None
     )
   data = data if data is not None else build_federation(config.data)
   data.validate()
+  if MODELS.get(config.model.name).reads_tokens and not np.issubdtype(
+    data.train_x.dtype, np.integer
+  ):
+    readers = [n for n in MODELS.names() if not MODELS.get(n).reads_tokens]
+    raise ValueError(
+      f"model.name must read {data.train_x.dtype} features of shape {data.train_x.shape[2:]} "
+      f"(one of {', '.join(readers)}) for data.source={config.data.source}, got "
+      f"{config.model.name!r}, which reads integer tokens"
+    )
   if config.attack.kind == "label_flip" and config.attack.fraction > 0:
     attackers = poisoning.malicious_clients(data.num_clients, config.attack.fraction, config.seed)
     data = poisoning.flip_labels(data, attackers)

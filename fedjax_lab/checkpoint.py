@@ -9,7 +9,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-
 # Room kept free beyond a checkpoint's array bytes (orbax's metadata and index files).
 FREE_SPACE_MARGIN = 1 << 20
 

@@ -86,9 +86,16 @@ def _expected_failures() -> tuple[type[BaseException], ...]:
   )
 
 
-def _describe(error: BaseException) -> str:
+def _describe(error: BaseException, args: argparse.Namespace) -> str:
+  from fedjax_lab.runner import RunInterrupted
+
   if isinstance(error, KeyboardInterrupt):
-    return "interrupted (checkpoints already written are kept; --resume continues)"
+    kept = getattr(args, "checkpoints", None)
+    if kept is not None and kept.is_dir() and any(kept.iterdir()):
+      return "interrupted (checkpoints already written are kept; --resume continues)"
+    return "interrupted before any checkpoint was written (nothing to resume)"
+  if isinstance(error, RunInterrupted):
+    return f"RunInterrupted: {error.describe(args.plugin)}"
   if isinstance(error, OSError) and error.strerror:
     where = f"{error.filename}: " if error.filename else ""
     return f"{where}{error.strerror}"
@@ -101,6 +108,10 @@ def _main(args: argparse.Namespace) -> int:
   from fedjax_lab.config import load_config
 
   config = load_config(args.config, args.overrides)
+  config = _resume_where_named(config, args)
+  from fedjax_lab import run_folder
+
+  args.checkpoints = pathlib.Path(config.out_dir).expanduser() / run_folder.CHECKPOINT_DIR
   if args.print_config:
     import dataclasses
 
@@ -118,6 +129,23 @@ def _main(args: argparse.Namespace) -> int:
   return 0
 
 
+def _resume_where_named(config, args: argparse.Namespace):
+  """``--resume --config DIR/config.json`` of a run folder continues ``DIR`` (a copied or
+  moved run folder keeps the ``out_dir`` it was started with), unless ``out_dir=`` is given."""
+  import dataclasses
+
+  from fedjax_lab import run_folder
+
+  if not (args.resume and args.config) or any(o.startswith("out_dir=") for o in args.overrides):
+    return config
+  folder = pathlib.Path(args.config).parent
+  if pathlib.Path(args.config).name != run_folder.CONFIG_FILE:
+    return config
+  if not run_folder.holds_run_output(folder):
+    return config
+  return dataclasses.replace(config, out_dir=str(folder))
+
+
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_intermixed_args(argv)
   try:
@@ -125,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
   except BaseException as error:
     if args.debug or not isinstance(error, _expected_failures()):
       raise
-    print(f"fedjax-lab: {_describe(error)}", file=sys.stderr)
+    print(f"fedjax-lab: {_describe(error, args)}", file=sys.stderr)
     return 2
 
 

@@ -32,6 +32,8 @@ LOCK_FILE = ".fedjax-lab.lock"
 # Fields a resumed run may change: when it stops, how often it reports, where it runs. The
 # execution fields keep the same mathematics; a different strategy may round differently.
 RESUMABLE_FIELDS = ("rounds", "eval_every", "checkpoint_every", "out_dir", "execution.")
+# ... except these, which change the mathematics (bfloat16 moves the loss by percents).
+MATHEMATICAL_FIELDS = ("execution.compute_dtype",)
 
 
 class RunFolderError(RuntimeError):
@@ -55,8 +57,15 @@ def config_differences(stored: dict, current: dict) -> list[str]:
   return [
     f"{field}: {old.get(field, '(absent)')!r} -> {new.get(field, '(absent)')!r}"
     for field in sorted(set(old) | set(new))
-    if old.get(field) != new.get(field) and not field.startswith(RESUMABLE_FIELDS)
+    if old.get(field) != new.get(field)
+    and (field in MATHEMATICAL_FIELDS or not field.startswith(RESUMABLE_FIELDS))
   ]
+
+
+def holds_run_output(out_dir: pathlib.Path) -> bool:
+  """Whether a run has claimed ``out_dir`` (its lock file) or written results there (metrics,
+  checkpoints): then its ``config.json`` is the run's, not a config file of the user's."""
+  return any((out_dir / name).exists() for name in (LOCK_FILE, METRICS_FILE, CHECKPOINT_DIR))
 
 
 def stored_config(out_dir: pathlib.Path) -> dict:
@@ -114,17 +123,29 @@ def claim(
     raise RunFolderError(f"out_dir={str(out_dir)!r} is a file, not a folder")
   if resume and not (out_dir / CONFIG_FILE).is_file():
     raise RunFolderError(f"--resume: {out_dir} holds no run ({CONFIG_FILE} is missing)")
+  run_output = holds_run_output(out_dir)
+  if resume and not run_output:
+    raise RunFolderError(
+      f"--resume: {out_dir} holds a {CONFIG_FILE} but no run was started there (your config "
+      "file?); start the run without --resume in another out_dir"
+    )
+  first = not (out_dir / LOCK_FILE).exists()
   lock = _lock(out_dir)
   try:
-    _check_free(out_dir, config, resume=resume, overwrite=overwrite)
+    _check_free(out_dir, config, run_output, resume=resume, overwrite=overwrite)
   except BaseException:
+    if first:  # a refused run leaves no trace (its lock file would mark the folder as a run's)
+      (out_dir / LOCK_FILE).unlink(missing_ok=True)
     lock.close()
     raise
   return contextlib.closing(lock)
 
 
-def _check_free(out_dir: pathlib.Path, config: dict, *, resume: bool, overwrite: bool) -> None:
-  """The checks of :func:`claim`, made while the folder is locked."""
+def _check_free(
+  out_dir: pathlib.Path, config: dict, run_output: bool, *, resume: bool, overwrite: bool
+) -> None:
+  """The checks of :func:`claim`, made while the folder is locked; ``run_output``: a run had
+  claimed the folder before this one (``holds_run_output``)."""
   entries = sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_FILE)
   if resume:
     if CONFIG_FILE not in entries:
@@ -133,8 +154,14 @@ def _check_free(out_dir: pathlib.Path, config: dict, *, resume: bool, overwrite:
     if differences:
       raise RunFolderError(
         f"--resume: the config differs from the run in {out_dir} in {'; '.join(differences)}. "
-        "Only rounds, eval_every, checkpoint_every, out_dir and execution.* may change on resume"
+        "Only rounds, eval_every, checkpoint_every, out_dir and execution.* (not "
+        "execution.compute_dtype) may change on resume"
       )
+  elif entries and overwrite and CONFIG_FILE in entries and not run_output:
+    raise RunFolderError(
+      f"--overwrite: {out_dir} holds a {CONFIG_FILE} but no run output (your config file?); "
+      "it is not replaced: choose another out_dir"
+    )
   elif entries and overwrite:
     for name in RUN_FILES:
       path = out_dir / name
@@ -142,15 +169,17 @@ def _check_free(out_dir: pathlib.Path, config: dict, *, resume: bool, overwrite:
   elif entries:
     if CONFIG_FILE not in entries:
       what = f"files that are not a fedjax-lab run ({', '.join(entries[:3])})"
+    elif not run_output:
+      what = f"a {CONFIG_FILE} and no run output (your config file? it is never overwritten)"
     elif config_differences(stored_config(out_dir), config):
       changes = config_differences(stored_config(out_dir), config)
       what = f"another experiment (differs in {'; '.join(changes[:3])})"
     else:
       what = "this experiment already: --resume continues it"
-    raise RunFolderError(
-      f"out_dir={str(out_dir)!r} holds {what}; choose a new out_dir, or --overwrite to replace "
-      "its run files"
-    )
+    fix = "choose a new out_dir, or --overwrite to replace its run files"
+    if CONFIG_FILE in entries and not run_output:
+      fix = "choose another out_dir"
+    raise RunFolderError(f"out_dir={str(out_dir)!r} holds {what}; {fix}")
   try:
     probe = out_dir / ".write-check"
     probe.write_text("")
@@ -202,11 +231,12 @@ def read_metrics(out_dir: pathlib.Path) -> list[dict]:
   return rows
 
 
-def rounds_recorded(rows: list[dict]) -> int:
-  """How many rounds, 1, 2, ... in order, ``rows`` hold without a gap."""
-  count = 0
-  for row in rows:
-    if row.get("round") != count + 1:
-      break
-    count += 1
-  return count
+def check_rounds(out_dir: pathlib.Path, rows: list[dict]) -> None:
+  """``rows`` (of ``read_metrics``) must be rounds 1, 2, ... without a gap: a
+  ``RunFolderError`` naming the first line that breaks the sequence."""
+  for line, row in enumerate(rows, 1):
+    if row.get("round") != line:
+      raise RunFolderError(
+        f"{out_dir / METRICS_FILE}, line {line}, holds round {row.get('round')!r} where round "
+        f"{line} belongs (a row deleted or edited?); restore the file, or --overwrite"
+      )

@@ -38,7 +38,19 @@ class TrainingDivergedError(RuntimeError):
 
 
 class RunInterrupted(RuntimeError):
-  """SIGINT or SIGTERM stopped the run after a completed round, its checkpoint written."""
+  """SIGINT or SIGTERM stopped the run after a completed round, its checkpoint written.
+
+  ``reason``: what happened; ``arguments``: the ``fedjax-lab`` arguments that continue the run
+  (or start it over, when it kept no checkpoint), less the caller's ``--plugin`` files."""
+
+  def __init__(self, reason: str, arguments: list[str]):
+    self.reason, self.arguments = reason, arguments
+    super().__init__(self.describe())
+
+  def describe(self, plugins=()) -> str:
+    """The reason and the full command, with ``--plugin`` for each of ``plugins``."""
+    words = [word for plugin in plugins for word in ("--plugin", plugin)] + self.arguments
+    return f"{self.reason}: fedjax-lab {' '.join(words)}"
 
 
 @dataclasses.dataclass
@@ -272,6 +284,14 @@ def output_folder(config: ExperimentConfig) -> pathlib.Path:
 def _run_claimed(config, out_dir, resume, progress, data):
   """``run`` in a claimed ``out_dir``: build, restore, train; returns ``(rows, state)``."""
   writer = jax.process_index() == 0
+  recorded = run_folder.read_metrics(out_dir) if resume else []
+  if resume:
+    run_folder.check_rounds(out_dir, recorded)
+    if config.rounds < len(recorded):
+      raise run_folder.RunFolderError(
+        f"--resume: rounds={config.rounds} is below the {len(recorded)} rounds {out_dir} has "
+        "done; rounds may only grow (its config.json is left as it is)"
+      )
   experiment = build_experiment(config, data)
   init_key, rounds_key = jax.random.split(jax.random.key(config.seed))
   state = experiment.algorithm.init(init_key)
@@ -280,15 +300,17 @@ def _run_claimed(config, out_dir, resume, progress, data):
   try:
     start_round, rows = 0, []
     if resume:
-      rows = run_folder.read_metrics(out_dir)
       state, start_round, skipped = checkpoint.restore(
-        manager, state, rounds_key, at_most=run_folder.rounds_recorded(rows)
+        manager, state, rounds_key, at_most=len(recorded)
       )
-      rows = rows[:start_round]
+      rows = recorded[:start_round]
       for reason in skipped:
         _report(f"skipped checkpoint of {reason}")
-      _report(f"resuming {out_dir} from round {start_round}")
-    if writer:
+      if start_round == config.rounds:
+        _report(f"nothing to do: {out_dir} has done its {config.rounds} rounds")
+      else:
+        _report(f"resuming {out_dir} from round {start_round}")
+    if writer and start_round < config.rounds:
       run_folder.write_config(out_dir, config.to_dict())
     rows, state = _train(
       config, experiment, state, rows, start_round, rounds_key, manager, progress
@@ -345,7 +367,9 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
         cohort, round_key = shard_clients(cohort, mesh), replicate(round_key, mesh)
       state, round_metrics = round_fn(state, cohort, round_key)
       round_metrics = {name: float(value) for name, value in addressable(round_metrics).items()}
-      train_loss = round_metrics["train_loss"]
+      if poisson and len(ids) == 0:  # nobody trained: no loss to report (the weighted mean is 0)
+        del round_metrics["train_loss"]
+      train_loss = round_metrics.get("train_loss", 0.0)
       if not (math.isfinite(train_loss) and bool(addressable(_all_finite(state)))):
         last = max(manager.all_steps(), default=None) if manager else None
         if math.isfinite(train_loss):
@@ -405,11 +429,13 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
       if config.checkpoint_every and (due or last_round or stop):
         checkpoint.save(manager, round_index + 1, state, rounds_key)
       if stop and round_index + 1 < config.rounds:
-        saved = (
-          "checkpoint saved" if config.checkpoint_every else "no checkpoint (checkpoint_every=0)"
-        )
+        stopped = f"{stop[0]}: stopped after round {round_index + 1} of {config.rounds}"
+        stored = ["--config", str(out_dir / run_folder.CONFIG_FILE)]
+        if config.checkpoint_every:
+          raise RunInterrupted(f"{stopped}, checkpoint saved; continue with", stored + ["--resume"])
         raise RunInterrupted(
-          f"{stop[0]}: stopped after round {round_index + 1} of {config.rounds}, {saved}; "
-          f"continue with: fedjax-lab --config {out_dir / run_folder.CONFIG_FILE} --resume"
+          f"{stopped}, no checkpoint (checkpoint_every=0), so it cannot be resumed; start it "
+          "over with",
+          stored + ["--overwrite"],
         )
   return rows, state

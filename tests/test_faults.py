@@ -447,3 +447,108 @@ def test_a_tilde_out_dir_is_the_home_folder(tmp_path, monkeypatch):
   result = run(_config(tmp_path, "rounds=1", "out_dir=~/runs/a"), progress=False)
   assert result.out_dir == tmp_path / "runs" / "a" and (result.out_dir / "config.json").is_file()
   assert not (tmp_path / "~").exists()
+
+
+def test_resume_below_or_at_the_rounds_done_leaves_the_folder_as_it_is(tmp_path, capsys):
+  run(_config(tmp_path, "rounds=4"), progress=False)
+  stored = (tmp_path / "config.json").read_text()
+  with pytest.raises(RunFolderError, match="rounds=2 is below the 4 rounds"):
+    run(_config(tmp_path, "rounds=2"), resume=True, progress=False)
+  capsys.readouterr()
+  done = run(_config(tmp_path, "rounds=4", "eval_every=1"), resume=True, progress=False)
+  assert "nothing to do" in capsys.readouterr().err and len(done.metrics) == 4
+  assert (tmp_path / "config.json").read_text() == stored
+
+
+def test_compute_dtype_is_part_of_the_mathematics_on_resume(tmp_path):
+  run(_config(tmp_path, "rounds=2"), progress=False)
+  with pytest.raises(RunFolderError, match="execution.compute_dtype: 'float32' -> 'bfloat16'"):
+    run(_config(tmp_path, "rounds=4", "execution.compute_dtype=bfloat16"), resume=True)
+  run(_config(tmp_path, "rounds=3", "execution.strategy=vmap"), resume=True, progress=False)
+
+
+def test_a_hand_written_config_in_its_out_dir_is_never_overwritten(tmp_path, capsys):
+  mine = tmp_path / "config.json"
+  text = json.dumps({"rounds": 2, "out_dir": str(tmp_path), "data": {"source": "digits"}})
+  mine.write_text(text)
+  for extra in ([], ["--resume"], ["--overwrite"]):
+    assert main(["--config", str(mine), "--no-progress", *extra]) == 2, extra
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "your config file" in err, (extra, err)
+    assert "--resume continues" not in err
+  assert mine.read_text() == text and sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+def test_a_copied_run_folder_resumes_where_it_is(tmp_path):
+  original, copy = tmp_path / "original", tmp_path / "copy"
+  run(_config(original, "rounds=4"), progress=False)
+  shutil.copytree(original, copy)
+  config = str(copy / "config.json")
+  assert main(["--config", config, "rounds=6", "--resume", "--no-progress"]) == 0
+  assert len(run_folder.read_metrics(copy)) == 6 and len(run_folder.read_metrics(original)) == 4
+
+
+def test_interrupt_messages_give_the_command_that_works(tmp_path):
+  """With ``--plugin``, the resume command names the plugin; without a checkpoint, it starts
+  over instead of resuming; Ctrl-C before any checkpoint does not advise ``--resume``."""
+  import argparse
+
+  from fedjax_lab.cli import _describe
+  from fedjax_lab.runner import RunInterrupted
+
+  stopped = RunInterrupted(
+    "SIGINT: stopped after round 3 of 9, checkpoint saved; continue with",
+    ["--config", "r/config.json", "--resume"],
+  )
+  args = argparse.Namespace(plugin=["my_method.py"], checkpoints=tmp_path / "checkpoints")
+  assert _describe(stopped, args) == (
+    "RunInterrupted: SIGINT: stopped after round 3 of 9, checkpoint saved; continue with: "
+    "fedjax-lab --plugin my_method.py --config r/config.json --resume"
+  )
+  assert "nothing to resume" in _describe(KeyboardInterrupt(), args)
+  (tmp_path / "checkpoints" / "3").mkdir(parents=True)
+  assert "--resume continues" in _describe(KeyboardInterrupt(), args)
+  out = tmp_path / "run"
+  process = _cli(out, "rounds=100000", "checkpoint_every=0")
+  _wait_for_rows(out, 2, process)
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 2
+  [line] = stderr.strip().splitlines()
+  assert "no checkpoint (checkpoint_every=0), so it cannot be resumed" in line
+  assert line.endswith(f"fedjax-lab --config {out / 'config.json'} --overwrite"), line
+
+
+def test_a_deleted_metrics_row_is_named(tmp_path):
+  run(_config(tmp_path, "rounds=4"), progress=False)
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines(keepends=True)
+  (tmp_path / "metrics.jsonl").write_text("".join(lines[:1] + lines[2:]))
+  with pytest.raises(RunFolderError, match="metrics.jsonl, line 2, holds round 3 where round 2"):
+    run(_config(tmp_path, "rounds=6"), resume=True, progress=False)
+
+
+def test_empty_poisson_cohorts_report_no_training_loss(tmp_path):
+  from fedjax_lab.runner import cohort_ids
+
+  empty = [r for r in range(6) if len(cohort_ids(3, r, 10, 1, "poisson")) == 0]
+  assert empty and len(empty) < 6
+  rows = run(
+    _config(
+      tmp_path,
+      "rounds=6",
+      "cohort_size=1",
+      "cohort_sampling=poisson",
+      "algorithm.name=fedavg",
+      "algorithm.weighting=uniform",
+    ),
+    progress=False,
+  ).metrics
+  for row in rows:
+    assert ("train_loss" in row) == (row["cohort_clients"] > 0), row
+
+
+def test_a_sequence_model_on_images_is_named(tmp_path):
+  with pytest.raises(
+    ValueError, match="model.name must read float32 features of shape \\(8, 8, 1\\)"
+  ):
+    run(_config(tmp_path, "model.name=char_lstm", "rounds=1"), progress=False)

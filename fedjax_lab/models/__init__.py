@@ -98,10 +98,12 @@ class Model:
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
   """A registered model: ``module(num_classes) -> nn.Module``; ``has_conv`` tells the engine
-  it holds convolutions (execution defaults on CPU differ)."""
+  it holds convolutions (execution defaults on CPU differ); ``reads_tokens``: its inputs are
+  integer token ids (sequence models), checked against the data before anything compiles."""
 
   module: Callable[[int], nn.Module]
   has_conv: bool
+  reads_tokens: bool = False
 
 
 MODELS: Registry[ModelEntry] = Registry("model.name")
@@ -120,13 +122,14 @@ MODELS.register("vgg", ModelEntry(VGG, has_conv=True))
 MODELS.register(
   "vgg16", ModelEntry(lambda n: VGG(n, layout=VGG16_LAYOUT, classifier=(4096, 4096)), has_conv=True)
 )
-MODELS.register("char_lstm", ModelEntry(CharLSTM, has_conv=False))
-MODELS.register("transformer_lm", ModelEntry(TransformerLM, has_conv=False))
+MODELS.register("char_lstm", ModelEntry(CharLSTM, has_conv=False, reads_tokens=True))
+MODELS.register("transformer_lm", ModelEntry(TransformerLM, has_conv=False, reads_tokens=True))
 MODELS.register(  # WorldLM's paper scale, byte vocabulary: 86M and 384M parameters
   "transformer_lm_125m",
   ModelEntry(
     lambda n: TransformerLM(n, width=768, num_layers=12, num_heads=12, max_length=512),
     has_conv=False,
+    reads_tokens=True,
   ),
 )
 MODELS.register(
@@ -134,11 +137,16 @@ MODELS.register(
   ModelEntry(
     lambda n: TransformerLM(n, width=1152, num_layers=24, num_heads=18, max_length=512),
     has_conv=False,
+    reads_tokens=True,
   ),
 )
 MODELS.register(
   "byte_lm",  # the CPU-scale WorldLM model: 46k parameters, byte windows up to 128
-  ModelEntry(lambda n: TransformerLM(n, width=32, num_heads=2, max_length=128), has_conv=False),
+  ModelEntry(
+    lambda n: TransformerLM(n, width=32, num_heads=2, max_length=128),
+    has_conv=False,
+    reads_tokens=True,
+  ),
 )
 CONV_IMPLEMENTATIONS = ("xla",) + tuple(CONVOLUTIONS)
 INITIALIZATIONS = ("flax", "torch")
