@@ -221,14 +221,15 @@ BASE = [
   "algorithm,aggregation",
   [
     ("fedavg", AggregationConfig("median")),
-    ("scaffold", AggregationConfig("mean", clip_norm=5.0)),
-    ("fedmr", AggregationConfig("median", clip_norm=50.0)),
+    ("moon", AggregationConfig("mean", clip_norm=5.0)),
+    ("fedprox", AggregationConfig("median", clip_norm=50.0)),
   ],
-  ids=["fedavg-median", "scaffold-clipped_mean", "fedmr-clipped_median"],
+  ids=["fedavg-median", "moon-clipped_mean", "fedprox-clipped_median"],
 )
 def test_any_registered_algorithm_runs_with_any_aggregator(tmp_path, algorithm, aggregation):
-  """No algorithm is edited to gain a rule: the config alone changes the aggregator, and the
-  run still learns (digits, 10 classes: chance is 0.1)."""
+  """No algorithm is edited to gain a rule: the config alone changes the aggregator of a
+  method whose uploads all pass through it (``aggregated_uploads``; the others are refused,
+  ``test_guarantees.py``), and the run still learns (digits, 10 classes: chance is 0.1)."""
   config = dataclasses.replace(
     load_config(None, BASE + [f"out_dir={tmp_path}"]),
     algorithm=AlgorithmConfig(algorithm),
