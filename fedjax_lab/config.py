@@ -10,7 +10,10 @@ import pathlib
 import typing
 from typing import Any
 
-import tomllib
+try:
+  import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as a package (pyproject.toml)
+  import tomli as tomllib
 
 from fedjax_lab.algorithms import ALGORITHMS
 from fedjax_lab.checks import one_of, require, typed_fields

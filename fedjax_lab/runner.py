@@ -370,33 +370,8 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
       if poisson and len(ids) == 0:  # nobody trained: no loss to report (the weighted mean is 0)
         del round_metrics["train_loss"]
       train_loss = round_metrics.get("train_loss", 0.0)
-      if not (math.isfinite(train_loss) and bool(addressable(_all_finite(state)))):
-        last = max(manager.all_steps(), default=None) if manager else None
-        if math.isfinite(train_loss):
-          what = "the state holds NaN or infinite values"
-        else:
-          what = f"training loss is {train_loss}"
-        kept = f"last good checkpoint: round {last}" if last else "no checkpoint was written yet"
-        raise TrainingDivergedError(
-          f"round {round_index + 1}: {what}; stopped without saving this state ({kept}). "
-          f"{_divergence_hint(config).capitalize()}"
-        )
-      if config.privacy.local_noise_multiplier > 0:  # one client, in every round so far
-        round_metrics["local_privacy_epsilon"] = accounting.epsilon(
-          round_index + 1, 1, 1, config.privacy.local_noise_multiplier, config.privacy.delta
-        )
-      if algorithm.privacy is not None:
-        round_metrics.update(algorithm.privacy(round_index + 1))
-      elif config.privacy.noise_multiplier > 0:
-        round_metrics["privacy_epsilon"] = accounting.epsilon(
-          round_index + 1,
-          experiment.cohort_size,
-          train_data.num_clients,
-          config.privacy.noise_multiplier,
-          config.privacy.delta,
-          config.privacy.accountant,
-          config.cohort_sampling,
-        )
+      _check_finite(config, manager, round_index, train_loss, state)
+      round_metrics.update(_privacy_spent(config, experiment, round_index + 1))
       row = {
         "round": round_index + 1,
         "computed_step_ratio": step_ratio,
@@ -422,20 +397,66 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
       rows.append(row)
       if writer:
         run_folder.write_metrics(out_dir, rows)
-      # Checkpoints every checkpoint_every rounds, after the last round (a finished run can be
-      # extended with a larger `rounds`) and when a signal asks the run to stop.
-      last_round = round_index + 1 == config.rounds
-      due = (round_index + 1) % config.checkpoint_every == 0 if config.checkpoint_every else False
-      if config.checkpoint_every and (due or last_round or stop):
-        checkpoint.save(manager, round_index + 1, state, rounds_key)
-      if stop and round_index + 1 < config.rounds:
-        stopped = f"{stop[0]}: stopped after round {round_index + 1} of {config.rounds}"
-        stored = ["--config", str(out_dir / run_folder.CONFIG_FILE)]
-        if config.checkpoint_every:
-          raise RunInterrupted(f"{stopped}, checkpoint saved; continue with", stored + ["--resume"])
-        raise RunInterrupted(
-          f"{stopped}, no checkpoint (checkpoint_every=0), so it cannot be resumed; start it "
-          "over with",
-          stored + ["--overwrite"],
-        )
+      _checkpoint_or_stop(config, manager, round_index + 1, state, rounds_key, stop)
   return rows, state
+
+
+def _check_finite(config, manager, round_index: int, train_loss: float, state) -> None:
+  """``TrainingDivergedError`` naming the round, the last good checkpoint and the step sizes
+  when the loss or any inexact leaf of the state is not finite (that state is never saved)."""
+  if math.isfinite(train_loss) and bool(addressable(_all_finite(state))):
+    return
+  last = max(manager.all_steps(), default=None) if manager else None
+  if math.isfinite(train_loss):
+    what = "the state holds NaN or infinite values"
+  else:
+    what = f"training loss is {train_loss}"
+  kept = f"last good checkpoint: round {last}" if last else "no checkpoint was written yet"
+  raise TrainingDivergedError(
+    f"round {round_index + 1}: {what}; stopped without saving this state ({kept}). "
+    f"{_divergence_hint(config).capitalize()}"
+  )
+
+
+def _privacy_spent(config, experiment, rounds: int) -> dict:
+  """The privacy metrics after ``rounds`` rounds: ``local_privacy_epsilon`` (one client in
+  every round, no amplification) under local DP; the method's own (``Algorithm.privacy``) or
+  ``privacy_epsilon`` of central DP for the run's sampling. Empty without noise."""
+  privacy, metrics = config.privacy, {}
+  if privacy.local_noise_multiplier > 0:
+    metrics["local_privacy_epsilon"] = accounting.epsilon(
+      rounds, 1, 1, privacy.local_noise_multiplier, privacy.delta
+    )
+  if experiment.algorithm.privacy is not None:
+    metrics.update(experiment.algorithm.privacy(rounds))
+  elif privacy.noise_multiplier > 0:
+    metrics["privacy_epsilon"] = accounting.epsilon(
+      rounds,
+      experiment.cohort_size,
+      experiment.train_data.num_clients,
+      privacy.noise_multiplier,
+      privacy.delta,
+      privacy.accountant,
+      config.cohort_sampling,
+    )
+  return metrics
+
+
+def _checkpoint_or_stop(config, manager, rounds_done: int, state, rounds_key, stop) -> None:
+  """Checkpoint every ``checkpoint_every`` rounds, after the last round (a finished run can be
+  extended with a larger ``rounds``) and when a signal asked the run to stop; then, on such a
+  signal, ``RunInterrupted`` with the command that continues the run (or starts it over)."""
+  last_round = rounds_done == config.rounds
+  due = rounds_done % config.checkpoint_every == 0 if config.checkpoint_every else False
+  if config.checkpoint_every and (due or last_round or stop):
+    checkpoint.save(manager, rounds_done, state, rounds_key)
+  if not stop or last_round:
+    return
+  stopped = f"{stop[0]}: stopped after round {rounds_done} of {config.rounds}"
+  stored = ["--config", str(output_folder(config) / run_folder.CONFIG_FILE)]
+  if config.checkpoint_every:
+    raise RunInterrupted(f"{stopped}, checkpoint saved; continue with", stored + ["--resume"])
+  raise RunInterrupted(
+    f"{stopped}, no checkpoint (checkpoint_every=0), so it cannot be resumed; start it over with",
+    stored + ["--overwrite"],
+  )

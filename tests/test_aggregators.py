@@ -116,6 +116,7 @@ def _setup(data, strategy: str, aggregator: Aggregator) -> ClientSetup:
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["vmap", "chunked", "loop"])
 def test_cohort_aggregate_sum_form_equals_stack_form(tiny_federation, strategy):
   """``cohort_aggregate`` reduces by sums (``map_sum``) for a chain with a sum form; the same
@@ -150,6 +151,7 @@ def test_cohort_aggregate_sum_form_equals_stack_form(tiny_federation, strategy):
   assert float(total) == float(cohort.num_examples.sum())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["vmap", "chunked"])
 def test_a_poisson_cohort_padded_with_empty_clients_gives_the_unpadded_round(
   tiny_federation, strategy
@@ -175,6 +177,7 @@ def test_a_poisson_cohort_padded_with_empty_clients_gives_the_unpadded_round(
   assert float(metrics["train_loss"]) == pytest.approx(float(plain_metrics["train_loss"]))
 
 
+@pytest.mark.slow
 def test_median_resists_a_corrupted_client_where_the_mean_does_not(tiny_federation):
   """Through ``cohort_aggregate``: one client's contribution is its model times 1e6; the median
   stays at the honest models' scale, the mean does not."""
@@ -217,6 +220,7 @@ BASE = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "algorithm,aggregation",
   [

@@ -11,6 +11,8 @@ import pytest
 from fedjax_lab.config import load_config
 from fedjax_lab.ops import attacks
 
+pytestmark = pytest.mark.slow  # trains every rule under attack (make test-fast skips it)
+
 UPDATES = jnp.asarray(np.random.default_rng(0).normal(size=(8, 40)), jnp.float32)
 MALICIOUS = jnp.asarray([True, False, False, True, False, False, False, False])
 

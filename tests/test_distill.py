@@ -14,6 +14,10 @@ from fedjax_lab.engine.local import LocalSchedule
 from fedjax_lab.models import build_model
 from fedjax_lab.ops import distill, pseudo_samples
 
+pytestmark = (
+  pytest.mark.slow
+)  # trains whole federations to show the method's effect (make test-fast skips it)
+
 
 def test_kl_on_a_hand_computed_case():
   student, teacher = jnp.array([[0.0, 0.0]]), jnp.array([[np.log(3.0), 0.0]])

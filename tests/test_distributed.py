@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts several processes (make test-fast skips it)
+
 WORKER = r"""
 import json, sys
 import jax

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs the reproduction scripts end to end (make test-fast skips it)
+
 ROOT = pathlib.Path(__file__).parent.parent
 PFEDLIA_RUNS = 170  # committed per-run metric files of experiments/pfedlia/reproduce.py
 TINY = [

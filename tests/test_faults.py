@@ -25,6 +25,10 @@ from fedjax_lab.config import ExperimentConfig, LocalConfig, load_config
 from fedjax_lab.run_folder import RunFolderError
 from fedjax_lab.runner import TrainingDivergedError, run
 
+pytestmark = (
+  pytest.mark.slow
+)  # kills, interrupts and reruns whole runs, several in subprocesses (make test-fast skips it)
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The probe federation: SCAFFOLD on 10 digits clients, Dirichlet(0.5).
 BASE = [

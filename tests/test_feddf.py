@@ -56,6 +56,7 @@ def test_server_step_moves_the_student_towards_the_ensemble(tiny_federation):
   assert float(loss) < 1e-6
 
 
+@pytest.mark.slow
 def test_vmap_and_loop_agree(tiny_federation):
   results = {}
   for strategy in ("vmap", "loop"):

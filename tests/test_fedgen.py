@@ -30,6 +30,10 @@ from fedjax_lab.ops.generator import (
 )
 from fedjax_lab.ops.losses import per_example_cross_entropy
 
+pytestmark = (
+  pytest.mark.slow
+)  # trains whole federations to show the method's effect (make test-fast skips it)
+
 
 def test_label_counts_and_the_label_weighted_ensemble_loss_match_loops():
   y = np.array([[0, 1, 1, 2], [2, 2, 0, 1]])

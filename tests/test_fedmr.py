@@ -2,6 +2,7 @@ import chex
 import jax
 import numpy as np
 import optax
+import pytest
 
 from fedjax_lab import run
 from fedjax_lab.algorithms import ClientSetup
@@ -80,6 +81,7 @@ def test_recombination_mixes_slots_and_keeps_their_mean(tiny_federation):
   assert 0.0 < float(metrics["client_cosine_similarity"]) < 1.0
 
 
+@pytest.mark.slow
 def test_fedmr_learns_non_iid_digits_through_the_runner(tmp_path):
   config = ExperimentConfig(
     data=DataConfig(

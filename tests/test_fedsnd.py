@@ -30,6 +30,10 @@ from fedjax_lab.engine.local import LocalSchedule
 from fedjax_lab.models import build_model
 from fedjax_lab.ops.distill import kl_distillation
 
+pytestmark = (
+  pytest.mark.slow
+)  # trains whole federations to show the method's effect (make test-fast skips it)
+
 SMALL = FedSNDConfig(pseudo_per_client=6, noise_steps=3, distill_steps=3)
 COHORTS = [np.array([0, 2, 4]), np.array([1, 2, 5])]
 

@@ -93,6 +93,7 @@ def test_a_method_whose_uploads_bypass_the_aggregator_is_refused(setting, tmp_pa
     assert f"algorithm.name={name}" in message and "fedavg" in message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "name", [n for n in ALGORITHMS.names() if ALGORITHMS.get(n).aggregated_uploads]
 )

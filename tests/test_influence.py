@@ -66,6 +66,7 @@ def test_matrix_equals_a_per_pair_loop(scored, kind):
       np.testing.assert_allclose(matrix[i, j], expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_self_influence_is_positive_when_training_helps():
   """Clients with a few hundred IID digits each: 3 epochs from scratch help on held-out data
   (on the tiny clients above, 2-20 training examples, they need not)."""

@@ -15,6 +15,8 @@ from fedjax_lab.config import (
   ServerConfig,
 )
 
+pytestmark = pytest.mark.slow  # trains to accuracy targets (make test-fast skips it)
+
 
 def _config(partition, algorithm="fedavg", alpha=0.1, server=None, rounds=30):
   return ExperimentConfig(

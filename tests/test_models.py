@@ -40,6 +40,7 @@ GROUPS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,shape", CASES)
 def test_model_shapes_and_layer_groups(name, shape):
   model = build_model(name, 7)
@@ -53,6 +54,7 @@ def test_model_shapes_and_layer_groups(name, shape):
     assert groups == GROUPS[name]
 
 
+@pytest.mark.slow
 def test_published_parameter_counts():
   # FedMR's CNNCifar (LeNet-5 for 10 classes) has 62,006 parameters.
   params = build_model("cifar_cnn", 10).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
@@ -67,6 +69,7 @@ def test_unknown_model_is_a_clear_error():
     build_model("nope", 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "name,shape",
   [("fedavg_cnn", (28, 28, 1)), ("femnist_cnn", (28, 28, 1)), ("resnet20", (32, 32, 3))],
@@ -88,6 +91,7 @@ def test_im2col_convolutions_equal_xla_convolutions(name, shape):
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "x_shape,k_shape,strides,pads",
   [
@@ -120,6 +124,7 @@ def test_explicit_vjp_convolution_matches_lax_conv_gradients(x_shape, k_shape, s
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("conv", ["explicit_vjp", "im2col"])
 @pytest.mark.parametrize("name,shape", [("femnist_cnn", (28, 28, 1)), ("cifar_cnn", (32, 32, 3))])
 def test_custom_gradient_models_train_like_xla_models(name, shape, conv):
@@ -137,6 +142,7 @@ def test_custom_gradient_models_train_like_xla_models(name, shape, conv):
   chex.assert_trees_all_close(gradient(custom), gradient(xla), atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "x_shape,kernel,strides,padding",
   [
@@ -194,6 +200,7 @@ def test_mask_max_pool_gives_every_tied_maximum_the_gradient():
   )
 
 
+@pytest.mark.slow
 def test_torch_initialization_draws_linear_and_conv_layers_from_pytorchs_bounds():
   flax_model = build_model("femnist_cnn", 10)
   torch_model = build_model("femnist_cnn", 10, initialization="torch")

@@ -94,6 +94,7 @@ def test_vmap_and_loop_agree_and_only_participants_update_their_previous_model(t
   assert not np.allclose(row(vmapped, 5)["head"]["kernel"], initial.params["head"]["kernel"])
 
 
+@pytest.mark.slow
 def test_contrast_keeps_local_representations_near_the_global_models(tiny_federation):
   """The method's effect: after a round from the same state, each trained client's
   representation of its own data is nearer the received global model's than its previous

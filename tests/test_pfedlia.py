@@ -30,6 +30,10 @@ from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import LocalSchedule
 from fedjax_lab.models import build_model
 
+pytestmark = (
+  pytest.mark.slow
+)  # trains whole federations to show the method's effect (make test-fast skips it)
+
 GROUPED = ExperimentConfig(
   data=DataConfig(source="digits", num_clients=12, partition="iid", latent_groups=3),
   local=LocalConfig(learning_rate=0.1, epochs=2, batch_size=10),

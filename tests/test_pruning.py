@@ -17,6 +17,10 @@ from fedjax_lab.engine.local import LocalSchedule, make_local_trainer
 from fedjax_lab.ops import pruning, wireless
 from fedjax_lab.ops.allocation import RoundProblem, allocate
 
+pytestmark = (
+  pytest.mark.slow
+)  # trains whole federations to show the method's effect (make test-fast skips it)
+
 PARAMS = {
   "conv": {"kernel": jnp.asarray(np.random.default_rng(0).normal(size=(3, 3, 2, 4)), jnp.float32)},
   "dense": {

@@ -183,6 +183,7 @@ def test_robust_and_private_settings_are_checked_before_anything_runs(overrides,
     load_config(None, ["data.num_clients=10", *overrides])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "rule", ["trimmed_mean", "multi_krum", "geometric_median", "centered_clip"]
 )
@@ -211,6 +212,7 @@ def test_every_robust_rule_trains_fedavg(tmp_path, rule):
   assert metrics[-1]["global_accuracy"] > 0.5
 
 
+@pytest.mark.slow
 def test_a_private_run_logs_the_epsilon_it_spends(tmp_path):
   from fedjax_lab.runner import cohort_ids, run
 
@@ -264,6 +266,7 @@ def test_secure_aggregation_masks_cancel_exactly_with_and_without_dropouts(dropp
   assert int(jnp.sum(secagg.masks(key, 6, 50), 0, dtype=jnp.uint32).max()) == 0
 
 
+@pytest.mark.slow
 def test_secure_mean_equals_the_plain_mean_and_counts_its_bytes(tmp_path):
   from fedjax_lab.config import AggregationConfig
   from fedjax_lab.ops import secure_aggregation as secagg

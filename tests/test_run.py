@@ -17,6 +17,8 @@ from fedjax_lab.config import (
   load_config,
 )
 
+pytestmark = pytest.mark.slow  # whole runs through the runner and the CLI (make test-fast skips it)
+
 BASE = ExperimentConfig(
   data=DataConfig(source="digits", num_clients=8, min_examples=15),
   local=LocalConfig(batch_size=16),

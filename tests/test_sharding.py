@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # several simulated devices (make test-fast skips it)
+
 RUNS = r"""
 import json, sys
 import jax, numpy as np

@@ -22,6 +22,8 @@ from fedjax_lab.data.tree import FederationTree
 from fedjax_lab.ops import tree_aggregation as ta
 from fedjax_lab.runner import run
 
+pytestmark = pytest.mark.slow  # trains whole federations of federations (make test-fast skips it)
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 PATHS = ["a/x/1", "a/x/2", "a/y/3", "b/z/4", "b/z/5", "b/w/6", "b/w/7", "c/v/8"]
