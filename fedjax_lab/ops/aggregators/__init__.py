@@ -1,0 +1,102 @@
+"""Aggregation, as a package: the contract (``contract.py``), reducers (``reducers.py``),
+privacy pieces (``privacy.py``) and poisoned cohorts (``poisoning.py``).
+
+The aggregation contract: ``Aggregator(init, aggregate, prepare, finalize)``, pure functions,
+composed like optax transformations.
+
+A cohort's contributions are a pytree whose leaves are ``[cohort, ...]`` (client models, control
+variates...), with weights ``w [cohort]`` and a ``reference`` (the model the clients started
+from, or None). ``aggregate(stacked, weights, reference, state, key) -> (value, state)`` reduces
+them to one pytree; ``init(template) -> state`` starts the aggregator's state (``()`` if it has
+none) from one contribution's shape.
+
+An aggregator that is a weighted sum in disguise also declares its *sum form*:
+``aggregate(c, w, r, s, k) == finalize(sum_k w_k prepare(c_k, r, s, k_k), sum_k w_k, r, s, k)``
+(up to rounding). Algorithms then reduce the cohort with ``Executor.map_sum`` (accumulated per
+micro-cohort, memory flat in the cohort) instead of stacking it; an aggregator without one (a
+median) gets the stack.
+
+``chain(*client_transforms, reducer, *server_transforms)`` builds one aggregator: each
+``ClientTransform`` maps every contribution before the reduction (clipping, local noise), the
+reducer is an ``Aggregator``, each ``ServerTransform`` maps its output (central noise). The
+chain keeps the reducer's sum form. Registered rules: ``AGGREGATORS`` (mean, median, and the
+robust rules of ``ops/robust.py``: trimmed mean, Krum, Multi-Krum, geometric median, centered
+clipping).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fedjax_lab.ops.aggregators.contract import (
+  Aggregator,
+  ClientTransform,
+  ServerTransform,
+  chain,
+  no_state,
+)
+from fedjax_lab.ops.aggregators.poisoning import under_attack
+from fedjax_lab.ops.aggregators.privacy import (
+  adaptive_clip_mean,
+  add_gaussian_noise,
+  clip_layer_norms,
+  clip_update_norm,
+  gaussian_noise,
+  local_gaussian_noise,
+  update_noise_multiplier,
+)
+from fedjax_lab.ops.aggregators.reducers import (
+  centered_clip,
+  fixed_denominator_mean,
+  geometric_median,
+  mean,
+  median,
+  multi_krum,
+  secure_mean,
+  trimmed_mean,
+)
+from fedjax_lab.registry import Registry
+
+__all__ = [
+  "AGGREGATORS",
+  "Aggregator",
+  "ClientTransform",
+  "ServerTransform",
+  "adaptive_clip_mean",
+  "add_gaussian_noise",
+  "centered_clip",
+  "chain",
+  "clip_layer_norms",
+  "clip_update_norm",
+  "fixed_denominator_mean",
+  "gaussian_noise",
+  "geometric_median",
+  "local_gaussian_noise",
+  "mean",
+  "median",
+  "multi_krum",
+  "no_state",
+  "secure_mean",
+  "trimmed_mean",
+  "under_attack",
+  "update_noise_multiplier",
+]
+
+# name -> rule(aggregation) -> Aggregator; ``aggregation`` is the run's
+# ``config.AggregationConfig``, read for its fields only.
+AGGREGATORS: Registry[Callable[[Any], Aggregator]] = Registry("aggregation.rule")
+AGGREGATORS.register("mean", lambda options: mean())
+AGGREGATORS.register("median", lambda options: median())
+AGGREGATORS.register("trimmed_mean", lambda options: trimmed_mean(options.trim_fraction))
+AGGREGATORS.register("krum", lambda options: multi_krum(options.byzantine, 1))
+AGGREGATORS.register(
+  "multi_krum", lambda options: multi_krum(options.byzantine, options.krum_selected)
+)
+AGGREGATORS.register("geometric_median", lambda options: geometric_median(options.iterations))
+AGGREGATORS.register(
+  "centered_clip", lambda options: centered_clip(options.clip_radius, options.iterations)
+)
+AGGREGATORS.register(
+  "secure_mean", lambda options: secure_mean(options.secure_scale_bits, options.secure_dropout)
+)
