@@ -18,6 +18,7 @@ from fedjax_lab import run_folder
 from fedjax_lab.build import build_federation
 from fedjax_lab.checkpoint import CheckpointError
 from fedjax_lab.config import load_config
+from fedjax_lab.plots import pyplot
 from fedjax_lab.runner import TrainingDivergedError, run
 from fedjax_lab.tables import format_table
 
@@ -167,10 +168,7 @@ def plot_curves(
   """One panel per entry of ``panels``; in each, per name, the mean of ``key`` over the runs
   ``curves[(panel, name)]`` (lists of metric rows) with a min-max band; diverged runs are
   left out."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = pyplot()
 
   fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
   for ax, panel in zip(axes[0], panels):

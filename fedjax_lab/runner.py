@@ -27,6 +27,7 @@ from fedjax_lab.engine.execution import computed_steps
 from fedjax_lab.engine.sharding import addressable, client_mesh, replicate, shard_clients
 from fedjax_lab.models import Model
 from fedjax_lab.ops import accounting
+from fedjax_lab.plots import pyplot
 
 # Poisson cohorts are padded with empty clients to a multiple of this: few shapes to compile
 POISSON_PADDING = 8
@@ -94,10 +95,7 @@ def padded_cohort(data: FederatedData, client_ids: np.ndarray, multiple: int) ->
 
 
 def plot_accuracy(rows: list[dict], path: pathlib.Path, title: str = "") -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = pyplot()
 
   fig, ax = plt.subplots(figsize=(5.5, 3.5))
   for key, label in (

@@ -15,6 +15,7 @@ LAYERS = {
   "registry": 0,
   "checks": 0,
   "stats": 0,
+  "plots": 0,
   "data": 1,
   "models": 2,
   "ops": 3,

@@ -14,6 +14,7 @@ import sys
 
 from fedjax_lab import build_federation, load_config, run
 from fedjax_lab.config import AlgorithmConfig, ServerConfig
+from fedjax_lab.plots import pyplot
 from fedjax_lab.tables import SUMMARY_COLUMNS, format_table, summary_row
 
 HERE = pathlib.Path(__file__).parent
@@ -30,10 +31,7 @@ VARIANTS = {
 
 
 def plot_comparison(results: dict, path: pathlib.Path, title: str) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = pyplot()
 
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
   for index, (name, result) in enumerate(results.items()):

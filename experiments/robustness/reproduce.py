@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from fedjax_lab import build_federation, grid, load_config
+from fedjax_lab.plots import pyplot
 from fedjax_lab.stats import format_paired, format_spread
 from fedjax_lab.tables import format_table
 
@@ -142,10 +143,7 @@ def _finite_mean(values) -> float:
 
 def plot_heatmap(records, path: pathlib.Path) -> None:
   """Mean accuracy, rules down, (attack, fraction) across; the 0% column first."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = pyplot()
 
   rules = [r for r in RULES if any(x["rule"] == r for x in records)]
   columns = [(None, 0.0)] + sorted(

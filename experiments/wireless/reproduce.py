@@ -40,6 +40,7 @@ from fedjax_lab import build_federation, grid, load_config
 from fedjax_lab.algorithms import adaptive_pruning as method
 from fedjax_lab.build import build_experiment
 from fedjax_lab.config import AlgorithmConfig
+from fedjax_lab.plots import pyplot
 from fedjax_lab.runner import cohort_ids
 from fedjax_lab.stats import describe, paired_difference
 from fedjax_lab.tables import format_table
@@ -186,10 +187,7 @@ def summary_tables(records: list[dict]) -> str:
 
 
 def plot(records: list[dict], curves: dict, plans: dict, out: pathlib.Path) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = pyplot()
 
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
   for index, (name, runs) in enumerate(curves.items()):

@@ -31,6 +31,7 @@ import numpy as np
 from fedjax_lab import build_federation, checkpoint, grid, load_config, run_folder
 from fedjax_lab.build import build_experiment
 from fedjax_lab.data.tree import FederationTree
+from fedjax_lab.plots import pyplot
 from fedjax_lab.stats import describe, paired_difference
 from fedjax_lab.tables import format_table
 
@@ -275,10 +276,7 @@ def keys_table(records) -> str:
 def plot_attention(results: pathlib.Path) -> None:
   """``attention.png`` from seed 0: each sub-federation's softmax over its clients and itself,
   and the residual exchange between sub-federations across federations."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = pyplot()
 
   path = results / "attention_seed0.json"
   if not path.exists():

@@ -13,6 +13,7 @@ import numpy as np
 
 from fedjax_lab.data import partition
 from fedjax_lab.data.sources import Dataset
+from fedjax_lab.plots import pyplot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,10 +206,7 @@ class FederatedData:
 
   def plot_label_distribution(self, path, max_clients: int = 50) -> None:
     """Stacked bar chart of each client's label counts, written to ``path`` (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     hist = self.label_histogram()[:max_clients]
     fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(hist)), 3.5))

@@ -12,6 +12,8 @@ import dataclasses
 
 import numpy as np
 
+from fedjax_lab.plots import pyplot
+
 
 @dataclasses.dataclass(frozen=True)
 class FederationTree:
@@ -91,10 +93,7 @@ class FederationTree:
   def plot(self, path, tokens_per_client=None) -> None:
     """``tree.png``: one row per depth, each node labelled by its last name part, the number of
     clients below it and (given ``tokens_per_client``) their tokens; lines to the parent."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     depth, clients = self.depth, np.zeros(self.num_nodes, np.int64)
     tokens = np.zeros(self.num_nodes, np.int64)
