@@ -30,6 +30,12 @@ from fedjax_lab.ops.aggregators import (
   under_attack,
 )
 from fedjax_lab.ops.attacks import ATTACKS
+from fedjax_lab.ops.communication import tree_bytes
+
+# A run's state (global and per-client models, control variates, the aggregator's state) may
+# take at most this share of the memory it lives in; the round's training, a donated copy and
+# evaluation need the rest.
+STATE_MEMORY_SHARE = 0.5
 
 # On CPU, `auto` runs models without convolutions from MIN_LOOP_COHORT clients a round as `loop`
 # calls of CPU_CLIENTS_PER_CALL vmapped clients, two calls at once (MLP, 100 clients: 0.18-0.27 s
@@ -240,4 +246,33 @@ def build_experiment(config: ExperimentConfig, data: FederatedData | None = None
     train_data.client_paths,
   )
   algorithm = entry.build(setup, config.algorithm.options, config)
+  check_state_fits(config, algorithm)
   return Experiment(config, data, train_data, model, setup, entry, algorithm)
+
+
+def memory_limit() -> tuple[int, str]:
+  """``(bytes, where)``: the memory the run's state lives in, the first device's own memory
+  when the backend reports it (GPU, TPU), else this host's physical memory."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if "bytes_limit" in stats:
+    return int(stats["bytes_limit"]), f"{jax.devices()[0].device_kind} memory"
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "host memory"
+
+
+def check_state_fits(config: ExperimentConfig, algorithm: Algorithm) -> None:
+  """Refuse, before anything compiles, a run whose state alone would take more than
+  ``STATE_MEMORY_SHARE`` of ``memory_limit()`` (measured abstractly: ``jax.eval_shape`` of
+  ``init``). Methods with ``[num_clients, ...]`` state grow with the federation: the message
+  gives the bytes, so a user can size the federation, the model or the method."""
+  state_bytes = tree_bytes(jax.eval_shape(algorithm.init, jax.random.key(0)))
+  limit, where = memory_limit()
+  if state_bytes > STATE_MEMORY_SHARE * limit:
+    size = lambda count: (
+      f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
+    )
+    raise ValueError(
+      f"data.num_clients={config.data.num_clients}: algorithm.name={config.algorithm.name} "
+      f"would keep {size(state_bytes)} of state with model.name={config.model.name}, more than "
+      f"{STATE_MEMORY_SHARE:.0%} of the {size(limit)} of {where}; use fewer clients, a smaller "
+      "model, or a method without per-client state (fedavg, fedprox, fedopt)"
+    )

@@ -207,3 +207,19 @@ def test_centralized_dp_noise_is_scaled_to_its_one_contribution():
     jax.random.key(0),
   )
   assert np.std(np.asarray(value["w"])) == pytest.approx(2.0 * 0.5, rel=0.03)
+
+
+def test_a_state_that_would_not_fit_is_refused_before_compiling(tmp_path, monkeypatch):
+  """SCAFFOLD keeps a control variate per client: its state grows with the federation. With the
+  memory reported as 64 KiB, the run is refused in one line giving the state's size, before any
+  round (no metrics written)."""
+  from fedjax_lab import build
+
+  monkeypatch.setattr(build, "memory_limit", lambda: (64 * 1024, "host memory"))
+  config = load_config(None, [*BASE, "algorithm.name=scaffold", f"out_dir={tmp_path}"])
+  with pytest.raises(ValueError) as error:
+    run(config, progress=False)
+  message = str(error.value)
+  assert message.startswith("data.num_clients=6: algorithm.name=scaffold would keep ")
+  assert "of the 0.1 MiB of host memory" in message and "\n" not in message
+  assert not (tmp_path / "metrics.jsonl").exists()
