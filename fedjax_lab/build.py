@@ -244,6 +244,7 @@ def build_experiment(config: ExperimentConfig, data: FederatedData | None = None
     build_aggregator(config),
     train_data.client_groups,
     train_data.client_paths,
+    config.algorithm.weighting,
   )
   algorithm = entry.build(setup, config.algorithm.options, config)
   check_state_fits(config, algorithm)

@@ -161,11 +161,8 @@ def test_a_poisson_cohort_padded_with_empty_clients_gives_the_unpadded_round(
   from fedjax_lab.algorithms.fedopt import fedopt
   from fedjax_lab.runner import padded_cohort
 
-  algorithm = fedopt(
-    _setup(tiny_federation, strategy, fixed_denominator_mean(2.5)),
-    optax.sgd(1.0),
-    weighting="uniform",
-  )
+  setup = _setup(tiny_federation, strategy, fixed_denominator_mean(2.5))
+  algorithm = fedopt(dataclasses.replace(setup, weighting="uniform"), optax.sgd(1.0))
   state = algorithm.init(KEY)
   ids = np.array([1, 3, 4], np.int32)
   padded = padded_cohort(tiny_federation, ids, 8)

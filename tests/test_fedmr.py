@@ -1,3 +1,5 @@
+import dataclasses
+
 import chex
 import jax
 import numpy as np
@@ -38,7 +40,7 @@ def _run(algorithm, data):
 def test_first_stage_everywhere_is_unweighted_fedavg(tiny_federation):
   setup = _setup(tiny_federation)
   mr_state, mr_metrics = _run(fedmr(setup, 4, first_stage_rounds=len(COHORTS)), tiny_federation)
-  avg = fedopt(setup, optax.sgd(1.0), weighting="uniform")
+  avg = fedopt(dataclasses.replace(setup, weighting="uniform"), optax.sgd(1.0))
   avg_state, _ = _run(avg, tiny_federation)
   algorithm = fedmr(setup, 4, first_stage_rounds=len(COHORTS))
   chex.assert_trees_all_close(algorithm.global_params(mr_state), avg_state.params, atol=1e-5)

@@ -226,16 +226,13 @@ def plan_round(
   return RoundPlan(rho, bandwidth, snr, compute * (1 - kappa * rho), upload, energy, feasible)
 
 
-def adaptive_pruning(
-  setup: ClientSetup, options: AdaptivePruningConfig, weighting: str = "num_examples"
-) -> Algorithm:
+def adaptive_pruning(setup: ClientSetup, options: AdaptivePruningConfig) -> Algorithm:
   """Adaptive pruning with partial personalization (module docstring).
 
   Args:
     setup: client training (``setup.optimizer``, ``setup.schedule`` for the shared part),
       executor and aggregator (the mean gives the mask-aware mean).
     options: split, update order, pruning mode and the wireless system.
-    weighting: aggregation weights, ``num_examples`` or ``uniform``.
 
   Returns:
     An ``Algorithm`` with host phases (the allocation runs in NumPy between rounds); metrics
@@ -303,7 +300,7 @@ def adaptive_pruning(
       cohort.num_examples,
       keys,
     )
-    weights = client_weight(cohort.num_examples, weighting)
+    weights = client_weight(cohort.num_examples, setup.weighting)
     reference = {"kept": state.shared, "mask": jax.tree.map(jnp.ones_like, state.shared)}
     means, aggregator_state = setup.aggregator.aggregate(
       kept, weights, reference, state.aggregator_state, jax.random.fold_in(key, AGGREGATION_STREAM)
@@ -367,7 +364,7 @@ def adaptive_pruning(
 
 
 ENTRY = AlgorithmEntry(
-  lambda setup, options, config: adaptive_pruning(setup, options, config.algorithm.weighting),
+  lambda setup, options, config: adaptive_pruning(setup, options),
   options=AdaptivePruningConfig,
   aggregated_uploads=True,
 )

@@ -77,7 +77,8 @@ class ClientSetup:
   ``aggregator`` reduces cohort contributions (default: the weighted mean; ``ops.aggregators``);
   ``client_groups`` are the federation's known latent groups (``[num_clients]``) if any;
   ``client_paths`` the natural clients' names (``/``-separated: their place in a federation
-  tree, ``data.tree``) if the partition is natural.
+  tree, ``data.tree``) if the partition is natural; ``weighting`` how a client's contribution
+  is weighted (``client_weight``: its example count, or 1 with ``uniform``).
   """
 
   model: Model
@@ -91,6 +92,7 @@ class ClientSetup:
   aggregator: Aggregator = dataclasses.field(default_factory=mean)
   client_groups: Optional[np.ndarray] = None
   client_paths: Optional[tuple[str, ...]] = None
+  weighting: str = "num_examples"
 
   @property
   def train_apply(self):
@@ -282,7 +284,8 @@ class AlgorithmEntry:
   ``build(setup, options, config) -> Algorithm``: ``options`` is an instance of ``options``
   (the method's frozen config dataclass, validated on construction; the table
   ``algorithm.<name>`` of a config file), ``config`` the whole experiment config (read-only:
-  ``config.server``, ``config.local``, ``config.cohort_size``, ``config.algorithm.weighting``).
+  ``config.server``, ``config.local``, ``config.cohort_size``; the weighting is
+  ``setup.weighting``).
   ``every_client_each_round``: the method needs ``cohort_size == data.num_clients``.
   ``pooled``: the method trains one client holding the whole federation's training data.
   ``any_cohort_size``: the method keeps no per-client state and reduces the cohort only

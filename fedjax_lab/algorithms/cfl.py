@@ -55,7 +55,6 @@ def cfl(
   *,
   eps1: float,
   eps2: float,
-  weighting: str = "num_examples",
   finetune: bool = False,
 ) -> Algorithm:
   """CFL (module docstring).
@@ -64,7 +63,6 @@ def cfl(
     setup: client training and executor.
     eps1: split when the cluster's mean update norm is below this...
     eps2: ...while its largest client update norm is above this.
-    weighting: aggregation weights, ``num_examples`` or ``uniform``.
     finetune: personal model = the client's locally trained model (else its cluster average).
 
   Returns:
@@ -74,7 +72,7 @@ def cfl(
 
   def round_fn(state, cohort, key):
     trained, weights, metrics = train_clients(
-      train_cohort, state.client_params, cohort, key, weighting
+      train_cohort, state.client_params, cohort, key, setup.weighting
     )
     updates = jax.vmap(lambda new, old: ravel_pytree(new)[0] - ravel_pytree(old)[0])(
       trained, state.client_params
@@ -110,7 +108,6 @@ ENTRY = AlgorithmEntry(
     setup,
     eps1=options.eps1,
     eps2=options.eps2,
-    weighting=config.algorithm.weighting,
     finetune=options.finetune,
   ),
   CFLConfig,

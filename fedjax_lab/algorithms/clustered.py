@@ -104,15 +104,12 @@ def personalized_algorithm(
   )
 
 
-def oracle(
-  setup: ClientSetup, true_groups, *, weighting: str = "num_examples", finetune: bool = False
-) -> Algorithm:
+def oracle(setup: ClientSetup, true_groups, *, finetune: bool = False) -> Algorithm:
   """FedAvg within each true group from the first round: the clustering upper reference.
 
   Args:
     setup: client training and executor.
     true_groups: ``[num_clients]`` the federation's latent group of each client.
-    weighting: aggregation weights, ``num_examples`` or ``uniform``.
     finetune: personal model = the client's locally trained model (else its group average).
 
   Returns:
@@ -126,7 +123,7 @@ def oracle(
 
   def round_fn(state, cohort, key):
     trained, weights, metrics = train_clients(
-      train_cohort, state.client_params, cohort, key, weighting
+      train_cohort, state.client_params, cohort, key, setup.weighting
     )
     metrics["num_clusters"] = count_clusters(state.labels)
     return state.replace(
@@ -144,9 +141,7 @@ def _oracle(setup: ClientSetup, options: PersonalizedConfig, config) -> Algorith
       "algorithm.name='oracle' needs a federation with known client groups "
       "(data.latent_groups > 0, or Shakespeare with data.partition='natural')"
     )
-  return oracle(
-    setup, setup.client_groups, weighting=config.algorithm.weighting, finetune=options.finetune
-  )
+  return oracle(setup, setup.client_groups, finetune=options.finetune)
 
 
 ORACLE = AlgorithmEntry(_oracle, PersonalizedConfig, every_client_each_round=True)

@@ -100,15 +100,12 @@ def ensemble_distiller(apply_fn, options: FedDFConfig, proxy_x: jax.Array):
   return jax.jit(distill)
 
 
-def feddf(
-  setup: ClientSetup, options: FedDFConfig, *, weighting: str = "num_examples", seed: int = 0
-) -> Algorithm:
+def feddf(setup: ClientSetup, options: FedDFConfig, *, seed: int = 0) -> Algorithm:
   """FedDF (module docstring).
 
   Args:
     setup: client training, executor and aggregator.
     options: a ``FedDFConfig``.
-    weighting: aggregation (and ensemble) weights, ``num_examples`` or ``uniform``.
     seed: draws the proxy set.
 
   Returns:
@@ -127,7 +124,7 @@ def feddf(
     trained, result = train_cohort(
       state.params, cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort), None
     )
-    weights = client_weights(cohort, weighting)
+    weights = client_weights(cohort, setup.weighting)
     mean, aggregator_state = aggregate_models(
       setup, trained, weights, state.params, state.aggregator_state, key
     )
@@ -142,8 +139,6 @@ def feddf(
 
 
 ENTRY = AlgorithmEntry(
-  lambda setup, options, config: feddf(
-    setup, options, weighting=config.algorithm.weighting, seed=config.seed
-  ),
+  lambda setup, options, config: feddf(setup, options, seed=config.seed),
   FedDFConfig,
 )

@@ -138,16 +138,13 @@ def generator_trainer(options: FedGenConfig, num_classes: int):
   return optimizer, train
 
 
-def fedgen(
-  setup: ClientSetup, options: FedGenConfig, *, weighting: str = "num_examples"
-) -> Algorithm:
+def fedgen(setup: ClientSetup, options: FedGenConfig) -> Algorithm:
   """FedGen (module docstring).
 
   Args:
     setup: client training, executor and aggregator; the model a classifier whose read-out
       layer is a dense layer named ``head``.
     options: a ``FedGenConfig``.
-    weighting: aggregation weights, ``num_examples`` or ``uniform``.
 
   Returns:
     An ``Algorithm`` whose state holds the global model, the generator and its Adam state.
@@ -194,7 +191,7 @@ def fedgen(
       round_keys(key, cohort),
       (state.generator, distribution),
     )
-    weights = client_weights(cohort, weighting)
+    weights = client_weights(cohort, setup.weighting)
     params, aggregator_state = aggregate_models(
       setup, trained, weights, state.params, state.aggregator_state, key
     )
@@ -213,6 +210,6 @@ def fedgen(
 
 
 ENTRY = AlgorithmEntry(
-  lambda setup, options, config: fedgen(setup, options, weighting=config.algorithm.weighting),
+  lambda setup, options, config: fedgen(setup, options),
   FedGenConfig,
 )

@@ -58,7 +58,6 @@ def fedopt(
   server_optimizer: optax.GradientTransformation,
   *,
   prox_mu: float = 0.0,
-  weighting: str = "num_examples",
 ) -> Algorithm:
   """FedOpt: local training from the global model, aggregation, a server optimizer step.
 
@@ -66,7 +65,6 @@ def fedopt(
     setup: client training, executor and aggregator.
     server_optimizer: applied to the pseudo-gradient ``x - A(y)`` (``optax.sgd(1.0)``: FedAvg).
     prox_mu: FedProx's ``mu`` (0: no proximal term).
-    weighting: aggregation weights, ``num_examples`` or ``uniform``.
 
   Returns:
     An ``Algorithm`` whose state holds the global model, the server optimizer's state and the
@@ -76,7 +74,7 @@ def fedopt(
 
   def contribution(params, x, y, num_examples, key):
     trained, result = train(params, x, y, num_examples, key, params)
-    weight = client_weight(num_examples, weighting)
+    weight = client_weight(num_examples, setup.weighting)
     present = (num_examples > 0).astype(jnp.float32)  # not an empty (padding) client
     unit = jax.tree.map(lambda leaf: present * leaf, unit_vector(trained))
     return trained, weight, (weight * result.mean_loss, unit, present)
@@ -149,9 +147,7 @@ class FedOptConfig:
 
 
 def _build(setup: ClientSetup, config, prox_mu: float = 0.0) -> Algorithm:
-  return fedopt(
-    setup, server_optimizer(config.server), prox_mu=prox_mu, weighting=config.algorithm.weighting
-  )
+  return fedopt(setup, server_optimizer(config.server), prox_mu=prox_mu)
 
 
 FEDAVG = AlgorithmEntry(

@@ -218,15 +218,12 @@ def noise_distillation(setup: ClientSetup, options, num_classes: int):
   return step
 
 
-def fedsnd(
-  setup: ClientSetup, options: FedSNDConfig, *, weighting: str = "num_examples"
-) -> Algorithm:
+def fedsnd(setup: ClientSetup, options: FedSNDConfig) -> Algorithm:
   """FedSND (module docstring).
 
   Args:
     setup: client training, executor and aggregator.
     options: a ``FedSNDConfig``.
-    weighting: aggregation weights, ``num_examples`` or ``uniform``.
 
   Returns:
     An ``Algorithm`` whose state holds the global model, every client's pseudo-samples and
@@ -281,7 +278,7 @@ def fedsnd(
     trained, result = train_cohort(
       state.params, cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort), teacher
     )
-    weights = client_weights(cohort, weighting)
+    weights = client_weights(cohort, setup.weighting)
     metrics = training_metrics(result, trained, weights)
     distilled, pseudo_x = trained, state.pseudo_x
     if options.noise_distill:
@@ -305,6 +302,6 @@ def fedsnd(
 
 
 ENTRY = AlgorithmEntry(
-  lambda setup, options, config: fedsnd(setup, options, weighting=config.algorithm.weighting),
+  lambda setup, options, config: fedsnd(setup, options),
   FedSNDConfig,
 )

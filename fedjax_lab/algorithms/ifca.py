@@ -36,7 +36,6 @@ def ifca(
   setup: ClientSetup,
   num_clusters: int,
   *,
-  weighting: str = "num_examples",
   finetune: bool = False,
   chunk_size: int = 16,
 ) -> Algorithm:
@@ -45,7 +44,6 @@ def ifca(
   Args:
     setup: client training and executor.
     num_clusters: ``k``, the number of cluster models.
-    weighting: aggregation weights, ``num_examples`` or ``uniform``.
     finetune: personal model = the client's locally trained model (else its cluster's).
     chunk_size: clients per chunk when every client scores the ``k`` models.
 
@@ -70,7 +68,7 @@ def ifca(
     )
     choices = jnp.argmin(losses, axis=1).astype(jnp.int32)
     trained, weights, metrics = train_clients(
-      train_cohort, tree_gather(state.cluster_params, choices), cohort, key, weighting
+      train_cohort, tree_gather(state.cluster_params, choices), cohort, key, setup.weighting
     )
     means, totals = segment_mean(trained, weights, choices, num_clusters)
     joined = lambda leaf: (totals > 0).reshape((-1,) + (1,) * (leaf.ndim - 1))
@@ -105,9 +103,7 @@ class IFCAConfig(PersonalizedConfig):
 
 
 ENTRY = AlgorithmEntry(
-  lambda setup, options, config: ifca(
-    setup, options.num_clusters, weighting=config.algorithm.weighting, finetune=options.finetune
-  ),
+  lambda setup, options, config: ifca(setup, options.num_clusters, finetune=options.finetune),
   IFCAConfig,
   every_client_each_round=True,
 )

@@ -71,13 +71,12 @@ def contrastive_objective(apply_with_features, mu: float, temperature: float):
   return objective
 
 
-def moon(setup: ClientSetup, options: MOONConfig, *, weighting: str = "num_examples") -> Algorithm:
+def moon(setup: ClientSetup, options: MOONConfig) -> Algorithm:
   """MOON (module docstring).
 
   Args:
     setup: client training, executor and aggregator.
     options: a ``MOONConfig``.
-    weighting: aggregation weights, ``num_examples`` or ``uniform``.
 
   Returns:
     An ``Algorithm`` whose state holds the global model and every client's last local model.
@@ -113,7 +112,7 @@ def moon(setup: ClientSetup, options: MOONConfig, *, weighting: str = "num_examp
       round_keys(key, cohort),
       (received, previous),
     )
-    weights = client_weights(cohort, weighting)
+    weights = client_weights(cohort, setup.weighting)
     params, aggregator_state = aggregate_models(
       setup, trained, weights, state.params, state.aggregator_state, key
     )
@@ -128,7 +127,7 @@ def moon(setup: ClientSetup, options: MOONConfig, *, weighting: str = "num_examp
 
 
 ENTRY = AlgorithmEntry(
-  lambda setup, options, config: moon(setup, options, weighting=config.algorithm.weighting),
+  lambda setup, options, config: moon(setup, options),
   MOONConfig,
   aggregated_uploads=True,
 )

@@ -149,15 +149,12 @@ def is_influence_round(round_index: int, warmup_rounds: int, recluster_every: in
   return since == 0 or (since > 0 and recluster_every > 0 and since % recluster_every == 0)
 
 
-def pfedlia(
-  setup: ClientSetup, options: PFedLIAConfig, *, weighting: str = "num_examples"
-) -> Algorithm:
+def pfedlia(setup: ClientSetup, options: PFedLIAConfig) -> Algorithm:
   """pFedLIA (module docstring).
 
   Args:
     setup: client training, executor, and the aggregator of the warm-up rounds.
     options: a ``PFedLIAConfig`` (phases, influence kind, clustering rule, ``finetune``).
-    weighting: aggregation weights, ``num_examples`` or ``uniform``.
 
   Returns:
     An ``Algorithm`` with per-client models and cluster labels, no global model; its round
@@ -175,7 +172,7 @@ def pfedlia(
 
   def warmup(state: ClusteredState, cohort, key):
     trained, weights, metrics = train_clients(
-      train_cohort, state.client_params, cohort, key, weighting
+      train_cohort, state.client_params, cohort, key, setup.weighting
     )
     start = jax.tree.map(lambda leaf: leaf[0], state.client_params)  # everyone's start
     global_params, aggregator_state = setup.aggregator.aggregate(
@@ -194,7 +191,7 @@ def pfedlia(
       options.validation_split,
     )  # fmt: skip
     trained, weights, metrics = train_clients(
-      train_cohort, state.client_params, fit_cohort, key, weighting
+      train_cohort, state.client_params, fit_cohort, key, setup.weighting
     )
     influence = influence_matrix(
       metrics_fn,
@@ -241,7 +238,7 @@ def pfedlia(
 
   def personalized(state: ClusteredState, cohort, key):
     trained, weights, metrics = train_clients(
-      train_cohort, state.client_params, cohort, key, weighting
+      train_cohort, state.client_params, cohort, key, setup.weighting
     )
     return state.replace(
       client_params=aggregate(trained, weights, state.labels, state.adjacency),
@@ -293,7 +290,7 @@ def pfedlia(
 
 
 ENTRY = AlgorithmEntry(
-  lambda setup, options, config: pfedlia(setup, options, weighting=config.algorithm.weighting),
+  lambda setup, options, config: pfedlia(setup, options),
   PFedLIAConfig,
   every_client_each_round=True,
 )

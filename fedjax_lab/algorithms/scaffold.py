@@ -52,7 +52,6 @@ def scaffold(
   *,
   client_learning_rate: float,
   server_learning_rate: float = 1.0,
-  weighting: str = "num_examples",
 ) -> Algorithm:
   """SCAFFOLD with option II control variates (module docstring).
 
@@ -60,7 +59,6 @@ def scaffold(
     setup: client training (plain SGD for the control update to hold), executor, aggregator.
     client_learning_rate: ``eta_l``, the local SGD rate.
     server_learning_rate: ``eta_g``.
-    weighting: aggregation weights, ``num_examples`` or ``uniform``.
 
   Returns:
     An ``Algorithm`` whose state holds ``x``, ``c``, every client's ``c_k`` and the aggregator's
@@ -95,7 +93,7 @@ def scaffold(
     new_controls = jax.tree.map(
       new_control, old_controls, state.server_control, state.params, client_params
     )
-    weights = client_weights(cohort, weighting)
+    weights = client_weights(cohort, setup.weighting)
     aggregate, aggregator_state = setup.aggregator.aggregate(
       client_params,
       weights,
@@ -136,6 +134,5 @@ ENTRY = AlgorithmEntry(
     setup,
     client_learning_rate=config.local.learning_rate,
     server_learning_rate=config.server.learning_rate,
-    weighting=config.algorithm.weighting,
   )
 )
