@@ -252,11 +252,12 @@ def build_experiment(config: ExperimentConfig, data: FederatedData | None = None
 
 
 def memory_limit() -> tuple[int, str]:
-  """``(bytes, where)``: the memory the run's state lives in, the first device's own memory
+  """``(bytes, where)``: the memory the run's state lives in: this process's first device's memory
   when the backend reports it (GPU, TPU), else this host's physical memory."""
-  stats = jax.devices()[0].memory_stats() or {}
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() or {}
   if "bytes_limit" in stats:
-    return int(stats["bytes_limit"]), f"{jax.devices()[0].device_kind} memory"
+    return int(stats["bytes_limit"]), f"{device.device_kind} memory"
   return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "host memory"
 
 
