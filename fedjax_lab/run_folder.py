@@ -147,9 +147,7 @@ def _check_free(
   """The checks of :func:`claim`, made while the folder is locked; ``run_output``: a run had
   claimed the folder before this one (``holds_run_output``)."""
   entries = sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_FILE)
-  if resume:
-    if CONFIG_FILE not in entries:
-      raise RunFolderError(f"--resume: {out_dir} holds no run ({CONFIG_FILE} is missing)")
+  if resume:  # claim has checked that a run's config.json is there
     differences = config_differences(stored_config(out_dir), config)
     if differences:
       raise RunFolderError(
