@@ -30,13 +30,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def clients_of(data, federation: str):
   """The federation's clients alone, as a federation of their own."""
-  keep = np.array([path.split("/")[0] == federation for path in data.client_paths])
-  per_client = ("train_x", "train_y", "train_num_examples", "test_x", "test_y", "test_num_examples")
-  return dataclasses.replace(
-    data,
-    **{name: getattr(data, name)[keep] for name in per_client},
-    client_paths=tuple(p for p, k in zip(data.client_paths, keep) if k),
-  )
+  keep = [k for k, path in enumerate(data.client_paths) if path.split("/")[0] == federation]
+  return data.subset(keep)
 
 
 def seconds_per_round(config, data, rounds: int) -> tuple[float, float]:

@@ -13,7 +13,7 @@ import optax
 from fedjax_lab.algorithms import ALGORITHMS, Algorithm, AlgorithmEntry, ClientSetup
 from fedjax_lab.config import DataConfig, ExperimentConfig
 from fedjax_lab.data import FederatedData, groups, partition, poisoning
-from fedjax_lab.data.catalog import PARTITIONERS, lookup_source
+from fedjax_lab.data.catalog import FEDERATIONS, PARTITIONERS, lookup_source
 from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import LocalSchedule
 from fedjax_lab.models import MODELS, Model, build_model
@@ -46,23 +46,41 @@ MIN_LOOP_COHORT = 16
 
 
 def build_federation(data: DataConfig) -> FederatedData:
-  """Source, partition and per-client train/test split, as the config says; then the latent
-  group shift (``data.latent_groups``); a natural partition names its clients by their groups
+  """The federation the config describes: a given one (``FEDERATIONS``: its clients come with
+  the source), or source, partition and per-client train/test split; then the latent group
+  shift (``data.latent_groups``). A natural partition names its clients by their groups
   (``client_paths``; Shakespeare's genres become known client groups)."""
+  federation = given_federation(data) if data.source in FEDERATIONS else partitioned(data)
+  if data.latent_groups == 0:
+    return federation
+  return groups.shift_by_group(
+    federation,
+    groups.contiguous_groups(data.num_clients, data.latent_groups),
+    data.group_shift,
+    data.seed + 2,
+  )
+
+
+def given_federation(data: DataConfig) -> FederatedData:
+  """``FEDERATIONS``' federation for ``data.source``, which must hold ``data.num_clients``."""
+  federation = FEDERATIONS.get(data.source)(data)
+  if federation.num_clients != data.num_clients:
+    raise ValueError(
+      f"data.num_clients must be the {federation.num_clients} clients of data.source="
+      f"{data.source}, got {data.num_clients}"
+    )
+  return federation
+
+
+def partitioned(data: DataConfig) -> FederatedData:
+  """A pooled source split into clients by ``data.partition``."""
   dataset = lookup_source(data.source)(data)
   clients = PARTITIONERS.get(data.partition)(dataset, data)
   if data.max_client_examples > 0:
     clients = [indices[: data.max_client_examples] for indices in clients]
   train, test = partition.train_test_split(clients, data.test_fraction, data.seed + 1)
   federation = FederatedData.from_indices(dataset, train, test)
-  if data.latent_groups > 0:
-    return groups.shift_by_group(
-      federation,
-      groups.contiguous_groups(data.num_clients, data.latent_groups),
-      data.group_shift,
-      data.seed + 2,
-    )
-  if data.partition != "natural":
+  if data.partition != "natural" or data.latent_groups > 0:
     return federation
   names = tuple(dataset.group_names[dataset.train_groups[indices[0]]] for indices in clients)
   federation = dataclasses.replace(federation, client_paths=names)
@@ -196,12 +214,11 @@ def build_experiment(config: ExperimentConfig, data: FederatedData | None = None
     )
   data = data if data is not None else build_federation(config.data)
   data.validate()
-  if MODELS.get(config.model.name).reads_tokens and not np.issubdtype(
-    data.train_x.dtype, np.integer
-  ):
+  sample = data.train.first_input()
+  if MODELS.get(config.model.name).reads_tokens and not np.issubdtype(sample.dtype, np.integer):
     readers = [n for n in MODELS.names() if not MODELS.get(n).reads_tokens]
     raise ValueError(
-      f"model.name must read {data.train_x.dtype} features of shape {data.train_x.shape[2:]} "
+      f"model.name must read {sample.dtype} features of shape {sample.shape[1:]} "
       f"(one of {', '.join(readers)}) for data.source={config.data.source}, got "
       f"{config.model.name!r}, which reads integer tokens"
     )
@@ -214,7 +231,7 @@ def build_experiment(config: ExperimentConfig, data: FederatedData | None = None
   model = build_model(
     config.model.name, data.num_classes, execution.conv, config.model.initialization
   )
-  sizes = np.asarray(train_data.train_num_examples)
+  sizes = train_data.train.num_examples
   schedule = LocalSchedule(
     config.local.batch_size,
     train_data.max_examples,
@@ -224,7 +241,7 @@ def build_experiment(config: ExperimentConfig, data: FederatedData | None = None
   )
   setup = ClientSetup(
     model,
-    train_data.train_x[0, :1],
+    sample,
     client_optimizer(
       config.local.optimizer,
       config.local.learning_rate,

@@ -17,7 +17,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package (pypro
 
 from fedjax_lab.algorithms import ALGORITHMS
 from fedjax_lab.checks import one_of, require, typed_fields
-from fedjax_lab.data.catalog import PARTITIONERS, SOURCES
+from fedjax_lab.data.catalog import FEDERATIONS, PARTITIONERS, SOURCES
 from fedjax_lab.data.groups import GROUP_SHIFTS
 from fedjax_lab.engine.execution import STRATEGIES
 from fedjax_lab.engine.precision import COMPUTE_DTYPES
@@ -58,10 +58,26 @@ class DataConfig:
   def __post_init__(self):
     typed_fields(self, "data.")
     require(self.seed >= 0, "data.seed", ">= 0", self.seed)
-    known = self.source in SOURCES or (
-      self.source.startswith("tfds:") and self.source.split("/")[0] in SOURCES
+    known = (
+      self.source in SOURCES
+      or self.source in FEDERATIONS
+      or (self.source.startswith("tfds:") and self.source.split("/")[0] in SOURCES)
     )
-    require(known, "data.source", "one of " + ", ".join(SOURCES), self.source)
+    every_source = [*SOURCES.names(), *FEDERATIONS.names()]
+    require(known, "data.source", "one of " + ", ".join(every_source), self.source)
+    given = self.source in FEDERATIONS
+    require(
+      not given or self.partition == "natural",
+      "data.partition",
+      f"'natural' for data.source={self.source} (its clients are given)",
+      self.partition,
+    )
+    require(
+      not given or self.max_client_examples == 0,
+      "data.max_client_examples",
+      f"0 for data.source={self.source} (its clients are given)",
+      self.max_client_examples,
+    )
     require(self.num_clients >= 1, "data.num_clients", ">= 1", self.num_clients)
     require(
       self.source != "tfds_text" or bool(self.text_spec),

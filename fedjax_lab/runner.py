@@ -32,6 +32,7 @@ from fedjax_lab.plots import pyplot
 # Poisson cohorts are padded with empty clients to a multiple of this: few shapes to compile
 POISSON_PADDING = 8
 ADAPTATION_STREAM = 0xADA  # fold_in constant: local adaptation's keys, apart from training's
+EVALUATION_BLOCK = 512  # clients whose test splits are evaluated together
 
 
 class TrainingDivergedError(RuntimeError):
@@ -84,14 +85,11 @@ def cohort_ids(
 
 
 def padded_cohort(data: FederatedData, client_ids: np.ndarray, multiple: int) -> Cohort:
-  """The cohort of ``client_ids`` padded with empty clients (no examples: no local steps,
+  """The cohort of ``client_ids`` filled up with empty clients (no examples: no local steps,
   aggregation weight 0) to the smallest positive multiple of ``multiple``, so that Poisson
   cohorts of every size share a few compiled shapes."""
   size = max(multiple, -(-len(client_ids) // multiple) * multiple)
-  filler = np.full(size - len(client_ids), client_ids[0] if len(client_ids) else 0, np.int32)
-  cohort = data.cohort(np.concatenate([client_ids, filler]))
-  real = np.arange(size) < len(client_ids)
-  return dataclasses.replace(cohort, num_examples=np.where(real, cohort.num_examples, 0))
+  return data.cohort(client_ids, size=size)
 
 
 def plot_accuracy(rows: list[dict], path: pathlib.Path, title: str = "") -> None:
@@ -116,9 +114,10 @@ def plot_accuracy(rows: list[dict], path: pathlib.Path, title: str = "") -> None
 
 
 def local_adaptation(experiment):
-  """None unless ``eval_finetune_epochs > 0``; then ``adapt(params) -> [num_clients, ...]``:
-  every client's copy of ``params`` after that many epochs on its own training split
-  (``ClientSetup.local_adaptation``; the same shuffling keys at every evaluation)."""
+  """None unless ``eval_finetune_epochs > 0``; then ``adapt(params, client_ids) -> [clients,
+  ...]``: those clients' copies of ``params`` after that many epochs on their own training
+  splits (``ClientSetup.local_adaptation``; each client's shuffling key the same at every
+  evaluation)."""
   config, data = experiment.config, experiment.data
   if config.eval_finetune_epochs == 0:
     return None
@@ -131,7 +130,20 @@ def local_adaptation(experiment):
   keys = jax.random.split(
     jax.random.fold_in(jax.random.key(config.seed), ADAPTATION_STREAM), data.num_clients
   )
-  return lambda params: adapt(params, data.train_x, data.train_y, data.train_num_examples, keys)
+
+  def adapt_clients(params, client_ids):
+    x, y, counts = data.train.padded(client_ids, width=data.max_examples)
+    return adapt(params, x, y, counts, keys[client_ids])
+
+  return adapt_clients
+
+
+def evaluation_blocks(num_clients: int, block: int = EVALUATION_BLOCK) -> list[np.ndarray]:
+  """Every client id in blocks of ``min(block, num_clients)``, the last one filled up with
+  client 0 (``evaluate`` drops the filler's results): one shape, one compilation."""
+  block = min(block, num_clients)
+  ids = np.arange(-(-num_clients // block) * block) % num_clients
+  return list(ids.reshape(-1, block))
 
 
 def evaluate(
@@ -144,38 +156,41 @@ def evaluate(
 ) -> dict:
   """Global model on the pooled test set; each client's model on its own test split (when
   ``data.test_fraction > 0`` gave clients one); with ``adapt`` (``local_adaptation``) also
-  each client's adapted global model on its split, as ``adapted_client_*``."""
+  each client's adapted global model on its split, as ``adapted_client_*``. Clients are
+  evaluated in blocks of ``EVALUATION_BLOCK`` (``evaluation_blocks``): memory follows a
+  block, not the federation."""
   metrics = {}
   global_params = algorithm.global_params(state) if algorithm.global_params is not None else None
   if global_params is not None:
     pooled = evaluate_pooled(model.apply, global_params, data.global_test_x, data.global_test_y)
     metrics.update(global_accuracy=pooled["accuracy"], global_loss=pooled["loss"])
-  if np.asarray(data.test_num_examples).sum() > 0:  # clients hold test splits of their own
+  if data.test.total > 0:  # clients hold test splits of their own
     personal = algorithm.personal_params is not None
     params = algorithm.personal_params(state) if personal else global_params
-    sums = client_test_sums(
-      model.apply,
-      params,
-      data.test_x,
-      data.test_y,
-      data.test_num_examples,
-      personal=personal,
-      chunk_size=config.execution.chunk_size,
-    )
-    metrics.update(client_metrics(sums, data.test_y.ndim > 2, data.client_paths))
-    if adapt is not None:
-      adapted = client_test_sums(
+    width, sums, adapted = data.test.max_examples, [], []
+    for ids in evaluation_blocks(data.num_clients):
+      x, y, counts = data.test.padded(ids, width)
+      block_params = jax.tree.map(lambda leaf: leaf[ids], params) if personal else params
+      test = lambda params, personal: client_test_sums(
         model.apply,
-        adapt(global_params),
-        data.test_x,
-        data.test_y,
-        data.test_num_examples,
-        personal=True,
+        params,
+        x,
+        y,
+        counts,
+        personal=personal,
         chunk_size=config.execution.chunk_size,
       )
+      sums.append(test(block_params, personal))
+      if adapt is not None:
+        adapted.append(test(adapt(global_params, ids), True))
+    count = data.num_clients
+    metrics.update(client_metrics(np.concatenate(sums)[:count], data.sequences, data.client_paths))
+    if adapt is not None:
       metrics.update(
         (f"adapted_{k}", v)
-        for k, v in client_metrics(adapted, data.test_y.ndim > 2, data.client_paths).items()
+        for k, v in client_metrics(
+          np.concatenate(adapted)[:count], data.sequences, data.client_paths
+        ).items()
       )
   if algorithm.client_clusters is not None and data.client_groups is not None:
     metrics["cluster_ari"] = float(

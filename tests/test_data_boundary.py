@@ -11,6 +11,7 @@ import pytest
 
 from fedjax_lab import run
 from fedjax_lab.config import load_config
+from fedjax_lab.data import FederatedData
 
 
 def _config(tmp_path, data, *overrides):
@@ -30,39 +31,55 @@ def _config(tmp_path, data, *overrides):
   )
 
 
-def _with(data, **arrays):
-  return dataclasses.replace(data, **{k: v.copy() for k, v in arrays.items()})
+def _padded(data, **arrays):
+  """``data`` rebuilt from its padded layout, with ``arrays`` replacing some of it."""
+  fields = dict(
+    train_x=data.train_x,
+    train_y=data.train_y,
+    train_num_examples=data.train_num_examples,
+    test_x=data.test_x,
+    test_y=data.test_y,
+    test_num_examples=data.test_num_examples,
+    global_test_x=data.global_test_x,
+    global_test_y=data.global_test_y,
+    num_classes=data.num_classes,
+  )
+  return FederatedData.from_padded(**{**fields, **{k: v.copy() for k, v in arrays.items()}})
+
+
+def _rows(arrays, client, example):
+  return arrays.offsets[client] + example
 
 
 def _broken(data, case):
   """``tiny_federation`` with one defect (its clients hold 20, 2, 14, 7, 20 and 10 training
-  examples in 20 slots)."""
-  train_x, train_y = data.train_x.copy(), data.train_y.copy()
+  examples)."""
   if case == "negative label":
-    train_y[1, 1] = -1
-    train_y[1, 2] = -1  # padding: not an error
-    return dataclasses.replace(data, train_y=train_y)
+    y = data.train.y.copy()
+    y[_rows(data.train, 1, 1)] = -1
+    return dataclasses.replace(data, train=data.train.replace_rows(y=y))
   if case == "label too large":
-    test_y = data.test_y.copy()
-    test_y[0, 0] = data.num_classes
-    return dataclasses.replace(data, test_y=test_y)
+    y = data.test.y.copy()
+    y[_rows(data.test, 0, 0)] = data.num_classes
+    return dataclasses.replace(data, test=data.test.replace_rows(y=y))
   if case == "count past the padded axis":
     counts = data.train_num_examples.copy()
     counts[4] = data.max_examples + 5
-    return dataclasses.replace(data, train_num_examples=counts)
+    return _padded(data, train_num_examples=counts)
   if case == "negative count":
     counts = data.test_num_examples.copy()
     counts[2] = -1
-    return dataclasses.replace(data, test_num_examples=counts)
+    return _padded(data, test_num_examples=counts)
   if case == "NaN in a training example":
-    train_x[3, 1, 5] = np.nan
-    return dataclasses.replace(data, train_x=train_x)
+    x = data.train.x.copy()
+    x[_rows(data.train, 3, 1), 5] = np.nan
+    return dataclasses.replace(data, train=data.train.replace_rows(x=x))
   if case == "inf in the global test set":
     global_x = data.global_test_x.copy()
     global_x[7, 0] = np.inf
     return dataclasses.replace(data, global_test_x=global_x)
   if case == "labels shaped unlike inputs":
-    return dataclasses.replace(data, train_y=train_y[:, :-1])
+    return _padded(data, train_y=data.train_y[:, :-1])
   raise AssertionError(case)
 
 
@@ -79,8 +96,8 @@ def _broken(data, case):
   ],
 )
 def test_bad_data_is_named_before_anything_compiles(tiny_federation, tmp_path, case, message):
-  data = _broken(tiny_federation, case)
   with pytest.raises(ValueError) as error:
+    data = _broken(tiny_federation, case)
     run(_config(tmp_path, data), data=data, progress=False)
   assert message in str(error.value) and "\n" not in str(error.value)
   assert str(error.value).startswith("data")
@@ -95,17 +112,17 @@ def test_a_client_count_unlike_the_config_is_named(tiny_federation, tmp_path):
 
 @pytest.mark.parametrize("strategy", ["vmap", "loop"])
 def test_nan_and_bad_labels_in_padding_rows_change_nothing(tiny_federation, tmp_path, strategy):
-  """Padding is selected away, not multiplied by zero (0 x NaN = NaN): a federation whose
-  padding rows hold NaN inputs and label -1 trains and evaluates bit-identically."""
+  """Padding a user hands in (``FederatedData.from_padded``) never reaches the engine, and the
+  padding the engine makes is selected away: a federation whose padding rows hold NaN inputs
+  and label -1 trains and evaluates bit-identically."""
   data = tiny_federation
   positions = np.arange(data.max_examples)[None]
   train_pad = positions >= data.train_num_examples[:, None]
   test_pad = np.arange(data.test_x.shape[1])[None] >= data.test_num_examples[:, None]
   assert train_pad.any() and test_pad.any()
-  poisoned = _with(data, train_x=data.train_x, train_y=data.train_y, test_x=data.test_x)
-  poisoned.train_x[train_pad] = np.nan
-  poisoned.train_y[train_pad] = -1
-  poisoned.test_x[test_pad] = np.inf
+  train_x, train_y, test_x = data.train_x.copy(), data.train_y.copy(), data.test_x.copy()
+  train_x[train_pad], train_y[train_pad], test_x[test_pad] = np.nan, -1, np.inf
+  poisoned = _padded(data, train_x=train_x, train_y=train_y, test_x=test_x)
   overrides = [f"execution.strategy={strategy}", "data.test_fraction=0.2"]
   clean = run(_config(tmp_path / "clean", data, *overrides), data=data, progress=False)
   dirty = run(_config(tmp_path / "dirty", data, *overrides), data=poisoned, progress=False)

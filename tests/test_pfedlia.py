@@ -92,11 +92,8 @@ def test_group_shift_permutes_labels_by_group(grouped_federation):
 
 def test_rotation_turns_each_group_by_a_quarter_per_group(grouped_federation):
   plain = build_federation(dataclasses.replace(GROUPED.data, latent_groups=0))
-  images = dataclasses.replace(
-    plain,
-    train_x=plain.train_x.reshape(12, -1, 8, 8, 1),
-    test_x=plain.test_x.reshape(12, plain.test_x.shape[1], 8, 8, 1),
-  )
+  as_images = lambda arrays: arrays.replace_rows(x=arrays.x.reshape(-1, 8, 8, 1))
+  images = dataclasses.replace(plain, train=as_images(plain.train), test=as_images(plain.test))
   turned = groups.shift_by_group(images, np.repeat([0, 1, 2], 4), "rotation", 0)
   np.testing.assert_array_equal(turned.train_x[5], np.rot90(images.train_x[5], 1, axes=(1, 2)))
   np.testing.assert_array_equal(turned.train_y, images.train_y)

@@ -122,7 +122,7 @@ def attention_weights(config, data) -> dict:
 
 def plot_world(data, path: pathlib.Path) -> None:
   """The federation tree of one seed's documents, with clients and training tokens per node."""
-  tokens = data.train_num_examples * data.train_x.shape[-1]
+  tokens = data.train_num_examples * data.train.x.shape[-1]
   FederationTree.from_paths(data.client_paths).plot(path, tokens_per_client=tokens)
 
 

@@ -40,10 +40,6 @@ Regularizer = Callable[[Params, Any], jax.Array]
 
 AGGREGATION_STREAM = 0xA66  # fold_in constant: the aggregator's key, apart from training keys
 
-jax.tree_util.register_dataclass(
-  Cohort, data_fields=["client_ids", "x", "y", "num_examples"], meta_fields=[]
-)
-
 
 class Algorithm(NamedTuple):
   """A federated algorithm: ``init`` and ``round`` (module docstring), plus optional views.

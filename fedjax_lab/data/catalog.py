@@ -1,5 +1,8 @@
-"""The data registries: ``SOURCES`` (name -> ``load(data_config) -> Dataset``) and
-``PARTITIONERS`` (name -> ``split(dataset, data_config) -> list of client index arrays``).
+"""The data registries: ``SOURCES`` (name -> ``load(data_config) -> Dataset``),
+``PARTITIONERS`` (name -> ``split(dataset, data_config) -> list of client index arrays``) and
+``FEDERATIONS`` (name -> ``load(data_config) -> FederatedData``: sources whose clients are
+given, as LEAF's and TFF's files and clients made on demand are; their partition is
+``natural``).
 
 ``data_config`` is the run's ``config.DataConfig``, read for its fields only. A TFDS source is
 ``tfds:<catalog name>``; a variant such as ``tfds:emnist/byclass`` uses its base's entry.
@@ -11,14 +14,17 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fedjax_lab.data import partition, sources, text_world
+from fedjax_lab.data import generated, partition, sources, text_world
+from fedjax_lab.data.federated import FederatedData
 from fedjax_lab.registry import Registry
 
 Loader = Callable[[object], sources.Dataset]
 Partitioner = Callable[[sources.Dataset, object], partition.ClientIndices]
+FederationLoader = Callable[[object], FederatedData]
 
 SOURCES: Registry[Loader] = Registry("data.source")
 PARTITIONERS: Registry[Partitioner] = Registry("data.partition")
+FEDERATIONS: Registry[FederationLoader] = Registry("data.source")
 
 
 def lookup_source(name: str) -> Loader:
@@ -110,6 +116,17 @@ SOURCES.register(  # paper scale: a world of TFDS text datasets (data.text_spec,
 )
 for _name in sources.TFDS_DATASETS:
   SOURCES.register(f"tfds:{_name}", _tfds)
+
+FEDERATIONS.register(
+  "synthetic_clients",
+  lambda data: generated.synthetic_clients(
+    data.num_clients,
+    data.seed,
+    alpha=data.synthetic_alpha,
+    beta=data.synthetic_beta,
+    test_fraction=data.test_fraction,
+  ),
+)
 
 PARTITIONERS.register(
   "iid", lambda dataset, data: partition.iid(len(dataset.train_y), data.num_clients, data.seed)

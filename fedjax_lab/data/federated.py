@@ -1,17 +1,25 @@
-"""``FederatedData``: per-client train/test arrays padded to ``[num_clients, max_examples, ...]``.
+"""``FederatedData``: a federation's per-client train/test splits in a ragged store.
 
-Host-resident numpy. A round gathers only its cohort (``cohort``) and moves that to the device.
-Row ``k`` of ``train_x`` holds client ``k``'s ``train_num_examples[k]`` real examples first,
-then zero padding; every consumer masks by position ``< num_examples``.
+Each split is a ``ClientArrays`` (``data/ragged.py``): the clients' real examples flat, with
+offsets, as numpy arrays or memory maps; host memory follows the real examples, not
+``num_clients x max_examples``. A round gathers only its cohort (``cohort``): the cohort's rows
+packed flat on the host (in a buffer of ``ragged.bucket`` rows, at most 1.25x the real ones),
+moved to the device, and
+unpacked there into the padded layout ``[cohort, max_examples, ...]`` the methods read, real
+examples first and zeros after (every consumer also masks by position ``< num_examples``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fedjax_lab.data import partition
+from fedjax_lab.data.ragged import ClientArrays, ClientStore, bucket
 from fedjax_lab.data.sources import Dataset
 from fedjax_lab.plots import pyplot
 
@@ -21,49 +29,61 @@ class Cohort:
   """The data of the clients that take part in one round, leading axis ``[cohort]``."""
 
   client_ids: np.ndarray  # [cohort] int32
-  x: np.ndarray  # [cohort, max_examples, ...]
-  y: np.ndarray  # [cohort, max_examples, ...] int32
+  x: jax.Array  # [cohort, max_examples, ...]
+  y: jax.Array  # [cohort, max_examples, ...] int32
   num_examples: np.ndarray  # [cohort] int32
 
 
-def _pad_clients(
-  values: np.ndarray, client_indices: list[np.ndarray], max_examples: int
-) -> np.ndarray:
-  padded = np.zeros((len(client_indices), max_examples) + values.shape[1:], values.dtype)
-  for client, indices in enumerate(client_indices):
-    padded[client, : len(indices)] = values[indices]
-  return padded
+jax.tree_util.register_dataclass(
+  Cohort, data_fields=["client_ids", "x", "y", "num_examples"], meta_fields=[]
+)
 
 
-def _check_rows(where: str, x, y, real: np.ndarray, num_classes: int) -> None:
-  """``ValueError`` at the first real row (``real [clients, rows]``) whose labels fall outside
-  ``[0, num_classes)`` or whose inputs are not finite; ``where.format(client, row)`` names it."""
-  per_row = lambda values: values.reshape(values.shape[:2] + (-1,)).all(axis=2)
+@functools.partial(jax.jit, static_argnums=3)
+def unpack(flat, starts, counts, width: int):
+  """``[cohort, width, ...]`` from rows packed flat (client ``k``'s ``counts[k]`` rows start at
+  ``starts[k]``): real rows first, zeros after."""
+  slots = jnp.arange(width)
+  real = slots[None] < counts[:, None]
+  rows = jnp.take(flat, jnp.where(real, starts[:, None] + slots[None], 0), axis=0)
+  return jnp.where(real.reshape(real.shape + (1,) * (flat.ndim - 1)), rows, 0)
+
+
+def _check_rows(where: str, x, y, client_of_rows, num_classes: int) -> None:
+  """``ValueError`` at the first row whose labels fall outside ``[0, num_classes)`` or whose
+  inputs are not finite; ``where.format(client, row)`` names it (``client_of_rows [rows]``, the
+  row counted within its client)."""
+  per_row = lambda values: values.reshape(values.shape[:1] + (-1,)).all(axis=1)
+
+  def name(flat_row):
+    client = client_of_rows[flat_row]
+    return where.format(client, flat_row - np.searchsorted(client_of_rows, client))
+
   labels_ok = per_row((y >= 0) & (y < num_classes))
-  bad = np.argwhere(real & ~labels_ok)
+  bad = np.flatnonzero(~labels_ok)
   if bad.size:
-    client, row = bad[0]
-    labels = np.asarray(y[client, row]).ravel()
+    labels = np.asarray(y[bad[0]]).ravel()
     label = labels[(labels < 0) | (labels >= num_classes)][0]
-    raise ValueError(
-      f"data: {where.format(client, row)} has label {label}, outside [0, {num_classes})"
-    )
+    raise ValueError(f"data: {name(bad[0])} has label {label}, outside [0, {num_classes})")
   if np.issubdtype(x.dtype, np.inexact):
-    bad = np.argwhere(real & ~per_row(np.isfinite(x)))
+    bad = np.flatnonzero(~per_row(np.isfinite(x)))
     if bad.size:
-      raise ValueError(f"data: {where.format(*bad[0])} holds NaN or infinite inputs")
+      raise ValueError(f"data: {name(bad[0])} holds NaN or infinite inputs")
 
 
 @dataclasses.dataclass(frozen=True)
 class FederatedData:
-  """A federation: padded per-client splits, plus the source's pooled global test set."""
+  """A federation: each client's train and test split (``ClientArrays``), plus the source's
+  pooled global test set.
 
-  train_x: np.ndarray
-  train_y: np.ndarray
-  train_num_examples: np.ndarray
-  test_x: np.ndarray
-  test_y: np.ndarray
-  test_num_examples: np.ndarray
+  ``train_x``, ``train_y``, ``train_num_examples`` (and ``test_*``, ``max_examples``) are
+  views in the padded layout ``[num_clients, max_examples, ...]``, built on first use: for
+  small federations, notebooks and tests. The engine never builds them: it reads ``train`` and
+  ``test`` by cohort and by block of clients.
+  """
+
+  train: ClientStore
+  test: ClientStore
   global_test_x: np.ndarray
   global_test_y: np.ndarray
   num_classes: int
@@ -79,18 +99,55 @@ class FederatedData:
     for k, (tr, te) in enumerate(zip(train_indices, test_indices)):
       if np.intersect1d(tr, te).size:
         raise AssertionError(f"client {k}: train and test splits overlap")
-    max_train = max(1, max(len(i) for i in train_indices))
-    max_test = max(1, max(len(i) for i in test_indices))
     return cls(
-      train_x=_pad_clients(dataset.train_x, train_indices, max_train),
-      train_y=_pad_clients(dataset.train_y, train_indices, max_train),
-      train_num_examples=np.array([len(i) for i in train_indices], np.int32),
-      test_x=_pad_clients(dataset.train_x, test_indices, max_test),
-      test_y=_pad_clients(dataset.train_y, test_indices, max_test),
-      test_num_examples=np.array([len(i) for i in test_indices], np.int32),
+      train=ClientArrays.from_indices(dataset.train_x, dataset.train_y, train_indices),
+      test=ClientArrays.from_indices(dataset.train_x, dataset.train_y, test_indices),
       global_test_x=dataset.test_x,
       global_test_y=dataset.test_y,
       num_classes=dataset.num_classes,
+    )
+
+  @classmethod
+  def from_padded(
+    cls,
+    train_x,
+    train_y,
+    train_num_examples,
+    test_x,
+    test_y,
+    test_num_examples,
+    global_test_x,
+    global_test_y,
+    num_classes: int,
+    **fields,
+  ) -> FederatedData:
+    """From arrays in the padded layout ``[num_clients, max_examples, ...]`` (client ``k``'s
+    first ``num_examples[k]`` rows are real); ``fields``: ``client_groups``, ``client_paths``.
+    Raises ``ValueError`` naming the split whose shapes or counts disagree."""
+    splits = {}
+    for split, x, y, counts in (
+      ("train", train_x, train_y, np.asarray(train_num_examples)),
+      ("test", test_x, test_y, np.asarray(test_num_examples)),
+    ):
+      if x.ndim < 2 or y.shape[:2] != x.shape[:2] or counts.shape != (x.shape[0],):
+        raise ValueError(
+          f"data: {split}_x {x.shape}, {split}_y {y.shape} and {split}_num_examples "
+          f"{counts.shape} must share [num_clients, max_examples] (and [num_clients])"
+        )
+      outside = np.flatnonzero((counts < 0) | (counts > x.shape[1]))
+      if outside.size:
+        client = outside[0]
+        raise ValueError(
+          f"data: {split}_num_examples[{client}] = {counts[client]} is outside [0, "
+          f"{x.shape[1]}] (the padded axis of {split}_x)"
+        )
+      splits[split] = ClientArrays.from_padded(x, y, counts)
+    return cls(
+      **splits,
+      global_test_x=global_test_x,
+      global_test_y=global_test_y,
+      num_classes=num_classes,
+      **fields,
     )
 
   @classmethod
@@ -104,84 +161,156 @@ class FederatedData:
     return dataclasses.replace(cls.from_indices(dataset, train, test), client_paths=names)
 
   def validate(self) -> None:
-    """Check the federation at the boundary, before anything is compiled: each split's arrays
-    agree in shape, its counts lie in ``[0, padded axis]``, and every real row holds labels in
-    ``[0, num_classes)`` and finite inputs (padding rows may hold anything: every consumer
-    selects them away). Raises ``ValueError`` naming the first offending client and row."""
-    splits = [
-      ("train", self.train_x, self.train_y, np.asarray(self.train_num_examples)),
-      ("test", self.test_x, self.test_y, np.asarray(self.test_num_examples)),
-    ]
-    for split, x, y, counts in splits:
-      if x.ndim < 2 or y.shape[:2] != x.shape[:2] or counts.shape != (x.shape[0],):
-        raise ValueError(
-          f"data: {split}_x {x.shape}, {split}_y {y.shape} and {split}_num_examples "
-          f"{counts.shape} must share [num_clients, max_examples] (and [num_clients])"
-        )
-      outside = np.flatnonzero((counts < 0) | (counts > x.shape[1]))
-      if outside.size:
-        client = outside[0]
-        raise ValueError(
-          f"data: {split}_num_examples[{client}] = {counts[client]} is outside [0, "
-          f"{x.shape[1]}] (the padded axis of {split}_x)"
-        )
-      real = np.arange(x.shape[1])[None] < counts[:, None]
-      _check_rows(f"client {{}}'s {split} example {{}}", x, y, real, self.num_classes)
-    global_x, global_y = self.global_test_x[None], self.global_test_y[None]
-    everywhere = np.ones(global_y.shape[:2], bool)
-    _check_rows("global test example {1}", global_x, global_y, everywhere, self.num_classes)
-    if self.train_y.shape[0] != self.test_y.shape[0]:
+    """Check the federation at the boundary, before anything is compiled: both splits hold the
+    same clients, and every example held in arrays has labels in ``[0, num_classes)`` and
+    finite inputs (clients made on demand, ``data/generated.py``, are valid by construction).
+    Raises ``ValueError`` naming the first offending client and example."""
+    if self.train.num_clients != self.test.num_clients:
       raise ValueError(
-        f"data: {self.train_y.shape[0]} clients in train_x but {self.test_y.shape[0]} in test_x"
+        f"data: {self.train.num_clients} clients in the train split but "
+        f"{self.test.num_clients} in the test split"
       )
+    for split, arrays in (("train", self.train), ("test", self.test)):
+      if not isinstance(arrays, ClientArrays):  # made on demand, valid by construction
+        continue
+      if arrays.y.shape[:1] != arrays.x.shape[:1] or arrays.x.ndim < 1:
+        raise ValueError(f"data: {split} inputs {arrays.x.shape} and labels {arrays.y.shape}")
+      where = f"client {{}}'s {split} example {{}}"
+      _check_rows(where, arrays.x, arrays.y, arrays.client_of_rows(), self.num_classes)
+    everywhere = np.zeros(len(self.global_test_y), np.int64)
+    _check_rows(
+      "global test example {1}",
+      self.global_test_x,
+      self.global_test_y,
+      everywhere,
+      self.num_classes,
+    )
 
   @property
   def num_clients(self) -> int:
-    return len(self.train_num_examples)
+    return self.train.num_clients
 
   @property
   def max_examples(self) -> int:
-    return self.train_x.shape[1]
+    """The largest client's training example count (the width of a cohort's padded layout)."""
+    return self.train.max_examples
 
-  def cohort(self, client_ids) -> Cohort:
-    """Gather the training data of ``client_ids`` (host-side fancy indexing)."""
+  @functools.cached_property
+  def train_num_examples(self) -> np.ndarray:
+    return self.train.num_examples
+
+  @functools.cached_property
+  def test_num_examples(self) -> np.ndarray:
+    return self.test.num_examples
+
+  @functools.cached_property
+  def _padded_train(self):
+    return self.train.padded(width=self.max_examples)
+
+  @functools.cached_property
+  def _padded_test(self):
+    return self.test.padded()
+
+  @property
+  def train_x(self) -> np.ndarray:
+    return self._padded_train[0]
+
+  @property
+  def train_y(self) -> np.ndarray:
+    return self._padded_train[1]
+
+  @property
+  def test_x(self) -> np.ndarray:
+    return self._padded_test[0]
+
+  @property
+  def test_y(self) -> np.ndarray:
+    return self._padded_test[1]
+
+  @property
+  def sequences(self) -> bool:
+    """Whether each example carries a sequence of labels (next-token data)."""
+    return self.global_test_y.ndim > 1
+
+  def cohort(self, client_ids, size: int | None = None) -> Cohort:
+    """The training data of ``client_ids`` on the device, in the padded layout
+    ``[cohort, max_examples, ...]`` (a shape that depends only on the cohort size, so the
+    round compiles once). Only the cohort's real rows cross to the device, packed flat in a
+    buffer of ``ragged.bucket(rows)`` rows: at most 1.25x the real bytes, in a few sizes,
+    each of which compiles the small unpacking program once.
+    ``size``: fill the cohort up to that many clients with empty ones (the first client's id,
+    no examples)."""
     client_ids = np.asarray(client_ids, np.int32)
-    if client_ids.ndim != 1 or client_ids.min() < 0 or client_ids.max() >= self.num_clients:
+    size = size or len(client_ids)
+    if (
+      client_ids.ndim != 1
+      or size < len(client_ids)
+      or (len(client_ids) and (client_ids.min() < 0 or client_ids.max() >= self.num_clients))
+    ):
       raise ValueError(
-        f"client ids must be a 1-D array in [0, {self.num_clients}), got {client_ids}"
+        f"client ids must be a 1-D array in [0, {self.num_clients}) of at most {size}, got "
+        f"{client_ids}"
       )
+    rows = int(self.train.num_examples[client_ids].sum(dtype=np.int64))
+    x, y, starts, counts = self.train.flat(client_ids, bucket(rows))
+    empty = size - len(client_ids)
+    filler = client_ids[:1] if len(client_ids) else np.zeros(1, np.int32)
+    client_ids = np.concatenate([client_ids, np.repeat(filler, empty)])
+    starts = np.concatenate([starts, np.zeros(empty, np.int32)])
+    counts = np.concatenate([counts, np.zeros(empty, np.int32)])
     return Cohort(
       client_ids,
-      self.train_x[client_ids],
-      self.train_y[client_ids],
-      self.train_num_examples[client_ids],
+      unpack(x, starts, counts, self.max_examples),
+      unpack(y, starts, counts, self.max_examples),
+      counts,
+    )
+
+  def arrays(self, purpose: str) -> tuple[ClientArrays, ClientArrays]:
+    """``(train, test)`` when both are held in arrays; otherwise ``ValueError`` naming
+    ``purpose`` (what needs them) and the store that does not hold them."""
+    if not (isinstance(self.train, ClientArrays) and isinstance(self.test, ClientArrays)):
+      raise ValueError(
+        f"data: {purpose} needs a federation held in arrays, not clients made on demand "
+        f"({type(self.train).__name__})"
+      )
+    return self.train, self.test
+
+  def subset(self, client_ids) -> FederatedData:
+    """The federation of ``client_ids`` alone, renumbered ``0 .. len(client_ids) - 1`` in that
+    order (the global test set kept whole)."""
+    client_ids = np.asarray(client_ids, np.int64)
+    train, test = self.arrays("subset")
+    return dataclasses.replace(
+      self,
+      train=train.select(client_ids),
+      test=test.select(client_ids),
+      client_groups=None if self.client_groups is None else self.client_groups[client_ids],
+      client_paths=None
+      if self.client_paths is None
+      else tuple(self.client_paths[k] for k in client_ids),
     )
 
   def pooled(self) -> FederatedData:
     """The same data as one client holding every training example (the Centralized baseline)."""
-    mask = np.arange(self.max_examples)[None] < self.train_num_examples[:, None]
-    x, y = self.train_x[mask][None], self.train_y[mask][None]
-    tmask = np.arange(self.test_x.shape[1])[None] < self.test_num_examples[:, None]
+    one_client = lambda arrays: ClientArrays(
+      arrays.x, arrays.y, np.array([0, arrays.total], np.int64)
+    )
+    train, test = self.arrays("pooling every example into one client (centralized)")
     return dataclasses.replace(
       self,
-      train_x=x,
-      train_y=y,
-      train_num_examples=np.array([x.shape[1]], np.int32),
-      test_x=self.test_x[tmask][None],
-      test_y=self.test_y[tmask][None],
-      test_num_examples=np.array([int(tmask.sum())], np.int32),
+      train=one_client(train),
+      test=one_client(test),
       client_groups=None,
       client_paths=None,
     )
 
   def label_histogram(self) -> np.ndarray:
     """``[num_clients, num_classes]`` counts of each training label per client."""
-    if self.train_y.ndim != 2:
+    if self.sequences:
       raise ValueError("label_histogram needs one label per example (classification data)")
-    mask = np.arange(self.max_examples)[None] < self.train_num_examples[:, None]
+    train, _ = self.arrays("label_histogram")
     hist = np.zeros((self.num_clients, self.num_classes), np.int64)
-    for client in range(self.num_clients):
-      hist[client] = np.bincount(self.train_y[client][mask[client]], minlength=self.num_classes)
+    np.add.at(hist, (train.client_of_rows(), np.asarray(train.y)), 1)
     return hist
 
   def summary(self) -> dict:
@@ -196,7 +325,7 @@ class FederatedData:
       "examples_median": float(np.median(counts)),
       "examples_max": int(counts.max()),
     }
-    if self.train_y.ndim == 2:
+    if not self.sequences:
       hist = self.label_histogram()
       p = hist / np.maximum(hist.sum(1, keepdims=True), 1)
       entropy = -(p * np.log(np.where(p > 0, p, 1))).sum(1)

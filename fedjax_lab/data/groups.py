@@ -40,33 +40,40 @@ def _rotate(images: np.ndarray, quarter_turns: int) -> np.ndarray:
 def shift_by_group(data: FederatedData, groups: np.ndarray, kind: str, seed: int) -> FederatedData:
   """``data`` with each client's train and test splits shifted by its group (module doc).
 
-  Padding rows are shifted too (they stay masked). Sets ``data.client_groups = groups``.
+  Sets ``data.client_groups = groups``.
   """
   groups = np.asarray(groups, np.int32)
   if groups.shape != (data.num_clients,):
     raise ValueError(
       f"groups must have one id per client ({data.num_clients}), got shape {groups.shape}"
     )
-  train_x, test_x = data.train_x.copy(), data.test_x.copy()
-  train_y, test_y = data.train_y.copy(), data.test_y.copy()
+  data.arrays(f"data.group_shift={kind}")
   num_groups = int(groups.max()) + 1
   if kind == "label_permutation":
     permutations = label_permutations(num_groups, data.num_classes, seed)
-    train_y = permutations[groups[:, None], train_y]
-    test_y = permutations[groups[:, None], test_y]
+
+    def shift(arrays):
+      row_groups = groups[arrays.client_of_rows()]
+      labels = permutations[row_groups.reshape((-1,) + (1,) * (arrays.y.ndim - 1)), arrays.y]
+      return arrays.replace_rows(y=labels)
+
   elif kind == "rotation":
-    if train_x.ndim != 5 or num_groups > 4:
+    if data.train.x.ndim != 4 or num_groups > 4:
       raise ValueError(
         "data.group_shift='rotation' needs image data [H, W, C] and at most "
-        f"4 groups, got inputs of rank {train_x.ndim - 2} and {num_groups} groups"
+        f"4 groups, got inputs of rank {data.train.x.ndim - 1} and {num_groups} groups"
       )
-    for client, group in enumerate(groups):
-      train_x[client] = _rotate(train_x[client], int(group))
-      test_x[client] = _rotate(test_x[client], int(group))
+
+    def shift(arrays):
+      row_groups, images = groups[arrays.client_of_rows()], np.array(arrays.x)
+      for group in range(1, num_groups):
+        images[row_groups == group] = _rotate(images[row_groups == group], group)
+      return arrays.replace_rows(x=images)
+
   else:
     raise ValueError(f"data.group_shift={kind!r} is unknown; allowed: {', '.join(GROUP_SHIFTS)}")
   return dataclasses.replace(
-    data, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, client_groups=groups
+    data, train=shift(data.train), test=shift(data.test), client_groups=groups
   )
 
 

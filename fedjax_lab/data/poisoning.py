@@ -18,6 +18,8 @@ def malicious_clients(num_clients: int, fraction: float, seed: int) -> np.ndarra
 def flip_labels(federation: FederatedData, clients: np.ndarray) -> FederatedData:
   """The federation with ``clients``' training labels flipped, ``y -> C - 1 - y`` (Tolpegin et
   al. 2020); their test splits keep the true labels, which is what evaluation measures."""
-  train_y = federation.train_y.copy()
-  train_y[clients] = federation.num_classes - 1 - train_y[clients]
-  return dataclasses.replace(federation, train_y=train_y)
+  train, _ = federation.arrays("attack.kind=label_flip")
+  flipped = np.isin(train.client_of_rows(), clients)
+  labels = np.array(train.y)
+  labels[flipped] = federation.num_classes - 1 - labels[flipped]
+  return dataclasses.replace(federation, train=train.replace_rows(y=labels))

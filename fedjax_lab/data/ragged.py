@@ -1,0 +1,193 @@
+"""Client stores: how a split of a federation holds its clients' examples.
+
+``ClientStore`` is what the engine reads a split through: each client's example count, and
+``gather(client_ids)``, their rows one client after the other. Everything else (a cohort's
+flat buffer, the padded layout of a block of clients, the buffer size that fits every cohort
+of a size) follows from those two. ``ClientArrays`` holds the examples; a generated store
+(``data/generated.py``) makes each client when it is gathered.
+
+``ClientArrays``: every client's examples held flat, client after client, with offsets. Client
+``k`` owns rows ``offsets[k] : offsets[k + 1]`` of ``x`` and ``y``. A federation costs
+its real examples and nothing more (no padding to the largest client), and ``x``, ``y`` may be
+memory maps of ``.npy`` files (``save`` / ``load``), so a federation larger than memory is
+read only where a round touches it. Padding happens late, to the clients actually gathered:
+``flat`` packs a cohort's rows one after the other, ``padded`` builds the
+``[clients, width, ...]`` layout for a block of clients (evaluation, small federations).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import pathlib
+from collections.abc import Sequence
+
+import numpy as np
+
+MIN_BUCKET = 64
+BUCKET_GROWTH = 1.25
+
+
+class ClientStore:
+  """A split's clients (module docstring). Subclasses define ``num_examples`` (``[num_clients]``
+  int32), ``gather`` and ``first_input``."""
+
+  @property
+  def num_examples(self) -> np.ndarray:
+    raise NotImplementedError
+
+  def gather(self, client_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)``: the rows of ``client_ids``, client after client, in that order."""
+    raise NotImplementedError
+
+  def first_input(self) -> np.ndarray:
+    """``[1, ...]``: one example's input (its shape and dtype initialize a model)."""
+    raise NotImplementedError
+
+  @property
+  def num_clients(self) -> int:
+    return len(self.num_examples)
+
+  @property
+  def max_examples(self) -> int:
+    """The largest client's example count (at least 1, the width of a padded layout)."""
+    return max(1, int(self.num_examples.max(initial=0)))
+
+  @property
+  def total(self) -> int:
+    return int(self.num_examples.sum(dtype=np.int64))
+
+  def flat(self, client_ids, capacity: int | None = None):
+    """``(x, y, offsets, counts)``: the rows of ``client_ids`` packed one client after the other
+    (``offsets [cohort]`` where each starts), zero rows appended up to ``capacity``."""
+    client_ids = np.asarray(client_ids, np.int64)
+    rows_x, rows_y = self.gather(client_ids)
+    counts = self.num_examples[client_ids]
+    capacity = max(len(rows_x), capacity or 0, 1)
+    x = np.zeros((capacity,) + rows_x.shape[1:], rows_x.dtype)
+    y = np.zeros((capacity,) + rows_y.shape[1:], rows_y.dtype)
+    x[: len(rows_x)], y[: len(rows_y)] = rows_x, rows_y
+    starts = np.cumsum(counts) - counts
+    return x, y, starts.astype(np.int32), counts.astype(np.int32)
+
+  def padded(self, client_ids=None, width: int | None = None):
+    """``(x, y, counts)``: ``client_ids`` (default: every client) in the padded layout
+    ``[clients, width, ...]``, real rows first and zeros after; ``width`` defaults to the
+    largest of these clients. Costs ``clients * width`` rows: for blocks of clients and small
+    federations."""
+    if client_ids is None:
+      client_ids = np.arange(self.num_clients)
+    client_ids = np.asarray(client_ids, np.int64)
+    counts = self.num_examples[client_ids]
+    width = width or max(1, int(counts.max(initial=0)))
+    if (counts > width).any():
+      raise ValueError(f"data: a client holds {counts.max()} examples, more than width {width}")
+    rows_x, rows_y = self.gather(client_ids)
+    slots = np.arange(width)[None] < counts[:, None]
+    x = np.zeros((len(client_ids), width) + rows_x.shape[1:], rows_x.dtype)
+    y = np.zeros((len(client_ids), width) + rows_y.shape[1:], rows_y.dtype)
+    x[slots], y[slots] = rows_x, rows_y
+    return x, y, counts.astype(np.int32)
+
+
+def bucket(rows: int) -> int:
+  """The buffer size for ``rows`` rows: the smallest ``ceil(MIN_BUCKET * BUCKET_GROWTH^k)`` that
+  holds them, so a buffer exceeds its rows by at most ``BUCKET_GROWTH`` (beyond ``MIN_BUCKET``)
+  while a run's cohorts take only a handful of sizes (each compiles the unpacking once)."""
+  size = MIN_BUCKET
+  while size < rows:
+    size = math.ceil(size * BUCKET_GROWTH)
+  return size
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientArrays(ClientStore):
+  """Ragged per-client examples (module docstring). ``offsets``: ``[num_clients + 1]``, starting
+  at 0, non-decreasing, ending at ``len(x)``."""
+
+  x: np.ndarray
+  y: np.ndarray
+  offsets: np.ndarray
+
+  @classmethod
+  def from_indices(
+    cls, x: np.ndarray, y: np.ndarray, indices: Sequence[np.ndarray]
+  ) -> ClientArrays:
+    """Client ``k`` holds ``x[indices[k]]``, ``y[indices[k]]`` (copied once, in that order)."""
+    rows = np.concatenate([np.asarray(i, np.int64) for i in indices] or [np.zeros(0, np.int64)])
+    offsets = np.concatenate([[0], np.cumsum([len(i) for i in indices])]).astype(np.int64)
+    return cls(x[rows], y[rows], offsets)
+
+  @classmethod
+  def from_padded(cls, x: np.ndarray, y: np.ndarray, num_examples) -> ClientArrays:
+    """From the padded layout ``[num_clients, max_examples, ...]``: client ``k``'s first
+    ``num_examples[k]`` rows."""
+    counts = np.asarray(num_examples, np.int64)
+    real = np.arange(x.shape[1])[None] < counts[:, None]
+    return cls(x[real], y[real], np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+
+  @classmethod
+  def load(cls, folder, name: str, mmap: bool = True) -> ClientArrays:
+    """The arrays ``save(folder, name)`` wrote, memory-mapped read-only when ``mmap``."""
+    folder, mode = pathlib.Path(folder), "r" if mmap else None
+    part = lambda field: np.load(folder / f"{name}_{field}.npy", mmap_mode=mode)
+    return cls(part("x"), part("y"), np.asarray(part("offsets")))
+
+  def save(self, folder, name: str) -> None:
+    """``folder/{name}_{x,y,offsets}.npy`` (``load`` reads them back)."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for field in ("x", "y", "offsets"):
+      np.save(folder / f"{name}_{field}.npy", getattr(self, field))
+
+  def __post_init__(self):
+    offsets = np.asarray(self.offsets)
+    if (
+      offsets.ndim != 1
+      or len(offsets) < 1
+      or offsets[0] != 0
+      or offsets[-1] != len(self.x)
+      or (np.diff(offsets) < 0).any()
+    ):
+      raise ValueError(
+        f"data: offsets must rise from 0 to the {len(self.x)} rows of x, got "
+        f"{len(offsets)} offsets ending at {offsets[-1] if len(offsets) else None}"
+      )
+    if len(self.y) != len(self.x):
+      raise ValueError(f"data: {len(self.x)} rows of x but {len(self.y)} of y")
+
+  @functools.cached_property
+  def num_examples(self) -> np.ndarray:
+    """``[num_clients]`` int32: each client's example count."""
+    return np.diff(self.offsets).astype(np.int32)
+
+  def gather(self, client_ids) -> tuple[np.ndarray, np.ndarray]:
+    rows = self.rows(np.asarray(client_ids, np.int64))
+    return self.x[rows], self.y[rows]
+
+  def first_input(self) -> np.ndarray:
+    return np.asarray(self.x[:1])
+
+  def rows(self, client_ids) -> np.ndarray:
+    """The flat row indices of ``client_ids``' examples, client after client, in that order."""
+    starts, counts = self.offsets[client_ids], np.diff(self.offsets)[client_ids]
+    within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.repeat(starts, counts) + within
+
+  def client_of_rows(self) -> np.ndarray:
+    """``[total]``: the client each row belongs to."""
+    return np.repeat(np.arange(self.num_clients), np.diff(self.offsets))
+
+  def select(self, client_ids) -> ClientArrays:
+    """Only ``client_ids``, in that order (their rows copied)."""
+    counts = np.diff(self.offsets)[np.asarray(client_ids, np.int64)]
+    rows = self.rows(np.asarray(client_ids, np.int64))
+    return ClientArrays(self.x[rows], self.y[rows], np.concatenate([[0], np.cumsum(counts)]))
+
+  def replace_rows(self, x: np.ndarray | None = None, y: np.ndarray | None = None) -> ClientArrays:
+    """The same clients with new flat ``x`` and/or ``y`` (as many rows)."""
+    return ClientArrays(self.x if x is None else x, self.y if y is None else y, self.offsets)
+
+  def nbytes(self) -> int:
+    return int(self.x.nbytes + self.y.nbytes + self.offsets.nbytes)
