@@ -410,6 +410,9 @@ class ExperimentConfig:
   # > 0: also evaluate each client's copy of the global model after this many epochs of local
   # training on its own data (local adaptation), as the adapted_client_* metrics
   eval_finetune_epochs: int = 0
+  # > 0: test clients' own splits on this many clients, drawn once from the seed (the same at
+  # every evaluation), and report the sampling error (client_accuracy_sem); 0: every client
+  eval_clients: int = 0
   checkpoint_every: int = 10  # 0 disables checkpoints
   out_dir: str = "runs/default"
 
@@ -428,6 +431,12 @@ class ExperimentConfig:
     require(self.eval_every >= 1, "eval_every", ">= 1", self.eval_every)
     require(
       self.eval_finetune_epochs >= 0, "eval_finetune_epochs", ">= 0", self.eval_finetune_epochs
+    )
+    require(
+      0 <= self.eval_clients <= self.data.num_clients,
+      "eval_clients",
+      f"in [0, data.num_clients={self.data.num_clients}] (0: every client)",
+      self.eval_clients,
     )
     if self.eval_finetune_epochs > 0:
       require(

@@ -33,6 +33,7 @@ from fedjax_lab.plots import pyplot
 POISSON_PADDING = 8
 ADAPTATION_STREAM = 0xADA  # fold_in constant: local adaptation's keys, apart from training's
 EVALUATION_BLOCK = 512  # clients whose test splits are evaluated together
+EVALUATION_STREAM = 0xE7A1  # the seed's stream that draws eval_clients
 
 
 class TrainingDivergedError(RuntimeError):
@@ -138,12 +139,21 @@ def local_adaptation(experiment):
   return adapt_clients
 
 
-def evaluation_blocks(num_clients: int, block: int = EVALUATION_BLOCK) -> list[np.ndarray]:
-  """Every client id in blocks of ``min(block, num_clients)``, the last one filled up with
-  client 0 (``evaluate`` drops the filler's results): one shape, one compilation."""
-  block = min(block, num_clients)
-  ids = np.arange(-(-num_clients // block) * block) % num_clients
-  return list(ids.reshape(-1, block))
+def evaluated_clients(config: ExperimentConfig, num_clients: int) -> np.ndarray:
+  """The clients whose own test splits are evaluated: every one, or ``config.eval_clients``
+  of them drawn once from the seed (sorted; the same at every evaluation)."""
+  if config.eval_clients in (0, num_clients):
+    return np.arange(num_clients)
+  rng = np.random.default_rng([config.seed, EVALUATION_STREAM])
+  return np.sort(rng.choice(num_clients, config.eval_clients, replace=False))
+
+
+def evaluation_blocks(client_ids: np.ndarray, block: int = EVALUATION_BLOCK) -> list[np.ndarray]:
+  """``client_ids`` in blocks of ``min(block, len(client_ids))``, the last one filled up with
+  its first client (``evaluate`` drops the filler's results): one shape, one compilation."""
+  block = min(block, len(client_ids))
+  filled = np.resize(client_ids, -(-len(client_ids) // block) * block)
+  return list(filled.reshape(-1, block))
 
 
 def evaluate(
@@ -156,9 +166,9 @@ def evaluate(
 ) -> dict:
   """Global model on the pooled test set; each client's model on its own test split (when
   ``data.test_fraction > 0`` gave clients one); with ``adapt`` (``local_adaptation``) also
-  each client's adapted global model on its split, as ``adapted_client_*``. Clients are
-  evaluated in blocks of ``EVALUATION_BLOCK`` (``evaluation_blocks``): memory follows a
-  block, not the federation."""
+  each client's adapted global model on its split, as ``adapted_client_*``. Clients
+  (``evaluated_clients``: all, or ``eval_clients`` of them) are evaluated in blocks of
+  ``EVALUATION_BLOCK`` (``evaluation_blocks``): memory follows a block, not the federation."""
   metrics = {}
   global_params = algorithm.global_params(state) if algorithm.global_params is not None else None
   if global_params is not None:
@@ -168,7 +178,8 @@ def evaluate(
     personal = algorithm.personal_params is not None
     params = algorithm.personal_params(state) if personal else global_params
     width, sums, adapted = data.test.max_examples, [], []
-    for ids in evaluation_blocks(data.num_clients):
+    clients = evaluated_clients(config, data.num_clients)
+    for ids in evaluation_blocks(clients):
       x, y, counts = data.test.padded(ids, width)
       block_params = jax.tree.map(lambda leaf: leaf[ids], params) if personal else params
       test = lambda params, personal: client_test_sums(
@@ -183,15 +194,14 @@ def evaluate(
       sums.append(test(block_params, personal))
       if adapt is not None:
         adapted.append(test(adapt(global_params, ids), True))
-    count = data.num_clients
-    metrics.update(client_metrics(np.concatenate(sums)[:count], data.sequences, data.client_paths))
+    paths = None if data.client_paths is None else [data.client_paths[k] for k in clients]
+    population = data.num_clients if len(clients) < data.num_clients else None
+    summarize = lambda blocks: client_metrics(
+      np.concatenate(blocks)[: len(clients)], data.sequences, paths, population
+    )
+    metrics.update(summarize(sums))
     if adapt is not None:
-      metrics.update(
-        (f"adapted_{k}", v)
-        for k, v in client_metrics(
-          np.concatenate(adapted)[:count], data.sequences, data.client_paths
-        ).items()
-      )
+      metrics.update((f"adapted_{k}", v) for k, v in summarize(adapted).items())
   if algorithm.client_clusters is not None and data.client_groups is not None:
     metrics["cluster_ari"] = float(
       adjusted_rand_score(data.client_groups, np.asarray(algorithm.client_clusters(state)))

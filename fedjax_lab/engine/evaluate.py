@@ -76,9 +76,14 @@ def client_test_sums(
   return np.asarray(_per_client_sums(apply_fn, params, x, y, num_examples, personal, chunk_size))
 
 
-def client_metrics(sums: np.ndarray, sequences: bool, client_paths=None) -> dict[str, float]:
+def client_metrics(
+  sums: np.ndarray, sequences: bool, client_paths=None, population: int | None = None
+) -> dict[str, float]:
   """From ``client_test_sums``: per-client accuracy summarized (``summarize_clients``) and the
-  loss over all clients' test examples pooled, ``client_loss``; for next-token data also
+  loss over all clients' test examples pooled, ``client_loss``. ``population``: the clients
+  were a uniform sample of that many, so ``client_accuracy_sem`` gives the standard error of
+  their mean accuracy, ``s / sqrt(n) * sqrt(1 - n / N)`` (sample std ``s``, ddof=1, over the
+  ``n`` clients with a test split; finite-population correction). For next-token data also
   ``client_perplexity = exp(client_loss)`` (per token: every example has the same length) and,
   given the clients' paths, ``client_perplexity/<federation>`` over the clients whose path
   starts with that federation."""
@@ -86,6 +91,12 @@ def client_metrics(sums: np.ndarray, sequences: bool, client_paths=None) -> dict
     accuracy = np.where(sums[:, 2] > 0, sums[:, 0] / sums[:, 2], np.nan)
   loss = float(sums[:, 1].sum() / max(sums[:, 2].sum(), 1))
   metrics = {**summarize_clients(accuracy), "client_loss": loss}
+  if population is not None:
+    real = accuracy[~np.isnan(accuracy)]
+    spread = real.std(ddof=1) if len(real) > 1 else float("nan")
+    metrics["client_accuracy_sem"] = float(
+      spread / np.sqrt(len(real)) * np.sqrt(1 - len(real) / population)
+    )
   if sequences:
     metrics["client_perplexity"] = float(np.exp(loss))
     federations = [path.split("/")[0] for path in client_paths or ()]
