@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fedjax_lab.data import generated, partition, sources, text_world
+from fedjax_lab.data import generated, leaf, partition, sources, text_world, tff
 from fedjax_lab.data.federated import FederatedData
 from fedjax_lab.registry import Registry
 
@@ -125,6 +125,13 @@ FEDERATIONS.register(
     alpha=data.synthetic_alpha,
     beta=data.synthetic_beta,
     test_fraction=data.test_fraction,
+  ),
+)
+FEDERATIONS.register("leaf", lambda data: leaf.leaf_federation(data.source_dir or "data/leaf"))
+FEDERATIONS.register(
+  "tff_h5",
+  lambda data: tff.tff_federation(
+    data.source_dir or "data/tff", data.sequence_length, data.coarse_labels
   ),
 )
 

@@ -1,0 +1,96 @@
+"""TFF's HDF5 federated datasets (EMNIST/FEMNIST by writer, Shakespeare, CIFAR-100) into the
+ragged store.
+
+TFF ships each split as one HDF5 file, ``examples/<client id>/<feature>`` (one dataset per
+feature, one row per example): ``fed_emnist_{train,test}.h5`` (``pixels`` 28x28 float,
+``label``), ``fed_cifar100_{train,test}.h5`` (``image`` 32x32x3 uint8, ``label``,
+``coarse_label``), ``shakespeare_{train,test}.h5`` (``snippets``: one string per example).
+``data.source_dir`` holds one ``*train*.h5`` and one ``*test*.h5``. One client per client of
+the train file, in sorted order; its test split is the same client's examples in the test file
+(none where the test file does not have it: TFF's CIFAR-100 tests on other clients). The
+global test set pools every example of the test file. Features: ``pixels`` -> ``[28, 28, 1]``,
+``image`` -> ``[32, 32, 3]`` in [0, 1], labels ``label`` (or ``coarse_label`` with
+``data.coarse_labels``); ``snippets`` -> next-character windows of ``sequence_length + 1``
+characters over ``SHAKESPEARE_VOCAB`` (``x = ids[:-1]``, ``y = ids[1:]``), a snippet's tail
+shorter than a window dropped. Converted once and memory-mapped (``converted.py``).
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+from fedjax_lab.data.converted import load_converted
+from fedjax_lab.data.federated import FederatedData
+from fedjax_lab.data.ragged import ClientArrays
+from fedjax_lab.data.sources import SHAKESPEARE_VOCAB, encode_text
+
+EMNIST_CLASSES, CIFAR100_CLASSES, CIFAR100_COARSE = 62, 100, 20
+
+
+def _one(folder: pathlib.Path, split: str) -> pathlib.Path:
+  files = sorted(folder.glob(f"*{split}*.h5"))
+  if len(files) != 1:
+    raise FileNotFoundError(
+      f"data.source_dir={str(folder)!r} must hold one TFF *{split}*.h5 file, found "
+      f"{[f.name for f in files]} (e.g. fed_emnist_{split}.h5, as TFF ships it)"
+    )
+  return files[0]
+
+
+def _client(group, label_key: str, sequence_length: int) -> tuple[np.ndarray, np.ndarray]:
+  """One client's examples from its HDF5 group (module docstring)."""
+  if "snippets" in group:
+    windows = []
+    for snippet in group["snippets"][()]:
+      text = snippet.decode("utf-8") if isinstance(snippet, bytes) else str(snippet)
+      ids = encode_text(text)
+      count = len(ids) // (sequence_length + 1)
+      windows.append(ids[: count * (sequence_length + 1)].reshape(count, sequence_length + 1))
+    ids = np.concatenate(windows) if windows else np.zeros((0, sequence_length + 1), np.int32)
+    return ids[:, :-1], ids[:, 1:]
+  if "pixels" in group:
+    x = np.asarray(group["pixels"][()], np.float32)[..., None]
+  elif "image" in group:
+    x = np.asarray(group["image"][()], np.float32) / 255.0
+  else:
+    raise ValueError(f"data: TFF client {group.name} has none of pixels, image, snippets")
+  return x, np.asarray(group[label_key][()], np.int32)
+
+
+def _split(clients: list[tuple[np.ndarray, np.ndarray]]) -> ClientArrays:
+  offsets = np.concatenate([[0], np.cumsum([len(x) for x, _ in clients])]).astype(np.int64)
+  return ClientArrays(
+    np.concatenate([x for x, _ in clients]), np.concatenate([y for _, y in clients]), offsets
+  )
+
+
+def tff_federation(folder, sequence_length: int = 80, coarse_labels: bool = False) -> FederatedData:
+  """The TFF federation in ``folder`` (module docstring), converted once and memory-mapped."""
+  import h5py
+
+  folder = pathlib.Path(folder)
+  train_file, test_file = _one(folder, "train"), _one(folder, "test")
+  label_key = "coarse_label" if coarse_labels else "label"
+
+  def convert():
+    with h5py.File(train_file, "r") as train_h5, h5py.File(test_file, "r") as test_h5:
+      names = sorted(train_h5["examples"])
+      read = lambda h5, name: _client(h5["examples"][name], label_key, sequence_length)
+      train = [read(train_h5, name) for name in names]
+      empty = tuple(part[:0] for part in train[0])
+      test_names = set(test_h5["examples"])
+      test = [read(test_h5, name) if name in test_names else empty for name in names]
+      pooled = [read(test_h5, name) for name in sorted(test_names)]
+    train, test, pooled = _split(train), _split(test), _split(pooled)
+    if train.x.ndim == 2:  # character windows
+      num_classes = len(SHAKESPEARE_VOCAB)
+    elif train.x.shape[1:] == (28, 28, 1):
+      num_classes = EMNIST_CLASSES
+    else:
+      num_classes = CIFAR100_COARSE if coarse_labels else CIFAR100_CLASSES
+    return train, test, pooled.x, pooled.y, {"num_classes": num_classes, "clients": names}
+
+  options = {"sequence_length": sequence_length, "label": label_key}
+  return load_converted(folder, [train_file, test_file], convert, options)

@@ -1,0 +1,255 @@
+"""LEAF's JSON and TFF's HDF5 federations (issue 30): small files written here in exactly the
+layouts LEAF and TFF document, loaded into the ragged store, and run end to end through the
+CLI. The machines are offline: a user with the real files points ``data.source_dir`` at them."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from fedjax_lab import build_federation, load_config
+from fedjax_lab.cli import main
+from fedjax_lab.data.converted import CACHE
+from fedjax_lab.data.sources import SHAKESPEARE_VOCAB, encode_text
+
+WORDS = "to be or not to be that is the question whether tis nobler in the mind to suffer "
+
+
+def _leaf_split(path, users: dict) -> None:
+  """One LEAF JSON file: ``users``, ``num_samples``, ``user_data``."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  content = {
+    "users": list(users),
+    "num_samples": [len(xy[1]) for xy in users.values()],
+    "user_data": {u: {"x": x, "y": y} for u, (x, y) in users.items()},
+  }
+  path.write_text(json.dumps(content))
+
+
+def _femnist_leaf(root, rng, sizes=(30, 5, 12)):
+  """FEMNIST as LEAF writes it: 784 pixels a row, labels of 62 classes; users split over two
+  train files; the last user has no test examples."""
+  image = lambda n: rng.random((n, 784)).round(3).tolist()
+  label = lambda n: rng.integers(0, 62, n).tolist()
+  users = {f"f{k:04d}_{k:02d}": (image(n), label(n)) for k, n in enumerate(sizes)}
+  names = list(users)
+  _leaf_split(root / "train" / "all_data_0_train_9.json", {n: users[n] for n in names[:2]})
+  _leaf_split(root / "train" / "all_data_1_train_9.json", {n: users[n] for n in names[2:]})
+  _leaf_split(
+    root / "test" / "all_data_0_test_9.json", {n: (image(3), label(3)) for n in names[:2]}
+  )
+  return users
+
+
+def _shakespeare_leaf(root):
+  """Shakespeare as LEAF writes it: 80 characters in ``x``, the next one in ``y``."""
+  text = WORDS * 4
+  roles = {
+    "THE_TEMPEST_ARIEL": [(text[i : i + 80], text[i + 80]) for i in range(0, 60, 3)],
+    "HAMLET_HAMLET": [(text[i : i + 80], text[i + 80]) for i in range(5, 50, 5)],
+  }
+  split = lambda part: {
+    u: ([x for x, _ in v[part]], [y for _, y in v[part]]) for u, v in roles.items()
+  }
+  _leaf_split(root / "train" / "train.json", split(slice(0, -2)))
+  _leaf_split(root / "test" / "test.json", split(slice(-2, None)))
+  return roles
+
+
+def test_leaf_femnist_becomes_one_client_per_user(tmp_path):
+  users = _femnist_leaf(tmp_path, np.random.default_rng(0))
+  config = load_config(
+    None,
+    [
+      "data.source=leaf",
+      f"data.source_dir={tmp_path}",
+      "data.partition=natural",
+      "cohort_size=1",
+      "data.num_clients=3",
+    ],
+  )
+  data = build_federation(config.data)
+  np.testing.assert_array_equal(data.train_num_examples, [30, 5, 12])
+  np.testing.assert_array_equal(data.test_num_examples, [3, 3, 0])
+  assert data.num_classes == 62 and data.train.x.shape[1:] == (28, 28, 1)
+  first = np.asarray(list(users.values())[1][0], np.float32).reshape(-1, 28, 28, 1)
+  np.testing.assert_array_equal(data.train_x[1, :5], first)
+  assert len(data.global_test_y) == 6
+  data.validate()
+
+
+def test_leaf_cache_is_made_once_and_remade_when_a_file_changes(tmp_path):
+  _femnist_leaf(tmp_path, np.random.default_rng(0))
+  config = load_config(
+    None,
+    [
+      "data.source=leaf",
+      f"data.source_dir={tmp_path}",
+      "data.partition=natural",
+      "cohort_size=1",
+      "data.num_clients=3",
+    ],
+  )
+  build_federation(config.data)
+  stamp = (tmp_path / CACHE / "meta.json").stat().st_mtime_ns
+  again = build_federation(config.data)
+  assert (tmp_path / CACHE / "meta.json").stat().st_mtime_ns == stamp
+  assert isinstance(again.train.x, np.memmap)
+  _femnist_leaf(tmp_path, np.random.default_rng(1), sizes=(8, 9, 10))
+  changed = build_federation(config.data)
+  np.testing.assert_array_equal(changed.train_num_examples, [8, 9, 10])
+
+
+def test_leaf_shakespeare_becomes_next_character_sequences(tmp_path):
+  roles = _shakespeare_leaf(tmp_path)
+  config = load_config(
+    None,
+    [
+      "data.source=leaf",
+      f"data.source_dir={tmp_path}",
+      "data.partition=natural",
+      "cohort_size=1",
+      "data.num_clients=2",
+    ],
+  )
+  data = build_federation(config.data)
+  assert data.num_classes == len(SHAKESPEARE_VOCAB) and data.sequences
+  x, y = roles["THE_TEMPEST_ARIEL"][0]
+  ids = encode_text(x + y)
+  np.testing.assert_array_equal(data.train_x[0, 0], ids[:-1])
+  np.testing.assert_array_equal(data.train_y[0, 0], ids[1:])
+
+
+def test_a_missing_leaf_folder_is_one_line(tmp_path):
+  config = load_config(
+    None,
+    [
+      "data.source=leaf",
+      f"data.source_dir={tmp_path}",
+      "data.partition=natural",
+      "cohort_size=1",
+      "data.num_clients=2",
+    ],
+  )
+  with pytest.raises(FileNotFoundError, match="holds no LEAF JSON files in train/"):
+    build_federation(config.data)
+
+
+def _tff_file(path, clients: dict) -> None:
+  """A TFF HDF5 federated split: ``examples/<client id>/<feature>``."""
+  with h5py.File(path, "w") as h5:
+    for name, features in clients.items():
+      group = h5.create_group(f"examples/{name}")
+      for feature, values in features.items():
+        group.create_dataset(feature, data=values)
+
+
+def _emnist_tff(root, rng):
+  make = lambda n: {
+    "pixels": rng.random((n, 28, 28), dtype=np.float32),
+    "label": rng.integers(0, 62, n).astype(np.int32),
+  }
+  _tff_file(
+    root / "fed_emnist_train.h5", {"f0001_45": make(20), "f0000_14": make(7), "f0002_33": make(11)}
+  )
+  _tff_file(root / "fed_emnist_test.h5", {"f0001_45": make(4), "f0000_14": make(2)})
+
+
+def test_tff_emnist_clients_by_writer(tmp_path):
+  _emnist_tff(tmp_path, np.random.default_rng(0))
+  config = load_config(
+    None,
+    [
+      "data.source=tff_h5",
+      f"data.source_dir={tmp_path}",
+      "data.partition=natural",
+      "cohort_size=1",
+      "data.num_clients=3",
+    ],
+  )
+  data = build_federation(config.data)
+  np.testing.assert_array_equal(data.train_num_examples, [7, 20, 11])  # sorted client ids
+  np.testing.assert_array_equal(data.test_num_examples, [2, 4, 0])
+  assert data.num_classes == 62 and data.train.x.shape[1:] == (28, 28, 1)
+  with h5py.File(tmp_path / "fed_emnist_train.h5") as h5:
+    np.testing.assert_array_equal(data.train_x[0, :7, ..., 0], h5["examples/f0000_14/pixels"][()])
+
+
+def test_tff_cifar100_tests_on_clients_of_its_own(tmp_path):
+  rng = np.random.default_rng(0)
+  make = lambda n: {
+    "image": rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8),
+    "label": rng.integers(0, 100, n).astype(np.int64),
+    "coarse_label": rng.integers(0, 20, n).astype(np.int64),
+  }
+  _tff_file(tmp_path / "fed_cifar100_train.h5", {"0": make(6), "1": make(4)})
+  _tff_file(tmp_path / "fed_cifar100_test.h5", {"7": make(5)})
+  common = [
+    "data.source=tff_h5",
+    f"data.source_dir={tmp_path}",
+    "data.partition=natural",
+    "cohort_size=1",
+    "data.num_clients=2",
+  ]
+  data = build_federation(load_config(None, common).data)
+  assert data.num_classes == 100 and data.test.total == 0 and len(data.global_test_y) == 5
+  assert 0 <= data.train.x.min() and data.train.x.max() <= 1
+  coarse = build_federation(load_config(None, [*common, "data.coarse_labels=true"]).data)
+  assert coarse.num_classes == 20 and coarse.train.y.max() < 20
+
+
+def test_tff_shakespeare_snippets_become_windows(tmp_path):
+  snippets = lambda *texts: {"snippets": np.array([t.encode() for t in texts], dtype=object)}
+  _tff_file(
+    tmp_path / "shakespeare_train.h5",
+    {"ARIEL": snippets(WORDS * 2, WORDS), "HAMLET": snippets(WORDS)},
+  )
+  _tff_file(tmp_path / "shakespeare_test.h5", {"ARIEL": snippets(WORDS), "HAMLET": snippets(WORDS)})
+  config = load_config(
+    None,
+    [
+      "data.source=tff_h5",
+      f"data.source_dir={tmp_path}",
+      "data.partition=natural",
+      "cohort_size=1",
+      "data.num_clients=2",
+      "data.sequence_length=20",
+    ],
+  )
+  data = build_federation(config.data)
+  per_snippet = lambda text: len(text) // 21
+  assert data.train_num_examples[0] == per_snippet(WORDS * 2) + per_snippet(WORDS)
+  np.testing.assert_array_equal(data.train_x[1, 0], encode_text(WORDS[:20]))
+  np.testing.assert_array_equal(data.train_y[1, 0], encode_text(WORDS[1:21]))
+
+
+@pytest.mark.parametrize("source", ["leaf", "tff_h5"])
+def test_each_loader_runs_end_to_end_through_the_cli(tmp_path, source, capsys):
+  files = tmp_path / "files"
+  files.mkdir()
+  if source == "leaf":
+    _femnist_leaf(files, np.random.default_rng(0))
+  else:
+    _emnist_tff(files, np.random.default_rng(0))
+  code = main(
+    [
+      f"data.source={source}",
+      f"data.source_dir={files}",
+      "data.partition=natural",
+      "data.num_clients=3",
+      "cohort_size=2",
+      "rounds=2",
+      "eval_every=2",
+      "local.batch_size=4",
+      "checkpoint_every=0",
+      f"out_dir={tmp_path / 'run'}",
+    ]
+  )
+  assert code == 0
+  rows = [
+    json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+  ]
+  assert rows[-1]["round"] == 2 and 0 <= rows[-1]["global_accuracy"] <= 1
