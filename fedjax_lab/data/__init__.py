@@ -1,4 +1,4 @@
-"""Data layer: sources, partitioners and the padded ``FederatedData`` container."""
+"""Data layer: sources, partitioners, client stores and the ``FederatedData`` container."""
 
 from fedjax_lab.data import groups, partition, sources
 from fedjax_lab.data.federated import Cohort, FederatedData

@@ -53,7 +53,9 @@ def _check_rows(where: str, x, y, client_of_rows, num_classes: int) -> None:
   """``ValueError`` at the first row whose labels fall outside ``[0, num_classes)`` or whose
   inputs are not finite; ``where.format(client, row)`` names it (``client_of_rows [rows]``, the
   row counted within its client)."""
-  per_row = lambda values: values.reshape(values.shape[:1] + (-1,)).all(axis=1)
+  per_row = lambda values: (
+    values.reshape(len(values), -1).all(axis=1) if len(values) else (np.ones(0, bool))
+  )
 
   def name(flat_row):
     client = client_of_rows[flat_row]
