@@ -59,18 +59,15 @@ def _shakespeare_leaf(root):
   return roles
 
 
+def _config(folder, source: str, clients: int, *overrides: str):
+  """The config of a ``source`` federation of ``clients`` clients read from ``folder``."""
+  fields = [f"data.source={source}", f"data.source_dir={folder}", "data.partition=natural"]
+  return load_config(None, [*fields, "cohort_size=1", f"data.num_clients={clients}", *overrides])
+
+
 def test_leaf_femnist_becomes_one_client_per_user(tmp_path):
   users = _femnist_leaf(tmp_path, np.random.default_rng(0))
-  config = load_config(
-    None,
-    [
-      "data.source=leaf",
-      f"data.source_dir={tmp_path}",
-      "data.partition=natural",
-      "cohort_size=1",
-      "data.num_clients=3",
-    ],
-  )
+  config = _config(tmp_path, "leaf", 3)
   data = build_federation(config.data)
   np.testing.assert_array_equal(data.train_num_examples, [30, 5, 12])
   np.testing.assert_array_equal(data.test_num_examples, [3, 3, 0])
@@ -83,16 +80,7 @@ def test_leaf_femnist_becomes_one_client_per_user(tmp_path):
 
 def test_leaf_cache_is_made_once_and_remade_when_a_file_changes(tmp_path):
   _femnist_leaf(tmp_path, np.random.default_rng(0))
-  config = load_config(
-    None,
-    [
-      "data.source=leaf",
-      f"data.source_dir={tmp_path}",
-      "data.partition=natural",
-      "cohort_size=1",
-      "data.num_clients=3",
-    ],
-  )
+  config = _config(tmp_path, "leaf", 3)
   build_federation(config.data)
   stamp = (tmp_path / CACHE / "meta.json").stat().st_mtime_ns
   again = build_federation(config.data)
@@ -105,16 +93,7 @@ def test_leaf_cache_is_made_once_and_remade_when_a_file_changes(tmp_path):
 
 def test_leaf_shakespeare_becomes_next_character_sequences(tmp_path):
   roles = _shakespeare_leaf(tmp_path)
-  config = load_config(
-    None,
-    [
-      "data.source=leaf",
-      f"data.source_dir={tmp_path}",
-      "data.partition=natural",
-      "cohort_size=1",
-      "data.num_clients=2",
-    ],
-  )
+  config = _config(tmp_path, "leaf", 2)
   data = build_federation(config.data)
   assert data.num_classes == len(SHAKESPEARE_VOCAB) and data.sequences
   x, y = roles["THE_TEMPEST_ARIEL"][0]
@@ -124,16 +103,7 @@ def test_leaf_shakespeare_becomes_next_character_sequences(tmp_path):
 
 
 def test_a_missing_leaf_folder_is_one_line(tmp_path):
-  config = load_config(
-    None,
-    [
-      "data.source=leaf",
-      f"data.source_dir={tmp_path}",
-      "data.partition=natural",
-      "cohort_size=1",
-      "data.num_clients=2",
-    ],
-  )
+  config = _config(tmp_path, "leaf", 2)
   with pytest.raises(FileNotFoundError, match="holds no LEAF JSON files in train/"):
     build_federation(config.data)
 
@@ -160,16 +130,7 @@ def _emnist_tff(root, rng):
 
 def test_tff_emnist_clients_by_writer(tmp_path):
   _emnist_tff(tmp_path, np.random.default_rng(0))
-  config = load_config(
-    None,
-    [
-      "data.source=tff_h5",
-      f"data.source_dir={tmp_path}",
-      "data.partition=natural",
-      "cohort_size=1",
-      "data.num_clients=3",
-    ],
-  )
+  config = _config(tmp_path, "tff_h5", 3)
   data = build_federation(config.data)
   np.testing.assert_array_equal(data.train_num_examples, [7, 20, 11])  # sorted client ids
   np.testing.assert_array_equal(data.test_num_examples, [2, 4, 0])
@@ -187,17 +148,10 @@ def test_tff_cifar100_tests_on_clients_of_its_own(tmp_path):
   }
   _tff_file(tmp_path / "fed_cifar100_train.h5", {"0": make(6), "1": make(4)})
   _tff_file(tmp_path / "fed_cifar100_test.h5", {"7": make(5)})
-  common = [
-    "data.source=tff_h5",
-    f"data.source_dir={tmp_path}",
-    "data.partition=natural",
-    "cohort_size=1",
-    "data.num_clients=2",
-  ]
-  data = build_federation(load_config(None, common).data)
+  data = build_federation(_config(tmp_path, "tff_h5", 2).data)
   assert data.num_classes == 100 and data.test.total == 0 and len(data.global_test_y) == 5
   assert 0 <= data.train.x.min() and data.train.x.max() <= 1
-  coarse = build_federation(load_config(None, [*common, "data.coarse_labels=true"]).data)
+  coarse = build_federation(_config(tmp_path, "tff_h5", 2, "data.coarse_labels=true").data)
   assert coarse.num_classes == 20 and coarse.train.y.max() < 20
 
 
@@ -208,17 +162,7 @@ def test_tff_shakespeare_snippets_become_windows(tmp_path):
     {"ARIEL": snippets(WORDS * 2, WORDS), "HAMLET": snippets(WORDS)},
   )
   _tff_file(tmp_path / "shakespeare_test.h5", {"ARIEL": snippets(WORDS), "HAMLET": snippets(WORDS)})
-  config = load_config(
-    None,
-    [
-      "data.source=tff_h5",
-      f"data.source_dir={tmp_path}",
-      "data.partition=natural",
-      "cohort_size=1",
-      "data.num_clients=2",
-      "data.sequence_length=20",
-    ],
-  )
+  config = _config(tmp_path, "tff_h5", 2, "data.sequence_length=20")
   data = build_federation(config.data)
   per_snippet = lambda text: len(text) // 21
   assert data.train_num_examples[0] == per_snippet(WORDS * 2) + per_snippet(WORDS)
