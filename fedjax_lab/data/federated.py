@@ -42,11 +42,17 @@ jax.tree_util.register_dataclass(
 @functools.partial(jax.jit, static_argnums=3)
 def unpack(flat, starts, counts, width: int):
   """``[cohort, width, ...]`` from rows packed flat (client ``k``'s ``counts[k]`` rows start at
-  ``starts[k]``): real rows first, zeros after."""
+  ``starts[k]``): real rows first, zeros after; ``flat`` an array or a pytree of arrays with
+  the same rows (inputs and labels: one call, one compilation)."""
   slots = jnp.arange(width)
   real = slots[None] < counts[:, None]
-  rows = jnp.take(flat, jnp.where(real, starts[:, None] + slots[None], 0), axis=0)
-  return jnp.where(real.reshape(real.shape + (1,) * (flat.ndim - 1)), rows, 0)
+  indices = jnp.where(real, starts[:, None] + slots[None], 0)
+
+  def one(rows):
+    gathered = jnp.take(rows, indices, axis=0)
+    return jnp.where(real.reshape(real.shape + (1,) * (rows.ndim - 1)), gathered, 0)
+
+  return jax.tree.map(one, flat)
 
 
 def _check_rows(where: str, x, y, client_of_rows, num_classes: int) -> None:
@@ -260,12 +266,8 @@ class FederatedData:
     client_ids = np.concatenate([client_ids, np.repeat(filler, empty)])
     starts = np.concatenate([starts, np.zeros(empty, np.int32)])
     counts = np.concatenate([counts, np.zeros(empty, np.int32)])
-    return Cohort(
-      client_ids,
-      unpack(x, starts, counts, self.max_examples),
-      unpack(y, starts, counts, self.max_examples),
-      counts,
-    )
+    x, y = unpack((x, y), starts, counts, self.max_examples)
+    return Cohort(client_ids, x, y, counts)
 
   def arrays(self, purpose: str) -> tuple[ClientArrays, ClientArrays]:
     """``(train, test)`` when both are held in arrays; otherwise ``ValueError`` naming

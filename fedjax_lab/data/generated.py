@@ -18,6 +18,7 @@ pools every example of ``GLOBAL_TEST_CLIENTS`` clients outside the federation (i
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -41,7 +42,7 @@ class GeneratedClients(ClientStore):
   starts: np.ndarray  # [num_clients] int
   stops: np.ndarray  # [num_clients] int
 
-  @property
+  @functools.cached_property
   def num_examples(self) -> np.ndarray:
     return (self.stops - self.starts).astype(np.int32)
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-MIN_BUCKET = 64
+MIN_BUCKET = 1024  # rows: small cohorts share one buffer size
 BUCKET_GROWTH = 1.25
 
 
@@ -49,7 +49,7 @@ class ClientStore:
   def num_clients(self) -> int:
     return len(self.num_examples)
 
-  @property
+  @functools.cached_property
   def max_examples(self) -> int:
     """The largest client's example count (at least 1, the width of a padded layout)."""
     return max(1, int(self.num_examples.max(initial=0)))

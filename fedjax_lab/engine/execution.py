@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Sequence
 
 import jax
@@ -144,19 +145,21 @@ class Executor:
     the strategy) the calls are traced one after the other into that program: JAX's tracing
     state belongs to the calling thread."""
 
-    def one(bounds):
-      rows = bounds[0] if self.clients_per_call == 1 else slice(*bounds)
-      return call(*_merge(args, in_axes, _rows(args, in_axes, rows)))
-
     blocks = self.loop_blocks(cohort_size(args, in_axes))
+    pieces = tuple(start if self.clients_per_call == 1 else (start, stop) for start, stop in blocks)
     traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args))
-    if self.threads == 1 or traced:  # under a trace the calls join the caller's program
-      yield from (one(bounds) for bounds in blocks)
+    if traced:  # under a trace the calls join the caller's program
+      rows = [_rows(args, in_axes, _index(piece)) for piece in pieces]
+    else:  # one program cuts every call's rows (not a dispatch per call and argument)
+      rows = _split_rows(tuple(a for a, axis in zip(args, in_axes) if axis == 0), pieces)
+    one = lambda index: call(*_merge(args, in_axes, rows[index]))
+    if self.threads == 1 or traced:
+      yield from (one(index) for index in range(len(pieces)))
       return
     with concurrent.futures.ThreadPoolExecutor(self.threads) as pool:
       pending = collections.deque()
-      for bounds in blocks:
-        pending.append(pool.submit(lambda b: jax.block_until_ready(one(b)), bounds))
+      for index in range(len(pieces)):
+        pending.append(pool.submit(lambda i: jax.block_until_ready(one(i)), index))
         if len(pending) > self.threads:
           yield pending.popleft().result()
       while pending:
@@ -232,6 +235,19 @@ def _rows(args, in_axes, clients):
   return tuple(
     jax.tree.map(lambda leaf: leaf[clients], a) for a, axis in zip(args, in_axes) if axis == 0
   )
+
+
+def _index(piece):
+  """A ``loop`` piece as an index: one client, or a ``(start, stop)`` block."""
+  return piece if isinstance(piece, int) else slice(*piece)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _split_rows(mapped, pieces):
+  """The client-mapped arguments ``mapped`` cut into ``pieces`` (``_index``) in one program:
+  a list with each piece's rows of every argument. The pieces are copies, so the cohort's data
+  is held twice while the round runs."""
+  return [tuple(jax.tree.map(lambda leaf: leaf[_index(p)], a) for a in mapped) for p in pieces]
 
 
 def _chunked_sum(fn, in_axes, chunk_size, *args):
