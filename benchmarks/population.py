@@ -63,6 +63,7 @@ def cell(num_clients: int, cohort: int, rounds: int) -> dict:
       "local.batch_size=32",
       "local.learning_rate=0.05",
       "execution.strategy=vmap",
+      f"eval_clients={min(1000, num_clients)}",
     ],
   )
   tick = time.perf_counter()

@@ -14,6 +14,7 @@ from fedjax_lab.algorithms import ALGORITHMS, Algorithm, AlgorithmEntry, ClientS
 from fedjax_lab.config import DataConfig, ExperimentConfig
 from fedjax_lab.data import FederatedData, groups, partition, poisoning
 from fedjax_lab.data.catalog import FEDERATIONS, PARTITIONERS, lookup_source
+from fedjax_lab.data.ragged import ClientArrays
 from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import LocalSchedule
 from fedjax_lab.models import MODELS, Model, build_model
@@ -36,6 +37,9 @@ from fedjax_lab.ops.communication import tree_bytes
 # take at most this share of the memory it lives in; the round's training, a donated copy and
 # evaluation need the rest.
 STATE_MEMORY_SHARE = 0.5
+# Above this many clients made on demand, every client's own test split is not evaluated at
+# each evaluation (it would make every client): eval_clients must name a sample.
+ON_DEMAND_FULL_EVALUATION = 10_000
 
 # On CPU, `auto` runs models without convolutions from MIN_LOOP_COHORT clients a round as `loop`
 # calls of CPU_CLIENTS_PER_CALL vmapped clients, two calls at once (MLP, 100 clients: 0.18-0.27 s
@@ -214,6 +218,7 @@ def build_experiment(config: ExperimentConfig, data: FederatedData | None = None
     )
   data = data if data is not None else build_federation(config.data)
   data.validate()
+  check_evaluation_cost(config, data)
   sample = data.train.first_input()
   if MODELS.get(config.model.name).reads_tokens and not np.issubdtype(sample.dtype, np.integer):
     readers = [n for n in MODELS.names() if not MODELS.get(n).reads_tokens]
@@ -266,6 +271,19 @@ def build_experiment(config: ExperimentConfig, data: FederatedData | None = None
   algorithm = entry.build(setup, config.algorithm.options, config)
   check_state_fits(config, algorithm)
   return Experiment(config, data, train_data, model, setup, entry, algorithm)
+
+
+def check_evaluation_cost(config: ExperimentConfig, data: FederatedData) -> None:
+  """Refuse full client evaluation (``eval_clients=0``) of more than
+  ``ON_DEMAND_FULL_EVALUATION`` clients made on demand that hold test splits."""
+  on_demand = not isinstance(data.test, ClientArrays)
+  if on_demand and config.eval_clients == 0 and data.num_clients > ON_DEMAND_FULL_EVALUATION:
+    if data.test.total > 0:
+      raise ValueError(
+        f"eval_clients must be in [1, {data.num_clients}] for the {data.num_clients} clients "
+        f"of data.source={config.data.source}, made on demand (evaluating every one would make "
+        "every client at each evaluation), got 0; e.g. eval_clients=1000"
+      )
 
 
 def memory_limit() -> tuple[int, str]:

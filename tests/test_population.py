@@ -60,6 +60,9 @@ def test_methods_that_need_every_example_in_arrays_are_refused_in_one_line(tmp_p
     build_federation(load_config(None, [*base, "data.latent_groups=2"]).data)
   with pytest.raises(ValueError, match="data.partition must be 'natural' for data.source"):
     load_config(None, [*base[:1], "data.num_clients=10"])
+  many = [*base[:2], "data.num_clients=20000", *base[3:]]
+  with pytest.raises(ValueError, match=r"^eval_clients must be in \[1, 20000\] .* got 0; e.g."):
+    run(load_config(None, many), progress=False)
 
 
 def test_fedavg_on_a_hundred_thousand_clients_with_sampled_evaluation(tmp_path):

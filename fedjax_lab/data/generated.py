@@ -25,6 +25,7 @@ import numpy as np
 
 from fedjax_lab.data.federated import FederatedData
 from fedjax_lab.data.ragged import ClientStore
+from fedjax_lab.data.sources import synthetic_client
 
 SIZE_STREAM = 0x512E
 MAX_CLIENT_EXAMPLES = 2000
@@ -62,19 +63,6 @@ class GeneratedClients(ClientStore):
     return x[:1]
 
 
-def synthetic_client(
-  seed: int, client: int, size: int, alpha: float, beta: float, dim: int, num_classes: int
-) -> tuple[np.ndarray, np.ndarray]:
-  """The ``size`` examples of synthetic client ``client`` (module docstring)."""
-  rng = np.random.default_rng([seed, client])
-  u, big_b = rng.normal(0, np.sqrt(alpha)), rng.normal(0, np.sqrt(beta))
-  w, b = rng.normal(u, 1, (dim, num_classes)), rng.normal(u, 1, num_classes)
-  v = rng.normal(big_b, 1, dim)
-  scale = np.arange(1, dim + 1, dtype=np.float64) ** -0.6  # sqrt of diag(j^-1.2)
-  x = v + scale * rng.standard_normal((size, dim))
-  return x.astype(np.float32), np.argmax(x @ w + b, axis=1).astype(np.int32)
-
-
 def synthetic_sizes(seed: int, num_clients: int) -> np.ndarray:
   """``[num_clients]``: LEAF's client sizes, lognormal(4, 2) + 50, at most
   ``MAX_CLIENT_EXAMPLES``."""
@@ -99,7 +87,7 @@ def synthetic_clients(
     )
   every_size = synthetic_sizes(seed, num_clients + GLOBAL_TEST_CLIENTS)
   make = lambda client: synthetic_client(
-    seed, client, int(every_size[client]), alpha, beta, dim, num_classes
+    np.random.default_rng([seed, client]), int(every_size[client]), alpha, beta, dim, num_classes
   )
   sizes = every_size[:num_clients]
   num_test = np.round(test_fraction * sizes).astype(np.int64)

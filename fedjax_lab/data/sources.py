@@ -181,19 +181,12 @@ def synthetic(
     )
   rng = np.random.default_rng(seed)
   sizes = (rng.lognormal(4, 2, num_clients).astype(int) + 50).clip(max=2000)
-  cov_diag = np.arange(1, dim + 1, dtype=np.float64) ** -1.2
-  shared_w, shared_b = rng.normal(0, 1, (dim, num_classes)), rng.normal(0, 1, num_classes)
+  shared = (rng.normal(0, 1, (dim, num_classes)), rng.normal(0, 1, num_classes), np.zeros(dim))
   xs, ys, groups = [], [], []
   for k, size in enumerate(sizes):
-    if iid:
-      w, b, v = shared_w, shared_b, np.zeros(dim)
-    else:
-      u, big_b = rng.normal(0, np.sqrt(alpha)), rng.normal(0, np.sqrt(beta))
-      w, b = rng.normal(u, 1, (dim, num_classes)), rng.normal(u, 1, num_classes)
-      v = rng.normal(big_b, 1, dim)
-    x = rng.normal(v, np.sqrt(cov_diag), (size, dim))
-    xs.append(x.astype(np.float32))
-    ys.append(np.argmax(x @ w + b, axis=1).astype(np.int32))
+    x, y = synthetic_client(rng, size, alpha, beta, dim, num_classes, shared if iid else None)
+    xs.append(x)
+    ys.append(y)
     groups.append(np.full(size, k))
   x, y, g = np.concatenate(xs), np.concatenate(ys), np.concatenate(groups)
   train, test = _holdout(len(y), 0.1, seed + 1)
@@ -206,6 +199,28 @@ def synthetic(
     train_groups=g[train],
     group_names=tuple(f"client_{k}" for k in range(num_clients)),
   )
+
+
+def synthetic_client(
+  rng: np.random.Generator,
+  size: int,
+  alpha: float,
+  beta: float,
+  dim: int,
+  num_classes: int,
+  shared: tuple | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+  """One Synthetic(alpha, beta) client's ``size`` examples drawn from ``rng`` (``synthetic``'s
+  docstring); ``shared``: its ``(W, b, v)`` given (the iid variant) instead of drawn."""
+  if shared is None:
+    u, big_b = rng.normal(0, np.sqrt(alpha)), rng.normal(0, np.sqrt(beta))
+    w, b = rng.normal(u, 1, (dim, num_classes)), rng.normal(u, 1, num_classes)
+    v = rng.normal(big_b, 1, dim)
+  else:
+    w, b, v = shared
+  cov_diag = np.arange(1, dim + 1, dtype=np.float64) ** -1.2
+  x = rng.normal(v, np.sqrt(cov_diag), (size, dim))
+  return x.astype(np.float32), np.argmax(x @ w + b, axis=1).astype(np.int32)
 
 
 SHAKESPEARE_VOCAB = (
