@@ -4,10 +4,14 @@ sample of clients with its sampling error."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from fedjax_lab import build_federation, load_config, run
+from fedjax_lab.cli import main
+from fedjax_lab.data.code_files import python_files
 from fedjax_lab.data.generated import GLOBAL_TEST_CLIENTS, GeneratedClients, synthetic_clients
 from fedjax_lab.engine.evaluate import client_metrics
 from fedjax_lab.runner import evaluated_clients
@@ -97,3 +101,44 @@ def test_sampling_error_is_the_finite_population_standard_error():
   want = accuracy.std(ddof=1) / np.sqrt(3) * np.sqrt(1 - 3 / 10)
   assert metrics["client_accuracy_sem"] == pytest.approx(want)
   assert "client_accuracy_sem" not in client_metrics(sums, sequences=False)
+
+
+def test_python_files_are_one_client_each_cut_into_next_byte_windows(tmp_path):
+  (tmp_path / "pkg").mkdir()
+  (tmp_path / "pkg" / "long.py").write_text("x = 1\n" * 60)  # 360 bytes: 5 windows of 65
+  (tmp_path / "short.py").write_text("y = 2\n" * 12)  # 72 bytes: one window
+  (tmp_path / "tiny.py").write_text("z = 3\n")  # less than a window: left out
+  data = python_files(str(tmp_path), sequence_length=64, test_fraction=0.2)
+  np.testing.assert_array_equal(data.train_num_examples, [4, 1])
+  np.testing.assert_array_equal(data.test_num_examples, [1, 0])
+  window = np.frombuffer(("x = 1\n" * 60).encode()[:65], np.uint8)
+  np.testing.assert_array_equal(data.train_x[0, 0], window[:-1])
+  np.testing.assert_array_equal(data.train_y[0, 0], window[1:])
+  assert data.num_classes == 256 and data.sequences
+
+
+@pytest.mark.slow
+def test_fedavg_on_every_installed_python_file(tmp_path):
+  """The large offline text federation: one client per Python file this environment installed
+  (about 10^4), a character LSTM, through the CLI."""
+  clients = python_files(max_client_bytes=2048).num_clients
+  assert clients > 2000
+  code = main(
+    [
+      "data.source=python_files",
+      "data.partition=natural",
+      f"data.num_clients={clients}",
+      "data.max_client_bytes=2048",
+      "model.name=char_lstm",
+      "cohort_size=10",
+      "rounds=2",
+      "eval_every=2",
+      "eval_clients=50",
+      "local.batch_size=8",
+      "checkpoint_every=0",
+      f"out_dir={tmp_path}",
+    ]
+  )
+  assert code == 0
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert rows[-1]["round"] == 2 and np.isfinite(rows[-1]["client_perplexity"])

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fedjax_lab.data import generated, leaf, partition, sources, text_world, tff
+from fedjax_lab.data import code_files, generated, leaf, partition, sources, text_world, tff
 from fedjax_lab.data.federated import FederatedData
 from fedjax_lab.registry import Registry
 
@@ -125,6 +125,16 @@ FEDERATIONS.register(
     alpha=data.synthetic_alpha,
     beta=data.synthetic_beta,
     test_fraction=data.test_fraction,
+  ),
+)
+FEDERATIONS.register(
+  "python_files",
+  lambda data: code_files.python_files(
+    data.source_dir or None,
+    sequence_length=data.sequence_length,
+    max_client_bytes=data.max_client_bytes,
+    test_fraction=data.test_fraction,
+    seed=data.seed,
   ),
 )
 FEDERATIONS.register("leaf", lambda data: leaf.leaf_federation(data.source_dir or "data/leaf"))
