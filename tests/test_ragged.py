@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fedjax_lab.data import FederatedData
 from fedjax_lab.data.federated import unpack
-from fedjax_lab.data.ragged import ClientArrays, bucket
+from fedjax_lab.data.ragged import ClientArrays, bucket, drop_pages
 
 
 def _store(counts, features=3, seed=0) -> ClientArrays:
@@ -92,6 +92,18 @@ def test_memory_mapped_store_gives_the_same_cohort(tmp_path, tiny_federation):
   b = FederatedData(mapped, data.test, data.global_test_x, data.global_test_y, 10).cohort(ids)
   for left, right in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(left), np.asarray(right))
+
+
+def test_dropped_pages_of_a_memory_map_read_back_the_same(tmp_path):
+  store = _store([300, 5, 4000], features=16)
+  store.save(tmp_path, "train")
+  mapped = ClientArrays.load(tmp_path, "train")
+  drop_pages(mapped.x, 0, mapped.total)
+  drop_pages(mapped.x, 17, 18)  # a part of a page
+  np.testing.assert_array_equal(mapped.x, store.x)
+  copy = np.array(store.x)
+  drop_pages(copy, 0, len(copy))  # not a map: left alone
+  np.testing.assert_array_equal(copy, store.x)
 
 
 def test_a_cohort_moves_at_most_a_quarter_more_than_its_rows_in_few_shapes():

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedjax_lab.data import partition
-from fedjax_lab.data.ragged import ClientArrays, ClientStore, bucket
+from fedjax_lab.data.ragged import ClientArrays, ClientStore, bucket, drop_pages
 from fedjax_lab.data.sources import Dataset
 from fedjax_lab.plots import pyplot
 
@@ -55,28 +55,40 @@ def unpack(flat, starts, counts, width: int):
   return jax.tree.map(one, flat)
 
 
+VALIDATION_ROWS = 1 << 16  # rows checked at once: temporaries stay small on large stores
+
+
+def _first_bad_row(values, row_ok) -> int | None:
+  """The first row of ``values`` (checked ``VALIDATION_ROWS`` at a time) for which
+  ``row_ok(rows) -> [rows, ...] bool`` is not all true, or None. A memory-mapped ``values`` is
+  streamed: each block's pages are dropped once checked (``ragged.drop_pages``)."""
+  for start in range(0, len(values), VALIDATION_ROWS):
+    block = np.asarray(values[start : start + VALIDATION_ROWS])
+    bad = np.flatnonzero(~row_ok(block).reshape(len(block), -1).all(axis=1))
+    drop_pages(values, start, start + len(block))
+    if bad.size:
+      return start + int(bad[0])
+  return None
+
+
 def _check_rows(where: str, x, y, client_of_rows, num_classes: int) -> None:
   """``ValueError`` at the first row whose labels fall outside ``[0, num_classes)`` or whose
   inputs are not finite; ``where.format(client, row)`` names it (``client_of_rows [rows]``, the
   row counted within its client)."""
-  per_row = lambda values: (
-    values.reshape(len(values), -1).all(axis=1) if len(values) else (np.ones(0, bool))
-  )
 
   def name(flat_row):
     client = client_of_rows[flat_row]
     return where.format(client, flat_row - np.searchsorted(client_of_rows, client))
 
-  labels_ok = per_row((y >= 0) & (y < num_classes))
-  bad = np.flatnonzero(~labels_ok)
-  if bad.size:
-    labels = np.asarray(y[bad[0]]).ravel()
+  bad = _first_bad_row(y, lambda labels: (labels >= 0) & (labels < num_classes))
+  if bad is not None:
+    labels = np.asarray(y[bad]).ravel()
     label = labels[(labels < 0) | (labels >= num_classes)][0]
-    raise ValueError(f"data: {name(bad[0])} has label {label}, outside [0, {num_classes})")
+    raise ValueError(f"data: {name(bad)} has label {label}, outside [0, {num_classes})")
   if np.issubdtype(x.dtype, np.inexact):
-    bad = np.flatnonzero(~per_row(np.isfinite(x)))
-    if bad.size:
-      raise ValueError(f"data: {name(bad[0])} holds NaN or infinite inputs")
+    bad = _first_bad_row(x, np.isfinite)
+    if bad is not None:
+      raise ValueError(f"data: {name(bad)} holds NaN or infinite inputs")
 
 
 @dataclasses.dataclass(frozen=True)

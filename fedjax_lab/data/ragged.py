@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import mmap
 import pathlib
 from collections.abc import Sequence
 
@@ -89,6 +90,24 @@ class ClientStore:
     y = np.zeros((len(client_ids), width) + rows_y.shape[1:], rows_y.dtype)
     x[slots], y[slots] = rows_x, rows_y
     return x, y, counts.astype(np.int32)
+
+
+def drop_pages(array: np.ndarray, start: int, stop: int) -> None:
+  """Drop rows ``start:stop`` of a memory-mapped ``array`` from this process's memory
+  (``madvise(MADV_DONTNEED)`` on the whole pages they cover; read back from the file when next
+  touched): a pass over a store larger than memory keeps a block resident, not the store.
+  Only read-only maps (``mode='r'``, which hold no changes of their own); anything else is left
+  alone."""
+  mapping = getattr(array, "_mmap", None)
+  if getattr(array, "mode", None) != "r" or mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
+    return
+  row_bytes = array.strides[0]
+  base = array.offset % mmap.ALLOCATIONGRANULARITY  # where the array starts in the mapping
+  first = base + start * row_bytes
+  first -= first % mmap.PAGESIZE
+  last = min(base + stop * row_bytes, len(mapping))
+  if last > first:
+    mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
 
 
 def bucket(rows: int) -> int:
