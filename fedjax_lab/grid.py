@@ -107,6 +107,43 @@ def run_variants(
   return results, loaded
 
 
+def alpha_seed_curves(
+  base,
+  config_path: str,
+  overrides: list[str],
+  variants: dict[str, tuple[str, dict]],
+  alphas,
+  seeds,
+  out_root: pathlib.Path,
+) -> tuple[dict[tuple[float, str], list[list[dict]]], int]:
+  """For each alpha and seed, one federation (``base.data`` with that ``alpha`` and ``seed``)
+  and each ``variants[name] = (registered method, its options)`` run or read back
+  (``run_variants``) in ``out_root/alpha<a>/seed<s>/<name>``. Returns ``({(alpha, name):
+  [metrics of each seed]}, runs read back)``."""
+  curves, loaded = {}, 0
+  algorithms = {
+    name: algorithm_variant(config_path, overrides, method, options)
+    for name, (method, options) in variants.items()
+  }
+  for alpha in alphas:
+    for seed in seeds:
+      data_config = dataclasses.replace(base.data, alpha=alpha, seed=seed)
+      results, read_back = run_variants(
+        base,
+        data_config,
+        seed,
+        algorithms,
+        out_root / f"alpha{alpha}" / f"seed{seed}",
+        build_federation(data_config),
+        f"alpha={alpha} seed={seed}",
+        "global_accuracy",
+      )
+      loaded += read_back
+      for name, metrics in results.items():
+        curves.setdefault((alpha, name), []).append(metrics)
+  return curves, loaded
+
+
 def diverged(metrics: list[dict]) -> bool:
   return any(row.get("diverged") for row in metrics)
 

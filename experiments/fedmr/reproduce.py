@@ -14,11 +14,10 @@ already hold every round is read back instead of rerun, so an interrupted grid r
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import pathlib
 import time
 
-from fedjax_lab import build_federation, grid, load_config
+from fedjax_lab import grid, load_config
 
 HERE = pathlib.Path(__file__).parent
 # variant -> (registered method, its options changed from the config's)
@@ -59,27 +58,12 @@ def main() -> None:
   base = load_config(args.config, args.overrides)
   out_root = pathlib.Path(base.out_dir)
   started = time.perf_counter()
-  curves, rows, loaded = {}, [], 0
+  variants = {name: ALGORITHMS[name] for name in args.algorithms}
+  curves, loaded = grid.alpha_seed_curves(
+    base, args.config, args.overrides, variants, args.alphas, args.seeds, out_root
+  )
+  rows = []
   for alpha in args.alphas:
-    for seed in args.seeds:
-      data_config = dataclasses.replace(base.data, alpha=alpha, seed=seed)
-      data = build_federation(data_config)
-      results, read_back = grid.run_variants(
-        base,
-        data_config,
-        seed,
-        {
-          name: grid.algorithm_variant(args.config, args.overrides, *ALGORITHMS[name])
-          for name in args.algorithms
-        },
-        out_root / f"alpha{alpha}" / f"seed{seed}",
-        data,
-        f"alpha={alpha} seed={seed}",
-        "global_accuracy",
-      )
-      loaded += read_back
-      for name, metrics in results.items():
-        curves.setdefault((alpha, name), []).append(metrics)
     for name in args.algorithms:
       finals = grid.spread([final_accuracy(m) for m in curves[(alpha, name)]])
       rows.append(
