@@ -137,9 +137,7 @@ def test_cohort_aggregate_sum_form_equals_stack_form(tiny_federation, strategy):
   value, total, losses, _ = reduce(
     start, state, KEY, start, cohort.x, cohort.y, cohort.num_examples, keys
   )
-  trained, _ = setup.cohort_trainer(None, None, None)(
-    start, cohort.x, cohort.y, cohort.num_examples, keys, None
-  )
+  trained, _ = setup.cohort_trainer(None, None, None)(start, cohort, KEY)
   expected, _ = aggregator.aggregate(
     trained,
     cohort.num_examples.astype(jnp.float32),

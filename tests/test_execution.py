@@ -137,14 +137,7 @@ def test_step_loops_run_to_the_real_step_counts(digits_dataset, strategy, iterat
   train = setup.cohort_trainer(None, None, None, data_loss=counting_loss)
   cohort = data.cohort(np.arange(5))  # the 200-example client (20 steps) is not sampled
   run = train if strategy == "loop" else jax.jit(train)
-  _, result = run(
-    setup.init_params(jax.random.key(0)),
-    cohort.x,
-    cohort.y,
-    cohort.num_examples,
-    jax.random.split(jax.random.key(1), 5),
-    None,
-  )
+  _, result = run(setup.init_params(jax.random.key(0)), cohort, jax.random.key(1))
   jax.block_until_ready(result)
   np.testing.assert_array_equal(result.num_steps, [4, 1, 3, 2, 6])
   assert len(counted) == sum(iterations)

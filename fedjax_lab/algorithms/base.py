@@ -150,14 +150,21 @@ class ClientSetup:
     data_loss: Optional[Objective] = None,
     stochastic: bool = False,
   ):
-    """``local_trainer`` over the cohort axis: ``train(params, x, y, num_examples, keys,
-    context) -> (client_params, LocalResult)`` stacked. ``params_axis``/``context_axis``: 0 if
-    per client, None if shared."""
-    return self.executor.map(
+    """``local_trainer`` over a cohort: ``train(params, cohort, key, context) -> (client_params,
+    LocalResult)`` stacked ``[cohort, ...]``, client ``k`` training on its own data with the
+    ``k``-th of ``round_keys(key, cohort)``. ``params_axis``/``context_axis``: 0 if per client,
+    None if shared."""
+    mapped = self.executor.map(
       self.local_trainer(regularizer, data_loss, stochastic),
       (params_axis, 0, 0, 0, 0, context_axis),
       sort_by=3,
     )
+
+    def train(params, cohort: Cohort, key: jax.Array, context=None):
+      keys = round_keys(key, cohort)
+      return mapped(params, cohort.x, cohort.y, cohort.num_examples, keys, context)
+
+    return train
 
   def cohort_aggregate(
     self,

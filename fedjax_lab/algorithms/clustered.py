@@ -26,7 +26,6 @@ from fedjax_lab.algorithms.base import (
   AlgorithmEntry,
   ClientSetup,
   client_weights,
-  round_keys,
 )
 from fedjax_lab.data import Cohort
 from fedjax_lab.ops.aggregate import cluster_mean, tree_broadcast, weighted_mean
@@ -69,9 +68,7 @@ def train_clients(
   train_cohort: Callable, start_params, cohort: Cohort, key: jax.Array, weighting: str
 ):
   """Train every client from its row of ``start_params``: ``(trained, weights, metrics)``."""
-  trained, result = train_cohort(
-    start_params, cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort), None
-  )
+  trained, result = train_cohort(start_params, cohort, key, None)
   weights = client_weights(cohort, weighting)
   return trained, weights, {"train_loss": weighted_mean(result.mean_loss, weights)}
 

@@ -28,7 +28,6 @@ from fedjax_lab.algorithms.base import (
   ClientSetup,
   aggregate_models,
   client_weights,
-  round_keys,
   training_metrics,
 )
 from fedjax_lab.checks import one_of, require
@@ -121,9 +120,7 @@ def feddf(setup: ClientSetup, options: FedDFConfig, *, seed: int = 0) -> Algorit
     return FedDFState(setup.init_params(key), setup.aggregator.init(setup.params_shape))
 
   def round_fn(state, cohort, key):
-    trained, result = train_cohort(
-      state.params, cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort), None
-    )
+    trained, result = train_cohort(state.params, cohort, key, None)
     weights = client_weights(cohort, setup.weighting)
     mean, aggregator_state = aggregate_models(
       setup, trained, weights, state.params, state.aggregator_state, key

@@ -34,7 +34,6 @@ from fedjax_lab.algorithms.base import (
   ClientSetup,
   aggregate_models,
   client_weights,
-  round_keys,
   training_metrics,
 )
 from fedjax_lab.checks import require
@@ -183,14 +182,7 @@ def fedgen(setup: ClientSetup, options: FedGenConfig) -> Algorithm:
   def round_fn(state, cohort, key):
     counts = label_counts(cohort.y, cohort.num_examples, num_classes)
     distribution = counts.sum(axis=0) / counts.sum()
-    trained, result = train_cohort(
-      state.params,
-      cohort.x,
-      cohort.y,
-      cohort.num_examples,
-      round_keys(key, cohort),
-      (state.generator, distribution),
-    )
+    trained, result = train_cohort(state.params, cohort, key, (state.generator, distribution))
     weights = client_weights(cohort, setup.weighting)
     params, aggregator_state = aggregate_models(
       setup, trained, weights, state.params, state.aggregator_state, key

@@ -25,7 +25,6 @@ from fedjax_lab.algorithms.base import (
   AlgorithmEntry,
   ClientSetup,
   client_weights,
-  round_keys,
 )
 from fedjax_lab.checks import one_of, require
 from fedjax_lab.ops.aggregate import tree_broadcast, weighted_mean
@@ -76,9 +75,7 @@ def fedmr(
     )
 
   def round_fn(state, cohort, key):
-    trained, result = train_slots(
-      state.slots, cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort), None
-    )
+    trained, result = train_slots(state.slots, cohort, key, None)
     mean, aggregator_state = setup.aggregator.aggregate(
       trained,
       jnp.ones(num_slots),

@@ -40,7 +40,6 @@ from fedjax_lab.algorithms.base import (
   ClientSetup,
   aggregate_models,
   client_weights,
-  round_keys,
   training_metrics,
 )
 from fedjax_lab.checks import one_of, require
@@ -275,9 +274,7 @@ def fedsnd(setup: ClientSetup, options: FedSNDConfig) -> Algorithm:
     teacher = state.params
     if per_client_teacher:
       teacher = tree_gather_or(state.previous_params, ids, state.has_previous, state.params)
-    trained, result = train_cohort(
-      state.params, cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort), teacher
-    )
+    trained, result = train_cohort(state.params, cohort, key, teacher)
     weights = client_weights(cohort, setup.weighting)
     metrics = training_metrics(result, trained, weights)
     distilled, pseudo_x = trained, state.pseudo_x

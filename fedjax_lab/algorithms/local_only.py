@@ -13,7 +13,6 @@ from fedjax_lab.algorithms.base import (
   AlgorithmEntry,
   ClientSetup,
   client_weights,
-  round_keys,
 )
 from fedjax_lab.ops.aggregate import tree_broadcast, tree_gather, tree_scatter, weighted_mean
 
@@ -39,12 +38,7 @@ def local_only(setup: ClientSetup) -> Algorithm:
 
   def round_fn(state, cohort, key):
     trained, result = train_cohort(
-      tree_gather(state.client_params, cohort.client_ids),
-      cohort.x,
-      cohort.y,
-      cohort.num_examples,
-      round_keys(key, cohort),
-      None,
+      tree_gather(state.client_params, cohort.client_ids), cohort, key, None
     )
     metrics = {
       "train_loss": weighted_mean(result.mean_loss, client_weights(cohort, "num_examples"))

@@ -27,7 +27,6 @@ from fedjax_lab.algorithms.base import (
   ClientSetup,
   aggregate_models,
   client_weights,
-  round_keys,
   training_metrics,
 )
 from fedjax_lab.checks import require
@@ -104,14 +103,7 @@ def moon(setup: ClientSetup, options: MOONConfig) -> Algorithm:
     ids = cohort.client_ids
     previous = tree_gather(state.previous_params, ids)
     received = tree_broadcast(state.params, ids.shape[0])
-    trained, result = train_cohort(
-      state.params,
-      cohort.x,
-      cohort.y,
-      cohort.num_examples,
-      round_keys(key, cohort),
-      (received, previous),
-    )
+    trained, result = train_cohort(state.params, cohort, key, (received, previous))
     weights = client_weights(cohort, setup.weighting)
     params, aggregator_state = aggregate_models(
       setup, trained, weights, state.params, state.aggregator_state, key

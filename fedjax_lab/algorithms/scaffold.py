@@ -21,7 +21,6 @@ from fedjax_lab.algorithms.base import (
   AlgorithmEntry,
   ClientSetup,
   client_weights,
-  round_keys,
 )
 from fedjax_lab.ops.aggregate import (
   client_sum,
@@ -79,9 +78,7 @@ def scaffold(
   def round_fn(state, cohort, key):
     old_controls = tree_gather(state.client_controls, cohort.client_ids)
     corrections = jax.tree.map(lambda c, ck: c[None] - ck, state.server_control, old_controls)
-    client_params, result = train_cohort(
-      state.params, cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort), corrections
-    )
+    client_params, result = train_cohort(state.params, cohort, key, corrections)
     steps = result.num_steps.astype(jnp.float32)
     scale = jnp.where(steps > 0, 1.0 / (jnp.maximum(steps, 1.0) * client_learning_rate), 0.0)
 

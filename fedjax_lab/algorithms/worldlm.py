@@ -54,7 +54,6 @@ from fedjax_lab.algorithms.base import (
   Algorithm,
   AlgorithmEntry,
   ClientSetup,
-  round_keys,
 )
 from fedjax_lab.checks import one_of, require, typed_fields
 from fedjax_lab.data.tree import FederationTree
@@ -233,9 +232,7 @@ def worldlm(
     params = merge_params(
       tree_broadcast(state.backbone, size), tree_gather(state.keys, jnp.asarray(start)[ids])
     )
-    trained, result = train(
-      params, cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort), None
-    )
+    trained, result = train(params, cohort, key, None)
     client_backbone, client_keys = split_params(trained, key_layers)
     leaves = jnp.asarray(tree.client_node)[ids]
     tokens = cohort.num_examples.astype(jnp.float32)
