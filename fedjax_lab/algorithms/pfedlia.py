@@ -25,6 +25,7 @@ Phases are chosen on the host from ``state.round``; each phase is its own compil
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -207,21 +208,7 @@ def pfedlia(setup: ClientSetup, options: PFedLIAConfig) -> Algorithm:
       influence = randomized_response(
         jax.random.fold_in(key, RESPONSE_STREAM), influence, options.vote_epsilon
       )
-    labels, adjacency = state.labels, state.adjacency
-    if decentralized:
-      adjacency = neighbourhoods(influence, rule=options.neighbours, top_k=options.top_k)
-      labels = neighbourhood_labels(adjacency)
-    elif options.clustering == "spectral":
-      labels = spectral(
-        jax.random.fold_in(key, SPECTRAL_STREAM), symmetrize(influence), options.num_clusters
-      )
-    else:
-      labels = agglomerative(
-        symmetrize(influence),
-        num_clusters=options.num_clusters,
-        threshold=options.threshold,
-        linkage=options.linkage,
-      )
+    labels, adjacency = cluster_by_influence(influence, state, options, key)
     metrics.update(
       influence_self_mean=jnp.mean(jnp.diag(influence)),
       influence_positive_fraction=jnp.mean(influence > 0),
@@ -257,29 +244,14 @@ def pfedlia(setup: ClientSetup, options: PFedLIAConfig) -> Algorithm:
   }
 
   def round_fn(state: ClusteredState, cohort, key):
-    round_index = int(state.round)
-    if round_index < options.warmup_rounds:
-      phase = "warmup"
-    elif is_influence_round(round_index, options.warmup_rounds, options.recluster_every):
-      phase = "influence"
-    else:
-      phase = "personalized"
+    phase = phase_of(int(state.round), options)
     state, metrics = phases[phase](state, cohort, key)
     metrics["num_clusters"] = count_clusters(state.labels)
     if phase == "influence":
       metrics.update(cost)
     return state, metrics
 
-  def privacy(rounds: int) -> dict:
-    """Each influence phase, a client releases one randomized-response vote per client: its
-    own data's epsilon over every vote so far (PLD composition, delta ``vote_delta``)."""
-    phases = sum(
-      is_influence_round(r, options.warmup_rounds, options.recluster_every) for r in range(rounds)
-    )
-    votes = phases * setup.num_clients
-    spent = randomized_response_epsilon(votes, options.vote_epsilon, options.vote_delta)
-    return {"vote_epsilon_total": spent}
-
+  privacy = functools.partial(vote_privacy, options, setup.num_clients)
   return personalized_algorithm(
     lambda key: initial_state(setup, key),
     round_fn,
@@ -287,6 +259,47 @@ def pfedlia(setup: ClientSetup, options: PFedLIAConfig) -> Algorithm:
     host_phases=True,
     privacy=privacy if options.vote_epsilon > 0 else None,
   )
+
+
+def phase_of(round_index: int, options: PFedLIAConfig) -> str:
+  """The phase round ``round_index`` runs: ``warmup``, ``influence`` or ``personalized``."""
+  if round_index < options.warmup_rounds:
+    return "warmup"
+  if is_influence_round(round_index, options.warmup_rounds, options.recluster_every):
+    return "influence"
+  return "personalized"
+
+
+def cluster_by_influence(influence, state: ClusteredState, options: PFedLIAConfig, key):
+  """``(labels, adjacency)`` from the ``[N, N]`` influence matrix by ``options.clustering``:
+  neighbourhoods (``decentralized``; labels their components), ``spectral`` or
+  ``agglomerative`` clusters of the symmetrized matrix (the state's adjacency kept)."""
+  if options.clustering == "decentralized":
+    adjacency = neighbourhoods(influence, rule=options.neighbours, top_k=options.top_k)
+    return neighbourhood_labels(adjacency), adjacency
+  if options.clustering == "spectral":
+    labels = spectral(
+      jax.random.fold_in(key, SPECTRAL_STREAM), symmetrize(influence), options.num_clusters
+    )
+    return labels, state.adjacency
+  labels = agglomerative(
+    symmetrize(influence),
+    num_clusters=options.num_clusters,
+    threshold=options.threshold,
+    linkage=options.linkage,
+  )
+  return labels, state.adjacency
+
+
+def vote_privacy(options: PFedLIAConfig, num_clients: int, rounds: int) -> dict:
+  """Each influence phase, a client releases one randomized-response vote per client: its own
+  data's epsilon over every vote so far (PLD composition, delta ``vote_delta``)."""
+  phases = sum(
+    is_influence_round(r, options.warmup_rounds, options.recluster_every) for r in range(rounds)
+  )
+  votes = phases * num_clients
+  spent = randomized_response_epsilon(votes, options.vote_epsilon, options.vote_delta)
+  return {"vote_epsilon_total": spent}
 
 
 ENTRY = AlgorithmEntry(
