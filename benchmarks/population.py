@@ -6,10 +6,11 @@
 Clients are made on demand (``data.source=synthetic_clients``: Synthetic(1, 1), LEAF's
 lognormal sizes, 60 features, 10 classes, ``data/generated.py``). Each federation size runs in
 its own process, so peak memory (max RSS) and compilations are its own. Per cell: seconds to
-build the federation, peak RSS, seconds per round (median of the rounds after the first),
-the bytes the cohort moves to the device over its real bytes (the flat buffer
-``ragged.bucket`` sizes; the per-round maximum), compilations after round 5, and the bytes the
-padded store this project used before (``[num_clients, max_examples, ...]``) would have held.
+build the federation, peak RSS, seconds per round (median of the rounds after the first), the
+bytes the cohort moves to the device over its real bytes (whole chunks of
+``transfer.chunk_rows`` rows, each row with its 4-byte destination; the per-round maximum),
+compilations after round 5, and the bytes the padded store this project used before
+(``[num_clients, max_examples, ...]``) would have held.
 Local training: one epoch of batch 32, MLP, SGD 0.05; cohort sampled uniformly each round.
 """
 
@@ -43,7 +44,7 @@ def cell(num_clients: int, cohort: int, rounds: int) -> dict:
   from fedjax_lab import load_config
   from fedjax_lab.algorithms import compiled_round
   from fedjax_lab.build import build_experiment, build_federation
-  from fedjax_lab.data.ragged import bucket
+  from fedjax_lab.data import transfer
   from fedjax_lab.runner import cohort_ids
 
   compiles = []
@@ -73,17 +74,19 @@ def cell(num_clients: int, cohort: int, rounds: int) -> dict:
   round_fn = compiled_round(experiment.algorithm, experiment.setup.executor)
   state = experiment.algorithm.init(jax.random.key(0))
   sizes = data.train.num_examples
+  chunk = transfer.chunk_rows(data.train.total / num_clients * config.cohort_size)
+  x, y = data.train.gather([int(sizes.argmax())])
+  row_bytes = x[0].nbytes + y[0].nbytes
   seconds, ratios, compiles_at = [], [], {}
   for r in range(rounds):
     tick = time.perf_counter()
     ids = cohort_ids(0, r, num_clients, config.cohort_size)
     real = int(sizes[ids].sum())
-    ratios.append(bucket(real) / real)
+    ratios.append(-(-real // chunk) * chunk * (row_bytes + 4) / (real * row_bytes))
     state, metrics = round_fn(state, data.cohort(ids), jax.random.key(r))
     jax.block_until_ready(metrics)
     seconds.append(time.perf_counter() - tick)
     compiles_at[r + 1] = len(compiles)
-  row_bytes = data.train.first_input().nbytes + 4
   return {
     "clients": num_clients,
     "build_s": round(build_seconds, 2),

@@ -24,7 +24,13 @@ from fedjax_lab.config import ExperimentConfig
 from fedjax_lab.data import Cohort, FederatedData
 from fedjax_lab.engine.evaluate import client_metrics, client_test_sums, evaluate_pooled
 from fedjax_lab.engine.execution import computed_steps
-from fedjax_lab.engine.sharding import addressable, client_mesh, replicate, shard_clients
+from fedjax_lab.engine.sharding import (
+  addressable,
+  client_mesh,
+  client_sharding,
+  replicate,
+  shard_clients,
+)
 from fedjax_lab.models import Model
 from fedjax_lab.ops import accounting
 from fedjax_lab.plots import pyplot
@@ -85,12 +91,14 @@ def cohort_ids(
   return np.sort(rng.choice(num_clients, cohort_size, replace=False)).astype(np.int32)
 
 
-def padded_cohort(data: FederatedData, client_ids: np.ndarray, multiple: int) -> Cohort:
+def padded_cohort(
+  data: FederatedData, client_ids: np.ndarray, multiple: int, sharding=None
+) -> Cohort:
   """The cohort of ``client_ids`` filled up with empty clients (no examples: no local steps,
   aggregation weight 0) to the smallest positive multiple of ``multiple``, so that Poisson
   cohorts of every size share a few compiled shapes."""
   size = max(multiple, -(-len(client_ids) // multiple) * multiple)
-  return data.cohort(client_ids, size=size)
+  return data.cohort(client_ids, size=size, sharding=sharding)
 
 
 def plot_accuracy(rows: list[dict], path: pathlib.Path, title: str = "") -> None:
@@ -151,6 +159,8 @@ def evaluated_clients(config: ExperimentConfig, num_clients: int) -> np.ndarray:
 def evaluation_blocks(client_ids: np.ndarray, block: int = EVALUATION_BLOCK) -> list[np.ndarray]:
   """``client_ids`` in blocks of ``min(block, len(client_ids))``, the last one filled up with
   its first client (``evaluate`` drops the filler's results): one shape, one compilation."""
+  if len(client_ids) == 0:
+    return []
   block = min(block, len(client_ids))
   filled = np.resize(client_ids, -(-len(client_ids) // block) * block)
   return list(filled.reshape(-1, block))
@@ -179,7 +189,8 @@ def evaluate(
     params = algorithm.personal_params(state) if personal else global_params
     width, sums, adapted = data.test.max_examples, [], []
     clients = evaluated_clients(config, data.num_clients)
-    for ids in evaluation_blocks(clients):
+    held = clients[data.test.owner(clients) == jax.process_index()]  # all, with one process
+    for ids in evaluation_blocks(held):
       x, y, counts = data.test.padded(ids, width)
       block_params = jax.tree.map(lambda leaf: leaf[ids], params) if personal else params
       test = lambda params, personal: client_test_sums(
@@ -197,7 +208,7 @@ def evaluate(
     paths = None if data.client_paths is None else [data.client_paths[k] for k in clients]
     population = data.num_clients if len(clients) < data.num_clients else None
     summarize = lambda blocks: client_metrics(
-      np.concatenate(blocks)[: len(clients)], data.sequences, paths, population
+      _from_every_process(held, blocks, clients), data.sequences, paths, population
     )
     metrics.update(summarize(sums))
     if adapt is not None:
@@ -207,6 +218,25 @@ def evaluate(
       adjusted_rand_score(data.client_groups, np.asarray(algorithm.client_clusters(state)))
     )
   return metrics
+
+
+def _from_every_process(held: np.ndarray, blocks: list, clients: np.ndarray) -> np.ndarray:
+  """``[len(clients), ...]``: the per-client results this process computed for ``held`` (in
+  ``blocks``, filler rows after) with every other process's for its own clients, in the order
+  of ``clients`` (sorted); with one process, ``held`` is ``clients``."""
+  mine = np.concatenate([np.asarray(b) for b in blocks])[: len(held)] if blocks else None
+  if jax.process_count() == 1:
+    return mine
+  from jax.experimental import multihost_utils
+
+  most = int(np.bincount(clients % jax.process_count()).max())
+  values = np.zeros((most, 3), np.float32)  # client_test_sums' three columns
+  ids = np.full(most, -1, np.int64)
+  if mine is not None:
+    values[: len(held)], ids[: len(held)] = mine, held
+  values = np.asarray(multihost_utils.process_allgather(values)).reshape(-1, 3)
+  ids = np.asarray(multihost_utils.process_allgather(ids)).reshape(-1)
+  return values[ids >= 0][np.argsort(ids[ids >= 0])]
 
 
 @jax.jit
@@ -315,7 +345,7 @@ def _run_claimed(config, out_dir, resume, progress, data):
         f"--resume: rounds={config.rounds} is below the {len(recorded)} rounds {out_dir} has "
         "done; rounds may only grow (its config.json is left as it is)"
       )
-  experiment = build_experiment(config, data)
+  experiment = _own_clients(config, build_experiment(config, data))
   init_key, rounds_key = jax.random.split(jax.random.key(config.seed))
   state = experiment.algorithm.init(init_key)
   checkpoint_dir = out_dir / run_folder.CHECKPOINT_DIR
@@ -344,6 +374,17 @@ def _run_claimed(config, out_dir, resume, progress, data):
   return rows, state
 
 
+def _own_clients(config: ExperimentConfig, experiment):
+  """``experiment`` with each process keeping only its own clients (``FederatedData.shard``)
+  when the cohort is split over several processes' devices; as it is otherwise."""
+  process, count = jax.process_index(), jax.process_count()
+  if count == 1 or config.execution.devices == 1:
+    return experiment
+  data, train_data = experiment.data.shard(process, count), experiment.train_data
+  train_data = data if train_data is experiment.data else train_data.shard(process, count)
+  return dataclasses.replace(experiment, data=data, train_data=train_data)
+
+
 def _train(config, experiment, state, rows, start_round, rounds_key, manager, progress):
   """The round loop of ``run``: rounds ``start_round + 1 .. config.rounds``; returns
   ``(rows, state)``."""
@@ -360,6 +401,7 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
   poisson = config.cohort_sampling == "poisson"
   pad_to = math.lcm(POISSON_PADDING, config.execution.devices)
   mesh = client_mesh(config.execution.devices) if config.execution.devices > 1 else None
+  sharding = client_sharding(mesh) if mesh is not None else None
   if mesh is not None:
     state = replicate(state, mesh)
   writer = jax.process_index() == 0
@@ -383,7 +425,10 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
         experiment.cohort_size,
         config.cohort_sampling,
       )
-      cohort = padded_cohort(train_data, ids, pad_to) if poisson else train_data.cohort(ids)
+      if poisson:
+        cohort = padded_cohort(train_data, ids, pad_to, sharding)
+      else:
+        cohort = train_data.cohort(ids, sharding=sharding)
       step_ratio = computed_step_ratio(experiment.setup, cohort.num_examples)
       round_key = jax.random.fold_in(rounds_key, round_index)
       if mesh is not None:

@@ -1,6 +1,7 @@
 """Two processes under ``jax.distributed`` (CPU collectives over gloo) run one federation with
-the cohort split over both, and get the single-process run's metrics; only process 0 writes
-metrics (and orbax writes the replicated checkpoint once)."""
+the cohort split over both, each holding and reading only its own clients, and get the
+single-process run's metrics; only process 0 writes metrics (and orbax writes the replicated
+checkpoint once)."""
 
 import json
 import os
@@ -20,6 +21,12 @@ process, port, out_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 if process >= 0:
   jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process)
 from fedjax_lab import load_config, run
+from fedjax_lab.data.ragged import ProcessShard
+gathered, gather = [], ProcessShard.gather
+def recorded_gather(self, ids):
+  gathered.extend(int(k) for k in ids)
+  return gather(self, ids)
+ProcessShard.gather = recorded_gather
 devices = 2 if process >= 0 else 1
 config = load_config(None, [
   "data.source=digits", "data.num_clients=10", "data.min_examples=10", "cohort_size=6",
@@ -27,6 +34,7 @@ config = load_config(None, [
   "local.batch_size=16", f"execution.devices={devices}", f"out_dir={out_dir}"])
 result = run(config, progress=False)
 print(json.dumps({"process": process, "devices": jax.device_count(),
+                  "gathered": sorted(set(gathered)),
                   "metrics": [{k: v for k, v in r.items() if k != "round_seconds"}
                               for r in result.metrics]}))
 """
@@ -68,6 +76,11 @@ def _runs(root):
 def test_two_processes_compute_what_one_computes_and_only_process_zero_writes(tmp_path):
   (first, second), single = _runs(tmp_path)
   assert first["devices"] == second["devices"] == 2 and single["devices"] == 1
+  # Each process read only its own clients (k % 2), and between them every client (training
+  # cohorts and client test splits).
+  assert all(k % 2 == 0 for k in first["gathered"]) and all(k % 2 for k in second["gathered"])
+  assert sorted(first["gathered"] + second["gathered"]) == list(range(10))
+  assert single["gathered"] == []
   assert first["metrics"] == second["metrics"]  # both processes see the same metrics
   for two, one in zip(first["metrics"], single["metrics"], strict=True):
     assert two.keys() == one.keys()

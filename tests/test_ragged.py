@@ -10,9 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedjax_lab.data import FederatedData
-from fedjax_lab.data.federated import unpack
-from fedjax_lab.data.ragged import ClientArrays, bucket, drop_pages
+from fedjax_lab.data import FederatedData, transfer
+from fedjax_lab.data.ragged import ClientArrays, ProcessShard, drop_pages
 
 
 def _store(counts, features=3, seed=0) -> ClientArrays:
@@ -27,6 +26,8 @@ def _padded_by_hand(store: ClientArrays, ids, width):
   x = np.zeros((len(ids), width) + store.x.shape[1:], store.x.dtype)
   y = np.zeros((len(ids), width), store.y.dtype)
   for slot, client in enumerate(ids):
+    if client < 0:  # an empty client filling up the cohort
+      continue
     start, stop = store.offsets[client], store.offsets[client + 1]
     x[slot, : stop - start], y[slot, : stop - start] = store.x[start:stop], store.y[start:stop]
   return x, y
@@ -36,20 +37,22 @@ def _padded_by_hand(store: ClientArrays, ids, width):
 @given(
   counts=st.lists(st.integers(0, 30), min_size=1, max_size=12),
   picks=st.lists(st.integers(0, 11), min_size=1, max_size=8, unique=True),
+  chunk=st.sampled_from([1, 7, 64]),
+  empty=st.integers(0, 3),
 )
-def test_flat_rows_unpack_to_the_padded_layout(counts, picks):
+def test_rows_moved_in_chunks_land_in_the_padded_layout(counts, picks, chunk, empty):
   store = _store(counts)
   ids = np.array([p % store.num_clients for p in picks])
   ids = ids[np.sort(np.unique(ids, return_index=True)[1])]  # distinct, in the drawn order
   width = store.max_examples
-  x, y, starts, num = store.flat(ids, bucket(int(store.num_examples[ids].sum())))
-  assert len(x) >= num.sum()
-  want_x, want_y = _padded_by_hand(store, ids, width)
-  np.testing.assert_array_equal(np.asarray(unpack(x, starts, num, width)), want_x)
-  np.testing.assert_array_equal(np.asarray(unpack(y, starts, num, width)), want_y)
+  num = np.concatenate([store.num_examples[ids], np.zeros(empty, np.int32)])
+  x, y = transfer.move_rows(store, ids, num, width, chunk)
+  want_x, want_y = _padded_by_hand(store, np.concatenate([ids, np.full(empty, -1)]), width)
+  np.testing.assert_array_equal(np.asarray(x), want_x)
+  np.testing.assert_array_equal(np.asarray(y), want_y)
   got_x, got_y, got_num = store.padded(ids, width)
-  np.testing.assert_array_equal(got_x, want_x)
-  np.testing.assert_array_equal(got_y, want_y)
+  np.testing.assert_array_equal(got_x, want_x[: len(ids)])
+  np.testing.assert_array_equal(got_y, want_y[: len(ids)])
   np.testing.assert_array_equal(got_num, np.diff(store.offsets)[ids])
 
 
@@ -106,13 +109,49 @@ def test_dropped_pages_of_a_memory_map_read_back_the_same(tmp_path):
   np.testing.assert_array_equal(copy, store.x)
 
 
-def test_a_cohort_moves_at_most_a_quarter_more_than_its_rows_in_few_shapes():
-  """The flat buffer is the bucket of the cohort's rows: within 1.25x of them, and a thousand
-  cohort totals fall into a handful of sizes."""
-  totals = np.random.default_rng(0).integers(1_000, 100_000, 1_000)
-  sizes = {bucket(int(t)) for t in totals}
-  assert all(t <= bucket(int(t)) <= 1.25 * t + 1 for t in totals)
-  assert len(sizes) <= 22  # log(100) / log(1.25) + 1
+def test_a_cohort_moves_at_most_a_quarter_more_than_its_rows_in_one_chunk_shape():
+  """A chunk is an eighth (down to a sixteenth) of the expected cohort's rows: a cohort of at
+  least half the expected rows moves at most 1.25x them, in whole chunks of one shape."""
+  expected = 20_000
+  chunk = transfer.chunk_rows(expected)
+  assert expected / 16 < chunk <= expected / 8
+  for rows in np.random.default_rng(0).integers(expected // 2, 5 * expected, 1_000):
+    moved = -(-int(rows) // chunk) * chunk
+    assert rows <= moved <= 1.25 * rows
+  assert transfer.chunk_rows(10) == transfer.MIN_CHUNK
+  assert transfer.chunk_rows(expected, multiple=3) % 3 == 0
+
+
+def test_moving_a_cohort_compiles_once_whatever_its_rows():
+  store = _store(np.random.default_rng(1).integers(0, 400, 300))
+  width, compiled = store.max_examples, []
+  jax.monitoring.register_event_duration_secs_listener(
+    lambda name, *a, **k: (
+      compiled.append(name) if name == "/jax/core/compile/backend_compile_duration" else None
+    )
+  )
+  rng = np.random.default_rng(2)
+  for round_index in range(12):
+    ids = rng.choice(store.num_clients, 10, replace=False)
+    transfer.move_rows(store, ids, store.num_examples[ids], width, chunk=256)
+    if round_index == 1:
+      after_warmup = len(compiled)
+  assert len(compiled) == after_warmup
+
+
+def test_a_process_shard_holds_and_gathers_only_its_own_clients(tmp_path):
+  store = _store([4, 0, 9, 3, 7, 1, 2])
+  shard = ProcessShard.of(store, 1, 3)  # clients 1 and 4
+  assert shard.compact and shard.local.total == 0 + 7
+  np.testing.assert_array_equal(shard.num_examples, store.num_examples)
+  for got, want in zip(shard.gather([4, 1]), store.gather([4, 1])):
+    np.testing.assert_array_equal(got, want)
+  with pytest.raises(ValueError, match="process 1 of 3 holds the clients k % 3 == 1, not client 2"):
+    shard.gather([1, 2])
+  store.save(tmp_path, "train")
+  mapped = ProcessShard.of(ClientArrays.load(tmp_path, "train"), 2, 3)  # reads, copies nothing
+  assert not mapped.compact
+  np.testing.assert_array_equal(mapped.gather([5])[0], store.gather([5])[0])
 
 
 def test_the_round_sees_one_shape_whatever_the_cohort(tiny_federation):

@@ -2,11 +2,10 @@
 
 Each split is a ``ClientArrays`` (``data/ragged.py``): the clients' real examples flat, with
 offsets, as numpy arrays or memory maps; host memory follows the real examples, not
-``num_clients x max_examples``. A round gathers only its cohort (``cohort``): the cohort's rows
-packed flat on the host (in a buffer of ``ragged.bucket`` rows, at most 1.25x the real ones),
-moved to the device, and
-unpacked there into the padded layout ``[cohort, max_examples, ...]`` the methods read, real
-examples first and zeros after (every consumer also masks by position ``< num_examples``).
+``num_clients x max_examples``. A round gathers only its cohort (``cohort``): the cohort's real
+rows, moved to the device in chunks of one fixed size and written there into the padded layout
+``[cohort, max_examples, ...]`` the methods read, real examples first and zeros after
+(``data/transfer.py``; every consumer also masks by position ``< num_examples``).
 """
 
 from __future__ import annotations
@@ -15,11 +14,10 @@ import dataclasses
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from fedjax_lab.data import partition
-from fedjax_lab.data.ragged import ClientArrays, ClientStore, bucket, drop_pages
+from fedjax_lab.data import partition, transfer
+from fedjax_lab.data.ragged import ClientArrays, ClientStore, ProcessShard, drop_pages
 from fedjax_lab.data.sources import Dataset
 from fedjax_lab.plots import pyplot
 
@@ -37,22 +35,6 @@ class Cohort:
 jax.tree_util.register_dataclass(
   Cohort, data_fields=["client_ids", "x", "y", "num_examples"], meta_fields=[]
 )
-
-
-@functools.partial(jax.jit, static_argnums=3)
-def unpack(flat, starts, counts, width: int):
-  """``[cohort, width, ...]`` from rows packed flat (client ``k``'s ``counts[k]`` rows start at
-  ``starts[k]``): real rows first, zeros after; ``flat`` an array or a pytree of arrays with
-  the same rows (inputs and labels: one call, one compilation)."""
-  slots = jnp.arange(width)
-  real = slots[None] < counts[:, None]
-  indices = jnp.where(real, starts[:, None] + slots[None], 0)
-
-  def one(rows):
-    gathered = jnp.take(rows, indices, axis=0)
-    return jnp.where(real.reshape(real.shape + (1,) * (rows.ndim - 1)), gathered, 0)
-
-  return jax.tree.map(one, flat)
 
 
 VALIDATION_ROWS = 1 << 16  # rows checked at once: temporaries stay small on large stores
@@ -252,14 +234,15 @@ class FederatedData:
     """Whether each example carries a sequence of labels (next-token data)."""
     return self.global_test_y.ndim > 1
 
-  def cohort(self, client_ids, size: int | None = None) -> Cohort:
+  def cohort(self, client_ids, size: int | None = None, sharding=None) -> Cohort:
     """The training data of ``client_ids`` on the device, in the padded layout
     ``[cohort, max_examples, ...]`` (a shape that depends only on the cohort size, so the
-    round compiles once). Only the cohort's real rows cross to the device, packed flat in a
-    buffer of ``ragged.bucket(rows)`` rows: at most 1.25x the real bytes, in a few sizes,
-    each of which compiles the small unpacking program once.
+    round compiles once). Only the cohort's real rows cross to the device, in chunks of one
+    size per cohort size (``transfer.move_rows``; ``transfer.chunk_rows`` of this federation's
+    mean rows per client times the cohort size).
     ``size``: fill the cohort up to that many clients with empty ones (the first client's id,
-    no examples)."""
+    no examples). ``sharding``: the cohort's layout over devices (leading axis split); with
+    several processes each reads only the clients its store holds (``shard``)."""
     client_ids = np.asarray(client_ids, np.int32)
     size = size or len(client_ids)
     if (
@@ -271,15 +254,14 @@ class FederatedData:
         f"client ids must be a 1-D array in [0, {self.num_clients}) of at most {size}, got "
         f"{client_ids}"
       )
-    rows = int(self.train.num_examples[client_ids].sum(dtype=np.int64))
-    x, y, starts, counts = self.train.flat(client_ids, bucket(rows))
     empty = size - len(client_ids)
+    counts = np.concatenate([self.train.num_examples[client_ids], np.zeros(empty, np.int32)])
+    local_devices = 1 if sharding is None else len(sharding.addressable_devices)
+    chunk = transfer.chunk_rows(self.train.total / self.num_clients * size, local_devices)
+    x, y = transfer.move_rows(self.train, client_ids, counts, self.max_examples, chunk, sharding)
     filler = client_ids[:1] if len(client_ids) else np.zeros(1, np.int32)
     client_ids = np.concatenate([client_ids, np.repeat(filler, empty)])
-    starts = np.concatenate([starts, np.zeros(empty, np.int32)])
-    counts = np.concatenate([counts, np.zeros(empty, np.int32)])
-    x, y = unpack((x, y), starts, counts, self.max_examples)
-    return Cohort(client_ids, x, y, counts)
+    return Cohort(client_ids, x, y, counts.astype(np.int32))
 
   def arrays(self, purpose: str) -> tuple[ClientArrays, ClientArrays]:
     """``(train, test)`` when both are held in arrays; otherwise ``ValueError`` naming
@@ -318,6 +300,16 @@ class FederatedData:
       test=one_client(test),
       client_groups=None,
       client_paths=None,
+    )
+
+  def shard(self, process: int, count: int) -> FederatedData:
+    """What process ``process`` of ``count`` holds: the clients ``k % count == process`` of
+    both splits (``ragged.ProcessShard``; the global test set whole). Its ``cohort`` with a
+    ``sharding`` over every process's devices reads only these clients."""
+    return dataclasses.replace(
+      self,
+      train=ProcessShard.of(self.train, process, count),
+      test=ProcessShard.of(self.test, process, count),
     )
 
   def label_histogram(self) -> np.ndarray:

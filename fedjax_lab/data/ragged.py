@@ -2,8 +2,8 @@
 
 ``ClientStore`` is what the engine reads a split through: each client's example count, and
 ``gather(client_ids)``, their rows one client after the other. Everything else (a cohort's
-flat buffer, the padded layout of a block of clients, the buffer size that fits every cohort
-of a size) follows from those two. ``ClientArrays`` holds the examples; a generated store
+rows on the device, ``data/transfer.py``; the padded layout of a block of clients) follows
+from those two. ``ClientArrays`` holds the examples; a generated store
 (``data/generated.py``) makes each client when it is gathered.
 
 ``ClientArrays``: every client's examples held flat, client after client, with offsets. Client
@@ -11,23 +11,22 @@ of a size) follows from those two. ``ClientArrays`` holds the examples; a genera
 its real examples and nothing more (no padding to the largest client), and ``x``, ``y`` may be
 memory maps of ``.npy`` files (``save`` / ``load``), so a federation larger than memory is
 read only where a round touches it. Padding happens late, to the clients actually gathered:
-``flat`` packs a cohort's rows one after the other, ``padded`` builds the
-``[clients, width, ...]`` layout for a block of clients (evaluation, small federations).
+``padded`` builds the ``[clients, width, ...]`` layout for a block of clients (evaluation,
+small federations).
+
+``ProcessShard``: the part of a store one of several processes (``jax.distributed``) holds:
+client ``k`` belongs to process ``k % count``; gathering another process's client refuses.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import mmap
 import pathlib
 from collections.abc import Sequence
 
 import numpy as np
-
-MIN_BUCKET = 1024  # rows: small cohorts share one buffer size
-BUCKET_GROWTH = 1.25
 
 
 class ClientStore:
@@ -59,18 +58,10 @@ class ClientStore:
   def total(self) -> int:
     return int(self.num_examples.sum(dtype=np.int64))
 
-  def flat(self, client_ids, capacity: int | None = None):
-    """``(x, y, offsets, counts)``: the rows of ``client_ids`` packed one client after the other
-    (``offsets [cohort]`` where each starts), zero rows appended up to ``capacity``."""
-    client_ids = np.asarray(client_ids, np.int64)
-    rows_x, rows_y = self.gather(client_ids)
-    counts = self.num_examples[client_ids]
-    capacity = max(len(rows_x), capacity or 0, 1)
-    x = np.zeros((capacity,) + rows_x.shape[1:], rows_x.dtype)
-    y = np.zeros((capacity,) + rows_y.shape[1:], rows_y.dtype)
-    x[: len(rows_x)], y[: len(rows_y)] = rows_x, rows_y
-    starts = np.cumsum(counts) - counts
-    return x, y, starts.astype(np.int32), counts.astype(np.int32)
+  def owner(self, client_ids) -> np.ndarray:
+    """The process that holds each of ``client_ids``: 0 here (one process holds every client;
+    ``ProcessShard`` splits them)."""
+    return np.zeros(len(client_ids), np.int64)
 
   def padded(self, client_ids=None, width: int | None = None):
     """``(x, y, counts)``: ``client_ids`` (default: every client) in the padded layout
@@ -108,16 +99,6 @@ def drop_pages(array: np.ndarray, start: int, stop: int) -> None:
   last = min(base + stop * row_bytes, len(mapping))
   if last > first:
     mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
-
-
-def bucket(rows: int) -> int:
-  """The buffer size for ``rows`` rows: the smallest ``ceil(MIN_BUCKET * BUCKET_GROWTH^k)`` that
-  holds them, so a buffer exceeds its rows by at most ``BUCKET_GROWTH`` (beyond ``MIN_BUCKET``)
-  while a run's cohorts take only a handful of sizes (each compiles the unpacking once)."""
-  size = MIN_BUCKET
-  while size < rows:
-    size = math.ceil(size * BUCKET_GROWTH)
-  return size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,3 +191,50 @@ class ClientArrays(ClientStore):
 
   def nbytes(self) -> int:
     return int(self.x.nbytes + self.y.nbytes + self.offsets.nbytes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessShard(ClientStore):
+  """The clients ``k`` with ``k % count == process`` of a store of ``len(num_examples)``
+  clients; ``num_examples`` stays every client's (cohort sampling and weighting need them).
+  ``local`` holds the rows: only this process's clients (``local`` client ``k // count``;
+  ``compact``) or the whole store, when that costs no memory of its own (a memory map,
+  clients made on demand: only what is gathered is read)."""
+
+  local: ClientStore
+  counts: np.ndarray
+  process: int
+  count: int
+  compact: bool
+
+  @classmethod
+  def of(cls, store: ClientStore, process: int, count: int) -> ProcessShard:
+    """``process``'s shard of ``store``: a copy of its own clients' rows when ``store`` holds
+    its rows in memory, else ``store`` itself, read only at its own clients."""
+    if not 0 <= process < count:
+      raise ValueError(f"process must be in [0, {count}), got {process}")
+    in_memory = isinstance(store, ClientArrays) and not isinstance(store.x, np.memmap)
+    if in_memory:
+      local = store.select(np.arange(process, store.num_clients, count))
+      return cls(local, store.num_examples, process, count, True)
+    return cls(store, store.num_examples, process, count, False)
+
+  @property
+  def num_examples(self) -> np.ndarray:
+    return self.counts
+
+  def owner(self, client_ids) -> np.ndarray:
+    return np.asarray(client_ids, np.int64) % self.count
+
+  def gather(self, client_ids) -> tuple[np.ndarray, np.ndarray]:
+    client_ids = np.asarray(client_ids, np.int64)
+    foreign = client_ids[self.owner(client_ids) != self.process]
+    if len(foreign):
+      raise ValueError(
+        f"data: process {self.process} of {self.count} holds the clients k % {self.count} == "
+        f"{self.process}, not client {foreign[0]}"
+      )
+    return self.local.gather(client_ids // self.count if self.compact else client_ids)
+
+  def first_input(self) -> np.ndarray:
+    return self.local.first_input()

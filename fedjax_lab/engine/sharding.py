@@ -5,8 +5,10 @@ replicated. The round program is unchanged: XLA's SPMD partitioner runs each dev
 the vmapped clients and turns the sums over clients into all-reduces, so 1 or N devices compute
 the same function (tests/test_sharding.py). Across processes (hosts), call
 ``jax.distributed.initialize`` first; ``jax.devices()`` then lists every process's devices,
-every process builds the same federation and state from the same config, and ``shard_clients``
-/ ``replicate`` keep each process's own shards of them (``jax.make_array_from_callback``);
+every process builds the same federation and state from the same config, keeps only its own
+clients' data (``FederatedData.shard``: client ``k`` on process ``k % processes``), and
+``shard_clients`` / ``replicate`` keep each process's own shards of the rest
+(``jax.make_array_from_callback``);
 tests/test_distributed.py runs two processes (docs/performance.md).
 """
 
@@ -30,11 +32,14 @@ def client_mesh(num_devices: int) -> Mesh:
   return Mesh(np.asarray(jax.devices()[:num_devices]), (CLIENT_AXIS,))
 
 
+def client_sharding(mesh: Mesh) -> NamedSharding:
+  """The layout of cohort arrays: the leading (client) axis split over the mesh."""
+  return NamedSharding(mesh, PartitionSpec(CLIENT_AXIS))
+
+
 def shard_clients(tree, mesh: Mesh):
   """Place every leaf with its leading (client) axis split over the mesh."""
-  return jax.tree.map(
-    lambda leaf: _place(leaf, NamedSharding(mesh, PartitionSpec(CLIENT_AXIS))), tree
-  )
+  return jax.tree.map(lambda leaf: _place(leaf, client_sharding(mesh)), tree)
 
 
 def replicate(tree, mesh: Mesh):
@@ -45,7 +50,10 @@ def replicate(tree, mesh: Mesh):
 def _place(leaf, sharding: NamedSharding):
   """``leaf`` as a global array with ``sharding``. With several processes each one passes the
   same whole value and keeps the shards of its own devices (typed PRNG keys through their
-  key data)."""
+  key data). A global array already laid out so (a cohort placed by ``FederatedData.cohort``)
+  is returned as it is."""
+  if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
+    return leaf
   if jax.process_count() == 1:
     return jax.device_put(leaf, sharding)
   if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
