@@ -118,8 +118,8 @@ def _setup(data, strategy: str, aggregator: Aggregator) -> ClientSetup:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["vmap", "chunked", "loop"])
-def test_cohort_aggregate_sum_form_equals_stack_form(tiny_federation, strategy):
-  """``cohort_aggregate`` reduces by sums (``map_sum``) for a chain with a sum form; the same
+def test_cohort_reduce_sum_form_equals_stack_form(tiny_federation, strategy):
+  """``cohort_reduce`` reduces by sums (``map_sum``) for a chain with a sum form; the same
   chain's stacked ``aggregate`` gives the same value."""
   aggregator = chain(clip_update_norm(0.5), mean())
   setup = _setup(tiny_federation, strategy, aggregator)
@@ -127,16 +127,13 @@ def test_cohort_aggregate_sum_form_equals_stack_form(tiny_federation, strategy):
   cohort = tiny_federation.cohort(np.arange(5))
   start = setup.init_params(KEY)
 
-  def contribution(params, x, y, n, key):
+  def contribution(params, x, y, n, key, context):
     trained, result = train(params, x, y, n, key, None)
     return trained, n.astype(jnp.float32), result.mean_loss
 
-  keys = jax.random.split(KEY, 5)
-  reduce = setup.cohort_aggregate(contribution, (None, 0, 0, 0, 0))
+  reduce = setup.cohort_reduce(contribution)
   state = aggregator.init(start)
-  value, total, losses, _ = reduce(
-    start, state, KEY, start, cohort.x, cohort.y, cohort.num_examples, keys
-  )
+  value, total, losses, _ = reduce(start, cohort, KEY, state)
   trained, _ = setup.cohort_trainer(None, None, None)(start, cohort, KEY)
   expected, _ = aggregator.aggregate(
     trained,
@@ -174,7 +171,7 @@ def test_a_poisson_cohort_padded_with_empty_clients_gives_the_unpadded_round(
 
 @pytest.mark.slow
 def test_median_resists_a_corrupted_client_where_the_mean_does_not(tiny_federation):
-  """Through ``cohort_aggregate``: one client's contribution is its model times 1e6; the median
+  """Through ``cohort_reduce``: one client's contribution is its model times 1e6; the median
   stays at the honest models' scale, the mean does not."""
   cohort = tiny_federation.cohort(np.arange(5))
   results = {}
@@ -188,17 +185,7 @@ def test_median_resists_a_corrupted_client_where_the_mean_does_not(tiny_federati
 
     start = setup.init_params(KEY)
     scales = jnp.array([1.0, 1.0, 1e6, 1.0, 1.0])
-    value, *_ = setup.cohort_aggregate(contribution, (None, 0, 0, 0, 0, 0))(
-      start,
-      (),
-      KEY,
-      start,
-      cohort.x,
-      cohort.y,
-      cohort.num_examples,
-      jax.random.split(KEY, 5),
-      scales,
-    )
+    value, *_ = setup.cohort_reduce(contribution)(start, cohort, KEY, (), context=scales)
     results[name] = max(float(jnp.abs(leaf).max()) for leaf in jax.tree.leaves(value))
   assert results["median"] < 10 < 1e4 < results["mean"]
 

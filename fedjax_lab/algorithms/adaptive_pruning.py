@@ -226,6 +226,67 @@ def plan_round(
   return RoundPlan(rho, bandwidth, snr, compute * (1 - kappa * rho), upload, energy, feasible)
 
 
+def merge_groups(shared: dict, head: dict) -> dict:
+  """The whole model from its shared and personal layer groups."""
+  return {**shared, **head}
+
+
+def pruning_mask(options: AdaptivePruningConfig, shared, rho, key):
+  """The mask that prunes a fraction ``rho`` of ``shared``: at random (``criterion=random``)
+  or the smallest magnitudes (per weight, or per unit when ``structured``)."""
+  if options.criterion == "random":
+    return pruning.random_mask(key, shared, rho)
+  return pruning.magnitude_mask(shared, rho, options.structured)
+
+
+def local_update(setup: ClientSetup, options: AdaptivePruningConfig):
+  """One device's round, and the head's schedule (None unless ``update=alternating``).
+
+  Returns:
+    ``(client, head_schedule)``: ``client(shared, head, rho, x, y, num_examples, key) ->
+    (upload, head, mean_loss, upload_bytes)``: the device prunes ``rho`` of the shared part
+    (``pruning_mask``), trains the head then the masked shared part (``alternating``) or both
+    at once (``joint``), and uploads ``{"kept": masked shared part, "mask": mask}``.
+  """
+
+  def loss_of(params, x, y, batch_mask):
+    logits = setup.train_apply(params, x)
+    return masked_mean(per_example_cross_entropy(logits, y), batch_mask)
+
+  def head_objective(head, x, y, batch_mask, shared):
+    return loss_of(merge_groups(shared, head), x, y, batch_mask)  # shared: context, not trained
+
+  def shared_objective(shared, x, y, batch_mask, context):
+    head, mask = context
+    return loss_of(merge_groups(pruning.apply_mask(shared, mask), head), x, y, batch_mask)
+
+  def joint_objective(both, x, y, batch_mask, mask):
+    shared, head = both
+    return loss_of(merge_groups(pruning.apply_mask(shared, mask), head), x, y, batch_mask)
+
+  head_schedule, train_head = None, None
+  if options.update == "alternating":
+    head_schedule = dataclasses.replace(setup.schedule, epochs=options.head_epochs)
+    train_head = make_local_trainer(head_objective, setup.optimizer, head_schedule, setup.unroll)
+  train_shared = make_local_trainer(shared_objective, setup.optimizer, setup.schedule, setup.unroll)
+  train_joint = make_local_trainer(joint_objective, setup.optimizer, setup.schedule, setup.unroll)
+
+  def client(shared, head, rho, x, y, num_examples, key):
+    mask = pruning_mask(options, shared, rho, key)
+    shared = pruning.apply_mask(shared, mask)
+    head_key, shared_key = jax.random.split(key)
+    if head_schedule is not None:
+      head, _ = train_head(head, x, y, num_examples, head_key, shared)
+      shared, result = train_shared(shared, x, y, num_examples, shared_key, (head, mask))
+    else:
+      (shared, head), result = train_joint((shared, head), x, y, num_examples, shared_key, mask)
+    shared = pruning.apply_mask(shared, mask)
+    kept = {"kept": shared, "mask": mask}
+    return kept, head, result.mean_loss, pruning.upload_bytes(mask)
+
+  return client, head_schedule
+
+
 def adaptive_pruning(setup: ClientSetup, options: AdaptivePruningConfig) -> Algorithm:
   """Adaptive pruning with partial personalization (module docstring).
 
@@ -242,50 +303,10 @@ def adaptive_pruning(setup: ClientSetup, options: AdaptivePruningConfig) -> Algo
   """
   groups = setup.model.layer_groups(setup.params_shape)
   shared_shape, _ = split_groups(setup.params_shape, groups, options.personal_groups)
-  merge = lambda shared, head: {**shared, **head}
   devices = system_devices(setup.num_clients, options)
   prunable_bits, fixed_bits = upload_bits(shared_shape, options)
 
-  def mask_of(shared, rho, key):
-    if options.criterion == "random":
-      return pruning.random_mask(key, shared, rho)
-    return pruning.magnitude_mask(shared, rho, options.structured)
-
-  def loss_of(params, x, y, batch_mask):
-    logits = setup.train_apply(params, x)
-    return masked_mean(per_example_cross_entropy(logits, y), batch_mask)
-
-  def head_objective(head, x, y, batch_mask, shared):
-    return loss_of(merge(shared, head), x, y, batch_mask)  # shared: context, not trained
-
-  def shared_objective(shared, x, y, batch_mask, context):
-    head, mask = context
-    return loss_of(merge(pruning.apply_mask(shared, mask), head), x, y, batch_mask)
-
-  def joint_objective(both, x, y, batch_mask, mask):
-    shared, head = both
-    return loss_of(merge(pruning.apply_mask(shared, mask), head), x, y, batch_mask)
-
-  head_schedule, train_head = None, None
-  if options.update == "alternating":
-    head_schedule = dataclasses.replace(setup.schedule, epochs=options.head_epochs)
-    train_head = make_local_trainer(head_objective, setup.optimizer, head_schedule, setup.unroll)
-  train_shared = make_local_trainer(shared_objective, setup.optimizer, setup.schedule, setup.unroll)
-  train_joint = make_local_trainer(joint_objective, setup.optimizer, setup.schedule, setup.unroll)
-
-  def client(shared, head, rho, x, y, num_examples, key):
-    mask = mask_of(shared, rho, key)
-    shared = pruning.apply_mask(shared, mask)
-    head_key, shared_key = jax.random.split(key)
-    if head_schedule is not None:
-      head, _ = train_head(head, x, y, num_examples, head_key, shared)
-      shared, result = train_shared(shared, x, y, num_examples, shared_key, (head, mask))
-    else:
-      (shared, head), result = train_joint((shared, head), x, y, num_examples, shared_key, mask)
-    shared = pruning.apply_mask(shared, mask)
-    kept = {"kept": shared, "mask": mask}
-    return kept, head, result.mean_loss, pruning.upload_bytes(mask)
-
+  client, head_schedule = local_update(setup, options)
   train_cohort = setup.executor.map(client, (None, 0, 0, 0, 0, 0, 0), sort_by=5)
   pair_shape = {"kept": shared_shape, "mask": shared_shape}
 
@@ -346,8 +367,8 @@ def adaptive_pruning(setup: ClientSetup, options: AdaptivePruningConfig) -> Algo
 
   def personal_params(state):
     def device_model(head, rho, key):
-      shared = pruning.apply_mask(state.shared, mask_of(state.shared, rho, key))
-      return merge(shared, head)
+      shared = pruning.apply_mask(state.shared, pruning_mask(options, state.shared, rho, key))
+      return merge_groups(shared, head)
 
     keys = jax.random.split(jax.random.key(0), setup.num_clients)
     return jax.vmap(device_model)(state.heads, state.last_ratio, keys)

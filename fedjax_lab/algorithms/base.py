@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from fedjax_lab.data import Cohort
-from fedjax_lab.engine.execution import Executor, cohort_size
+from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import (
   LocalSchedule,
   Objective,
@@ -166,59 +166,68 @@ class ClientSetup:
 
     return train
 
-  def cohort_aggregate(
-    self,
-    contribution: Callable,
-    in_axes: Sequence[Optional[int]],
-    sort_by: Optional[int] = None,
-  ):
+  def cohort_reduce(self, contribution: Callable):
     """Reduce the cohort's contributions through ``aggregator``.
 
     Args:
-      contribution: ``contribution(*args) -> (model, weight, extras)`` for one client:
-        ``model`` goes through the aggregator with aggregation weight ``weight``; ``extras``
-        (diagnostics, already weighted as wanted) are summed over the cohort.
-      in_axes: for each of ``args``, 0 if per client, None if shared.
-      sort_by: the position in ``args`` of the example counts, if any: chunked execution then
-        groups clients of similar work (``Executor.map``).
+      contribution: ``contribution(params, x, y, num_examples, key, context) -> (model,
+        weight, extras)`` for one client: it starts from the shared ``params``, reads its own
+        data, training key and ``context``; ``model`` goes through the aggregator with
+        aggregation weight ``weight``; ``extras`` (diagnostics, already weighted as wanted)
+        are summed over the cohort.
 
     Returns:
-      ``reduce(reference, state, key, *args) -> (aggregate, total_weight, extras_sum, state)``
-      where ``reference`` is the model the clients started from (or None) and ``state`` the
-      aggregator's. With a sum form the cohort is reduced by ``Executor.map_sum`` (memory flat
-      in the cohort); otherwise the contributions are stacked and ``aggregate`` applied.
+      ``reduce(params, cohort, key, aggregator_state, context=None) -> Reduction``: client
+      ``k`` gets the ``k``-th of ``round_keys(key, cohort)`` and ``context``'s ``k``-th row
+      (a pytree of ``[cohort, ...]`` leaves, or None); ``params`` is also the reference the
+      aggregator measures updates from. With a sum form the cohort is reduced by
+      ``Executor.map_sum`` (memory flat in the cohort); otherwise the contributions are
+      stacked and ``aggregate`` applied. Chunked execution groups clients of similar
+      example counts.
     """
-    aggregator, in_axes = self.aggregator, tuple(in_axes)
+    aggregator = self.aggregator
+    per_client = (None, 0, 0, 0, 0, 0)  # params shared; x, y, num_examples, key, context
+    by_examples = 3  # the position of num_examples in contribution's arguments
     if aggregator.has_sum_form:
 
-      def summand(reference, state, client_key, *args):
-        model, weight, extras = contribution(*args)
-        prepared = aggregator.prepare(model, reference, state, client_key)
+      def summand(state, aggregation_key, params, *client):
+        model, weight, extras = contribution(params, *client)
+        prepared = aggregator.prepare(model, params, state, aggregation_key)
         return jax.tree.map(lambda leaf: weight * leaf, prepared), weight, extras
 
-      sums = self.executor.map_sum(
-        summand, (None, None, 0) + in_axes, None if sort_by is None else 3 + sort_by
-      )
+      sums = self.executor.map_sum(summand, (None, 0) + per_client, 2 + by_examples)
 
-      def reduce_by_sums(reference, state, key, *args):
+      def reduce_by_sums(params, cohort, key, aggregator_state, context=None):
+        client = (cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort))
         key = jax.random.fold_in(key, AGGREGATION_STREAM)
-        client_keys = jax.random.split(key, cohort_size(args, in_axes))
-        weighted, total_weight, extras = sums(reference, state, client_keys, *args)
-        value, state = aggregator.finalize(weighted, total_weight, reference, state, key)
-        return value, total_weight, extras, state
+        aggregation_keys = jax.random.split(key, cohort.client_ids.shape[0])
+        weighted, total, extras = sums(aggregator_state, aggregation_keys, params, *client, context)
+        value, state = aggregator.finalize(weighted, total, params, aggregator_state, key)
+        return Reduction(value, total, extras, state)
 
       return reduce_by_sums
 
-    stacked = self.executor.map(contribution, in_axes, sort_by)
+    stacked = self.executor.map(contribution, per_client, by_examples)
 
-    def reduce_stack(reference, state, key, *args):
-      models, weights, extras = stacked(*args)
-      value, state = aggregator.aggregate(
-        models, weights, reference, state, jax.random.fold_in(key, AGGREGATION_STREAM)
+    def reduce_stack(params, cohort, key, aggregator_state, context=None):
+      client = (cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort))
+      models, weights, extras = stacked(params, *client, context)
+      value, aggregator_state = aggregator.aggregate(
+        models, weights, params, aggregator_state, jax.random.fold_in(key, AGGREGATION_STREAM)
       )
-      return value, client_sum(weights), client_sum(extras), state
+      return Reduction(value, client_sum(weights), client_sum(extras), aggregator_state)
 
     return reduce_stack
+
+
+class Reduction(NamedTuple):
+  """What ``ClientSetup.cohort_reduce`` returns: the aggregate, the cohort's total weight, the
+  sum of the clients' extras and the aggregator's new state."""
+
+  aggregate: Any
+  total_weight: jax.Array
+  extras: Any
+  aggregator_state: Any
 
 
 def payload_bytes(algorithm: Algorithm, setup: ClientSetup) -> tuple[int, int]:
@@ -295,7 +304,7 @@ class AlgorithmEntry:
   through ``setup.aggregator``, so cohorts of any size, padded with empty clients, are exact
   (``cohort_sampling=poisson``).
   ``aggregated_uploads``: every message a client sends the server in a round is reduced only
-  by one call of ``setup.aggregator`` over the cohort (``cohort_aggregate`` or
+  by one call of ``setup.aggregator`` over the cohort (``cohort_reduce`` or
   ``aggregate_models``), and nothing else of the client's reaches the server. Only then do
   central and local DP, update clipping, robust rules, secure aggregation and model-poisoning
   attacks act on all a client sends, so config validation refuses them for a method without it

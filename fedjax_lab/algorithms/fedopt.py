@@ -7,7 +7,7 @@ weighted mean ``sum_k w_k y_k / sum_k w_k`` by default) and applies any optax tr
 FedAvgM is SGD with momentum, FedAdam / FedYogi are ``optax.adam`` / ``optax.yogi``.
 FedProx (Li et al. 2020) adds ``mu / 2 * ||y - x||^2`` to each local loss.
 
-The cohort is reduced with ``ClientSetup.cohort_aggregate``: each client contributes ``y_k``
+The cohort is reduced with ``ClientSetup.cohort_reduce``: each client contributes ``y_k``
 with weight ``w_k`` and the diagnostics ``(w_k loss_k, y_k / ||y_k||)``; with the mean (a sum
 form) only sums are kept, so with micro-cohorts (``chunked``) or the per-client ``loop`` peak
 memory does not grow with the cohort.
@@ -28,7 +28,6 @@ from fedjax_lab.algorithms.base import (
   AlgorithmEntry,
   ClientSetup,
   client_weight,
-  round_keys,
 )
 from fedjax_lab.checks import require
 from fedjax_lab.ops.divergence import mean_pairwise_cosine_from_sum, unit_vector
@@ -72,14 +71,14 @@ def fedopt(
   """
   train = setup.local_trainer(proximal_term(prox_mu) if prox_mu > 0 else None)
 
-  def contribution(params, x, y, num_examples, key):
+  def contribution(params, x, y, num_examples, key, context):
     trained, result = train(params, x, y, num_examples, key, params)
     weight = client_weight(num_examples, setup.weighting)
     present = (num_examples > 0).astype(jnp.float32)  # not an empty (padding) client
     unit = jax.tree.map(lambda leaf: present * leaf, unit_vector(trained))
     return trained, weight, (weight * result.mean_loss, unit, present)
 
-  reduce_cohort = setup.cohort_aggregate(contribution, (None, 0, 0, 0, 0), sort_by=3)
+  reduce_cohort = setup.cohort_reduce(contribution)
 
   def init(key):
     params = setup.init_params(key)
@@ -88,16 +87,9 @@ def fedopt(
     )
 
   def round_fn(state, cohort, key):
-    aggregate, total_weight, (weighted_loss, unit_sum, present), aggregator_state = reduce_cohort(
-      state.params,
-      state.aggregator_state,
-      key,
-      state.params,
-      cohort.x,
-      cohort.y,
-      cohort.num_examples,
-      round_keys(key, cohort),
-    )
+    reduction = reduce_cohort(state.params, cohort, key, state.aggregator_state)
+    aggregate, total_weight = reduction.aggregate, reduction.total_weight
+    weighted_loss, unit_sum, present = reduction.extras
     total_weight = jnp.maximum(total_weight, jnp.finfo(jnp.float32).tiny)
     pseudo_gradient = jax.tree.map(jnp.subtract, state.params, aggregate)
     updates, opt_state = server_optimizer.update(
@@ -108,7 +100,7 @@ def fedopt(
       "client_cosine_similarity": mean_pairwise_cosine_from_sum(unit_sum, present),
     }
     return FedOptState(
-      optax.apply_updates(state.params, updates), opt_state, aggregator_state
+      optax.apply_updates(state.params, updates), opt_state, reduction.aggregator_state
     ), metrics
 
   return Algorithm(init, round_fn, global_params=lambda state: state.params)

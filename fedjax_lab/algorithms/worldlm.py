@@ -42,6 +42,7 @@ federation boundaries (attention stops at the federations, no residual exchange)
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -114,6 +115,103 @@ def _clip(update: dict, clip_norm: float) -> dict:
   return jax.tree.map(lambda leaf: leaf * scale, update)
 
 
+def private_backbone(
+  backbone, per_federation, weight, federations, clip_norm, noise_multiplier, key
+):
+  """DP at the federation boundary: ``backbone + mean_f clip(B_f - backbone) + N(0, (z C /
+  F)^2)`` over the ``F = len(federations)`` federations (``per_federation``: every node's
+  aggregate, read at ``federations``; ``weight``: theirs, a federation without clients this
+  round counts as no update). Each federation's update is clipped to ``clip_norm`` ``C``;
+  ``z``: ``noise_multiplier``; ``key``: the round's."""
+  present = weight[federations] > 0
+  updates = [
+    _clip(jax.tree.map(lambda f, b: f[node] - b, per_federation, backbone), clip_norm)
+    for node in federations
+  ]
+  count = jnp.maximum(present.sum(), 1)
+  mean_update = jax.tree.map(
+    lambda *leaves: sum(jnp.where(p, u, 0.0) for p, u in zip(present, leaves)) / count, *updates
+  )
+  leaves, treedef = jax.tree.flatten(mean_update)
+  noise_keys = jax.random.split(jax.random.fold_in(key, AGGREGATION_STREAM), len(leaves))
+  stddev = noise_multiplier * clip_norm / len(federations)
+  noisy = [
+    leaf + stddev * jax.random.normal(k, leaf.shape, leaf.dtype)
+    for leaf, k in zip(leaves, noise_keys)
+  ]
+  return jax.tree.map(jnp.add, backbone, jax.tree.unflatten(treedef, noisy))
+
+
+def boundary_privacy(federations: int, noise_multiplier: float, delta: float, rounds: int) -> dict:
+  """The federation-boundary DP's epsilon after ``rounds`` (every federation every round): RDP's,
+  and PLD's while RDP's is at most ``PLD_UP_TO`` (the PLD's discretized support grows like
+  ``1 / z^2``: at z = 0.02 one round took minutes and gigabytes, for an epsilon in the
+  thousands that no one would use)."""
+  spent = accounting.epsilon(rounds, federations, federations, noise_multiplier, delta)
+  if spent > PLD_UP_TO:
+    return {"privacy_epsilon": spent}
+  pld = accounting.epsilon(rounds, federations, federations, noise_multiplier, delta, "pld")
+  return {"privacy_epsilon": spent, "privacy_epsilon_pld": pld}
+
+
+def key_aggregator(
+  tree: FederationTree,
+  variant: str,
+  *,
+  similarity: str,
+  temperature: float,
+  include_parent: bool,
+  cross_temperature: float,
+  global_every: int,
+  dp: bool,
+):
+  """How ``variant`` aggregates the key layers up ``tree`` (``worldlm``'s arguments of the same
+  names): ``aggregate(state, node_keys, node_weight) -> (node_keys, attention, exchange)``.
+  ``worldlm``: attention over children (up to the federations under ``dp``), then the
+  residual exchange between siblings; ``hierfavg``: weighted means up the tree, copied down
+  from the root every ``global_every`` rounds; ``federation_local``: means up to the
+  federations; the others keep the nodes' keys as trained."""
+  parent_of, depth = tree.parent_of, tree.depth
+  internal = np.zeros(tree.num_nodes, bool)
+  internal[tree.internal_nodes] = True
+
+  def aggregate_keys(state, node_keys, node_weight):
+    attention, exchange = state.attention, state.exchange
+    if variant == "worldlm":
+      node_keys, attention = tree_attention(
+        node_keys,
+        node_weight,
+        parent_of,
+        depth,
+        similarity=similarity,
+        temperature=temperature,
+        include_parent=include_parent,
+        up_to=1 if dp else 0,
+      )
+      if cross_temperature > 0 and not dp:
+        node_keys, exchange = residual_exchange(
+          node_keys,
+          parent_of,
+          depth,
+          internal & (depth >= 1),
+          similarity=similarity,
+          temperature=cross_temperature,
+        )
+    elif variant == "hierfavg":
+      node_keys, _ = tree_mean(node_keys, node_weight, parent_of, depth)
+      cloud = (state.round + 1) % global_every == 0
+      rows = jnp.asarray(internal)[:, None] & cloud
+      node_keys = jax.tree.map(
+        lambda leaf: jnp.where(rows.reshape((-1,) + (1,) * (leaf.ndim - 1)), leaf[0], leaf),
+        node_keys,
+      )
+    elif variant == "federation_local":
+      node_keys, _ = tree_mean(node_keys, node_weight, parent_of, depth, up_to=1)
+    return node_keys, attention, exchange
+
+  return aggregate_keys
+
+
 def worldlm(
   setup: ClientSetup,
   *,
@@ -152,8 +250,6 @@ def worldlm(
   num_nodes, dp = tree.num_nodes, dp_clip_norm > 0
   start = start_nodes(tree, variant)
   federations = np.flatnonzero(depth == 1)
-  internal = np.zeros(num_nodes, bool)
-  internal[tree.internal_nodes] = True
   if variant == "fedavg":
     key_layers = ()
   elif variant in ("hierfavg", "federation_local"):
@@ -174,57 +270,20 @@ def worldlm(
     if not dp:
       return tree_gather(tree_mean(node_backbone, node_weight, parent_of, depth)[0], 0)
     per_federation, weight = tree_mean(node_backbone, node_weight, parent_of, depth, up_to=1)
-    present = weight[federations] > 0
-    updates = [
-      _clip(jax.tree.map(lambda f, b: f[node] - b, per_federation, state.backbone), dp_clip_norm)
-      for node in federations
-    ]
-    count = jnp.maximum(present.sum(), 1)
-    mean_update = jax.tree.map(
-      lambda *leaves: sum(jnp.where(p, u, 0.0) for p, u in zip(present, leaves)) / count, *updates
+    return private_backbone(
+      state.backbone, per_federation, weight, federations, dp_clip_norm, dp_noise_multiplier, key
     )
-    leaves, treedef = jax.tree.flatten(mean_update)
-    noise_keys = jax.random.split(jax.random.fold_in(key, AGGREGATION_STREAM), len(leaves))
-    stddev = dp_noise_multiplier * dp_clip_norm / len(federations)
-    noisy = [
-      leaf + stddev * jax.random.normal(k, leaf.shape, leaf.dtype)
-      for leaf, k in zip(leaves, noise_keys)
-    ]
-    return jax.tree.map(jnp.add, state.backbone, jax.tree.unflatten(treedef, noisy))
 
-  def aggregate_keys(state, node_keys, node_weight):
-    attention, exchange = state.attention, state.exchange
-    if variant == "worldlm":
-      node_keys, attention = tree_attention(
-        node_keys,
-        node_weight,
-        parent_of,
-        depth,
-        similarity=similarity,
-        temperature=temperature,
-        include_parent=include_parent,
-        up_to=1 if dp else 0,
-      )
-      if cross_temperature > 0 and not dp:
-        node_keys, exchange = residual_exchange(
-          node_keys,
-          parent_of,
-          depth,
-          internal & (depth >= 1),
-          similarity=similarity,
-          temperature=cross_temperature,
-        )
-    elif variant == "hierfavg":
-      node_keys, _ = tree_mean(node_keys, node_weight, parent_of, depth)
-      cloud = (state.round + 1) % global_every == 0
-      rows = jnp.asarray(internal)[:, None] & cloud
-      node_keys = jax.tree.map(
-        lambda leaf: jnp.where(rows.reshape((-1,) + (1,) * (leaf.ndim - 1)), leaf[0], leaf),
-        node_keys,
-      )
-    elif variant == "federation_local":
-      node_keys, _ = tree_mean(node_keys, node_weight, parent_of, depth, up_to=1)
-    return node_keys, attention, exchange
+  aggregate_keys = key_aggregator(
+    tree,
+    variant,
+    similarity=similarity,
+    temperature=temperature,
+    include_parent=include_parent,
+    cross_temperature=cross_temperature,
+    global_every=global_every,
+    dp=dp,
+  )
 
   def round_fn(state, cohort, key):
     ids = jnp.asarray(cohort.client_ids)
@@ -252,16 +311,7 @@ def worldlm(
     nodes = jnp.asarray(start)
     return merge_params(tree_broadcast(state.backbone, len(start)), tree_gather(state.keys, nodes))
 
-  def privacy(rounds: int) -> dict:
-    """RDP's epsilon, and PLD's while RDP's is at most ``PLD_UP_TO`` (the PLD's discretized
-    support grows like ``1 / z^2``: at z = 0.02 one round took minutes and gigabytes, for an
-    epsilon in the thousands that no one would use)."""
-    count = len(federations)
-    spent = accounting.epsilon(rounds, count, count, dp_noise_multiplier, dp_delta)
-    if spent > PLD_UP_TO:
-      return {"privacy_epsilon": spent}
-    pld = accounting.epsilon(rounds, count, count, dp_noise_multiplier, dp_delta, "pld")
-    return {"privacy_epsilon": spent, "privacy_epsilon_pld": pld}
+  privacy = functools.partial(boundary_privacy, len(federations), dp_noise_multiplier, dp_delta)
 
   backbone_shape, keys_shape = split_params(setup.params_shape, key_layers)
   fedavg = variant == "fedavg"
