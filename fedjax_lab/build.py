@@ -168,7 +168,7 @@ def build_aggregator(config: ExperimentConfig) -> Aggregator:
   if config.cohort_sampling == "poisson":  # the rule is the mean (config validation)
     reducer = fixed_denominator_mean(config.cohort_size)
   else:
-    reducer = AGGREGATORS.get(aggregation.rule)(aggregation)
+    reducer = AGGREGATORS.get(aggregation.rule).build(aggregation.options)
   clip, parts = aggregation.clip_norm, [reducer]
   if privacy.local_noise_multiplier > 0:
     parts.insert(0, local_gaussian_noise(privacy.local_noise_multiplier * clip))
@@ -234,7 +234,11 @@ def build_experiment(config: ExperimentConfig, data: FederatedData | None = None
   train_data = data.pooled() if entry.pooled else data
   execution = resolve_execution(config)
   model = build_model(
-    config.model.name, data.num_classes, execution.conv, config.model.initialization
+    config.model.name,
+    data.num_classes,
+    execution.conv,
+    config.model.initialization,
+    config.model.options,
   )
   sizes = train_data.train.num_examples
   schedule = LocalSchedule(

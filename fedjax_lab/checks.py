@@ -33,13 +33,22 @@ def _holds(hint, value) -> bool:
 
 def typed_fields(instance, prefix: str = "") -> None:
   """Each field annotated ``int``, ``float``, ``str`` or ``bool`` holds a value of that type
-  (an int is accepted for a float; floats must be finite), and each field annotated with a
-  dataclass holds an instance of it. Called first in the configs' ``__post_init__``, so the
+  (an int is accepted for a float; floats must be finite), each ``tuple[int, ...]`` (or of
+  another scalar) a tuple of such values, and each field annotated with a dataclass holds an
+  instance of it. Called first in the configs' ``__post_init__``, so the
   Python API is checked as strictly as a config file is parsed."""
   hints = typing.get_type_hints(type(instance))
   for field in dataclasses.fields(instance):
     hint, value = hints[field.name], getattr(instance, field.name)
     if hint in _SCALARS:
       require(_holds(hint, value), prefix + field.name, _SCALARS[hint], value)
+    elif typing.get_origin(hint) is tuple:  # tuple[int, ...] and the like
+      (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+      require(
+        isinstance(value, tuple) and all(_holds(item, v) for v in value),
+        prefix + field.name,
+        f"a list of {item.__name__} values",
+        value,
+      )
     elif dataclasses.is_dataclass(hint):
       require(isinstance(value, hint), prefix + field.name, f"a {hint.__name__}", value)

@@ -31,6 +31,63 @@ SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
 WEIGHTINGS = ("num_examples", "uniform")
 
 
+class Selection:
+  """A config section that names a registered entry (the field ``SELECTOR`` of ``REGISTRY``)
+  and holds that entry's own options dataclass in ``options``, written as a table named after
+  the entry (``algorithm.fedmr.granularity=layer``, ``aggregation.krum.byzantine=2``,
+  ``model.mlp.hidden=[100]``); ``options=None`` means the entry's defaults. The tables of other
+  entries are parsed, validated and dropped, so one base config serves a sweep over entries.
+  Subclasses are frozen dataclasses with ``options: Any = None`` last; each calls
+  ``_select_options()`` in ``__post_init__``."""
+
+  SECTION: typing.ClassVar[str]
+  SELECTOR: typing.ClassVar[str]
+  REGISTRY: typing.ClassVar[Any]
+
+  def _select_options(self) -> None:
+    name = getattr(self, self.SELECTOR)
+    one_of(f"{self.SECTION}.{self.SELECTOR}", name, self.REGISTRY.names())
+    options = self.REGISTRY.get(name).options
+    if self.options is None:
+      object.__setattr__(self, "options", options())
+    require(
+      isinstance(self.options, options),
+      f"{self.SECTION}.options",
+      f"a {options.__name__} for {self.SECTION}.{self.SELECTOR}={name!r}",
+      type(self.options).__name__,
+    )
+    typed_fields(self.options, f"{self.SECTION}.{name}.")
+
+  @classmethod
+  def from_dict(cls, values: dict, prefix: str):
+    """From a table of the shared fields and ``<entry>: {options}`` tables (module docstring
+    of ``Selection``); any other key is an error naming the allowed ones."""
+    hints = typing.get_type_hints(cls)
+    shared = [f.name for f in dataclasses.fields(cls) if f.name != "options"]
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == cls.SELECTOR)
+    name = _coerce(f"{prefix}{cls.SELECTOR}", str, values.get(cls.SELECTOR, default))
+    cls.REGISTRY.get(name)
+    kwargs, options = {}, None
+    for key, value in values.items():
+      field = _field_name(prefix, key)
+      if key in shared:
+        kwargs[key] = _coerce(field, hints[key], value)
+      elif key in cls.REGISTRY:
+        parsed = _build(cls.REGISTRY.get(key).options, _table(field, value), f"{field}.")
+        options = parsed if key == name else options
+      else:
+        raise ValueError(
+          f"{field} is not a config field; allowed: {', '.join(shared)}, or the options table "
+          f"of a {cls.SELECTOR} ({', '.join(cls.REGISTRY)})"
+        )
+    return cls(**kwargs, options=options)
+
+  def to_dict(self) -> dict:
+    shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    del shared["options"]
+    return {**shared, getattr(self, self.SELECTOR): dataclasses.asdict(self.options)}
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """Where the examples come from and how they are split into clients."""
@@ -123,14 +180,20 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Selection):
+  """The model (``name``, registered in ``models.MODELS``), how it computes, and ``options``:
+  the model's own settings, ``model.<name>`` (``model.mlp.hidden=[100]``)."""
+
+  SECTION, SELECTOR, REGISTRY = "model", "name", MODELS
+
   name: str = "mlp"
   conv: str = "auto"  # auto | xla | im2col (matrix products) | explicit_vjp (models/im2col.py)
   initialization: str = "flax"  # flax | torch (PyTorch's defaults; models/initialization.py)
+  options: Any = None
 
   def __post_init__(self):
     typed_fields(self, "model.")
-    one_of("model.name", self.name, MODELS.names())
+    self._select_options()
     one_of("model.conv", self.conv, ("auto",) + CONV_IMPLEMENTATIONS)
     one_of("model.initialization", self.initialization, INITIALIZATIONS)
 
@@ -177,10 +240,12 @@ class ServerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class AlgorithmConfig:
+class AlgorithmConfig(Selection):
   """The method (``name``, registered in ``algorithms.ALGORITHMS``), the fields every method
   shares, and ``options``: the method's own config dataclass, written ``algorithm.<name>`` in a
   config file (``algorithm.fedmr.granularity=layer``). ``options=None`` means its defaults."""
+
+  SECTION, SELECTOR, REGISTRY = "algorithm", "name", ALGORITHMS
 
   name: str = "fedavg"
   weighting: str = "num_examples"  # aggregation weights
@@ -188,79 +253,33 @@ class AlgorithmConfig:
 
   def __post_init__(self):
     typed_fields(self, "algorithm.")
-    entry = ALGORITHMS.get(self.name)
-    if self.options is None:
-      object.__setattr__(self, "options", entry.options())
-    require(
-      isinstance(self.options, entry.options),
-      "algorithm.options",
-      f"a {entry.options.__name__} for algorithm.name={self.name!r}",
-      type(self.options).__name__,
-    )
-    typed_fields(self.options, f"algorithm.{self.name}.")
+    self._select_options()
     one_of("algorithm.weighting", self.weighting, WEIGHTINGS)
-
-  @classmethod
-  def from_dict(cls, values: dict, prefix: str = "algorithm.") -> AlgorithmConfig:
-    """From a table ``{name, weighting, <method>: {options}, ...}``. Each method's table is
-    parsed and validated by its registered dataclass; the selected method's becomes
-    ``options``, the others are checked and dropped (so one base config can serve several
-    methods of a sweep). Any other key is an error naming the allowed ones."""
-    name = _coerce(f"{prefix}name", str, values.get("name", cls.name))
-    ALGORITHMS.get(name)
-    options = None
-    for key, table in values.items():
-      if key in ("name", "weighting"):
-        continue
-      if key not in ALGORITHMS:
-        raise ValueError(
-          f"{_field_name(prefix, key)} is not a config field; allowed: name, weighting, or the "
-          f"options table of a method ({', '.join(ALGORITHMS)})"
-        )
-      parsed = _build(
-        ALGORITHMS.get(key).options, _table(f"{prefix}{key}", table), f"{prefix}{key}."
-      )
-      if key == name:
-        options = parsed
-    weighting = _coerce(f"{prefix}weighting", str, values.get("weighting", cls.weighting))
-    return cls(name, weighting, options)
-
-  def to_dict(self) -> dict:
-    return {
-      "name": self.name,
-      "weighting": self.weighting,
-      self.name: dataclasses.asdict(self.options),
-    }
 
 
 @dataclasses.dataclass(frozen=True)
-class AggregationConfig:
+class AggregationConfig(Selection):
   """How cohort contributions are reduced (``ops.aggregators``): the ``rule`` (registered in
-  ``AGGREGATORS``), after clipping each client's update to ``clip_norm`` (0: no clipping).
-  The robust rules' parameters: ``trim_fraction`` (trimmed_mean), ``byzantine`` (the ``f``
-  of krum / multi_krum), ``krum_selected`` (multi_krum), ``iterations`` (geometric_median,
-  centered_clip), ``clip_radius`` (centered_clip); ``secure_mean``'s fixed-point
-  ``secure_scale_bits`` and the fraction ``secure_dropout`` of each cohort that drops after
-  masking. ``clip_quantile > 0``: adaptive clipping (``ops.aggregators.adaptive_clip_mean``),
+  ``AGGREGATORS``, its own settings in ``options``: ``aggregation.<rule>``, e.g.
+  ``aggregation.trimmed_mean.fraction``, ``aggregation.krum.byzantine``), after clipping each
+  client's update to ``clip_norm`` (0: no clipping; per layer group with ``clip_per_layer``).
+  ``clip_quantile > 0``: adaptive clipping (``ops.aggregators.adaptive_clip_mean``),
   ``clip_norm`` its initial norm, ``clip_learning_rate`` its step, ``clip_count_stddev`` the
   noise on its count under DP."""
 
+  SECTION, SELECTOR, REGISTRY = "aggregation", "rule", AGGREGATORS
+
   rule: str = "mean"
   clip_norm: float = 0.0
-  trim_fraction: float = 0.1
-  byzantine: int = 0
-  krum_selected: int = 1
-  iterations: int = 10
-  clip_radius: float = 1.0
-  secure_scale_bits: int = 16
-  secure_dropout: float = 0.0
   clip_per_layer: bool = False  # each layer group clipped to clip_norm / sqrt(groups)
   clip_quantile: float = 0.0  # > 0: adaptive clipping to this quantile of update norms
   clip_learning_rate: float = 0.2  # adaptive clipping's geometric step
   clip_count_stddev: float = 0.0  # noise std on the unclipped count (0: cohort_size / 20)
+  options: Any = None
 
   def __post_init__(self):
     typed_fields(self, "aggregation.")
+    self._select_options()
     require(
       0 <= self.clip_quantile < 1,
       "aggregation.clip_quantile",
@@ -276,24 +295,7 @@ class AggregationConfig:
       ">= 0 (0: cohort_size / 20)",
       self.clip_count_stddev,
     )
-    one_of("aggregation.rule", self.rule, AGGREGATORS.names())
     require(self.clip_norm >= 0, "aggregation.clip_norm", ">= 0 (0: no clipping)", self.clip_norm)
-    require(
-      0 <= self.trim_fraction < 0.5, "aggregation.trim_fraction", "in [0, 0.5)", self.trim_fraction
-    )
-    require(self.byzantine >= 0, "aggregation.byzantine", ">= 0", self.byzantine)
-    require(self.krum_selected >= 1, "aggregation.krum_selected", ">= 1", self.krum_selected)
-    require(self.iterations >= 1, "aggregation.iterations", ">= 1", self.iterations)
-    require(self.clip_radius > 0, "aggregation.clip_radius", "> 0", self.clip_radius)
-    require(
-      1 <= self.secure_scale_bits <= 24,
-      "aggregation.secure_scale_bits",
-      "in [1, 24]",
-      self.secure_scale_bits,
-    )
-    require(
-      0 <= self.secure_dropout < 1, "aggregation.secure_dropout", "in [0, 1)", self.secure_dropout
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -529,22 +531,9 @@ class ExperimentConfig:
   def _check_aggregation(self) -> None:
     """The robust rules and DP against the cohort size and the weighting."""
     rule, cohort = self.aggregation.rule, self.contributions
-    if rule in ("krum", "multi_krum"):
-      byzantine = self.aggregation.byzantine
-      require(
-        cohort >= 2 * byzantine + 3,
-        "cohort_size",
-        f">= 2 * aggregation.byzantine + 3 = {2 * byzantine + 3} for {rule} (Krum's guarantee "
-        "needs n > 2f + 2)",
-        cohort,
-      )
-    if rule == "multi_krum":
-      require(
-        self.aggregation.krum_selected <= cohort,
-        "aggregation.krum_selected",
-        f"<= cohort_size={cohort}",
-        self.aggregation.krum_selected,
-      )
+    check_cohort = getattr(self.aggregation.options, "check_cohort", None)
+    if check_cohort is not None:
+      check_cohort(cohort)
     if self.aggregation.clip_quantile > 0:
       require(
         self.aggregation.clip_norm > 0,
@@ -616,7 +605,12 @@ class ExperimentConfig:
       )
 
   def to_dict(self) -> dict:
-    return {**dataclasses.asdict(self), "algorithm": self.algorithm.to_dict()}
+    sections = {
+      f.name: getattr(self, f.name).to_dict()
+      for f in dataclasses.fields(self)
+      if isinstance(getattr(self, f.name), Selection)
+    }
+    return {**dataclasses.asdict(self), **sections}
 
 
 def _field_name(prefix: str, key) -> str:
@@ -639,10 +633,11 @@ def _build(cls, values: dict, prefix: str = ""):
   for key, value in values.items():
     field = _field_name(prefix, key)
     if key not in names:
-      raise ValueError(f"{field} is not a config field; allowed: {', '.join(sorted(names))}")
+      allowed = ", ".join(sorted(names)) or f"none ({cls.__name__} has no fields)"
+      raise ValueError(f"{field} is not a config field; allowed: {allowed}")
     hint = hints[key]
-    if hint is AlgorithmConfig:
-      kwargs[key] = AlgorithmConfig.from_dict(_table(field, value), f"{field}.")
+    if isinstance(hint, type) and issubclass(hint, Selection):
+      kwargs[key] = hint.from_dict(_table(field, value), f"{field}.")
     elif dataclasses.is_dataclass(hint):
       kwargs[key] = _build(hint, _table(field, value), f"{field}.")
     else:
@@ -672,12 +667,52 @@ def _coerce(field: str, hint, value):
   elif hint is str:
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
       return str(value)
+  elif typing.get_origin(hint) is tuple:  # tuple[int, ...]: a list, or "[200, 200]" / "200,200"
+    (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+    if isinstance(value, str):
+      text = value.strip().removeprefix("[").removesuffix("]")
+      value = [part.strip() for part in text.split(",") if part.strip()]
+    if isinstance(value, (list, tuple)):
+      return tuple(_coerce(f"{field}[{i}]", item, v) for i, v in enumerate(value))
+    raise ValueError(f"{field} must be a list of {item.__name__} values, got {value!r}")
   raise ValueError(f"{field} must be of type {hint.__name__}, got {value!r}")
 
 
+# Fields that moved into an entry's options table: old name -> the tables that took it. A config
+# (or a run folder's config.json, written before the move) that still names the old field is
+# read as if it named the new ones, so no earlier run becomes unreadable or unresumable.
+MOVED_FIELDS = {
+  ("aggregation", "trim_fraction"): [("trimmed_mean", "fraction")],
+  ("aggregation", "byzantine"): [("krum", "byzantine"), ("multi_krum", "byzantine")],
+  ("aggregation", "krum_selected"): [("multi_krum", "selected")],
+  ("aggregation", "iterations"): [
+    ("geometric_median", "iterations"),
+    ("centered_clip", "iterations"),
+  ],
+  ("aggregation", "clip_radius"): [("centered_clip", "radius")],
+  ("aggregation", "secure_scale_bits"): [("secure_mean", "scale_bits")],
+  ("aggregation", "secure_dropout"): [("secure_mean", "dropout")],
+}
+
+
+def _moved(values: dict) -> dict:
+  """``values`` with every field of ``MOVED_FIELDS`` moved to its new tables (a value the new
+  table already holds wins)."""
+  values = json.loads(json.dumps(values))
+  for (section, old), targets in MOVED_FIELDS.items():
+    table = values.get(section)
+    if isinstance(table, dict) and old in table:
+      value = table.pop(old)
+      for entry, field in targets:
+        if isinstance(table.setdefault(entry, {}), dict):
+          table[entry].setdefault(field, value)
+  return values
+
+
 def config_from_dict(values: dict) -> ExperimentConfig:
-  """Build and validate from nested dicts (unknown fields are errors)."""
-  return _build(ExperimentConfig, values)
+  """Build and validate from nested dicts (unknown fields are errors; ``MOVED_FIELDS`` read
+  under their new names)."""
+  return _build(ExperimentConfig, _moved(values))
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:

@@ -1,13 +1,24 @@
 """Name -> entry tables: how methods, aggregators, data sources, partitioners and models are
 found by the name a config gives. Adding one is a module plus a ``register`` call; code outside
-the package registers the same way (README, "Writing a new algorithm")."""
+the package registers the same way (README, "Writing a new algorithm").
+
+An entry may carry ``options``, the frozen dataclass of its own settings: a config writes them
+as a table named after the entry (``algorithm.fedmr.granularity=layer``,
+``aggregation.krum.byzantine=2``, ``model.mlp.hidden=[100]``), parsed and validated by that
+dataclass (``config.Selection``). ``NoOptions`` is the table of an entry without settings."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 Entry = TypeVar("Entry")
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+  """The options of an entry that has none of its own."""
 
 
 class Registry(Generic[Entry]):

@@ -73,8 +73,9 @@ def attacked_runs(tmp_path_factory):
     "eval_every=12",
     "checkpoint_every=0",
     "local.learning_rate=0.1",
-    "aggregation.byzantine=3",
-    "aggregation.trim_fraction=0.3",
+    "aggregation.krum.byzantine=3",
+    "aggregation.multi_krum.byzantine=3",
+    "aggregation.trimmed_mean.fraction=0.3",
   ]
   attack = ["attack.kind=sign_flip", "attack.fraction=0.3", "attack.strength=3"]
   settings = {
@@ -83,7 +84,7 @@ def attacked_runs(tmp_path_factory):
     "median": ["aggregation.rule=median", *attack],
     "trimmed_mean": ["aggregation.rule=trimmed_mean", *attack],
     "krum": ["aggregation.rule=krum", *attack],
-    "multi_krum": ["aggregation.rule=multi_krum", "aggregation.krum_selected=4", *attack],
+    "multi_krum": ["aggregation.rule=multi_krum", "aggregation.multi_krum.selected=4", *attack],
     "geometric_median": ["aggregation.rule=geometric_median", *attack],
   }
   return {

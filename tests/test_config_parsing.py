@@ -88,3 +88,33 @@ def test_a_key_with_a_newline_is_named_on_one_line():
       assert "\n" not in str(error) and "is not a" in str(error)
     else:
       raise AssertionError(f"{overrides!r} was accepted")
+
+
+def test_model_and_rule_options_are_tables_beside_their_registered_entries():
+  import json
+
+  import jax
+
+  from fedjax_lab.models import build_model
+
+  config = load_config(
+    None,
+    [
+      "model.mlp.hidden=[32, 16]",
+      "aggregation.rule=multi_krum",
+      "aggregation.multi_krum.selected=2",
+      "aggregation.trimmed_mean.fraction=0.3",  # another rule's table: checked, then dropped
+      "cohort_size=5",
+    ],
+  )
+  assert config.model.options.hidden == (32, 16)
+  assert config.aggregation.options.selected == 2
+  assert "trimmed_mean" not in config.to_dict()["aggregation"]
+  assert config_from_dict(json.loads(json.dumps(config.to_dict()))) == config
+  params = build_model("mlp", 3, options=config.model.options).init(
+    jax.random.key(0), jax.numpy.zeros((1, 4))
+  )
+  assert [p["kernel"].shape for p in params.values()] == [(4, 32), (32, 16), (16, 3)]
+  assert load_config(None, ["model.mlp.hidden=[]"]).model.options.hidden == ()
+  old = {"aggregation": {"rule": "krum", "byzantine": 1, "iterations": 3}, "cohort_size": 5}
+  assert config_from_dict(old).aggregation.options.byzantine == 1  # earlier flat names read

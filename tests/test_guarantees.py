@@ -160,8 +160,8 @@ def test_the_issues_oracle_command_is_refused_in_one_line(capsys):
     (["attack.fraction=0.2"], "attack.fraction must be 0 with attack.kind=none"),
     (["attack.strength=2"], "attack.strength must be 0 with attack.kind=none"),
     (
-      ["aggregation.rule=krum", "aggregation.byzantine=2", "cohort_size=6"],
-      "cohort_size must be >= 2 * aggregation.byzantine + 3 = 7",
+      ["aggregation.rule=krum", "aggregation.krum.byzantine=2", "cohort_size=6"],
+      "cohort_size must be >= 2 * aggregation.krum.byzantine + 3 = 7",
     ),
     (
       [

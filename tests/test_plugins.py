@@ -1,6 +1,7 @@
 """Extending the package from outside it: a method defined in a file of its own registers
-itself and runs end to end through the CLI; registries name what is allowed; every registered
-algorithm's factory documents its arguments and result."""
+itself and runs end to end through the CLI, and so do an aggregation rule and a model with
+options of their own, a data source and a partitioner; registries name what is allowed; every
+registered algorithm's factory documents its arguments and result."""
 
 import inspect
 import json
@@ -94,6 +95,104 @@ def test_a_plugin_method_validates_its_own_options(plugin, capsys):
   assert "algorithm.damped_avg.steps is not a config field; allowed: step" in (
     capsys.readouterr().err
   )
+
+
+# One file registering one entry of every other kind: a rule and a model with options (config
+# tables ``aggregation.cut_mean``, ``model.tiny_mlp``), a source and a partitioner.
+OTHER_KINDS = """
+import dataclasses
+
+import numpy as np
+
+from fedjax_lab.checks import require
+from fedjax_lab.data.catalog import PARTITIONERS, SOURCES
+from fedjax_lab.data.sources import Dataset
+from fedjax_lab.models import MODELS, ModelEntry
+from fedjax_lab.models.vision import MLP
+from fedjax_lab.ops.aggregators import AGGREGATORS, AggregatorEntry, trimmed_mean
+
+
+@dataclasses.dataclass(frozen=True)
+class CutOptions:
+  cut: float = 0.1
+
+  def __post_init__(self):
+    require(0 <= self.cut < 0.5, "aggregation.cut_mean.cut", "in [0, 0.5)", self.cut)
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyOptions:
+  width: int = 16
+
+
+def blobs(data):  # three Gaussian blobs in 2-D
+  rng = np.random.default_rng(data.seed)
+  centers = np.array([[0.0, 3.0], [3.0, -2.0], [-3.0, -2.0]], np.float32)
+  make = lambda n: (lambda y: ((centers[y] + rng.normal(size=(n, 2))).astype(np.float32), y))(
+    rng.integers(0, 3, n).astype(np.int32)
+  )
+  (train_x, train_y), (test_x, test_y) = make(300), make(90)
+  return Dataset(train_x, train_y, test_x, test_y, 3)
+
+
+AGGREGATORS.register("cut_mean", AggregatorEntry(lambda o: trimmed_mean(o.cut), CutOptions))
+MODELS.register(
+  "tiny_mlp", ModelEntry(lambda n, width: MLP(n, hidden=(width,)), False, options=TinyOptions)
+)
+SOURCES.register("blobs", blobs)
+PARTITIONERS.register(
+  "round_robin", lambda dataset, data: [
+    np.arange(k, len(dataset.train_y), data.num_clients) for k in range(data.num_clients)
+  ]
+)
+"""
+
+
+@pytest.fixture()
+def other_kinds(tmp_path):
+  from fedjax_lab.data.catalog import PARTITIONERS, SOURCES
+  from fedjax_lab.models import MODELS
+  from fedjax_lab.ops.aggregators import AGGREGATORS
+
+  path = tmp_path / "other_kinds.py"
+  path.write_text(OTHER_KINDS)
+  yield str(path)
+  AGGREGATORS.unregister("cut_mean")
+  MODELS.unregister("tiny_mlp")
+  SOURCES.unregister("blobs")
+  PARTITIONERS.unregister("round_robin")
+
+
+def test_a_rule_model_source_and_partitioner_outside_the_package_run_through_the_cli(
+  other_kinds, tmp_path, capsys
+):
+  out_dir = tmp_path / "run"
+  settings = [
+    "data.source=blobs",
+    "data.partition=round_robin",
+    "data.num_clients=6",
+    "data.test_fraction=0",
+    "model.name=tiny_mlp",
+    "model.tiny_mlp.width=8",
+    "aggregation.rule=cut_mean",
+    "aggregation.cut_mean.cut=0.2",
+    "cohort_size=5",
+    "rounds=4",
+    "eval_every=2",
+    "checkpoint_every=2",
+    "local.learning_rate=0.1",
+    f"out_dir={out_dir}",
+  ]
+  assert main(["--no-progress", "--plugin", other_kinds, *settings]) == 0, capsys.readouterr().err
+  stored = json.loads((out_dir / "config.json").read_text())
+  assert stored["aggregation"]["cut_mean"] == {"cut": 0.2}
+  assert stored["model"]["tiny_mlp"] == {"width": 8}
+  rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+  assert rows[-1]["global_accuracy"] > 0.8  # three well-separated blobs
+  resumed = ["--no-progress", "--plugin", other_kinds, "--config", str(out_dir / "config.json")]
+  assert main([*resumed, "rounds=6", "--resume"]) == 0, capsys.readouterr().err
+  assert main(["--plugin", other_kinds, *settings[:-1], "aggregation.cut_mean.cut=0.6"]) == 2
+  assert "aggregation.cut_mean.cut must be in [0, 0.5), got 0.6" in capsys.readouterr().err
 
 
 def test_a_missing_plugin_is_one_clear_line(tmp_path, capsys):

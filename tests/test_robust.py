@@ -85,11 +85,21 @@ def test_robust_rules_ignore_a_minority_of_far_outliers(rule):
   """Fewer than half the rows (3 of 10) placed 1e6 away: the robust rules stay near the honest
   clients; the mean does not."""
   from fedjax_lab.config import AggregationConfig
+  from fedjax_lab.ops.aggregators.reducers import KrumOptions, MultiKrumOptions, TrimmedMeanOptions
 
   honest = RNG.normal(size=(7, 20)).astype(np.float32)
   stacked = {"w": jnp.asarray(np.concatenate([honest, np.full((3, 20), 1e6, np.float32)]))}
-  options = AggregationConfig(rule, trim_fraction=0.3, byzantine=3, krum_selected=3)
-  value, _ = AGGREGATORS.get(rule)(options).aggregate(stacked, jnp.ones(10), None, (), None)
+  options = {
+    "trimmed_mean": TrimmedMeanOptions(fraction=0.3),
+    "krum": KrumOptions(byzantine=3),
+    "multi_krum": MultiKrumOptions(byzantine=3, selected=3),
+  }.get(rule)
+  aggregation = AggregationConfig(rule, options=options)
+  value, _ = (
+    AGGREGATORS.get(rule)
+    .build(aggregation.options)
+    .aggregate(stacked, jnp.ones(10), None, (), None)
+  )
   assert np.abs(np.asarray(value["w"]) - honest.mean(0)).max() < 3.0
   poisoned, _ = mean().aggregate(stacked, jnp.ones(10), None, (), None)
   assert np.abs(np.asarray(poisoned["w"])).min() > 1e5
@@ -167,15 +177,22 @@ def test_poisson_cohorts_are_seeded_of_varying_size_at_the_expected_rate():
 @pytest.mark.parametrize(
   "overrides,message",
   [
-    (["aggregation.rule=krum", "aggregation.byzantine=3", "cohort_size=5"], "cohort_size must"),
-    (["aggregation.rule=multi_krum", "aggregation.krum_selected=9"], "krum_selected must"),
+    (
+      ["aggregation.rule=krum", "aggregation.krum.byzantine=3", "cohort_size=5"],
+      "cohort_size must",
+    ),
+    (
+      ["aggregation.rule=multi_krum", "aggregation.multi_krum.selected=9"],
+      "aggregation.multi_krum.selected must be <= cohort_size=5",
+    ),
     (["privacy.noise_multiplier=1"], "aggregation.clip_norm must be > 0 with privacy"),
     (
       ["privacy.noise_multiplier=1", "aggregation.clip_norm=1", "aggregation.rule=median"],
       "aggregation.rule must be mean",
     ),
     (["privacy.noise_multiplier=1", "aggregation.clip_norm=1"], "algorithm.weighting must be"),
-    (["aggregation.trim_fraction=0.5"], "aggregation.trim_fraction must be in"),
+    (["aggregation.trimmed_mean.fraction=0.5"], "aggregation.trimmed_mean.fraction must be in"),
+    (["aggregation.trim_fraction=0.5"], "aggregation.trimmed_mean.fraction must be in"),  # moved
   ],
 )
 def test_robust_and_private_settings_are_checked_before_anything_runs(overrides, message):
@@ -201,9 +218,9 @@ def test_every_robust_rule_trains_fedavg(tmp_path, rule):
       "checkpoint_every=0",
       "local.learning_rate=0.1",
       f"aggregation.rule={rule}",
-      "aggregation.byzantine=1",
-      "aggregation.krum_selected=3",
-      "aggregation.clip_radius=10",
+      "aggregation.multi_krum.byzantine=1",
+      "aggregation.multi_krum.selected=3",
+      "aggregation.centered_clip.radius=10",
       f"out_dir={tmp_path}",
     ],
   )
@@ -268,13 +285,13 @@ def test_secure_aggregation_masks_cancel_exactly_with_and_without_dropouts(dropp
 
 @pytest.mark.slow
 def test_secure_mean_equals_the_plain_mean_and_counts_its_bytes(tmp_path):
-  from fedjax_lab.config import AggregationConfig
   from fedjax_lab.ops import secure_aggregation as secagg
+  from fedjax_lab.ops.aggregators.reducers import SecureMeanOptions
 
   stacked = {"w": jnp.asarray(RNG.normal(size=(5, 30)), jnp.float32)}
   reference = {"w": jnp.zeros(30)}
   weights = jnp.asarray([1.0, 2.0, 3.0, 1.0, 1.0])
-  secure = AGGREGATORS.get("secure_mean")(AggregationConfig("secure_mean"))
+  secure = AGGREGATORS.get("secure_mean").build(SecureMeanOptions())
   value, _ = secure.aggregate(stacked, weights, reference, (), jax.random.key(0))
   plain, _ = mean().aggregate(stacked, weights, reference, (), None)
   np.testing.assert_allclose(value["w"], plain["w"], atol=1e-4)

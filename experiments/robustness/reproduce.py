@@ -40,13 +40,19 @@ FRACTIONS = (0.1, 0.2, 0.3)
 RULES = ("mean", "median", "trimmed_mean", "krum", "geometric_median", "centered_clip")
 
 
-def _variant(base, rule: str, attack: str | None, fraction: float):
-  """``base`` with ``rule``, under ``attack`` at ``fraction`` (None: no attack)."""
-  aggregation = dataclasses.replace(base.aggregation, rule=rule)
-  if rule in ("krum", "multi_krum"):  # Krum's f: the attackers it must tolerate per cohort
-    aggregation = dataclasses.replace(
-      aggregation, byzantine=max(1, int(max(FRACTIONS) * base.cohort_size))
-    )
+def rule_aggregation(args, base, rule: str):
+  """The aggregation section with ``rule`` selected, its options from the config file's
+  ``aggregation.<rule>`` table (and ``--set``); Krum's ``f``: the attackers it must tolerate per
+  cohort at the largest fraction."""
+  overrides = [*args.set, f"aggregation.rule={rule}"]
+  if rule in ("krum", "multi_krum"):
+    byzantine = max(1, int(max(FRACTIONS) * base.cohort_size))
+    overrides.append(f"aggregation.{rule}.byzantine={byzantine}")
+  return load_config(args.config, overrides).aggregation
+
+
+def _variant(base, aggregation, attack: str | None, fraction: float):
+  """``base`` with ``aggregation``, under ``attack`` at ``fraction`` (None: no attack)."""
   if attack is None:
     return dataclasses.replace(base, aggregation=aggregation)
   kind, strength = ATTACKS[attack]
@@ -77,7 +83,7 @@ def run_all(args, base, results: pathlib.Path) -> None:
       data = data if data is not None else build_federation(data_config)
       name = f"{attack or 'none'}_{fraction}_{rule}"
       config = dataclasses.replace(
-        _variant(base, rule, attack, fraction),
+        _variant(base, rule_aggregation(args, base, rule), attack, fraction),
         data=data_config,
         seed=seed,
         out_dir=str(pathlib.Path(args.runs) / f"seed{seed}" / name),

@@ -33,6 +33,7 @@ from fedjax_lab.ops.aggregate import client_sum, weighted_mean
 from fedjax_lab.ops.aggregators import Aggregator, mean
 from fedjax_lab.ops.communication import tree_bytes
 from fedjax_lab.ops.divergence import mean_pairwise_cosine
+from fedjax_lab.registry import NoOptions
 
 Params = Any
 # regularizer(params, context) -> scalar added to the local data loss
@@ -282,11 +283,6 @@ def training_metrics(result, trained, weights) -> dict:
 def round_keys(key: jax.Array, cohort: Cohort) -> jax.Array:
   """One training key per cohort member, ``[cohort]``."""
   return jax.random.split(key, cohort.client_ids.shape[0])
-
-
-@dataclasses.dataclass(frozen=True)
-class NoOptions:
-  """The options of a method that has none of its own."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,8 +14,16 @@ import jax.numpy as jnp
 from fedjax_lab.models.im2col import CONVOLUTIONS, apply_convolutions
 from fedjax_lab.models.initialization import torch_default_init
 from fedjax_lab.models.sequence import CharLSTM, TransformerLM
-from fedjax_lab.models.vision import MLP, VGG, VGG16_LAYOUT, CifarCNN, FedAvgCNN, ResNet20
-from fedjax_lab.registry import Registry
+from fedjax_lab.models.vision import (
+  MLP,
+  VGG,
+  VGG16_LAYOUT,
+  CifarCNN,
+  FedAvgCNN,
+  MLPOptions,
+  ResNet20,
+)
+from fedjax_lab.registry import NoOptions, Registry
 
 Params = dict
 
@@ -97,17 +105,20 @@ class Model:
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
-  """A registered model: ``module(num_classes) -> nn.Module``; ``has_conv`` tells the engine
-  it holds convolutions (execution defaults on CPU differ); ``reads_tokens``: its inputs are
-  integer token ids (sequence models), checked against the data before anything compiles."""
+  """A registered model: ``module(num_classes, **fields of options) -> nn.Module``;
+  ``has_conv`` tells the engine it holds convolutions (execution defaults on CPU differ);
+  ``reads_tokens``: its inputs are integer token ids (sequence models), checked against the
+  data before anything compiles; ``options``: the dataclass of its settings (``model.<name>``
+  in a config)."""
 
-  module: Callable[[int], nn.Module]
+  module: Callable[..., nn.Module]
   has_conv: bool
   reads_tokens: bool = False
+  options: type = NoOptions
 
 
 MODELS: Registry[ModelEntry] = Registry("model.name")
-MODELS.register("mlp", ModelEntry(MLP, has_conv=False))
+MODELS.register("mlp", ModelEntry(MLP, has_conv=False, options=MLPOptions))
 MODELS.register("fedavg_cnn", ModelEntry(FedAvgCNN, has_conv=True))
 MODELS.register(
   "femnist_cnn",
@@ -153,11 +164,13 @@ INITIALIZATIONS = ("flax", "torch")
 
 
 def build_model(
-  name: str, num_classes: int, conv: str = "xla", initialization: str = "flax"
+  name: str, num_classes: int, conv: str = "xla", initialization: str = "flax", options=None
 ) -> Model:
   """The registered model ``name`` with ``num_classes`` outputs (the vocabulary size for
-  sequence models); ``conv`` and ``initialization`` as in ``Model``."""
+  sequence models); ``conv`` and ``initialization`` as in ``Model``; ``options``: an instance
+  of the entry's options dataclass (None: its defaults)."""
   entry = MODELS.get(name)
   if conv not in CONV_IMPLEMENTATIONS:
     raise ValueError(f"model.conv must be one of {', '.join(CONV_IMPLEMENTATIONS)}, got {conv!r}")
-  return Model(name, entry.module(num_classes), entry.has_conv, conv, initialization)
+  settings = dataclasses.asdict(options if options is not None else entry.options())
+  return Model(name, entry.module(num_classes, **settings), entry.has_conv, conv, initialization)

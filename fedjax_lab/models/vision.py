@@ -7,10 +7,12 @@ also hurts under non-IID data).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import flax.linen as nn
 
+from fedjax_lab.checks import require
 from fedjax_lab.models.pooling import max_pool_2x2
 
 
@@ -26,6 +28,16 @@ class MLP(nn.Module):
     for i, width in enumerate(self.hidden):
       x = nn.relu(nn.Dense(width, name=f"dense{i}")(x))
     return nn.Dense(self.num_classes, name="head")(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPOptions:
+  """``model.mlp``: the widths of the hidden ReLU layers (none: a linear model)."""
+
+  hidden: tuple[int, ...] = (200, 200)
+
+  def __post_init__(self):
+    require(all(w >= 1 for w in self.hidden), "model.mlp.hidden", "widths >= 1", self.hidden)
 
 
 class FedAvgCNN(nn.Module):

@@ -26,6 +26,7 @@ clipping).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +48,12 @@ from fedjax_lab.ops.aggregators.privacy import (
   update_noise_multiplier,
 )
 from fedjax_lab.ops.aggregators.reducers import (
+  CenteredClipOptions,
+  GeometricMedianOptions,
+  KrumOptions,
+  MultiKrumOptions,
+  SecureMeanOptions,
+  TrimmedMeanOptions,
   centered_clip,
   fixed_denominator_mean,
   geometric_median,
@@ -56,11 +63,12 @@ from fedjax_lab.ops.aggregators.reducers import (
   secure_mean,
   trimmed_mean,
 )
-from fedjax_lab.registry import Registry
+from fedjax_lab.registry import NoOptions, Registry
 
 __all__ = [
   "AGGREGATORS",
   "Aggregator",
+  "AggregatorEntry",
   "ClientTransform",
   "ServerTransform",
   "adaptive_clip_mean",
@@ -83,20 +91,34 @@ __all__ = [
   "update_noise_multiplier",
 ]
 
-# name -> rule(aggregation) -> Aggregator; ``aggregation`` is the run's
-# ``config.AggregationConfig``, read for its fields only.
-AGGREGATORS: Registry[Callable[[Any], Aggregator]] = Registry("aggregation.rule")
-AGGREGATORS.register("mean", lambda options: mean())
-AGGREGATORS.register("median", lambda options: median())
-AGGREGATORS.register("trimmed_mean", lambda options: trimmed_mean(options.trim_fraction))
-AGGREGATORS.register("krum", lambda options: multi_krum(options.byzantine, 1))
+
+@dataclasses.dataclass(frozen=True)
+class AggregatorEntry:
+  """A registered rule: ``build(options) -> Aggregator``, ``options`` an instance of the
+  entry's ``options`` dataclass (the config table ``aggregation.<rule>``)."""
+
+  build: Callable[[Any], Aggregator]
+  options: type = NoOptions
+
+
+AGGREGATORS: Registry[AggregatorEntry] = Registry("aggregation.rule")
+AGGREGATORS.register("mean", AggregatorEntry(lambda options: mean()))
+AGGREGATORS.register("median", AggregatorEntry(lambda options: median()))
 AGGREGATORS.register(
-  "multi_krum", lambda options: multi_krum(options.byzantine, options.krum_selected)
+  "trimmed_mean", AggregatorEntry(lambda o: trimmed_mean(o.fraction), TrimmedMeanOptions)
 )
-AGGREGATORS.register("geometric_median", lambda options: geometric_median(options.iterations))
+AGGREGATORS.register("krum", AggregatorEntry(lambda o: multi_krum(o.byzantine, 1), KrumOptions))
 AGGREGATORS.register(
-  "centered_clip", lambda options: centered_clip(options.clip_radius, options.iterations)
+  "multi_krum", AggregatorEntry(lambda o: multi_krum(o.byzantine, o.selected), MultiKrumOptions)
 )
 AGGREGATORS.register(
-  "secure_mean", lambda options: secure_mean(options.secure_scale_bits, options.secure_dropout)
+  "geometric_median",
+  AggregatorEntry(lambda o: geometric_median(o.iterations), GeometricMedianOptions),
+)
+AGGREGATORS.register(
+  "centered_clip",
+  AggregatorEntry(lambda o: centered_clip(o.radius, o.iterations), CenteredClipOptions),
+)
+AGGREGATORS.register(
+  "secure_mean", AggregatorEntry(lambda o: secure_mean(o.scale_bits, o.dropout), SecureMeanOptions)
 )

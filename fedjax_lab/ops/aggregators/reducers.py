@@ -1,15 +1,18 @@
 """Reducers: the weighted mean (with a sum form), the fixed-denominator mean of Poisson cohorts,
 the robust rules over ``ops/robust.py`` (median, trimmed mean, Krum, geometric median, centered
-clipping) and simulated secure aggregation over ``ops/secure_aggregation.py``."""
+clipping) and simulated secure aggregation over ``ops/secure_aggregation.py``; and the options
+of the registered rules (``aggregation.<rule>`` tables of a config)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from fedjax_lab.checks import require
 from fedjax_lab.ops import robust, secure_aggregation
 from fedjax_lab.ops.aggregate import weighted_mean
 from fedjax_lab.ops.aggregators.contract import Aggregator, no_state
@@ -219,3 +222,99 @@ def secure_mean(scale_bits: int, dropout: float) -> Aggregator:
     return unflatten((start + mean_update).astype(rows.dtype)), state
 
   return Aggregator(no_state, aggregate, upload_overhead=secure_aggregation.overhead_bytes)
+
+
+# The registered rules' options: each a config table ``aggregation.<rule>``. ``check_cohort``,
+# where defined, refuses a cohort the rule cannot reduce (called with the contributions a
+# round aggregates, before anything compiles).
+
+
+@dataclasses.dataclass(frozen=True)
+class TrimmedMeanOptions:
+  """``aggregation.trimmed_mean``: the ``fraction`` of contributions cut at each end."""
+
+  fraction: float = 0.1
+
+  def __post_init__(self):
+    require(
+      0 <= self.fraction < 0.5, "aggregation.trimmed_mean.fraction", "in [0, 0.5)", self.fraction
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class KrumOptions:
+  """``aggregation.krum``: ``byzantine``, the ``f`` attackers tolerated."""
+
+  byzantine: int = 0
+
+  def __post_init__(self):
+    require(self.byzantine >= 0, f"{self._table}.byzantine", ">= 0", self.byzantine)
+
+  _table = "aggregation.krum"
+
+  def check_cohort(self, cohort: int) -> None:
+    require(
+      cohort >= 2 * self.byzantine + 3,
+      "cohort_size",
+      f">= 2 * {self._table}.byzantine + 3 = {2 * self.byzantine + 3} (Krum's guarantee "
+      "needs n > 2f + 2)",
+      cohort,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiKrumOptions(KrumOptions):
+  """``aggregation.multi_krum``: ``byzantine`` as Krum's, and the ``selected`` models averaged."""
+
+  selected: int = 1
+  _table = "aggregation.multi_krum"
+
+  def __post_init__(self):
+    super().__post_init__()
+    require(self.selected >= 1, f"{self._table}.selected", ">= 1", self.selected)
+
+  def check_cohort(self, cohort: int) -> None:
+    super().check_cohort(cohort)
+    require(
+      self.selected <= cohort, f"{self._table}.selected", f"<= cohort_size={cohort}", self.selected
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class GeometricMedianOptions:
+  """``aggregation.geometric_median``: Weiszfeld ``iterations``."""
+
+  iterations: int = 10
+
+  def __post_init__(self):
+    require(
+      self.iterations >= 1, "aggregation.geometric_median.iterations", ">= 1", self.iterations
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class CenteredClipOptions:
+  """``aggregation.centered_clip``: the clipping ``radius`` and the ``iterations``."""
+
+  radius: float = 1.0
+  iterations: int = 10
+
+  def __post_init__(self):
+    require(self.radius > 0, "aggregation.centered_clip.radius", "> 0", self.radius)
+    require(self.iterations >= 1, "aggregation.centered_clip.iterations", ">= 1", self.iterations)
+
+
+@dataclasses.dataclass(frozen=True)
+class SecureMeanOptions:
+  """``aggregation.secure_mean``: the fixed-point ``scale_bits`` and the fraction of each
+  cohort that ``dropout``s after masking."""
+
+  scale_bits: int = 16
+  dropout: float = 0.0
+
+  def __post_init__(self):
+    require(
+      1 <= self.scale_bits <= 24, "aggregation.secure_mean.scale_bits", "in [1, 24]",
+      self.scale_bits,
+    )  # fmt: skip
+    require(0 <= self.dropout < 1, "aggregation.secure_mean.dropout", "in [0, 1)", self.dropout)
