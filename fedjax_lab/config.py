@@ -25,6 +25,7 @@ from fedjax_lab.models import CONV_IMPLEMENTATIONS, INITIALIZATIONS, MODELS
 from fedjax_lab.ops.accounting import ACCOUNTANTS, PLD_MIN_NOISE_MULTIPLIER, SAMPLINGS
 from fedjax_lab.ops.aggregators import AGGREGATORS
 from fedjax_lab.ops.attacks import ATTACKS
+from fedjax_lab.ops.systems import DeviceModel
 
 CLIENT_OPTIMIZERS = ("sgd", "adam", "adamw")
 SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
@@ -357,6 +358,65 @@ class PrivacyConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SystemsConfig:
+  """The clients' devices and the simulated clock (``ops/systems.py``). ``compute_median > 0``
+  gives every client a compute speed (examples per second, lognormal with ``compute_sigma``)
+  and links (``uplink_mbps`` / ``downlink_mbps`` medians, 0: instant; ``link_sigma``), and
+  logs each round's ``simulated_seconds``. A sampled client is available with probability
+  ``availability`` and drops mid-round with probability ``dropout``; with ``deadline_s > 0``
+  one slower than the deadline is late. Unavailable, dropped and late clients contribute
+  nothing. All off by default (an ideal system)."""
+
+  compute_median: float = 0.0
+  compute_sigma: float = 1.0
+  uplink_mbps: float = 0.0
+  downlink_mbps: float = 0.0
+  link_sigma: float = 0.5
+  availability: float = 1.0
+  dropout: float = 0.0
+  deadline_s: float = 0.0
+
+  def __post_init__(self):
+    typed_fields(self, "systems.")
+    for name in ("compute_median", "uplink_mbps", "downlink_mbps", "deadline_s"):
+      value = getattr(self, name)
+      require(value >= 0, f"systems.{name}", ">= 0 (0: off)", value)
+    for name in ("compute_sigma", "link_sigma"):
+      require(getattr(self, name) >= 0, f"systems.{name}", ">= 0", getattr(self, name))
+    require(0 < self.availability <= 1, "systems.availability", "in (0, 1]", self.availability)
+    require(0 <= self.dropout < 1, "systems.dropout", "in [0, 1)", self.dropout)
+    require(
+      self.deadline_s == 0 or self.compute_median > 0,
+      "systems.deadline_s",
+      "0 unless systems.compute_median > 0 (a deadline needs timed devices)",
+      self.deadline_s,
+    )
+
+  @property
+  def timed(self) -> bool:
+    """Whether rounds take simulated time (``simulated_seconds`` is logged)."""
+    return self.compute_median > 0
+
+  @property
+  def loses_clients(self) -> bool:
+    """Whether some sampled clients may contribute nothing."""
+    return self.availability < 1 or self.dropout > 0 or self.deadline_s > 0
+
+  def device_model(self) -> DeviceModel:
+    bytes_per_second = lambda mbps: mbps * 1e6 / 8
+    return DeviceModel(
+      self.compute_median,
+      self.compute_sigma,
+      bytes_per_second(self.uplink_mbps),
+      bytes_per_second(self.downlink_mbps),
+      self.link_sigma,
+      self.availability,
+      self.dropout,
+      self.deadline_s,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class ExecutionConfig:
   """How the cohort is executed. ``auto`` picks per backend and model (docs/architecture.md)."""
 
@@ -402,6 +462,7 @@ class ExperimentConfig:
   privacy: PrivacyConfig = PrivacyConfig()
   attack: AttackConfig = AttackConfig()
   execution: ExecutionConfig = ExecutionConfig()
+  systems: SystemsConfig = SystemsConfig()
   rounds: int = 20
   cohort_size: int = 5
   # fixed: exactly cohort_size clients a round; poisson: each client joins with probability
@@ -464,6 +525,7 @@ class ExperimentConfig:
     self._check_aggregation()
     self._check_guarantees()
     self._check_sampling()
+    self._check_systems()
     if ALGORITHMS.get(self.algorithm.name).every_client_each_round:
       require(
         self.cohort_size == self.data.num_clients,
@@ -526,6 +588,35 @@ class ExperimentConfig:
       f">= 1 / {among} = {1 / count:.4g} for attack.kind={attack.kind} (floor(fraction * "
       f"{count}) attackers; fewer is no attack)",
       attack.fraction,
+    )
+
+  def _check_systems(self) -> None:
+    """Clients lost to availability, dropouts and deadlines train as empty clients: only for
+    methods without per-client state, with the mean, and without central DP (its noise is
+    calibrated to the cohort size, not to the clients that report)."""
+    if not self.systems.loses_clients:
+      return
+    name = self.algorithm.name
+    require(
+      ALGORITHMS.get(name).any_cohort_size,
+      "algorithm.name",
+      "a method without per-client state with systems.availability < 1, systems.dropout > 0 "
+      "or systems.deadline_s > 0 ("
+      + ", ".join(n for n in ALGORITHMS.names() if ALGORITHMS.get(n).any_cohort_size)
+      + ")",
+      name,
+    )
+    require(
+      self.aggregation.rule == "mean",
+      "aggregation.rule",
+      "mean when systems lose clients (an empty client is a vote for the start model)",
+      self.aggregation.rule,
+    )
+    require(
+      self.privacy.noise_multiplier == 0,
+      "privacy.noise_multiplier",
+      "0 when systems lose clients (the noise is calibrated to the sampled cohort)",
+      self.privacy.noise_multiplier,
     )
 
   def _check_aggregation(self) -> None:

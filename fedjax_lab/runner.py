@@ -33,6 +33,7 @@ from fedjax_lab.engine.sharding import (
 )
 from fedjax_lab.models import Model
 from fedjax_lab.ops import accounting
+from fedjax_lab.ops.systems import round_outcome
 from fedjax_lab.plots import pyplot
 
 # Poisson cohorts are padded with empty clients to a multiple of this: few shapes to compile
@@ -415,6 +416,7 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
     desc=f"{config.algorithm.name}",
     unit="round",
   )
+  clock = rows[-1].get("simulated_seconds", 0.0) if rows else 0.0  # the simulated clock
   with _stop_requests() as stop:
     for round_index in bar:
       tick = time.perf_counter()
@@ -425,28 +427,35 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
         experiment.cohort_size,
         config.cohort_sampling,
       )
+      reporting, system = reporting_clients(config, experiment, round_index, ids, download, upload)
       if poisson:
-        cohort = padded_cohort(train_data, ids, pad_to, sharding)
-      else:
-        cohort = train_data.cohort(ids, sharding=sharding)
+        cohort = padded_cohort(train_data, reporting, pad_to, sharding)
+      else:  # clients lost to the system train as empty ones: one shape, no recompilation
+        cohort = train_data.cohort(reporting, size=len(ids), sharding=sharding)
       step_ratio = computed_step_ratio(experiment.setup, cohort.num_examples)
       round_key = jax.random.fold_in(rounds_key, round_index)
       if mesh is not None:
         cohort, round_key = shard_clients(cohort, mesh), replicate(round_key, mesh)
-      state, round_metrics = round_fn(state, cohort, round_key)
-      round_metrics = {name: float(value) for name, value in addressable(round_metrics).items()}
-      if poisson and len(ids) == 0:  # nobody trained: no loss to report (the weighted mean is 0)
-        del round_metrics["train_loss"]
+      round_metrics = {}
+      if len(reporting) or poisson:  # else nobody reported: the server keeps its state
+        state, round_metrics = round_fn(state, cohort, round_key)
+        round_metrics = {k: float(v) for k, v in addressable(round_metrics).items()}
+      if len(reporting) == 0:  # nobody trained: no loss to report (the weighted mean is 0)
+        round_metrics.pop("train_loss", None)
       train_loss = round_metrics.get("train_loss", 0.0)
       _check_finite(config, manager, round_index, train_loss, state)
       round_metrics.update(_privacy_spent(config, experiment, round_index + 1))
+      if config.systems.timed:
+        clock += system["round_simulated_seconds"]
+        system["simulated_seconds"] = clock
       row = {
         "round": round_index + 1,
         "computed_step_ratio": step_ratio,
         **round_metrics,
         **({"cohort_clients": len(ids)} if poisson else {}),
-        "bytes_down": download * len(ids),
-        "bytes_up": upload * len(ids),
+        "bytes_down": download * system.pop("clients_reached", len(ids)),
+        "bytes_up": upload * len(reporting),
+        **system,
         "round_seconds": time.perf_counter() - tick,
       }
       if (round_index + 1) % config.eval_every == 0 or round_index + 1 == config.rounds:
@@ -467,6 +476,32 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
         run_folder.write_metrics(out_dir, rows)
       _checkpoint_or_stop(config, manager, round_index + 1, state, rounds_key, stop)
   return rows, state
+
+
+def reporting_clients(config, experiment, round_index: int, ids, download: int, upload: int):
+  """``(reporting, metrics)``: the sampled ``ids`` whose results reach the server this round
+  (all of them on the default, ideal system) and the round's system metrics: the clients lost
+  (``clients_unavailable``, ``_dropped``, ``_late``), ``clients_reached`` (those that received
+  the model) and ``round_simulated_seconds`` with timed devices (``ops.systems``; each client
+  moves ``download`` and ``upload`` bytes and processes its local steps' examples)."""
+  systems = config.systems
+  if not (systems.timed or systems.loses_clients):
+    return ids, {}
+  schedule = experiment.setup.schedule
+  counts = experiment.train_data.train.num_examples[ids]
+  examples = np.asarray(schedule.client_steps(counts)) * schedule.batch_size
+  outcome = round_outcome(
+    config.seed, round_index, ids, examples, download, upload, systems.device_model()
+  )
+  metrics = {
+    "clients_reached": int(outcome.available.sum()),
+    "clients_unavailable": int((~outcome.available).sum()),
+    "clients_dropped": int(outcome.dropped.sum()),
+    "clients_late": int(outcome.late.sum()),
+  }
+  if systems.timed:
+    metrics["round_simulated_seconds"] = outcome.round_seconds
+  return ids[outcome.counted], metrics
 
 
 def _check_finite(config, manager, round_index: int, train_loss: float, state) -> None:

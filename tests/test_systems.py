@@ -1,0 +1,162 @@
+"""Devices and the simulated clock (``ops/systems.py``): each client's device is a pure
+function of (seed, client); a round's availability, dropouts and deadline follow their
+definitions; clients lost to the system contribute nothing, through the runner, for the
+methods allowed, and the others are refused in one line."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from fedjax_lab import load_config
+from fedjax_lab.ops.systems import DeviceModel, device_speeds, round_outcome
+
+TIMED = DeviceModel(compute_median=50.0, uplink_median=1e5, downlink_median=1e6)
+
+
+def test_a_device_depends_only_on_the_seed_and_its_client():
+  alone = device_speeds(3, [7], TIMED)
+  among = device_speeds(3, [1, 7, 900_000], TIMED)
+  np.testing.assert_array_equal(alone[0], among[1])
+  assert not np.array_equal(device_speeds(4, [7], TIMED), alone)
+  speeds = device_speeds(0, np.arange(20_000), TIMED)
+  np.testing.assert_allclose(np.median(speeds, 0), [50.0, 1e5, 1e6], rtol=0.05)
+  assert np.isinf(device_speeds(0, [1, 2], DeviceModel())).all()  # medians 0: instant
+
+
+def test_a_clients_time_is_download_compute_upload():
+  speed, up, down = device_speeds(0, [5], TIMED)[0]
+  outcome = round_outcome(0, 0, [5], [120], 4e6, 2e5, TIMED)
+  assert outcome.seconds[0] == pytest.approx(4e6 / down + 120 / speed + 2e5 / up)
+  assert outcome.round_seconds == pytest.approx(outcome.seconds[0])
+  instant = round_outcome(0, 0, [5, 6], [120, 3], 4e6, 2e5, DeviceModel())
+  assert instant.round_seconds == 0 and instant.counted.all()
+
+
+def test_availability_dropout_and_deadline_follow_their_definitions():
+  ids, examples = np.arange(4000), np.full(4000, 100)
+  model = DeviceModel(compute_median=50.0, availability=0.7, dropout=0.2, deadline=3.0)
+  outcome = round_outcome(1, 2, ids, examples, 0, 0, model)
+  assert abs(outcome.available.mean() - 0.7) < 0.03
+  assert not (outcome.dropped & ~outcome.available).any()
+  assert abs(outcome.dropped.sum() / outcome.available.sum() - 0.2) < 0.03
+  on_time = outcome.available & ~outcome.dropped
+  np.testing.assert_array_equal(outcome.late, on_time & (outcome.seconds > 3.0))
+  assert outcome.late.any() and outcome.round_seconds == 3.0  # waited until the deadline
+  again = round_outcome(1, 2, ids[::-1], examples, 0, 0, model)  # order does not matter
+  np.testing.assert_array_equal(again.counted[::-1], outcome.counted)
+  assert not np.array_equal(
+    round_outcome(1, 3, ids, examples, 0, 0, model).counted, outcome.counted
+  )
+
+
+@pytest.mark.parametrize(
+  "overrides,message",
+  [
+    (["algorithm.name=scaffold", "systems.dropout=0.1"], "algorithm.name must be a method without"),
+    (["aggregation.rule=median", "systems.availability=0.5"], "aggregation.rule must be mean"),
+    (
+      ["privacy.noise_multiplier=1", "aggregation.clip_norm=1", "algorithm.weighting=uniform",
+       "systems.dropout=0.1"],
+      "privacy.noise_multiplier must be 0 when systems lose clients",
+    ),
+    (["systems.deadline_s=5"], "systems.deadline_s must be 0 unless systems.compute_median > 0"),
+    (["systems.dropout=1"], "systems.dropout must be in [0, 1)"),
+    (["systems.availability=0"], "systems.availability must be in (0, 1]"),
+  ],
+)  # fmt: skip
+def test_settings_a_method_cannot_honour_are_refused_in_one_line(overrides, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    load_config(None, ["data.num_clients=10", *overrides])
+
+
+BASE = [
+  "data.source=digits",
+  "data.num_clients=10",
+  "data.min_examples=10",
+  "cohort_size=5",
+  "eval_every=2",
+  "checkpoint_every=2",
+  "local.batch_size=16",
+]
+
+
+@pytest.mark.slow
+def test_lost_clients_contribute_nothing_and_the_clock_runs_on(tmp_path):
+  from fedjax_lab.algorithms import payload_bytes
+  from fedjax_lab.build import build_experiment
+  from fedjax_lab.runner import cohort_ids, reporting_clients, run
+
+  settings = [
+    *BASE,
+    "rounds=4",
+    "systems.compute_median=20",
+    "systems.uplink_mbps=1",
+    "systems.downlink_mbps=10",
+    "systems.dropout=0.3",
+    "systems.deadline_s=3",
+    f"out_dir={tmp_path / 'a'}",
+  ]
+  config = load_config(None, settings)
+  rows = run(config, progress=False).metrics
+  experiment = build_experiment(config)
+  download, upload = payload_bytes(experiment.algorithm, experiment.setup)
+  lost = 0
+  for row in rows:
+    ids = cohort_ids(config.seed, row["round"] - 1, 10, 5)
+    reporting, _ = reporting_clients(config, experiment, row["round"] - 1, ids, download, upload)
+    assert row["clients_dropped"] + row["clients_late"] + len(reporting) == 5
+    assert row["bytes_up"] == len(reporting) * upload and row["bytes_down"] == 5 * download
+    lost += 5 - len(reporting)
+  assert lost > 0
+  clock = np.cumsum([r["round_simulated_seconds"] for r in rows])
+  np.testing.assert_allclose([r["simulated_seconds"] for r in rows], clock)
+  assert all(r["round_simulated_seconds"] <= 3.0 for r in rows)
+  # Resumed, the clock goes on from the recorded time.
+  more = run(load_config(None, [*settings[:-1], "rounds=6", f"out_dir={tmp_path / 'a'}"]),
+             resume=True, progress=False).metrics  # fmt: skip
+  assert more[4]["simulated_seconds"] == pytest.approx(
+    clock[-1] + more[4]["round_simulated_seconds"]
+  )
+
+
+@pytest.mark.slow
+def test_a_round_nobody_reports_leaves_the_model_as_it_was(tmp_path):
+  from fedjax_lab.build import build_experiment
+  from fedjax_lab.runner import run
+
+  config = load_config(
+    None, [*BASE, "rounds=2", "systems.availability=0.0001", f"out_dir={tmp_path}"]
+  )
+  result = run(config, progress=False)
+  assert [r["clients_unavailable"] for r in result.metrics] == [5, 5]
+  assert all("train_loss" not in r and r["bytes_up"] == 0 for r in result.metrics)
+  initial = build_experiment(config).algorithm.init(jax.random.split(jax.random.key(0))[0])
+  jax.tree.map(np.testing.assert_array_equal, result.state.params, initial.params)
+
+
+@pytest.mark.slow
+def test_timing_alone_changes_no_number_and_a_deadline_shortens_simulated_time(tmp_path):
+  from fedjax_lab.runner import run
+
+  runs = {
+    name: run(
+      load_config(None, [*BASE, "rounds=4", *extra, f"out_dir={tmp_path / name}"]),
+      progress=False,
+    ).metrics
+    for name, extra in {
+      "ideal": [],
+      "timed": ["systems.compute_median=20", "systems.uplink_mbps=1"],
+      "deadline": ["systems.compute_median=20", "systems.uplink_mbps=1", "systems.deadline_s=2"],
+    }.items()
+  }
+  system = {"simulated_seconds", "round_simulated_seconds", "round_seconds"}
+  system |= {"clients_unavailable", "clients_dropped", "clients_late"}
+  plain = lambda rows: [{k: v for k, v in r.items() if k not in system} for r in rows]
+  assert plain(runs["timed"]) == plain(runs["ideal"])  # same training, now on a clock
+  slowest = max(r["round_simulated_seconds"] for r in runs["timed"])
+  assert slowest > 2.0 and sum(r["clients_late"] for r in runs["deadline"]) > 0
+  assert runs["deadline"][-1]["simulated_seconds"] < runs["timed"][-1]["simulated_seconds"]
