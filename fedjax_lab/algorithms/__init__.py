@@ -13,6 +13,7 @@ from fedjax_lab.algorithms import (
   feddf,
   fedgen,
   fedmr,
+  fednova,
   fedopt,
   fedsnd,
   ifca,
@@ -37,6 +38,7 @@ ALGORITHMS.register("fedavg", fedopt.FEDAVG)
 ALGORITHMS.register("fedprox", fedopt.FEDPROX)
 ALGORITHMS.register("fedopt", fedopt.FEDOPT)
 ALGORITHMS.register("centralized", fedopt.CENTRALIZED)
+ALGORITHMS.register("fednova", fednova.ENTRY)
 ALGORITHMS.register("scaffold", scaffold.ENTRY)
 ALGORITHMS.register("local", local_only.ENTRY)
 ALGORITHMS.register("fedmr", fedmr.ENTRY)
