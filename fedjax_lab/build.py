@@ -20,6 +20,7 @@ from fedjax_lab.engine.local import LocalSchedule
 from fedjax_lab.models import MODELS, Model, build_model
 from fedjax_lab.ops.aggregators import (
   AGGREGATORS,
+  COMPRESSORS,
   Aggregator,
   adaptive_clip_mean,
   chain,
@@ -148,8 +149,9 @@ def client_optimizer(name: str, learning_rate: float, momentum: float, weight_de
 def build_aggregator(config: ExperimentConfig) -> Aggregator:
   """The ``aggregation.rule`` (with Poisson cohorts: the mean over the expected cohort size,
   ``fixed_denominator_mean``), after per-client update clipping if ``clip_norm > 0`` (per
-  layer with ``clip_per_layer``) and local noise if ``privacy.local_noise_multiplier > 0``,
-  then central Gaussian noise if ``privacy.noise_multiplier > 0`` (std ``z C / K``, ``K`` the
+  layer with ``clip_per_layer``), local noise if ``privacy.local_noise_multiplier > 0`` and
+  the update compression ``compression.name`` (what the client sends), then central Gaussian
+  noise if ``privacy.noise_multiplier > 0`` (std ``z C / K``, ``K`` the
   contributions aggregated: ``config.contributions``, 1 for a pooled method);
   or, with ``clip_quantile > 0``, the adaptively clipped (noisy) mean; fed a poisoned cohort
   when ``attack`` is a model-poisoning attack."""
@@ -170,6 +172,9 @@ def build_aggregator(config: ExperimentConfig) -> Aggregator:
   else:
     reducer = AGGREGATORS.get(aggregation.rule).build(aggregation.options)
   clip, parts = aggregation.clip_norm, [reducer]
+  compressor = COMPRESSORS.get(config.compression.name).build(config.compression.options)
+  if compressor is not None:  # what the client sends, after clipping and local noise
+    parts.insert(0, compressor)
   if privacy.local_noise_multiplier > 0:
     parts.insert(0, local_gaussian_noise(privacy.local_noise_multiplier * clip))
   if clip > 0:

@@ -23,7 +23,7 @@ from fedjax_lab.engine.execution import STRATEGIES
 from fedjax_lab.engine.precision import COMPUTE_DTYPES
 from fedjax_lab.models import CONV_IMPLEMENTATIONS, INITIALIZATIONS, MODELS
 from fedjax_lab.ops.accounting import ACCOUNTANTS, PLD_MIN_NOISE_MULTIPLIER, SAMPLINGS
-from fedjax_lab.ops.aggregators import AGGREGATORS
+from fedjax_lab.ops.aggregators import AGGREGATORS, COMPRESSORS
 from fedjax_lab.ops.attacks import ATTACKS
 from fedjax_lab.ops.systems import DeviceModel
 
@@ -300,6 +300,23 @@ class AggregationConfig(Selection):
 
 
 @dataclasses.dataclass(frozen=True)
+class CompressionConfig(Selection):
+  """Update compression (``ops/aggregators/compression.py``, registered in ``COMPRESSORS``):
+  ``name`` (``none``, ``qsgd``, ``top_k``, ``random_k``) and its table
+  (``compression.qsgd.bits``, ``compression.top_k.fraction``); the uploads' bytes are counted
+  as encoded."""
+
+  SECTION, SELECTOR, REGISTRY = "compression", "name", COMPRESSORS
+
+  name: str = "none"
+  options: Any = None
+
+  def __post_init__(self):
+    typed_fields(self, "compression.")
+    self._select_options()
+
+
+@dataclasses.dataclass(frozen=True)
 class AttackConfig:
   """Malicious clients. Model poisoning (``sign_flip``, ``scale``, ``gaussian``, ``alie``;
   ``ops/attacks.py``): each round ``floor(fraction * cohort_size)`` random contributions are
@@ -459,6 +476,7 @@ class ExperimentConfig:
   server: ServerConfig = ServerConfig()
   algorithm: AlgorithmConfig = AlgorithmConfig()
   aggregation: AggregationConfig = AggregationConfig()
+  compression: CompressionConfig = CompressionConfig()
   privacy: PrivacyConfig = PrivacyConfig()
   attack: AttackConfig = AttackConfig()
   execution: ExecutionConfig = ExecutionConfig()
@@ -566,6 +584,7 @@ class ExperimentConfig:
         ("aggregation.clip_norm", aggregation.clip_norm, defaults.clip_norm),
         ("aggregation.clip_quantile", aggregation.clip_quantile, defaults.clip_quantile),
         ("aggregation.clip_per_layer", aggregation.clip_per_layer, defaults.clip_per_layer),
+        ("compression.name", self.compression.name, "none"),
       ):
         require(value == default, field, f"{default} {reason}", value)
       require(
@@ -625,7 +644,21 @@ class ExperimentConfig:
     check_cohort = getattr(self.aggregation.options, "check_cohort", None)
     if check_cohort is not None:
       check_cohort(cohort)
+    if self.privacy.noise_multiplier > 0:
+      require(
+        getattr(self.compression.options, "keeps_clipping", True),
+        "compression.name",
+        "none or top_k with privacy.noise_multiplier > 0 (a compressor that can grow a clipped "
+        "update breaks the noise's calibration)",
+        self.compression.name,
+      )
     if self.aggregation.clip_quantile > 0:
+      require(
+        self.compression.name == "none",
+        "compression.name",
+        "none with aggregation.clip_quantile > 0",
+        self.compression.name,
+      )
       require(
         self.aggregation.clip_norm > 0,
         "aggregation.clip_norm",

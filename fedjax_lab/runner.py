@@ -396,6 +396,9 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
   round_fn = compiled_round(algorithm, experiment.setup.executor, donate=True)
   adapt = local_adaptation(experiment)
   download, upload = payload_bytes(algorithm, experiment.setup)  # one client's
+  if config.compression.name != "none":  # the upload as encoded
+    shape = experiment.setup.params_shape if algorithm.upload is None else algorithm.upload
+    upload = config.compression.options.encoded_bytes(shape)
   overhead = experiment.setup.aggregator.upload_overhead
   if overhead is not None:  # the aggregation protocol's own messages (secure aggregation)
     upload += overhead(experiment.cohort_size)

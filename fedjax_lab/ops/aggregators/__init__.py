@@ -30,6 +30,15 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from fedjax_lab.ops.aggregators.compression import (
+  CompressorEntry,
+  QSGDOptions,
+  RandomKOptions,
+  TopKOptions,
+  qsgd,
+  random_k,
+  top_k,
+)
 from fedjax_lab.ops.aggregators.contract import (
   Aggregator,
   ClientTransform,
@@ -67,6 +76,8 @@ from fedjax_lab.registry import NoOptions, Registry
 
 __all__ = [
   "AGGREGATORS",
+  "COMPRESSORS",
+  "CompressorEntry",
   "Aggregator",
   "AggregatorEntry",
   "ClientTransform",
@@ -122,3 +133,10 @@ AGGREGATORS.register(
 AGGREGATORS.register(
   "secure_mean", AggregatorEntry(lambda o: secure_mean(o.scale_bits, o.dropout), SecureMeanOptions)
 )
+
+# Update compression (``compression.name``): a client transform placed before the reducer.
+COMPRESSORS: Registry[CompressorEntry] = Registry("compression.name")
+COMPRESSORS.register("none", CompressorEntry(lambda options: None, NoOptions))
+COMPRESSORS.register("qsgd", CompressorEntry(lambda o: qsgd(o.bits), QSGDOptions))
+COMPRESSORS.register("top_k", CompressorEntry(lambda o: top_k(o.fraction), TopKOptions))
+COMPRESSORS.register("random_k", CompressorEntry(lambda o: random_k(o.fraction), RandomKOptions))
