@@ -303,6 +303,24 @@ def test_robustness_reproduction_script(tmp_path):
   assert "### sign_flip" in done.stdout and (tmp_path / "heatmap.png").exists()
 
 
+def test_systems_reproduction_script(tmp_path):
+  overrides = [arg for item in TINY + ["data.test_fraction=0"] for arg in ("--set", item)]
+  command = [sys.executable, str(ROOT / "experiments/systems/reproduce.py"), *overrides]
+  command += ["--seeds", "0", "--methods", "fedavg", "fednova"]
+  command += ["--settings", "ideal", "dropout_30", "qsgd_4bit", "--runs", str(tmp_path / "runs")]
+  done = subprocess.run(
+    command + ["--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  records = [json.loads(line) for line in (tmp_path / "per_seed.jsonl").read_text().splitlines()]
+  assert [(r["method"], r["setting"]) for r in records] == [
+    ("fedavg", "ideal"), ("fedavg", "dropout_30"), ("fedavg", "qsgd_4bit"),
+    ("fednova", "ideal"), ("fednova", "dropout_30"),
+  ]  # fmt: skip
+  assert all(r["simulated_hours"] > 0 for r in records)
+  assert "vs fedavg ideal" in done.stdout and (tmp_path / "accuracy_vs_time.png").exists()
+
+
 def test_worldlm_readme_tables_are_what_the_committed_results_give():
   reproduce, records = _committed("worldlm")
   readme = (ROOT / "experiments/worldlm/README.md").read_text()
