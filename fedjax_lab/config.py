@@ -381,8 +381,10 @@ class SystemsConfig:
   and links (``uplink_mbps`` / ``downlink_mbps`` medians, 0: instant; ``link_sigma``), and
   logs each round's ``simulated_seconds``. A sampled client is available with probability
   ``availability`` and drops mid-round with probability ``dropout``; with ``deadline_s > 0``
-  one slower than the deadline is late. Unavailable, dropped and late clients contribute
-  nothing. All off by default (an ideal system)."""
+  one slower than the deadline is late. ``over_selection = o > 0`` samples
+  ``ceil((1 + o) cohort_size)`` clients and counts the ``cohort_size`` first to finish.
+  Unavailable, dropped, late and surplus clients contribute nothing. All off by default (an
+  ideal system)."""
 
   compute_median: float = 0.0
   compute_sigma: float = 1.0
@@ -392,9 +394,17 @@ class SystemsConfig:
   availability: float = 1.0
   dropout: float = 0.0
   deadline_s: float = 0.0
+  over_selection: float = 0.0  # sample (1 + this) x cohort_size, count the cohort_size first
 
   def __post_init__(self):
     typed_fields(self, "systems.")
+    require(
+      self.over_selection == 0 or self.compute_median > 0,
+      "systems.over_selection",
+      "0 unless systems.compute_median > 0 (the first to finish need timed devices)",
+      self.over_selection,
+    )
+    require(self.over_selection >= 0, "systems.over_selection", ">= 0", self.over_selection)
     for name in ("compute_median", "uplink_mbps", "downlink_mbps", "deadline_s"):
       value = getattr(self, name)
       require(value >= 0, f"systems.{name}", ">= 0 (0: off)", value)
@@ -417,7 +427,13 @@ class SystemsConfig:
   @property
   def loses_clients(self) -> bool:
     """Whether some sampled clients may contribute nothing."""
-    return self.availability < 1 or self.dropout > 0 or self.deadline_s > 0
+    return (
+      self.availability < 1 or self.dropout > 0 or self.deadline_s > 0 or self.over_selection > 0
+    )
+
+  def sampled(self, cohort_size: int) -> int:
+    """Clients sampled a round for a cohort of ``cohort_size`` (more with over-selection)."""
+    return math.ceil((1 + self.over_selection) * cohort_size - 1e-9)
 
   def device_model(self) -> DeviceModel:
     bytes_per_second = lambda mbps: mbps * 1e6 / 8
@@ -615,6 +631,15 @@ class ExperimentConfig:
     calibrated to the cohort size, not to the clients that report)."""
     if not self.systems.loses_clients:
       return
+    if self.systems.over_selection > 0:
+      sampled = self.systems.sampled(self.cohort_size)
+      require(
+        sampled <= self.data.num_clients and self.cohort_sampling == "fixed",
+        "systems.over_selection",
+        f"such that ceil((1 + over_selection) * cohort_size) = {sampled} <= data.num_clients="
+        f"{self.data.num_clients}, with cohort_sampling=fixed",
+        self.systems.over_selection,
+      )
     name = self.algorithm.name
     require(
       ALGORITHMS.get(name).any_cohort_size,

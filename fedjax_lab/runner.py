@@ -427,7 +427,7 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
         config.seed,
         round_index,
         train_data.num_clients,
-        experiment.cohort_size,
+        config.systems.sampled(experiment.cohort_size),
         config.cohort_sampling,
       )
       reporting, system = reporting_clients(config, experiment, round_index, ids, download, upload)
@@ -484,17 +484,19 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
 def reporting_clients(config, experiment, round_index: int, ids, download: int, upload: int):
   """``(reporting, metrics)``: the sampled ``ids`` whose results reach the server this round
   (all of them on the default, ideal system) and the round's system metrics: the clients lost
-  (``clients_unavailable``, ``_dropped``, ``_late``), ``clients_reached`` (those that received
-  the model) and ``round_simulated_seconds`` with timed devices (``ops.systems``; each client
-  moves ``download`` and ``upload`` bytes and processes its local steps' examples)."""
+  (``clients_unavailable``, ``_dropped``, ``_late``; ``_surplus`` with over-selection),
+  ``clients_reached`` (those that received the model) and ``round_simulated_seconds`` with
+  timed devices (``ops.systems``; each client moves ``download`` and ``upload`` bytes and
+  processes its local steps' examples)."""
   systems = config.systems
   if not (systems.timed or systems.loses_clients):
     return ids, {}
   schedule = experiment.setup.schedule
   counts = experiment.train_data.train.num_examples[ids]
   examples = np.asarray(schedule.client_steps(counts)) * schedule.batch_size
+  keep = experiment.cohort_size if systems.over_selection > 0 else None
   outcome = round_outcome(
-    config.seed, round_index, ids, examples, download, upload, systems.device_model()
+    config.seed, round_index, ids, examples, download, upload, systems.device_model(), keep
   )
   metrics = {
     "clients_reached": int(outcome.available.sum()),
@@ -502,6 +504,8 @@ def reporting_clients(config, experiment, round_index: int, ids, download: int, 
     "clients_dropped": int(outcome.dropped.sum()),
     "clients_late": int(outcome.late.sum()),
   }
+  if keep is not None:
+    metrics["clients_surplus"] = int(outcome.surplus.sum())
   if systems.timed:
     metrics["round_simulated_seconds"] = outcome.round_seconds
   return ids[outcome.counted], metrics

@@ -160,3 +160,20 @@ def test_timing_alone_changes_no_number_and_a_deadline_shortens_simulated_time(t
   slowest = max(r["round_simulated_seconds"] for r in runs["timed"])
   assert slowest > 2.0 and sum(r["clients_late"] for r in runs["deadline"]) > 0
   assert runs["deadline"][-1]["simulated_seconds"] < runs["timed"][-1]["simulated_seconds"]
+
+
+def test_over_selection_counts_the_first_to_finish():
+  ids, examples = np.arange(13), np.full(13, 300)
+  model = DeviceModel(compute_median=50.0, dropout=0.1)
+  outcome = round_outcome(0, 1, ids, examples, 0, 0, model, keep=10)
+  finished = outcome.available & ~outcome.dropped
+  assert outcome.counted.sum() == min(10, finished.sum()) and outcome.surplus.any()
+  slowest_counted = outcome.seconds[outcome.counted].max()
+  assert (outcome.seconds[outcome.surplus] >= slowest_counted).all()
+  assert outcome.round_seconds == slowest_counted  # it stopped once it had ten
+  with pytest.raises(ValueError, match=re.escape("ceil((1 + over_selection) * cohort_size) = 13")):
+    load_config(None, ["data.num_clients=12", "cohort_size=10", "systems.compute_median=5",
+                       "systems.over_selection=0.3"])  # fmt: skip
+  timed = ["systems.compute_median=5", "systems.over_selection=0.3"]
+  config = load_config(None, ["data.num_clients=20", "cohort_size=10", *timed])
+  assert config.systems.sampled(config.cohort_size) == 13

@@ -11,10 +11,13 @@ In a round, client ``k`` needs
 seconds (``examples_k``: the examples its local steps process). A sampled client is available
 with probability ``availability`` and, once it started, drops with probability ``dropout``
 (draws from ``(seed, round, k)``); with a ``deadline`` ``T > 0``, a client with ``t_k > T`` is
-late. Only available, not dropped, on-time clients are counted: the others contribute nothing
-(the runner gives them no examples, aggregation weight 0, as the padding of Poisson cohorts).
-The round lasts ``max_k t_k`` over the counted clients, or ``T`` when a client was late (the
-server waited for it until the deadline); 0 when nobody was counted and there is no deadline.
+late. Over-selection (``keep``, as production systems do it: sample more clients than needed)
+counts only the ``keep`` first to finish; the slower ones are ``surplus``, cancelled once the
+server has enough. Only available, not dropped, on-time, not surplus clients are counted: the
+others contribute nothing (the runner gives them no examples, aggregation weight 0, as the
+padding of Poisson cohorts). The round lasts ``max_k t_k`` over the counted clients, or ``T``
+when a client was late and the server had fewer than ``keep`` (it waited until the deadline);
+0 when nobody was counted and there is no deadline.
 """
 
 from __future__ import annotations
@@ -49,12 +52,13 @@ class RoundOutcome:
   available: np.ndarray  # bool
   dropped: np.ndarray  # bool: available, then dropped mid-round
   late: np.ndarray  # bool: available, not dropped, past the deadline
+  surplus: np.ndarray  # bool: on time, but slower than the ``keep`` first (over-selection)
   seconds: np.ndarray  # float: each client's t_k (0 without a timed model)
   round_seconds: float
 
   @property
   def counted(self) -> np.ndarray:
-    return self.available & ~self.dropped & ~self.late
+    return self.available & ~self.dropped & ~self.late & ~self.surplus
 
 
 def device_speeds(seed: int, client_ids, model: DeviceModel) -> np.ndarray:
@@ -78,9 +82,11 @@ def round_outcome(
   bytes_down: float,
   bytes_up: float,
   model: DeviceModel,
+  keep: int | None = None,
 ) -> RoundOutcome:
   """The round of ``client_ids``, which would process ``examples [cohort]`` examples and move
-  ``bytes_down`` / ``bytes_up`` each (module docstring)."""
+  ``bytes_down`` / ``bytes_up`` each; ``keep``: count only that many of the first to finish
+  (over-selection; None: all) (module docstring)."""
   client_ids = np.asarray(client_ids, np.int64)
   size = len(client_ids)
   draws = np.empty((size, 2))
@@ -92,8 +98,13 @@ def round_outcome(
   speed, up, down = device_speeds(seed, client_ids, model).T
   seconds = bytes_down / down + np.asarray(examples, np.float64) / speed + bytes_up / up
   late = available & ~dropped & (model.deadline > 0) & (seconds > model.deadline)
-  counted = available & ~dropped & ~late
+  finished = available & ~dropped & ~late
+  surplus = np.zeros(size, bool)
+  if keep is not None and finished.sum() > keep:
+    order = np.flatnonzero(finished)[np.argsort(seconds[finished], kind="stable")]
+    surplus[order[keep:]] = True
+  counted = finished & ~surplus
   round_seconds = float(seconds[counted].max(initial=0.0))
-  if late.any():
-    round_seconds = float(model.deadline)
-  return RoundOutcome(available, dropped, late, seconds, round_seconds)
+  if late.any() and counted.sum() < (size if keep is None else keep):
+    round_seconds = float(model.deadline)  # short of results: it waited until the deadline
+  return RoundOutcome(available, dropped, late, surplus, seconds, round_seconds)
