@@ -395,13 +395,7 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
   # The state is donated: each round writes the new state into the old one's buffers.
   round_fn = compiled_round(algorithm, experiment.setup.executor, donate=True)
   adapt = local_adaptation(experiment)
-  download, upload = payload_bytes(algorithm, experiment.setup)  # one client's
-  if config.compression.name != "none":  # the upload as encoded
-    shape = experiment.setup.params_shape if algorithm.upload is None else algorithm.upload
-    upload = config.compression.options.encoded_bytes(shape)
-  overhead = experiment.setup.aggregator.upload_overhead
-  if overhead is not None:  # the aggregation protocol's own messages (secure aggregation)
-    upload += overhead(experiment.cohort_size)
+  download, upload = client_bytes(config, experiment)
   poisson = config.cohort_sampling == "poisson"
   pad_to = math.lcm(POISSON_PADDING, config.execution.devices)
   mesh = client_mesh(config.execution.devices) if config.execution.devices > 1 else None
@@ -465,20 +459,37 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
         row.update(
           evaluate(config, experiment.model, algorithm, addressable(state), experiment.data, adapt)
         )
-        shown = {
-          k: f"{row[k]:.3f}" for k in ("global_accuracy", "client_accuracy_mean") if k in row
-        }
-        bar.set_postfix(shown)
-        if progress and not terminal:
-          _report(
-            f"round {round_index + 1}/{config.rounds} train_loss {train_loss:.4f} "
-            + " ".join(f"{k} {v}" for k, v in shown.items())
-          )
+        _show(bar, row, config.rounds, train_loss, lines=progress and not terminal)
       rows.append(row)
       if writer:
         run_folder.write_metrics(out_dir, rows)
       _checkpoint_or_stop(config, manager, round_index + 1, state, rounds_key, stop)
   return rows, state
+
+
+def client_bytes(config, experiment) -> tuple[int, int]:
+  """``(download, upload)``: the bytes one participating client receives and sends a round:
+  the method's payloads (``payload_bytes``), the upload as ``compression`` encodes it, plus
+  the aggregation protocol's own messages (secure aggregation's)."""
+  algorithm, setup = experiment.algorithm, experiment.setup
+  download, upload = payload_bytes(algorithm, setup)
+  if config.compression.name != "none":
+    shape = setup.params_shape if algorithm.upload is None else algorithm.upload
+    upload = config.compression.options.encoded_bytes(shape)
+  if setup.aggregator.upload_overhead is not None:
+    upload += setup.aggregator.upload_overhead(experiment.cohort_size)
+  return download, upload
+
+
+def _show(bar, row: dict, rounds: int, train_loss: float, lines: bool) -> None:
+  """An evaluated round's accuracies on the progress bar, or as a line on stderr."""
+  shown = {k: f"{row[k]:.3f}" for k in ("global_accuracy", "client_accuracy_mean") if k in row}
+  bar.set_postfix(shown)
+  if lines:
+    _report(
+      f"round {row['round']}/{rounds} train_loss {train_loss:.4f} "
+      + " ".join(f"{k} {v}" for k, v in shown.items())
+    )
 
 
 def reporting_clients(config, experiment, round_index: int, ids, download: int, upload: int):

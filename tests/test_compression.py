@@ -113,3 +113,11 @@ def test_fedavg_learns_through_qsgd_and_sends_what_the_encoding_says(tmp_path):
   ratio = compressed["bytes_up"] / dense["bytes_up"]
   assert 5 / 32 < ratio < 6 / 32  # 4 bits and a sign per float32, plus a norm per leaf
   assert compressed["bytes_down"] == dense["bytes_down"]
+
+
+@pytest.mark.parametrize("transform", [qsgd(4), top_k(0.2), random_k(0.2)])
+def test_an_empty_clients_zero_update_stays_zero_when_compiled(transform):
+  """Clients lost to the system train as empty ones: ``c = reference``. (QSGD once divided by
+  ``max(norm, tiny)``, which XLA:CPU turned into NaN.)"""
+  out = jax.jit(transform.apply)(REFERENCE, REFERENCE, (), jax.random.key(0))
+  jax.tree.map(np.testing.assert_array_equal, out, REFERENCE)

@@ -54,7 +54,7 @@ def qsgd(bits: int) -> ClientTransform:
 
   def compress(update, key):
     norm = jnp.linalg.norm(update.ravel())
-    scaled = levels * jnp.abs(update) / jnp.maximum(norm, jnp.finfo(jnp.float32).tiny)
+    scaled = levels * jnp.abs(update) / jnp.where(norm > 0, norm, 1.0)  # u = 0: all zeros
     lower = jnp.floor(scaled)
     level = lower + (jax.random.uniform(key, update.shape) < scaled - lower)
     return jnp.sign(update) * norm * level / levels
