@@ -25,7 +25,7 @@ from fedjax_lab.models import CONV_IMPLEMENTATIONS, INITIALIZATIONS, MODELS
 from fedjax_lab.ops.accounting import ACCOUNTANTS, PLD_MIN_NOISE_MULTIPLIER, SAMPLINGS
 from fedjax_lab.ops.aggregators import AGGREGATORS, COMPRESSORS
 from fedjax_lab.ops.attacks import ATTACKS
-from fedjax_lab.ops.systems import DeviceModel
+from fedjax_lab.ops.systems import DeviceModel, read_trace
 
 CLIENT_OPTIMIZERS = ("sgd", "adam", "adamw")
 SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
@@ -383,6 +383,8 @@ class SystemsConfig:
   ``availability`` and drops mid-round with probability ``dropout``; with ``deadline_s > 0``
   one slower than the deadline is late. ``over_selection = o > 0`` samples
   ``ceil((1 + o) cohort_size)`` clients and counts the ``cohort_size`` first to finish.
+  ``availability_trace``: a CSV of daily online windows per client (``ops/systems.py``), read
+  at the simulated time of day each round starts (a deadline keeps the clock going).
   Unavailable, dropped, late and surplus clients contribute nothing. All off by default (an
   ideal system)."""
 
@@ -395,6 +397,7 @@ class SystemsConfig:
   dropout: float = 0.0
   deadline_s: float = 0.0
   over_selection: float = 0.0  # sample (1 + this) x cohort_size, count the cohort_size first
+  availability_trace: str = ""  # a CSV of daily online windows (ops/systems.py)
 
   def __post_init__(self):
     typed_fields(self, "systems.")
@@ -405,6 +408,20 @@ class SystemsConfig:
       self.over_selection,
     )
     require(self.over_selection >= 0, "systems.over_selection", ">= 0", self.over_selection)
+    if self.availability_trace:
+      require(
+        self.deadline_s > 0,
+        "systems.deadline_s",
+        "> 0 with systems.availability_trace (rounds must take time while nobody is online)",
+        self.deadline_s,
+      )
+      require(
+        pathlib.Path(self.availability_trace).is_file(),
+        "systems.availability_trace",
+        "an existing CSV file",
+        self.availability_trace,
+      )
+      read_trace(self.availability_trace)  # its format, checked before anything runs
     for name in ("compute_median", "uplink_mbps", "downlink_mbps", "deadline_s"):
       value = getattr(self, name)
       require(value >= 0, f"systems.{name}", ">= 0 (0: off)", value)
@@ -428,7 +445,11 @@ class SystemsConfig:
   def loses_clients(self) -> bool:
     """Whether some sampled clients may contribute nothing."""
     return (
-      self.availability < 1 or self.dropout > 0 or self.deadline_s > 0 or self.over_selection > 0
+      self.availability < 1
+      or self.dropout > 0
+      or self.deadline_s > 0
+      or self.over_selection > 0
+      or bool(self.availability_trace)
     )
 
   def sampled(self, cohort_size: int) -> int:
@@ -446,6 +467,7 @@ class SystemsConfig:
       self.availability,
       self.dropout,
       self.deadline_s,
+      read_trace(self.availability_trace) if self.availability_trace else None,
     )
 
 

@@ -424,7 +424,9 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
         config.systems.sampled(experiment.cohort_size),
         config.cohort_sampling,
       )
-      reporting, system = reporting_clients(config, experiment, round_index, ids, download, upload)
+      reporting, system = reporting_clients(
+        config, experiment, round_index, ids, download, upload, clock
+      )
       if poisson:
         cohort = padded_cohort(train_data, reporting, pad_to, sharding)
       else:  # clients lost to the system train as empty ones: one shape, no recompilation
@@ -492,13 +494,15 @@ def _show(bar, row: dict, rounds: int, train_loss: float, lines: bool) -> None:
     )
 
 
-def reporting_clients(config, experiment, round_index: int, ids, download: int, upload: int):
+def reporting_clients(
+  config, experiment, round_index: int, ids, download: int, upload: int, clock: float = 0.0
+):
   """``(reporting, metrics)``: the sampled ``ids`` whose results reach the server this round
   (all of them on the default, ideal system) and the round's system metrics: the clients lost
   (``clients_unavailable``, ``_dropped``, ``_late``; ``_surplus`` with over-selection),
   ``clients_reached`` (those that received the model) and ``round_simulated_seconds`` with
   timed devices (``ops.systems``; each client moves ``download`` and ``upload`` bytes and
-  processes its local steps' examples)."""
+  processes its local steps' examples; the round starts ``clock`` simulated seconds in)."""
   systems = config.systems
   if not (systems.timed or systems.loses_clients):
     return ids, {}
@@ -507,7 +511,15 @@ def reporting_clients(config, experiment, round_index: int, ids, download: int, 
   examples = np.asarray(schedule.client_steps(counts)) * schedule.batch_size
   keep = experiment.cohort_size if systems.over_selection > 0 else None
   outcome = round_outcome(
-    config.seed, round_index, ids, examples, download, upload, systems.device_model(), keep
+    config.seed,
+    round_index,
+    ids,
+    examples,
+    download,
+    upload,
+    systems.device_model(),
+    keep,
+    hour=clock / 3600,
   )
   metrics = {
     "clients_reached": int(outcome.available.sum()),

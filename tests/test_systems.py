@@ -5,6 +5,7 @@ methods allowed, and the others are refused in one line."""
 
 from __future__ import annotations
 
+import pathlib
 import re
 
 import jax
@@ -177,3 +178,43 @@ def test_over_selection_counts_the_first_to_finish():
   timed = ["systems.compute_median=5", "systems.over_selection=0.3"]
   config = load_config(None, ["data.num_clients=20", "cohort_size=10", *timed])
   assert config.systems.sampled(config.cohort_size) == 13
+
+
+def test_an_availability_trace_puts_clients_online_in_their_daily_windows(tmp_path):
+  from fedjax_lab.ops.systems import read_trace
+
+  path = tmp_path / "trace.csv"
+  path.write_text("client,start_hour,end_hour\n7,8,12\n7,20,22\n9,22,2\n")
+  trace = read_trace(str(path))
+  # Federation clients 0, 1, 2, 3 follow trace clients 7, 9, 7, 9.
+  online = lambda hour: list(trace.online([0, 1, 2, 3], hour))
+  assert online(9.5) == [True, False, True, False]
+  assert online(21) == [True, False, True, False]
+  assert online(23) == online(1.5) == [False, True, False, True]  # past midnight
+  assert online(12) == [False, False, False, False]  # a window ends where it says
+  assert online(24 + 9.5) == online(9.5)  # every day
+  model = DeviceModel(compute_median=50.0, deadline=5.0, trace=trace)
+  outcome = round_outcome(0, 0, [0, 1, 2, 3], [10] * 4, 0, 0, model, hour=23.0)
+  assert list(outcome.available) == [False, True, False, True] and outcome.round_seconds == 5.0
+  bad = tmp_path / "bad.csv"
+  bad.write_text("client,start_hour,end_hour\n1,8,25\n")
+  with pytest.raises(ValueError, match="bad.csv:2: hours must be in"):
+    read_trace(str(bad))
+  with pytest.raises(ValueError, match=re.escape("systems.deadline_s must be > 0 with")):
+    load_config(None, ["systems.compute_median=5", f"systems.availability_trace={path}"])
+
+
+@pytest.mark.slow
+def test_the_shipped_diurnal_trace_drives_who_is_online_as_the_clock_runs(tmp_path):
+  from fedjax_lab.runner import run
+
+  trace = pathlib.Path(__file__).resolve().parents[1] / "experiments/systems/diurnal_trace.csv"
+  settings = [*BASE, "data.num_clients=20", "rounds=12", "systems.compute_median=0.05"]
+  settings += [f"systems.availability_trace={trace}", "systems.deadline_s=3600"]
+  rows = run(load_config(None, [*settings, f"out_dir={tmp_path}"]), progress=False).metrics
+  hours = [0.0] + [r["simulated_seconds"] / 3600 for r in rows[:-1]]
+  assert hours[-1] > 10  # the rounds span most of a day
+  unavailable = [r["clients_unavailable"] for r in rows]
+  assert min(unavailable) < max(unavailable)  # who is online changes with the time of day
+  for row in rows:
+    assert row["clients_unavailable"] + row["clients_late"] <= 5

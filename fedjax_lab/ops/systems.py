@@ -9,20 +9,31 @@ In a round, client ``k`` needs
   ``t_k = bytes_down / d_k + examples_k / s_k + bytes_up / u_k``
 
 seconds (``examples_k``: the examples its local steps process). A sampled client is available
-with probability ``availability`` and, once it started, drops with probability ``dropout``
-(draws from ``(seed, round, k)``); with a ``deadline`` ``T > 0``, a client with ``t_k > T`` is
-late. Over-selection (``keep``, as production systems do it: sample more clients than needed)
-counts only the ``keep`` first to finish; the slower ones are ``surplus``, cancelled once the
-server has enough. Only available, not dropped, on-time, not surplus clients are counted: the
-others contribute nothing (the runner gives them no examples, aggregation weight 0, as the
-padding of Poisson cohorts). The round lasts ``max_k t_k`` over the counted clients, or ``T``
-when a client was late and the server had fewer than ``keep`` (it waited until the deadline);
-0 when nobody was counted and there is no deadline.
+with probability ``availability`` and, with an availability ``trace``, only while the
+simulated time of day at the round's start lies in one of its windows; once it started, it
+drops with probability ``dropout`` (draws from ``(seed, round, k)``); with a ``deadline``
+``T > 0``, a client with ``t_k > T`` is late. Over-selection (``keep``, as production
+systems do it: sample more clients than needed) counts only the ``keep`` first to finish;
+the slower ones are ``surplus``, cancelled once the server has enough. Only available, not
+dropped, on-time, not surplus clients are counted: the others contribute nothing (the runner
+gives them no examples, aggregation weight 0, as the padding of Poisson cohorts). The round
+lasts ``max_k t_k`` over the counted clients; with a deadline, ``T`` whenever fewer results
+than it waited for arrived (``keep``, or every sampled client: it cannot tell a dropped or
+absent client from a slow one); 0 when nobody was counted and there is no deadline.
+
+An availability trace is a CSV file with the header ``client,start_hour,end_hour``: trace
+client ``client`` is online every simulated day from ``start_hour`` to ``end_hour`` (hours in
+[0, 24]; ``end_hour < start_hour`` wraps past midnight), one row per window, several windows
+a client allowed. Federation client ``k`` follows the ``k mod C``-th of the ``C`` trace
+clients (sorted by id), as trace-driven simulators map traces to clients.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import functools
+import pathlib
 
 import numpy as np
 
@@ -43,6 +54,63 @@ class DeviceModel:
   availability: float = 1.0
   dropout: float = 0.0
   deadline: float = 0.0  # seconds (0: none)
+  trace: AvailabilityTrace | None = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AvailabilityTrace:
+  """Daily online windows (module docstring): window ``w`` of trace client ``owner[w]`` (an
+  index into ``num_clients`` trace clients) from hour ``start[w]`` to ``end[w]``."""
+
+  owner: np.ndarray
+  start: np.ndarray
+  end: np.ndarray
+  num_clients: int
+
+  def online(self, client_ids, hour: float) -> np.ndarray:
+    """``[clients]`` bool: whether each federation client is online at ``hour`` of the day."""
+    hour = hour % 24.0
+    inside = np.where(
+      self.start <= self.end,
+      (self.start <= hour) & (hour < self.end),
+      (hour >= self.start) | (hour < self.end),
+    )
+    online = np.zeros(self.num_clients, bool)
+    online[self.owner[inside]] = True
+    return online[np.asarray(client_ids, np.int64) % self.num_clients]
+
+
+@functools.lru_cache(maxsize=8)
+def read_trace(path: str) -> AvailabilityTrace:
+  """The trace in ``path`` (module docstring); ``ValueError`` naming the file and line."""
+  rows = []
+  with pathlib.Path(path).open(newline="") as file:
+    reader = csv.reader(file)
+    header = next(reader, None)
+    if header != ["client", "start_hour", "end_hour"]:
+      raise ValueError(f"{path}: the header must be client,start_hour,end_hour, got {header}")
+    for line, row in enumerate(reader, start=2):
+      try:
+        client, start, end = int(row[0]), float(row[1]), float(row[2])
+      except (ValueError, IndexError):
+        raise ValueError(f"{path}:{line}: expected client,start_hour,end_hour, got {row}") from None
+      if not (0 <= start <= 24 and 0 <= end <= 24):
+        raise ValueError(f"{path}:{line}: hours must be in [0, 24], got {start}, {end}")
+      rows.append((client, start, end))
+  if not rows:
+    raise ValueError(f"{path}: no windows")
+  clients, start, end = map(np.asarray, zip(*rows))
+  ids, owner = np.unique(clients, return_inverse=True)
+  return AvailabilityTrace(owner, start, end, len(ids))
+
+
+def diurnal_trace(num_clients: int, seed: int) -> list[tuple[int, float, float]]:
+  """Rows of a synthetic diurnal trace: one window per client, starting at a normal hour of
+  mean 18 (evenings, phones on chargers; sd 3, wrapped) and lasting 4 to 12 hours."""
+  rng = np.random.default_rng(seed)
+  starts = rng.normal(18, 3, num_clients) % 24
+  ends = (starts + rng.uniform(4, 12, num_clients)) % 24
+  return [(k, round(float(a), 2), round(float(b), 2)) for k, (a, b) in enumerate(zip(starts, ends))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +151,12 @@ def round_outcome(
   bytes_up: float,
   model: DeviceModel,
   keep: int | None = None,
+  hour: float = 0.0,
 ) -> RoundOutcome:
   """The round of ``client_ids``, which would process ``examples [cohort]`` examples and move
-  ``bytes_down`` / ``bytes_up`` each; ``keep``: count only that many of the first to finish
-  (over-selection; None: all) (module docstring)."""
+  ``bytes_down`` / ``bytes_up`` each, starting at ``hour`` of the simulated day; ``keep``:
+  count only that many of the first to finish (over-selection; None: all) (module
+  docstring)."""
   client_ids = np.asarray(client_ids, np.int64)
   size = len(client_ids)
   draws = np.empty((size, 2))
@@ -94,6 +164,8 @@ def round_outcome(
     rng = np.random.default_rng([seed, ROUND_STREAM, round_index, int(client)])
     draws[row] = rng.random(2)
   available = draws[:, 0] < model.availability
+  if model.trace is not None:
+    available &= model.trace.online(client_ids, hour)
   dropped = available & (draws[:, 1] < model.dropout)
   speed, up, down = device_speeds(seed, client_ids, model).T
   seconds = bytes_down / down + np.asarray(examples, np.float64) / speed + bytes_up / up
@@ -105,6 +177,6 @@ def round_outcome(
     surplus[order[keep:]] = True
   counted = finished & ~surplus
   round_seconds = float(seconds[counted].max(initial=0.0))
-  if late.any() and counted.sum() < (size if keep is None else keep):
+  if model.deadline > 0 and counted.sum() < (size if keep is None else keep):
     round_seconds = float(model.deadline)  # short of results: it waited until the deadline
   return RoundOutcome(available, dropped, late, surplus, seconds, round_seconds)
