@@ -13,7 +13,7 @@ import optax
 from fedjax_lab.algorithms import ALGORITHMS, Algorithm, AlgorithmEntry, ClientSetup
 from fedjax_lab.config import DataConfig, ExperimentConfig
 from fedjax_lab.data import FederatedData, groups, partition, poisoning
-from fedjax_lab.data.catalog import FEDERATIONS, PARTITIONERS, lookup_source
+from fedjax_lab.data.catalog import FEDERATIONS, PARTITIONERS, SOURCE_CHOICES
 from fedjax_lab.data.ragged import ClientArrays
 from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import LocalSchedule
@@ -68,7 +68,7 @@ def build_federation(data: DataConfig) -> FederatedData:
 
 def given_federation(data: DataConfig) -> FederatedData:
   """``FEDERATIONS``' federation for ``data.source``, which must hold ``data.num_clients``."""
-  federation = FEDERATIONS.get(data.source)(data)
+  federation = FEDERATIONS.get(data.source).build(data, data.source_options)
   if federation.num_clients != data.num_clients:
     raise ValueError(
       f"data.num_clients must be the {federation.num_clients} clients of data.source="
@@ -79,8 +79,8 @@ def given_federation(data: DataConfig) -> FederatedData:
 
 def partitioned(data: DataConfig) -> FederatedData:
   """A pooled source split into clients by ``data.partition``."""
-  dataset = lookup_source(data.source)(data)
-  clients = PARTITIONERS.get(data.partition)(dataset, data)
+  dataset = SOURCE_CHOICES.get(data.source).build(data, data.source_options)
+  clients = PARTITIONERS.get(data.partition).build(dataset, data, data.partition_options)
   if data.max_client_examples > 0:
     clients = [indices[: data.max_client_examples] for indices in clients]
   train, test = partition.train_test_split(clients, data.test_fraction, data.seed + 1)

@@ -1,6 +1,6 @@
 """``fedjax-lab``: run an experiment from a config file with dotted overrides.
 
-  fedjax-lab --config experiments/quickstart/config.json rounds=50 data.alpha=0.1
+  fedjax-lab --config experiments/quickstart/config.json rounds=50 data.dirichlet.alpha=0.1
   fedjax-lab --config runs/x/config.json --resume
 
 Options and overrides may come in any order. Every expected failure (config, data, output

@@ -17,7 +17,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, as a package (pypro
 
 from fedjax_lab.algorithms import ALGORITHMS
 from fedjax_lab.checks import one_of, require, typed_fields
-from fedjax_lab.data.catalog import FEDERATIONS, PARTITIONERS, SOURCES
+from fedjax_lab.data.catalog import FEDERATIONS, PARTITIONERS, SOURCE_CHOICES
 from fedjax_lab.data.groups import GROUP_SHIFTS
 from fedjax_lab.engine.execution import STRATEGIES
 from fedjax_lab.engine.precision import COMPUTE_DTYPES
@@ -33,96 +33,106 @@ WEIGHTINGS = ("num_examples", "uniform")
 
 
 class Selection:
-  """A config section that names a registered entry (the field ``SELECTOR`` of ``REGISTRY``)
-  and holds that entry's own options dataclass in ``options``, written as a table named after
-  the entry (``algorithm.fedmr.granularity=layer``, ``aggregation.krum.byzantine=2``,
-  ``model.mlp.hidden=[100]``); ``options=None`` means the entry's defaults. The tables of other
-  entries are parsed, validated and dropped, so one base config serves a sweep over entries.
-  Subclasses are frozen dataclasses with ``options: Any = None`` last; each calls
+  """A config section that names registered entries and holds each one's own options
+  dataclass, written as a table named after the entry (``algorithm.fedmr.granularity=layer``,
+  ``aggregation.krum.byzantine=2``, ``model.mlp.hidden=[100]``, ``data.dirichlet.alpha=0.1``);
+  ``None`` options mean the entry's defaults. The tables of entries not selected are parsed,
+  validated and dropped, so one base config serves a sweep over entries. ``CHOICES``: for each
+  selector field, its registry and the field that holds its options (most sections have one:
+  ``(("name", ALGORITHMS, "options"),)``; ``data`` has a source and a partition). Subclasses
+  are frozen dataclasses whose options fields default to None; each calls
   ``_select_options()`` in ``__post_init__``."""
 
   SECTION: typing.ClassVar[str]
-  SELECTOR: typing.ClassVar[str]
-  REGISTRY: typing.ClassVar[Any]
+  CHOICES: typing.ClassVar[tuple]
 
   def _select_options(self) -> None:
-    name = getattr(self, self.SELECTOR)
-    one_of(f"{self.SECTION}.{self.SELECTOR}", name, self.REGISTRY.names())
-    options = self.REGISTRY.get(name).options
-    if self.options is None:
-      object.__setattr__(self, "options", options())
-    require(
-      isinstance(self.options, options),
-      f"{self.SECTION}.options",
-      f"a {options.__name__} for {self.SECTION}.{self.SELECTOR}={name!r}",
-      type(self.options).__name__,
-    )
-    typed_fields(self.options, f"{self.SECTION}.{name}.")
+    for selector, registry, field in self.CHOICES:
+      name = getattr(self, selector)
+      options = registry.get(name).options  # an unknown name: one line naming the field
+      if getattr(self, field) is None:
+        object.__setattr__(self, field, options())
+      require(
+        isinstance(getattr(self, field), options),
+        f"{self.SECTION}.{field}",
+        f"a {options.__name__} for {self.SECTION}.{selector}={name!r}",
+        type(getattr(self, field)).__name__,
+      )
+      typed_fields(getattr(self, field), f"{self.SECTION}.{name}.")
 
   @classmethod
   def from_dict(cls, values: dict, prefix: str):
-    """From a table of the shared fields and ``<entry>: {options}`` tables (module docstring
-    of ``Selection``); any other key is an error naming the allowed ones."""
+    """From a table of the shared fields and ``<entry>: {options}`` tables (the class
+    docstring); any other key is an error naming the allowed ones."""
     hints = typing.get_type_hints(cls)
-    shared = [f.name for f in dataclasses.fields(cls) if f.name != "options"]
-    default = next(f.default for f in dataclasses.fields(cls) if f.name == cls.SELECTOR)
-    name = _coerce(f"{prefix}{cls.SELECTOR}", str, values.get(cls.SELECTOR, default))
-    cls.REGISTRY.get(name)
-    kwargs, options = {}, None
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    option_fields = {field for _, _, field in cls.CHOICES}
+    shared = [name for name in fields if name not in option_fields]
+    kwargs = {}
+    for selector, registry, field in cls.CHOICES:
+      name = _coerce(f"{prefix}{selector}", str, values.get(selector, fields[selector].default))
+      registry.get(name)
+      kwargs[field] = None
     for key, value in values.items():
       field = _field_name(prefix, key)
+      owners = [(s, r, f) for s, r, f in cls.CHOICES if key in r]
       if key in shared:
         kwargs[key] = _coerce(field, hints[key], value)
-      elif key in cls.REGISTRY:
-        parsed = _build(cls.REGISTRY.get(key).options, _table(field, value), f"{field}.")
-        options = parsed if key == name else options
+      elif owners:
+        for selector, registry, options_field in owners:
+          parsed = _build(registry.get(key).options, _table(field, value), f"{field}.")
+          chosen = values.get(selector, fields[selector].default)
+          kwargs[options_field] = parsed if key == chosen else kwargs[options_field]
       else:
+        tables = "; ".join(f"a {s} ({', '.join(r)})" for s, r, _ in cls.CHOICES)
         raise ValueError(
           f"{field} is not a config field; allowed: {', '.join(shared)}, or the options table "
-          f"of a {cls.SELECTOR} ({', '.join(cls.REGISTRY)})"
+          f"of {tables}"
         )
-    return cls(**kwargs, options=options)
+    return cls(**kwargs)
 
   def to_dict(self) -> dict:
-    shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-    del shared["options"]
-    return {**shared, getattr(self, self.SELECTOR): dataclasses.asdict(self.options)}
+    option_fields = {field for _, _, field in self.CHOICES}
+    values = {
+      f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in option_fields
+    }
+    for selector, _, field in self.CHOICES:
+      values[getattr(self, selector)] = dataclasses.asdict(getattr(self, field))
+    return values
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
-  """Where the examples come from and how they are split into clients."""
+class DataConfig(Selection):
+  """Where the examples come from (``source``, registered in ``data.catalog``: its own
+  settings ``source_options``, the table ``data.<source>``, e.g. ``data.synthetic.alpha``) and
+  how they are split into clients (``partition``, its ``partition_options``:
+  ``data.dirichlet.alpha``, ``data.shards.classes_per_client``); the fields below are shared."""
+
+  SECTION = "data"
+  CHOICES = (
+    ("source", SOURCE_CHOICES, "source_options"),
+    ("partition", PARTITIONERS, "partition_options"),
+  )
 
   source: str = "digits"  # an offline source or tfds:<name>
   source_dir: str = ""  # folder of local files (fashion_mnist_idx, shakespeare, tfds)
   coarse_labels: bool = False  # CIFAR-100's 20 super-classes
   num_clients: int = 20
   partition: str = "dirichlet"
-  alpha: float = 0.5  # Dirichlet concentration
-  min_examples: int = 10  # per client, for Dirichlet partitions
-  classes_per_client: int = 2  # shards
-  sigma: float = 1.0  # quantity skew (log-normal)
   test_fraction: float = 0.2  # of each client's examples, held out as its own test split
-  synthetic_alpha: float = 1.0
-  synthetic_beta: float = 1.0
   max_client_examples: int = 0  # > 0: keep each client's first examples (dataset order)
   latent_groups: int = 0  # > 0: clients in this many groups, shifted by group_shift
   group_shift: str = "label_permutation"  # label_permutation | rotation (data/groups.py)
-  text_spec: str = ""  # tfds_text: the JSON file of groups and their TFDS datasets
-  sequence_length: int = 64  # tfds_text: bytes per window
-  max_client_bytes: int = 32768  # tfds_text: each client's bytes are cut here
+  sequence_length: int = 64  # text sources: bytes per window
+  max_client_bytes: int = 32768  # text sources: each client's bytes are cut here
   seed: int = 0
+  source_options: Any = None
+  partition_options: Any = None
 
   def __post_init__(self):
     typed_fields(self, "data.")
     require(self.seed >= 0, "data.seed", ">= 0", self.seed)
-    known = (
-      self.source in SOURCES
-      or self.source in FEDERATIONS
-      or (self.source.startswith("tfds:") and self.source.split("/")[0] in SOURCES)
-    )
-    every_source = [*SOURCES.names(), *FEDERATIONS.names()]
-    require(known, "data.source", "one of " + ", ".join(every_source), self.source)
+    self._select_options()
     given = self.source in FEDERATIONS
     require(
       not given or self.partition == "natural",
@@ -138,10 +148,10 @@ class DataConfig:
     )
     require(self.num_clients >= 1, "data.num_clients", ">= 1", self.num_clients)
     require(
-      self.source != "tfds_text" or bool(self.text_spec),
-      "data.text_spec",
+      self.source != "tfds_text" or bool(getattr(self.source_options, "spec", "")),
+      "data.tfds_text.spec",
       "a JSON file of groups and TFDS datasets with data.source='tfds_text'",
-      self.text_spec,
+      getattr(self.source_options, "spec", ""),
     )
     require(self.sequence_length >= 1, "data.sequence_length", ">= 1", self.sequence_length)
     require(
@@ -150,13 +160,6 @@ class DataConfig:
       "> data.sequence_length",
       self.max_client_bytes,
     )
-    one_of("data.partition", self.partition, PARTITIONERS.names())
-    require(self.alpha > 0 and math.isfinite(self.alpha), "data.alpha", "> 0", self.alpha)
-    require(self.min_examples >= 1, "data.min_examples", ">= 1", self.min_examples)
-    require(
-      self.classes_per_client >= 1, "data.classes_per_client", ">= 1", self.classes_per_client
-    )
-    require(self.sigma >= 0, "data.sigma", ">= 0", self.sigma)
     require(0 <= self.test_fraction < 1, "data.test_fraction", "in [0, 1)", self.test_fraction)
     require(
       self.max_client_examples >= 0,
@@ -185,7 +188,7 @@ class ModelConfig(Selection):
   """The model (``name``, registered in ``models.MODELS``), how it computes, and ``options``:
   the model's own settings, ``model.<name>`` (``model.mlp.hidden=[100]``)."""
 
-  SECTION, SELECTOR, REGISTRY = "model", "name", MODELS
+  SECTION, CHOICES = "model", (("name", MODELS, "options"),)
 
   name: str = "mlp"
   conv: str = "auto"  # auto | xla | im2col (matrix products) | explicit_vjp (models/im2col.py)
@@ -246,7 +249,7 @@ class AlgorithmConfig(Selection):
   shares, and ``options``: the method's own config dataclass, written ``algorithm.<name>`` in a
   config file (``algorithm.fedmr.granularity=layer``). ``options=None`` means its defaults."""
 
-  SECTION, SELECTOR, REGISTRY = "algorithm", "name", ALGORITHMS
+  SECTION, CHOICES = "algorithm", (("name", ALGORITHMS, "options"),)
 
   name: str = "fedavg"
   weighting: str = "num_examples"  # aggregation weights
@@ -268,7 +271,7 @@ class AggregationConfig(Selection):
   ``clip_norm`` its initial norm, ``clip_learning_rate`` its step, ``clip_count_stddev`` the
   noise on its count under DP."""
 
-  SECTION, SELECTOR, REGISTRY = "aggregation", "rule", AGGREGATORS
+  SECTION, CHOICES = "aggregation", (("rule", AGGREGATORS, "options"),)
 
   rule: str = "mean"
   clip_norm: float = 0.0
@@ -306,7 +309,7 @@ class CompressionConfig(Selection):
   (``compression.qsgd.bits``, ``compression.top_k.fraction``); the uploads' bytes are counted
   as encoded."""
 
-  SECTION, SELECTOR, REGISTRY = "compression", "name", COMPRESSORS
+  SECTION, CHOICES = "compression", (("name", COMPRESSORS, "options"),)
 
   name: str = "none"
   options: Any = None
@@ -813,7 +816,9 @@ def _build(cls, values: dict, prefix: str = ""):
       kwargs[key] = _build(hint, _table(field, value), f"{field}.")
     else:
       kwargs[key] = _coerce(field, hint, value)
-  return cls(**kwargs)
+  built = cls(**kwargs)
+  typed_fields(built, prefix)  # an options table that is not selected is checked too
+  return built
 
 
 def _coerce(field: str, hint, value):
@@ -863,6 +868,13 @@ MOVED_FIELDS = {
   ("aggregation", "clip_radius"): [("centered_clip", "radius")],
   ("aggregation", "secure_scale_bits"): [("secure_mean", "scale_bits")],
   ("aggregation", "secure_dropout"): [("secure_mean", "dropout")],
+  ("data", "alpha"): [("dirichlet", "alpha"), ("dirichlet_capped", "alpha")],
+  ("data", "min_examples"): [("dirichlet", "min_examples"), ("dirichlet_capped", "min_examples")],
+  ("data", "classes_per_client"): [("shards", "classes_per_client")],
+  ("data", "sigma"): [("quantity_skew", "sigma")],
+  ("data", "synthetic_alpha"): [("synthetic", "alpha"), ("synthetic_clients", "alpha")],
+  ("data", "synthetic_beta"): [("synthetic", "beta"), ("synthetic_clients", "beta")],
+  ("data", "text_spec"): [("tfds_text", "spec")],
 }
 
 

@@ -107,6 +107,12 @@ def run_variants(
   return results, loaded
 
 
+def with_alpha(data, alpha: float, seed: int):
+  """``data`` (a ``DataConfig`` with a Dirichlet partition) with that ``alpha`` and ``seed``."""
+  options = dataclasses.replace(data.partition_options, alpha=alpha)
+  return dataclasses.replace(data, partition_options=options, seed=seed)
+
+
 def alpha_seed_curves(
   base,
   config_path: str,
@@ -127,7 +133,7 @@ def alpha_seed_curves(
   }
   for alpha in alphas:
     for seed in seeds:
-      data_config = dataclasses.replace(base.data, alpha=alpha, seed=seed)
+      data_config = with_alpha(base.data, alpha, seed)
       results, read_back = run_variants(
         base,
         data_config,
@@ -320,14 +326,16 @@ def run_alpha_seed_grid(
   report=None,
   overrides=(),
 ) -> None:
-  """For each alpha and seed, one federation (``data.alpha``, ``data.seed`` and ``seed`` set,
+  """For each alpha and seed, one federation (the Dirichlet partition's ``alpha``, ``data.seed``
+  and ``seed`` set,
   after the config's own ``overrides``), then each ``variants[name] = (registered method, its
   options)`` run or read back (``run_or_load``) in ``runs_root/alpha<a>/seed<s>/<name>``, its
   metrics saved to ``results`` (``save_run_metrics``) and one line printed (with
   ``report(metrics)``)."""
   for alpha in alphas:
     for seed in seeds:
-      base = [*overrides, f"data.alpha={alpha}", f"data.seed={seed}", f"seed={seed}"]
+      partition = load_config(config_path, list(overrides)).data.partition
+      base = [*overrides, f"data.{partition}.alpha={alpha}", f"data.seed={seed}", f"seed={seed}"]
       data = build_federation(load_config(config_path, base).data)
       for name, (method, options) in variants.items():
         config = dataclasses.replace(

@@ -18,7 +18,7 @@ from fedjax_lab import load_config, run
 BASE = [
   "data.source=digits",
   "data.num_clients=8",
-  "data.min_examples=15",
+  "data.dirichlet.min_examples=15",
   "local.batch_size=16",
   "local.epochs=2",
   "rounds=4",

@@ -193,7 +193,7 @@ def test_median_resists_a_corrupted_client_where_the_mean_does_not(tiny_federati
 BASE = [
   "data.source=digits",
   "data.num_clients=8",
-  "data.min_examples=15",
+  "data.dirichlet.min_examples=15",
   "rounds=6",
   "cohort_size=4",
   "eval_every=6",

@@ -29,7 +29,7 @@ def recorded_gather(self, ids):
 ProcessShard.gather = recorded_gather
 devices = 2 if process >= 0 else 1
 config = load_config(None, [
-  "data.source=digits", "data.num_clients=10", "data.min_examples=10", "cohort_size=6",
+  "data.source=digits", "data.num_clients=10", "data.dirichlet.min_examples=10", "cohort_size=6",
   "rounds=4", "eval_every=2", "checkpoint_every=2", "execution.strategy=vmap",
   "local.batch_size=16", f"execution.devices={devices}", f"out_dir={out_dir}"])
 result = run(config, progress=False)

@@ -10,7 +10,7 @@ from fedjax_lab.config import load_config
 CONFIGS = sorted(
   path
   for path in (pathlib.Path(__file__).parent.parent / "experiments").rglob("*.json")
-  # results, and the world specs of data.text_spec (tests/test_worldlm.py checks those)
+  # results, and the world specs of data.tfds_text.spec (tests/test_worldlm.py checks those)
   if "results" not in path.parts and not path.name.endswith("_world.json")
 )
 

@@ -15,7 +15,7 @@ PFEDLIA_RUNS = 170  # committed per-run metric files of experiments/pfedlia/repr
 TINY = [
   "data.source=digits",
   "data.num_clients=10",
-  "data.min_examples=5",
+  "data.dirichlet.min_examples=5",
   "cohort_size=4",
   "rounds=2",
   "eval_every=1",
@@ -319,6 +319,14 @@ def test_systems_reproduction_script(tmp_path):
   ]  # fmt: skip
   assert all(r["simulated_hours"] > 0 for r in records)
   assert "vs fedavg ideal" in done.stdout and (tmp_path / "accuracy_vs_time.png").exists()
+
+
+def test_systems_readme_table_is_what_the_committed_results_give():
+  reproduce, records = _committed("systems")
+  assert len(records) == 36
+  readme = (ROOT / "experiments/systems/README.md").read_text()
+  assert reproduce.summary_table(records) in readme
+  assert reproduce.same_setting_table(records) in readme
 
 
 def test_worldlm_readme_tables_are_what_the_committed_results_give():

@@ -34,7 +34,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 BASE = [
   "data.source=digits",
   "data.num_clients=10",
-  "data.alpha=0.5",
+  "data.dirichlet.alpha=0.5",
   "local.learning_rate=0.05",
   "local.epochs=2",
   "local.batch_size=10",
@@ -238,8 +238,8 @@ def test_cli_reports_expected_failures_in_one_line_with_exit_code_2(tmp_path, ca
     f"--config={tmp_path / 'list.json'}": "list.json: must hold a table",
     f"--config={tmp_path / 'broken.json'}": "broken.json: not valid JSON",
     "local.learning_rate=inf": "local.learning_rate must be a finite number",
-    "data.sigma=inf": "data.sigma must be a finite number",
-    "data.synthetic_alpha=nan": "data.synthetic_alpha must be a finite number",
+    "data.quantity_skew.sigma=inf": "data.quantity_skew.sigma must be a finite number",
+    "data.synthetic.alpha=nan": "data.synthetic.alpha must be a finite number",
     "seed=-1": "seed must be >= 0",
     "out_dir=": "out_dir must be a folder path",
     f"data.source=tfds:mnist data.source_dir={tmp_path}": "is not prepared",
@@ -321,7 +321,11 @@ def test_damaged_idx_files_are_named(tmp_path):
 
 def test_small_clients_and_no_client_test_splits_evaluate(tmp_path):
   config = _config(
-    tmp_path, "rounds=2", "eval_every=1", "data.max_client_examples=1", "data.min_examples=1"
+    tmp_path,
+    "rounds=2",
+    "eval_every=1",
+    "data.max_client_examples=1",
+    "data.dirichlet.min_examples=1",
   )
   assert "global_accuracy" in run(config, progress=False).metrics[-1]
   other = dataclasses.replace(config, out_dir=str(tmp_path / "b"))
@@ -392,7 +396,7 @@ def test_a_checkpoint_that_would_not_fit_is_refused_before_orbax_writes(
 def test_shards_name_both_fields_and_help_names_a_config_that_exists(capsys):
   from fedjax_lab.data import partition
 
-  with pytest.raises(ValueError, match="data.num_clients=5 x data.classes_per_client=3"):
+  with pytest.raises(ValueError, match="data.num_clients=5 x data.shards.classes_per_client=3"):
     partition.shards(np.zeros(10, np.int32), 5, 3, 0)
   with pytest.raises(SystemExit):
     main(["--help"])

@@ -11,6 +11,7 @@ from fedjax_lab.algorithms import ClientSetup
 from fedjax_lab.algorithms.fedmr import FedMRConfig, fedmr
 from fedjax_lab.algorithms.fedopt import fedopt
 from fedjax_lab.config import AlgorithmConfig, DataConfig, ExperimentConfig, LocalConfig
+from fedjax_lab.data.catalog import DirichletOptions
 from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import LocalSchedule
 from fedjax_lab.models import build_model
@@ -80,7 +81,10 @@ def test_recombination_mixes_slots_and_keeps_their_mean(tiny_federation):
 def test_fedmr_learns_non_iid_digits_through_the_runner(tmp_path):
   config = ExperimentConfig(
     data=DataConfig(
-      source="digits", num_clients=20, partition="dirichlet", alpha=0.5, min_examples=10
+      source="digits",
+      num_clients=20,
+      partition="dirichlet",
+      partition_options=DirichletOptions(alpha=0.5, min_examples=10),
     ),
     local=LocalConfig(learning_rate=0.05, momentum=0.5, batch_size=10, epochs=2),
     algorithm=AlgorithmConfig("fedmr", options=FedMRConfig(first_stage_rounds=5)),

@@ -24,6 +24,7 @@ from fedjax_lab.config import (
   LocalConfig,
   load_config,
 )
+from fedjax_lab.data.catalog import DirichletOptions
 from fedjax_lab.data.federated import FederatedData
 from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import LocalSchedule
@@ -127,7 +128,10 @@ def test_self_distillation_keeps_client_models_closer(tmp_path):
   pairwise cosine similarity is higher than FedAvg's in every round."""
   base = ExperimentConfig(
     data=DataConfig(
-      source="digits", num_clients=10, partition="dirichlet", alpha=0.1, min_examples=10
+      source="digits",
+      num_clients=10,
+      partition="dirichlet",
+      partition_options=DirichletOptions(alpha=0.1, min_examples=10),
     ),
     local=LocalConfig(learning_rate=0.1, epochs=3, batch_size=10),
     rounds=4,

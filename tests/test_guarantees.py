@@ -23,7 +23,7 @@ from fedjax_lab.config import load_config
 BASE = [
   "data.source=digits",
   "data.num_clients=6",
-  "data.min_examples=15",
+  "data.dirichlet.min_examples=15",
   "cohort_size=6",  # every client each round: the methods that need it run too
   "rounds=1",
   "eval_every=1",

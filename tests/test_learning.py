@@ -14,6 +14,7 @@ from fedjax_lab.config import (
   LocalConfig,
   ServerConfig,
 )
+from fedjax_lab.data.catalog import DirichletOptions
 
 pytestmark = pytest.mark.slow  # trains to accuracy targets (make test-fast skips it)
 
@@ -21,7 +22,10 @@ pytestmark = pytest.mark.slow  # trains to accuracy targets (make test-fast skip
 def _config(partition, algorithm="fedavg", alpha=0.1, server=None, rounds=30):
   return ExperimentConfig(
     data=DataConfig(
-      source="digits", num_clients=20, partition=partition, alpha=alpha, min_examples=10
+      source="digits",
+      num_clients=20,
+      partition=partition,
+      partition_options=DirichletOptions(alpha, 10) if partition == "dirichlet" else None,
     ),
     local=LocalConfig(learning_rate=0.05, batch_size=10, epochs=1),
     algorithm=AlgorithmConfig(name=algorithm),

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -57,7 +59,7 @@ def test_dirichlet_gives_up_with_a_clear_error():
 
 @pytest.mark.parametrize("alpha", [0.0, -1.0, float("nan")])
 def test_dirichlet_rejects_non_positive_alpha(alpha):
-  with pytest.raises(ValueError, match="data.alpha must be > 0"):
+  with pytest.raises(ValueError, match="data.dirichlet.alpha must be > 0"):
     partition.dirichlet(np.zeros(100, int), 2, alpha, 0)
 
 
@@ -138,18 +140,15 @@ def test_every_partitioner_splits_or_says_which_field_is_wrong(
 
   labels = np.random.default_rng(seed).integers(0, num_classes, num_examples).astype(np.int32)
   dataset = Dataset(np.zeros((num_examples, 1), np.float32), labels, labels[:0], labels[:0], 10)
-  data = DataConfig(
-    partition=name,
-    num_clients=num_clients,
-    alpha=alpha,
-    sigma=sigma,
-    classes_per_client=classes_per_client,
-    min_examples=min_examples,
-    seed=seed,
+  entry = PARTITIONERS.get(name)
+  values = dict(
+    alpha=alpha, sigma=sigma, classes_per_client=classes_per_client, min_examples=min_examples
   )
-  split = PARTITIONERS.get(name)
+  own = {f.name for f in dataclasses.fields(entry.options)}
   try:
-    clients = split(dataset, data)
+    options = entry.options(**{k: v for k, v in values.items() if k in own})
+    data = DataConfig(partition=name, num_clients=num_clients, seed=seed, partition_options=options)
+    clients = entry.build(dataset, data, options)
   except ValueError as error:
     assert "data." in str(error)
     return
@@ -159,5 +158,5 @@ def test_every_partitioner_splits_or_says_which_field_is_wrong(
   dropped = num_examples % (num_clients * classes_per_client) if name == "shards" else 0
   assert len(flat) == num_examples - dropped
   assert min(len(c) for c in clients) >= (min_examples if "dirichlet" in name else 1)
-  again = split(dataset, data)
+  again = entry.build(dataset, data, options)
   assert all(np.array_equal(a, b) for a, b in zip(clients, again))

@@ -41,7 +41,7 @@ def test_a_method_outside_the_package_runs_through_the_cli(plugin, tmp_path, cap
       plugin,
       "data.source=digits",
       "data.num_clients=6",
-      "data.min_examples=15",
+      "data.dirichlet.min_examples=15",
       "cohort_size=3",
       "rounds=4",
       "eval_every=2",
@@ -105,7 +105,7 @@ import dataclasses
 import numpy as np
 
 from fedjax_lab.checks import require
-from fedjax_lab.data.catalog import PARTITIONERS, SOURCES
+from fedjax_lab.data.catalog import PARTITIONERS, SOURCES, DataEntry
 from fedjax_lab.data.sources import Dataset
 from fedjax_lab.models import MODELS, ModelEntry
 from fedjax_lab.models.vision import MLP
@@ -125,10 +125,16 @@ class TinyOptions:
   width: int = 16
 
 
-def blobs(data):  # three Gaussian blobs in 2-D
+@dataclasses.dataclass(frozen=True)
+class BlobsOptions:
+  spread: float = 1.0
+
+
+def blobs(data, options):  # three Gaussian blobs in 2-D
   rng = np.random.default_rng(data.seed)
   centers = np.array([[0.0, 3.0], [3.0, -2.0], [-3.0, -2.0]], np.float32)
-  make = lambda n: (lambda y: ((centers[y] + rng.normal(size=(n, 2))).astype(np.float32), y))(
+  noise = lambda n: options.spread * rng.normal(size=(n, 2))
+  make = lambda n: (lambda y: ((centers[y] + noise(n)).astype(np.float32), y))(
     rng.integers(0, 3, n).astype(np.int32)
   )
   (train_x, train_y), (test_x, test_y) = make(300), make(90)
@@ -139,11 +145,11 @@ AGGREGATORS.register("cut_mean", AggregatorEntry(lambda o: trimmed_mean(o.cut), 
 MODELS.register(
   "tiny_mlp", ModelEntry(lambda n, width: MLP(n, hidden=(width,)), False, options=TinyOptions)
 )
-SOURCES.register("blobs", blobs)
+SOURCES.register("blobs", DataEntry(blobs, BlobsOptions))
 PARTITIONERS.register(
-  "round_robin", lambda dataset, data: [
+  "round_robin", DataEntry(lambda dataset, data, options: [
     np.arange(k, len(dataset.train_y), data.num_clients) for k in range(data.num_clients)
-  ]
+  ])
 )
 """
 
@@ -169,6 +175,7 @@ def test_a_rule_model_source_and_partitioner_outside_the_package_run_through_the
   out_dir = tmp_path / "run"
   settings = [
     "data.source=blobs",
+    "data.blobs.spread=0.8",
     "data.partition=round_robin",
     "data.num_clients=6",
     "data.test_fraction=0",
@@ -187,6 +194,7 @@ def test_a_rule_model_source_and_partitioner_outside_the_package_run_through_the
   stored = json.loads((out_dir / "config.json").read_text())
   assert stored["aggregation"]["cut_mean"] == {"cut": 0.2}
   assert stored["model"]["tiny_mlp"] == {"width": 8}
+  assert stored["data"]["blobs"] == {"spread": 0.8} and stored["data"]["round_robin"] == {}
   rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
   assert rows[-1]["global_accuracy"] > 0.8  # three well-separated blobs
   resumed = ["--no-progress", "--plugin", other_kinds, "--config", str(out_dir / "config.json")]

@@ -16,11 +16,12 @@ from fedjax_lab.config import (
   LocalConfig,
   load_config,
 )
+from fedjax_lab.data.catalog import DirichletOptions
 
 pytestmark = pytest.mark.slow  # whole runs through the runner and the CLI (make test-fast skips it)
 
 BASE = ExperimentConfig(
-  data=DataConfig(source="digits", num_clients=8, min_examples=15),
+  data=DataConfig(source="digits", num_clients=8, partition_options=DirichletOptions(0.5, 15)),
   local=LocalConfig(batch_size=16),
   algorithm=AlgorithmConfig("scaffold"),
   rounds=10,
@@ -60,8 +61,9 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
 @pytest.mark.parametrize(
   "overrides,message",
   [
-    (["data.alpha=0"], "data.alpha must be > 0"),
-    (["data.alpha=-0.5"], "data.alpha must be > 0"),
+    (["data.dirichlet.alpha=0"], "data.dirichlet.alpha must be > 0"),
+    (["data.dirichlet.alpha=-0.5"], "data.dirichlet.alpha must be > 0"),
+    (["data.alpha=0"], "data.dirichlet.alpha must be > 0"),  # the name before the move
     (["data.source=cifar11"], "data.source must be one of digits"),
     (["model.name=resnet999"], "model.name must be one of mlp"),
     (["cohort_size=30", "data.num_clients=20"], "cohort_size must be <= data.num_clients=20"),
@@ -110,10 +112,10 @@ def test_data_errors_come_before_any_compilation(tmp_path, monkeypatch):
     run(config, progress=False)
   config = dataclasses.replace(
     BASE,
-    data=DataConfig(source="digits", num_clients=50, alpha=0.05, min_examples=25),
+    data=DataConfig(source="digits", num_clients=50, partition_options=DirichletOptions(0.05, 25)),
     out_dir=str(tmp_path),
   )
-  with pytest.raises(ValueError, match="fewer than data.min_examples=25"):
+  with pytest.raises(ValueError, match="fewer than data.dirichlet.min_examples=25"):
     run(config, progress=False)
 
 
@@ -132,8 +134,8 @@ def test_cli_runs_a_toml_config_with_overrides(tmp_path, capsys):
   printed = capsys.readouterr().out
   assert "global_acc" in printed and "fedavg" in printed
   assert (tmp_path / "out" / "metrics.jsonl").exists()
-  assert main(["data.alpha=0"]) == 2
-  assert "data.alpha must be > 0" in capsys.readouterr().err
+  assert main(["data.dirichlet.alpha=0"]) == 2
+  assert "data.dirichlet.alpha must be > 0" in capsys.readouterr().err
 
 
 def test_next_character_federation_trains_a_language_model(tmp_path):

@@ -18,7 +18,8 @@ import jax, numpy as np
 from fedjax_lab import load_config
 from fedjax_lab.runner import run
 assert jax.device_count() == 4, jax.devices()
-base = ["data.source=digits", "data.num_clients=12", "data.min_examples=5", "cohort_size=8",
+base = ["data.source=digits", "data.num_clients=12", "data.dirichlet.min_examples=5",
+        "cohort_size=8",
         "rounds=3", "eval_every=3", "checkpoint_every=0", "execution.strategy=vmap"]
 out = {}
 for algorithm in sys.argv[1:]:

@@ -77,7 +77,7 @@ def test_settings_a_method_cannot_honour_are_refused_in_one_line(overrides, mess
 BASE = [
   "data.source=digits",
   "data.num_clients=10",
-  "data.min_examples=10",
+  "data.dirichlet.min_examples=10",
   "cohort_size=5",
   "eval_every=2",
   "checkpoint_every=2",

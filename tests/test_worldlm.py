@@ -349,7 +349,7 @@ def test_paper_scale_configs_are_valid(path):
   import json
 
   config = load_config(str(path))
-  spec = json.loads((ROOT / config.data.text_spec).read_text())
+  spec = json.loads((ROOT / config.data.source_options.spec).read_text())
   groups = {group.rsplit("/", 1)[0] for group in spec["groups"]}
   assert config.data.num_clients == len(spec["groups"]) * spec["clients_per_group"]
   assert len(groups) >= 3 and config.model.name.startswith("transformer_lm_")

@@ -2,7 +2,7 @@
 Centralized on one non-IID Fashion-MNIST federation, offline. Prints a results table and writes
 each run's metrics plus a comparison plot under ``runs/quickstart/``.
 
-  python experiments/quickstart/run.py [overrides...]      e.g. rounds=20 data.alpha=0.5
+  python experiments/quickstart/run.py [overrides...]      e.g. rounds=20 data.dirichlet.alpha=0.5
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def main(overrides: list[str]) -> None:
   table = format_table(rows, SUMMARY_COLUMNS)
   title = (
     f"{base.data.source}, {base.data.num_clients} clients, {base.data.partition} "
-    f"alpha={base.data.alpha}, {base.model.name}, cohort {base.cohort_size}"
+    f"{base.data.partition} {base.data.partition_options}, {base.model.name}, "
+    f"cohort {base.cohort_size}"
   )
   print(f"\n{title}\n{table}")
   (out_root / "results.md").write_text(f"# {title}\n\n```\n{table}\n```\n")

@@ -132,6 +132,27 @@ def summary_table(records) -> str:
   return format_table(rows, list(rows[0])) if rows else "(no results)"
 
 
+def same_setting_table(records) -> str:
+  """FedProx and FedNova against FedAvg in the same setting: the paired accuracy difference
+  (points, 95% CI)."""
+  from fedjax_lab.tables import format_table
+
+  rows = []
+  for method in ("fedprox", "fednova"):
+    row = {"method": method}
+    for setting in SETTINGS:
+      ours, fedavg = (
+        {s: 100 * v for s, v in _values(records, m, setting, "accuracy").items()}
+        for m in (method, "fedavg")
+      )
+      seeds = sorted(set(ours) & set(fedavg))
+      if seeds and setting not in COMPRESSED:
+        row[setting] = format_paired([ours[s] for s in seeds], [fedavg[s] for s in seeds], 2)
+    if len(row) > 1:
+      rows.append(row)
+  return format_table(rows, list(rows[0])) if rows else "(no results)"
+
+
 def plot_time_curves(results: pathlib.Path, path: pathlib.Path) -> None:
   """FedAvg's accuracy against simulated time in each setting (seed 0)."""
   plt = pyplot()
@@ -167,7 +188,8 @@ def main() -> None:
   if not args.summarize:
     run_all(args, results)
   records = grid.read_records(results)
-  table = summary_table(records)
+  table = f"{summary_table(records)}\n```\n\nAgainst FedAvg in the same setting:\n\n```\n"
+  table += same_setting_table(records)
   env = {"wall_seconds_this_invocation": round(time.perf_counter() - started, 1)}
   (results / "summary.md").write_text(f"```\n{table}\n```\n\n{json.dumps(env)}\n")
   plot_time_curves(results, results / "accuracy_vs_time.png")

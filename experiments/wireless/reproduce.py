@@ -40,6 +40,7 @@ from fedjax_lab import build_federation, grid, load_config
 from fedjax_lab.algorithms import adaptive_pruning as method
 from fedjax_lab.build import build_experiment
 from fedjax_lab.config import AlgorithmConfig
+from fedjax_lab.data.catalog import DirichletOptions, ShardsOptions
 from fedjax_lab.plots import pyplot
 from fedjax_lab.runner import cohort_ids
 from fedjax_lab.stats import describe, paired_difference
@@ -58,9 +59,9 @@ VARIANTS = {
   "fedavg": {"pruning": "none", "personal_groups": 0},
 }
 PARTITIONS = {
-  "shards": ({"partition": "shards", "classes_per_client": 2}, list(VARIANTS)),
+  "shards": ({"partition": "shards", "partition_options": ShardsOptions(2)}, list(VARIANTS)),
   "dirichlet": (
-    {"partition": "dirichlet", "alpha": 0.3},
+    {"partition": "dirichlet", "partition_options": DirichletOptions(alpha=0.3, min_examples=20)},
     ["adaptive_pruning", COMPARATOR, "fedavg"],
   ),
 }

@@ -1,40 +1,134 @@
-"""The data registries: ``SOURCES`` (name -> ``load(data_config) -> Dataset``),
-``PARTITIONERS`` (name -> ``split(dataset, data_config) -> list of client index arrays``) and
-``FEDERATIONS`` (name -> ``load(data_config) -> FederatedData``: sources whose clients are
-given, as LEAF's and TFF's files and clients made on demand are; their partition is
-``natural``).
+"""The data registries, each of ``DataEntry(build, options)``: ``SOURCES`` (``build(data_config,
+options) -> Dataset``), ``PARTITIONERS`` (``build(dataset, data_config, options) -> list of
+client index arrays``) and ``FEDERATIONS`` (``build(data_config, options) -> FederatedData``:
+sources whose clients are given, as LEAF's and TFF's files and clients made on demand are;
+their partition is ``natural``).
 
-``data_config`` is the run's ``config.DataConfig``, read for its fields only. A TFDS source is
-``tfds:<catalog name>``; a variant such as ``tfds:emnist/byclass`` uses its base's entry.
+``data_config`` is the run's ``config.DataConfig``, read for the fields every source shares;
+``options`` is the entry's own dataclass, the config table ``data.<name>``
+(``data.dirichlet.alpha``, ``data.synthetic.beta``). A TFDS source is ``tfds:<catalog
+name>``; a variant such as ``tfds:emnist/byclass`` uses its base's entry.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 
 import numpy as np
 
+from fedjax_lab.checks import require
 from fedjax_lab.data import code_files, generated, leaf, partition, sources, text_world, tff
-from fedjax_lab.data.federated import FederatedData
-from fedjax_lab.registry import Registry
-
-Loader = Callable[[object], sources.Dataset]
-Partitioner = Callable[[sources.Dataset, object], partition.ClientIndices]
-FederationLoader = Callable[[object], FederatedData]
-
-SOURCES: Registry[Loader] = Registry("data.source")
-PARTITIONERS: Registry[Partitioner] = Registry("data.partition")
-FEDERATIONS: Registry[FederationLoader] = Registry("data.source")
+from fedjax_lab.registry import NoOptions, Registry
 
 
-def lookup_source(name: str) -> Loader:
-  """The loader registered for ``name``, or for the base of a TFDS variant (``tfds:a/b``)."""
-  if name not in SOURCES and name.startswith("tfds:") and name.split("/")[0] in SOURCES:
-    return SOURCES.get(name.split("/")[0])
-  return SOURCES.get(name)
+@dataclasses.dataclass(frozen=True)
+class DataEntry:
+  """A registered source, federation or partitioner: ``build`` (module docstring) and the
+  dataclass of its ``options``."""
+
+  build: Callable
+  options: type = NoOptions
 
 
-def _tfds(data) -> sources.Dataset:
+SOURCES: Registry[DataEntry] = Registry("data.source")
+PARTITIONERS: Registry[DataEntry] = Registry("data.partition")
+FEDERATIONS: Registry[DataEntry] = Registry("data.source")
+
+
+class SourceChoices:
+  """Every name ``data.source`` may take, as one registry: ``SOURCES``, ``FEDERATIONS`` and the
+  variants of the TFDS sources (``tfds:a/b`` uses ``tfds:a``'s entry)."""
+
+  field = "data.source"
+
+  def get(self, name: str) -> DataEntry:
+    if name in FEDERATIONS:
+      return FEDERATIONS.get(name)
+    if name not in SOURCES and name.startswith("tfds:") and name.split("/")[0] in SOURCES:
+      return SOURCES.get(name.split("/")[0])
+    if name not in SOURCES:
+      raise ValueError(f"data.source must be one of {', '.join(self.names())}, got {name!r}")
+    return SOURCES.get(name)
+
+  def names(self) -> tuple[str, ...]:
+    return (*SOURCES.names(), *FEDERATIONS.names())
+
+  def __contains__(self, name) -> bool:
+    try:
+      self.get(name)
+    except ValueError:
+      return False
+    return True
+
+  def __iter__(self):
+    return iter(self.names())
+
+
+SOURCE_CHOICES = SourceChoices()
+
+
+@dataclasses.dataclass(frozen=True)
+class DirichletOptions:
+  """``data.dirichlet`` / ``data.dirichlet_capped``: the label concentration ``alpha`` and the
+  ``min_examples`` every client must get (the split is redrawn until it does)."""
+
+  alpha: float = 0.5
+  min_examples: int = 10
+
+  def __post_init__(self):
+    require(self.alpha > 0 and math.isfinite(self.alpha), "data.dirichlet.alpha", "> 0", self.alpha)
+    require(self.min_examples >= 1, "data.dirichlet.min_examples", ">= 1", self.min_examples)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardsOptions:
+  """``data.shards``: the label shards (``classes_per_client``) each client gets."""
+
+  classes_per_client: int = 2
+
+  def __post_init__(self):
+    require(
+      self.classes_per_client >= 1,
+      "data.shards.classes_per_client",
+      ">= 1",
+      self.classes_per_client,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantitySkewOptions:
+  """``data.quantity_skew``: the log-normal ``sigma`` of the clients' sizes."""
+
+  sigma: float = 1.0
+
+  def __post_init__(self):
+    require(self.sigma >= 0, "data.quantity_skew.sigma", ">= 0", self.sigma)
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticOptions:
+  """``data.synthetic`` / ``data.synthetic_clients``: LEAF's Synthetic(``alpha``, ``beta``):
+  how much the clients' models and their inputs differ."""
+
+  alpha: float = 1.0
+  beta: float = 1.0
+
+  def __post_init__(self):
+    require(self.alpha >= 0, "data.synthetic.alpha", ">= 0", self.alpha)
+    require(self.beta >= 0, "data.synthetic.beta", ">= 0", self.beta)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextWorldOptions:
+  """``data.tfds_text``: ``spec``, the JSON file of groups and their TFDS datasets (required
+  when the source is selected: ``config.DataConfig`` checks it)."""
+
+  spec: str = ""
+
+
+def _tfds(data, options) -> sources.Dataset:
   return sources.tfds_source(
     data.source.removeprefix("tfds:"),
     data_dir=data.source_dir or None,
@@ -51,18 +145,18 @@ def _single_labels(data, labels: np.ndarray) -> np.ndarray:
   return labels
 
 
-def _dirichlet(dataset, data, balance_cap: bool) -> partition.ClientIndices:
+def _dirichlet(dataset, data, options: DirichletOptions, balance_cap: bool):
   return partition.dirichlet(
     _single_labels(data, dataset.train_y),
     data.num_clients,
-    data.alpha,
+    options.alpha,
     data.seed,
-    min_examples=data.min_examples,
+    min_examples=options.min_examples,
     balance_cap=balance_cap,
   )
 
 
-def _natural(dataset, data) -> partition.ClientIndices:
+def _natural(dataset, data, options) -> partition.ClientIndices:
   """One client per natural group; a random ``data.num_clients`` of them if there are more."""
   if dataset.train_groups is None:
     raise ValueError(
@@ -81,85 +175,115 @@ def _natural(dataset, data) -> partition.ClientIndices:
   return [clients[k] for k in np.sort(chosen)]
 
 
-SOURCES.register("digits", lambda data: sources.digits(data.seed))
+SOURCES.register("digits", DataEntry(lambda data, o: sources.digits(data.seed)))
 SOURCES.register(
-  "fashion_mnist_idx", lambda data: sources.fashion_mnist_idx(data.source_dir or None)
+  "fashion_mnist_idx",
+  DataEntry(lambda data, o: sources.fashion_mnist_idx(data.source_dir or None)),
 )
 SOURCES.register(
   "synthetic",
-  lambda data: sources.synthetic(
-    data.synthetic_alpha, data.synthetic_beta, data.num_clients, data.seed
+  DataEntry(
+    lambda data, o: sources.synthetic(o.alpha, o.beta, data.num_clients, data.seed),
+    SyntheticOptions,
   ),
 )
 SOURCES.register(
   "shakespeare",
-  lambda data: sources.shakespeare(data.source_dir or "data/shakespeare", seed=data.seed),
+  DataEntry(
+    lambda data, o: sources.shakespeare(data.source_dir or "data/shakespeare", seed=data.seed)
+  ),
 )
 SOURCES.register(
   "shakespeare_genre",
-  lambda data: sources.shakespeare_genre(data.source_dir or "data/shakespeare", seed=data.seed),
+  DataEntry(
+    lambda data, o: sources.shakespeare_genre(data.source_dir or "data/shakespeare", seed=data.seed)
+  ),
 )
 SOURCES.register(
   "text_world",
-  lambda data: text_world.text_world(
-    text_world.world_documents(data.source_dir or "data/shakespeare"), seed=data.seed
+  DataEntry(
+    lambda data, o: text_world.text_world(
+      text_world.world_documents(data.source_dir or "data/shakespeare"), seed=data.seed
+    )
   ),
 )
-SOURCES.register(  # paper scale: a world of TFDS text datasets (data.text_spec, a JSON file)
+SOURCES.register(  # paper scale: a world of TFDS text datasets (data.tfds_text.spec, a JSON file)
   "tfds_text",
-  lambda data: text_world.text_world(
-    text_world.tfds_documents(data.text_spec, data.source_dir or None),
-    sequence_length=data.sequence_length,
-    max_client_bytes=data.max_client_bytes,
-    seed=data.seed,
+  DataEntry(
+    lambda data, o: text_world.text_world(
+      text_world.tfds_documents(o.spec, data.source_dir or None),
+      sequence_length=data.sequence_length,
+      max_client_bytes=data.max_client_bytes,
+      seed=data.seed,
+    ),
+    TextWorldOptions,
   ),
 )
 for _name in sources.TFDS_DATASETS:
-  SOURCES.register(f"tfds:{_name}", _tfds)
+  SOURCES.register(f"tfds:{_name}", DataEntry(_tfds))
 
 FEDERATIONS.register(
   "synthetic_clients",
-  lambda data: generated.synthetic_clients(
-    data.num_clients,
-    data.seed,
-    alpha=data.synthetic_alpha,
-    beta=data.synthetic_beta,
-    test_fraction=data.test_fraction,
+  DataEntry(
+    lambda data, o: generated.synthetic_clients(
+      data.num_clients, data.seed, alpha=o.alpha, beta=o.beta, test_fraction=data.test_fraction
+    ),
+    SyntheticOptions,
   ),
 )
 FEDERATIONS.register(
   "python_files",
-  lambda data: code_files.python_files(
-    data.source_dir or None,
-    sequence_length=data.sequence_length,
-    max_client_bytes=data.max_client_bytes,
-    test_fraction=data.test_fraction,
-    seed=data.seed,
+  DataEntry(
+    lambda data, o: code_files.python_files(
+      data.source_dir or None,
+      sequence_length=data.sequence_length,
+      max_client_bytes=data.max_client_bytes,
+      test_fraction=data.test_fraction,
+      seed=data.seed,
+    )
   ),
 )
-FEDERATIONS.register("leaf", lambda data: leaf.leaf_federation(data.source_dir or "data/leaf"))
+FEDERATIONS.register(
+  "leaf", DataEntry(lambda data, o: leaf.leaf_federation(data.source_dir or "data/leaf"))
+)
 FEDERATIONS.register(
   "tff_h5",
-  lambda data: tff.tff_federation(
-    data.source_dir or "data/tff", data.sequence_length, data.coarse_labels
+  DataEntry(
+    lambda data, o: tff.tff_federation(
+      data.source_dir or "data/tff", data.sequence_length, data.coarse_labels
+    )
   ),
 )
 
 PARTITIONERS.register(
-  "iid", lambda dataset, data: partition.iid(len(dataset.train_y), data.num_clients, data.seed)
+  "iid",
+  DataEntry(
+    lambda dataset, data, o: partition.iid(len(dataset.train_y), data.num_clients, data.seed)
+  ),
 )
-PARTITIONERS.register("dirichlet", lambda dataset, data: _dirichlet(dataset, data, False))
-PARTITIONERS.register("dirichlet_capped", lambda dataset, data: _dirichlet(dataset, data, True))
+PARTITIONERS.register(
+  "dirichlet", DataEntry(lambda d, data, o: _dirichlet(d, data, o, False), DirichletOptions)
+)
+PARTITIONERS.register(
+  "dirichlet_capped",
+  DataEntry(lambda d, data, o: _dirichlet(d, data, o, True), DirichletOptions),
+)
 PARTITIONERS.register(
   "shards",
-  lambda dataset, data: partition.shards(
-    _single_labels(data, dataset.train_y), data.num_clients, data.classes_per_client, data.seed
+  DataEntry(
+    lambda dataset, data, o: partition.shards(
+      _single_labels(data, dataset.train_y), data.num_clients, o.classes_per_client, data.seed
+    ),
+    ShardsOptions,
   ),
 )
 PARTITIONERS.register(
   "quantity_skew",
-  lambda dataset, data: partition.quantity_skew(
-    len(dataset.train_y), data.num_clients, data.sigma, data.seed
+  DataEntry(
+    lambda dataset, data, o: partition.quantity_skew(
+      len(dataset.train_y), data.num_clients, o.sigma, data.seed
+    ),
+    QuantitySkewOptions,
   ),
 )
-PARTITIONERS.register("natural", _natural)
+PARTITIONERS.register("natural", DataEntry(_natural))

@@ -83,7 +83,8 @@ def synthetic_clients(
   """A federation of ``num_clients`` synthetic clients made on demand (module docstring)."""
   if alpha < 0 or beta < 0:
     raise ValueError(
-      f"data.synthetic_alpha and data.synthetic_beta must be >= 0, got {alpha}, {beta}"
+      "data.synthetic_clients.alpha and data.synthetic_clients.beta must be >= 0, got "
+      f"{alpha}, {beta}"
     )
   every_size = synthetic_sizes(seed, num_clients + GLOBAL_TEST_CLIENTS)
   make = lambda client: synthetic_client(

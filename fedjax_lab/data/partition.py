@@ -48,10 +48,10 @@ def dirichlet(
   labels = np.asarray(labels)
   _check_counts(len(labels), num_clients)
   if not alpha > 0:
-    raise ValueError(f"data.alpha must be > 0 for a Dirichlet partition, got {alpha}")
+    raise ValueError(f"data.dirichlet.alpha must be > 0, got {alpha}")
   if min_examples * num_clients > len(labels):
     raise ValueError(
-      f"data.min_examples={min_examples} x data.num_clients={num_clients} exceeds the "
+      f"data.dirichlet.min_examples={min_examples} x data.num_clients={num_clients} exceeds the "
       f"{len(labels)} examples available"
     )
   rng = np.random.default_rng(seed)
@@ -73,8 +73,8 @@ def dirichlet(
     if min(len(o) for o in owned) >= min_examples:
       return [np.sort(np.asarray(o, dtype=np.int64)) for o in owned]
   raise ValueError(
-    f"Dirichlet partition with data.alpha={alpha} gave some client fewer than "
-    f"data.min_examples={min_examples} examples in {max_retries} draws; raise alpha, "
+    f"Dirichlet partition with data.dirichlet.alpha={alpha} gave some client fewer than "
+    f"data.dirichlet.min_examples={min_examples} examples in {max_retries} draws; raise alpha, "
     "lower min_examples or use fewer clients"
   )
 
@@ -88,8 +88,8 @@ def shards(
   num_shards = num_clients * classes_per_client
   if num_shards > len(labels):
     raise ValueError(
-      f"data.num_clients={num_clients} x data.classes_per_client={classes_per_client} shards "
-      f"exceed the {len(labels)} examples available: every shard needs at least one example"
+      f"data.num_clients={num_clients} x data.shards.classes_per_client={classes_per_client} "
+      f"shards exceed the {len(labels)} examples available: every shard needs at least one example"
     )
   rng = np.random.default_rng(seed)
   by_label = np.argsort(labels, kind="stable")
@@ -105,11 +105,11 @@ def quantity_skew(
   """IID labels, log-normal(0, sigma) client sizes, each client at least ``min_examples``."""
   _check_counts(num_examples, num_clients)
   if not 0 <= sigma < np.inf:
-    raise ValueError(f"data.sigma must be a finite number >= 0, got {sigma}")
+    raise ValueError(f"data.quantity_skew.sigma must be a finite number >= 0, got {sigma}")
   if min_examples * num_clients > num_examples:
     raise ValueError(
-      f"data.min_examples={min_examples} x data.num_clients={num_clients} "
-      f"exceeds the {num_examples} examples available"
+      f"{min_examples} examples for each of data.num_clients={num_clients} clients "
+      f"exceed the {num_examples} examples available"
     )
   rng = np.random.default_rng(seed)
   log_weights = sigma * rng.standard_normal(num_clients)  # log of lognormal(0, sigma) draws

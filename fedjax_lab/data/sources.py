@@ -177,7 +177,7 @@ def synthetic(
   """
   if alpha < 0 or beta < 0:
     raise ValueError(
-      f"data.synthetic_alpha and data.synthetic_beta must be >= 0, got {alpha}, {beta}"
+      f"data.synthetic.alpha and data.synthetic.beta must be >= 0, got {alpha}, {beta}"
     )
   rng = np.random.default_rng(seed)
   sizes = (rng.lognormal(4, 2, num_clients).astype(int) + 50).clip(max=2000)
