@@ -110,28 +110,35 @@ class QSGDOptions:
 
 
 @dataclasses.dataclass(frozen=True)
-class TopKOptions:
-  """``compression.top_k``: the ``fraction`` of each leaf's entries sent."""
+class _SparseOptions:
+  """A sparsifier's ``fraction`` of each leaf's entries sent (``TABLE``: its config table)."""
 
   fraction: float = 0.01
-  keeps_clipping = True
+  TABLE = ""
 
   def __post_init__(self):
-    require(0 < self.fraction <= 1, "compression.top_k.fraction", "in (0, 1]", self.fraction)
+    require(0 < self.fraction <= 1, f"{self.TABLE}.fraction", "in (0, 1]", self.fraction)
+
+
+@dataclasses.dataclass(frozen=True)
+class TopKOptions(_SparseOptions):
+  """``compression.top_k``: the ``fraction`` of each leaf's largest entries sent (a value and
+  an int32 index each)."""
+
+  TABLE = "compression.top_k"
+  keeps_clipping = True
 
   def encoded_bytes(self, shape_tree) -> int:
     return sum(8 * _kept(n, self.fraction) for n in _leaf_sizes(shape_tree))
 
 
 @dataclasses.dataclass(frozen=True)
-class RandomKOptions:
-  """``compression.random_k``: the ``fraction`` of each leaf's entries sent."""
+class RandomKOptions(_SparseOptions):
+  """``compression.random_k``: a random ``fraction`` of each leaf's entries sent (the values
+  and the 8-byte seed of their indices)."""
 
-  fraction: float = 0.01
+  TABLE = "compression.random_k"
   keeps_clipping = False
-
-  def __post_init__(self):
-    require(0 < self.fraction <= 1, "compression.random_k.fraction", "in (0, 1]", self.fraction)
 
   def encoded_bytes(self, shape_tree) -> int:
     return sum(4 * _kept(n, self.fraction) + 8 for n in _leaf_sizes(shape_tree))
