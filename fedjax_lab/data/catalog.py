@@ -116,8 +116,10 @@ class SyntheticOptions:
   beta: float = 1.0
 
   def __post_init__(self):
-    require(self.alpha >= 0, "data.synthetic.alpha", ">= 0", self.alpha)
-    require(self.beta >= 0, "data.synthetic.beta", ">= 0", self.beta)
+    for name in ("alpha", "beta"):
+      value = getattr(self, name)
+      finite = isinstance(value, (int, float)) and math.isfinite(value)
+      require(finite and value >= 0, f"data.synthetic.{name}", "a finite number >= 0", value)
 
 
 @dataclasses.dataclass(frozen=True)
