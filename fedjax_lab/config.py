@@ -652,8 +652,9 @@ class ExperimentConfig:
 
   def _check_systems(self) -> None:
     """Clients lost to availability, dropouts and deadlines train as empty clients: only for
-    methods without per-client state, with the mean, and without central DP (its noise is
-    calibrated to the cohort size, not to the clients that report)."""
+    methods that tolerate them (``any_cohort_size`` or ``keeps_lost_clients``), with the mean,
+    and without central DP (its noise is calibrated to the cohort size, not to the clients
+    that report)."""
     if not self.systems.loses_clients:
       return
     if self.systems.over_selection > 0:
@@ -666,12 +667,13 @@ class ExperimentConfig:
         self.systems.over_selection,
       )
     name = self.algorithm.name
+    tolerant = lambda n: ALGORITHMS.get(n).any_cohort_size or ALGORITHMS.get(n).keeps_lost_clients
     require(
-      ALGORITHMS.get(name).any_cohort_size,
+      tolerant(name),
       "algorithm.name",
-      "a method without per-client state with systems.availability < 1, systems.dropout > 0 "
-      "or systems.deadline_s > 0 ("
-      + ", ".join(n for n in ALGORITHMS.names() if ALGORITHMS.get(n).any_cohort_size)
+      "a method that can lose clients with systems.availability < 1, systems.dropout > 0, "
+      "systems.deadline_s > 0, over-selection or a trace ("
+      + ", ".join(n for n in ALGORITHMS.names() if tolerant(n))
       + ")",
       name,
     )

@@ -429,8 +429,10 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
       )
       if poisson:
         cohort = padded_cohort(train_data, reporting, pad_to, sharding)
-      else:  # clients lost to the system train as empty ones: one shape, no recompilation
-        cohort = train_data.cohort(reporting, size=len(ids), sharding=sharding)
+      else:  # clients lost to the system stay as empty ones: one shape, no recompilation
+        lost = np.setdiff1d(ids, reporting, assume_unique=True)
+        ordered = np.concatenate([reporting, lost]).astype(np.int32)
+        cohort = train_data.cohort(ordered, sharding=sharding, reporting=len(reporting))
       step_ratio = computed_step_ratio(experiment.setup, cohort.num_examples)
       round_key = jax.random.fold_in(rounds_key, round_index)
       if mesh is not None:

@@ -57,7 +57,7 @@ def test_availability_dropout_and_deadline_follow_their_definitions():
 @pytest.mark.parametrize(
   "overrides,message",
   [
-    (["algorithm.name=scaffold", "systems.dropout=0.1"], "algorithm.name must be a method without"),
+    (["algorithm.name=fedmr", "systems.dropout=0.1"], "algorithm.name must be a method that can"),
     (["aggregation.rule=median", "systems.availability=0.5"], "aggregation.rule must be mean"),
     (
       ["privacy.noise_multiplier=1", "aggregation.clip_norm=1", "algorithm.weighting=uniform",
@@ -218,3 +218,26 @@ def test_the_shipped_diurnal_trace_drives_who_is_online_as_the_clock_runs(tmp_pa
   assert min(unavailable) < max(unavailable)  # who is online changes with the time of day
   for row in rows:
     assert row["clients_unavailable"] + row["clients_late"] <= 5
+
+
+@pytest.mark.slow
+def test_scaffold_keeps_the_controls_of_clients_it_lost(tmp_path):
+  """Lost clients stay in the cohort under their own ids, with no examples: SCAFFOLD leaves
+  their control variates as they were and updates the reporting clients' ones."""
+  from fedjax_lab.algorithms import payload_bytes
+  from fedjax_lab.build import build_experiment
+  from fedjax_lab.runner import cohort_ids, reporting_clients, run
+
+  settings = [*BASE, "algorithm.name=scaffold", "rounds=1", "systems.dropout=0.5"]
+  config = load_config(None, [*settings, f"out_dir={tmp_path}"])
+  result = run(config, progress=False)
+  experiment = build_experiment(config)
+  download, upload = payload_bytes(experiment.algorithm, experiment.setup)
+  ids = cohort_ids(config.seed, 0, 10, 5)
+  reporting, _ = reporting_clients(config, experiment, 0, ids, download, upload)
+  lost = np.setdiff1d(ids, reporting)
+  assert len(reporting) and len(lost) and result.metrics[0]["clients_dropped"] == len(lost)
+  controls = jax.tree.leaves(result.state.client_controls)[0]
+  moved = np.abs(np.asarray(controls)).reshape(10, -1).max(1) > 0  # controls start at 0
+  assert moved[reporting].all() and not moved[lost].any()
+  assert not moved[np.setdiff1d(np.arange(10), ids)].any()

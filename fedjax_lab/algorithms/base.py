@@ -299,6 +299,9 @@ class AlgorithmEntry:
   ``any_cohort_size``: the method keeps no per-client state and reduces the cohort only
   through ``setup.aggregator``, so cohorts of any size, padded with empty clients, are exact
   (``cohort_sampling=poisson``).
+  ``keeps_lost_clients``: a client present in the cohort with no examples weighs 0 and leaves
+  its per-client state as it was, so clients lost to the system (``ops/systems.py``) may stay
+  in the cohort as empty clients (methods with ``any_cohort_size`` need not declare it).
   ``aggregated_uploads``: every message a client sends the server in a round is reduced only
   by one call of ``setup.aggregator`` over the cohort (``cohort_reduce`` or
   ``aggregate_models``), and nothing else of the client's reaches the server. Only then do
@@ -312,4 +315,5 @@ class AlgorithmEntry:
   every_client_each_round: bool = False
   pooled: bool = False
   any_cohort_size: bool = False
+  keeps_lost_clients: bool = False
   aggregated_uploads: bool = False

@@ -131,5 +131,6 @@ ENTRY = AlgorithmEntry(
     setup,
     client_learning_rate=config.local.learning_rate,
     server_learning_rate=config.server.learning_rate,
-  )
+  ),
+  keeps_lost_clients=True,  # an empty client keeps its control (new_control) and weighs 0
 )

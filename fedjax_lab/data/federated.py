@@ -234,15 +234,20 @@ class FederatedData:
     """Whether each example carries a sequence of labels (next-token data)."""
     return self.global_test_y.ndim > 1
 
-  def cohort(self, client_ids, size: int | None = None, sharding=None) -> Cohort:
+  def cohort(
+    self, client_ids, size: int | None = None, sharding=None, reporting: int | None = None
+  ) -> Cohort:
     """The training data of ``client_ids`` on the device, in the padded layout
     ``[cohort, max_examples, ...]`` (a shape that depends only on the cohort size, so the
     round compiles once). Only the cohort's real rows cross to the device, in chunks of one
     size per cohort size (``transfer.move_rows``; ``transfer.chunk_rows`` of this federation's
     mean rows per client times the cohort size).
     ``size``: fill the cohort up to that many clients with empty ones (the first client's id,
-    no examples). ``sharding``: the cohort's layout over devices (leading axis split); with
-    several processes each reads only the clients its store holds (``shard``)."""
+    no examples). ``reporting``: only the first that many clients bring their examples; the
+    others stay in the cohort, each under its own id, with none (clients lost to the system,
+    whose per-client state a method must then leave as it was). ``sharding``: the cohort's
+    layout over devices (leading axis split); with several processes each reads only the
+    clients its store holds (``shard``)."""
     client_ids = np.asarray(client_ids, np.int32)
     size = size or len(client_ids)
     if (
@@ -255,10 +260,13 @@ class FederatedData:
         f"{client_ids}"
       )
     empty = size - len(client_ids)
-    counts = np.concatenate([self.train.num_examples[client_ids], np.zeros(empty, np.int32)])
+    reporting = len(client_ids) if reporting is None else reporting
+    counts = np.zeros(size, np.int32)
+    counts[:reporting] = self.train.num_examples[client_ids[:reporting]]
     local_devices = 1 if sharding is None else len(sharding.addressable_devices)
     chunk = transfer.chunk_rows(self.train.total / self.num_clients * size, local_devices)
-    x, y = transfer.move_rows(self.train, client_ids, counts, self.max_examples, chunk, sharding)
+    bringing = client_ids[:reporting]
+    x, y = transfer.move_rows(self.train, bringing, counts, self.max_examples, chunk, sharding)
     filler = client_ids[:1] if len(client_ids) else np.zeros(1, np.int32)
     client_ids = np.concatenate([client_ids, np.repeat(filler, empty)])
     return Cohort(client_ids, x, y, counts.astype(np.int32))
