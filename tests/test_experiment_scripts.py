@@ -323,7 +323,7 @@ def test_systems_reproduction_script(tmp_path):
 
 def test_systems_readme_table_is_what_the_committed_results_give():
   reproduce, records = _committed("systems")
-  assert len(records) == 36
+  assert len(records) == 45
   readme = (ROOT / "experiments/systems/README.md").read_text()
   assert reproduce.summary_table(records) in readme
   assert reproduce.same_setting_table(records) in readme

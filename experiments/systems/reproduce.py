@@ -1,4 +1,5 @@
-"""FedAvg, FedProx and FedNova on unreliable, heterogeneous devices; FedAvg's uploads compressed.
+"""FedAvg, FedProx, FedNova and SCAFFOLD on unreliable, heterogeneous devices; FedAvg's uploads
+compressed.
 
 Non-IID Fashion-MNIST (``base.json``: 100 clients, Dirichlet(0.5) labels and sizes, up to 600
 examples, two local epochs: clients take different numbers of steps). Every run has timed
@@ -38,7 +39,12 @@ SETTINGS = {
   "top_k_10": ["compression.name=top_k", "compression.top_k.fraction=0.1"],
   "deadline_10s_qsgd_4bit": ["systems.deadline_s=10", *QSGD],
 }
-METHODS = {"fedavg": [], "fedprox": ["algorithm.fedprox.mu=0.01"], "fednova": []}
+METHODS = {
+  "fedavg": [],
+  "fedprox": ["algorithm.fedprox.mu=0.01"],
+  "fednova": [],
+  "scaffold": [],  # keeps the control variates of the clients it loses
+}
 COMPRESSED = ("qsgd_4bit", "top_k_10", "deadline_10s_qsgd_4bit")  # FedAvg only
 
 
@@ -133,12 +139,13 @@ def summary_table(records) -> str:
 
 
 def same_setting_table(records) -> str:
-  """FedProx and FedNova against FedAvg in the same setting: the paired accuracy difference
+  """FedProx, FedNova and SCAFFOLD against FedAvg in the same setting: the paired accuracy
+  difference
   (points, 95% CI)."""
   from fedjax_lab.tables import format_table
 
   rows = []
-  for method in ("fedprox", "fednova"):
+  for method in ("fedprox", "fednova", "scaffold"):
     row = {"method": method}
     for setting in SETTINGS:
       ours, fedavg = (
