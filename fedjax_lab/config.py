@@ -585,6 +585,7 @@ class ExperimentConfig:
     self._check_guarantees()
     self._check_sampling()
     self._check_systems()
+    self._check_asynchronous()
     if ALGORITHMS.get(self.algorithm.name).every_client_each_round:
       require(
         self.cohort_size == self.data.num_clients,
@@ -689,6 +690,41 @@ class ExperimentConfig:
       "0 when systems lose clients (the noise is calibrated to the sampled cohort)",
       self.privacy.noise_multiplier,
     )
+
+  def _check_asynchronous(self) -> None:
+    """Asynchronous methods (``AlgorithmEntry.asynchronous``) need timed devices (results
+    arrive in the order of their simulated finish times), take no over-selection (there is no
+    round to fill) and no DP noise (the accountant counts one sampled cohort a round; the
+    results of a step are not one). The method's options check the cohort size."""
+    check_cohort = getattr(self.algorithm.options, "check_cohort", None)
+    if check_cohort is not None:
+      check_cohort(self.cohort_size)
+    name = self.algorithm.name
+    if not ALGORITHMS.get(name).asynchronous:
+      return
+    require(
+      self.systems.timed,
+      "systems.compute_median",
+      f"> 0 for algorithm.name={name} (results arrive in the order of the devices' finish times)",
+      self.systems.compute_median,
+    )
+    require(
+      self.systems.over_selection == 0,
+      "systems.over_selection",
+      f"0 for algorithm.name={name} (a server step takes the first cohort_size results)",
+      self.systems.over_selection,
+    )
+    for field, value in (
+      ("privacy.noise_multiplier", self.privacy.noise_multiplier),
+      ("privacy.local_noise_multiplier", self.privacy.local_noise_multiplier),
+    ):
+      require(
+        value == 0,
+        field,
+        f"0 for algorithm.name={name} (the accountant assumes a sampled cohort a round; "
+        "asynchronous arrivals are not one)",
+        value,
+      )
 
   def _check_aggregation(self) -> None:
     """The robust rules and DP against the cohort size and the weighting."""

@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
 from fedjax_lab import checkpoint, run_folder
-from fedjax_lab.algorithms import Algorithm, compiled_round, payload_bytes
+from fedjax_lab.algorithms import ALGORITHMS, Algorithm, compiled_round, payload_bytes
 from fedjax_lab.build import build_experiment
 from fedjax_lab.config import ExperimentConfig
 from fedjax_lab.data import Cohort, FederatedData
@@ -397,6 +397,7 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
   adapt = local_adaptation(experiment)
   download, upload = client_bytes(config, experiment)
   poisson = config.cohort_sampling == "poisson"
+  asynchronous = ALGORITHMS.get(config.algorithm.name).asynchronous
   pad_to = math.lcm(POISSON_PADDING, config.execution.devices)
   mesh = client_mesh(config.execution.devices) if config.execution.devices > 1 else None
   sharding = client_sharding(mesh) if mesh is not None else None
@@ -424,7 +425,7 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
         config.systems.sampled(experiment.cohort_size),
         config.cohort_sampling,
       )
-      reporting, system = reporting_clients(
+      reporting, system, arrival = reporting_clients(
         config, experiment, round_index, ids, download, upload, clock
       )
       if poisson:
@@ -433,12 +434,15 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
         lost = np.setdiff1d(ids, reporting, assume_unique=True)
         ordered = np.concatenate([reporting, lost]).astype(np.int32)
         cohort = train_data.cohort(ordered, sharding=sharding, reporting=len(reporting))
+        if asynchronous:  # when each dispatched client's result arrives, in the cohort's order
+          seconds = arrival[np.searchsorted(ids, ordered)].astype(np.float32)
+          cohort = dataclasses.replace(cohort, seconds=seconds)
       step_ratio = computed_step_ratio(experiment.setup, cohort.num_examples)
       round_key = jax.random.fold_in(rounds_key, round_index)
       if mesh is not None:
         cohort, round_key = shard_clients(cohort, mesh), replicate(round_key, mesh)
       round_metrics = {}
-      if len(reporting) or poisson:  # else nobody reported: the server keeps its state
+      if len(reporting) or poisson or asynchronous:  # else nobody reported: nothing changes
         state, round_metrics = round_fn(state, cohort, round_key)
         round_metrics = {k: float(v) for k, v in addressable(round_metrics).items()}
       if len(reporting) == 0:  # nobody trained: no loss to report (the weighted mean is 0)
@@ -446,7 +450,9 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
       train_loss = round_metrics.get("train_loss", 0.0)
       _check_finite(config, manager, round_index, train_loss, state)
       round_metrics.update(_privacy_spent(config, experiment, round_index + 1))
-      if config.systems.timed:
+      if asynchronous:  # the method keeps the clock: results arrive across rounds
+        clock = round_metrics["simulated_seconds"]
+      elif config.systems.timed:
         clock += system["round_simulated_seconds"]
         system["simulated_seconds"] = clock
       row = {
@@ -499,15 +505,18 @@ def _show(bar, row: dict, rounds: int, train_loss: float, lines: bool) -> None:
 def reporting_clients(
   config, experiment, round_index: int, ids, download: int, upload: int, clock: float = 0.0
 ):
-  """``(reporting, metrics)``: the sampled ``ids`` whose results reach the server this round
-  (all of them on the default, ideal system) and the round's system metrics: the clients lost
+  """``(reporting, metrics, arrival)``: the sampled ``ids`` whose results reach the server
+  (all of them on the default, ideal system), the round's system metrics and, with timed
+  devices, ``arrival [len(ids)]``, the seconds until the server learns each one's fate
+  (``RoundOutcome.arrival_seconds``; else None). Metrics: the clients lost
   (``clients_unavailable``, ``_dropped``, ``_late``; ``_surplus`` with over-selection),
-  ``clients_reached`` (those that received the model) and ``round_simulated_seconds`` with
-  timed devices (``ops.systems``; each client moves ``download`` and ``upload`` bytes and
-  processes its local steps' examples; the round starts ``clock`` simulated seconds in)."""
+  ``clients_reached`` (those that received the model) and, for a synchronous method,
+  ``round_simulated_seconds`` (``ops.systems``; each client moves ``download`` and
+  ``upload`` bytes and processes its local steps' examples; the round starts ``clock``
+  simulated seconds in)."""
   systems = config.systems
   if not (systems.timed or systems.loses_clients):
-    return ids, {}
+    return ids, {}, None
   schedule = experiment.setup.schedule
   counts = experiment.train_data.train.num_examples[ids]
   examples = np.asarray(schedule.client_steps(counts)) * schedule.batch_size
@@ -531,9 +540,12 @@ def reporting_clients(
   }
   if keep is not None:
     metrics["clients_surplus"] = int(outcome.surplus.sum())
+  arrival = None
   if systems.timed:
-    metrics["round_simulated_seconds"] = outcome.round_seconds
-  return ids[outcome.counted], metrics
+    arrival = outcome.arrival_seconds(systems.deadline_s)
+    if not ALGORITHMS.get(config.algorithm.name).asynchronous:
+      metrics["round_simulated_seconds"] = outcome.round_seconds
+  return ids[outcome.counted], metrics, arrival
 
 
 def _check_finite(config, manager, round_index: int, train_loss: float, state) -> None:

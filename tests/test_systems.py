@@ -108,7 +108,7 @@ def test_lost_clients_contribute_nothing_and_the_clock_runs_on(tmp_path):
   lost = 0
   for row in rows:
     ids = cohort_ids(config.seed, row["round"] - 1, 10, 5)
-    reporting, _ = reporting_clients(config, experiment, row["round"] - 1, ids, download, upload)
+    reporting, _, _ = reporting_clients(config, experiment, row["round"] - 1, ids, download, upload)
     assert row["clients_dropped"] + row["clients_late"] + len(reporting) == 5
     assert row["bytes_up"] == len(reporting) * upload and row["bytes_down"] == 5 * download
     lost += 5 - len(reporting)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fedjax_lab.algorithms import (
   adaptive_pruning,
+  asynchronous,
   cfl,
   clustered,
   feddf,
@@ -40,6 +41,8 @@ ALGORITHMS.register("fedopt", fedopt.FEDOPT)
 ALGORITHMS.register("centralized", fedopt.CENTRALIZED)
 ALGORITHMS.register("fednova", fednova.ENTRY)
 ALGORITHMS.register("scaffold", scaffold.ENTRY)
+ALGORITHMS.register("fedbuff", asynchronous.FEDBUFF)
+ALGORITHMS.register("fedasync", asynchronous.FEDASYNC)
 ALGORITHMS.register("local", local_only.ENTRY)
 ALGORITHMS.register("fedmr", fedmr.ENTRY)
 ALGORITHMS.register("fedsnd", fedsnd.ENTRY)

@@ -308,6 +308,9 @@ class AlgorithmEntry:
   central and local DP, update clipping, robust rules, secure aggregation and model-poisoning
   attacks act on all a client sends, so config validation refuses them for a method without it
   (the safe default: a new method is refused until it declares this).
+  ``asynchronous``: the round reads ``cohort.seconds`` (when each dispatched client's result
+  will reach the server) and reports the simulated clock itself as the metric
+  ``simulated_seconds`` (``algorithms/asynchronous.py``); it needs timed devices.
   """
 
   build: Callable[[ClientSetup, Any, Any], Algorithm]
@@ -317,3 +320,4 @@ class AlgorithmEntry:
   any_cohort_size: bool = False
   keeps_lost_clients: bool = False
   aggregated_uploads: bool = False
+  asynchronous: bool = False

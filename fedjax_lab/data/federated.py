@@ -30,10 +30,13 @@ class Cohort:
   x: jax.Array  # [cohort, max_examples, ...]
   y: jax.Array  # [cohort, max_examples, ...] int32
   num_examples: np.ndarray  # [cohort] int32
+  # [cohort] float32: each client's simulated seconds from dispatch until its result reaches
+  # the server, for asynchronous methods (``AlgorithmEntry.asynchronous``); None otherwise
+  seconds: np.ndarray | None = None
 
 
 jax.tree_util.register_dataclass(
-  Cohort, data_fields=["client_ids", "x", "y", "num_examples"], meta_fields=[]
+  Cohort, data_fields=["client_ids", "x", "y", "num_examples", "seconds"], meta_fields=[]
 )
 
 

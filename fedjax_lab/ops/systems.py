@@ -128,6 +128,14 @@ class RoundOutcome:
   def counted(self) -> np.ndarray:
     return self.available & ~self.dropped & ~self.late & ~self.surplus
 
+  def arrival_seconds(self, deadline: float) -> np.ndarray:
+    """``[cohort]``: when the server learns each client's fate, in seconds after it was sent
+    the model (asynchronous aggregation): at once for an unavailable client, at the
+    ``deadline`` (a per-client timeout, 0: none) for a late one, after its ``t_k`` for the
+    others (a dropped client's missing result is noticed then)."""
+    seconds = np.where(self.late & (deadline > 0), deadline, self.seconds)
+    return np.where(self.available, seconds, 0.0)
+
 
 def device_speeds(seed: int, client_ids, model: DeviceModel) -> np.ndarray:
   """``[clients, 3]``: each client's compute (examples/s), uplink and downlink (bytes/s); a
