@@ -8,11 +8,7 @@ time its result arrives (``ops/asynchronous.py``). One compiled step (one runner
 
 1. The ``K`` earliest results arrive (``K`` = ``cohort_size``); the clock moves to the last
    of them; each has staleness ``tau_i`` (server versions since it started).
-2. The ``K`` clients of the round's cohort are dispatched into the freed slots: each starts
-   when its predecessor's result arrived, from the current model ``x`` (version ``v``), and
-   its result will arrive ``cohort.seconds`` later (its download, compute and upload on its
-   device, ``ops/systems.py``). They train now, vmapped, and their results wait in the slots.
-3. The server steps (version ``v + 1``) if any arrival brought a result:
+2. The server steps (version ``v + 1``) if any arrival brought a result:
 
    - FedBuff: ``x <- x - server_opt(x - x')``, ``x' = x + (sum_i w_i s_i / sum_i w_i)
      (A(x + d_i; w_i s_i) - x)``, ``d_i = y_i - x_{tau_i}`` the client's update,
@@ -22,7 +18,15 @@ time its result arrives (``ops/asynchronous.py``). One compiled step (one runner
    - FedAsync: each arrival in order mixes its model in, ``x <- (1 - b_i) x + b_i y_i`` with
      ``b_i = alpha s_i``; the ``K`` mixes are one ``x' = x + c (A(y_i; g_i) - x)``
      (``ops.asynchronous.sequential_mixing``). ``K = 1`` is the paper's algorithm; with
-     ``K > 1`` the ``K`` replacements start from the model before the step's mixes.
+     ``K > 1`` the replacements of all but the last arrival start from the model before
+     the step's mixes.
+
+3. The ``K`` clients of the round's cohort are dispatched into the freed slots, one per
+   arrival: each starts when that result arrived, from the model the server then holds (``x``
+   for the first ``K - 1``, the stepped model for the last, as an event-driven server
+   would), and its result will arrive ``cohort.seconds`` later (its download, compute and
+   upload on its device, ``ops/systems.py``). They train now, vmapped, and their results wait
+   in the slots.
 
 ``A`` is the setup's aggregator (the weighted mean by default): every result reaches the server
 through it. The first ``C / K`` steps only fill the slots (no result has arrived yet; metric
@@ -94,7 +98,7 @@ def asynchronous(
   Returns:
     An ``Algorithm`` whose round needs ``cohort.seconds``; metrics as the module docstring.
   """
-  train = setup.cohort_trainer(None, params_axis=None, context_axis=None)
+  train = setup.cohort_trainer(None, params_axis=0, context_axis=None)
   sends_update = mixing is None
 
   def init(key):
@@ -138,29 +142,38 @@ def asynchronous(
     counted = state.weight[slots] > 0
     staleness = (state.server_version - state.version[slots]).astype(jnp.float32)
 
-    # Dispatch: the cohort trains from the current model, its results wait in the slots.
+    # The server step on the arrivals (when the last of them arrives).
     x = state.params
-    trained, result = train(x, cohort, key)
-    results = trained
-    if sends_update:
-      results = jax.tree.map(lambda y, p: y - p[None], trained, x)
-    weights = client_weights(cohort, setup.weighting)
-    starts = jnp.maximum(arrived, 0.0)
-    seconds = jnp.zeros(arrivals) if cohort.seconds is None else cohort.seconds
-
-    # The server step on the arrivals.
     target, aggregator_state, stepped = server_target(state, slots, key)
     pseudo_gradient = jax.tree.map(jnp.subtract, x, target)
     updates, opt_state = server_opt.update(pseudo_gradient, state.server_opt_state, x)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(stepped, n, o), new, old)
+    stepped_params = keep(optax.apply_updates(x, updates), x)
+    server_version = state.server_version + stepped.astype(jnp.int32)
+
+    # Dispatch: arrival i's replacement starts from the model the server holds right after
+    # it (the stepped one for the last); the results wait in the freed slots.
+    last = jnp.arange(arrivals) == arrivals - 1
+    starts = jax.tree.map(
+      lambda new, old: jnp.where(last.reshape((-1,) + (1,) * new.ndim), new[None], old[None]),
+      stepped_params,
+      x,
+    )
+    trained, result = train(starts, cohort, key)
+    results = trained
+    if sends_update:
+      results = jax.tree.map(jnp.subtract, trained, starts)
+    weights = client_weights(cohort, setup.weighting)
+    seconds = jnp.zeros(arrivals) if cohort.seconds is None else cohort.seconds
+
     new_state = AsyncState(
-      params=keep(optax.apply_updates(x, updates), x),
+      params=stepped_params,
       server_opt_state=keep(opt_state, state.server_opt_state),
       results=tree_scatter(state.results, slots, results),
       weight=state.weight.at[slots].set(weights),
-      finish=state.finish.at[slots].set(starts + seconds.astype(jnp.float32)),
-      version=state.version.at[slots].set(state.server_version),
-      server_version=state.server_version + stepped.astype(jnp.int32),
+      finish=state.finish.at[slots].set(jnp.maximum(arrived, 0.0) + seconds.astype(jnp.float32)),
+      version=state.version.at[slots].set(jnp.where(last, server_version, state.server_version)),
+      server_version=server_version,
       clock=jnp.maximum(state.clock, arrived.max()),
       aggregator_state=keep(aggregator_state, state.aggregator_state),
     )
@@ -168,7 +181,7 @@ def asynchronous(
     metrics = {
       "train_loss": weighted_mean(result.mean_loss, weights),
       "simulated_seconds": new_state.clock,
-      "server_steps": new_state.server_version,
+      "server_steps": server_version,
       "arrivals": counted.sum(),
       "staleness_mean": jnp.where(counted, staleness, 0.0).sum() / count,
       "staleness_max": jnp.where(counted, staleness, 0.0).max(),
