@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import re
 
 import chex
 import jax
@@ -136,3 +137,74 @@ def test_compiled_steps_match_an_event_driven_server(
   assert float(state.clock) == pytest.approx(clock, rel=1e-6)
   assert int(state.server_version) == 7 - concurrency // arrivals  # the first fill the slots
   assert max(stalenesses) >= 1  # results really were stale
+
+
+@pytest.mark.parametrize(
+  ("overrides", "message"),
+  [
+    ([], "systems.compute_median must be > 0 for algorithm.name=fedbuff"),
+    (["algorithm.fedbuff.concurrency=12", "systems.compute_median=20"],
+     "algorithm.fedbuff.concurrency must be a multiple of cohort_size=5"),
+    (["systems.compute_median=20", "systems.over_selection=0.5"],
+     "systems.over_selection must be 0 for algorithm.name=fedbuff"),
+    (["systems.compute_median=20", "privacy.noise_multiplier=1", "aggregation.clip_norm=1",
+      "algorithm.weighting=uniform"], "privacy.noise_multiplier must be 0 for algorithm.name"),
+    (["algorithm.name=fedasync", "algorithm.fedasync.alpha=0", "systems.compute_median=20"],
+     "algorithm.fedasync.alpha must be in (0, 1]"),
+  ],
+)  # fmt: skip
+def test_settings_asynchronous_methods_cannot_honour_are_refused_in_one_line(overrides, message):
+  from fedjax_lab.config import load_config
+
+  with pytest.raises(ValueError, match=re.escape(message)):
+    load_config(
+      None, ["data.num_clients=10", "cohort_size=5", "algorithm.name=fedbuff", *overrides]
+    )
+
+
+TIMED = [
+  "data.source=digits",
+  "data.num_clients=20",
+  "data.dirichlet.min_examples=10",
+  "cohort_size=5",
+  "eval_every=4",
+  "checkpoint_every=4",
+  "local.batch_size=16",
+  "systems.compute_median=20",
+  "systems.compute_sigma=1.5",
+  "systems.uplink_mbps=1",
+  "systems.downlink_mbps=10",
+]
+
+
+@pytest.mark.slow
+def test_fedbuff_runs_ahead_of_the_stragglers_and_resumes_exactly(tmp_path):
+  """On the same heavy-tailed devices FedBuff (K = 5 of 15 in flight) takes its server steps
+  several times faster in simulated time than synchronous FedAvg takes its rounds; dropped
+  clients bring nothing (fewer arrivals); 8 rounds equal 4 + 4 resumed."""
+  from fedjax_lab.config import load_config
+  from fedjax_lab.runner import run
+
+  fedbuff = [*TIMED, "algorithm.name=fedbuff", "algorithm.fedbuff.concurrency=15",
+             "systems.dropout=0.3"]  # fmt: skip
+  rows = run(load_config(None, [*fedbuff, "rounds=8", f"out_dir={tmp_path / 'a'}"]),
+             progress=False).metrics  # fmt: skip
+  assert [r["server_steps"] for r in rows] == [0, 0, 0, 1, 2, 3, 4, 5]  # 3 rounds fill 15 slots
+  clock = [r["simulated_seconds"] for r in rows]
+  assert clock == sorted(clock) and clock[-1] > 0
+  assert all(r["arrivals"] <= 5 for r in rows) and sum(r["arrivals"] for r in rows[3:]) < 25
+  assert sum(r["clients_dropped"] for r in rows) > 0
+  assert max(r["staleness_max"] for r in rows) >= 1
+  fedavg = run(load_config(None, [*TIMED, "rounds=5", f"out_dir={tmp_path / 'f'}"]),
+               progress=False).metrics  # fmt: skip
+  per_step = (clock[-1] - clock[2]) / 5
+  per_round = fedavg[-1]["simulated_seconds"] / 5
+  assert per_step < per_round / 2
+
+  run(load_config(None, [*fedbuff, "rounds=4", f"out_dir={tmp_path / 'b'}"]), progress=False)
+  resumed = run(load_config(None, [*fedbuff, "rounds=8", f"out_dir={tmp_path / 'b'}"]),
+                resume=True, progress=False).metrics  # fmt: skip
+  for row, again in zip(rows, resumed):
+    for key in ("simulated_seconds", "server_steps", "staleness_mean", "train_loss"):
+      assert again[key] == pytest.approx(row[key], rel=1e-6), key
+  assert resumed[-1]["global_accuracy"] == pytest.approx(rows[-1]["global_accuracy"])
