@@ -29,6 +29,7 @@ from fedjax_lab.ops.systems import DeviceModel, read_trace
 
 CLIENT_OPTIMIZERS = ("sgd", "adam", "adamw")
 SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
+STRAGGLERS = ("drop", "partial")  # systems.stragglers
 WEIGHTINGS = ("num_examples", "uniform")
 
 
@@ -388,8 +389,10 @@ class SystemsConfig:
   ``ceil((1 + o) cohort_size)`` clients and counts the ``cohort_size`` first to finish.
   ``availability_trace``: a CSV of daily online windows per client (``ops/systems.py``), read
   at the simulated time of day each round starts (a deadline keeps the clock going).
-  Unavailable, dropped, late and surplus clients contribute nothing. All off by default (an
-  ideal system)."""
+  ``stragglers``: a client past the deadline is dropped (``drop``) or sends the local steps
+  it finished in time (``partial``: methods with ``AlgorithmEntry.partial_work``; FedNova's
+  normalized averaging accounts for the unequal steps). Unavailable, dropped, late and
+  surplus clients contribute nothing. All off by default (an ideal system)."""
 
   compute_median: float = 0.0
   compute_sigma: float = 1.0
@@ -401,6 +404,7 @@ class SystemsConfig:
   deadline_s: float = 0.0
   over_selection: float = 0.0  # sample (1 + this) x cohort_size, count the cohort_size first
   availability_trace: str = ""  # a CSV of daily online windows (ops/systems.py)
+  stragglers: str = "drop"  # past the deadline: drop, or send the steps done (partial)
 
   def __post_init__(self):
     typed_fields(self, "systems.")
@@ -425,6 +429,13 @@ class SystemsConfig:
         self.availability_trace,
       )
       read_trace(self.availability_trace)  # its format, checked before anything runs
+    one_of("systems.stragglers", self.stragglers, STRAGGLERS)
+    require(
+      self.stragglers == "drop" or self.deadline_s > 0,
+      "systems.stragglers",
+      "drop unless systems.deadline_s > 0 (partial work is what a straggler did by it)",
+      self.stragglers,
+    )
     for name in ("compute_median", "uplink_mbps", "downlink_mbps", "deadline_s"):
       value = getattr(self, name)
       require(value >= 0, f"systems.{name}", ">= 0 (0: off)", value)
@@ -678,6 +689,15 @@ class ExperimentConfig:
       + ")",
       name,
     )
+    if self.systems.stragglers == "partial":
+      partial = lambda n: ALGORITHMS.get(n).partial_work
+      require(
+        partial(name),
+        "systems.stragglers",
+        f"drop for algorithm.name={name} (partial work needs a method whose local training "
+        f"takes a step limit: {', '.join(n for n in ALGORITHMS.names() if partial(n))})",
+        self.systems.stragglers,
+      )
     require(
       self.aggregation.rule == "mean",
       "aggregation.rule",

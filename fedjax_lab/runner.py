@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -425,9 +426,8 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
         config.systems.sampled(experiment.cohort_size),
         config.cohort_sampling,
       )
-      reporting, system, arrival = reporting_clients(
-        config, experiment, round_index, ids, download, upload, clock
-      )
+      fate = reporting_clients(config, experiment, round_index, ids, download, upload, clock)
+      reporting, system = fate.ids, fate.metrics
       if poisson:
         cohort = padded_cohort(train_data, reporting, pad_to, sharding)
       else:  # clients lost to the system stay as empty ones: one shape, no recompilation
@@ -435,8 +435,11 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
         ordered = np.concatenate([reporting, lost]).astype(np.int32)
         cohort = train_data.cohort(ordered, sharding=sharding, reporting=len(reporting))
         if asynchronous:  # when each dispatched client's result arrives, in the cohort's order
-          seconds = arrival[np.searchsorted(ids, ordered)].astype(np.float32)
+          seconds = fate.arrival[np.searchsorted(ids, ordered)].astype(np.float32)
           cohort = dataclasses.replace(cohort, seconds=seconds)
+        if fate.steps is not None:  # partial work: the lost clients have no steps to take
+          steps = np.concatenate([fate.steps, np.zeros(len(lost), np.int32)])
+          cohort = dataclasses.replace(cohort, steps=steps)
       step_ratio = computed_step_ratio(experiment.setup, cohort.num_examples)
       round_key = jax.random.fold_in(rounds_key, round_index)
       if mesh is not None:
@@ -502,35 +505,48 @@ def _show(bar, row: dict, rounds: int, train_loss: float, lines: bool) -> None:
     )
 
 
+class Reporting(NamedTuple):
+  """What ``reporting_clients`` says of a round's sampled clients: the ``ids`` whose results
+  reach the server, the round's system ``metrics``, ``arrival`` (with timed devices, the
+  seconds until the server learns each sampled client's fate, in the order of the sampled
+  ids; else None) and ``steps`` (with partial work, the local steps each reporting client
+  takes, in the order of ``ids``; else None)."""
+
+  ids: np.ndarray
+  metrics: dict
+  arrival: np.ndarray | None = None
+  steps: np.ndarray | None = None
+
+
 def reporting_clients(
   config, experiment, round_index: int, ids, download: int, upload: int, clock: float = 0.0
-):
-  """``(reporting, metrics, arrival)``: the sampled ``ids`` whose results reach the server
-  (all of them on the default, ideal system), the round's system metrics and, with timed
-  devices, ``arrival [len(ids)]``, the seconds until the server learns each one's fate
-  (``RoundOutcome.arrival_seconds``; else None). Metrics: the clients lost
-  (``clients_unavailable``, ``_dropped``, ``_late``; ``_surplus`` with over-selection),
+) -> Reporting:
+  """The sampled ``ids``' fate this round on the configured system (all report on the
+  default, ideal one). Metrics: the clients lost (``clients_unavailable``, ``_dropped``,
+  ``_late``; ``_surplus`` with over-selection, ``_partial`` with partial work),
   ``clients_reached`` (those that received the model) and, for a synchronous method,
   ``round_simulated_seconds`` (``ops.systems``; each client moves ``download`` and
   ``upload`` bytes and processes its local steps' examples; the round starts ``clock``
   simulated seconds in)."""
   systems = config.systems
   if not (systems.timed or systems.loses_clients):
-    return ids, {}, None
+    return Reporting(ids, {})
   schedule = experiment.setup.schedule
   counts = experiment.train_data.train.num_examples[ids]
-  examples = np.asarray(schedule.client_steps(counts)) * schedule.batch_size
+  steps = np.asarray(schedule.client_steps(counts))
   keep = experiment.cohort_size if systems.over_selection > 0 else None
+  partial = systems.stragglers == "partial"
   outcome = round_outcome(
     config.seed,
     round_index,
     ids,
-    examples,
+    steps * schedule.batch_size,
     download,
     upload,
     systems.device_model(),
     keep,
     hour=clock / 3600,
+    step_examples=schedule.batch_size if partial else 0,
   )
   metrics = {
     "clients_reached": int(outcome.available.sum()),
@@ -540,12 +556,16 @@ def reporting_clients(
   }
   if keep is not None:
     metrics["clients_surplus"] = int(outcome.surplus.sum())
-  arrival = None
+  reporting = Reporting(ids[outcome.counted], metrics)
+  if partial:
+    metrics["clients_partial"] = int(outcome.partial.sum())
+    done = np.where(outcome.partial, outcome.steps_done, steps)
+    reporting = reporting._replace(steps=done[outcome.counted].astype(np.int32))
   if systems.timed:
-    arrival = outcome.arrival_seconds(systems.deadline_s)
+    reporting = reporting._replace(arrival=outcome.arrival_seconds(systems.deadline_s))
     if not ALGORITHMS.get(config.algorithm.name).asynchronous:
       metrics["round_simulated_seconds"] = outcome.round_seconds
-  return ids[outcome.counted], metrics, arrival
+  return reporting
 
 
 def _check_finite(config, manager, round_index: int, train_loss: float, state) -> None:

@@ -98,3 +98,24 @@ def test_steps_mode_draws_only_the_epochs_the_smallest_client_can_start():
     train = make_local_trainer(cross_entropy_objective(model.apply), optax.sgd(0.1), schedule)
     trained.append(jax.jit(train)(params, x, y, jnp.asarray(45), jax.random.key(3))[0])
   chex.assert_trees_all_equal(*trained)
+
+
+def test_a_step_limit_keeps_the_first_steps(mlp_trainer):
+  """Partial work: two epochs cut after the first epoch's batches equal one epoch (each
+  epoch's order is drawn from its own key), and the result counts the steps taken."""
+  model, params, _ = mlp_trainer
+  objective, sgd = cross_entropy_objective(model.apply), optax.sgd(0.1)
+  two_epochs = jax.jit(make_local_trainer(objective, sgd, LocalSchedule(2, 8, epochs=2)))
+  one_epoch = jax.jit(make_local_trainer(objective, sgd, LocalSchedule(2, 8, epochs=1)))
+  rng = np.random.default_rng(1)
+  x, y = rng.normal(size=(8, 4)).astype(np.float32), rng.integers(0, 3, 8)
+  key = jax.random.key(4)
+  cut, result = two_epochs(params, x, y, 7, key, None, 4)
+  whole, _ = one_epoch(params, x, y, 7, key)
+  chex.assert_trees_all_close(cut, whole, atol=1e-6)
+  assert int(result.num_steps) == 4
+  _, full = two_epochs(params, x, y, 7, key, None, 100)
+  assert int(full.num_steps) == 8
+  assert not np.allclose(
+    jax.tree.leaves(cut)[0], jax.tree.leaves(two_epochs(params, x, y, 7, key)[0])[0]
+  )

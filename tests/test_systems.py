@@ -37,6 +37,27 @@ def test_a_clients_time_is_download_compute_upload():
   assert instant.round_seconds == 0 and instant.counted.all()
 
 
+def test_partial_work_is_the_steps_a_straggler_finishes_by_the_deadline():
+  """A client past the deadline sends floor((T - transfers) s_k / B) steps and finishes at T;
+  one that cannot finish a step stays late; on-time clients do all their work."""
+  ids, examples = np.arange(400), np.full(400, 320)  # 10 steps of 32
+  model = DeviceModel(compute_median=50.0, uplink_median=1e5, downlink_median=1e6, deadline=4.0)
+  dropped = round_outcome(0, 0, ids, examples, 1e5, 1e5, model)
+  outcome = round_outcome(0, 0, ids, examples, 1e5, 1e5, model, step_examples=32)
+  speed, up, down = device_speeds(0, ids, model).T
+  budget = 4.0 - 1e5 / down - 1e5 / up
+  steps = np.floor(np.maximum(budget, 0) * speed / 32)
+  was_late = dropped.late
+  assert outcome.partial.sum() > 20 and outcome.late.sum() > 5  # both kinds occur
+  np.testing.assert_array_equal(outcome.partial, was_late & (steps >= 1))
+  np.testing.assert_array_equal(outcome.late, was_late & (steps < 1))
+  np.testing.assert_array_equal(outcome.steps_done[outcome.partial], steps[outcome.partial])
+  assert (outcome.steps_done[outcome.partial] < 10).all()
+  np.testing.assert_array_equal(outcome.steps_done[~was_late], -1)
+  np.testing.assert_allclose(outcome.seconds[outcome.partial], 4.0)
+  assert outcome.round_seconds == 4.0
+
+
 def test_availability_dropout_and_deadline_follow_their_definitions():
   ids, examples = np.arange(4000), np.full(4000, 100)
   model = DeviceModel(compute_median=50.0, availability=0.7, dropout=0.2, deadline=3.0)
@@ -66,6 +87,10 @@ def test_availability_dropout_and_deadline_follow_their_definitions():
     ),
     (["systems.deadline_s=5"], "systems.deadline_s must be 0 unless systems.compute_median > 0"),
     (["systems.dropout=1"], "systems.dropout must be in [0, 1)"),
+    (["systems.stragglers=partial"], "systems.stragglers must be drop unless systems.deadline_s"),
+    (["systems.stragglers=late"], "systems.stragglers must be one of"),
+    (["algorithm.name=scaffold", "systems.compute_median=9", "systems.deadline_s=5",
+      "systems.stragglers=partial"], "systems.stragglers must be drop for algorithm.name=scaffold"),
     (["systems.availability=0"], "systems.availability must be in (0, 1]"),
   ],
 )  # fmt: skip
@@ -108,7 +133,7 @@ def test_lost_clients_contribute_nothing_and_the_clock_runs_on(tmp_path):
   lost = 0
   for row in rows:
     ids = cohort_ids(config.seed, row["round"] - 1, 10, 5)
-    reporting, _, _ = reporting_clients(config, experiment, row["round"] - 1, ids, download, upload)
+    reporting = reporting_clients(config, experiment, row["round"] - 1, ids, download, upload).ids
     assert row["clients_dropped"] + row["clients_late"] + len(reporting) == 5
     assert row["bytes_up"] == len(reporting) * upload and row["bytes_down"] == 5 * download
     lost += 5 - len(reporting)
@@ -234,10 +259,32 @@ def test_scaffold_keeps_the_controls_of_clients_it_lost(tmp_path):
   experiment = build_experiment(config)
   download, upload = payload_bytes(experiment.algorithm, experiment.setup)
   ids = cohort_ids(config.seed, 0, 10, 5)
-  reporting, _ = reporting_clients(config, experiment, 0, ids, download, upload)
+  reporting = reporting_clients(config, experiment, 0, ids, download, upload).ids
   lost = np.setdiff1d(ids, reporting)
   assert len(reporting) and len(lost) and result.metrics[0]["clients_dropped"] == len(lost)
   controls = jax.tree.leaves(result.state.client_controls)[0]
   moved = np.abs(np.asarray(controls)).reshape(10, -1).max(1) > 0  # controls start at 0
   assert moved[reporting].all() and not moved[lost].any()
   assert not moved[np.setdiff1d(np.arange(10), ids)].any()
+
+
+@pytest.mark.slow
+def test_stragglers_send_their_partial_work(tmp_path):
+  """Under the same tight deadline, partial work counts the stragglers that finished a step
+  (they upload, so more bytes go up; a round where everyone was late still hears from some),
+  and FedNova's effective steps fall below those of the on-time clients alone."""
+  from fedjax_lab.runner import run
+
+  settings = [*BASE, "rounds=3", "algorithm.name=fednova", "systems.compute_median=20",
+              "systems.deadline_s=3", "local.epochs=2"]  # fmt: skip
+  drop = run(load_config(None, [*settings, f"out_dir={tmp_path / 'd'}"]), progress=False).metrics
+  partial = run(load_config(None, [*settings, "systems.stragglers=partial",
+                                   f"out_dir={tmp_path / 'p'}"]), progress=False).metrics  # fmt: skip
+  assert sum(r["clients_partial"] for r in partial) > 0
+  for d, p in zip(drop, partial):
+    assert p["clients_late"] + p["clients_partial"] == d["clients_late"]
+    assert p["bytes_up"] > d["bytes_up"] or p["clients_partial"] == 0
+  assert all("effective_steps" in r for r in partial)  # every round heard from someone
+  both = [(d["effective_steps"], p["effective_steps"]) for d, p in zip(drop, partial)
+          if "effective_steps" in d]  # fmt: skip
+  assert both and all(p < d for d, p in both)  # the partial clients took fewer steps

@@ -3,7 +3,7 @@ against simulated time, and against the number of results aggregated.
 
 The federation, model, local training and devices are ``base.json``'s with timed devices
 (compute lognormal around 200 examples/s, spread 1: a heavy tail of slow phones; links 2 / 20
-Mbit/s), as in ``reproduce.py``. FedAvg: 10 clients a round, 60 rounds (the server waits for
+Mbit/s), as in ``reproduce.py``. FedAvg: 10 clients a round, 80 rounds (the server waits for
 the slowest of each cohort). FedBuff (Nguyen et al. 2022): 30 clients in flight, a server step
 after every 10 results, staleness discount ``1/sqrt(1 + tau)``, 500 rounds. FedAsync (Xie et
 al. 2019): 10 in flight, each result mixed in on arrival with ``alpha = 0.6`` discounted by
@@ -37,7 +37,7 @@ from fedjax_lab.stats import format_paired, format_spread
 HERE = pathlib.Path(__file__).parent
 TIMED = ["systems.compute_median=200"]
 METHODS = {
-  "fedavg": ["rounds=60", "eval_every=2"],
+  "fedavg": ["rounds=80", "eval_every=2"],
   "fedbuff": [
     "algorithm.fedbuff.concurrency=30",
     "algorithm.fedbuff.staleness_exponent=0.5",

@@ -167,15 +167,24 @@ class ClientSetup:
 
     return train
 
+  def step_limits(self, cohort: Cohort) -> jax.Array:
+    """``[cohort]``: the most local steps each member takes (``cohort.steps``, or the
+    schedule's ``max_steps`` for all)."""
+    if cohort.steps is not None:
+      return jnp.asarray(cohort.steps, jnp.int32)
+    return jnp.full(cohort.client_ids.shape, self.schedule.max_steps, jnp.int32)
+
   def cohort_reduce(self, contribution: Callable):
     """Reduce the cohort's contributions through ``aggregator``.
 
     Args:
-      contribution: ``contribution(params, x, y, num_examples, key, context) -> (model,
-        weight, extras)`` for one client: it starts from the shared ``params``, reads its own
-        data, training key and ``context``; ``model`` goes through the aggregator with
-        aggregation weight ``weight``; ``extras`` (diagnostics, already weighted as wanted)
-        are summed over the cohort.
+      contribution: ``contribution(params, x, y, num_examples, key, context, step_limit) ->
+        (model, weight, extras)`` for one client: it starts from the shared ``params``, reads
+        its own data, training key and ``context``, and takes at most ``step_limit`` local
+        steps (``cohort.steps``'s row: a straggler's partial work; the schedule's
+        ``max_steps`` when the cohort has none, which limits nothing); ``model`` goes through
+        the aggregator with aggregation weight ``weight``; ``extras`` (diagnostics, already
+        weighted as wanted) are summed over the cohort.
 
     Returns:
       ``reduce(params, cohort, key, aggregator_state, context=None) -> Reduction``: client
@@ -187,7 +196,8 @@ class ClientSetup:
       example counts.
     """
     aggregator = self.aggregator
-    per_client = (None, 0, 0, 0, 0, 0)  # params shared; x, y, num_examples, key, context
+    # params shared; x, y, num_examples, key, context, step_limit per client
+    per_client = (None, 0, 0, 0, 0, 0, 0)
     by_examples = 3  # the position of num_examples in contribution's arguments
     if aggregator.has_sum_form:
 
@@ -202,7 +212,10 @@ class ClientSetup:
         client = (cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort))
         key = jax.random.fold_in(key, AGGREGATION_STREAM)
         aggregation_keys = jax.random.split(key, cohort.client_ids.shape[0])
-        weighted, total, extras = sums(aggregator_state, aggregation_keys, params, *client, context)
+        limits = self.step_limits(cohort)
+        weighted, total, extras = sums(
+          aggregator_state, aggregation_keys, params, *client, context, limits
+        )
         value, state = aggregator.finalize(weighted, total, params, aggregator_state, key)
         return Reduction(value, total, extras, state)
 
@@ -212,7 +225,7 @@ class ClientSetup:
 
     def reduce_stack(params, cohort, key, aggregator_state, context=None):
       client = (cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort))
-      models, weights, extras = stacked(params, *client, context)
+      models, weights, extras = stacked(params, *client, context, self.step_limits(cohort))
       value, aggregator_state = aggregator.aggregate(
         models, weights, params, aggregator_state, jax.random.fold_in(key, AGGREGATION_STREAM)
       )
@@ -308,6 +321,8 @@ class AlgorithmEntry:
   central and local DP, update clipping, robust rules, secure aggregation and model-poisoning
   attacks act on all a client sends, so config validation refuses them for a method without it
   (the safe default: a new method is refused until it declares this).
+  ``partial_work``: local training honours ``cohort.steps`` (``ClientSetup.step_limits``), so
+  a straggler may send the steps it finished by the deadline (``systems.stragglers``).
   ``asynchronous``: the round reads ``cohort.seconds`` (when each dispatched client's result
   will reach the server) and reports the simulated clock itself as the metric
   ``simulated_seconds`` (``algorithms/asynchronous.py``); it needs timed devices.
@@ -320,4 +335,5 @@ class AlgorithmEntry:
   any_cohort_size: bool = False
   keeps_lost_clients: bool = False
   aggregated_uploads: bool = False
+  partial_work: bool = False
   asynchronous: bool = False

@@ -45,8 +45,8 @@ def fednova(setup: ClientSetup) -> Algorithm:
   """
   train = setup.local_trainer()
 
-  def contribution(params, x, y, num_examples, key, context):
-    trained, result = train(params, x, y, num_examples, key, None)
+  def contribution(params, x, y, num_examples, key, context, step_limit):
+    trained, result = train(params, x, y, num_examples, key, None, step_limit)
     steps = jnp.maximum(result.num_steps, 1).astype(jnp.float32)
     normalized = jax.tree.map(lambda t, p: p + (t - p) / steps, trained, params)
     weight = client_weight(num_examples, setup.weighting)
@@ -75,4 +75,5 @@ ENTRY = AlgorithmEntry(
   lambda setup, options, config: fednova(setup),
   any_cohort_size=True,
   aggregated_uploads=True,
+  partial_work=True,
 )

@@ -71,8 +71,8 @@ def fedopt(
   """
   train = setup.local_trainer(proximal_term(prox_mu) if prox_mu > 0 else None)
 
-  def contribution(params, x, y, num_examples, key, context):
-    trained, result = train(params, x, y, num_examples, key, params)
+  def contribution(params, x, y, num_examples, key, context, step_limit):
+    trained, result = train(params, x, y, num_examples, key, params, step_limit)
     weight = client_weight(num_examples, setup.weighting)
     present = (num_examples > 0).astype(jnp.float32)  # not an empty (padding) client
     unit = jax.tree.map(lambda leaf: present * leaf, unit_vector(trained))
@@ -146,18 +146,21 @@ FEDAVG = AlgorithmEntry(
   lambda setup, options, config: _build(setup, config),
   any_cohort_size=True,
   aggregated_uploads=True,
+  partial_work=True,
 )
 FEDPROX = AlgorithmEntry(
   lambda setup, options, config: _build(setup, config, options.mu),
   FedProxConfig,
   any_cohort_size=True,
   aggregated_uploads=True,
+  partial_work=True,
 )
 FEDOPT = AlgorithmEntry(
   lambda setup, options, config: _build(setup, config, options.prox_mu),
   FedOptConfig,
   any_cohort_size=True,
   aggregated_uploads=True,
+  partial_work=True,
 )
 # Centralized training: FedAvg on one client holding all the training data.
 CENTRALIZED = AlgorithmEntry(FEDAVG.build, pooled=True, aggregated_uploads=True)

@@ -33,10 +33,15 @@ class Cohort:
   # [cohort] float32: each client's simulated seconds from dispatch until its result reaches
   # the server, for asynchronous methods (``AlgorithmEntry.asynchronous``); None otherwise
   seconds: np.ndarray | None = None
+  # [cohort] int32: the most local steps each client takes this round (stragglers' partial
+  # work, ``systems.stragglers=partial``); None: all of them
+  steps: np.ndarray | None = None
 
 
 jax.tree_util.register_dataclass(
-  Cohort, data_fields=["client_ids", "x", "y", "num_examples", "seconds"], meta_fields=[]
+  Cohort,
+  data_fields=["client_ids", "x", "y", "num_examples", "seconds", "steps"],
+  meta_fields=[],
 )
 
 

@@ -120,7 +120,10 @@ def make_local_trainer(
   unroll: bool = False,
   stochastic: bool = False,
 ):
-  """``train(params, x, y, num_examples, key, context) -> (params, LocalResult)``.
+  """``train(params, x, y, num_examples, key, context, step_limit) -> (params, LocalResult)``.
+
+  ``step_limit`` (optional, an int): the most steps the client takes this round, its first
+  ones (partial work: a straggler stopped at the deadline); None: all of them.
 
   ``stochastic``: ``objective`` also takes a key of its own at every step (dropout), step
   ``s``'s being ``fold_in(fold_in(key, STEP_KEY_STREAM), s)``: the same client key gives the
@@ -136,8 +139,10 @@ def make_local_trainer(
   """
   grad_fn = jax.value_and_grad(objective)
 
-  def train(params, x, y, num_examples, key, context=None):
+  def train(params, x, y, num_examples, key, context=None, step_limit=None):
     total_steps = schedule.client_steps(num_examples)
+    if step_limit is not None:
+      total_steps = jnp.minimum(total_steps, step_limit)
     orders = epoch_orders(key, num_examples, schedule)
     step_keys = jax.random.fold_in(key, STEP_KEY_STREAM)
 

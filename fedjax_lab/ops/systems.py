@@ -119,10 +119,20 @@ class RoundOutcome:
 
   available: np.ndarray  # bool
   dropped: np.ndarray  # bool: available, then dropped mid-round
-  late: np.ndarray  # bool: available, not dropped, past the deadline
+  late: np.ndarray  # bool: available, not dropped, past the deadline, nothing to send
   surplus: np.ndarray  # bool: on time, but slower than the ``keep`` first (over-selection)
   seconds: np.ndarray  # float: each client's t_k (0 without a timed model)
   round_seconds: float
+  # int: the local steps each client completes, -1 for all of them (a partial straggler:
+  # fewer; see ``round_outcome``'s ``step_examples``)
+  steps_done: np.ndarray | None = None
+
+  @property
+  def partial(self) -> np.ndarray:
+    """bool: counted clients that send partial work (stopped at the deadline)."""
+    if self.steps_done is None:
+      return np.zeros_like(self.available)
+    return self.counted & (self.steps_done >= 0)
 
   @property
   def counted(self) -> np.ndarray:
@@ -160,11 +170,16 @@ def round_outcome(
   model: DeviceModel,
   keep: int | None = None,
   hour: float = 0.0,
+  step_examples: int = 0,
 ) -> RoundOutcome:
   """The round of ``client_ids``, which would process ``examples [cohort]`` examples and move
   ``bytes_down`` / ``bytes_up`` each, starting at ``hour`` of the simulated day; ``keep``:
   count only that many of the first to finish (over-selection; None: all) (module
-  docstring)."""
+  docstring). ``step_examples > 0`` (partial work, with a deadline): a client past the
+  deadline stops computing in time to upload by it, after ``floor((T - bytes_down / d_k -
+  bytes_up / u_k) s_k / step_examples)`` local steps of ``step_examples`` examples; with at
+  least one it sends them and is counted, finishing at ``T`` (``steps_done``), else it is
+  late."""
   client_ids = np.asarray(client_ids, np.int64)
   size = len(client_ids)
   draws = np.empty((size, 2))
@@ -178,6 +193,14 @@ def round_outcome(
   speed, up, down = device_speeds(seed, client_ids, model).T
   seconds = bytes_down / down + np.asarray(examples, np.float64) / speed + bytes_up / up
   late = available & ~dropped & (model.deadline > 0) & (seconds > model.deadline)
+  steps_done = None
+  if step_examples > 0 and model.deadline > 0:
+    compute_budget = model.deadline - bytes_down / down - bytes_up / up
+    with np.errstate(invalid="ignore"):
+      steps = np.floor(np.maximum(compute_budget, 0.0) * speed / step_examples)
+    steps_done = np.where(late & (steps >= 1), steps, -1).astype(np.int64)
+    late &= steps_done < 0
+    seconds = np.where(steps_done >= 0, model.deadline, seconds)
   finished = available & ~dropped & ~late
   surplus = np.zeros(size, bool)
   if keep is not None and finished.sum() > keep:
@@ -187,4 +210,4 @@ def round_outcome(
   round_seconds = float(seconds[counted].max(initial=0.0))
   if model.deadline > 0 and counted.sum() < (size if keep is None else keep):
     round_seconds = float(model.deadline)  # short of results: it waited until the deadline
-  return RoundOutcome(available, dropped, late, surplus, seconds, round_seconds)
+  return RoundOutcome(available, dropped, late, surplus, seconds, round_seconds, steps_done)
