@@ -278,8 +278,8 @@ def test_stragglers_send_their_partial_work(tmp_path):
   settings = [*BASE, "rounds=3", "algorithm.name=fednova", "systems.compute_median=20",
               "systems.deadline_s=3", "local.epochs=2"]  # fmt: skip
   drop = run(load_config(None, [*settings, f"out_dir={tmp_path / 'd'}"]), progress=False).metrics
-  partial = run(load_config(None, [*settings, "systems.stragglers=partial",
-                                   f"out_dir={tmp_path / 'p'}"]), progress=False).metrics  # fmt: skip
+  partial_settings = [*settings, "systems.stragglers=partial", f"out_dir={tmp_path / 'p'}"]
+  partial = run(load_config(None, partial_settings), progress=False).metrics
   assert sum(r["clients_partial"] for r in partial) > 0
   for d, p in zip(drop, partial):
     assert p["clients_late"] + p["clients_partial"] == d["clients_late"]
