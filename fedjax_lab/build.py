@@ -26,6 +26,7 @@ from fedjax_lab.ops.aggregators import (
   chain,
   clip_layer_norms,
   clip_update_norm,
+  error_feedback,
   fixed_denominator_mean,
   gaussian_noise,
   local_gaussian_noise,
@@ -150,7 +151,9 @@ def build_aggregator(config: ExperimentConfig) -> Aggregator:
   """The ``aggregation.rule`` (with Poisson cohorts: the mean over the expected cohort size,
   ``fixed_denominator_mean``), after per-client update clipping if ``clip_norm > 0`` (per
   layer with ``clip_per_layer``), local noise if ``privacy.local_noise_multiplier > 0`` and
-  the update compression ``compression.name`` (what the client sends), then central Gaussian
+  the update compression ``compression.name`` (what the client sends; with
+  ``compression.error_feedback``, ahead of everything: ``ops.aggregators.error_feedback``),
+  then central Gaussian
   noise if ``privacy.noise_multiplier > 0`` (std ``z C / K``, ``K`` the
   contributions aggregated: ``config.contributions``, 1 for a pooled method);
   or, with ``clip_quantile > 0``, the adaptively clipped (noisy) mean; fed a poisoned cohort
@@ -173,7 +176,8 @@ def build_aggregator(config: ExperimentConfig) -> Aggregator:
     reducer = AGGREGATORS.get(aggregation.rule).build(aggregation.options)
   clip, parts = aggregation.clip_norm, [reducer]
   compressor = COMPRESSORS.get(config.compression.name).build(config.compression.options)
-  if compressor is not None:  # what the client sends, after clipping and local noise
+  feedback = config.compression.error_feedback
+  if compressor is not None and not feedback:  # what the client sends, after clipping and noise
     parts.insert(0, compressor)
   if privacy.local_noise_multiplier > 0:
     parts.insert(0, local_gaussian_noise(privacy.local_noise_multiplier * clip))
@@ -182,7 +186,10 @@ def build_aggregator(config: ExperimentConfig) -> Aggregator:
   if privacy.noise_multiplier > 0:
     stddev = privacy.noise_multiplier * aggregation.clip_norm / config.contributions
     parts.append(gaussian_noise(stddev))
-  return _attacked(config, parts[0] if len(parts) == 1 else chain(*parts))
+  aggregator = _attacked(config, parts[0] if len(parts) == 1 else chain(*parts))
+  if feedback:  # each client compresses its contribution plus its residual, before the rest
+    return error_feedback(aggregator, compressor, config.data.num_clients)
+  return aggregator
 
 
 def _attacked(config: ExperimentConfig, aggregator: Aggregator) -> Aggregator:

@@ -226,6 +226,11 @@ class LocalConfig:
     require(self.weight_decay >= 0, "local.weight_decay", ">= 0", self.weight_decay)
 
 
+def _cohort_reduced() -> str:
+  """The registered methods reduced by ``ClientSetup.cohort_reduce`` alone, comma-separated."""
+  return ", ".join(n for n in ALGORITHMS.names() if ALGORITHMS.get(n).cohort_reduced)
+
+
 @dataclasses.dataclass(frozen=True)
 class ServerConfig:
   """The server optimizer applied to the negative mean client update (FedOpt)."""
@@ -308,16 +313,24 @@ class CompressionConfig(Selection):
   """Update compression (``ops/aggregators/compression.py``, registered in ``COMPRESSORS``):
   ``name`` (``none``, ``qsgd``, ``top_k``, ``random_k``) and its table
   (``compression.qsgd.bits``, ``compression.top_k.fraction``); the uploads' bytes are counted
-  as encoded."""
+  as encoded. ``error_feedback``: each client keeps what its compression left out and adds it
+  to its next upload (``ops.aggregators.error_feedback``; a residual per client in the state)."""
 
   SECTION, CHOICES = "compression", (("name", COMPRESSORS, "options"),)
 
   name: str = "none"
   options: Any = None
+  error_feedback: bool = False
 
   def __post_init__(self):
     typed_fields(self, "compression.")
     self._select_options()
+    require(
+      self.name != "none" or not self.error_feedback,
+      "compression.error_feedback",
+      "false with compression.name=none (there is nothing left out to feed back)",
+      self.error_feedback,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,7 +403,7 @@ class SystemsConfig:
   ``availability_trace``: a CSV of daily online windows per client (``ops/systems.py``), read
   at the simulated time of day each round starts (a deadline keeps the clock going).
   ``stragglers``: a client past the deadline is dropped (``drop``) or sends the local steps
-  it finished in time (``partial``: methods with ``AlgorithmEntry.partial_work``; FedNova's
+  it finished in time (``partial``: methods with ``AlgorithmEntry.cohort_reduced``; FedNova's
   normalized averaging accounts for the unequal steps). Unavailable, dropped, late and
   surplus clients contribute nothing. All off by default (an ideal system)."""
 
@@ -597,6 +610,7 @@ class ExperimentConfig:
     self._check_sampling()
     self._check_systems()
     self._check_asynchronous()
+    self._check_feedback()
     if ALGORITHMS.get(self.algorithm.name).every_client_each_round:
       require(
         self.cohort_size == self.data.num_clients,
@@ -690,12 +704,11 @@ class ExperimentConfig:
       name,
     )
     if self.systems.stragglers == "partial":
-      partial = lambda n: ALGORITHMS.get(n).partial_work
       require(
-        partial(name),
+        ALGORITHMS.get(name).cohort_reduced,
         "systems.stragglers",
         f"drop for algorithm.name={name} (partial work needs a method whose local training "
-        f"takes a step limit: {', '.join(n for n in ALGORITHMS.names() if partial(n))})",
+        f"takes a step limit: {_cohort_reduced()})",
         self.systems.stragglers,
       )
     require(
@@ -710,6 +723,38 @@ class ExperimentConfig:
       "0 when systems lose clients (the noise is calibrated to the sampled cohort)",
       self.privacy.noise_multiplier,
     )
+
+  def _check_feedback(self) -> None:
+    """Error feedback keeps a residual per client, applied by ``ClientSetup.cohort_reduce``
+    ahead of the rest of the aggregation: for methods reduced by it alone, fixed-size cohorts
+    (one row per distinct client), and no clipping or local noise (they would act on the
+    compressed message, not on the update)."""
+    if not self.compression.error_feedback:
+      return
+    name = self.algorithm.name
+    require(
+      ALGORITHMS.get(name).cohort_reduced,
+      "compression.error_feedback",
+      f"false for algorithm.name={name} (it needs a method whose uploads ClientSetup."
+      f"cohort_reduce reduces: {_cohort_reduced()})",
+      True,
+    )
+    require(
+      self.cohort_sampling == "fixed",
+      "cohort_sampling",
+      "fixed with compression.error_feedback (a residual per distinct client)",
+      self.cohort_sampling,
+    )
+    for field, value in (
+      ("aggregation.clip_norm", self.aggregation.clip_norm),
+      ("privacy.local_noise_multiplier", self.privacy.local_noise_multiplier),
+    ):
+      require(
+        value == 0,
+        field,
+        "0 with compression.error_feedback (the residual would escape the clipping)",
+        value,
+      )
 
   def _check_asynchronous(self) -> None:
     """Asynchronous methods (``AlgorithmEntry.asynchronous``) need timed devices (results

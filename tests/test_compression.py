@@ -1,6 +1,9 @@
 """Update compression (``ops/aggregators/compression.py``): QSGD lands on its grid and is
 unbiased, top-k keeps the largest entries, random-k is unbiased, the bytes are counted as
-encoded; through a run, FedAvg still learns and ``bytes_up`` falls by the encoding's ratio."""
+encoded; through a run, FedAvg still learns and ``bytes_up`` falls by the encoding's ratio.
+Error feedback: what a client sent plus its residual is what it meant to send, round after
+round; through ``cohort_reduce`` the cohort's residuals are exactly what top-k left out, and a
+client without examples keeps its own."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import numpy as np
 import pytest
 
 from fedjax_lab import load_config
-from fedjax_lab.ops.aggregators import qsgd, random_k, top_k
+from fedjax_lab.ops.aggregators import qsgd, random_k, top_k, with_feedback
 from fedjax_lab.ops.aggregators.compression import QSGDOptions, RandomKOptions, TopKOptions
 
 REFERENCE = {"w": jnp.ones((6, 5)), "b": jnp.full((5,), 2.0)}
@@ -84,6 +87,13 @@ def test_bytes_are_counted_as_encoded():
       "compression.qsgd.bits must be in [1, 16]",
     ),
     (["algorithm.name=scaffold", "compression.name=top_k"], "compression.name must be none"),
+    (["compression.error_feedback=true"], "compression.error_feedback must be false with"),
+    (["algorithm.name=moon", "compression.name=top_k", "compression.error_feedback=true"],
+     "compression.error_feedback must be false for algorithm.name=moon"),
+    (["compression.name=top_k", "compression.error_feedback=true", "aggregation.clip_norm=1"],
+     "aggregation.clip_norm must be 0 with compression.error_feedback"),
+    (["compression.name=top_k", "compression.error_feedback=true", "cohort_sampling=poisson",
+      "algorithm.weighting=uniform"], "cohort_sampling must be fixed with compression.error"),
     (
       ["privacy.noise_multiplier=1", "aggregation.clip_norm=1", "algorithm.weighting=uniform",
        "compression.name=qsgd"],
@@ -121,3 +131,81 @@ def test_an_empty_clients_zero_update_stays_zero_when_compiled(transform):
   ``max(norm, tiny)``, which XLA:CPU turned into NaN.)"""
   out = jax.jit(transform.apply)(REFERENCE, REFERENCE, (), jax.random.key(0))
   jax.tree.map(np.testing.assert_array_equal, out, REFERENCE)
+
+
+def test_error_feedback_sends_in_time_what_the_compressor_left_out():
+  """Top-1 of 4 coordinates, the same update for 40 rounds: without feedback the three small
+  coordinates are never sent; with it, after ``T`` rounds sent + residual = ``T u`` exactly,
+  and every coordinate has been sent."""
+  u = jnp.array([4.0, 1.0, -0.5, 0.25])
+  reference = jnp.zeros(4)
+  compressor = top_k(0.25)
+  residual, total, plain = jnp.zeros(4), jnp.zeros(4), jnp.zeros(4)
+  step = jax.jit(with_feedback, static_argnums=0)
+  for t in range(40):
+    sent, residual = step(compressor, reference + u, reference, residual, True, jax.random.key(t))
+    total += sent
+    plain += compressor.apply(reference + u, reference, (), jax.random.key(t))
+    np.testing.assert_allclose(total + residual, (t + 1) * u, rtol=1e-6)
+  assert (plain[1:] == 0).all() and (total != 0).all()
+  kept, untouched = step(compressor, reference, reference, residual, False, jax.random.key(0))
+  np.testing.assert_array_equal(kept, reference)  # no examples: sends nothing
+  np.testing.assert_array_equal(untouched, residual)  # and keeps its residual
+
+
+def test_cohort_reduce_keeps_each_clients_residual(tiny_federation):
+  """FedAvg through ``cohort_reduce`` with top-k and error feedback: the aggregate is the mean
+  of ``x + Q(u_k)``, each cohort client's residual is ``u_k - Q(u_k)`` (the first round),
+  the others' stay 0; a round where the same clients bring no examples leaves them."""
+  import optax
+
+  from fedjax_lab.algorithms.base import ClientSetup, round_keys
+  from fedjax_lab.algorithms.fedopt import fedopt
+  from fedjax_lab.engine.execution import Executor
+  from fedjax_lab.engine.local import LocalSchedule
+  from fedjax_lab.models import build_model
+  from fedjax_lab.ops.aggregators import error_feedback, mean
+
+  data = tiny_federation
+  compressor = top_k(0.1)
+  setup = ClientSetup(
+    build_model("mlp", 10, options=None),
+    data.train_x[0, :1],
+    optax.sgd(0.1),
+    LocalSchedule(8, data.max_examples),
+    Executor("vmap"),
+    data.num_clients,
+    aggregator=error_feedback(mean(), compressor, data.num_clients),
+  )
+  algorithm = fedopt(setup, optax.sgd(1.0))
+  state = algorithm.init(jax.random.key(0))
+  cohort = data.cohort(np.array([0, 2, 3]))
+  key = jax.random.key(7)
+  new_state, _ = jax.jit(algorithm.round)(state, cohort, key)
+  x = state.params
+  train = setup.local_trainer()
+  keys = round_keys(key, cohort)
+  updates = [
+    jax.tree.map(jnp.subtract, train(x, cohort.x[k], cohort.y[k], cohort.num_examples[k],
+                                     keys[k], x)[0], x)
+    for k in range(3)
+  ]  # fmt: skip
+  residuals = new_state.aggregator_state[1]
+  for row, client in enumerate([0, 2, 3]):
+    sent = jax.tree.map(jnp.subtract, compressor.apply(jax.tree.map(jnp.add, x, updates[row]),
+                                                       x, (), key), x)  # fmt: skip
+    left_out = jax.tree.map(jnp.subtract, updates[row], sent)
+    jax.tree.map(lambda r, e: np.testing.assert_allclose(r[client], e, atol=1e-6), residuals,
+                 left_out)  # fmt: skip
+  assert all(float(jnp.abs(leaf[1]).max()) == 0 for leaf in jax.tree.leaves(residuals))
+  weights = np.asarray(cohort.num_examples, np.float64) / cohort.num_examples.sum()
+  expected = jax.tree.map(
+    lambda p, r, *u: p + sum(w * (uk - r[c]) for w, uk, c in zip(weights, u, [0, 2, 3])),
+    x, residuals, *updates)  # fmt: skip
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), new_state.params,
+               expected)  # fmt: skip
+  # The same clients present without examples (lost to the system): their residuals stay.
+  empty = data.cohort(np.array([0, 2, 3]), reporting=0)
+  later, _ = jax.jit(algorithm.round)(new_state, empty, key)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), later.aggregator_state[1],
+               residuals)  # fmt: skip

@@ -29,8 +29,8 @@ from fedjax_lab.engine.local import (
 )
 from fedjax_lab.engine.precision import apply_in
 from fedjax_lab.models import Model
-from fedjax_lab.ops.aggregate import client_sum, weighted_mean
-from fedjax_lab.ops.aggregators import Aggregator, mean
+from fedjax_lab.ops.aggregate import client_sum, tree_gather, tree_scatter, weighted_mean
+from fedjax_lab.ops.aggregators import Aggregator, mean, with_feedback
 from fedjax_lab.ops.communication import tree_bytes
 from fedjax_lab.ops.divergence import mean_pairwise_cosine
 from fedjax_lab.registry import NoOptions
@@ -40,6 +40,7 @@ Params = Any
 Regularizer = Callable[[Params, Any], jax.Array]
 
 AGGREGATION_STREAM = 0xA66  # fold_in constant: the aggregator's key, apart from training keys
+FEEDBACK_STREAM = 0xEFB  # the keys of the clients' compression under error feedback
 
 
 class Algorithm(NamedTuple):
@@ -199,6 +200,8 @@ class ClientSetup:
     # params shared; x, y, num_examples, key, context, step_limit per client
     per_client = (None, 0, 0, 0, 0, 0, 0)
     by_examples = 3  # the position of num_examples in contribution's arguments
+    if aggregator.feedback is not None:
+      return self._reduce_with_feedback(contribution, per_client, by_examples)
     if aggregator.has_sum_form:
 
       def summand(state, aggregation_key, params, *client):
@@ -232,6 +235,39 @@ class ClientSetup:
       return Reduction(value, client_sum(weights), client_sum(extras), aggregator_state)
 
     return reduce_stack
+
+  def _reduce_with_feedback(self, contribution: Callable, per_client: tuple, by_examples: int):
+    """``cohort_reduce`` when each client compresses with error feedback
+    (``ops.aggregators.error_feedback``): the cohort's residual rows are read from the
+    aggregator state, each client sends its compressed contribution plus residual, the
+    contributions are stacked and aggregated, and the new residuals written back."""
+    aggregator = self.aggregator
+
+    def sent(params, x, y, num_examples, key, context, step_limit, residual, compress_key):
+      model, weight, extras = contribution(params, x, y, num_examples, key, context, step_limit)
+      message, kept = with_feedback(
+        aggregator.feedback, model, params, residual, num_examples > 0, compress_key
+      )
+      return message, weight, extras, kept
+
+    stacked = self.executor.map(sent, per_client + (0, 0), by_examples)
+
+    def reduce_with_feedback(params, cohort, key, aggregator_state, context=None):
+      residuals = aggregator_state[1]
+      client = (cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort))
+      compress_keys = jax.random.split(
+        jax.random.fold_in(key, FEEDBACK_STREAM), cohort.client_ids.shape[0]
+      )
+      rows = tree_gather(residuals, cohort.client_ids)
+      limits = self.step_limits(cohort)
+      models, weights, extras, kept = stacked(params, *client, context, limits, rows, compress_keys)
+      value, state = aggregator.aggregate(
+        models, weights, params, aggregator_state, jax.random.fold_in(key, AGGREGATION_STREAM)
+      )
+      state = (state[0], tree_scatter(residuals, cohort.client_ids, kept))
+      return Reduction(value, client_sum(weights), client_sum(extras), state)
+
+    return reduce_with_feedback
 
 
 class Reduction(NamedTuple):
@@ -321,8 +357,10 @@ class AlgorithmEntry:
   central and local DP, update clipping, robust rules, secure aggregation and model-poisoning
   attacks act on all a client sends, so config validation refuses them for a method without it
   (the safe default: a new method is refused until it declares this).
-  ``partial_work``: local training honours ``cohort.steps`` (``ClientSetup.step_limits``), so
-  a straggler may send the steps it finished by the deadline (``systems.stragglers``).
+  ``cohort_reduced``: every upload is reduced by ``ClientSetup.cohort_reduce`` alone, whose
+  local training honours ``cohort.steps`` (a straggler may send the steps it finished by the
+  deadline, ``systems.stragglers=partial``) and which keeps each client's compression
+  residual (``compression.error_feedback``).
   ``asynchronous``: the round reads ``cohort.seconds`` (when each dispatched client's result
   will reach the server) and reports the simulated clock itself as the metric
   ``simulated_seconds`` (``algorithms/asynchronous.py``); it needs timed devices.
@@ -335,5 +373,5 @@ class AlgorithmEntry:
   any_cohort_size: bool = False
   keeps_lost_clients: bool = False
   aggregated_uploads: bool = False
-  partial_work: bool = False
+  cohort_reduced: bool = False
   asynchronous: bool = False

@@ -75,5 +75,5 @@ ENTRY = AlgorithmEntry(
   lambda setup, options, config: fednova(setup),
   any_cohort_size=True,
   aggregated_uploads=True,
-  partial_work=True,
+  cohort_reduced=True,
 )

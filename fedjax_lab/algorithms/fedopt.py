@@ -146,21 +146,21 @@ FEDAVG = AlgorithmEntry(
   lambda setup, options, config: _build(setup, config),
   any_cohort_size=True,
   aggregated_uploads=True,
-  partial_work=True,
+  cohort_reduced=True,
 )
 FEDPROX = AlgorithmEntry(
   lambda setup, options, config: _build(setup, config, options.mu),
   FedProxConfig,
   any_cohort_size=True,
   aggregated_uploads=True,
-  partial_work=True,
+  cohort_reduced=True,
 )
 FEDOPT = AlgorithmEntry(
   lambda setup, options, config: _build(setup, config, options.prox_mu),
   FedOptConfig,
   any_cohort_size=True,
   aggregated_uploads=True,
-  partial_work=True,
+  cohort_reduced=True,
 )
 # Centralized training: FedAvg on one client holding all the training data.
 CENTRALIZED = AlgorithmEntry(FEDAVG.build, pooled=True, aggregated_uploads=True)

@@ -35,9 +35,11 @@ from fedjax_lab.ops.aggregators.compression import (
   QSGDOptions,
   RandomKOptions,
   TopKOptions,
+  error_feedback,
   qsgd,
   random_k,
   top_k,
+  with_feedback,
 )
 from fedjax_lab.ops.aggregators.contract import (
   Aggregator,
@@ -88,6 +90,7 @@ __all__ = [
   "chain",
   "clip_layer_norms",
   "clip_update_norm",
+  "error_feedback",
   "fixed_denominator_mean",
   "gaussian_noise",
   "geometric_median",
@@ -100,6 +103,7 @@ __all__ = [
   "trimmed_mean",
   "under_attack",
   "update_noise_multiplier",
+  "with_feedback",
 ]
 
 

@@ -11,6 +11,13 @@ its update ``u = c - reference`` encoded in fewer bytes, and the server sees the
 - ``random_k(fraction)``: ``k`` entries drawn uniformly without replacement, scaled by
   ``n / k`` (unbiased). Sends ``k`` values and the 8-byte seed that regenerates the indices.
 
+``error_feedback(aggregator, compressor, num_clients)`` (Seide et al. 2014; Karimireddy et al.
+2019, "Error Feedback Fixes SignSGD"): client ``k`` keeps the residual ``e_k`` (starting at 0)
+of what its compression left out and sends ``Q(u + e_k)`` instead of ``Q(u)``, then keeps
+``e_k <- u + e_k - Q(u + e_k)``; over rounds, what it sent plus its residual is what it meant to
+send (``sum_t Q_t + e_T = sum_t u_t``). A client with no examples (padding, lost to the system)
+sends nothing and keeps its residual.
+
 ``encoded_bytes(shape_tree)``: the bytes one client's upload of that shape costs, counted
 exactly as above (the runner's ``bytes_up`` and the simulated clock use it).
 ``keeps_clipping``: whether ``||Q(u)|| <= ||u||`` always holds (top-k), so a clipped update
@@ -28,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_lab.checks import require
-from fedjax_lab.ops.aggregators.contract import ClientTransform, no_state
+from fedjax_lab.ops.aggregators.contract import Aggregator, ClientTransform, no_state
 
 
 def _on_update(compress: Callable) -> Callable:
@@ -89,6 +96,61 @@ def random_k(fraction: float) -> ClientTransform:
     return kept.reshape(update.shape)
 
   return ClientTransform(no_state, _on_update(compress))
+
+
+def error_feedback(aggregator: Aggregator, compressor: ClientTransform, num_clients: int):
+  """``aggregator`` preceded by ``compressor`` with error feedback (module docstring).
+
+  Args:
+    aggregator: the rest of the aggregation (without the compressor).
+    compressor: a stateless compressing client transform (``qsgd``, ``top_k``, ``random_k``).
+    num_clients: clients of the federation: one residual each.
+
+  Returns:
+    An ``Aggregator`` with ``feedback = compressor`` and the state ``(aggregator's state,
+    residuals [num_clients, ...])``; ``ClientSetup.cohort_reduce`` applies the feedback (it
+    knows the cohort's clients), its ``aggregate`` / ``prepare`` / ``finalize`` are the
+    aggregator's on the first part of the state.
+  """
+
+  def init(template):
+    residuals = jax.tree.map(lambda t: jnp.zeros((num_clients,) + t.shape, t.dtype), template)
+    return aggregator.init(template), residuals
+
+  def on_inner(function):
+    if function is None:
+      return None
+
+    def apply(*args):
+      *head, state, key = args
+      value, inner = function(*head, state[0], key)
+      return value, (inner, state[1])
+
+    return apply
+
+  def prepare(contribution, reference, state, key):
+    return aggregator.prepare(contribution, reference, state[0], key)
+
+  return Aggregator(
+    init,
+    on_inner(aggregator.aggregate),
+    prepare if aggregator.prepare is not None else None,
+    on_inner(aggregator.finalize),
+    aggregator.upload_overhead,
+    compressor,
+  )
+
+
+def with_feedback(compressor: ClientTransform, contribution, reference, residual, present, key):
+  """``(sent, residual)`` of one client (module docstring): ``sent = reference + Q(c -
+  reference + e)``, the new ``e = c - reference + e - Q(...)``; a client not ``present``
+  sends ``reference`` and keeps ``e``."""
+  target = jax.tree.map(jnp.add, contribution, residual)
+  sent = compressor.apply(target, reference, (), key)
+  kept = jax.tree.map(lambda t, s: t - s, target, sent)
+  sent = jax.tree.map(lambda s, r: jnp.where(present, s, r), sent, reference)
+  kept = jax.tree.map(lambda k, e: jnp.where(present, k, e), kept, residual)
+  return sent, kept
 
 
 def _leaf_sizes(shape_tree) -> list[int]:

@@ -21,6 +21,10 @@ class Aggregator(NamedTuple):
   finalize: Optional[Callable[..., tuple[Pytree, Any]]] = None
   # extra bytes one client uploads per round for the aggregation protocol, given the cohort
   upload_overhead: Optional[Callable[[int], int]] = None
+  # error feedback (``compression.error_feedback``): the compressor each client applies to its
+  # contribution plus its residual, before the aggregation proper; the state is then
+  # ``(aggregation state, residuals [num_clients, ...])`` (``compression.error_feedback``)
+  feedback: Optional[ClientTransform] = None
 
   @property
   def has_sum_form(self) -> bool:
