@@ -5,9 +5,10 @@ Non-IID Fashion-MNIST (``base.json``: 100 clients, Dirichlet(0.5) labels and siz
 examples, two local epochs: clients take different numbers of steps). Every run has timed
 devices (``systems.compute_median``: 200 examples/s, lognormal spread 1; links 2 Mbit/s up,
 20 down), so each reports accuracy against simulated time. Settings (``SETTINGS``): an ideal
-system; 30% of each cohort dropping mid-round; a 10 s deadline (late clients are cut); QSGD at
-4 bits and top-10% sparsification of FedAvg's uploads, and QSGD under the deadline (smaller
-uploads: fewer late clients). Accuracy: the global model on the test set at the 40-round budget
+system; 30% of each cohort dropping mid-round; a 10 s deadline (late clients are cut), and the
+same deadline where late clients send the steps they finished (partial work; not SCAFFOLD);
+QSGD at 4 bits and top-10% sparsification of FedAvg's uploads (without and with error
+feedback), and QSGD under the deadline (smaller uploads: fewer late clients). Accuracy: the global model on the test set at the 40-round budget
 (mean of the last 2 evaluations), mean ± sample std over 3 seeds, and the paired difference to
 FedAvg on the ideal system (same seed).
 
@@ -38,6 +39,12 @@ SETTINGS = {
   "qsgd_4bit": QSGD,
   "top_k_10": ["compression.name=top_k", "compression.top_k.fraction=0.1"],
   "deadline_10s_qsgd_4bit": ["systems.deadline_s=10", *QSGD],
+  "deadline_10s_partial": ["systems.deadline_s=10", "systems.stragglers=partial"],
+  "top_k_10_feedback": [
+    "compression.name=top_k",
+    "compression.top_k.fraction=0.1",
+    "compression.error_feedback=true",
+  ],
 }
 METHODS = {
   "fedavg": [],
@@ -45,13 +52,19 @@ METHODS = {
   "fednova": [],
   "scaffold": [],  # keeps the control variates of the clients it loses
 }
-COMPRESSED = ("qsgd_4bit", "top_k_10", "deadline_10s_qsgd_4bit")  # FedAvg only
+COMPRESSED = ("qsgd_4bit", "top_k_10", "deadline_10s_qsgd_4bit", "top_k_10_feedback")  # FedAvg
+PARTIAL = "deadline_10s_partial"  # methods whose local training takes a step limit
 
 
 def cells(methods, settings) -> list[tuple[str, str]]:
   """``(method, setting)`` of every run: each method in each setting, compression with FedAvg
-  only."""
-  return [(m, s) for m in methods for s in settings if s not in COMPRESSED or m == "fedavg"]
+  only, partial work without SCAFFOLD (it cannot take it)."""
+  return [
+    (m, s)
+    for m in methods
+    for s in settings
+    if (s not in COMPRESSED or m == "fedavg") and (s != PARTIAL or m != "scaffold")
+  ]
 
 
 def cell_config(args, method: str, setting: str, seed: int):
