@@ -7,8 +7,9 @@ devices (``systems.compute_median``: 200 examples/s, lognormal spread 1; links 2
 20 down), so each reports accuracy against simulated time. Settings (``SETTINGS``): an ideal
 system; 30% of each cohort dropping mid-round; a 10 s deadline (late clients are cut), and the
 same deadline where late clients send the steps they finished (partial work; not SCAFFOLD);
-QSGD at 4 bits and top-10% sparsification of FedAvg's uploads (without and with error
-feedback), and QSGD under the deadline (smaller uploads: fewer late clients). Accuracy: the global model on the test set at the 40-round budget
+FedAvg's uploads compressed at several levels: QSGD at 4 and 2 bits, top-10% and top-1%
+sparsification without and with error feedback, and QSGD under the deadline (smaller uploads:
+fewer late clients). Accuracy: the global model on the test set at the 40-round budget
 (mean of the last 2 evaluations), mean ± sample std over 3 seeds, and the paired difference to
 FedAvg on the ideal system (same seed).
 
@@ -32,19 +33,20 @@ from fedjax_lab.stats import format_paired, format_spread
 HERE = pathlib.Path(__file__).parent
 TIMED = ["systems.compute_median=200"]
 QSGD = ["compression.name=qsgd", "compression.qsgd.bits=4"]
+TOP_K_10 = ["compression.name=top_k", "compression.top_k.fraction=0.1"]
+TOP_K_1 = ["compression.name=top_k", "compression.top_k.fraction=0.01"]
 SETTINGS = {
   "ideal": [],
   "dropout_30": ["systems.dropout=0.3"],
   "deadline_10s": ["systems.deadline_s=10"],
   "qsgd_4bit": QSGD,
-  "top_k_10": ["compression.name=top_k", "compression.top_k.fraction=0.1"],
+  "top_k_10": TOP_K_10,
   "deadline_10s_qsgd_4bit": ["systems.deadline_s=10", *QSGD],
   "deadline_10s_partial": ["systems.deadline_s=10", "systems.stragglers=partial"],
-  "top_k_10_feedback": [
-    "compression.name=top_k",
-    "compression.top_k.fraction=0.1",
-    "compression.error_feedback=true",
-  ],
+  "top_k_10_feedback": [*TOP_K_10, "compression.error_feedback=true"],
+  "qsgd_2bit": ["compression.name=qsgd", "compression.qsgd.bits=2"],
+  "top_k_1": TOP_K_1,
+  "top_k_1_feedback": [*TOP_K_1, "compression.error_feedback=true"],
 }
 METHODS = {
   "fedavg": [],
@@ -52,7 +54,15 @@ METHODS = {
   "fednova": [],
   "scaffold": [],  # keeps the control variates of the clients it loses
 }
-COMPRESSED = ("qsgd_4bit", "top_k_10", "deadline_10s_qsgd_4bit", "top_k_10_feedback")  # FedAvg
+COMPRESSED = (  # FedAvg only
+  "qsgd_4bit",
+  "top_k_10",
+  "deadline_10s_qsgd_4bit",
+  "top_k_10_feedback",
+  "qsgd_2bit",
+  "top_k_1",
+  "top_k_1_feedback",
+)
 PARTIAL = "deadline_10s_partial"  # methods whose local training takes a step limit
 
 
@@ -177,7 +187,7 @@ def plot_time_curves(results: pathlib.Path, path: pathlib.Path) -> None:
   """FedAvg's accuracy against simulated time in each setting (seed 0)."""
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(6, 3.8))
-  for setting in SETTINGS:
+  for setting in ("ideal", "dropout_30", "deadline_10s", PARTIAL, "qsgd_4bit"):
     file = results / "curves" / f"fedavg_{setting}_seed0.jsonl"
     if not file.exists():
       continue
@@ -190,6 +200,35 @@ def plot_time_curves(results: pathlib.Path, path: pathlib.Path) -> None:
   ax.set_xlabel("simulated hours")
   ax.set_ylabel("test accuracy")
   ax.set_title("FedAvg on Fashion-MNIST, 100 clients, cohort 10 (seed 0)", fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_bytes(records, path: pathlib.Path) -> None:
+  """FedAvg's accuracy against the megabytes it uploaded, one point per compression setting
+  (mean over seeds, sample std as error bars)."""
+  plt = pyplot()
+  fig, ax = plt.subplots(figsize=(6, 3.8))
+  for setting in ("ideal", *[s for s in COMPRESSED if not s.startswith("deadline")]):
+    accuracy = list(_values(records, "fedavg", setting, "accuracy").values())
+    megabytes = list(_values(records, "fedavg", setting, "megabytes_up").values())
+    if len(accuracy) < 2:
+      continue
+    ax.errorbar(
+      np.mean(megabytes),
+      100 * np.nanmean(accuracy),
+      yerr=100 * np.nanstd(accuracy, ddof=1),
+      marker="o",
+      capsize=3,
+      label=setting,
+    )
+  ax.set_xscale("log")
+  ax.set_xlabel("MB uploaded over the run (as encoded)")
+  ax.set_ylabel("test accuracy %")
+  ax.set_title("FedAvg, compressed uploads (mean ± sample std over seeds)", fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
@@ -213,6 +252,7 @@ def main() -> None:
   env = {"wall_seconds_this_invocation": round(time.perf_counter() - started, 1)}
   (results / "summary.md").write_text(f"```\n{table}\n```\n\n{json.dumps(env)}\n")
   plot_time_curves(results, results / "accuracy_vs_time.png")
+  plot_bytes(records, results / "accuracy_vs_bytes.png")
   print(table)
 
 
