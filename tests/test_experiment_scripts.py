@@ -12,6 +12,7 @@ pytestmark = pytest.mark.slow  # runs the reproduction scripts end to end (make 
 
 ROOT = pathlib.Path(__file__).parent.parent
 PFEDLIA_RUNS = 170  # committed per-run metric files of experiments/pfedlia/reproduce.py
+SYSTEMS_RUNS = 45  # committed records of experiments/systems/reproduce.py
 TINY = [
   "data.source=digits",
   "data.num_clients=10",
@@ -321,9 +322,35 @@ def test_systems_reproduction_script(tmp_path):
   assert "vs fedavg ideal" in done.stdout and (tmp_path / "accuracy_vs_time.png").exists()
 
 
+def test_asynchronous_systems_script(tmp_path):
+  settings = TINY + ["data.test_fraction=0", "rounds=4", "algorithm.fedbuff.concurrency=8"]
+  settings += ["algorithm.fedasync.concurrency=8"]
+  overrides = [arg for item in settings for arg in ("--set", item)]
+  command = [sys.executable, str(ROOT / "experiments/systems/asynchronous.py"), *overrides]
+  command += ["--seeds", "0", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path)]
+  done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+  assert done.returncode == 0, done.stderr[-2000:]
+  records = [json.loads(line) for line in (tmp_path / "per_seed.jsonl").read_text().splitlines()]
+  assert sorted(r["method"] for r in records) == ["fedasync", "fedavg", "fedbuff"]
+  assert "h to 80%" in done.stdout and (tmp_path / "accuracy_vs_time.png").exists()
+
+
+def test_asynchronous_readme_table_is_what_the_committed_curves_give():
+  import importlib.util
+
+  path = ROOT / "experiments/systems/asynchronous.py"
+  spec = importlib.util.spec_from_file_location("systems_asynchronous", path)
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  records = script.read_records(ROOT / "experiments/systems/results/asynchronous")
+  assert len(records) == 15
+  readme = (ROOT / "experiments/systems/README.md").read_text()
+  assert script.summary_table(records) in readme
+
+
 def test_systems_readme_table_is_what_the_committed_results_give():
   reproduce, records = _committed("systems")
-  assert len(records) == 45
+  assert len(records) == SYSTEMS_RUNS
   readme = (ROOT / "experiments/systems/README.md").read_text()
   assert reproduce.summary_table(records) in readme
   assert reproduce.same_setting_table(records) in readme
