@@ -356,6 +356,20 @@ def test_systems_readme_table_is_what_the_committed_results_give():
   assert reproduce.same_setting_table(records) in readme
 
 
+def test_fedmr_grid_tables_are_what_the_committed_summaries_give():
+  """The reduced CNN grid and the MLP grid, from their committed summaries (sample std)."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("fedmr", ROOT / "experiments/fedmr/reproduce.py")
+  reproduce = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(reproduce)
+  readme = (ROOT / "experiments/fedmr/README.md").read_text()
+  for folder in ("results", "results/mlp"):
+    summary = json.loads((ROOT / "experiments/fedmr" / folder / "summary.json").read_text())
+    assert summary["std"].startswith("sample")
+    assert reproduce.readme_table(summary) in readme
+
+
 def test_worldlm_readme_tables_are_what_the_committed_results_give():
   reproduce, records = _committed("worldlm")
   readme = (ROOT / "experiments/worldlm/README.md").read_text()

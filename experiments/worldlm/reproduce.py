@@ -168,9 +168,13 @@ def _by(records, part):
 
 
 def _paired(a, b) -> str:
-  """``a - b`` paired by seed: mean, 95% t-interval and the verdict."""
+  """``a - b`` paired by seed: mean, 95% t-interval and the verdict; an undecided comparison on
+  fewer than 5 seeds says it is below ``docs/reproducing.md``'s standard."""
   diff = paired_difference(np.asarray(a), np.asarray(b))
-  return f"{diff['mean']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}] {diff['verdict']}"
+  text = f"{diff['mean']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}] {diff['verdict']}"
+  if diff["n"] < 5 and diff["verdict"] == "no measurable difference":
+    text += f" ({diff['n']} seeds, below the standard)"
+  return text
 
 
 def _cell(values) -> str:
@@ -231,9 +235,9 @@ def dp_table(records) -> str:
           row["vs no DP"] = f"{ratio['mean']:.2f}x ± {ratio['std']:.2f}"
         if "privacy_epsilon" in finished[0]:
           pld = finished[0].get("privacy_epsilon_pld")
-          row["epsilon RDP / PLD"] = (
-            f"{finished[0]['privacy_epsilon']:.3g} / {'-' if pld is None else f'{pld:.3g}'}"
-          )
+          epsilon = finished[0]["privacy_epsilon"]
+          row["epsilon RDP / PLD"] = f"{epsilon:.3g} / {'-' if pld is None else f'{pld:.3g}'}"
+          row["guarantee"] = "none (epsilon > 10)" if epsilon > 10 else "epsilon <= 10"
       rows.append(row)
   table = format_table(rows, list(dict.fromkeys(k for row in rows for k in row)))
   for z in DP_NOISE:  # does WorldLM degrade less than FedAvg? paired by seed
