@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
 import platform
 import time
@@ -178,16 +179,32 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def environment(started: float, runs_read_back: int, config) -> dict:
-  """Wall time, hardware and versions, saved beside every summary."""
-  import jax
-
+  """Wall time, date, hardware and package versions, saved beside every summary."""
   return {
     "wall_seconds": round(time.perf_counter() - started, 1),
     "runs_read_back_not_rerun": runs_read_back,
-    "machine": f"{platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}",
-    "python": platform.python_version(),
-    "jax": jax.__version__,
+    **machine_record(),
     "config": config.to_dict(),
+  }
+
+
+def machine_record() -> dict:
+  """The date (UTC), the machine, its CPU and the versions of the packages results depend on."""
+  import importlib.metadata
+
+  cpu = platform.processor()
+  cpuinfo = pathlib.Path("/proc/cpuinfo")
+  if cpuinfo.exists():
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")]  # fmt: skip
+    cpu = names[0] if names else cpu
+  packages = ("jax", "jaxlib", "flax", "optax", "numpy")
+  return {
+    "date": time.strftime("%Y-%m-%d", time.gmtime()),
+    "machine": f"{platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}",
+    "cpu": f"{cpu}, {os.cpu_count()} cores",
+    "python": platform.python_version(),
+    **{name: importlib.metadata.version(name) for name in packages},
   }
 
 
