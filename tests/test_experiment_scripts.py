@@ -370,6 +370,19 @@ def test_fedmr_grid_tables_are_what_the_committed_summaries_give():
     assert reproduce.readme_table(summary) in readme
 
 
+def test_fedsnd_30_round_tables_are_what_the_committed_summaries_give():
+  import importlib.util
+
+  folder = ROOT / "experiments/fedsnd"
+  spec = importlib.util.spec_from_file_location("fedsnd", folder / "reproduce.py")
+  reproduce = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(reproduce)
+  load = lambda name: json.loads((folder / "results" / f"{name}_summary.json").read_text())
+  readme = (folder / "README.md").read_text()
+  assert reproduce.image_table([load("image_alpha0.1"), load("image_alpha0.5")]) in readme
+  assert reproduce.text_table(load("text")) in readme
+
+
 def test_worldlm_readme_tables_are_what_the_committed_results_give():
   reproduce, records = _committed("worldlm")
   readme = (ROOT / "experiments/worldlm/README.md").read_text()

@@ -52,6 +52,60 @@ def rounds_to_target(metrics: list[dict], target: float) -> float:
   return float(hits[0]) if hits else float("nan")
 
 
+NAMES = {
+  "fedavg": "FedAvg",
+  "fedprox": "FedProx",
+  "scaffold": "SCAFFOLD",
+  "fedsnd": "**FedSND**",
+  "self_distillation_only": "self-distillation only",
+  "noise_distillation_only": "noise distillation only",
+  "self_distillation_previous_teacher": "self-distillation, previous-model teacher",
+}
+
+
+def _accuracy(row: dict, digits: int) -> str:
+  """``mean ± sample std`` over the seeds that finished, naming their count when some
+  diverged."""
+  finished = row["seeds"] - row["diverged"]
+  if finished == 1:
+    return f"{row['acc_mean']:.{digits}f} (1 seed)"
+  text = f"{row['acc_mean']:.{digits}f} ± {row['acc_std']:.{digits}f}"
+  return text + (f" ({finished} seeds)" if row["diverged"] else "")
+
+
+def image_table(summaries: list[dict]) -> str:
+  """The README's 30-round image table from the grids' ``summary.json`` files (one per alpha)."""
+  lines = [
+    "| alpha | algorithm | accuracy (mean ± std, ddof=1) | rounds to target | reached | diverged "
+    "| s/round |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for summary in summaries:
+    for row in summary["rows"]:
+      accuracy = _accuracy(row, 3)
+      if row["algorithm"] == "fedsnd":
+        accuracy = f"**{accuracy}**"
+      lines.append(
+        f"| {row['alpha']} | {NAMES[row['algorithm']]} | {accuracy} | "
+        f"{row['rounds_to_target']:.1f} | {row['reached']}/{row['seeds']} | {row['diverged']} | "
+        f"{row['round_seconds']:.2f} |"
+      )
+  return "\n".join(lines)
+
+
+def text_table(summary: dict) -> str:
+  """The README's 30-round text table from its ``summary.json``."""
+  target = summary["rows"][0]["target"]
+  lines = [
+    f"| algorithm | accuracy (mean ± std ddof=1, 3 seeds) | rounds to target ({target:.3f}) |",
+    "|---|---|---|",
+  ]
+  for row in summary["rows"]:
+    name = NAMES[row["algorithm"]].strip("*")
+    lines.append(f"| {name} | {_accuracy(row, 4)} | {row['rounds_to_target']:.1f} |")
+  return "\n".join(lines)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -108,7 +162,7 @@ def main() -> None:
           ),
         }
       )
-  env = grid.environment(started, loaded, base)
+  env = {**grid.environment(started, loaded, base), "std": "sample (ddof=1)"}
   env["target"] = f"{args.target_fraction} x final accuracy of {args.algorithms[0]}"
   table = grid.write_summary(
     out_root,
