@@ -392,6 +392,19 @@ def test_worldlm_readme_tables_are_what_the_committed_results_give():
   assert reproduce.main_table([json.loads(line) for line in lines]) in readme
 
 
+def test_worldlm_temperature_table_is_what_the_committed_tuning_gives():
+  import importlib.util
+
+  folder = ROOT / "experiments/worldlm"
+  spec = importlib.util.spec_from_file_location("worldlm_tune", folder / "tune.py")
+  tune = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tune)
+  lines = (folder / "results/tuning_temperature.jsonl").read_text().splitlines()
+  table = tune.temperature_table([json.loads(line) for line in lines])
+  indented = "\n".join("  " + line for line in table.splitlines())  # inside a list item
+  assert indented in (folder / "README.md").read_text()
+
+
 def test_robustness_readme_tables_are_what_the_committed_results_give():
   reproduce, records = _committed("robustness")
   readme = (ROOT / "experiments/robustness/README.md").read_text()

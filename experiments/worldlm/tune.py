@@ -50,6 +50,21 @@ def candidates(what: str) -> list[tuple[str, dict, list[str]]]:
   ]
 
 
+def temperature_table(records: list[dict]) -> str:
+  """The README's grid of perplexity at round 100: attention temperature T (rows) against
+  exchange temperature T_x (columns)."""
+  rows = sorted({r["temperature"] for r in records})
+  columns = sorted({r["cross_temperature"] for r in records})
+  cell = {(r["temperature"], r["cross_temperature"]): r["perplexity"] for r in records}
+  lines = [
+    "| T \\ T_x | " + " | ".join(f"{c:g}" for c in columns) + " |",
+    "|---|" + "---|" * len(columns),
+  ]
+  for t in rows:
+    lines.append(f"| {t:g} | " + " | ".join(f"{cell[(t, c)]:.3f}" for c in columns) + " |")
+  return "\n".join(lines)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -72,6 +87,8 @@ def main() -> None:
   out = "tuning.jsonl" if args.what == "learning_rate" else "tuning_temperature.jsonl"
   (HERE / "results").mkdir(exist_ok=True)
   (HERE / "results" / out).write_text("".join(json.dumps(r) + "\n" for r in records))
+  if args.what == "temperature":
+    print(temperature_table(records))
 
 
 if __name__ == "__main__":
