@@ -55,7 +55,15 @@ def format_spread(values, digits: int = 2, scale: float = 1.0) -> str:
   return f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f} (n={d['n']}{missing})"
 
 
-def format_paired(a, b, digits: int = 2) -> str:
-  """``"mean [low, high] verdict"`` of ``paired_difference(a, b)``."""
+STANDARD_SEEDS = 5  # docs/reproducing.md: seeds a comparison within its margin needs
+
+
+def format_paired(a, b, digits: int = 2, within: float | None = None) -> str:
+  """``"mean [low, high] verdict"`` of ``paired_difference(a, b)``. ``within``: the margin (in
+  the values' unit) under which ``docs/reproducing.md`` asks for ``STANDARD_SEEDS`` seeds; a
+  difference smaller than it on fewer seeds says ``(n seeds, below the standard)``."""
   d = paired_difference(a, b)
-  return f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}] {d['verdict']}"
+  text = f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}] {d['verdict']}"
+  if within is not None and d["n"] < STANDARD_SEEDS and abs(d["mean"]) < within:
+    text += f" ({d['n']} seeds, below the standard)"
+  return text

@@ -102,7 +102,7 @@ def privacy_table(records: list[dict]) -> str:
         "clusters": format_spread([r["clusters"] for r in runs], digits=1),
         f"vs {REFERENCE} (95% CI)": "-"
         if variant == REFERENCE
-        else format_paired(accuracy, reference),
+        else format_paired(accuracy, reference, within=2),
       }
     )
   return format_table(rows, list(rows[0]))

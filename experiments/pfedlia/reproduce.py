@@ -119,7 +119,7 @@ def _paired(a: dict[int, list[dict]], b: dict[int, list[dict]]) -> str:
   seeds = sorted(set(a) & set(b))
   if len(seeds) < 2:
     return "-"
-  return format_paired([_accuracy(a[s]) for s in seeds], [_accuracy(b[s]) for s in seeds])
+  return format_paired([_accuracy(a[s]) for s in seeds], [_accuracy(b[s]) for s in seeds], within=2)
 
 
 def summary_tables(runs) -> str:

@@ -126,10 +126,12 @@ def summary_table(records: list[dict], part: str = "main") -> str:
       "accuracy %": format_spread(accuracy),
     }
     if z > 0:
-      row["vs z=0, pts (95% CI)"] = format_paired(accuracy, _points(by, 0.0, seeds, "accuracy"))
+      row["vs z=0, pts (95% CI)"] = format_paired(
+        accuracy, _points(by, 0.0, seeds, "accuracy"), within=2
+      )
     if part != "main":
       row["vs fixed-size cohorts, pts (95% CI)"] = format_paired(
-        accuracy, _points(main, z, seeds, "accuracy")
+        accuracy, _points(main, z, seeds, "accuracy"), within=2
       )
     rows.append(row)
   columns = ["noise z", "epsilon", "accuracy %", "vs z=0, pts (95% CI)"]

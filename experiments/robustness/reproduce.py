@@ -134,7 +134,7 @@ def summary_tables(records) -> str:
       worst = _accuracy(records, attack, fractions[-1], rule)
       seeds = sorted(set(worst) & set(clean))
       row[f"{fractions[-1]:.0%} vs 0%, pts (95% CI)"] = format_paired(
-        [worst[s] for s in seeds], [clean[s] for s in seeds], digits=1
+        [worst[s] for s in seeds], [clean[s] for s in seeds], digits=1, within=2
       )
       rows.append(row)
     table = format_table(rows, list(rows[0]))

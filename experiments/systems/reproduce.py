@@ -155,7 +155,9 @@ def summary_table(records) -> str:
         "clients lost": spread("clients_lost", 0),
         "vs fedavg ideal, pts (95% CI)": "-"
         if (method, setting) == ("fedavg", "ideal")
-        else format_paired([accuracy[s] for s in seeds], [baseline[s] for s in seeds], digits=1),
+        else format_paired(
+          [accuracy[s] for s in seeds], [baseline[s] for s in seeds], digits=1, within=2
+        ),
       }
     )
   return format_table(rows, list(rows[0])) if rows else "(no results)"
@@ -177,7 +179,9 @@ def same_setting_table(records) -> str:
       )
       seeds = sorted(set(ours) & set(fedavg))
       if seeds and setting not in COMPRESSED:
-        row[setting] = format_paired([ours[s] for s in seeds], [fedavg[s] for s in seeds], 2)
+        row[setting] = format_paired(
+          [ours[s] for s in seeds], [fedavg[s] for s in seeds], 2, within=2
+        )
     if len(row) > 1:
       rows.append(row)
   return format_table(rows, list(rows[0])) if rows else "(no results)"
