@@ -106,6 +106,35 @@ def text_table(summary: dict) -> str:
   return "\n".join(lines)
 
 
+TEXT_ABLATION = {  # ablation.sh's runs: file name -> the change from text.json
+  "weak_self_distillation": "lambda 0.3",
+  "strong_server_distillation": "20 distill steps, lr 0.05",
+  "more_noise_steps": "50 noise steps",
+  "ensemble_teacher": "ensemble teacher",
+  "fresh_noise_each_round": "fresh noise every round (not adaptive)",
+}
+
+
+def text_ablation_table(text: dict, changes: dict[str, dict]) -> str:
+  """The README's text ablation: FedSND's accuracy under each change (``changes``: the
+  summaries ``ablation.sh`` saved, by file name) beside the defaults (the text grid's
+  ``text`` summary), with FedAvg's of each run for reference."""
+  row = lambda summary, name: next(r for r in summary["rows"] if r["algorithm"] == name)
+  lines = [
+    "| change from text.json | FedSND accuracy | FedAvg accuracy (same seeds) |",
+    "|---|---|---|",
+    "| defaults (lambda 1, 10 noise steps, 5 distill steps lr 0.01, pairwise, adaptive) | "
+    f"{_accuracy(row(text, 'fedsnd'), 4)} | {_accuracy(row(text, 'fedavg'), 4)} |",
+  ]
+  for name, label in TEXT_ABLATION.items():
+    summary = changes[name]
+    lines.append(
+      f"| {label} | {_accuracy(row(summary, 'fedsnd'), 4)} | "
+      f"{_accuracy(row(summary, 'fedavg'), 4)} |"
+    )
+  return "\n".join(lines)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
