@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple, Optional
 
@@ -179,13 +180,14 @@ class ClientSetup:
     """Reduce the cohort's contributions through ``aggregator``.
 
     Args:
-      contribution: ``contribution(params, x, y, num_examples, key, context, step_limit) ->
-        (model, weight, extras)`` for one client: it starts from the shared ``params``, reads
-        its own data, training key and ``context``, and takes at most ``step_limit`` local
-        steps (``cohort.steps``'s row: a straggler's partial work; the schedule's
-        ``max_steps`` when the cohort has none, which limits nothing); ``model`` goes through
-        the aggregator with aggregation weight ``weight``; ``extras`` (diagnostics, already
-        weighted as wanted) are summed over the cohort.
+      contribution: ``contribution(params, x, y, num_examples, key, context[, step_limit])
+        -> (model, weight, extras)`` for one client: it starts from the shared ``params``,
+        reads its own data, training key and ``context``; if it has a ``step_limit``
+        parameter, it is given the most local steps to take (``cohort.steps``'s row: a
+        straggler's partial work; the schedule's ``max_steps`` when the cohort has none,
+        which limits nothing); ``model`` goes through the aggregator with aggregation weight
+        ``weight``; ``extras`` (diagnostics, already weighted as wanted) are summed over the
+        cohort.
 
     Returns:
       ``reduce(params, cohort, key, aggregator_state, context=None) -> Reduction``: client
@@ -197,6 +199,8 @@ class ClientSetup:
       example counts.
     """
     aggregator = self.aggregator
+    if "step_limit" not in inspect.signature(contribution).parameters:
+      contribution = _ignoring_step_limit(contribution)
     # params shared; x, y, num_examples, key, context, step_limit per client
     per_client = (None, 0, 0, 0, 0, 0, 0)
     by_examples = 3  # the position of num_examples in contribution's arguments
@@ -268,6 +272,16 @@ class ClientSetup:
       return Reduction(value, client_sum(weights), client_sum(extras), state)
 
     return reduce_with_feedback
+
+
+def _ignoring_step_limit(contribution: Callable) -> Callable:
+  """A six-argument contribution (one that takes no step limit) called with seven."""
+
+  def limited(params, x, y, num_examples, key, context, step_limit):
+    del step_limit
+    return contribution(params, x, y, num_examples, key, context)
+
+  return limited
 
 
 class Reduction(NamedTuple):
@@ -357,10 +371,10 @@ class AlgorithmEntry:
   central and local DP, update clipping, robust rules, secure aggregation and model-poisoning
   attacks act on all a client sends, so config validation refuses them for a method without it
   (the safe default: a new method is refused until it declares this).
-  ``cohort_reduced``: every upload is reduced by ``ClientSetup.cohort_reduce`` alone, whose
-  local training honours ``cohort.steps`` (a straggler may send the steps it finished by the
-  deadline, ``systems.stragglers=partial``) and which keeps each client's compression
-  residual (``compression.error_feedback``).
+  ``cohort_reduced``: every upload is reduced by ``ClientSetup.cohort_reduce`` alone, with a
+  contribution that takes ``step_limit`` and passes it to local training (a straggler may
+  send the steps it finished by the deadline, ``systems.stragglers=partial``); the reduction
+  keeps each client's compression residual (``compression.error_feedback``).
   ``asynchronous``: the round reads ``cohort.seconds`` (when each dispatched client's result
   will reach the server) and reports the simulated clock itself as the metric
   ``simulated_seconds`` (``algorithms/asynchronous.py``); it needs timed devices.
