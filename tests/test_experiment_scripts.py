@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow  # runs the reproduction scripts end to end (make 
 
 ROOT = pathlib.Path(__file__).parent.parent
 PFEDLIA_RUNS = 170  # committed per-run metric files of experiments/pfedlia/reproduce.py
-SYSTEMS_RUNS = 45  # committed records of experiments/systems/reproduce.py
+SYSTEMS_RUNS = 110  # committed records of experiments/systems/reproduce.py
 TINY = [
   "data.source=digits",
   "data.num_clients=10",
@@ -354,6 +354,7 @@ def test_systems_readme_table_is_what_the_committed_results_give():
   readme = (ROOT / "experiments/systems/README.md").read_text()
   assert reproduce.summary_table(records) in readme
   assert reproduce.same_setting_table(records) in readme
+  assert reproduce.effects_table(records) in readme
 
 
 def test_fedmr_grid_tables_are_what_the_committed_summaries_give():

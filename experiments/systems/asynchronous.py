@@ -17,7 +17,7 @@ the speed-up, FedAvg's hours over the method's (per seed); accuracy at simulated
 0.1, 0.25 and 0.4 h (the last evaluation at or before each; 0.4 h is the longest every run
 covers); accuracy after 400 results were aggregated (FedAvg's 40 rounds of 10).
 
-  python experiments/systems/asynchronous.py               # about 25 min on 2 CPU cores
+  python experiments/systems/asynchronous.py               # about 30 min on 2 CPU cores
   python experiments/systems/asynchronous.py --summarize   # the tables from results/
 """
 
