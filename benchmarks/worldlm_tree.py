@@ -6,13 +6,16 @@ federation servers would in one process).
   python benchmarks/worldlm_tree.py --rounds 20 --set local.steps=10
 
 Seconds per round: the median over ``--rounds`` rounds after one warm-up (compile) round;
-the per-federation figure is the sum of the federations' medians. Prints a table.
+the per-federation figure is the sum of the federations' medians. Prints a table and writes
+it, with the machine and versions, to ``benchmarks/results/worldlm_tree.json`` (the table in
+experiments/worldlm/README.md is ``table`` of that file).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import pathlib
 import platform
 import time
@@ -20,12 +23,18 @@ import time
 import jax
 import numpy as np
 
-from fedjax_lab import build_federation, load_config
+from fedjax_lab import build_federation, grid, load_config
 from fedjax_lab.algorithms import compiled_round
 from fedjax_lab.build import build_experiment
 from fedjax_lab.tables import format_table
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULT = ROOT / "benchmarks/results/worldlm_tree.json"
+
+
+def table(record: dict) -> str:
+  """The printed table of a result ``record``."""
+  return format_table(record["rows"], list(record["rows"][0]))
 
 
 def clients_of(data, federation: str):
@@ -96,7 +105,9 @@ def main() -> None:
       "first round s": f"{first:.1f}",
     }
   )
-  print(format_table(rows, list(rows[0])))
+  record = {"rows": rows, "rounds": args.rounds, "overrides": args.set, **grid.machine_record()}
+  RESULT.write_text(json.dumps(record, indent=1) + "\n")
+  print(table(record))
   print(
     f"\nwhole tree / per federation: {whole / total:.2f}x the time; "
     f"{platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}, "

@@ -46,7 +46,9 @@ ON_DEMAND_FULL_EVALUATION = 10_000
 # On CPU, `auto` runs models without convolutions from MIN_LOOP_COHORT clients a round as `loop`
 # calls of CPU_CLIENTS_PER_CALL vmapped clients, two calls at once (MLP, 100 clients: 0.18-0.27 s
 # a round against 0.35-0.48 s `chunked`); smaller cohorts stay one `vmap` program, as fast at 10
-# clients and without a per-call dispatch (docs/performance.md).
+# clients and without a per-call dispatch (docs/performance.md). Sequence models (token inputs)
+# stay `vmap` at any cohort: WorldLM's byte_lm, 27 clients, 0.56 s a round and a 10 s first
+# round against 0.65 s and 22 s as loop calls (benchmarks/worldlm_tree.py).
 CPU_CLIENTS_PER_CALL = 4
 MIN_LOOP_COHORT = 16
 
@@ -116,13 +118,14 @@ def resolve_execution(config: ExperimentConfig) -> ResolvedExecution:
   models one client a call with im2col convolutions (XLA:CPU runs ``lax.conv``'s gradients
   inside loops, and vmapped per-client ``lax.conv``, many times slower), other models blocks of
   ``CPU_CLIENTS_PER_CALL`` vmapped clients from ``MIN_LOOP_COHORT`` clients a round (``vmap``
-  below). Elsewhere: ``vmap`` and XLA's convolutions.
+  below, and for sequence models at any cohort). Elsewhere: ``vmap`` and XLA's convolutions.
   """
-  has_conv = MODELS.get(config.model.name).has_conv
+  entry = MODELS.get(config.model.name)
+  has_conv = entry.has_conv
   on_cpu = jax.default_backend() == "cpu"
   strategy, conv = config.execution.strategy, config.model.conv
   if strategy == "auto":
-    blocks = has_conv or config.cohort_size >= MIN_LOOP_COHORT
+    blocks = has_conv or (config.cohort_size >= MIN_LOOP_COHORT and not entry.reads_tokens)
     strategy = "loop" if on_cpu and blocks else "vmap"
   if conv == "auto":
     conv = "im2col" if on_cpu and has_conv else "xla"

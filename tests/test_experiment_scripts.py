@@ -406,6 +406,12 @@ def test_worldlm_temperature_table_is_what_the_committed_tuning_gives():
   assert indented in (folder / "README.md").read_text()
 
 
+def test_worldlm_speed_table_is_what_the_committed_benchmark_gives():
+  benchmark = _script("benchmarks/worldlm_tree.py")
+  record = json.loads((ROOT / "benchmarks/results/worldlm_tree.json").read_text())
+  assert benchmark.table(record) in (ROOT / "experiments/worldlm/README.md").read_text()
+
+
 def test_robustness_readme_tables_are_what_the_committed_results_give():
   reproduce, records = _committed("robustness")
   readme = (ROOT / "experiments/robustness/README.md").read_text()
