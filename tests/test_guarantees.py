@@ -54,8 +54,19 @@ REFUSED_FIELD = {
 }
 
 
+# Asynchronous methods need timed devices; with as many in flight as a step takes, the first
+# round fills the slots and the second steps on what arrived. FedAsync's mixing rate is small so
+# that no one result outweighs the rest under the weighted median (at alpha 0.6 the last
+# arrival holds most of the weight, and the median is that result, attacked or not).
+ASYNCHRONOUS = ["systems.compute_median=20", "rounds=2"]
+
+
 def _config(name: str, setting: str, tmp_path):
   overrides = BASE + [f"algorithm.name={name}", f"out_dir={tmp_path}/{name}-{setting}"]
+  if ALGORITHMS.get(name).asynchronous:
+    overrides += [*ASYNCHRONOUS, f"algorithm.{name}.concurrency=6"]
+  if name == "fedasync":
+    overrides.append("algorithm.fedasync.alpha=0.1")
   return load_config(None, overrides + SETTINGS[setting])
 
 
