@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     action="store_true",
     help="print the resolved config, with what `auto` picked, and exit",
   )
+  parser.add_argument(
+    "--profile",
+    metavar="ROUNDS",
+    help="trace round N or rounds A-B with jax.profiler into out_dir/profile (Perfetto) and "
+    "print the time per XLA op",
+  )
   parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
   parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. local.epochs=2")
   return parser
@@ -109,6 +115,13 @@ def _main(args: argparse.Namespace) -> int:
 
   config = load_config(args.config, args.overrides)
   config = _resume_where_named(config, args)
+  from fedjax_lab import profiling
+
+  profile = None if args.profile is None else profiling.parse_rounds(args.profile)
+  if profile is not None and profile[1] > config.rounds:
+    raise ValueError(
+      f"--profile must name rounds within rounds={config.rounds}, got {args.profile}"
+    )
   from fedjax_lab import run_folder
 
   args.checkpoints = pathlib.Path(config.out_dir).expanduser() / run_folder.CHECKPOINT_DIR
@@ -123,9 +136,19 @@ def _main(args: argparse.Namespace) -> int:
   from fedjax_lab.runner import run
   from fedjax_lab.tables import SUMMARY_COLUMNS, format_table, summary_row
 
-  result = run(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+  result = run(
+    config,
+    resume=args.resume,
+    overwrite=args.overwrite,
+    progress=not args.no_progress,
+    profile=profile,
+  )
   print(format_table([summary_row(config.algorithm.name, result)], SUMMARY_COLUMNS))
   print(f"metrics, config and plot in {result.out_dir}")
+  traces = result.out_dir / profiling.PROFILE_FOLDER
+  if profile is not None and traces.is_dir():
+    print(f"\ntime per XLA op, rounds {profile[0]}-{profile[1]}:")
+    print(profiling.op_table(profiling.newest_trace(traces)))
   return 0
 
 

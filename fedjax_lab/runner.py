@@ -36,6 +36,7 @@ from fedjax_lab.models import Model
 from fedjax_lab.ops import accounting
 from fedjax_lab.ops.systems import round_outcome
 from fedjax_lab.plots import pyplot
+from fedjax_lab.profiling import PROFILE_FOLDER
 
 # Poisson cohorts are padded with empty clients to a multiple of this: few shapes to compile
 POISSON_PADDING = 8
@@ -290,6 +291,7 @@ def run(
   overwrite: bool = False,
   progress: bool = True,
   data: FederatedData | None = None,
+  profile: tuple[int, int] | None = None,
 ) -> RunResult:
   """Run ``config`` and write ``config.json``, ``metrics.jsonl``/``.csv``, ``accuracy.png``
   and checkpoints to ``config.out_dir`` (``run_folder``: the folder owns one experiment, every
@@ -302,6 +304,9 @@ def run(
     overwrite: start afresh in an ``out_dir`` that holds another run, deleting its run files.
     progress: a progress bar on a terminal, else a line per evaluation, on stderr.
     data: the federation, if already built (else built from ``config.data``).
+    profile: rounds ``(first, last)`` (1-based, inclusive) traced by ``jax.profiler`` into
+      ``out_dir/profile`` (Perfetto format; ``profiling.op_table`` sums it per op); rounds a
+      resumed run does not run are not traced.
 
   Returns:
     ``RunResult``. Raises ``TrainingDivergedError`` when the loss or the state stops being
@@ -320,7 +325,7 @@ def run(
   if writer:
     claimed = run_folder.claim(out_dir, config.to_dict(), resume=resume, overwrite=overwrite)
   with claimed:
-    rows, state = _run_claimed(config, out_dir, resume, progress, data)
+    rows, state = _run_claimed(config, out_dir, resume, progress, data, profile)
   if writer:
     plot_accuracy(
       rows,
@@ -336,7 +341,7 @@ def output_folder(config: ExperimentConfig) -> pathlib.Path:
   return pathlib.Path(config.out_dir).expanduser()
 
 
-def _run_claimed(config, out_dir, resume, progress, data):
+def _run_claimed(config, out_dir, resume, progress, data, profile=None):
   """``run`` in a claimed ``out_dir``: build, restore, train; returns ``(rows, state)``."""
   writer = jax.process_index() == 0
   recorded = run_folder.read_metrics(out_dir) if resume else []
@@ -368,7 +373,7 @@ def _run_claimed(config, out_dir, resume, progress, data):
     if writer and start_round < config.rounds:
       run_folder.write_config(out_dir, config.to_dict())
     rows, state = _train(
-      config, experiment, state, rows, start_round, rounds_key, manager, progress
+      config, experiment, state, rows, start_round, rounds_key, manager, progress, profile
     )
   finally:
     if manager is not None:
@@ -387,9 +392,11 @@ def _own_clients(config: ExperimentConfig, experiment):
   return dataclasses.replace(experiment, data=data, train_data=train_data)
 
 
-def _train(config, experiment, state, rows, start_round, rounds_key, manager, progress):
-  """The round loop of ``run``: rounds ``start_round + 1 .. config.rounds``; returns
-  ``(rows, state)``."""
+def _train(
+  config, experiment, state, rows, start_round, rounds_key, manager, progress, profile=None
+):
+  """The round loop of ``run``: rounds ``start_round + 1 .. config.rounds``, ``profile``'s
+  traced; returns ``(rows, state)``."""
   from tqdm.auto import tqdm
 
   algorithm, train_data = experiment.algorithm, experiment.train_data
@@ -416,8 +423,13 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
     unit="round",
   )
   clock = rows[-1].get("simulated_seconds", 0.0) if rows else 0.0  # the simulated clock
-  with _stop_requests() as stop:
+  tracing = False
+  with _stop_requests() as stop, contextlib.ExitStack() as traces:
     for round_index in bar:
+      if profile is not None and round_index + 1 == profile[0]:
+        jax.profiler.start_trace(str(out_dir / PROFILE_FOLDER), create_perfetto_trace=True)
+        traces.callback(lambda: tracing and jax.profiler.stop_trace())
+        tracing = True
       tick = time.perf_counter()
       ids = cohort_ids(
         config.seed,
@@ -474,6 +486,10 @@ def _train(config, experiment, state, rows, start_round, rounds_key, manager, pr
         )
         _show(bar, row, config.rounds, train_loss, lines=progress and not terminal)
       rows.append(row)
+      if tracing and round_index + 1 == profile[1]:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        tracing = False
       if writer:
         run_folder.write_metrics(out_dir, rows)
       _checkpoint_or_stop(config, manager, round_index + 1, state, rounds_key, stop)

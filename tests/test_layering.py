@@ -28,6 +28,7 @@ LAYERS = {
   "checkpoint": 6,
   "run_folder": 6,
   "tables": 6,
+  "profiling": 6,
   "cli": 7,
   "__init__": 7,
 }
