@@ -4,7 +4,9 @@ The methods read a cohort as ``[cohort, width, ...]`` on the device: each client
 first, zeros after. Only the real rows cross from the host: packed flat, ``chunk`` rows at a
 time, each row with its destination ``client * width + slot`` (int32). One jitted program
 (``write_chunk``) scatters a chunk into the cohort's buffer, which it donates, so the write is
-in place. A chunk has the same shape whatever the cohort's rows, so a run compiles it once and
+in place. The buffer is ``[cohort, width, features]`` (trailing dimensions flattened) while it
+is written, and takes its real shape once at the end: XLA:CPU copied a whole image-shaped
+buffer (``[cohort, width, 28, 28, 1]``) at every chunk to alias it, and does not a 3-D one. A chunk has the same shape whatever the cohort's rows, so a run compiles it once and
 nothing recompiles as cohorts grow or shrink; the last chunk's unused rows (destination out of
 range, dropped) are the only padding moved: less than one chunk per cohort.
 ``chunk_rows`` sizes a chunk to ``1 / CHUNKS_PER_COHORT`` of an expected cohort's rows, so a
@@ -56,14 +58,23 @@ def _zeros(shapes, dtypes, sharding):
   return jax.jit(make, out_shardings=sharding)
 
 
+@functools.lru_cache(maxsize=64)
+def _shaped(shapes, sharding):
+  """A jitted program giving flattened ``[size, width, features]`` arrays their ``shapes``."""
+  shape = lambda arrays: tuple(a.reshape(s) for a, s in zip(arrays, shapes))
+  return jax.jit(shape, out_shardings=sharding, donate_argnums=0)
+
+
 @functools.partial(jax.jit, donate_argnums=0)
 def write_chunk(cohort, rows, where):
-  """``cohort`` (a tuple of ``[size, width, ...]``) with ``rows`` (a tuple of ``[chunk, ...]``)
-  written at the flat positions ``where`` (``[chunk]``; ``size * width`` or beyond: dropped)."""
+  """``cohort`` (a tuple of ``[size, width, features]``) with ``rows`` (a tuple of ``[chunk,
+  ...]``, ``features`` values a row) written at the flat positions ``where`` (``[chunk]``;
+  ``size * width`` or beyond: dropped)."""
 
   def one(out, new):
-    flat = out.reshape((-1,) + out.shape[2:])
-    return flat.at[where].set(new.astype(out.dtype), mode="drop").reshape(out.shape)
+    flat = out.reshape(out.shape[0] * out.shape[1], out.shape[2])
+    new = new.reshape(new.shape[0], -1).astype(out.dtype)
+    return flat.at[where].set(new, mode="drop").reshape(out.shape)
 
   return tuple(one(out, new) for out, new in zip(cohort, rows))
 
@@ -92,7 +103,8 @@ def move_rows(store, client_ids, counts, width: int, chunk: int, sharding=None):
   per_process = np.bincount(owner, counts[: len(client_ids)], minlength=processes)
   num_chunks = int(-(-per_process.max(initial=0) // chunk))
   shapes = tuple((size, width) + rows.shape[1:] for rows in (rows_x, rows_y))
-  cohort = _zeros(shapes, (rows_x.dtype, rows_y.dtype), sharding)()
+  flat = tuple((size, width, int(np.prod(rows.shape[1:]))) for rows in (rows_x, rows_y))
+  cohort = _zeros(flat, (rows_x.dtype, rows_y.dtype), sharding)()
   for first in range(0, num_chunks * chunk, chunk):
     part = slice(first, first + chunk)
     x = np.zeros((chunk,) + rows_x.shape[1:], rows_x.dtype)
@@ -101,4 +113,4 @@ def move_rows(store, client_ids, counts, width: int, chunk: int, sharding=None):
     taken = len(where[part])
     x[:taken], y[:taken], at[:taken] = rows_x[part], rows_y[part], where[part]
     cohort = write_chunk(cohort, (_place(x, sharding), _place(y, sharding)), _place(at, sharding))
-  return cohort
+  return _shaped(shapes, sharding)(cohort)
