@@ -6,8 +6,9 @@ time, each row with its destination ``client * width + slot`` (int32). One jitte
 (``write_chunk``) scatters a chunk into the cohort's buffer, which it donates, so the write is
 in place. The buffer is ``[cohort, width, features]`` (trailing dimensions flattened) while it
 is written, and takes its real shape once at the end: XLA:CPU copied a whole image-shaped
-buffer (``[cohort, width, 28, 28, 1]``) at every chunk to alias it, and does not a 3-D one. A chunk has the same shape whatever the cohort's rows, so a run compiles it once and
-nothing recompiles as cohorts grow or shrink; the last chunk's unused rows (destination out of
+buffer (``[cohort, width, 28, 28, 1]``) at every chunk to alias it, and does not a 3-D one.
+A chunk has the same shape whatever the cohort's rows, so a run compiles it once and nothing
+recompiles as cohorts grow or shrink; the last chunk's unused rows (destination out of
 range, dropped) are the only padding moved: less than one chunk per cohort.
 ``chunk_rows`` sizes a chunk to ``1 / CHUNKS_PER_COHORT`` of an expected cohort's rows, so a
 cohort of at least half the expected rows moves at most 1.25x its real bytes (plus the 4
