@@ -1,5 +1,6 @@
 """A plain per-client reference implementation of FedAvg, FedProx and SCAFFOLD: Python loops
-over clients and steps, unpadded arrays, explicit gradient formulas. The engine must match it."""
+over clients and steps, unpadded arrays, explicit gradient formulas. The engine must match it.
+Also ``mlp_setup``, the small client setup several tests build their methods on."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from fedjax_lab.algorithms.base import ClientSetup
+from fedjax_lab.engine.execution import Executor
+from fedjax_lab.engine.local import LocalSchedule
+from fedjax_lab.models import build_model
 
 
 def epoch_order(key, num_examples: int, max_examples: int, epoch: int) -> np.ndarray:
@@ -90,3 +96,16 @@ def scaffold_round(apply_fn, params, c, client_controls, cohort, key, num_client
   mean_delta = _mean(deltas, np.ones(len(deltas)))
   c = jax.tree.map(lambda a, d: a + len(deltas) / num_clients * d, c, mean_delta)
   return new_params, c, new_controls
+
+
+def mlp_setup(data, **fields):
+  """A ``ClientSetup`` training the MLP on ``data`` with SGD 0.1, batches of 8, one epoch,
+  vmapped; ``fields`` replace any of its other fields (an aggregator, an executor)."""
+  defaults = dict(executor=Executor("vmap"), optimizer=optax.sgd(0.1))
+  return ClientSetup(
+    model=build_model("mlp", 10, options=None),
+    sample_x=data.train_x[0, :1],
+    schedule=LocalSchedule(8, data.max_examples),
+    num_clients=data.num_clients,
+    **{**defaults, **fields},
+  )

@@ -15,12 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from reference import mlp_setup
 
 from fedjax_lab.algorithms.asynchronous import asynchronous
-from fedjax_lab.algorithms.base import ClientSetup, round_keys
-from fedjax_lab.engine.execution import Executor
-from fedjax_lab.engine.local import LocalSchedule
-from fedjax_lab.models import build_model
+from fedjax_lab.algorithms.base import round_keys
 from fedjax_lab.ops.asynchronous import earliest_slots, polynomial_staleness, sequential_mixing
 
 
@@ -48,17 +46,6 @@ def test_sequential_mixing_is_the_mixes_applied_in_turn():
   mixed = x + float(total) * (np.asarray(weights) @ models / float(total) - x)
   np.testing.assert_allclose(mixed, sequential, rtol=1e-5)
   assert float(weights[1]) == 0.0
-
-
-def _setup(data) -> ClientSetup:
-  return ClientSetup(
-    build_model("mlp", 10, options=None),
-    data.train_x[0, :1],
-    optax.sgd(0.1),
-    LocalSchedule(8, data.max_examples),
-    Executor("vmap"),
-    data.num_clients,
-  )
 
 
 def _event_driven(setup, x, cohorts, keys, concurrency, arrivals, exponent, mixing=None):
@@ -108,7 +95,7 @@ def test_compiled_steps_match_an_event_driven_server(
   """Seven steps with clients of uneven speeds (results overtake each other, staleness up to
   a few versions), against ``_event_driven``: the same model (1e-5) and clock."""
   data = tiny_federation
-  setup = _setup(data)
+  setup = mlp_setup(data)
   algorithm = asynchronous(
     setup,
     optax.sgd(1.0),

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import mlp_setup
 
 from fedjax_lab import load_config
 from fedjax_lab.ops.aggregators import qsgd, random_k, top_k, with_feedback
@@ -159,24 +160,13 @@ def test_cohort_reduce_keeps_each_clients_residual(tiny_federation):
   the others' stay 0; a round where the same clients bring no examples leaves them."""
   import optax
 
-  from fedjax_lab.algorithms.base import ClientSetup, round_keys
+  from fedjax_lab.algorithms.base import round_keys
   from fedjax_lab.algorithms.fedopt import fedopt
-  from fedjax_lab.engine.execution import Executor
-  from fedjax_lab.engine.local import LocalSchedule
-  from fedjax_lab.models import build_model
   from fedjax_lab.ops.aggregators import error_feedback, mean
 
   data = tiny_federation
   compressor = top_k(0.1)
-  setup = ClientSetup(
-    build_model("mlp", 10, options=None),
-    data.train_x[0, :1],
-    optax.sgd(0.1),
-    LocalSchedule(8, data.max_examples),
-    Executor("vmap"),
-    data.num_clients,
-    aggregator=error_feedback(mean(), compressor, data.num_clients),
-  )
+  setup = mlp_setup(data, aggregator=error_feedback(mean(), compressor, data.num_clients))
   algorithm = fedopt(setup, optax.sgd(1.0))
   state = algorithm.init(jax.random.key(0))
   cohort = data.cohort(np.array([0, 2, 3]))
