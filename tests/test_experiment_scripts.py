@@ -371,6 +371,26 @@ def test_fedmr_grid_tables_are_what_the_committed_summaries_give():
     assert reproduce.readme_table(summary) in readme
 
 
+@pytest.mark.parametrize("model", ["cnn", "mlp"])
+def test_fedmr_ablation_tables_are_what_the_committed_runs_give(model):
+  ablation = _script("experiments/fedmr/ablation.py")
+  results = ROOT / "experiments/fedmr/results" / f"ablation_{model}"
+  readme = (ROOT / "experiments/fedmr/README.md").read_text()
+  assert ablation.ablation_table(model, results) in readme
+
+
+def test_fedsnd_text_ablation_table_is_what_the_committed_summaries_give():
+  folder = ROOT / "experiments/fedsnd"
+  reproduce = _script("experiments/fedsnd/reproduce.py")
+  changes = {
+    name: json.loads((folder / "results/text_ablation" / f"{name}.json").read_text())
+    for name in reproduce.TEXT_ABLATION
+  }
+  text = json.loads((folder / "results/text_summary.json").read_text())
+  table = reproduce.text_ablation_table(text, changes)
+  assert table in (folder / "README.md").read_text()
+
+
 def test_fedsnd_30_round_tables_are_what_the_committed_summaries_give():
   import importlib.util
 
