@@ -2,6 +2,8 @@
 
   fedjax-lab --config experiments/quickstart/config.json rounds=50 data.dirichlet.alpha=0.1
   fedjax-lab --config runs/x/config.json --resume
+  fedjax-lab sweep --config C --grid algorithm.name=fedavg,fedprox --seeds 0-2   (sweep.py)
+  fedjax-lab report runs/sweep                                                   (report.py)
 
 Options and overrides may come in any order. Every expected failure (config, data, output
 folder, checkpoint, divergence, interrupt) is one line naming the cause, exit code 2;
@@ -169,10 +171,25 @@ def _resume_where_named(config, args: argparse.Namespace):
   return dataclasses.replace(config, out_dir=str(folder))
 
 
+def _subcommand(name: str):
+  """``sweep`` and ``report``: each a module's ``main(argv) -> exit code``."""
+  return importlib.import_module(f"fedjax_lab.{name}").main
+
+
+SUBCOMMANDS = ("sweep", "report")
+
+
 def main(argv: list[str] | None = None) -> int:
-  args = _parser().parse_intermixed_args(argv)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv and argv[0] in SUBCOMMANDS:
+    debug = "--debug" in argv
+    args = argparse.Namespace(debug=debug, plugin=[], checkpoints=None)
+    command = lambda: _subcommand(argv[0])([a for a in argv[1:] if a != "--debug"])
+  else:
+    args = _parser().parse_intermixed_args(argv)
+    command = lambda: _main(args)
   try:
-    return _main(args)
+    return command()
   except BaseException as error:
     if args.debug or not isinstance(error, _expected_failures()):
       raise

@@ -26,6 +26,7 @@ from fedjax_lab.ops.accounting import ACCOUNTANTS, PLD_MIN_NOISE_MULTIPLIER, SAM
 from fedjax_lab.ops.aggregators import AGGREGATORS, COMPRESSORS
 from fedjax_lab.ops.attacks import ATTACKS
 from fedjax_lab.ops.systems import DeviceModel, read_trace
+from fedjax_lab.writers import WRITERS
 
 CLIENT_OPTIMIZERS = ("sgd", "adam", "adamw")
 SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
@@ -392,6 +393,26 @@ class PrivacyConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+  """Where each round's metrics go beside ``metrics.jsonl``/``.csv`` (always written, the
+  source of truth): the registered writers named in ``writers`` (``fedjax_lab.writers``:
+  ``tensorboard``, ``mlflow``, ``wandb``, or a plugin's); ``[]`` writes none."""
+
+  writers: tuple[str, ...] = ("tensorboard",)
+
+  def __post_init__(self):
+    typed_fields(self, "logging.")
+    for name in self.writers:
+      WRITERS.get(name)  # an unknown name: one line naming the field and the writers
+    require(
+      len(set(self.writers)) == len(self.writers),
+      "logging.writers",
+      "names without repeats",
+      list(self.writers),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class SystemsConfig:
   """The clients' devices and the simulated clock (``ops/systems.py``). ``compute_median > 0``
   gives every client a compute speed (examples per second, lognormal with ``compute_sigma``)
@@ -546,6 +567,7 @@ class ExperimentConfig:
   attack: AttackConfig = AttackConfig()
   execution: ExecutionConfig = ExecutionConfig()
   systems: SystemsConfig = SystemsConfig()
+  logging: LoggingConfig = LoggingConfig()
   rounds: int = 20
   cohort_size: int = 5
   # fixed: exactly cohort_size clients a round; poisson: each client joins with probability

@@ -1,9 +1,10 @@
 """A run's output folder: it owns one experiment, and nothing written there is ever half-written.
 
-The folder holds ``config.json``, ``metrics.jsonl`` / ``metrics.csv``, ``accuracy.png`` and
-``checkpoints/``. Before a run writes anything, :func:`claim` checks that the folder is free
-(or, when resuming, that it holds the same experiment); files are replaced atomically (a
-temporary file in the same folder, then ``os.replace``), so a kill leaves the old version or
+The folder holds ``config.json``, ``metrics.jsonl`` / ``metrics.csv``, ``accuracy.png``,
+``client_accuracy.npz``, ``checkpoints/`` and a folder per metric writer (``tensorboard/``).
+Before a run writes anything, :func:`claim` checks that the folder is free (or, when
+resuming, that it holds the same experiment); files are replaced atomically (a temporary
+file in the same folder, then ``os.replace``), so a kill leaves the old version or
 the new one, never a cut one.
 """
 
@@ -18,20 +19,32 @@ import os
 import pathlib
 import shutil
 
+import numpy as np
+
 from fedjax_lab.config import config_from_dict, read_config_file
+from fedjax_lab.writers import WRITERS
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 PLOT_FILE = "accuracy.png"
 CHECKPOINT_DIR = "checkpoints"
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, METRICS_CSV, PLOT_FILE, CHECKPOINT_DIR)
+# The last evaluation's per-client accuracies (``write_client_accuracy``).
+CLIENTS_FILE = "client_accuracy.npz"
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, METRICS_CSV, PLOT_FILE, CHECKPOINT_DIR, CLIENTS_FILE)
 # Held (``flock``, exclusive) by the process that runs in the folder, from the claim to the end
 # of the run; the kernel releases it when the process dies, so a stale file is never a lock.
 LOCK_FILE = ".fedjax-lab.lock"
 # Fields a resumed run may change: when it stops, how often it reports, where it runs. The
 # execution fields keep the same mathematics; a different strategy may round differently.
-RESUMABLE_FIELDS = ("rounds", "eval_every", "checkpoint_every", "out_dir", "execution.")
+RESUMABLE_FIELDS = (
+  "rounds",
+  "eval_every",
+  "checkpoint_every",
+  "out_dir",
+  "execution.",
+  "logging.",
+)
 # ... except these, which change the mathematics (bfloat16 moves the loss by percents).
 MATHEMATICAL_FIELDS = ("execution.compute_dtype",)
 
@@ -152,7 +165,7 @@ def _check_free(
     if differences:
       raise RunFolderError(
         f"--resume: the config differs from the run in {out_dir} in {'; '.join(differences)}. "
-        "Only rounds, eval_every, checkpoint_every, out_dir and execution.* (not "
+        "Only rounds, eval_every, checkpoint_every, out_dir, logging.* and execution.* (not "
         "execution.compute_dtype) may change on resume"
       )
   elif entries and overwrite and CONFIG_FILE in entries and not run_output:
@@ -161,7 +174,7 @@ def _check_free(
       "it is not replaced: choose another out_dir"
     )
   elif entries and overwrite:
-    for name in RUN_FILES:
+    for name in RUN_FILES + tuple(WRITERS.get(w).folder for w in WRITERS):
       path = out_dir / name
       shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
   elif entries:
@@ -208,6 +221,26 @@ def write_metrics(out_dir: pathlib.Path, rows: list[dict]) -> None:
   writer.writeheader()
   writer.writerows(rows)
   write_atomic(out_dir / METRICS_CSV, table.getvalue())
+
+
+def write_client_accuracy(out_dir: pathlib.Path, round_index: int, clients: dict) -> None:
+  """``client_accuracy.npz``, replaced atomically: the evaluated ``round`` and each array of
+  ``clients`` (``client_ids`` and per-client accuracies, ``[evaluated clients]``)."""
+  temporary = out_dir / f".{CLIENTS_FILE}.tmp"
+  with open(temporary, "wb") as f:
+    np.savez(f, round=round_index, **clients)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(temporary, out_dir / CLIENTS_FILE)
+
+
+def read_client_accuracy(out_dir: pathlib.Path) -> dict[str, np.ndarray]:
+  """The arrays ``write_client_accuracy`` wrote ({} when the run has none)."""
+  path = out_dir / CLIENTS_FILE
+  if not path.exists():
+    return {}
+  with np.load(path) as stored:
+    return {key: stored[key] for key in stored.files}
 
 
 def read_metrics(out_dir: pathlib.Path) -> list[dict]:

@@ -23,7 +23,12 @@ from fedjax_lab.algorithms import ALGORITHMS, Algorithm, compiled_round, payload
 from fedjax_lab.build import build_experiment
 from fedjax_lab.config import ExperimentConfig
 from fedjax_lab.data import Cohort, FederatedData
-from fedjax_lab.engine.evaluate import client_metrics, client_test_sums, evaluate_pooled
+from fedjax_lab.engine.evaluate import (
+  client_accuracies,
+  client_metrics,
+  client_test_sums,
+  evaluate_pooled,
+)
 from fedjax_lab.engine.execution import computed_steps
 from fedjax_lab.engine.sharding import (
   addressable,
@@ -37,6 +42,7 @@ from fedjax_lab.ops import accounting
 from fedjax_lab.ops.systems import round_outcome
 from fedjax_lab.plots import pyplot
 from fedjax_lab.profiling import PROFILE_FOLDER
+from fedjax_lab.writers import WriterSet, check_installed
 
 # Poisson cohorts are padded with empty clients to a multiple of this: few shapes to compile
 POISSON_PADDING = 8
@@ -169,6 +175,15 @@ def evaluation_blocks(client_ids: np.ndarray, block: int = EVALUATION_BLOCK) -> 
   return list(filled.reshape(-1, block))
 
 
+class Evaluation(NamedTuple):
+  """``evaluate``'s result: the ``metrics`` (a row's evaluation columns) and ``clients``: the
+  evaluated ``client_ids`` with each one's ``client_accuracy`` (and ``adapted_client_accuracy``
+  with local adaptation), ``[evaluated clients]`` arrays; empty without client test splits."""
+
+  metrics: dict
+  clients: dict[str, np.ndarray]
+
+
 def evaluate(
   config: ExperimentConfig,
   model: Model,
@@ -176,13 +191,13 @@ def evaluate(
   state,
   data: FederatedData,
   adapt=None,
-) -> dict:
+) -> Evaluation:
   """Global model on the pooled test set; each client's model on its own test split (when
   ``data.test_fraction > 0`` gave clients one); with ``adapt`` (``local_adaptation``) also
   each client's adapted global model on its split, as ``adapted_client_*``. Clients
   (``evaluated_clients``: all, or ``eval_clients`` of them) are evaluated in blocks of
   ``EVALUATION_BLOCK`` (``evaluation_blocks``): memory follows a block, not the federation."""
-  metrics = {}
+  metrics, per_client = {}, {}
   global_params = algorithm.global_params(state) if algorithm.global_params is not None else None
   if global_params is not None:
     pooled = evaluate_pooled(model.apply, global_params, data.global_test_x, data.global_test_y)
@@ -210,17 +225,19 @@ def evaluate(
         adapted.append(test(adapt(global_params, ids), True))
     paths = None if data.client_paths is None else [data.client_paths[k] for k in clients]
     population = data.num_clients if len(clients) < data.num_clients else None
-    summarize = lambda blocks: client_metrics(
-      _from_every_process(held, blocks, clients), data.sequences, paths, population
-    )
-    metrics.update(summarize(sums))
-    if adapt is not None:
-      metrics.update((f"adapted_{k}", v) for k, v in summarize(adapted).items())
+    per_client["client_ids"] = clients
+    for prefix, blocks in (("", sums), ("adapted_", adapted if adapt is not None else None)):
+      if blocks is None:
+        continue
+      gathered = _from_every_process(held, blocks, clients)
+      summary = client_metrics(gathered, data.sequences, paths, population)
+      metrics.update((f"{prefix}{k}", v) for k, v in summary.items())
+      per_client[f"{prefix}client_accuracy"] = client_accuracies(gathered)
   if algorithm.client_clusters is not None and data.client_groups is not None:
     metrics["cluster_ari"] = float(
       adjusted_rand_score(data.client_groups, np.asarray(algorithm.client_clusters(state)))
     )
-  return metrics
+  return Evaluation(metrics, per_client)
 
 
 def _from_every_process(held: np.ndarray, blocks: list, clients: np.ndarray) -> np.ndarray:
@@ -293,9 +310,11 @@ def run(
   data: FederatedData | None = None,
   profile: tuple[int, int] | None = None,
 ) -> RunResult:
-  """Run ``config`` and write ``config.json``, ``metrics.jsonl``/``.csv``, ``accuracy.png``
-  and checkpoints to ``config.out_dir`` (``run_folder``: the folder owns one experiment, every
-  file is replaced atomically).
+  """Run ``config`` and write ``config.json``, ``metrics.jsonl``/``.csv``, ``accuracy.png``,
+  the last evaluation's ``client_accuracy.npz`` and checkpoints to ``config.out_dir``
+  (``run_folder``: the folder owns one experiment, every file is replaced atomically), and
+  each round to the ``logging.writers`` (TensorBoard event files by default; a writer that
+  fails is reported and turned off, the JSONL is unaffected).
 
   Args:
     config: the experiment.
@@ -320,6 +339,7 @@ def run(
   checkpoint from process 0 too)."""
   started = time.perf_counter()
   writer = jax.process_index() == 0
+  check_installed(config.logging.writers)
   out_dir = output_folder(config)
   claimed = contextlib.nullcontext()
   if writer:
@@ -424,7 +444,9 @@ def _train(
   )
   clock = rows[-1].get("simulated_seconds", 0.0) if rows else 0.0  # the simulated clock
   tracing = False
-  with _stop_requests() as stop, contextlib.ExitStack() as traces:
+  names = config.logging.writers if writer and start_round < config.rounds else ()
+  writers = WriterSet(names, out_dir, config.to_dict(), start_round, _report)
+  with _stop_requests() as stop, contextlib.ExitStack() as traces, contextlib.closing(writers):
     for round_index in bar:
       if profile is not None and round_index + 1 == profile[0]:
         jax.profiler.start_trace(str(out_dir / PROFILE_FOLDER), create_perfetto_trace=True)
@@ -480,10 +502,13 @@ def _train(
         **system,
         "round_seconds": time.perf_counter() - tick,
       }
+      clients = {}
       if (round_index + 1) % config.eval_every == 0 or round_index + 1 == config.rounds:
-        row.update(
-          evaluate(config, experiment.model, algorithm, addressable(state), experiment.data, adapt)
+        evaluation = evaluate(
+          config, experiment.model, algorithm, addressable(state), experiment.data, adapt
         )
+        row.update(evaluation.metrics)
+        clients = evaluation.clients
         _show(bar, row, config.rounds, train_loss, lines=progress and not terminal)
       rows.append(row)
       if tracing and round_index + 1 == profile[1]:
@@ -492,6 +517,9 @@ def _train(
         tracing = False
       if writer:
         run_folder.write_metrics(out_dir, rows)
+        if clients:
+          run_folder.write_client_accuracy(out_dir, round_index + 1, clients)
+        writers.write(row, {k: v for k, v in clients.items() if k != "client_ids"})
       _checkpoint_or_stop(config, manager, round_index + 1, state, rounds_key, stop)
   return rows, state
 

@@ -29,6 +29,9 @@ LAYERS = {
   "run_folder": 6,
   "tables": 6,
   "profiling": 6,
+  "writers": 6,
+  "sweep": 6,
+  "report": 6,
   "cli": 7,
   "__init__": 7,
 }

@@ -87,8 +87,7 @@ def client_metrics(
   ``client_perplexity = exp(client_loss)`` (per token: every example has the same length) and,
   given the clients' paths, ``client_perplexity/<federation>`` over the clients whose path
   starts with that federation."""
-  with np.errstate(invalid="ignore", divide="ignore"):
-    accuracy = np.where(sums[:, 2] > 0, sums[:, 0] / sums[:, 2], np.nan)
+  accuracy = client_accuracies(sums)
   loss = float(sums[:, 1].sum() / max(sums[:, 2].sum(), 1))
   metrics = {**summarize_clients(accuracy), "client_loss": loss}
   if population is not None:
@@ -106,6 +105,13 @@ def client_metrics(
         np.exp(part[:, 1].sum() / max(part[:, 2].sum(), 1))
       )
   return metrics
+
+
+def client_accuracies(sums: np.ndarray) -> np.ndarray:
+  """``[clients]``: each client's test accuracy from ``client_test_sums`` (correct / examples;
+  NaN for a client without test examples)."""
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(sums[:, 2] > 0, sums[:, 0] / sums[:, 2], np.nan)
 
 
 def summarize_clients(accuracy: np.ndarray) -> dict[str, float]:

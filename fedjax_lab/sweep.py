@@ -1,0 +1,424 @@
+"""``fedjax-lab sweep``: a base config times a grid of overrides times seeds, each run in its
+own folder, then one summary over seeds.
+
+  fedjax-lab sweep --config experiments/quickstart/config.json \\
+      --grid algorithm.name=fedavg,fedprox data.dirichlet.alpha=0.1,0.5 --seeds 0-2 \\
+      --baseline algorithm.name=fedavg --out runs/sweep --jobs 2 rounds=30
+
+A cell is one value per grid field; its run with seed ``s`` (``seed=s`` and ``data.seed=s``:
+each seed is another federation and another training) lives in ``OUT/<cell>/seed<s>``. Every
+config is built and validated before the first run. A finished run is read back, not rerun;
+an interrupted one resumes from its checkpoint; a diverged one is recorded as such
+(``grid.run_or_load``): running the same command again completes a sweep.
+
+The summary, in ``OUT/summary``: per metric a table of each cell's mean, sample std (ddof=1)
+and n over seeds, and with ``--baseline`` the paired difference with the baseline cell (the
+same values but the baseline field's) with its 95% t-interval and verdict
+(``stats.paired_difference``); the curves (mean and min-max band over seeds, a panel per
+value of the other fields); ``per_seed.jsonl``, one record per run with its final values,
+and ``curves.jsonl``, every run's evaluated rows, from which ``--summarize`` recomputes it all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import itertools
+import json
+import multiprocessing
+import pathlib
+import time
+
+import numpy as np
+
+from fedjax_lab import stats
+from fedjax_lab.config import ExperimentConfig, config_from_dict, load_config
+from fedjax_lab.plots import pyplot
+from fedjax_lab.tables import format_table
+
+DEFAULT_METRICS = ("global_accuracy", "client_accuracy_mean", "client_accuracy_p10")
+SUMMARY_FOLDER = "summary"
+
+
+@dataclasses.dataclass(frozen=True)
+class Axis:
+  """One grid field and the values it takes, as override strings."""
+
+  field: str
+  values: tuple[str, ...]
+
+
+def split_values(text: str) -> list[str]:
+  """``"a,b,[1,2]"`` -> ``["a", "b", "[1,2]"]``: commas inside brackets belong to a value."""
+  values, depth, current = [], 0, ""
+  for character in text:
+    depth += {"[": 1, "]": -1}.get(character, 0)
+    if character == "," and depth == 0:
+      values.append(current)
+      current = ""
+    else:
+      current += character
+  return values + [current]
+
+
+def parse_axis(text: str) -> Axis:
+  """``"field=v1,v2"`` as an ``Axis``; ``ValueError`` in one line otherwise."""
+  field, _, values = text.partition("=")
+  parsed = tuple(v.strip() for v in split_values(values))
+  if not field.strip() or not all(parsed) or len(set(parsed)) != len(parsed):
+    raise ValueError(f"--grid must be field=value1,value2,... with distinct values, got {text!r}")
+  return Axis(field.strip(), parsed)
+
+
+def parse_seeds(text: str) -> list[int]:
+  """``"0-4"``, ``"0,2,5"`` or ``"3"`` as a list of distinct seeds >= 0."""
+  try:
+    if "-" in text:
+      first, last = (int(part) for part in text.split("-"))
+      seeds = list(range(first, last + 1))
+    else:
+      seeds = [int(part) for part in text.split(",")]
+  except ValueError:
+    seeds = []
+  if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+    raise ValueError(f"--seeds must be A-B or a list like 0,1,2 of seeds >= 0, got {text!r}")
+  return seeds
+
+
+def short_names(axes: list[Axis]) -> dict[str, str]:
+  """Each grid field by its last dotted part (``alpha``), or whole where two share it."""
+  last = [axis.field.rsplit(".", 1)[-1] for axis in axes]
+  return {a.field: name if last.count(name) == 1 else a.field for a, name in zip(axes, last)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One value per grid field: ``values`` as ``(field, value)`` pairs in grid order."""
+
+  values: tuple[tuple[str, str], ...]
+
+  def name(self, short: dict[str, str]) -> str:
+    """``"name=fedavg,alpha=0.1"``: the cell's folder and label."""
+    return ",".join(f"{short[field]}={value}" for field, value in self.values)
+
+  def overrides(self) -> list[str]:
+    return [f"{field}={value}" for field, value in self.values]
+
+
+def grid_cells(axes: list[Axis]) -> list[Cell]:
+  """Every combination of the axes' values, the last axis varying fastest."""
+  combos = itertools.product(*(axis.values for axis in axes))
+  return [Cell(tuple(zip((a.field for a in axes), combo))) for combo in combos]
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+  cell: Cell
+  seed: int
+  config: ExperimentConfig
+
+
+def plan(
+  config_path: str | None, overrides: list[str], axes: list[Axis], seeds, out: pathlib.Path
+) -> list[PlannedRun]:
+  """Every (cell, seed)'s config, validated now: a bad value is one line naming it before any
+  run starts. Out folders: ``out/<cell name>/seed<s>``."""
+  short = short_names(axes)
+  planned = []
+  for cell in grid_cells(axes):
+    for seed in seeds:
+      changes = [*overrides, *cell.overrides(), f"seed={seed}", f"data.seed={seed}"]
+      changes.append(f"out_dir={out / cell.name(short) / f'seed{seed}'}")
+      try:
+        config = load_config(config_path, changes)
+      except ValueError as error:
+        raise ValueError(f"cell {cell.name(short)}, seed {seed}: {error}") from None
+      planned.append(PlannedRun(cell, seed, config))
+  return planned
+
+
+def use_compilation_cache(folder: pathlib.Path) -> None:
+  """JAX's persistent compilation cache in ``folder``: runs that differ only in their seed
+  compile once (every program cached, however fast it compiled)."""
+  import jax
+
+  jax.config.update("jax_compilation_cache_dir", str(folder))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def run_one(config_dict: dict, cache: str) -> tuple[list[dict], bool]:
+  """One planned run, in this process or a worker: ``grid.run_or_load`` (read back when
+  finished, resumed when interrupted, recorded when diverged). Returns (rows, read back)."""
+  from fedjax_lab.grid import run_or_load
+
+  if cache:
+    use_compilation_cache(pathlib.Path(cache))
+  return run_or_load(config_from_dict(config_dict), None)
+
+
+def execute(planned: list[PlannedRun], jobs: int, cache: str, report) -> None:
+  """Run or read back every planned run, ``jobs`` at a time (``jobs > 1``: worker processes,
+  started fresh, so JAX is never forked); ``report(run, rows, read_back, seconds)`` after
+  each."""
+  if jobs == 1:
+    for run in planned:
+      started = time.perf_counter()
+      rows, read_back = run_one(run.config.to_dict(), cache)
+      report(run, rows, read_back, time.perf_counter() - started)
+    return
+  context = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+    futures = {pool.submit(timed_run, run.config.to_dict(), cache): run for run in planned}
+    for future in concurrent.futures.as_completed(futures):
+      rows, read_back, seconds = future.result()
+      report(futures[future], rows, read_back, seconds)
+
+
+def timed_run(config_dict: dict, cache: str) -> tuple[list[dict], bool, float]:
+  """``run_one`` in a worker, with its wall seconds."""
+  started = time.perf_counter()
+  return (*run_one(config_dict, cache), time.perf_counter() - started)
+
+
+def final_value(rows: list[dict], metric: str, last: int) -> float:
+  """The mean of ``metric`` over a run's last ``last`` evaluations; NaN for a diverged run or
+  one that never logged it."""
+  from fedjax_lab.grid import last_evaluations
+
+  return last_evaluations(rows, metric, last)
+
+
+def records(planned: list[PlannedRun], metrics, last: int) -> tuple[list, list]:
+  """``(per_seed, curves)``: per run, its grid values, seed and final ``metrics``; and its
+  evaluated rows (every row with one of ``metrics``), read from its folder."""
+  from fedjax_lab import run_folder
+  from fedjax_lab.grid import DIVERGED_MARKER
+
+  per_seed, curves = [], []
+  for run in planned:
+    folder = pathlib.Path(run.config.out_dir)
+    rows = run_folder.read_metrics(folder)
+    if (folder / DIVERGED_MARKER).exists():
+      rows = rows + [{"round": run.config.rounds, "diverged": True}]
+    grid = dict(run.cell.values)
+    values = {metric: final_value(rows, metric, last) for metric in metrics}
+    per_seed.append({"grid": grid, "seed": run.seed, "rounds": run.config.rounds, **values})
+    evaluated = [
+      {k: v for k, v in row.items() if k == "round" or k in metrics}
+      for row in rows
+      if any(metric in row for metric in metrics) or row.get("diverged")
+    ]
+    curves.append({"grid": grid, "seed": run.seed, "rows": evaluated})
+  return per_seed, curves
+
+
+def _by_cell(entries: list[dict]) -> dict[tuple, dict[int, dict]]:
+  cells: dict[tuple, dict[int, dict]] = {}
+  for entry in entries:
+    cells.setdefault(tuple(entry["grid"].items()), {})[entry["seed"]] = entry
+  return cells
+
+
+def summary_tables(
+  per_seed: list[dict], metrics, baseline: tuple[str, str] | None, last: int
+) -> str:
+  """Per metric: each cell's ``mean ± std (n)`` over seeds and, with a ``baseline`` (field,
+  value), ``cell - baseline`` paired by seed: mean, 95% interval, verdict."""
+  cells = _by_cell(per_seed)
+  fields = list(per_seed[0]["grid"]) if per_seed else []
+  short = short_names([Axis(field, ()) for field in fields])
+  sections = []
+  for metric in metrics:
+    rows = []
+    for key, by_seed in cells.items():
+      values = [entry[metric] for entry in by_seed.values()]
+      d = stats.describe(values)
+      row = {short[f]: v for f, v in key}
+      row.update(mean=f"{d['mean']:.4f}", std=f"{d['std']:.4f}", n=d["n"])
+      if d["n_missing"]:
+        row["diverged"] = d["n_missing"]
+      if baseline is not None:
+        row[f"paired diff vs {short[baseline[0]]}={baseline[1]}"] = _paired(
+          cells, key, baseline, metric
+        )
+      rows.append(row)
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    what = "the final evaluation" if last == 1 else f"the mean of the last {last} evaluations"
+    sections.append(f"### {metric} ({what})\n\n```\n{format_table(rows, columns)}\n```\n")
+  return "\n".join(sections)
+
+
+def _paired(cells, key: tuple, baseline: tuple[str, str], metric: str) -> str:
+  """``cell - baseline cell`` over their common seeds, or ``baseline`` for the baseline."""
+  field, value = baseline
+  other = tuple((f, value if f == field else v) for f, v in key)
+  if other == key:
+    return "baseline"
+  if other not in cells:
+    return "no baseline cell"
+  seeds = sorted(set(cells[key]) & set(cells[other]))
+  a = [cells[key][s][metric] for s in seeds]
+  b = [cells[other][s][metric] for s in seeds]
+  return stats.format_paired(a, b, digits=4)
+
+
+def plot_curves(curves: list[dict], metric: str, compared: str, path: pathlib.Path) -> None:
+  """``metric`` against the round: a panel per combination of the grid values but
+  ``compared``'s, a line per ``compared`` value (mean over seeds, min-max band)."""
+  plt = pyplot()
+  panels: dict[tuple, dict[str, list]] = {}
+  for curve in curves:
+    grid = curve["grid"]
+    panel = tuple((f, v) for f, v in grid.items() if f != compared)
+    points = [(r["round"], r[metric]) for r in curve["rows"] if metric in r]
+    if points and not any(r.get("diverged") for r in curve["rows"]):
+      panels.setdefault(panel, {}).setdefault(grid.get(compared, ""), []).append(points)
+  if not panels:
+    return
+  short = short_names([Axis(f, ()) for f in curves[0]["grid"]])
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+  for ax, (panel, lines) in zip(axes[0], panels.items()):
+    for index, (label, series) in enumerate(lines.items()):
+      length = min(len(s) for s in series)
+      rounds = [r for r, _ in series[0][:length]]
+      values = np.array([[v for _, v in s[:length]] for s in series])
+      ax.plot(rounds, values.mean(0), color=f"C{index}", label=f"{short.get(compared, '')}={label}")
+      ax.fill_between(rounds, values.min(0), values.max(0), color=f"C{index}", alpha=0.15)
+    ax.set_title(", ".join(f"{short[f]}={v}" for f, v in panel) or metric, fontsize=9)
+    ax.set_xlabel("round")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  axes[0][0].set_ylabel(f"{metric} (mean, min-max over seeds)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def write_summary(
+  out: pathlib.Path,
+  per_seed: list[dict],
+  curves: list[dict],
+  metrics,
+  baseline: tuple[str, str] | None,
+  last: int,
+) -> str:
+  """``OUT/summary``: ``summary.md`` (the tables), ``per_seed.jsonl``, ``curves.jsonl`` and a
+  ``<metric>.png`` per metric; returns the tables."""
+  folder = out / SUMMARY_FOLDER
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / "per_seed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in per_seed))
+  (folder / "curves.jsonl").write_text("".join(json.dumps(c) + "\n" for c in curves))
+  tables = summary_tables(per_seed, metrics, baseline, last)
+  (folder / "summary.md").write_text(tables)
+  fields = list(per_seed[0]["grid"]) if per_seed else []
+  compared = baseline[0] if baseline else (fields[0] if fields else "")
+  for metric in metrics:
+    plot_curves(curves, metric, compared, folder / f"{metric}.png")
+  return tables
+
+
+def read_summary_inputs(out: pathlib.Path) -> tuple[list[dict], list[dict]]:
+  """``(per_seed, curves)`` as ``write_summary`` wrote them."""
+  folder = out / SUMMARY_FOLDER
+  read = lambda name: [json.loads(line) for line in (folder / name).read_text().splitlines()]
+  return read("per_seed.jsonl"), read("curves.jsonl")
+
+
+def parser() -> argparse.ArgumentParser:
+  sweep = argparse.ArgumentParser(
+    prog="fedjax-lab sweep",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  sweep.add_argument("--config", help="the base config (.json or .toml)")
+  sweep.add_argument(
+    "--grid", nargs="+", action="extend", default=[], metavar="FIELD=V1,V2",
+    help="fields and their values; the cells are every combination (a field given one value "
+    "applies to every run, like an override)",
+  )  # fmt: skip
+  sweep.add_argument("--seeds", default="0", help="A-B or a list: 0-4, 0,1,2 (default 0)")
+  sweep.add_argument("--out", default="runs/sweep", help="the sweep's folder")
+  sweep.add_argument("--jobs", type=int, default=1, help="runs at once (worker processes)")
+  sweep.add_argument(
+    "--baseline", metavar="FIELD=VALUE",
+    help="compare each cell with the one where FIELD is VALUE, paired by seed",
+  )  # fmt: skip
+  sweep.add_argument(
+    "--metrics", default=",".join(DEFAULT_METRICS), help="comma-separated metrics to summarize"
+  )
+  sweep.add_argument(
+    "--last", type=int, default=1, help="a run's value: the mean of its last N evaluations"
+  )
+  sweep.add_argument(
+    "--summarize", action="store_true", help="the summary from OUT/summary's records only"
+  )
+  sweep.add_argument("overrides", nargs="*", help="dotted overrides for every run")
+  return sweep
+
+
+def parse_baseline(text: str | None, axes: list[Axis]) -> tuple[str, str] | None:
+  """``--baseline FIELD=VALUE``: a grid field and one of its values."""
+  if text is None:
+    return None
+  field, _, value = text.partition("=")
+  allowed = {axis.field: axis.values for axis in axes}
+  if field not in allowed or value not in allowed[field]:
+    choices = "; ".join(f"{f}={'|'.join(v)}" for f, v in allowed.items()) or "no grid"
+    raise ValueError(
+      f"--baseline must be a grid field and one of its values ({choices}), got {text!r}"
+    )
+  return field, value
+
+
+def axes_of(per_seed: list[dict]) -> list[Axis]:
+  """The grid of recorded runs: each field with its values in the order first seen."""
+  fields = list(per_seed[0]["grid"]) if per_seed else []
+  values = lambda f: tuple(dict.fromkeys(str(r["grid"][f]) for r in per_seed))
+  return [Axis(field, values(field)) for field in fields]
+
+
+def main(argv: list[str]) -> int:
+  """The ``sweep`` subcommand (``cli.main`` reports its ``ValueError``s in one line)."""
+  args = parser().parse_intermixed_args(argv)
+  out = pathlib.Path(args.out).expanduser()
+  metrics = [m for m in args.metrics.split(",") if m]
+  if args.jobs < 1:
+    raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+  if args.last < 1:
+    raise ValueError(f"--last must be >= 1, got {args.last}")
+  given = [parse_axis(text) for text in args.grid]
+  fields = [axis.field for axis in given]
+  if len(set(fields)) != len(fields):
+    raise ValueError(f"--grid names a field twice: {', '.join(fields)}")
+  axes = [axis for axis in given if len(axis.values) > 1]
+  overrides = args.overrides + [f"{a.field}={a.values[0]}" for a in given if len(a.values) == 1]
+  if args.summarize:
+    per_seed, curves = read_summary_inputs(out)
+    axes = axes_of(per_seed)
+  baseline = parse_baseline(args.baseline, axes)
+  if not args.summarize:
+    seeds = parse_seeds(args.seeds)
+    planned = plan(args.config, overrides, axes, seeds, out)
+    short = short_names(axes)
+    cache = str(out / ".jax_cache")
+    if args.jobs == 1:
+      use_compilation_cache(pathlib.Path(cache))
+    done = iter(range(1, len(planned) + 1))
+
+    def report(run: PlannedRun, rows, read_back: bool, seconds: float) -> None:
+      values = " ".join(
+        f"{m} {final_value(rows, m, args.last):.4f}" for m in metrics if any(m in r for r in rows)
+      )
+      how = "read back" if read_back else f"{seconds:.0f} s"
+      name = run.cell.name(short) or "base"
+      print(f"[{next(done)}/{len(planned)}] {name} seed {run.seed}: {values} ({how})", flush=True)
+
+    cells = len(planned) // len(seeds)
+    print(f"sweep: {cells} cells x {len(seeds)} seeds in {out}", flush=True)
+    execute(planned, args.jobs, cache, report)
+    per_seed, curves = records(planned, metrics, args.last)
+  print(write_summary(out, per_seed, curves, metrics, baseline, args.last))
+  print(f"summary in {out / SUMMARY_FOLDER}")
+  return 0

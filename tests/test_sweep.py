@@ -1,0 +1,165 @@
+"""``fedjax-lab sweep`` (``sweep.py``): the grid's cells and seeds, one folder a run, finished
+runs read back and an interrupted one resumed, and a summary whose numbers are the runs'
+(means, sample std, paired differences against the baseline cell)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+
+from fedjax_lab import run_folder, stats, sweep
+from fedjax_lab.cli import main
+
+TINY = [
+  "data.source=digits",
+  "data.num_clients=8",
+  "data.test_fraction=0.2",
+  "cohort_size=4",
+  "rounds=4",
+  "eval_every=2",
+  "checkpoint_every=2",
+  "logging.writers=[]",
+]
+
+
+def test_grid_values_keep_bracketed_lists_whole():
+  axis = sweep.parse_axis("model.mlp.hidden=[100,100],[200]")
+  assert axis == sweep.Axis("model.mlp.hidden", ("[100,100]", "[200]"))
+  cells = sweep.grid_cells([sweep.Axis("a.x", ("1", "2")), sweep.Axis("b.x", ("u", "v"))])
+  short = sweep.short_names([sweep.Axis("a.x", ()), sweep.Axis("b.x", ())])
+  assert [c.name(short) for c in cells] == [
+    "a.x=1,b.x=u",
+    "a.x=1,b.x=v",
+    "a.x=2,b.x=u",
+    "a.x=2,b.x=v",
+  ]
+  assert sweep.parse_seeds("0-3") == [0, 1, 2, 3] and sweep.parse_seeds("4,1") == [4, 1]
+
+
+@pytest.mark.parametrize(
+  "argv, message",
+  [
+    (["--grid", "algorithm.name"], "--grid must be field=value1,value2"),
+    (["--grid", "seed=1,1"], "distinct values"),
+    (["--seeds", "2-1"], "--seeds must be A-B or a list"),
+    (["--grid", "algorithm.name=fedavg,fedprox", "--baseline", "algorithm.name=scaffold"],
+     "--baseline must be a grid field and one of its values (algorithm.name=fedavg|fedprox)"),
+    (["--grid", "algorithm.name=fedavg,nope"], "cell name=nope, seed 0: algorithm.name must be"),
+    (["--jobs", "0"], "--jobs must be >= 1"),
+  ],
+)  # fmt: skip
+def test_a_bad_sweep_is_one_line_before_any_run(tmp_path, capsys, argv, message):
+  assert main(["sweep", *TINY, "--out", str(tmp_path / "s"), *argv]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("fedjax-lab: ValueError: ") and message in err and err.count("\n") == 1
+  assert not (tmp_path / "s").exists()
+
+
+def test_summary_tables_pair_each_cell_with_its_baseline_by_seed():
+  values = {("fedavg", "0.1"): [0.5, 0.6, 0.7], ("fedprox", "0.1"): [0.52, 0.61, 0.75]}
+  values[("fedavg", "1")] = [0.8, 0.8, 0.9]
+  per_seed = [
+    {"grid": {"algorithm.name": name, "data.dirichlet.alpha": alpha}, "seed": seed, "acc": value}
+    for (name, alpha), seeds in values.items()
+    for seed, value in enumerate(seeds)
+  ]
+  text = sweep.summary_tables(per_seed, ["acc"], ("algorithm.name", "fedavg"), last=1)
+  expected = stats.format_paired([0.52, 0.61, 0.75], [0.5, 0.6, 0.7], digits=4)
+  assert expected in text and "no baseline cell" not in text and text.count("baseline") == 2
+  spread = stats.describe(values[("fedprox", "0.1")])
+  assert f"{spread['mean']:.4f}  {spread['std']:.4f}  3" in text
+  alone = [r for r in per_seed if r["grid"]["algorithm.name"] == "fedprox"]
+  alone += [{**per_seed[-1], "grid": {"algorithm.name": "fedavg", "data.dirichlet.alpha": "9"}}]
+  assert "no baseline cell" in sweep.summary_tables(alone, ["acc"], ("algorithm.name", "fedavg"), 1)
+
+
+@pytest.mark.slow
+def test_a_sweep_of_two_methods_two_alphas_three_seeds_runs_resumes_and_summarizes(
+  tmp_path, capsys
+):
+  out = tmp_path / "sweep"
+  argv = ["sweep", *TINY, "--grid", "algorithm.name=fedavg,fedprox",
+          "data.dirichlet.alpha=0.1,1.0", "--seeds", "0-2", "--baseline",
+          "algorithm.name=fedavg", "--out", str(out)]  # fmt: skip
+  assert main(argv) == 0
+  first = capsys.readouterr().out
+  assert "sweep: 4 cells x 3 seeds" in first and first.count("s)\n") == 12
+  runs = sorted(out.glob("name=*/seed*"))
+  assert len(runs) == 12 and (out / "name=fedprox,alpha=1.0/seed2/metrics.jsonl").exists()
+  config = json.loads((out / "name=fedprox,alpha=1.0/seed2/config.json").read_text())
+  assert (config["seed"], config["data"]["seed"], config["algorithm"]["name"]) == (2, 2, "fedprox")
+  summary = out / "summary"
+  per_seed = [json.loads(line) for line in (summary / "per_seed.jsonl").read_text().splitlines()]
+  for record in per_seed:  # each record is its run's last evaluation
+    folder = (
+      out
+      / f"name={record['grid']['algorithm.name']},alpha={record['grid']['data.dirichlet.alpha']}"
+    )
+    rows = run_folder.read_metrics(folder / f"seed{record['seed']}")
+    assert record["global_accuracy"] == rows[-1]["global_accuracy"]
+  fedprox = [r["global_accuracy"] for r in per_seed if r["grid"]["algorithm.name"] == "fedprox"
+             and r["grid"]["data.dirichlet.alpha"] == "0.1"]  # fmt: skip
+  fedavg = [r["global_accuracy"] for r in per_seed if r["grid"]["algorithm.name"] == "fedavg"
+            and r["grid"]["data.dirichlet.alpha"] == "0.1"]  # fmt: skip
+  tables = (summary / "summary.md").read_text()
+  assert stats.format_paired(fedprox, fedavg, digits=4) in tables
+  assert all((summary / f"{m}.png").stat().st_size > 0 for m in sweep.DEFAULT_METRICS)
+
+  # One run interrupted after its checkpoint at round 2: the same command resumes it and
+  # reads the 11 others back; the resumed run ends where the uninterrupted one did.
+  interrupted = out / "name=fedavg,alpha=0.1/seed1"
+  rows = run_folder.read_metrics(interrupted)
+  run_folder.write_metrics(interrupted, rows[:3])
+  shutil.rmtree(interrupted / "checkpoints" / "4")
+  assert main(argv) == 0
+  again = capsys.readouterr().out
+  assert again.count("(read back)") == 11
+  assert run_folder.read_metrics(interrupted)[-1]["global_accuracy"] == pytest.approx(
+    rows[-1]["global_accuracy"], abs=1e-6
+  )
+  assert (summary / "summary.md").read_text() == tables
+
+  # --summarize recomputes the tables from the committed records alone.
+  shutil.rmtree(out / "name=fedavg,alpha=1.0")
+  assert (
+    main(["sweep", "--summarize", "--out", str(out), "--baseline", "algorithm.name=fedavg"]) == 0
+  )
+  assert (summary / "summary.md").read_text() == tables
+
+
+def test_curves_band_is_the_min_and_max_over_seeds(tmp_path, monkeypatch):
+  drawn = {}
+
+  class Axes:
+    def plot(self, rounds, mean, **kw):
+      drawn["mean"] = np.asarray(mean)
+
+    def fill_between(self, rounds, low, high, **kw):
+      drawn["band"] = (np.asarray(low), np.asarray(high))
+
+    def __getattr__(self, name):
+      return lambda *a, **k: None
+
+  class Figure:
+    def __getattr__(self, name):
+      return lambda *a, **k: None
+
+  class Pyplot:
+    def subplots(self, *a, **k):
+      return Figure(), [[Axes()]]
+
+    def close(self, fig):
+      pass
+
+  monkeypatch.setattr(sweep, "pyplot", Pyplot)
+  curves = [{"grid": {"algorithm.name": "fedavg"}, "seed": s,
+             "rows": [{"round": 2, "acc": v}, {"round": 4, "acc": v + 0.1}]}
+            for s, v in enumerate([0.2, 0.4, 0.3])]  # fmt: skip
+  sweep.plot_curves(curves, "acc", "algorithm.name", pathlib.Path(tmp_path / "x.png"))
+  np.testing.assert_allclose(drawn["mean"], [0.3, 0.4])
+  np.testing.assert_allclose(drawn["band"][0], [0.2, 0.3])
+  np.testing.assert_allclose(drawn["band"][1], [0.4, 0.5])
