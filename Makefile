@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast data clean
+.PHONY: demo test test-fast data browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,15 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 data:
 	bash scripts/get_data.sh
 
+# Headless Chromium (Debian's package) for the HTML report's rendering test.
+browser:
+	bash scripts/get_browser.sh
+
 demo: $(VENV)/.installed data
 	$(BIN)/python experiments/quickstart/run.py
 
 # Lint and format check first (config in pyproject.toml), then the tests.
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS)

@@ -22,6 +22,7 @@ import shutil
 import numpy as np
 
 from fedjax_lab.config import config_from_dict, read_config_file
+from fedjax_lab.tables import dotted_fields
 from fedjax_lab.writers import WRITERS
 
 CONFIG_FILE = "config.json"
@@ -53,20 +54,10 @@ class RunFolderError(RuntimeError):
   """The output folder cannot hold this run (another experiment, unreadable, not writable)."""
 
 
-def _flatten(values: dict, prefix: str = "") -> dict:
-  flat = {}
-  for key, value in values.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
 def config_differences(stored: dict, current: dict) -> list[str]:
   """``"field: stored -> current"`` for every field of two ``ExperimentConfig.to_dict()`` that
   differs, except :data:`RESUMABLE_FIELDS`."""
-  old, new = _flatten(stored), _flatten(current)
+  old, new = dotted_fields(stored), dotted_fields(current)
   return [
     f"{field}: {old.get(field, '(absent)')!r} -> {new.get(field, '(absent)')!r}"
     for field in sorted(set(old) | set(new))

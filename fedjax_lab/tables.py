@@ -13,6 +13,17 @@ SUMMARY_COLUMNS = [
 ]
 
 
+def dotted_fields(values: dict, prefix: str = "") -> dict:
+  """A nested config (``ExperimentConfig.to_dict()``) as ``{"local.epochs": 2, ...}``."""
+  flat = {}
+  for key, value in values.items():
+    if isinstance(value, dict):
+      flat.update(dotted_fields(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
 def _cell(value) -> str:
   """Floats with 4 decimals; None (a metric the run has none of) as ``none``."""
   if value is None:

@@ -14,21 +14,11 @@ import time
 
 import numpy as np
 
+from fedjax_lab.tables import dotted_fields
 from fedjax_lab.writers import scalars
 
 FOLDER = "mlflow"
 BATCH = 100  # MLflow's most parameters in one log_batch call
-
-
-def flat_params(values: dict, prefix: str = "") -> dict[str, str]:
-  """A nested config as ``{"local.epochs": "2", ...}`` (MLflow parameters are strings)."""
-  flat = {}
-  for key, value in values.items():
-    if isinstance(value, dict):
-      flat.update(flat_params(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = str(value)
-  return flat
 
 
 class MlflowWriter:
@@ -51,7 +41,7 @@ class MlflowWriter:
     )
     self.run_id = self._client.create_run(experiment_id, run_name=name).info.run_id
     stored.write_text(self.run_id)
-    params = [Param(k, v) for k, v in flat_params(config).items()]
+    params = [Param(k, str(v)) for k, v in dotted_fields(config).items()]
     for start in range(0, len(params), BATCH):
       self._client.log_batch(self.run_id, params=params[start : start + BATCH])
 
