@@ -5,7 +5,6 @@ environment, and plot mean curves with their min-max band."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import pathlib
@@ -48,13 +47,11 @@ def run_or_load(config, data) -> tuple[list[dict], bool]:
   stored = out_dir / run_folder.CONFIG_FILE
   stored_config = _stored_config(stored) if stored.exists() else None
   same_config = stored_config == config
-  rows = run_folder.read_metrics(out_dir) if same_config else []
   if not same_config:
     (out_dir / DIVERGED_MARKER).unlink(missing_ok=True)
-  elif (out_dir / DIVERGED_MARKER).exists():
-    return rows + [{"round": config.rounds, "diverged": True}], True
-  if rows and rows[-1]["round"] == config.rounds:
-    return rows, True
+  recorded = recorded_run(config, stored_config)
+  if recorded is not None:
+    return recorded, True
   extendable = (
     not same_config
     and stored_config is not None
@@ -68,6 +65,22 @@ def run_or_load(config, data) -> tuple[list[dict], bool]:
     return run_folder.read_metrics(out_dir) + [{"round": config.rounds, "diverged": True}], False
 
 
+def recorded_run(config, stored_config=None) -> list[dict] | None:
+  """The rows of the run of exactly ``config`` finished in its ``out_dir`` (a diverged one's
+  with a last ``{"diverged": True}`` row); None when there is none (``stored_config``: the
+  folder's config, if already read)."""
+  out_dir = pathlib.Path(config.out_dir)
+  stored = out_dir / run_folder.CONFIG_FILE
+  if stored_config is None and stored.exists():
+    stored_config = _stored_config(stored)
+  if stored_config != config:
+    return None
+  rows = run_folder.read_metrics(out_dir)
+  if (out_dir / DIVERGED_MARKER).exists():
+    return rows + [{"round": config.rounds, "diverged": True}]
+  return rows if rows and rows[-1]["round"] == config.rounds else None
+
+
 def _continue_or_start(config, data, resumable: bool) -> list[dict]:
   """Resume an interrupted run of this config when a checkpoint of it restores; otherwise
   start afresh, replacing whatever run ``out_dir`` held."""
@@ -79,43 +92,26 @@ def _continue_or_start(config, data, resumable: bool) -> list[dict]:
   return run(config, data=data, progress=False, overwrite=True).metrics
 
 
-def run_variants(
-  base,
-  data_config,
-  seed: int,
-  variants: dict,
-  out_dir: pathlib.Path,
-  data,
-  label: str,
-  report_key: str,
-) -> tuple[dict[str, list[dict]], int]:
-  """Run (or read back) ``base`` with each ``variants[name]`` (an ``AlgorithmConfig``) on one
-  federation ``data`` built from ``data_config``, in ``out_dir / name``; print one line each.
-  Returns ``({name: metrics}, number read back)``."""
-  results, loaded = {}, 0
-  for name, algorithm in variants.items():
-    config = dataclasses.replace(
-      base, data=data_config, seed=seed, algorithm=algorithm, out_dir=str(out_dir / name)
-    )
-    tick = time.perf_counter()
-    results[name], was_loaded = run_or_load(config, data)
-    loaded += was_loaded
-    print(
-      f"{label} {name}: {report_key} {last_evaluations(results[name], report_key):.4f} "
-      f"({time.perf_counter() - tick:.0f} s)",
-      flush=True,
-    )
-  return results, loaded
+def alpha_variant_runs(config_path, overrides, variants, alphas, seeds, runs_root) -> list:
+  """The runs of a reproduction grid as a sweep (``sweep.plan``): the Dirichlet partition's
+  alpha times ``variants[name] = (registered method, its options)`` times seeds (each seed
+  one federation, ``data.seed`` and ``seed`` set), in ``runs_root/alpha=<a>,method=<name>/
+  seed<s>``."""
+  from fedjax_lab import sweep
 
-
-def with_alpha(data, alpha: float, seed: int):
-  """``data`` (a ``DataConfig`` with a Dirichlet partition) with that ``alpha`` and ``seed``."""
-  options = dataclasses.replace(data.partition_options, alpha=alpha)
-  return dataclasses.replace(data, partition_options=options, seed=seed)
+  partition = load_config(config_path, list(overrides)).data.partition
+  method_changes = {
+    name: [f"algorithm.name={method}"] + [f"algorithm.{method}.{k}={v}" for k, v in opts.items()]
+    for name, (method, opts) in variants.items()
+  }
+  axes = [
+    sweep.Axis(f"data.{partition}.alpha", tuple(f"{alpha:g}" for alpha in alphas)),
+    sweep.variants_axis("method", method_changes),
+  ]
+  return sweep.plan(config_path, list(overrides), axes, list(seeds), pathlib.Path(runs_root))
 
 
 def alpha_seed_curves(
-  base,
   config_path: str,
   overrides: list[str],
   variants: dict[str, tuple[str, dict]],
@@ -123,32 +119,26 @@ def alpha_seed_curves(
   seeds,
   out_root: pathlib.Path,
 ) -> tuple[dict[tuple[float, str], list[list[dict]]], int]:
-  """For each alpha and seed, one federation (``base.data`` with that ``alpha`` and ``seed``)
-  and each ``variants[name] = (registered method, its options)`` run or read back
-  (``run_variants``) in ``out_root/alpha<a>/seed<s>/<name>``. Returns ``({(alpha, name):
-  [metrics of each seed]}, runs read back)``."""
-  curves, loaded = {}, 0
-  algorithms = {
-    name: algorithm_variant(config_path, overrides, method, options)
-    for name, (method, options) in variants.items()
-  }
-  for alpha in alphas:
-    for seed in seeds:
-      data_config = with_alpha(base.data, alpha, seed)
-      results, read_back = run_variants(
-        base,
-        data_config,
-        seed,
-        algorithms,
-        out_root / f"alpha{alpha}" / f"seed{seed}",
-        build_federation(data_config),
-        f"alpha={alpha} seed={seed}",
-        "global_accuracy",
-      )
-      loaded += read_back
-      for name, metrics in results.items():
-        curves.setdefault((alpha, name), []).append(metrics)
-  return curves, loaded
+  """Run or read back (``sweep.execute``) the ``alpha_variant_runs``, one line printed each.
+  Returns ``({(alpha, name): [metrics of each seed, in the order of seeds]}, runs read
+  back)``."""
+  from fedjax_lab import sweep
+
+  curves: dict = {}
+  loaded = []
+
+  def collect(run, rows, read_back, seconds):
+    alpha, name = (value for _, value in run.cell.values)
+    curves.setdefault((float(alpha), name), {})[run.seed] = rows
+    loaded.append(read_back)
+    accuracy = last_evaluations(rows, "global_accuracy")
+    print(f"alpha={alpha} seed={run.seed} {name}: global_accuracy {accuracy:.4f} "
+          f"({'read back' if read_back else f'{seconds:.0f} s'})", flush=True)  # fmt: skip
+
+  runs = alpha_variant_runs(config_path, overrides, variants, alphas, seeds, out_root)
+  sweep.execute(runs, 1, "", collect)
+  ordered = {key: [by_seed[seed] for seed in seeds] for key, by_seed in curves.items()}
+  return ordered, sum(loaded)
 
 
 def diverged(metrics: list[dict]) -> bool:
@@ -343,29 +333,18 @@ def run_alpha_seed_grid(
   report=None,
   overrides=(),
 ) -> None:
-  """For each alpha and seed, one federation (the Dirichlet partition's ``alpha``, ``data.seed``
-  and ``seed`` set,
-  after the config's own ``overrides``), then each ``variants[name] = (registered method, its
-  options)`` run or read back (``run_or_load``) in ``runs_root/alpha<a>/seed<s>/<name>``, its
-  metrics saved to ``results`` (``save_run_metrics``) and one line printed (with
+  """Run or read back the ``alpha_variant_runs`` (after the config's own ``overrides``), each
+  run's metrics saved to ``results`` (``save_run_metrics``) and one line printed (with
   ``report(metrics)``)."""
-  for alpha in alphas:
-    for seed in seeds:
-      partition = load_config(config_path, list(overrides)).data.partition
-      base = [*overrides, f"data.{partition}.alpha={alpha}", f"data.seed={seed}", f"seed={seed}"]
-      data = build_federation(load_config(config_path, base).data)
-      for name, (method, options) in variants.items():
-        config = dataclasses.replace(
-          load_config(
-            config_path, base + [f"out_dir={runs_root}/alpha{alpha:g}/seed{seed}/{name}"]
-          ),
-          algorithm=algorithm_variant(config_path, base, method, options),
-        )
-        metrics, _ = run_or_load(config, data)
-        save_run_metrics(results, name, alpha, seed, metrics)
-        print(
-          f"alpha {alpha:g} seed {seed} {name}: {report(metrics) if report else 'done'}", flush=True
-        )
+  from fedjax_lab import sweep
+
+  def save(run, rows, read_back, seconds):
+    alpha, name = (value for _, value in run.cell.values)
+    save_run_metrics(results, name, float(alpha), run.seed, rows)
+    print(f"alpha {alpha} seed {run.seed} {name}: {report(rows) if report else 'done'}", flush=True)
+
+  runs = alpha_variant_runs(config_path, overrides, variants, alphas, seeds, runs_root)
+  sweep.execute(runs, 1, "", save)
 
 
 def summarize_run_metrics(results: pathlib.Path, summary_tables, names, panel_title) -> str:

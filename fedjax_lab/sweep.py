@@ -43,10 +43,22 @@ SUMMARY_FOLDER = "summary"
 
 @dataclasses.dataclass(frozen=True)
 class Axis:
-  """One grid field and the values it takes, as override strings."""
+  """One grid dimension: a ``field`` and the ``values`` it takes, as override strings; or,
+  with ``changes``, named bundles of overrides (``{"fedmr-layer": ("algorithm.name=fedmr",
+  "algorithm.fedmr.granularity=layer")}``), ``field`` then only labels the dimension."""
 
   field: str
   values: tuple[str, ...]
+  changes: dict[str, tuple[str, ...]] | None = None
+
+  def overrides(self, value: str) -> list[str]:
+    """The overrides that set this dimension to ``value``."""
+    return list(self.changes[value]) if self.changes else [f"{self.field}={value}"]
+
+
+def variants_axis(field: str, variants: dict[str, list[str]]) -> Axis:
+  """An ``Axis`` of named override bundles (methods with their options, say)."""
+  return Axis(field, tuple(variants), {name: tuple(c) for name, c in variants.items()})
 
 
 def split_values(text: str) -> list[str]:
@@ -94,22 +106,27 @@ def short_names(axes: list[Axis]) -> dict[str, str]:
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-  """One value per grid field: ``values`` as ``(field, value)`` pairs in grid order."""
+  """One value per grid dimension: ``values`` as ``(field, value)`` pairs in grid order, and
+  the ``changes`` (overrides) that set them."""
 
   values: tuple[tuple[str, str], ...]
+  changes: tuple[str, ...]
 
   def name(self, short: dict[str, str]) -> str:
     """``"name=fedavg,alpha=0.1"``: the cell's folder and label."""
     return ",".join(f"{short[field]}={value}" for field, value in self.values)
 
   def overrides(self) -> list[str]:
-    return [f"{field}={value}" for field, value in self.values]
+    return list(self.changes)
 
 
 def grid_cells(axes: list[Axis]) -> list[Cell]:
   """Every combination of the axes' values, the last axis varying fastest."""
-  combos = itertools.product(*(axis.values for axis in axes))
-  return [Cell(tuple(zip((a.field for a in axes), combo))) for combo in combos]
+  cells = []
+  for combo in itertools.product(*(axis.values for axis in axes)):
+    changes = tuple(c for axis, value in zip(axes, combo) for c in axis.overrides(value))
+    cells.append(Cell(tuple(zip((a.field for a in axes), combo)), changes))
+  return cells
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,8 +166,8 @@ def use_compilation_cache(folder: pathlib.Path) -> None:
 
 
 def run_one(config_dict: dict, cache: str) -> tuple[list[dict], bool]:
-  """One planned run, in this process or a worker: ``grid.run_or_load`` (read back when
-  finished, resumed when interrupted, recorded when diverged). Returns (rows, read back)."""
+  """One planned run in a worker process: ``grid.run_or_load`` (read back when finished,
+  resumed when interrupted, recorded when diverged). Returns (rows, read back)."""
   from fedjax_lab.grid import run_or_load
 
   if cache:
@@ -161,12 +178,23 @@ def run_one(config_dict: dict, cache: str) -> tuple[list[dict], bool]:
 def execute(planned: list[PlannedRun], jobs: int, cache: str, report) -> None:
   """Run or read back every planned run, ``jobs`` at a time (``jobs > 1``: worker processes,
   started fresh, so JAX is never forked); ``report(run, rows, read_back, seconds)`` after
-  each."""
+  each. In one process, the runs on one federation (the same ``data`` config: a seed's cells)
+  run one after another on it, built once."""
   if jobs == 1:
+    from fedjax_lab.build import build_federation
+    from fedjax_lab.grid import recorded_run, run_or_load
+
+    by_federation: dict[str, list[PlannedRun]] = {}
     for run in planned:
-      started = time.perf_counter()
-      rows, read_back = run_one(run.config.to_dict(), cache)
-      report(run, rows, read_back, time.perf_counter() - started)
+      by_federation.setdefault(repr(run.config.data), []).append(run)
+    for runs in by_federation.values():
+      data = None
+      for run in runs:
+        started = time.perf_counter()
+        if data is None and recorded_run(run.config) is None:
+          data = build_federation(run.config.data)
+        rows, read_back = run_or_load(run.config, data)
+        report(run, rows, read_back, time.perf_counter() - started)
     return
   context = multiprocessing.get_context("spawn")
   with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:

@@ -163,3 +163,27 @@ def test_curves_band_is_the_min_and_max_over_seeds(tmp_path, monkeypatch):
   np.testing.assert_allclose(drawn["mean"], [0.3, 0.4])
   np.testing.assert_allclose(drawn["band"][0], [0.2, 0.3])
   np.testing.assert_allclose(drawn["band"][1], [0.4, 0.5])
+
+
+@pytest.mark.slow
+def test_reproduction_grids_run_as_sweeps(tmp_path, capsys):
+  from fedjax_lab import grid
+
+  config = tmp_path / "base.json"
+  base = {"data": {"source": "digits", "num_clients": 8}, "rounds": 2, "cohort_size": 4}
+  config.write_text(json.dumps({**base, "eval_every": 1, "checkpoint_every": 0}))
+  variants = {"fedavg": ("fedavg", {}), "prox": ("fedprox", {"mu": 0.1})}
+  results = tmp_path / "results"
+  grid.run_alpha_seed_grid(str(config), variants, [0.5], [0, 1], str(tmp_path / "runs"), results)
+  assert sorted(p.name for p in results.iterdir()) == [
+    f"{name}_alpha0.5_seed{seed}.jsonl" for name in ("fedavg", "prox") for seed in (0, 1)
+  ]
+  stored = json.loads((tmp_path / "runs/alpha=0.5,method=prox/seed1/config.json").read_text())
+  assert stored["algorithm"]["fedprox"]["mu"] == 0.1 and stored["data"]["seed"] == 1
+  capsys.readouterr()
+  curves, read_back = grid.alpha_seed_curves(
+    str(config), [], variants, [0.5], [0, 1], tmp_path / "runs"
+  )
+  assert read_back == 4 and len(curves[(0.5, "prox")]) == 2
+  saved = grid.read_metrics_file(results / "prox_alpha0.5_seed1.jsonl")
+  assert curves[(0.5, "prox")][1] == saved

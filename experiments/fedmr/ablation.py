@@ -66,7 +66,7 @@ def run_all(model: str, results: pathlib.Path) -> None:
     base = load_config(path, [*overrides, f"out_dir=runs/fedmr_ablation_{model}/{name}"])
     variants = {m: reproduce.ALGORITHMS[m] for m in _methods(name)}
     curves, _ = grid.alpha_seed_curves(
-      base, path, overrides, variants, [0.1], [0], pathlib.Path(base.out_dir)
+      path, overrides, variants, [0.1], [0], pathlib.Path(base.out_dir)
     )
     for method in variants:
       grid.write_metrics_file(results / f"{name}_{method}.jsonl", curves[(0.1, method)][0])

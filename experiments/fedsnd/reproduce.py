@@ -158,7 +158,7 @@ def main() -> None:
   started = time.perf_counter()
   variants = {name: ALGORITHMS[name] for name in args.algorithms}
   curves, loaded = grid.alpha_seed_curves(
-    base, args.config, args.overrides, variants, args.alphas, args.seeds, out_root
+    args.config, args.overrides, variants, args.alphas, args.seeds, out_root
   )
   rows = []
   for alpha in args.alphas:
