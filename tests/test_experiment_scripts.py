@@ -35,6 +35,15 @@ def test_quickstart_script(tmp_path):
   assert "centralized" in done.stdout and "global_acc" in done.stdout
   assert (tmp_path / "comparison.png").exists()
   assert len(json.loads((tmp_path / "results.json").read_text())) == 6
+  # `tensorboard --logdir runs/quickstart` (README) finds every method's scalars there.
+  from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+  board = EventMultiplexer().AddRunsFromDirectory(str(tmp_path))
+  board.Reload()
+  runs = {run: tags["scalars"] for run, tags in board.Runs().items()}
+  assert len(runs) == 6 and all("train_loss" in tags for tags in runs.values())
+  fedavg = [run for run in runs if run.startswith("fedavg")][0]
+  assert [e.step for e in board.Scalars(fedavg, "train_loss")] == [1, 2]
 
 
 def test_fedmr_reproduction_script(tmp_path):
