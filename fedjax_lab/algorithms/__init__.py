@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from fedjax_lab.algorithms import (
   adaptive_pruning,
+  apfl,
   asynchronous,
   cfl,
   clustered,
+  ditto,
   feddf,
   fedgen,
   fedmr,
@@ -20,6 +22,7 @@ from fedjax_lab.algorithms import (
   ifca,
   local_only,
   moon,
+  partial_personalization,
   pfedlia,
   scaffold,
   worldlm,
@@ -44,6 +47,12 @@ ALGORITHMS.register("scaffold", scaffold.ENTRY)
 ALGORITHMS.register("fedbuff", asynchronous.FEDBUFF)
 ALGORITHMS.register("fedasync", asynchronous.FEDASYNC)
 ALGORITHMS.register("local", local_only.ENTRY)
+ALGORITHMS.register("fedper", partial_personalization.FEDPER)
+ALGORITHMS.register("fedrep", partial_personalization.FEDREP)
+ALGORITHMS.register("lg_fedavg", partial_personalization.LG_FEDAVG)
+ALGORITHMS.register("fedbn", partial_personalization.FEDBN)
+ALGORITHMS.register("ditto", ditto.ENTRY)
+ALGORITHMS.register("apfl", apfl.ENTRY)
 ALGORITHMS.register("fedmr", fedmr.ENTRY)
 ALGORITHMS.register("fedsnd", fedsnd.ENTRY)
 ALGORITHMS.register("moon", moon.ENTRY)

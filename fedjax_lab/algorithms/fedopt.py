@@ -31,6 +31,7 @@ from fedjax_lab.algorithms.base import (
 )
 from fedjax_lab.checks import require
 from fedjax_lab.ops.divergence import mean_pairwise_cosine_from_sum, unit_vector
+from fedjax_lab.ops.losses import proximal_penalty
 
 
 @struct.dataclass
@@ -43,13 +44,7 @@ class FedOptState:
 def proximal_term(mu: float):
   """``mu / 2 * ||params - anchor||^2`` with ``context = anchor`` (FedProx)."""
 
-  def regularizer(params, anchor):
-    squares = jax.tree.map(
-      lambda p, a: jnp.sum((p - jax.lax.stop_gradient(a)) ** 2), params, anchor
-    )
-    return 0.5 * mu * sum(jax.tree.leaves(squares))
-
-  return regularizer
+  return lambda params, anchor: proximal_penalty(params, anchor, mu)
 
 
 def fedopt(

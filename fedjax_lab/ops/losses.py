@@ -31,3 +31,11 @@ def per_example_correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Fraction of correct argmax predictions per example ``[batch]`` (per token, averaged)."""
   correct = (logits.argmax(-1) == labels).astype(jnp.float32)
   return correct.reshape(correct.shape[0], -1).mean(axis=1)
+
+
+def proximal_penalty(params, anchor, strength: float) -> jax.Array:
+  """``strength / 2 * ||params - anchor||^2`` over every leaf; its gradient in ``params`` is
+  ``strength * (params - anchor)``, ``anchor`` held fixed (FedProx's ``mu``, Ditto's
+  ``lambda``)."""
+  squares = jax.tree.map(lambda p, a: jnp.sum((p - jax.lax.stop_gradient(a)) ** 2), params, anchor)
+  return 0.5 * strength * sum(jax.tree.leaves(squares))

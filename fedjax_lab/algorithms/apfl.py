@@ -1,0 +1,132 @@
+"""APFL, adaptive personalized federated learning (Deng, Kamani and Mahdavi 2020).
+
+Client ``k`` keeps a personal model ``v_k`` and a mixing weight ``alpha_k``; its model is
+``alpha_k v_k + (1 - alpha_k) w`` (``ops.personalization.mix``). At each local step on a
+batch, ``w`` takes a step on ``f_k(w)`` and ``(v_k, alpha_k)`` one on
+``f_k(alpha v + (1 - alpha) w)``, ``w`` held fixed there: one objective,
+``f_k(w) + f_k(mix(alpha, v, stop_gradient(w)))``, whose gradients are exactly those, trained
+with the setup's optimizer. ``alpha`` is clipped to [0, 1] where it mixes and when stored
+(the paper's projection). The trained ``w_k`` go through the setup's aggregator; ``v_k`` and
+``alpha_k`` stay on the client. ``adaptive_alpha=false`` keeps every ``alpha_k`` at its start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from fedjax_lab.algorithms.base import (
+  Algorithm,
+  AlgorithmEntry,
+  ClientSetup,
+  aggregate_models,
+  client_weights,
+  training_metrics,
+)
+from fedjax_lab.checks import require
+from fedjax_lab.engine.local import cross_entropy_objective
+from fedjax_lab.ops.aggregate import tree_broadcast, tree_gather, tree_scatter
+from fedjax_lab.ops.personalization import mix
+
+
+@dataclasses.dataclass(frozen=True)
+class APFLConfig:
+  """``algorithm.apfl``: every client's initial mixing weight, and whether it is learned."""
+
+  alpha: float = 0.25
+  adaptive_alpha: bool = True
+
+  def __post_init__(self):
+    require(0 <= self.alpha <= 1, "algorithm.apfl.alpha", "in [0, 1]", self.alpha)
+
+
+@struct.dataclass
+class APFLState:
+  params: dict  # w
+  personal: dict  # v_k, [num_clients, ...]
+  alpha: jax.Array  # alpha_k, [num_clients]
+  aggregator_state: Any = ()
+
+
+def apfl(setup: ClientSetup, options: APFLConfig) -> Algorithm:
+  """APFL (module docstring).
+
+  Args:
+    setup: client training, executor and aggregator (global updates only).
+    options: the initial ``alpha`` and ``adaptive_alpha``.
+
+  Returns:
+    An ``Algorithm`` with the global model and each client's mixed model; a client receives
+    and sends one model.
+  """
+  loss = cross_entropy_objective(setup.train_apply)
+
+  def objective(triple, x, y, mask, context):
+    w, v, alpha = triple
+    alpha = jnp.clip(alpha if options.adaptive_alpha else jax.lax.stop_gradient(alpha), 0, 1)
+    mixed = mix(alpha, v, jax.lax.stop_gradient(w))
+    return loss(w, x, y, mask, None) + loss(mixed, x, y, mask, None)
+
+  train = setup.executor.map(
+    setup.local_trainer(data_loss=objective), (0, 0, 0, 0, 0, None), sort_by=3
+  )
+
+  def init(key):
+    params = setup.init_params(key)
+    return APFLState(
+      params,
+      tree_broadcast(params, setup.num_clients),
+      jnp.full((setup.num_clients,), options.alpha, jnp.float32),
+      setup.aggregator.init(setup.params_shape),
+    )
+
+  def round_fn(state, cohort, key):
+    size = cohort.client_ids.shape[0]
+    start = (
+      tree_broadcast(state.params, size),
+      tree_gather(state.personal, cohort.client_ids),
+      state.alpha[cohort.client_ids],
+    )
+    keys = jax.random.split(key, size)
+    (trained, personal, alpha), result = train(
+      start, cohort.x, cohort.y, cohort.num_examples, keys, None
+    )
+    weights = client_weights(cohort, setup.weighting)
+    params, aggregator_state = aggregate_models(
+      setup, trained, weights, state.params, state.aggregator_state, key
+    )
+    state = APFLState(
+      params,
+      tree_scatter(state.personal, cohort.client_ids, personal),
+      state.alpha.at[cohort.client_ids].set(jnp.clip(alpha, 0, 1)),
+      aggregator_state,
+    )
+    metrics = training_metrics(result, trained, weights)
+    metrics["alpha_mean"] = jnp.mean(state.alpha)
+    return state, metrics
+
+  def personal_params(state):
+    weight = lambda leaf: state.alpha.reshape((-1,) + (1,) * (leaf.ndim - 1))
+    return jax.tree.map(
+      lambda v, w: weight(v) * v + (1 - weight(v)) * w[None], state.personal, state.params
+    )
+
+  return Algorithm(
+    init,
+    round_fn,
+    global_params=lambda state: state.params,
+    personal_params=personal_params,
+  )
+
+
+# Only the global update is sent, through the aggregator; an empty client takes no step.
+ENTRY = AlgorithmEntry(
+  lambda setup, options, config: apfl(setup, options),
+  options=APFLConfig,
+  aggregated_uploads=True,
+  keeps_lost_clients=True,
+)
