@@ -5,9 +5,12 @@ Client ``k`` keeps a personal model ``v_k`` and a mixing weight ``alpha_k``; its
 batch, ``w`` takes a step on ``f_k(w)`` and ``(v_k, alpha_k)`` one on
 ``f_k(alpha v + (1 - alpha) w)``, ``w`` held fixed there: one objective,
 ``f_k(w) + f_k(mix(alpha, v, stop_gradient(w)))``, whose gradients are exactly those, trained
-with the setup's optimizer. ``alpha`` is clipped to [0, 1] where it mixes and when stored
-(the paper's projection). The trained ``w_k`` go through the setup's aggregator; ``v_k`` and
-``alpha_k`` stay on the client. ``adaptive_alpha=false`` keeps every ``alpha_k`` at its start.
+with the setup's optimizer, ``alpha``'s step scaled to ``alpha_learning_rate``. ``alpha`` is
+clipped to [0, 1] where it mixes and when stored (the paper's projection). The trained
+``w_k`` go through the setup's aggregator; ``v_k`` and ``alpha_k`` stay on the client.
+``adaptive_alpha=false`` keeps every ``alpha_k`` at its start. A step size of alpha near the
+local one drives it to 0 within a few rounds (``v`` trails ``w`` early on), where ``v`` stops
+learning: hence its own, smaller step.
 """
 
 from __future__ import annotations
@@ -39,9 +42,16 @@ class APFLConfig:
 
   alpha: float = 0.25
   adaptive_alpha: bool = True
+  alpha_learning_rate: float = 0.001  # SGD step size of alpha, per local step
 
   def __post_init__(self):
     require(0 <= self.alpha <= 1, "algorithm.apfl.alpha", "in [0, 1]", self.alpha)
+    require(
+      self.alpha_learning_rate > 0,
+      "algorithm.apfl.alpha_learning_rate",
+      "> 0",
+      self.alpha_learning_rate,
+    )
 
 
 @struct.dataclass
@@ -52,22 +62,27 @@ class APFLState:
   aggregator_state: Any = ()
 
 
-def apfl(setup: ClientSetup, options: APFLConfig) -> Algorithm:
+def apfl(setup: ClientSetup, options: APFLConfig, learning_rate: float) -> Algorithm:
   """APFL (module docstring).
 
   Args:
     setup: client training, executor and aggregator (global updates only).
-    options: the initial ``alpha`` and ``adaptive_alpha``.
+    options: the initial ``alpha``, ``adaptive_alpha`` and ``alpha_learning_rate``.
+    learning_rate: the local optimizer's step size; ``alpha``'s gradient is scaled by
+      ``alpha_learning_rate / learning_rate`` so that its SGD step is ``alpha_learning_rate``.
 
   Returns:
     An ``Algorithm`` with the global model and each client's mixed model; a client receives
     and sends one model.
   """
   loss = cross_entropy_objective(setup.train_apply)
+  rate_ratio = options.alpha_learning_rate / learning_rate
 
   def objective(triple, x, y, mask, context):
     w, v, alpha = triple
-    alpha = jnp.clip(alpha if options.adaptive_alpha else jax.lax.stop_gradient(alpha), 0, 1)
+    held = jax.lax.stop_gradient(alpha)
+    alpha = held + rate_ratio * (alpha - held) if options.adaptive_alpha else held
+    alpha = jnp.clip(alpha, 0, 1)
     mixed = mix(alpha, v, jax.lax.stop_gradient(w))
     return loss(w, x, y, mask, None) + loss(mixed, x, y, mask, None)
 
@@ -125,7 +140,7 @@ def apfl(setup: ClientSetup, options: APFLConfig) -> Algorithm:
 
 # Only the global update is sent, through the aggregator; an empty client takes no step.
 ENTRY = AlgorithmEntry(
-  lambda setup, options, config: apfl(setup, options),
+  lambda setup, options, config: apfl(setup, options, config.local.learning_rate),
   options=APFLConfig,
   aggregated_uploads=True,
   keeps_lost_clients=True,

@@ -1,0 +1,211 @@
+"""Personalized baselines: FedPer, FedRep, LG-FedAvg, FedBN (``partial_personalization``),
+Ditto and APFL. Each against a plain per-client reference loop where it changes local
+training, its limits (Ditto at lambda 0 is Local-only beside FedAvg; APFL at alpha 0 is
+FedAvg), and its defining effect on a label-skewed federation."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import reference
+
+from fedjax_lab.algorithms import ALGORITHMS
+from fedjax_lab.algorithms.apfl import APFLConfig, apfl
+from fedjax_lab.algorithms.ditto import DittoConfig, ditto
+from fedjax_lab.algorithms.fedopt import fedopt
+from fedjax_lab.algorithms.local_only import local_only
+from fedjax_lab.algorithms.partial_personalization import partial_personalization
+from fedjax_lab.config import load_config
+from fedjax_lab.models import build_model
+from fedjax_lab.ops import personalization
+from fedjax_lab.runner import run
+
+LOCAL = dict(lr=0.1, momentum=0.0, batch_size=8, epochs=1)
+COHORTS = [np.array([0, 1, 2]), np.array([1, 3, 4]), np.array([0, 2, 5])]
+
+
+def _rounds(algorithm, data, rounds=3):
+  state = algorithm.init(jax.random.key(0))
+  step = jax.jit(algorithm.round)
+  for r in range(rounds):
+    state, _ = step(state, data.cohort(COHORTS[r]), jax.random.key(100 + r))
+  return state
+
+
+def _reference_kwargs(data):
+  return dict(LOCAL, max_examples=data.max_examples)
+
+
+def test_split_and_merge_are_inverse_and_the_parts_are_what_they_name():
+  params = {"dense0": {"kernel": 1, "bias": 2}, "head": {"kernel": 3, "bias": 4},
+            "block": {"norm0": {"scale": 5, "bias": 6}, "conv": {"kernel": 7}}}  # fmt: skip
+  shared, head = personalization.split(params, personalization.head_layers)
+  assert head == {"head": {"kernel": 3, "bias": 4}} and "head" not in shared
+  assert personalization.merge(shared, head) == params
+  _, norms = personalization.split(params, personalization.normalization_layers)
+  assert norms == {"block": {"norm0": {"scale": 5, "bias": 6}}}
+  body, _ = personalization.split(params, personalization.body_layers)
+  assert body == {"head": {"kernel": 3, "bias": 4}}  # LG-FedAvg shares the head only
+
+
+def test_fedper_matches_a_per_client_reference_loop(tiny_federation):
+  setup = reference.mlp_setup(tiny_federation)
+  state = _rounds(partial_personalization(setup, "head"), tiny_federation)
+  apply, kwargs = setup.model.apply, _reference_kwargs(tiny_federation)
+  params = setup.init_params(jax.random.key(0))
+  body, head0 = personalization.split(params, personalization.head_layers)
+  heads = {k: head0 for k in range(tiny_federation.num_clients)}
+  for r, ids in enumerate(COHORTS):
+    cohort = tiny_federation.cohort(ids)
+    keys = jax.random.split(jax.random.key(100 + r), len(ids))
+    bodies, weights = [], []
+    for i, (k, n) in enumerate(zip(ids, cohort.num_examples)):
+      start = personalization.merge(body, heads[int(k)])
+      trained, _ = reference.local_sgd(apply, start, cohort.x[i, :n], cohort.y[i, :n], keys[i],
+                                       **kwargs)  # fmt: skip
+      bodies.append(personalization.split(trained, personalization.head_layers)[0])
+      heads[int(k)] = personalization.split(trained, personalization.head_layers)[1]
+      weights.append(n)
+    body = reference._mean(bodies, weights)
+  chex.assert_trees_all_close(state.shared, body, atol=1e-5)
+  for k, head in heads.items():
+    chex.assert_trees_all_close(jax.tree.map(lambda l: l[k], state.personal), head, atol=1e-5)
+
+
+def test_fedrep_trains_the_head_with_the_body_fixed_then_the_body(tiny_federation):
+  setup = reference.mlp_setup(tiny_federation)
+  state = _rounds(partial_personalization(setup, "head", head_epochs=2), tiny_federation, 1)
+  apply, kwargs = setup.model.apply, _reference_kwargs(tiny_federation)
+  body, head = personalization.split(
+    setup.init_params(jax.random.key(0)), personalization.head_layers
+  )
+  cohort = tiny_federation.cohort(COHORTS[0])
+  keys = jax.random.split(jax.random.key(100), 3)
+  bodies = []
+  for i, n in enumerate(cohort.num_examples):
+    head_key, body_key = jax.random.split(keys[i])
+    x, y = cohort.x[i, :n], cohort.y[i, :n]
+    on_head = lambda h, batch: apply(personalization.merge(body, h), batch)
+    new_head, _ = reference.local_sgd(on_head, head, x, y, head_key, **{**kwargs, "epochs": 2})
+    on_body = lambda b, batch: apply(personalization.merge(b, new_head), batch)
+    new_body, _ = reference.local_sgd(on_body, body, x, y, body_key, **kwargs)
+    bodies.append(new_body)
+    got = jax.tree.map(lambda l: l[int(COHORTS[0][i])], state.personal)
+    chex.assert_trees_all_close(got, new_head, atol=1e-5)
+  chex.assert_trees_all_close(state.shared, reference._mean(bodies, cohort.num_examples), atol=1e-5)
+
+
+def test_ditto_at_lambda_zero_is_local_training_beside_fedavg(tiny_federation):
+  setup = reference.mlp_setup(tiny_federation)
+  state = _rounds(ditto(setup, DittoConfig(lam=0.0)), tiny_federation)
+  local = _rounds(local_only(setup), tiny_federation)
+  fedavg = _rounds(fedopt(setup, optax.sgd(1.0)), tiny_federation)
+  chex.assert_trees_all_close(state.personal, local.client_params, atol=1e-6)
+  chex.assert_trees_all_close(state.params, fedavg.params, atol=1e-5)
+
+
+def test_ditto_personal_step_is_pulled_toward_the_round_start_global_model(tiny_federation):
+  setup = reference.mlp_setup(tiny_federation)
+  lam = 0.5
+  state = _rounds(ditto(setup, DittoConfig(lam=lam)), tiny_federation, 1)
+  params = setup.init_params(jax.random.key(0))
+  cohort = tiny_federation.cohort(COHORTS[0])
+  keys = jax.random.split(jax.random.key(100), 3)
+  pull = lambda v: jax.tree.map(lambda a, b: lam * (a - b), v, params)
+  for i, n in enumerate(cohort.num_examples):
+    x, y = cohort.x[i, :n], cohort.y[i, :n]
+    kwargs = _reference_kwargs(tiny_federation)
+    expected, _ = reference.local_sgd(
+      setup.model.apply, params, x, y, keys[i], grad_extra=pull, **kwargs
+    )
+    got = jax.tree.map(lambda l: l[int(COHORTS[0][i])], state.personal)
+    chex.assert_trees_all_close(got, expected, atol=1e-5)
+
+
+def test_ditto_lambda_moves_personal_models_from_local_to_global(tiny_federation):
+  setup = reference.mlp_setup(tiny_federation)
+
+  def distance(lam):
+    state = _rounds(ditto(setup, DittoConfig(lam=lam)), tiny_federation)
+    gaps = jax.tree.map(lambda v, w: jnp.sum((v - w[None]) ** 2), state.personal, state.params)
+    return float(sum(jax.tree.leaves(gaps)))
+
+  distances = [distance(lam) for lam in (0.0, 0.5, 5.0)]
+  assert distances[0] > distances[1] > distances[2]
+
+
+def test_apfl_at_alpha_zero_is_fedavg_and_learns_alpha_otherwise(tiny_federation):
+  setup = reference.mlp_setup(tiny_federation)
+  fixed = apfl(setup, APFLConfig(alpha=0.0, adaptive_alpha=False), 0.1)
+  state = _rounds(fixed, tiny_federation)
+  fedavg = _rounds(fedopt(setup, optax.sgd(1.0)), tiny_federation)
+  chex.assert_trees_all_close(state.params, fedavg.params, atol=1e-5)
+  personal = fixed.personal_params(state)
+  chex.assert_trees_all_close(personal, jax.tree.map(lambda w: jnp.broadcast_to(w, (6, *w.shape)),
+                                                     fedavg.params), atol=1e-5)  # fmt: skip
+  learned = _rounds(
+    apfl(setup, APFLConfig(alpha=0.25, alpha_learning_rate=0.01), 0.1), tiny_federation
+  )
+  sampled = np.unique(np.concatenate(COHORTS))
+  assert np.all(np.asarray(learned.alpha)[sampled] != 0.25)
+  assert np.all((np.asarray(learned.alpha) >= 0) & (np.asarray(learned.alpha) <= 1))
+
+
+def test_lg_fedavg_sends_the_head_only_and_keeps_the_body(tiny_federation):
+  setup = reference.mlp_setup(tiny_federation)
+  algorithm = partial_personalization(setup, "body")
+  assert set(algorithm.upload) == {"head"}
+  state = _rounds(algorithm, tiny_federation)
+  bodies = state.personal["dense0"]["kernel"]
+  assert not np.allclose(bodies[0], bodies[1])  # personal bodies drift apart
+  unsampled = algorithm.init(jax.random.key(0)).personal  # no client is left unsampled here
+  assert not np.allclose(bodies[0], unsampled["dense0"]["kernel"][0])
+
+
+def test_fedbn_keeps_normalization_layers_per_client_and_is_refused_without_them(tmp_path):
+  from fedjax_lab.config import ExperimentConfig
+
+  message = (
+    "model.name must be a model with normalization layers and others for algorithm.name=fedbn"
+  )
+  config = load_config(None, ["data.source=digits", "algorithm.name=fedbn", "logging.writers=[]",
+                              f"out_dir={tmp_path / 'a'}"])  # fmt: skip
+  assert isinstance(config, ExperimentConfig)
+  with pytest.raises(ValueError, match=message):
+    run(config, progress=False)
+  resnet = build_model("resnet20", 10)
+  shape = jax.eval_shape(lambda: resnet.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1))))
+  shared, personal = personalization.split(shape, personalization.normalization_layers)
+  paths = personalization.leaf_paths(personal)
+  assert paths and all("norm" in p for p in paths)
+  assert not any("norm" in p for p in personalization.leaf_paths(shared))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["fedper", "fedrep", "ditto", "apfl", "lg_fedavg"])
+def test_personalization_beats_the_global_model_on_two_classes_per_client(tmp_path, method):
+  """Shards of two classes per client: each method's clients' own models beat FedAvg's
+  global model on the clients' own test splits (the effect personalization exists for)."""
+  common = ["data.source=digits", "data.num_clients=10", "data.partition=shards",
+            "data.test_fraction=0.25", "cohort_size=5", "rounds=12", "eval_every=12",
+            "checkpoint_every=0", "logging.writers=[]", "local.learning_rate=0.05",
+            "local.epochs=2"]  # fmt: skip
+  result = lambda name: run(
+    load_config(None, common + [f"algorithm.name={name}", f"out_dir={tmp_path / name}"]),
+    progress=False,
+  ).metrics[-1]["client_accuracy_mean"]
+  fedavg, personalized = result("fedavg"), result(method)
+  assert personalized > fedavg + 0.1, (method, personalized, fedavg)
+
+
+def test_every_personalized_method_sends_only_through_the_aggregator():
+  for name in ("fedper", "fedrep", "lg_fedavg", "fedbn", "ditto", "apfl"):
+    entry = ALGORITHMS.get(name)
+    assert entry.aggregated_uploads and entry.keeps_lost_clients
+  dp = ["privacy.noise_multiplier=1.0", "aggregation.clip_norm=1.0", "algorithm.weighting=uniform"]
+  config = load_config(None, ["data.source=digits", "algorithm.name=ditto", *dp])
+  assert config.privacy.noise_multiplier == 1.0  # DP is accepted: the uploads are aggregated
