@@ -186,7 +186,7 @@ def test_fedbn_keeps_normalization_layers_per_client_and_is_refused_without_them
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["fedper", "fedrep", "ditto", "apfl", "lg_fedavg"])
+@pytest.mark.parametrize("method", ["fedper", "fedrep", "ditto", "apfl", "lg_fedavg", "pfedme"])
 def test_personalization_beats_the_global_model_on_two_classes_per_client(tmp_path, method):
   """Shards of two classes per client: each method's clients' own models beat FedAvg's
   global model on the clients' own test splits (the effect personalization exists for)."""
@@ -203,9 +203,64 @@ def test_personalization_beats_the_global_model_on_two_classes_per_client(tmp_pa
 
 
 def test_every_personalized_method_sends_only_through_the_aggregator():
-  for name in ("fedper", "fedrep", "lg_fedavg", "fedbn", "ditto", "apfl"):
+  for name in ("fedper", "fedrep", "lg_fedavg", "fedbn", "ditto", "apfl", "pfedme", "per_fedavg"):
     entry = ALGORITHMS.get(name)
     assert entry.aggregated_uploads and entry.keeps_lost_clients
   dp = ["privacy.noise_multiplier=1.0", "aggregation.clip_norm=1.0", "algorithm.weighting=uniform"]
   config = load_config(None, ["data.source=digits", "algorithm.name=ditto", *dp])
   assert config.privacy.noise_multiplier == 1.0  # DP is accepted: the uploads are aggregated
+
+
+def _least_squares(params, x, y, mask, context):
+  """``0.5 * mean((x @ w - y)^2)`` over the real rows: Hessian ``x^T x / n``."""
+  residual = (x @ params["w"] - y) * mask
+  return 0.5 * jnp.sum(residual**2) / jnp.maximum(mask.sum(), 1)
+
+
+def test_per_fedavg_meta_gradients_are_first_order_maml_and_exact_maml():
+  from fedjax_lab.algorithms.per_fedavg import meta_objective
+
+  rng = np.random.default_rng(0)
+  x, y = jnp.asarray(rng.normal(size=(8, 3))), jnp.asarray(rng.normal(size=8))
+  mask, params, alpha = jnp.ones(8, bool), {"w": jnp.asarray(rng.normal(size=3))}, 0.1
+  first, second = (x[:4], y[:4], mask[:4]), (x[4:], y[4:], mask[4:])
+  inner = jax.grad(_least_squares)(params, *first, None)["w"]
+  temp = {"w": params["w"] - alpha * inner}
+  outer = jax.grad(_least_squares)(temp, *second, None)["w"]
+  hessian = first[0].T @ first[0] / 4
+  fo = jax.grad(meta_objective(_least_squares, alpha, True))(params, x, y, mask, None)["w"]
+  exact = jax.grad(meta_objective(_least_squares, alpha, False))(params, x, y, mask, None)["w"]
+  np.testing.assert_allclose(fo, outer, rtol=1e-5)
+  np.testing.assert_allclose(exact, (np.eye(3) - alpha * hessian) @ outer, rtol=1e-5)
+
+
+def test_pfedme_local_step_is_the_inner_solve_then_a_moreau_envelope_step():
+  from fedjax_lab.algorithms.pfedme import PFedMeConfig, pfedme_objective
+
+  rng = np.random.default_rng(1)
+  x, y, mask = jnp.asarray(rng.normal(size=(6, 3))), jnp.asarray(rng.normal(size=6)), jnp.ones(6)
+  options, eta = PFedMeConfig(lam=2.0, personal_learning_rate=0.05, inner_steps=3), 0.1
+  w, theta = {"w": jnp.asarray(rng.normal(size=3))}, {"w": jnp.asarray(rng.normal(size=3))}
+  expected_theta = theta["w"]
+  for _ in range(3):  # theta <- theta - lr * (grad f(theta) + lam (theta - w))
+    grad = jax.grad(_least_squares)({"w": expected_theta}, x, y, mask, None)["w"]
+    expected_theta = expected_theta - 0.05 * (grad + 2.0 * (expected_theta - w["w"]))
+  expected_w = w["w"] - eta * 2.0 * (w["w"] - expected_theta)
+  objective = pfedme_objective(_least_squares, options, eta)
+  value, grads = jax.value_and_grad(objective)((w, theta), x, y, mask, None)
+  updates, _ = optax.sgd(eta).update(grads, optax.sgd(eta).init((w, theta)))
+  new_w, new_theta = optax.apply_updates((w, theta), updates)
+  np.testing.assert_allclose(new_theta["w"], expected_theta, rtol=1e-5)
+  np.testing.assert_allclose(new_w["w"], expected_w, rtol=1e-5)
+  np.testing.assert_allclose(
+    value, _least_squares({"w": expected_theta}, x, y, mask, None), rtol=1e-5
+  )
+
+
+def test_pfedme_needs_plain_sgd(tmp_path):
+  config = load_config(None, ["data.source=digits", "algorithm.name=pfedme", "local.momentum=0.5",
+                              "logging.writers=[]", f"out_dir={tmp_path}"])  # fmt: skip
+  with pytest.raises(
+    ValueError, match="local.optimizer must be sgd with local.momentum=0 for pfedme"
+  ):
+    run(config, progress=False)

@@ -23,7 +23,9 @@ from fedjax_lab.algorithms import (
   local_only,
   moon,
   partial_personalization,
+  per_fedavg,
   pfedlia,
+  pfedme,
   scaffold,
   worldlm,
 )
@@ -53,6 +55,8 @@ ALGORITHMS.register("lg_fedavg", partial_personalization.LG_FEDAVG)
 ALGORITHMS.register("fedbn", partial_personalization.FEDBN)
 ALGORITHMS.register("ditto", ditto.ENTRY)
 ALGORITHMS.register("apfl", apfl.ENTRY)
+ALGORITHMS.register("pfedme", pfedme.ENTRY)
+ALGORITHMS.register("per_fedavg", per_fedavg.ENTRY)
 ALGORITHMS.register("fedmr", fedmr.ENTRY)
 ALGORITHMS.register("fedsnd", fedsnd.ENTRY)
 ALGORITHMS.register("moon", moon.ENTRY)
