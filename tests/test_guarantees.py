@@ -67,6 +67,8 @@ def _config(name: str, setting: str, tmp_path):
     overrides += [*ASYNCHRONOUS, f"algorithm.{name}.concurrency=6"]
   if name == "fedasync":
     overrides.append("algorithm.fedasync.alpha=0.1")
+  if name == "fedbn":  # its personal part: the normalization layers
+    overrides.append("model.mlp.normalization=layer")
   return load_config(None, overrides + SETTINGS[setting])
 
 

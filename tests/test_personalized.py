@@ -5,6 +5,8 @@ FedAvg), and its defining effect on a label-skewed federation."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,7 @@ from fedjax_lab.algorithms.local_only import local_only
 from fedjax_lab.algorithms.partial_personalization import partial_personalization
 from fedjax_lab.config import load_config
 from fedjax_lab.models import build_model
+from fedjax_lab.models.vision import MLPOptions
 from fedjax_lab.ops import personalization
 from fedjax_lab.runner import run
 
@@ -166,23 +169,22 @@ def test_lg_fedavg_sends_the_head_only_and_keeps_the_body(tiny_federation):
   assert not np.allclose(bodies[0], unsampled["dense0"]["kernel"][0])
 
 
-def test_fedbn_keeps_normalization_layers_per_client_and_is_refused_without_them(tmp_path):
-  from fedjax_lab.config import ExperimentConfig
-
+def test_fedbn_keeps_normalization_layers_per_client_and_is_refused_without_them(
+  tmp_path, tiny_federation
+):
   message = (
     "model.name must be a model with normalization layers and others for algorithm.name=fedbn"
   )
   config = load_config(None, ["data.source=digits", "algorithm.name=fedbn", "logging.writers=[]",
                               f"out_dir={tmp_path / 'a'}"])  # fmt: skip
-  assert isinstance(config, ExperimentConfig)
   with pytest.raises(ValueError, match=message):
     run(config, progress=False)
-  resnet = build_model("resnet20", 10)
-  shape = jax.eval_shape(lambda: resnet.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1))))
-  shared, personal = personalization.split(shape, personalization.normalization_layers)
-  paths = personalization.leaf_paths(personal)
-  assert paths and all("norm" in p for p in paths)
-  assert not any("norm" in p for p in personalization.leaf_paths(shared))
+  model = build_model("mlp", 10, options=MLPOptions(normalization="layer"))
+  setup = dataclasses.replace(reference.mlp_setup(tiny_federation), model=model)
+  state = _rounds(partial_personalization(setup, "normalization"), tiny_federation)
+  assert set(state.personal) == {"norm0", "norm1"} and "norm0" not in state.shared
+  scales = np.asarray(state.personal["norm0"]["scale"])
+  assert not np.allclose(scales[0], scales[1])  # each client's own normalization
 
 
 @pytest.mark.slow

@@ -12,32 +12,41 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 
-from fedjax_lab.checks import require
+from fedjax_lab.checks import one_of, require
 from fedjax_lab.models.pooling import max_pool_2x2
 
 
 class MLP(nn.Module):
-  """Flatten, then ``hidden`` ReLU layers, then a linear read-out."""
+  """Flatten, then ``hidden`` ReLU layers (each normalized first by a LayerNorm ``norm<i>``
+  with ``normalization="layer"``), then a linear read-out."""
 
   num_classes: int
   hidden: Sequence[int] = (200, 200)
+  normalization: str = "none"
 
   @nn.compact
   def __call__(self, x):
     x = x.reshape((x.shape[0], -1))
     for i, width in enumerate(self.hidden):
-      x = nn.relu(nn.Dense(width, name=f"dense{i}")(x))
+      x = nn.Dense(width, name=f"dense{i}")(x)
+      if self.normalization == "layer":
+        x = nn.LayerNorm(name=f"norm{i}")(x)
+      x = nn.relu(x)
     return nn.Dense(self.num_classes, name="head")(x)
 
 
 @dataclasses.dataclass(frozen=True)
 class MLPOptions:
-  """``model.mlp``: the widths of the hidden ReLU layers (none: a linear model)."""
+  """``model.mlp``: the widths of the hidden ReLU layers (none: a linear model), and
+  ``normalization``: ``none`` or ``layer`` (a LayerNorm before each ReLU; FedBN keeps them
+  local)."""
 
   hidden: tuple[int, ...] = (200, 200)
+  normalization: str = "none"
 
   def __post_init__(self):
     require(all(w >= 1 for w in self.hidden), "model.mlp.hidden", "widths >= 1", self.hidden)
+    one_of("model.mlp.normalization", self.normalization, ("none", "layer"))
 
 
 class FedAvgCNN(nn.Module):

@@ -1,0 +1,156 @@
+"""The personalized baselines beside pFedLIA and the clustered methods, on pFedLIA's
+benchmarks (``../pfedlia/benchmarks.json`` over ``../pfedlia/reduced.json``: 100 Fashion-MNIST
+clients of 100 examples, every client in every round; ``permuted`` and ``rotated`` have 4
+latent groups, ``dirichlet`` is Dirichlet(0.1) label skew), the same federations and seeds
+(0-4) as ``experiments/pfedlia``, whose committed runs (pFedLIA, Oracle, IFCA, CFL, FedAvg,
+Local) are read from ``../pfedlia/results/per_run`` and ranked with these.
+
+Methods run here (``METHODS``): FedAvg-FT (FedAvg, each client's copy adapted for one epoch
+before its test), Per-FedAvg (FO, adapted the same way), Ditto, FedPer, FedRep, LG-FedAvg,
+APFL and pFedMe, each with its own setting chosen by ``tune.py`` on data seed 100 (the
+same 3-candidate budget for each). FedBN does not apply: the benchmarks' MLP has no
+normalization layer. A run's value is the clients' mean accuracy of the model each client would
+use (the adapted one for FedAvg-FT and Per-FedAvg), mean of the last 3 evaluations, at the
+benchmark's round budget.
+
+Tables (``--summarize``, from the committed per-run files only): per benchmark and method the
+accuracy and its 10th percentile across clients, mean ± sample std (n seeds), the rank by mean,
+and the paired difference with pFedLIA by seed (95% t-interval).
+
+  python experiments/personalized/reproduce.py              # 120 runs, about an hour on 2 cores
+  python experiments/personalized/reproduce.py --summarize  # the tables from results/ only
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+from tune import chosen
+
+from fedjax_lab import grid, sweep
+from fedjax_lab.stats import format_paired, format_spread
+from fedjax_lab.tables import format_table
+
+HERE = pathlib.Path(__file__).parent
+PFEDLIA = HERE.parent / "pfedlia"
+RESULTS = HERE / "results" / "per_run"
+BENCHMARKS = json.loads((PFEDLIA / "benchmarks.json").read_text())
+ADAPTED = {"fedavg_ft", "per_fedavg"}  # evaluated after one epoch of local adaptation
+METHODS = ("fedavg_ft", "per_fedavg", "ditto", "fedper", "fedrep", "lg_fedavg", "apfl", "pfedme")
+PFEDLIA_RUNS = ("pfedlia", "oracle", "ifca", "ifca_k8", "cfl", "fedavg", "local")
+REFERENCE = "pfedlia"
+
+
+def method_changes(tuned: dict[str, str]) -> dict[str, list[str]]:
+  """Each method's overrides: its name, its tuned setting (``tune.chosen``) and local
+  adaptation at evaluation where it is evaluated adapted."""
+  changes = {}
+  for method in METHODS:
+    name = "fedavg" if method == "fedavg_ft" else method
+    overrides = [f"algorithm.name={name}"]
+    if method in tuned:
+      overrides.append(f"algorithm.{name}.{tuned[method]}")
+    if method in ADAPTED:
+      overrides.append("eval_finetune_epochs=1")
+    changes[method] = overrides
+  return changes
+
+
+def run_all(args) -> None:
+  tuned = chosen(grid.read_records(HERE / "results" / "tuning"))
+  methods = {m: c for m, c in method_changes(tuned).items() if m in args.methods}
+  axes = [
+    sweep.variants_axis("benchmark", {b: BENCHMARKS[b] for b in args.benchmarks}),
+    sweep.variants_axis("method", methods),
+  ]
+  planned = sweep.plan(args.config, args.set, axes, args.seeds, pathlib.Path(args.runs))
+
+  def save(run, rows, read_back, seconds):
+    benchmark, method = (value for _, value in run.cell.values)
+    grid.write_metrics_file(
+      pathlib.Path(args.out) / benchmark / f"{method}_seed{run.seed}.jsonl", rows
+    )
+    print(f"{benchmark} {method} seed {run.seed}: {_accuracy(method, rows):.2f} "
+          f"({'read back' if read_back else f'{seconds:.0f} s'})", flush=True)  # fmt: skip
+
+  sweep.execute(planned, 1, "", save)
+
+
+def _metric(method: str, key: str) -> str:
+  return f"adapted_{key}" if method in ADAPTED else key
+
+
+def _accuracy(method: str, rows: list[dict]) -> float:
+  """The clients' mean accuracy (%) of the models they would use, last 3 evaluations."""
+  return 100 * grid.last_evaluations(rows, _metric(method, "client_accuracy_mean"))
+
+
+def read_runs(results: pathlib.Path) -> dict[tuple[str, str], dict[int, list[dict]]]:
+  """``(benchmark, method) -> {seed: rows}``: the runs in ``results`` and pFedLIA's committed
+  ones."""
+  runs: dict = {}
+  for folder, names in ((results, METHODS), (PFEDLIA / "results" / "per_run", PFEDLIA_RUNS)):
+    for path in sorted(folder.glob("*/*_seed*.jsonl")):
+      name, _, seed = path.stem.rpartition("_seed")
+      if name in names:
+        runs.setdefault((path.parent.name, name), {})[int(seed)] = grid.read_metrics_file(path)
+  return runs
+
+
+def summary_tables(runs) -> str:
+  """The tables of the module docstring, one per benchmark, as markdown."""
+  out = []
+  for benchmark in [b for b in BENCHMARKS if (b, REFERENCE) in runs]:
+    names = [n for n in PFEDLIA_RUNS + METHODS if (benchmark, n) in runs]
+    if not any(n in METHODS for n in names):
+      continue
+    reference = runs[(benchmark, REFERENCE)]
+    means = {n: np.nanmean([_accuracy(n, r) for r in runs[(benchmark, n)].values()]) for n in names}
+    order = sorted(names, key=lambda n: -means[n])
+    rows = []
+    for name in order:
+      by_seed = runs[(benchmark, name)]
+      seeds = sorted(set(by_seed) & set(reference))
+      p10 = [
+        grid.last_evaluations(r, _metric(name, "client_accuracy_p10")) for r in by_seed.values()
+      ]
+      paired = "-"
+      if name != REFERENCE and len(seeds) >= 2:
+        a = [_accuracy(name, by_seed[s]) for s in seeds]
+        paired = format_paired(a, [_accuracy(REFERENCE, reference[s]) for s in seeds], within=2)
+      rows.append({
+        "rank": order.index(name) + 1,
+        "method": name + (" (adapted)" if name in ADAPTED else ""),
+        "accuracy %": format_spread([_accuracy(name, r) for r in by_seed.values()]),
+        "p10 %": format_spread(p10, scale=100),
+        f"minus {REFERENCE} (95% CI)": paired,
+      })  # fmt: skip
+    rounds = max(r["round"] for r in reference[min(reference)])
+    out.append(
+      f"{benchmark}: clients' mean accuracy (%) of the model each uses, {rounds}-round budget\n\n"
+      f"```\n{format_table(rows, list(rows[0]))}\n```\n"
+    )
+  return "\n".join(out)
+
+
+def main() -> None:
+  parser = grid.reproduction_parser(__doc__, HERE, "runs/personalized")
+  parser.set_defaults(config=str(PFEDLIA / "reduced.json"), out=str(RESULTS), seeds=[0, 1, 2, 3, 4])
+  parser.add_argument(
+    "--benchmarks", nargs="+", default=["permuted", "rotated", "dirichlet"], choices=BENCHMARKS
+  )
+  parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+  args = grid.parse_reproduction_args(parser)
+  if not args.summarize:
+    run_all(args)
+  results = pathlib.Path(args.out)
+  tables = summary_tables(read_runs(results))
+  results.mkdir(parents=True, exist_ok=True)
+  (results / "summary.md").write_text(tables)
+  print(tables)
+
+
+if __name__ == "__main__":
+  main()
