@@ -60,12 +60,13 @@ def method_changes(tuned: dict[str, str]) -> dict[str, list[str]]:
 
 def run_all(args) -> None:
   tuned = chosen(grid.read_records(HERE / "results" / "tuning"))
-  methods = {m: c for m, c in method_changes(tuned).items() if m in args.methods}
+  # --set comes last: it overrides the benchmark's own settings too (a test's tiny runs)
+  methods = {m: c + args.set for m, c in method_changes(tuned).items() if m in args.methods}
   axes = [
     sweep.variants_axis("benchmark", {b: BENCHMARKS[b] for b in args.benchmarks}),
     sweep.variants_axis("method", methods),
   ]
-  planned = sweep.plan(args.config, args.set, axes, args.seeds, pathlib.Path(args.runs))
+  planned = sweep.plan(args.config, [], axes, args.seeds, pathlib.Path(args.runs))
 
   def save(run, rows, read_back, seconds):
     benchmark, method = (value for _, value in run.cell.values)
