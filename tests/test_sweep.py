@@ -123,6 +123,12 @@ def test_a_sweep_of_two_methods_two_alphas_three_seeds_runs_resumes_and_summariz
   )
   assert (summary / "summary.md").read_text() == tables
 
+  # The report of the sweep: one entry per cell (its seeds together) and the sweep's tables.
+  assert main(["report", str(out), "--out", str(tmp_path / "report.html")]) == 0
+  assert "report of 4 entries" in capsys.readouterr().out
+  page = (tmp_path / "report.html").read_text()
+  assert "name=fedprox,alpha=1.0" in page and "paired diff vs name=fedavg" in page
+
   # --summarize recomputes the tables from the committed records alone.
   shutil.rmtree(out / "name=fedavg,alpha=1.0")
   assert (
