@@ -203,14 +203,14 @@ def evaluate(
     pooled = evaluate_pooled(model.apply, global_params, data.global_test_x, data.global_test_y)
     metrics.update(global_accuracy=pooled["accuracy"], global_loss=pooled["loss"])
   if data.test.total > 0:  # clients hold test splits of their own
-    personal = algorithm.personal_params is not None
-    params = algorithm.personal_params(state) if personal else global_params
+    models_of = client_models(algorithm, state)
+    personal = models_of is not None
     width, sums, adapted = data.test.max_examples, [], []
     clients = evaluated_clients(config, data.num_clients)
     held = clients[data.test.owner(clients) == jax.process_index()]  # all, with one process
     for ids in evaluation_blocks(held):
       x, y, counts = data.test.padded(ids, width)
-      block_params = jax.tree.map(lambda leaf: leaf[ids], params) if personal else params
+      block_params = models_of(ids) if personal else global_params
       test = lambda params, personal: client_test_sums(
         model.apply,
         params,
@@ -238,6 +238,18 @@ def evaluate(
       adjusted_rand_score(data.client_groups, np.asarray(algorithm.client_clusters(state)))
     )
   return Evaluation(metrics, per_client)
+
+
+def client_models(algorithm: Algorithm, state):
+  """``models(client_ids) -> [len(client_ids), ...]``: the models those clients use, from
+  ``Algorithm.personal_params_of`` (only those rows built) or rows of ``personal_params``;
+  None when every client uses the global model."""
+  if algorithm.personal_params_of is not None:
+    return lambda ids: algorithm.personal_params_of(state, ids)
+  if algorithm.personal_params is not None:
+    stacked = algorithm.personal_params(state)
+    return lambda ids: jax.tree.map(lambda leaf: leaf[ids], stacked)
+  return None
 
 
 def _from_every_process(held: np.ndarray, blocks: list, clients: np.ndarray) -> np.ndarray:

@@ -278,3 +278,13 @@ def test_pfedme_needs_plain_sgd(tmp_path):
     ValueError, match="local.optimizer must be sgd with local.momentum=0 for pfedme"
   ):
     run(config, progress=False)
+
+
+def test_a_block_of_clients_models_is_built_without_the_federations(tiny_federation):
+  """``personal_params_of`` (what evaluation uses) gives the rows of ``personal_params``."""
+  setup = reference.mlp_setup(tiny_federation)
+  ids = jnp.array([4, 1])
+  for algorithm in (partial_personalization(setup, "head"), apfl(setup, APFLConfig(), 0.1)):
+    state = _rounds(algorithm, tiny_federation, 2)
+    every = jax.tree.map(lambda leaf: leaf[ids], algorithm.personal_params(state))
+    chex.assert_trees_all_close(algorithm.personal_params_of(state, ids), every)

@@ -124,17 +124,21 @@ def apfl(setup: ClientSetup, options: APFLConfig, learning_rate: float) -> Algor
     metrics["alpha_mean"] = jnp.mean(state.alpha)
     return state, metrics
 
-  def personal_params(state):
-    weight = lambda leaf: state.alpha.reshape((-1,) + (1,) * (leaf.ndim - 1))
+  def personal_params_of(state, client_ids):
+    alpha = state.alpha[client_ids]
+    weight = lambda leaf: alpha.reshape((-1,) + (1,) * (leaf.ndim - 1))
     return jax.tree.map(
-      lambda v, w: weight(v) * v + (1 - weight(v)) * w[None], state.personal, state.params
+      lambda v, w: weight(v) * v + (1 - weight(v)) * w[None],
+      tree_gather(state.personal, client_ids),
+      state.params,
     )
 
   return Algorithm(
     init,
     round_fn,
     global_params=lambda state: state.params,
-    personal_params=personal_params,
+    personal_params=lambda state: personal_params_of(state, jnp.arange(setup.num_clients)),
+    personal_params_of=personal_params_of,
   )
 
 

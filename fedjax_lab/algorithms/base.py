@@ -49,7 +49,10 @@ class Algorithm(NamedTuple):
 
   ``global_params(state)``: the server model (None: there is none, as for Local-only).
   ``personal_params(state)``: the model each client would use, ``[num_clients, ...]`` (None:
-  every client uses the global model). ``client_clusters(state)``: each client's cluster label
+  every client uses the global model). ``personal_params_of(state, client_ids)``: the models
+  of those clients only, ``[len(client_ids), ...]``, for a method whose personal models are
+  built from smaller state (a shared part and personal rows): evaluation then holds a block of
+  models, not the federation's. ``client_clusters(state)``: each client's cluster label
   ``[num_clients]`` (clustering methods). ``download`` / ``upload``: the pytrees (arrays or
   ``jax.ShapeDtypeStruct``) one participating client receives / sends per round; None means
   one model. ``host_phases``: the round runs host-side logic between compiled phases, so the
@@ -67,6 +70,7 @@ class Algorithm(NamedTuple):
   upload: Any = None
   host_phases: bool = False
   privacy: Optional[Callable[[int], dict]] = None
+  personal_params_of: Optional[Callable[[Any, Any], Params]] = None
 
 
 @dataclasses.dataclass(frozen=True)

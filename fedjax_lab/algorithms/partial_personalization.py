@@ -24,6 +24,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import struct
 
 from fedjax_lab.algorithms.base import (
@@ -155,14 +156,15 @@ def partial_personalization(
     )
     return state, training_metrics(result, trained, weights)
 
-  def personal_params(state):
-    clients = personal_rows(state.personal)
-    return personalization.merge(tree_broadcast(state.shared, clients), state.personal)
+  def personal_params_of(state, client_ids):
+    rows = tree_gather(state.personal, client_ids)
+    return personalization.merge(tree_broadcast(state.shared, len(client_ids)), rows)
 
   return Algorithm(
     init,
     round_fn,
-    personal_params=personal_params,
+    personal_params=lambda state: personal_params_of(state, jnp.arange(setup.num_clients)),
+    personal_params_of=personal_params_of,
     download=shared_shape,
     upload=shared_shape,
   )
