@@ -13,6 +13,7 @@ pytestmark = pytest.mark.slow  # runs the reproduction scripts end to end (make 
 ROOT = pathlib.Path(__file__).parent.parent
 PFEDLIA_RUNS = 170  # committed per-run metric files of experiments/pfedlia/reproduce.py
 SYSTEMS_RUNS = 110  # committed records of experiments/systems/reproduce.py
+PERSONALIZED_RUNS = 80  # committed per-run files of experiments/personalized/reproduce.py
 TINY = [
   "data.source=digits",
   "data.num_clients=10",
@@ -538,10 +539,22 @@ def test_pfedlia_readme_tables_are_what_the_committed_per_run_metrics_give():
     assert block in text
 
 
+def test_personalized_readme_tables_are_what_the_committed_runs_give():
+  module = _script("experiments/personalized/reproduce.py")
+  runs = module.read_runs(module.RESULTS)
+  assert (
+    sum(len(by) for (_, name), by in runs.items() if name in module.METHODS) >= PERSONALIZED_RUNS
+  )
+  text = (ROOT / "experiments/personalized/README.md").read_text()
+  for block in module.summary_tables(runs).split("```")[1::2]:
+    assert block in text
+
+
 @pytest.mark.parametrize(
   "script, readme",
   [
     ("experiments/pfedlia/tune_cfl.py", "experiments/pfedlia/README.md"),
+    ("experiments/personalized/tune.py", "experiments/personalized/README.md"),
     ("experiments/fedsnd/server_sweep.py", "experiments/fedsnd/README.md"),
   ],
 )

@@ -15,7 +15,8 @@ benchmark's round budget.
 
 Tables (``--summarize``, from the committed per-run files only): per benchmark and method the
 accuracy and its 10th percentile across clients, mean ± sample std (n seeds), the rank by mean,
-and the paired difference with pFedLIA by seed (95% t-interval).
+and the paired differences with pFedLIA and with Local by seed (95% t-interval). The rank is
+by mean; neighbours whose intervals overlap are not measurably apart.
 
   python experiments/personalized/reproduce.py              # 120 runs, about an hour on 2 cores
   python experiments/personalized/reproduce.py --summarize  # the tables from results/ only
@@ -27,7 +28,6 @@ import json
 import pathlib
 
 import numpy as np
-from tune import chosen
 
 from fedjax_lab import grid, sweep
 from fedjax_lab.stats import format_paired, format_spread
@@ -59,6 +59,10 @@ def method_changes(tuned: dict[str, str]) -> dict[str, list[str]]:
 
 
 def run_all(args) -> None:
+  from tune import (
+    chosen,
+  )  # this folder's tuning script (run as a script, its folder is on the path)
+
   tuned = chosen(grid.read_records(HERE / "results" / "tuning"))
   # --set comes last: it overrides the benchmark's own settings too (a test's tiny runs)
   methods = {m: c + args.set for m, c in method_changes(tuned).items() if m in args.methods}
@@ -100,6 +104,16 @@ def read_runs(results: pathlib.Path) -> dict[tuple[str, str], dict[int, list[dic
   return runs
 
 
+def _paired(name: str, by_seed: dict, other: str, other_runs: dict) -> str:
+  """``name``'s accuracy minus ``other``'s over their common seeds (95% t-interval, the seed
+  standard's marker); "-" for ``other`` itself or under 2 common seeds."""
+  seeds = sorted(set(by_seed) & set(other_runs))
+  if name == other or len(seeds) < 2:
+    return "-"
+  a = [_accuracy(name, by_seed[s]) for s in seeds]
+  return format_paired(a, [_accuracy(other, other_runs[s]) for s in seeds], within=2)
+
+
 def summary_tables(runs) -> str:
   """The tables of the module docstring, one per benchmark, as markdown."""
   out = []
@@ -107,26 +121,21 @@ def summary_tables(runs) -> str:
     names = [n for n in PFEDLIA_RUNS + METHODS if (benchmark, n) in runs]
     if not any(n in METHODS for n in names):
       continue
-    reference = runs[(benchmark, REFERENCE)]
+    reference, local = runs[(benchmark, REFERENCE)], runs.get((benchmark, "local"), {})
     means = {n: np.nanmean([_accuracy(n, r) for r in runs[(benchmark, n)].values()]) for n in names}
     order = sorted(names, key=lambda n: -means[n])
     rows = []
     for name in order:
       by_seed = runs[(benchmark, name)]
-      seeds = sorted(set(by_seed) & set(reference))
-      p10 = [
-        grid.last_evaluations(r, _metric(name, "client_accuracy_p10")) for r in by_seed.values()
-      ]
-      paired = "-"
-      if name != REFERENCE and len(seeds) >= 2:
-        a = [_accuracy(name, by_seed[s]) for s in seeds]
-        paired = format_paired(a, [_accuracy(REFERENCE, reference[s]) for s in seeds], within=2)
+      p10_key = _metric(name, "client_accuracy_p10")
+      p10 = [grid.last_evaluations(r, p10_key) for r in by_seed.values()]
       rows.append({
         "rank": order.index(name) + 1,
         "method": name + (" (adapted)" if name in ADAPTED else ""),
         "accuracy %": format_spread([_accuracy(name, r) for r in by_seed.values()]),
         "p10 %": format_spread(p10, scale=100),
-        f"minus {REFERENCE} (95% CI)": paired,
+        f"minus {REFERENCE} (95% CI)": _paired(name, by_seed, REFERENCE, reference),
+        "minus local (95% CI)": _paired(name, by_seed, "local", local),
       })  # fmt: skip
     rounds = max(r["round"] for r in reference[min(reference)])
     out.append(
