@@ -28,6 +28,7 @@ from fedjax_lab.algorithms.base import (
   ClientSetup,
   aggregate_models,
   client_weights,
+  model_and_copies,
   training_metrics,
 )
 from fedjax_lab.checks import require
@@ -91,13 +92,9 @@ def apfl(setup: ClientSetup, options: APFLConfig, learning_rate: float) -> Algor
   )
 
   def init(key):
-    params = setup.init_params(key)
-    return APFLState(
-      params,
-      tree_broadcast(params, setup.num_clients),
-      jnp.full((setup.num_clients,), options.alpha, jnp.float32),
-      setup.aggregator.init(setup.params_shape),
-    )
+    params, copies, aggregator_state = model_and_copies(setup, key)
+    alpha = jnp.full((setup.num_clients,), options.alpha, jnp.float32)
+    return APFLState(params, copies, alpha, aggregator_state)
 
   def round_fn(state, cohort, key):
     size = cohort.client_ids.shape[0]

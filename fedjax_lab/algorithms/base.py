@@ -30,7 +30,13 @@ from fedjax_lab.engine.local import (
 )
 from fedjax_lab.engine.precision import apply_in
 from fedjax_lab.models import Model
-from fedjax_lab.ops.aggregate import client_sum, tree_gather, tree_scatter, weighted_mean
+from fedjax_lab.ops.aggregate import (
+  client_sum,
+  tree_broadcast,
+  tree_gather,
+  tree_scatter,
+  weighted_mean,
+)
 from fedjax_lab.ops.aggregators import Aggregator, mean, with_feedback
 from fedjax_lab.ops.communication import tree_bytes
 from fedjax_lab.ops.divergence import mean_pairwise_cosine
@@ -335,6 +341,18 @@ def aggregate_models(setup: ClientSetup, models, weights, reference, aggregator_
   drawn from the round's ``key``."""
   return setup.aggregator.aggregate(
     models, weights, reference, aggregator_state, jax.random.fold_in(key, AGGREGATION_STREAM)
+  )
+
+
+def model_and_copies(setup: ClientSetup, key: jax.Array) -> tuple[Params, Params, Any]:
+  """``(params, copies, aggregator_state)``: an initial global model, every client's copy of
+  it (``[num_clients, ...]``: the start of a per-client model such as Ditto's ``v_k``) and the
+  aggregator's initial state."""
+  params = setup.init_params(key)
+  return (
+    params,
+    tree_broadcast(params, setup.num_clients),
+    setup.aggregator.init(setup.params_shape),
   )
 
 

@@ -22,10 +22,11 @@ from fedjax_lab.algorithms.base import (
   ClientSetup,
   aggregate_models,
   client_weights,
+  model_and_copies,
   training_metrics,
 )
 from fedjax_lab.checks import require
-from fedjax_lab.ops.aggregate import tree_broadcast, tree_gather, tree_scatter
+from fedjax_lab.ops.aggregate import tree_gather, tree_scatter
 from fedjax_lab.ops.losses import proximal_penalty
 
 
@@ -74,12 +75,7 @@ def ditto(setup: ClientSetup, options: DittoConfig) -> Algorithm:
   train_personal = personal_setup.cohort_trainer(pull, params_axis=0, context_axis=None)
 
   def init(key):
-    params = setup.init_params(key)
-    return DittoState(
-      params,
-      tree_broadcast(params, setup.num_clients),
-      setup.aggregator.init(setup.params_shape),
-    )
+    return DittoState(*model_and_copies(setup, key))
 
   def round_fn(state, cohort, key):
     trained, result = train_global(state.params, cohort, key, None)

@@ -27,6 +27,7 @@ from fedjax_lab.algorithms.base import (
   ClientSetup,
   aggregate_models,
   client_weights,
+  model_and_copies,
   training_metrics,
 )
 from fedjax_lab.checks import require
@@ -92,12 +93,7 @@ def moon(setup: ClientSetup, options: MOONConfig) -> Algorithm:
   )
 
   def init(key):
-    params = setup.init_params(key)
-    return MOONState(
-      params,
-      tree_broadcast(params, setup.num_clients),
-      setup.aggregator.init(setup.params_shape),
-    )
+    return MOONState(*model_and_copies(setup, key))
 
   def round_fn(state, cohort, key):
     ids = cohort.client_ids

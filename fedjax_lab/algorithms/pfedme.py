@@ -26,6 +26,7 @@ from fedjax_lab.algorithms.base import (
   ClientSetup,
   aggregate_models,
   client_weights,
+  model_and_copies,
   training_metrics,
 )
 from fedjax_lab.checks import require
@@ -113,12 +114,7 @@ def pfedme(setup: ClientSetup, options: PFedMeConfig, learning_rate: float) -> A
   )
 
   def init(key):
-    params = setup.init_params(key)
-    return PFedMeState(
-      params,
-      tree_broadcast(params, setup.num_clients),
-      setup.aggregator.init(setup.params_shape),
-    )
+    return PFedMeState(*model_and_copies(setup, key))
 
   def round_fn(state, cohort, key):
     size = cohort.client_ids.shape[0]
