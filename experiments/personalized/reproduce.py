@@ -3,7 +3,10 @@ benchmarks (``../pfedlia/benchmarks.json`` over ``../pfedlia/reduced.json``: 100
 clients of 100 examples, every client in every round; ``permuted`` and ``rotated`` have 4
 latent groups, ``dirichlet`` is Dirichlet(0.1) label skew), the same federations and seeds
 (0-4) as ``experiments/pfedlia``, whose committed runs (pFedLIA, Oracle, IFCA, CFL, FedAvg,
-Local) are read from ``../pfedlia/results/per_run`` and ranked with these.
+Local) are read from ``../pfedlia/results/per_run`` and ranked with these; and on this folder's
+own benchmarks (``benchmarks.json``: Dirichlet(0.5) label skew and two-class shards, clients of
+up to 200 examples, no latent groups), where pFedLIA, IFCA, CFL, FedAvg and Local
+(``CLUSTERED``, with pFedLIA's settings) are run here too.
 
 Methods run here (``METHODS``): FedAvg-FT (FedAvg, each client's copy adapted for one epoch
 before its test), Per-FedAvg (FO, adapted the same way), Ditto, FedPer, FedRep, LG-FedAvg,
@@ -18,7 +21,8 @@ accuracy and its 10th percentile across clients, mean ± sample std (n seeds), t
 and the paired differences with pFedLIA and with Local by seed (95% t-interval). The rank is
 by mean; neighbours whose intervals overlap are not measurably apart.
 
-  python experiments/personalized/reproduce.py              # 120 runs, about an hour on 2 cores
+  python experiments/personalized/reproduce.py              # 250 runs, about 3 h on 2 cores
+  python experiments/personalized/reproduce.py --benchmarks shards --seeds 0 1
   python experiments/personalized/reproduce.py --summarize  # the tables from results/ only
 """
 
@@ -36,10 +40,13 @@ from fedjax_lab.tables import format_table
 HERE = pathlib.Path(__file__).parent
 PFEDLIA = HERE.parent / "pfedlia"
 RESULTS = HERE / "results" / "per_run"
-BENCHMARKS = json.loads((PFEDLIA / "benchmarks.json").read_text())
+PFEDLIA_BENCHMARKS = json.loads((PFEDLIA / "benchmarks.json").read_text())
+OWN_BENCHMARKS = json.loads((HERE / "benchmarks.json").read_text())
+BENCHMARKS = {**PFEDLIA_BENCHMARKS, **OWN_BENCHMARKS}
 ADAPTED = {"fedavg_ft", "per_fedavg"}  # evaluated after one epoch of local adaptation
 METHODS = ("fedavg_ft", "per_fedavg", "ditto", "fedper", "fedrep", "lg_fedavg", "apfl", "pfedme")
 PFEDLIA_RUNS = ("pfedlia", "oracle", "ifca", "ifca_k8", "cfl", "fedavg", "local")
+CLUSTERED = ("pfedlia", "ifca", "cfl", "fedavg", "local")  # run here on OWN_BENCHMARKS
 REFERENCE = "pfedlia"
 
 
@@ -47,7 +54,7 @@ def method_changes(tuned: dict[str, str]) -> dict[str, list[str]]:
   """Each method's overrides: its name, its tuned setting (``tune.chosen``) and local
   adaptation at evaluation where it is evaluated adapted."""
   changes = {}
-  for method in METHODS:
+  for method in METHODS + CLUSTERED:
     name = "fedavg" if method == "fedavg_ft" else method
     overrides = [f"algorithm.name={name}"]
     if method in tuned:
@@ -65,12 +72,17 @@ def run_all(args) -> None:
 
   tuned = chosen(grid.read_records(HERE / "results" / "tuning"))
   # --set comes last: it overrides the benchmark's own settings too (a test's tiny runs)
-  methods = {m: c + args.set for m, c in method_changes(tuned).items() if m in args.methods}
-  axes = [
-    sweep.variants_axis("benchmark", {b: BENCHMARKS[b] for b in args.benchmarks}),
-    sweep.variants_axis("method", methods),
-  ]
-  planned = sweep.plan(args.config, [], axes, args.seeds, pathlib.Path(args.runs))
+  changes = {m: c + args.set for m, c in method_changes(tuned).items()}
+  planned = []
+  for benchmarks, names in ((PFEDLIA_BENCHMARKS, METHODS), (OWN_BENCHMARKS, METHODS + CLUSTERED)):
+    chosen_benchmarks = {b: o for b, o in benchmarks.items() if b in args.benchmarks}
+    methods = {m: changes[m] for m in names if m in args.methods}
+    if chosen_benchmarks and methods:
+      axes = [
+        sweep.variants_axis("benchmark", chosen_benchmarks),
+        sweep.variants_axis("method", methods),
+      ]
+      planned += sweep.plan(args.config, [], axes, args.seeds, pathlib.Path(args.runs))
 
   def save(run, rows, read_back, seconds):
     benchmark, method = (value for _, value in run.cell.values)
@@ -96,7 +108,8 @@ def read_runs(results: pathlib.Path) -> dict[tuple[str, str], dict[int, list[dic
   """``(benchmark, method) -> {seed: rows}``: the runs in ``results`` and pFedLIA's committed
   ones."""
   runs: dict = {}
-  for folder, names in ((results, METHODS), (PFEDLIA / "results" / "per_run", PFEDLIA_RUNS)):
+  here = METHODS + CLUSTERED
+  for folder, names in ((results, here), (PFEDLIA / "results" / "per_run", PFEDLIA_RUNS)):
     for path in sorted(folder.glob("*/*_seed*.jsonl")):
       name, _, seed = path.stem.rpartition("_seed")
       if name in names:
@@ -148,10 +161,10 @@ def summary_tables(runs) -> str:
 def main() -> None:
   parser = grid.reproduction_parser(__doc__, HERE, "runs/personalized")
   parser.set_defaults(config=str(PFEDLIA / "reduced.json"), out=str(RESULTS), seeds=[0, 1, 2, 3, 4])
-  parser.add_argument(
-    "--benchmarks", nargs="+", default=["permuted", "rotated", "dirichlet"], choices=BENCHMARKS
-  )
-  parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+  defaults = ["permuted", "rotated", "dirichlet", *OWN_BENCHMARKS]
+  parser.add_argument("--benchmarks", nargs="+", default=defaults, choices=BENCHMARKS)
+  every = METHODS + CLUSTERED
+  parser.add_argument("--methods", nargs="+", default=list(every), choices=every)
   args = grid.parse_reproduction_args(parser)
   if not args.summarize:
     run_all(args)
