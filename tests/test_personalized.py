@@ -25,6 +25,7 @@ from fedjax_lab.algorithms.partial_personalization import partial_personalizatio
 from fedjax_lab.config import load_config
 from fedjax_lab.models import build_model
 from fedjax_lab.models.vision import MLPOptions
+from fedjax_lab.ops import adaptive_aggregation as ala
 from fedjax_lab.ops import personalization
 from fedjax_lab.runner import run
 
@@ -207,7 +208,9 @@ def shards_folder(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["fedper", "fedrep", "ditto", "apfl", "lg_fedavg", "pfedme"])
+@pytest.mark.parametrize(
+  "method", ["fedper", "fedrep", "ditto", "apfl", "lg_fedavg", "pfedme", "fedala"]
+)
 def test_personalization_beats_the_global_model_on_two_classes_per_client(shards_folder, method):
   """Shards of two classes per client: each method's clients' own models beat FedAvg's
   global model on the clients' own test splits (the effect personalization exists for)."""
@@ -217,7 +220,8 @@ def test_personalization_beats_the_global_model_on_two_classes_per_client(shards
 
 
 def test_every_personalized_method_sends_only_through_the_aggregator():
-  for name in ("fedper", "fedrep", "lg_fedavg", "fedbn", "ditto", "apfl", "pfedme", "per_fedavg"):
+  names = ("fedper", "fedrep", "lg_fedavg", "fedbn", "ditto", "apfl", "pfedme", "per_fedavg")
+  for name in names + ("fedala",):
     entry = ALGORITHMS.get(name)
     assert entry.aggregated_uploads and entry.keeps_lost_clients
   dp = ["privacy.noise_multiplier=1.0", "aggregation.clip_norm=1.0", "algorithm.weighting=uniform"]
@@ -288,3 +292,119 @@ def test_a_block_of_clients_models_is_built_without_the_federations(tiny_federat
     state = _rounds(algorithm, tiny_federation, 2)
     every = jax.tree.map(lambda leaf: leaf[ids], algorithm.personal_params(state))
     chex.assert_trees_all_close(algorithm.personal_params_of(state, ids), every)
+
+
+def test_ala_ops_blend_clip_and_pick_the_top_layers():
+  g, l = {"a": jnp.array([1.0, 2.0])}, {"a": jnp.array([3.0, -2.0])}
+  chex.assert_trees_all_close(ala.blend(g, l, {"a": jnp.ones(2)}), g)
+  chex.assert_trees_all_close(ala.blend(g, l, {"a": jnp.zeros(2)}), l)
+  chex.assert_trees_all_close(
+    ala.blend(g, l, {"a": jnp.array([0.5, 0.25])})["a"], jnp.array([2.0, -1.0])
+  )
+  weights = {"a": jnp.array([0.9, 0.1, 0.5])}
+  updates, _ = ala.unit_box_sgd(1.0).update({"a": jnp.array([-1.0, 1.0, 0.2])}, (), weights)
+  chex.assert_trees_all_close(
+    optax.apply_updates(weights, updates)["a"], jnp.array([1.0, 0.0, 0.3])
+  )
+  params = {"dense0": 1, "dense1": 2, "head": 3}
+  picks = [p for p in params if ala.top_layers(params, 2)(f"{p}/kernel")]
+  assert picks == ["dense1", "head"]
+  recent = jnp.array([1.0, 1.02, 0.99])
+  assert ala.settled(recent, jnp.int32(3), 0.1) and not ala.settled(recent, jnp.int32(2), 0.1)
+  assert not ala.settled(recent, jnp.int32(5), 0.001)
+
+
+def _reference_ala(setup, g, l, w, x, y, key, eta, fraction, layers):
+  """One epoch of ALA with the explicit gradient ``dL/dtheta * (g - l)``, clipped to [0, 1],
+  over a random ``fraction`` of the real examples (the order the engine draws)."""
+  n = len(y)
+  order_key, epochs_key = jax.random.split(key)
+  scores = np.asarray(jax.random.uniform(order_key, (setup.schedule.max_examples,)))
+  chosen = np.argsort(scores[:n], kind="stable")[: int(np.ceil(fraction * n))]
+  x, y = x[chosen], y[chosen]
+  top = list(g)[-layers:]
+  order = reference.epoch_order(jax.random.fold_in(epochs_key, 0), len(y), len(scores), 0)
+  size = setup.schedule.batch_size
+
+  def loss(theta, bx, by):
+    logits = setup.model.apply(theta, bx)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, by).mean()
+
+  for b in range(-(-len(y) // size)):
+    batch = order[b * size : (b + 1) * size]
+    theta = {**g, **{k: jax.tree.map(lambda gg, ll, ww: ll + (gg - ll) * ww, g[k], l[k], w[k])
+                     for k in top}}  # fmt: skip
+    grads = jax.grad(loss)(theta, x[batch], y[batch])
+    w = {k: jax.tree.map(lambda ww, dd, gg, ll: np.clip(ww - eta * dd * (gg - ll), 0, 1),
+                         w[k], grads[k], g[k], l[k]) for k in top}  # fmt: skip
+  return w
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_ala_weights_follow_a_reference_loop_of_the_explicit_gradient(tiny_federation, layers):
+  from fedjax_lab.algorithms.fedala import ADAPTED, FedALAConfig, adaptive_start
+
+  setup = reference.mlp_setup(tiny_federation)
+  options = FedALAConfig(learning_rate=0.5, sample_fraction=0.8, layers=layers)
+  g = setup.init_params(jax.random.key(0))
+  l = jax.tree.map(lambda p: p + 0.3 * jnp.sign(p), setup.init_params(jax.random.key(1)))
+  top = list(g)[-layers:]
+  w = {k: jax.tree.map(lambda p: jnp.full_like(p, 0.7), g[k]) for k in top}
+  cohort, key = tiny_federation.cohort(np.array([0])), jax.random.key(5)
+  n = int(cohort.num_examples[0])
+  start = jax.jit(adaptive_start(setup, options))
+  theta, weights, epochs = start(g, l, w, cohort.x[0], cohort.y[0], cohort.num_examples[0],
+                                 key, jnp.int32(ADAPTED))  # fmt: skip
+  expected = _reference_ala(setup, g, l, w, np.asarray(cohort.x[0, :n]),
+                            np.asarray(cohort.y[0, :n]), key, 0.5, 0.8, layers)  # fmt: skip
+  assert int(epochs) == 1
+  chex.assert_trees_all_close(weights, expected, atol=1e-5)
+  assert not np.allclose(weights[top[-1]]["kernel"], 0.7)  # the weights moved
+  for name in g:  # lower layers are the global model's, the top ones the blend
+    want = g[name] if name not in top else jax.tree.map(
+      lambda gg, ll, ww: ll + (gg - ll) * ww, g[name], l[name], expected[name])  # fmt: skip
+    chex.assert_trees_all_close(theta[name], want, atol=1e-5)
+
+
+def test_ala_start_phase_runs_until_its_losses_settle_and_new_clients_take_the_global_model(
+  tiny_federation,
+):
+  from fedjax_lab.algorithms.fedala import NEVER_TRAINED, TRAINED, FedALAConfig, adaptive_start
+
+  setup = reference.mlp_setup(tiny_federation)
+  g = setup.init_params(jax.random.key(0))
+  l = setup.init_params(jax.random.key(1))
+  w = jax.tree.map(jnp.ones_like, {"head": g["head"]})
+  cohort = tiny_federation.cohort(np.array([0]))
+  args = (cohort.x[0], cohort.y[0], cohort.num_examples[0], jax.random.key(3))
+
+  def epochs(threshold, phase):
+    options = FedALAConfig(threshold=threshold, patience=4, max_start_epochs=9)
+    theta, _, ran = jax.jit(adaptive_start(setup, options))(g, l, w, *args, jnp.int32(phase))
+    return int(ran), theta
+
+  assert epochs(1e9, TRAINED)[0] == 4  # settled as soon as `patience` losses exist
+  assert epochs(0.0, TRAINED)[0] == 9  # never settles: the cap
+  ran, theta = epochs(0.0, NEVER_TRAINED)
+  assert ran == 0
+  chex.assert_trees_all_equal(theta, g)
+
+
+def test_fedala_first_round_is_fedavg_and_lost_clients_keep_their_state(tiny_federation):
+  from fedjax_lab.algorithms.fedala import ADAPTED, TRAINED, FedALAConfig, fedala
+
+  setup = reference.mlp_setup(tiny_federation)
+  method, avg = fedala(setup, FedALAConfig()), fedopt(setup, optax.sgd(1.0))
+  state, key = method.init(jax.random.key(0)), jax.random.key(100)
+  first = tiny_federation.cohort(COHORTS[0])
+  state, _ = jax.jit(method.round)(state, first, key)
+  fedavg_state, _ = jax.jit(avg.round)(avg.init(jax.random.key(0)), first, key)
+  chex.assert_trees_all_close(state.params, fedavg_state.params, atol=1e-6)
+  assert list(np.asarray(state.phase)) == [TRAINED] * 3 + [0] * 3
+  lost = tiny_federation.cohort(np.array([0, 1]))
+  lost = dataclasses.replace(lost, num_examples=np.array([0, lost.num_examples[1]]))
+  after, _ = jax.jit(method.round)(state, lost, jax.random.key(7))
+  row = lambda tree, k: jax.tree.map(lambda leaf: leaf[k], tree)
+  chex.assert_trees_all_equal(row(after.local, 0), row(state.local, 0))
+  chex.assert_trees_all_equal(row(after.weights, 0), row(state.weights, 0))
+  assert int(after.phase[0]) == TRAINED and int(after.phase[1]) == ADAPTED

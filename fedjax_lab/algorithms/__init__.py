@@ -13,6 +13,7 @@ from fedjax_lab.algorithms import (
   cfl,
   clustered,
   ditto,
+  fedala,
   feddf,
   fedgen,
   fedmr,
@@ -55,6 +56,7 @@ ALGORITHMS.register("lg_fedavg", partial_personalization.LG_FEDAVG)
 ALGORITHMS.register("fedbn", partial_personalization.FEDBN)
 ALGORITHMS.register("ditto", ditto.ENTRY)
 ALGORITHMS.register("apfl", apfl.ENTRY)
+ALGORITHMS.register("fedala", fedala.ENTRY)
 ALGORITHMS.register("pfedme", pfedme.ENTRY)
 ALGORITHMS.register("per_fedavg", per_fedavg.ENTRY)
 ALGORITHMS.register("fedmr", fedmr.ENTRY)
