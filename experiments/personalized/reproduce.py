@@ -10,7 +10,7 @@ up to 200 examples, no latent groups), where pFedLIA, IFCA, CFL, FedAvg and Loca
 
 Methods run here (``METHODS``): FedAvg-FT (FedAvg, each client's copy adapted for one epoch
 before its test), Per-FedAvg (FO, adapted the same way), Ditto, FedPer, FedRep, LG-FedAvg,
-APFL and pFedMe, each with its own setting chosen by ``tune.py`` on data seed 100 (the
+APFL, pFedMe and FedALA, each with its own setting chosen by ``tune.py`` on data seed 100 (the
 same 3-candidate budget for each). FedBN does not apply: the benchmarks' MLP has no
 normalization layer. A run's value is the clients' mean accuracy of the model each client would
 use (the adapted one for FedAvg-FT and Per-FedAvg), mean of the last 3 evaluations, at the
@@ -44,7 +44,17 @@ PFEDLIA_BENCHMARKS = json.loads((PFEDLIA / "benchmarks.json").read_text())
 OWN_BENCHMARKS = json.loads((HERE / "benchmarks.json").read_text())
 BENCHMARKS = {**PFEDLIA_BENCHMARKS, **OWN_BENCHMARKS}
 ADAPTED = {"fedavg_ft", "per_fedavg"}  # evaluated after one epoch of local adaptation
-METHODS = ("fedavg_ft", "per_fedavg", "ditto", "fedper", "fedrep", "lg_fedavg", "apfl", "pfedme")
+METHODS = (
+  "fedavg_ft",
+  "per_fedavg",
+  "ditto",
+  "fedper",
+  "fedrep",
+  "lg_fedavg",
+  "apfl",
+  "pfedme",
+  "fedala",
+)
 PFEDLIA_RUNS = ("pfedlia", "oracle", "ifca", "ifca_k8", "cfl", "fedavg", "local")
 CLUSTERED = ("pfedlia", "ifca", "cfl", "fedavg", "local")  # run here on OWN_BENCHMARKS
 REFERENCE = "pfedlia"

@@ -7,7 +7,7 @@ benchmark's 30 rounds. The candidate with the highest clients' mean personalized
 are ``reduced.json``'s, shared by every method and not tuned per method; FedPer, LG-FedAvg and
 FedAvg-FT have no setting of their own.
 
-  python experiments/personalized/tune.py               # 15 runs, about 8 min on 2 cores
+  python experiments/personalized/tune.py               # 18 runs, about 10 min on 2 cores
   python experiments/personalized/tune.py --summarize   # the table from results/tuning/
 """
 
@@ -32,6 +32,7 @@ GRID = {  # method -> (option, candidates)
   "apfl": ("alpha_learning_rate", (0.0003, 0.001, 0.003)),
   "pfedme": ("lam", (1.0, 5.0, 15.0)),
   "per_fedavg": ("inner_learning_rate", (0.005, 0.02, 0.05)),
+  "fedala": ("learning_rate", (0.1, 1.0, 10.0)),
 }
 ADAPTED = {"per_fedavg"}  # evaluated after local adaptation (eval_finetune_epochs=1)
 CANDIDATES = {

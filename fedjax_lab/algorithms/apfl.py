@@ -29,6 +29,7 @@ from fedjax_lab.algorithms.base import (
   aggregate_models,
   client_weights,
   model_and_copies,
+  personal_views,
   training_metrics,
 )
 from fedjax_lab.checks import require
@@ -134,8 +135,7 @@ def apfl(setup: ClientSetup, options: APFLConfig, learning_rate: float) -> Algor
     init,
     round_fn,
     global_params=lambda state: state.params,
-    personal_params=lambda state: personal_params_of(state, jnp.arange(setup.num_clients)),
-    personal_params_of=personal_params_of,
+    **personal_views(personal_params_of, setup.num_clients),
   )
 
 

@@ -356,6 +356,15 @@ def model_and_copies(setup: ClientSetup, key: jax.Array) -> tuple[Params, Params
   )
 
 
+def personal_views(personal_params_of: Callable[[Any, Any], Params], num_clients: int) -> dict:
+  """``Algorithm``'s ``personal_params`` and ``personal_params_of`` for a method that builds
+  clients' models from smaller state: every client's models are those of all client ids."""
+  return dict(
+    personal_params=lambda state: personal_params_of(state, jnp.arange(num_clients)),
+    personal_params_of=personal_params_of,
+  )
+
+
 def training_metrics(result, trained, weights) -> dict:
   """The round metrics of every method that trains client models: the weighted mean local
   loss and the mean pairwise cosine similarity of the trained models."""

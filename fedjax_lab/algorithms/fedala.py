@@ -34,12 +34,13 @@ from fedjax_lab.algorithms.base import (
   aggregate_models,
   client_weights,
   model_and_copies,
+  personal_views,
   training_metrics,
 )
 from fedjax_lab.checks import require
 from fedjax_lab.engine.local import LocalSchedule, cross_entropy_objective, make_local_trainer
 from fedjax_lab.ops import adaptive_aggregation as ala
-from fedjax_lab.ops.aggregate import tree_gather, tree_scatter
+from fedjax_lab.ops.aggregate import tree_gather, tree_gather_or, tree_scatter, tree_select
 from fedjax_lab.ops.personalization import merge, split
 
 NEVER_TRAINED, TRAINED, ADAPTED = 0, 1, 2  # a client's phase
@@ -179,8 +180,7 @@ def fedala(setup: ClientSetup, options: FedALAConfig) -> Algorithm:
       state.phase[ids],
     )
     trained, result = train(theta, cohort, key, None)
-    rows = lambda leaf: present.reshape((-1,) + (1,) * (leaf.ndim - 1))
-    kept = jax.tree.map(lambda new, old: jnp.where(rows(new), new, old), trained, local)
+    kept = tree_select(present, trained, local)
     client_weight = client_weights(cohort, setup.weighting)
     params, aggregator_state = aggregate_models(
       setup, trained, client_weight, state.params, state.aggregator_state, key
@@ -201,19 +201,13 @@ def fedala(setup: ClientSetup, options: FedALAConfig) -> Algorithm:
     return state, metrics
 
   def personal_params_of(state, client_ids):
-    trained = state.phase[client_ids] != NEVER_TRAINED
-    return jax.tree.map(
-      lambda l, g: jnp.where(trained.reshape((-1,) + (1,) * (l.ndim - 1)), l, g[None]),
-      tree_gather(state.local, client_ids),
-      state.params,
-    )
+    return tree_gather_or(state.local, client_ids, state.phase != NEVER_TRAINED, state.params)
 
   return Algorithm(
     init,
     round_fn,
     global_params=lambda state: state.params,
-    personal_params=lambda state: personal_params_of(state, jnp.arange(setup.num_clients)),
-    personal_params_of=personal_params_of,
+    **personal_views(personal_params_of, setup.num_clients),
   )
 
 

@@ -24,7 +24,6 @@ import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import struct
 
 from fedjax_lab.algorithms.base import (
@@ -33,6 +32,7 @@ from fedjax_lab.algorithms.base import (
   ClientSetup,
   aggregate_models,
   client_weights,
+  personal_views,
   round_keys,
   training_metrics,
 )
@@ -163,8 +163,7 @@ def partial_personalization(
   return Algorithm(
     init,
     round_fn,
-    personal_params=lambda state: personal_params_of(state, jnp.arange(setup.num_clients)),
-    personal_params_of=personal_params_of,
+    **personal_views(personal_params_of, setup.num_clients),
     download=shared_shape,
     upload=shared_shape,
   )

@@ -45,6 +45,11 @@ def tree_gather_or(stacked, indices, present: jax.Array, default):
   )
 
 
+def tree_select(keep: jax.Array, rows, others):
+  """Row ``k`` of ``rows`` where ``keep[k]``, else row ``k`` of ``others`` (both stacked)."""
+  return jax.tree.map(lambda new, old: jnp.where(_expand(keep, new), new, old), rows, others)
+
+
 def tree_scatter(stacked, indices, rows):
   """``stacked`` with rows ``indices`` replaced by ``rows`` (write a cohort's state back)."""
   return jax.tree.map(lambda leaf, new: leaf.at[indices].set(new), stacked, rows)
