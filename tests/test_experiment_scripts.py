@@ -123,13 +123,15 @@ def test_pfedlia_reproduction_script(tmp_path):
 
 
 def test_personalized_reproduction_script(tmp_path):
-  tiny = ["data.source=digits", "data.num_clients=8", "cohort_size=8", "rounds=2", "eval_every=1"]
+  tiny = ["data.source=digits", "data.num_clients=8", "cohort_size=8", "rounds=2", "eval_every=1",
+          "algorithm.pfedlia.warmup_rounds=1"]  # fmt: skip
   overrides = [arg for item in tiny for arg in ("--set", item)]
   done = subprocess.run(
     [
       sys.executable,
       str(ROOT / "experiments/personalized/reproduce.py"),
-      *("--benchmarks", "dirichlet", "--seeds", "0", "1", "--methods", "fedavg_ft", "fedper"),
+      *("--benchmarks", "dirichlet", "shards", "--seeds", "0", "1"),
+      *("--methods", "fedavg_ft", "fedper", "pfedlia", "local"),
       *("--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "results"), *overrides),
     ],
     capture_output=True,
@@ -138,12 +140,18 @@ def test_personalized_reproduction_script(tmp_path):
   )
   assert done.returncode == 0, done.stderr[-2000:]
   files = sorted(str(p.relative_to(tmp_path / "results")) for p in tmp_path.glob("results/*/*"))
-  assert files == [f"dirichlet/{m}_seed{s}.jsonl" for m in ("fedavg_ft", "fedper") for s in (0, 1)]
+  # pFedLIA's own benchmarks take its methods' committed runs; on shards they run here too
+  assert files == [
+    f"dirichlet/{m}_seed{s}.jsonl" for m in ("fedavg_ft", "fedper") for s in (0, 1)
+  ] + [
+    f"shards/{m}_seed{s}.jsonl" for m in ("fedavg_ft", "fedper", "local", "pfedlia") for s in (0, 1)
+  ]
   rows = [json.loads(line) for line in (tmp_path / "results/dirichlet/fedavg_ft_seed1.jsonl")
           .read_text().splitlines()]  # fmt: skip
   assert "adapted_client_accuracy_mean" in rows[-1] and len(rows) == 2
   summary = (tmp_path / "results" / "summary.md").read_text()
   assert "fedavg_ft (adapted)" in summary and "fedper" in summary and "pfedlia" in summary
+  assert "shards: " in summary
 
 
 def test_fedsnd_reproduction_script(tmp_path):
