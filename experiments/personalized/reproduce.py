@@ -1,7 +1,7 @@
 """The personalized baselines beside pFedLIA and the clustered methods, on pFedLIA's
 benchmarks (``../pfedlia/benchmarks.json`` over ``../pfedlia/reduced.json``: 100 Fashion-MNIST
-clients of 100 examples, every client in every round; ``permuted`` and ``rotated`` have 4
-latent groups, ``dirichlet`` is Dirichlet(0.1) label skew), the same federations and seeds
+clients, every client in every round; ``permuted`` and ``rotated`` have 4 latent groups and
+100 examples a client, ``dirichlet`` is Dirichlet(0.1) label skew on up to 200), the same federations and seeds
 (0-4) as ``experiments/pfedlia``, whose committed runs (pFedLIA, Oracle, IFCA, CFL, FedAvg,
 Local) are read from ``../pfedlia/results/per_run`` and ranked with these; and on this folder's
 own benchmarks (``benchmarks.json``: Dirichlet(0.5) label skew and two-class shards, clients of
@@ -21,7 +21,7 @@ accuracy and its 10th percentile across clients, mean ± sample std (n seeds), t
 and the paired differences with pFedLIA and with Local by seed (95% t-interval). The rank is
 by mean; neighbours whose intervals overlap are not measurably apart.
 
-  python experiments/personalized/reproduce.py              # 250 runs, about 3 h on 2 cores
+  python experiments/personalized/reproduce.py              # 275 runs, about 4.5 h in one process
   python experiments/personalized/reproduce.py --benchmarks shards --seeds 0 1
   python experiments/personalized/reproduce.py --summarize  # the tables from results/ only
 """

@@ -7,7 +7,7 @@ benchmark's 30 rounds. The candidate with the highest clients' mean personalized
 are ``reduced.json``'s, shared by every method and not tuned per method; FedPer, LG-FedAvg and
 FedAvg-FT have no setting of their own.
 
-  python experiments/personalized/tune.py               # 18 runs, about 10 min on 2 cores
+  python experiments/personalized/tune.py               # 18 runs, about 15 min on 2 cores
   python experiments/personalized/tune.py --summarize   # the table from results/tuning/
 """
 
