@@ -1,11 +1,11 @@
-"""The personalized baselines beside pFedLIA and the clustered methods, on pFedLIA's
-benchmarks (``../pfedlia/benchmarks.json`` over ``../pfedlia/reduced.json``: 100 Fashion-MNIST
-clients, every client in every round; ``permuted`` and ``rotated`` have 4 latent groups and
-100 examples a client, ``dirichlet`` is Dirichlet(0.1) label skew on up to 200), the same federations and seeds
-(0-4) as ``experiments/pfedlia``, whose committed runs (pFedLIA, Oracle, IFCA, CFL, FedAvg,
-Local) are read from ``../pfedlia/results/per_run`` and ranked with these; and on this folder's
-own benchmarks (``benchmarks.json``: Dirichlet(0.5) label skew and two-class shards, clients of
-up to 200 examples, no latent groups), where pFedLIA, IFCA, CFL, FedAvg and Local
+"""The personalized baselines beside pFedLIA and the clustered methods, on pFedLIA's benchmarks
+(``../pfedlia/benchmarks.json`` over ``../pfedlia/reduced.json``: 100 Fashion-MNIST clients,
+every client in every round; ``permuted`` and ``rotated`` have 4 latent groups and 100 examples
+a client, ``dirichlet`` is Dirichlet(0.1) label skew on up to 200), the same federations and
+seeds (0-4) as ``experiments/pfedlia``, whose committed runs (pFedLIA, Oracle, IFCA, CFL,
+FedAvg, Local) are read from ``../pfedlia/results/per_run`` and ranked with these; and on this
+folder's own benchmarks (``benchmarks.json``: Dirichlet(0.5) label skew and two-class shards,
+clients of up to 200 examples, no latent groups), where pFedLIA, IFCA, CFL, FedAvg and Local
 (``CLUSTERED``, with pFedLIA's settings) are run here too.
 
 Methods run here (``METHODS``): FedAvg-FT (FedAvg, each client's copy adapted for one epoch
