@@ -7,6 +7,7 @@ import pytest
 from jax import monitoring
 
 from fedjax_lab.algorithms import ClientSetup, compiled_round
+from fedjax_lab.algorithms.fedmr import fedmr
 from fedjax_lab.algorithms.fedopt import fedopt
 from fedjax_lab.algorithms.scaffold import scaffold
 from fedjax_lab.engine.execution import Executor
@@ -23,7 +24,13 @@ monitoring.register_event_duration_secs_listener(
 
 @pytest.mark.parametrize(
   "name,strategy",
-  [("scaffold", "vmap"), ("scaffold", "loop"), ("fedavg", "chunked"), ("fedavg", "loop")],
+  [
+    ("scaffold", "vmap"),
+    ("scaffold", "loop"),
+    ("fedavg", "chunked"),
+    ("fedavg", "loop"),
+    ("fedmr", "loop"),  # its round runs op by op: a lax.cond there compiled every round
+  ],
 )
 def test_rounds_after_the_first_do_not_compile(tiny_federation, name, strategy):
   setup = ClientSetup(
@@ -34,11 +41,11 @@ def test_rounds_after_the_first_do_not_compile(tiny_federation, name, strategy):
     Executor(strategy, 2),
     tiny_federation.num_clients,
   )
-  algorithm = (
-    scaffold(setup, client_learning_rate=0.1)
-    if name == "scaffold"
-    else fedopt(setup, optax.sgd(1.0))
-  )
+  algorithm = {
+    "scaffold": lambda: scaffold(setup, client_learning_rate=0.1),
+    "fedavg": lambda: fedopt(setup, optax.sgd(1.0)),
+    "fedmr": lambda: fedmr(setup, 3, first_stage_rounds=1),
+  }[name]()
   round_fn = compiled_round(algorithm, setup.executor)
   state = algorithm.init(jax.random.key(0))
   rng = np.random.default_rng(0)

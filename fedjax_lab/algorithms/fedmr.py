@@ -27,7 +27,7 @@ from fedjax_lab.algorithms.base import (
   client_weights,
 )
 from fedjax_lab.checks import one_of, require
-from fedjax_lab.ops.aggregate import tree_broadcast, weighted_mean
+from fedjax_lab.ops.aggregate import tree_broadcast, tree_select, weighted_mean
 from fedjax_lab.ops.divergence import mean_pairwise_cosine
 from fedjax_lab.ops.recombine import GRANULARITIES, recombination_units, recombine
 
@@ -83,10 +83,12 @@ def fedmr(
       state.aggregator_state,
       jax.random.fold_in(key, AGGREGATION_STREAM),
     )
-    slots = jax.lax.cond(
-      state.round < first_stage_rounds,
-      lambda: tree_broadcast(mean, num_slots),
-      lambda: recombine(jax.random.fold_in(key, RECOMBINE_STREAM), trained, units),
+    # a select, not a lax.cond: under the loop strategy this runs op by op, where a cond of
+    # fresh branches compiles anew every round and its programs pile up (out of memory at 470)
+    slots = tree_select(
+      jnp.full(num_slots, state.round < first_stage_rounds),
+      tree_broadcast(mean, num_slots),
+      recombine(jax.random.fold_in(key, RECOMBINE_STREAM), trained, units),
     )
     metrics = {
       "train_loss": weighted_mean(result.mean_loss, client_weights(cohort, "num_examples")),
