@@ -7,6 +7,7 @@ import pytest
 from jax import monitoring
 
 from fedjax_lab.algorithms import ClientSetup, compiled_round
+from fedjax_lab.algorithms.fedgen import FedGenConfig, fedgen
 from fedjax_lab.algorithms.fedmr import fedmr
 from fedjax_lab.algorithms.fedopt import fedopt
 from fedjax_lab.algorithms.scaffold import scaffold
@@ -30,6 +31,7 @@ monitoring.register_event_duration_secs_listener(
     ("fedavg", "chunked"),
     ("fedavg", "loop"),
     ("fedmr", "loop"),  # its round runs op by op: a lax.cond there compiled every round
+    ("fedgen", "loop"),  # and so did the generator's step loop
   ],
 )
 def test_rounds_after_the_first_do_not_compile(tiny_federation, name, strategy):
@@ -45,6 +47,7 @@ def test_rounds_after_the_first_do_not_compile(tiny_federation, name, strategy):
     "scaffold": lambda: scaffold(setup, client_learning_rate=0.1),
     "fedavg": lambda: fedopt(setup, optax.sgd(1.0)),
     "fedmr": lambda: fedmr(setup, 3, first_stage_rounds=1),
+    "fedgen": lambda: fedgen(setup, FedGenConfig(generator_steps=2)),
   }[name]()
   round_fn = compiled_round(algorithm, setup.executor)
   state = algorithm.init(jax.random.key(0))

@@ -134,7 +134,9 @@ def generator_trainer(options: FedGenConfig, num_classes: int):
     held_out = jax.random.fold_in(key, options.generator_steps)
     return trained, opt_state, (loss(generator, held_out), loss(trained, held_out))
 
-  return optimizer, train
+  # jitted once here: under the loop strategy the round runs op by op, and the loop's fresh
+  # step function would otherwise compile a new program every round
+  return optimizer, jax.jit(train)
 
 
 def fedgen(setup: ClientSetup, options: FedGenConfig) -> Algorithm:
