@@ -81,6 +81,7 @@ def _expected_failures() -> tuple[type[BaseException], ...]:
   from fedjax_lab.checkpoint import CheckpointError
   from fedjax_lab.run_folder import RunFolderError
   from fedjax_lab.runner import RunInterrupted, TrainingDivergedError
+  from fedjax_lab.sweep import SweepInterrupted
 
   return (
     ValueError,  # config and data checks
@@ -90,6 +91,7 @@ def _expected_failures() -> tuple[type[BaseException], ...]:
     CheckpointError,
     TrainingDivergedError,
     RunInterrupted,
+    SweepInterrupted,
     KeyboardInterrupt,  # a second Ctrl-C, or one before the first round
   )
 

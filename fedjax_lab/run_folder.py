@@ -83,14 +83,17 @@ def stored_config(out_dir: pathlib.Path) -> dict:
     ) from None
 
 
-def _lock(out_dir: pathlib.Path):
-  """The open lock file of ``out_dir``, exclusively locked by this process; ``RunFolderError``
-  naming the holder when another process holds it."""
+def lock_folder(folder: pathlib.Path, name: str = LOCK_FILE, user: str = "run"):
+  """The open file ``folder/name``, exclusively locked (``flock``) by this process, its pid
+  written in it; ``RunFolderError`` naming the holder when another process holds it (``user``:
+  what holds such a lock, a ``run`` or a ``sweep``). The kernel releases the lock when the
+  process dies."""
+  option = "out_dir" if user == "run" else "--out"
   try:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(out_dir / LOCK_FILE, "a+")
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / name, "a+")
   except OSError as error:
-    raise RunFolderError(f"out_dir={str(out_dir)!r} is not writable: {error.strerror}") from None
+    raise RunFolderError(f"{option}={str(folder)!r} is not writable: {error.strerror}") from None
   try:
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError:
@@ -98,8 +101,8 @@ def _lock(out_dir: pathlib.Path):
     holder = handle.read().strip() or "unknown"
     handle.close()
     raise RunFolderError(
-      f"out_dir={str(out_dir)!r} is in use by another run (process {holder}); wait for it to "
-      "end or choose another out_dir"
+      f"{option}={str(folder)!r} is in use by another {user} (process {holder}); wait for it "
+      f"to end or choose another {option}"
     ) from None
   handle.seek(0)
   handle.truncate()
@@ -134,7 +137,7 @@ def claim(
       "file?); start the run without --resume in another out_dir"
     )
   first = not (out_dir / LOCK_FILE).exists()
-  lock = _lock(out_dir)
+  lock = lock_folder(out_dir)
   try:
     _check_free(out_dir, config, run_output, resume=resume, overwrite=overwrite)
   except BaseException:

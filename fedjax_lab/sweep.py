@@ -27,7 +27,10 @@ import dataclasses
 import itertools
 import json
 import multiprocessing
+import os
 import pathlib
+import signal
+import threading
 import time
 
 import numpy as np
@@ -140,9 +143,14 @@ def plan(
   config_path: str | None, overrides: list[str], axes: list[Axis], seeds, out: pathlib.Path
 ) -> list[PlannedRun]:
   """Every (cell, seed)'s config, validated now: a bad value is one line naming it before any
-  run starts. Out folders: ``out/<cell name>/seed<s>``."""
+  run starts. Out folders: ``out/<cell name>/seed<s>``. Refused in one line, before any run:
+  two cells that resolve to the same run (a value spelled twice, ``0.1,0.10``; an option of a
+  method the cell does not run), and a cell whose folder holds another run, finished or not
+  (``grid.reuse_conflict``: a sweep never replaces a run)."""
+  from fedjax_lab.grid import reuse_conflict
+
   short = short_names(axes)
-  planned = []
+  planned, seen = [], {}
   for cell in grid_cells(axes):
     for seed in seeds:
       changes = [*overrides, *cell.overrides(), f"seed={seed}", f"data.seed={seed}"]
@@ -151,8 +159,26 @@ def plan(
         config = load_config(config_path, changes)
       except ValueError as error:
         raise ValueError(f"cell {cell.name(short)}, seed {seed}: {error}") from None
+      same = seen.setdefault(run_identity(config), cell)
+      if same is not cell:
+        raise ValueError(
+          f"cells {same.name(short)} and {cell.name(short)} are the same run (their values "
+          "resolve to one config: a value written twice, or an option of a method the cell "
+          "does not run); drop one"
+        )
+      conflict = reuse_conflict(config)
+      if conflict is not None:
+        raise ValueError(
+          f"cell {cell.name(short)}, seed {seed}: {config.out_dir} holds another run "
+          f"({conflict}); it is kept: choose another --out, or delete that folder to rerun it"
+        )
       planned.append(PlannedRun(cell, seed, config))
   return planned
+
+
+def run_identity(config: ExperimentConfig) -> str:
+  """What makes two planned runs the same run: the resolved config but its folder."""
+  return json.dumps({**config.to_dict(), "out_dir": None}, sort_keys=True)
 
 
 def use_compilation_cache(folder: pathlib.Path) -> None:
@@ -179,7 +205,10 @@ def execute(planned: list[PlannedRun], jobs: int, cache: str, report) -> None:
   """Run or read back every planned run, ``jobs`` at a time (``jobs > 1``: worker processes,
   started fresh, so JAX is never forked); ``report(run, rows, read_back, seconds)`` after
   each. In one process, the runs on one federation (the same ``data`` config: a seed's cells)
-  run one after another on it, built once."""
+  run one after another on it, built once. Workers never outlive the sweep: on any exception
+  here (``report``'s, an interrupt) each is asked to stop as a run stops on SIGTERM (after its
+  round, checkpoint written) and killed after ``WORKER_GRACE_SECONDS``; a worker whose sweep
+  was killed exits by itself (``exit_with_parent``)."""
   if jobs == 1:
     from fedjax_lab.build import build_federation
     from fedjax_lab.grid import recorded_run, run_or_load
@@ -197,11 +226,49 @@ def execute(planned: list[PlannedRun], jobs: int, cache: str, report) -> None:
         report(run, rows, read_back, time.perf_counter() - started)
     return
   context = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+  pool = concurrent.futures.ProcessPoolExecutor(
+    jobs, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),)
+  )
+  try:
     futures = {pool.submit(timed_run, run.config.to_dict(), cache): run for run in planned}
     for future in concurrent.futures.as_completed(futures):
       rows, read_back, seconds = future.result()
       report(futures[future], rows, read_back, seconds)
+  except BaseException:
+    stop_workers(pool)
+    raise
+  pool.shutdown()
+
+
+WORKER_GRACE_SECONDS = 60.0
+
+
+def stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+  """Cancel the runs not started; SIGTERM the workers (each run stops after its round with a
+  checkpoint), then SIGKILL any still alive after ``WORKER_GRACE_SECONDS``."""
+  processes = list((pool._processes or {}).values())  # noqa: SLF001 (no public handle)
+  pool.shutdown(wait=False, cancel_futures=True)
+  for process in processes:
+    if process.is_alive():
+      process.terminate()
+  deadline = time.monotonic() + WORKER_GRACE_SECONDS
+  for process in processes:
+    process.join(max(0.0, deadline - time.monotonic()))
+    if process.is_alive():
+      process.kill()
+      process.join()
+
+
+def exit_with_parent(parent: int) -> None:
+  """A worker's initializer: a thread that ends the worker at once when process ``parent``
+  (the sweep) is gone, killed without the chance to stop it."""
+
+  def watch() -> None:
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(1)
+
+  threading.Thread(target=watch, daemon=True).start()
 
 
 def timed_run(config_dict: dict, cache: str) -> tuple[list[dict], bool, float]:
@@ -407,6 +474,57 @@ def axes_of(per_seed: list[dict]) -> list[Axis]:
   return [Axis(field, values(field)) for field in fields]
 
 
+# Fields a sweep sets itself: a grid or an override of them would be overwritten unseen.
+SWEEP_FIELDS = {"seed": "--seeds", "data.seed": "--seeds", "out_dir": "--out"}
+SWEEP_LOCK = ".fedjax-lab-sweep.lock"
+
+
+class SweepInterrupted(RuntimeError):
+  """SIGINT or SIGTERM stopped a sweep; the message says which runs the same command resumes."""
+
+
+def refuse_sweep_fields(axes: list[Axis], overrides: list[str]) -> None:
+  """One line for a grid field or override that the sweep sets itself (``SWEEP_FIELDS``)."""
+  named = [axis.field for axis in axes] + [o.partition("=")[0].strip() for o in overrides]
+  for field in named:
+    if field in SWEEP_FIELDS:
+      raise ValueError(
+        f"{field} is set by the sweep for each run (seed and data.seed from --seeds, out_dir "
+        f"from --out); use {SWEEP_FIELDS[field]} instead of setting {field}"
+      )
+
+
+def check_metrics_logged(metrics: list[str], run: PlannedRun, rows: list[dict], name: str) -> None:
+  """Refuses a ``--metrics`` name that a run which did not diverge never logged."""
+  if any(row.get("diverged") for row in rows) or not rows:
+    return
+  logged = sorted({key for row in rows for key in row} - {"round"})
+  for metric in metrics:
+    if not any(metric in row for row in rows):
+      raise ValueError(
+        f"--metrics: {metric!r} is not a metric of the runs ({name} seed {run.seed} logs "
+        f"{', '.join(logged)})"
+      )
+
+
+def resumable_runs(planned: list[PlannedRun], short: dict[str, str]) -> str:
+  """``"2 of 6 runs finished; 3 resume from their checkpoints (name=fedavg seed 1, ...)"``."""
+  from fedjax_lab import run_folder
+  from fedjax_lab.grid import recorded_run
+
+  finished = [run for run in planned if recorded_run(run.config) is not None]
+  started = [
+    f"{run.cell.name(short) or 'base'} seed {run.seed}"
+    for run in planned
+    if run not in finished
+    and (pathlib.Path(run.config.out_dir) / run_folder.CHECKPOINT_DIR).is_dir()
+    and any((pathlib.Path(run.config.out_dir) / run_folder.CHECKPOINT_DIR).iterdir())
+  ]
+  resumed = f"{len(started)} resume from their checkpoints" if started else "none started"
+  names = f" ({', '.join(started)})" if started else ""
+  return f"{len(finished)} of {len(planned)} runs finished, {resumed}{names}"
+
+
 def main(argv: list[str]) -> int:
   """The ``sweep`` subcommand (``cli.main`` reports its ``ValueError``s in one line)."""
   args = parser().parse_intermixed_args(argv)
@@ -420,33 +538,64 @@ def main(argv: list[str]) -> int:
   fields = [axis.field for axis in given]
   if len(set(fields)) != len(fields):
     raise ValueError(f"--grid names a field twice: {', '.join(fields)}")
+  refuse_sweep_fields(given, args.overrides)
   axes = [axis for axis in given if len(axis.values) > 1]
   overrides = args.overrides + [f"{a.field}={a.values[0]}" for a in given if len(a.values) == 1]
   if args.summarize:
     per_seed, curves = read_summary_inputs(out)
     axes = axes_of(per_seed)
+    unknown = [m for m in metrics if not any(m in entry for entry in per_seed)]
+    if unknown:
+      raise ValueError(f"--metrics: {', '.join(unknown)} not in {out / SUMMARY_FOLDER}'s records")
   baseline = parse_baseline(args.baseline, axes)
   if not args.summarize:
     seeds = parse_seeds(args.seeds)
     planned = plan(args.config, overrides, axes, seeds, out)
-    short = short_names(axes)
-    cache = str(out / ".jax_cache")
-    if args.jobs == 1:
-      use_compilation_cache(pathlib.Path(cache))
-    done = iter(range(1, len(planned) + 1))
+    from fedjax_lab import run_folder
 
-    def report(run: PlannedRun, rows, read_back: bool, seconds: float) -> None:
-      values = " ".join(
-        f"{m} {final_value(rows, m, args.last):.4f}" for m in metrics if any(m in r for r in rows)
-      )
-      how = "read back" if read_back else f"{seconds:.0f} s"
-      name = run.cell.name(short) or "base"
-      print(f"[{next(done)}/{len(planned)}] {name} seed {run.seed}: {values} ({how})", flush=True)
-
-    cells = len(planned) // len(seeds)
-    print(f"sweep: {cells} cells x {len(seeds)} seeds in {out}", flush=True)
-    execute(planned, args.jobs, cache, report)
-    per_seed, curves = records(planned, metrics, args.last)
+    lock = run_folder.lock_folder(out, SWEEP_LOCK, "sweep")
+    try:
+      per_seed, curves = _run_sweep(planned, axes, args, out, metrics, seeds)
+    finally:
+      lock.close()
   print(write_summary(out, per_seed, curves, metrics, baseline, args.last))
   print(f"summary in {out / SUMMARY_FOLDER}")
   return 0
+
+
+def _run_sweep(planned, axes, args, out: pathlib.Path, metrics, seeds) -> tuple[list, list]:
+  """``execute`` the planned runs, a line per run; SIGTERM stops it as Ctrl-C does, with
+  ``SweepInterrupted`` saying what the same command resumes. Returns ``records``."""
+  from fedjax_lab.runner import RunInterrupted
+
+  short = short_names(axes)
+  cache = str(out / ".jax_cache")
+  if args.jobs == 1:
+    use_compilation_cache(pathlib.Path(cache))
+  done = iter(range(1, len(planned) + 1))
+
+  def report(run: PlannedRun, rows, read_back: bool, seconds: float) -> None:
+    name = run.cell.name(short) or "base"
+    check_metrics_logged(metrics, run, rows, name)
+    values = " ".join(
+      f"{m} {final_value(rows, m, args.last):.4f}" for m in metrics if any(m in r for r in rows)
+    )
+    how = "read back" if read_back else f"{seconds:.0f} s"
+    print(f"[{next(done)}/{len(planned)}] {name} seed {run.seed}: {values} ({how})", flush=True)
+
+  def interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+  print(f"sweep: {len(planned) // len(seeds)} cells x {len(seeds)} seeds in {out}", flush=True)
+  main_thread = threading.current_thread() is threading.main_thread()
+  previous = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
+  try:
+    execute(planned, args.jobs, cache, report)
+  except (KeyboardInterrupt, RunInterrupted):
+    raise SweepInterrupted(
+      f"interrupted: {resumable_runs(planned, short)}; the same command continues the sweep"
+    ) from None
+  finally:
+    if main_thread:
+      signal.signal(signal.SIGTERM, previous)
+  return records(planned, metrics, args.last)

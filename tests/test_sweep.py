@@ -193,3 +193,144 @@ def test_reproduction_grids_run_as_sweeps(tmp_path, capsys):
   assert read_back == 4 and len(curves[(0.5, "prox")]) == 2
   saved = grid.read_metrics_file(results / "prox_alpha0.5_seed1.jsonl")
   assert curves[(0.5, "prox")][1] == saved
+
+
+# --- A sweep never loses a run (docs/reliability.md, round 4: findings 1-4 and 13) ---
+
+def _sweep(out, *argv):
+  return main(["sweep", *TINY, "--grid", "algorithm.name=fedavg,fedprox", "--out", str(out), *argv])
+
+
+def _state(out: pathlib.Path) -> dict:
+  """Every run file's bytes under ``out`` but the summary and the compilation cache."""
+  return {
+    str(path.relative_to(out)): path.read_bytes()
+    for path in sorted(out.rglob("*"))
+    if path.is_file() and "summary" not in path.parts and ".jax_cache" not in path.parts
+  }
+
+
+@pytest.mark.slow
+def test_a_sweep_refuses_a_folder_holding_runs_of_another_config_and_keeps_them(
+  tmp_path, capsys
+):
+  out = tmp_path / "s"
+  assert _sweep(out, "rounds=4") == 0
+  kept = _state(out)
+  capsys.readouterr()
+  # Fewer rounds (the issue's 30 then 20) and another learning rate: refused, nothing touched.
+  for change, differs in [("rounds=2", "rounds: 4 -> 2"), ("local.learning_rate=0.5", "0.5")]:
+    assert _sweep(out, "rounds=4", change) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cell name=fedavg, seed 0:" in err and differs in err
+    assert "holds another run" in err and _state(out) == kept
+  # More rounds extends the same runs; the same command again reads them back.
+  assert _sweep(out, "rounds=6") == 0
+  assert run_folder.read_metrics(out / "name=fedprox" / "seed0")[-1]["round"] == 6
+  assert _sweep(out, "rounds=6") == 0
+  assert capsys.readouterr().out.count("(read back)") == 2
+
+
+def test_run_or_load_never_replaces_another_run(tmp_path):
+  from fedjax_lab.config import load_config
+  from fedjax_lab.grid import run_or_load
+
+  folder = tmp_path / "run"
+  folder.mkdir()
+  stored = load_config(None, [*TINY, f"out_dir={folder}"])
+  (folder / run_folder.CONFIG_FILE).write_text(json.dumps(stored.to_dict()))
+  (folder / run_folder.METRICS_FILE).write_text('{"round": 4, "global_accuracy": 0.5}\n')
+  other = load_config(None, [*TINY, f"out_dir={folder}", "algorithm.name=fedprox"])
+  with pytest.raises(run_folder.RunFolderError, match="algorithm.name: 'fedavg' -> 'fedprox'"):
+    run_or_load(other, None)
+  assert run_folder.read_metrics(folder) == [{"round": 4, "global_accuracy": 0.5}]
+
+
+def test_a_sweep_folder_takes_one_sweep_at_a_time(tmp_path, capsys):
+  out = tmp_path / "s"
+  held = run_folder.lock_folder(out, sweep.SWEEP_LOCK, "sweep")  # another sweep's
+  try:
+    assert _sweep(out) == 2
+  finally:
+    held.close()
+  err = capsys.readouterr().err
+  assert "is in use by another sweep (process" in err and err.count("\n") == 1
+  assert not list(out.glob("name=*"))
+
+
+@pytest.mark.parametrize(
+  "argv, message",
+  [
+    (["--grid", "seed=1,2"], "seed is set by the sweep for each run"),
+    (["--grid", "data.seed=1,2"], "use --seeds instead of setting data.seed"),
+    (["--grid", "out_dir=a,b"], "use --out instead of setting out_dir"),
+    (["out_dir=somewhere"], "use --out instead of setting out_dir"),
+    (["--grid", "algorithm.fedprox.mu=0.1,0.2"], "cells mu=0.1 and mu=0.2 are the same run"),
+    (["--grid", "local.learning_rate=0.1,0.10"],
+     "cells learning_rate=0.1 and learning_rate=0.10 are the same run"),
+  ],
+)  # fmt: skip
+def test_sweep_cells_that_are_one_run_are_refused(tmp_path, capsys, argv, message):
+  assert main(["sweep", *TINY, "--out", str(tmp_path / "s"), *argv]) == 2
+  err = capsys.readouterr().err
+  assert message in err and err.count("\n") == 1
+  assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow
+def test_an_unknown_metric_is_refused_not_reported_as_divergence(tmp_path, capsys):
+  assert main(["sweep", *TINY, "--out", str(tmp_path / "s"), "--metrics", "nosuch"]) == 2
+  err = capsys.readouterr().err
+  assert "--metrics: 'nosuch' is not a metric of the runs" in err and "global_accuracy" in err
+  assert "diverged" not in err and err.count("\n") == 1
+
+
+def _children(pid: int) -> list[int]:
+  found = []
+  for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+    try:
+      fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+      continue
+    if int(fields[1]) == pid:
+      found.append(int(stat.parent.name))
+  return found
+
+
+def _alive(pid: int) -> bool:
+  try:
+    state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+  except OSError:
+    return False
+  return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_sweep_workers_die_with_the_sweep(tmp_path, signal_name):
+  import os
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  out = tmp_path / "s"
+  command = [sys.executable, "-m", "fedjax_lab.cli", "sweep", *TINY, "rounds=400",
+             "checkpoint_every=1", "--grid", "algorithm.name=fedavg,fedprox", "--jobs", "2",
+             "--out", str(out)]  # fmt: skip
+  sweep_process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  deadline = time.monotonic() + 240
+  while not list(out.glob("name=*/seed0/checkpoints/*")) and time.monotonic() < deadline:
+    time.sleep(0.5)
+  workers = [p for p in _children(sweep_process.pid) if _alive(p)]
+  assert workers, "the sweep started no workers"
+  os.kill(sweep_process.pid, getattr(signal, signal_name))
+  _, err = sweep_process.communicate(timeout=120)
+  deadline = time.monotonic() + 30
+  while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+    time.sleep(0.5)
+  assert not any(_alive(p) for p in workers)
+  if signal_name == "SIGTERM":
+    line = next(x for x in err.decode().splitlines() if x.startswith("fedjax-lab:"))
+    assert sweep_process.returncode == 2 and "SweepInterrupted: interrupted: 0 of 2 runs" in line
+    assert "resume from their checkpoints (name=" in line
