@@ -32,6 +32,7 @@ CLIENT_OPTIMIZERS = ("sgd", "adam", "adamw")
 SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
 STRAGGLERS = ("drop", "partial")  # systems.stragglers
 WEIGHTINGS = ("num_examples", "uniform")
+MAX_LOG_SIGMA = 5.0  # systems.compute_sigma and link_sigma
 
 
 class Selection:
@@ -474,7 +475,14 @@ class SystemsConfig:
       value = getattr(self, name)
       require(value >= 0, f"systems.{name}", ">= 0 (0: off)", value)
     for name in ("compute_sigma", "link_sigma"):
-      require(getattr(self, name) >= 0, f"systems.{name}", ">= 0", getattr(self, name))
+      require(
+        0 <= getattr(self, name) <= MAX_LOG_SIGMA,
+        f"systems.{name}",
+        f"in [0, {MAX_LOG_SIGMA}] (a log-normal spread: {MAX_LOG_SIGMA} already puts devices "
+        f"e^{MAX_LOG_SIGMA} = {math.exp(MAX_LOG_SIGMA):.0f} times apart at one standard "
+        "deviation; beyond it simulated times overflow)",
+        getattr(self, name),
+      )
     require(0 < self.availability <= 1, "systems.availability", "in (0, 1]", self.availability)
     require(0 <= self.dropout < 1, "systems.dropout", "in [0, 1)", self.dropout)
     require(
@@ -782,7 +790,8 @@ class ExperimentConfig:
     """Asynchronous methods (``AlgorithmEntry.asynchronous``) need timed devices (results
     arrive in the order of their simulated finish times), take no over-selection (there is no
     round to fill) and no DP noise (the accountant counts one sampled cohort a round; the
-    results of a step are not one). The method's options check the cohort size."""
+    results of a step are not one). The method's options check the cohort size and the
+    population (``check_cohort``, ``check_population``)."""
     check_cohort = getattr(self.algorithm.options, "check_cohort", None)
     if check_cohort is not None:
       check_cohort(self.cohort_size)
@@ -812,6 +821,9 @@ class ExperimentConfig:
         "asynchronous arrivals are not one)",
         value,
       )
+    check_population = getattr(self.algorithm.options, "check_population", None)
+    if check_population is not None:
+      check_population(self.data.num_clients)
 
   def _check_aggregation(self) -> None:
     """The robust rules and DP against the cohort size and the weighting."""

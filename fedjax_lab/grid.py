@@ -321,7 +321,7 @@ def run_file_stem(name: str, alpha: float, seed: int) -> str:
 def write_metrics_file(path: pathlib.Path, metrics) -> None:
   """One run's metric rows to ``path``, one JSON row a line (its folder made if needed)."""
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text("".join(json.dumps(row) + "\n" for row in metrics))
+  path.write_text("".join(run_folder.json_row(row) + "\n" for row in metrics))
 
 
 def read_metrics_file(path: pathlib.Path) -> list[dict]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -32,7 +33,18 @@ PLOT_FILE = "accuracy.png"
 CHECKPOINT_DIR = "checkpoints"
 # The last evaluation's per-client accuracies (``write_client_accuracy``).
 CLIENTS_FILE = "client_accuracy.npz"
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, METRICS_CSV, PLOT_FILE, CHECKPOINT_DIR, CLIENTS_FILE)
+# The SHA-256 of each input file the config names (``INPUT_FILE_FIELDS``), checked on resume.
+INPUTS_FILE = "inputs.json"
+INPUT_FILE_FIELDS = ("systems.availability_trace",)
+RUN_FILES = (
+  CONFIG_FILE,
+  METRICS_FILE,
+  METRICS_CSV,
+  PLOT_FILE,
+  CHECKPOINT_DIR,
+  CLIENTS_FILE,
+  INPUTS_FILE,
+)
 # Held (``flock``, exclusive) by the process that runs in the folder, from the claim to the end
 # of the run; the kernel releases it when the process dies, so a stale file is never a lock.
 LOCK_FILE = ".fedjax-lab.lock"
@@ -162,6 +174,7 @@ def _check_free(
         "Only rounds, eval_every, checkpoint_every, out_dir, logging.* and execution.* (not "
         "execution.compute_dtype) may change on resume"
       )
+    check_inputs(out_dir, config)
   elif entries and overwrite and CONFIG_FILE in entries and not run_output:
     raise RunFolderError(
       f"--overwrite: {out_dir} holds a {CONFIG_FILE} but no run output (your config file?); "
@@ -204,12 +217,48 @@ def write_atomic(path: pathlib.Path, text: str) -> None:
 
 
 def write_config(out_dir: pathlib.Path, config: dict) -> None:
+  """``config.json``, and ``inputs.json``: the digests of the input files it names."""
   write_atomic(out_dir / CONFIG_FILE, json.dumps(config, indent=2))
+  write_atomic(out_dir / INPUTS_FILE, json.dumps(input_digests(config), indent=2))
+
+
+def input_digests(config: dict) -> dict[str, str]:
+  """``{field: sha256 of the file}`` for each ``INPUT_FILE_FIELDS`` entry ``config`` sets."""
+  fields = dotted_fields(config)
+  return {
+    field: hashlib.sha256(pathlib.Path(fields[field]).read_bytes()).hexdigest()
+    for field in INPUT_FILE_FIELDS
+    if fields.get(field)
+  }
+
+
+def check_inputs(out_dir: pathlib.Path, config: dict) -> None:
+  """``RunFolderError`` naming an input file that changed since the run in ``out_dir`` wrote
+  its ``inputs.json`` (a run written before inputs were recorded is not checked)."""
+  path = out_dir / INPUTS_FILE
+  if not path.is_file():
+    return
+  recorded = json.loads(path.read_text())
+  for field, digest in input_digests(config).items():
+    if recorded.get(field, digest) != digest:
+      raise RunFolderError(
+        f"--resume: {field}={dotted_fields(config)[field]!r} changed since the run in "
+        f"{out_dir} started (its SHA-256 differs); restore the file the run used, or start a "
+        "new run"
+      )
+
+
+def json_row(row: dict) -> str:
+  """``row`` as one line of strict JSON: a value that is not finite (``inf``, ``nan``, which
+  JSON has no token for) is written ``null``."""
+  finite = {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in row.items()}
+  return json.dumps(finite, allow_nan=False)
 
 
 def write_metrics(out_dir: pathlib.Path, rows: list[dict]) -> None:
-  """``metrics.jsonl`` (one JSON row per round) and ``metrics.csv``, each replaced atomically."""
-  write_atomic(out_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in rows))
+  """``metrics.jsonl`` (one JSON row per round, ``json_row``) and ``metrics.csv``, each
+  replaced atomically."""
+  write_atomic(out_dir / METRICS_FILE, "".join(json_row(row) + "\n" for row in rows))
   table = io.StringIO()
   writer = csv.DictWriter(table, list(dict.fromkeys(key for row in rows for key in row)))
   writer.writeheader()

@@ -458,6 +458,8 @@ def _train(
   tracing = False
   names = config.logging.writers if writer and start_round < config.rounds else ()
   writers = WriterSet(names, out_dir, config.to_dict(), start_round, _report)
+  # Whether no client's result has reached the server yet (said at the end: issue 46, 14).
+  never_aggregated = start_round == 0 or not any(r.get("bytes_up", 0) for r in rows)
   with _stop_requests() as stop, contextlib.ExitStack() as traces, contextlib.closing(writers):
     for round_index in bar:
       if profile is not None and round_index + 1 == profile[0]:
@@ -496,6 +498,8 @@ def _train(
         round_metrics = {k: float(v) for k, v in addressable(round_metrics).items()}
       if len(reporting) == 0:  # nobody trained: no loss to report (the weighted mean is 0)
         round_metrics.pop("train_loss", None)
+      if round_metrics.get("server_steps", 1) > 0 and len(reporting):
+        never_aggregated = False
       train_loss = round_metrics.get("train_loss", 0.0)
       _check_finite(config, manager, round_index, train_loss, state)
       round_metrics.update(_privacy_spent(config, experiment, round_index + 1))
@@ -533,7 +537,20 @@ def _train(
           run_folder.write_client_accuracy(out_dir, round_index + 1, clients)
         writers.write(row, {k: v for k, v in clients.items() if k != "client_ids"})
       _checkpoint_or_stop(config, manager, round_index + 1, state, rounds_key, stop)
+  if never_aggregated and start_round < config.rounds:
+    _report(
+      f"no client's result reached the server in {config.rounds} rounds ({_losses(rows)}): "
+      "the model is the one it started with"
+    )
   return rows, state
+
+
+def _losses(rows: list[dict]) -> str:
+  """``"40 sampled clients lost: 12 unavailable, 28 dropped"``, the system's losses in ``rows``."""
+  kinds = ("unavailable", "dropped", "late", "surplus")
+  counts = {kind: sum(int(r.get(f"clients_{kind}", 0)) for r in rows) for kind in kinds}
+  lost = ", ".join(f"{count} {kind}" for kind, count in counts.items() if count)
+  return f"{sum(counts.values())} sampled clients lost: {lost}" if lost else "no client reported"
 
 
 def client_bytes(config, experiment) -> tuple[int, int]:

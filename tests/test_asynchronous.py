@@ -138,6 +138,11 @@ def test_compiled_steps_match_an_event_driven_server(
       "algorithm.weighting=uniform"], "privacy.noise_multiplier must be 0 for algorithm.name"),
     (["algorithm.name=fedasync", "algorithm.fedasync.alpha=0", "systems.compute_median=20"],
      "algorithm.fedasync.alpha must be in (0, 1]"),
+    # More clients in flight than the federation has (the default 100 slots for 10 clients).
+    (["systems.compute_median=20"],
+     "algorithm.fedbuff.concurrency must be <= data.num_clients=10 (a client is in flight"),
+    (["algorithm.name=fedasync", "algorithm.fedasync.concurrency=50", "systems.compute_median=20"],
+     "algorithm.fedasync.concurrency must be <= data.num_clients=10"),
   ],
 )  # fmt: skip
 def test_settings_asynchronous_methods_cannot_honour_are_refused_in_one_line(overrides, message):

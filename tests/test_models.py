@@ -48,7 +48,7 @@ def test_model_shapes_and_layer_groups(name, shape):
   params = model.init(jax.random.key(0), x)
   logits = model.apply(params, x)
   assert logits.shape == shape[:1] + ((shape[1],) if len(shape) == 2 else ()) + (7,)
-  groups = model.layer_groups(params)
+  groups = model.layer_groups(x)
   assert set(groups) == set(params) and groups[-1] == "head"
   if name in GROUPS:
     assert groups == GROUPS[name]
@@ -226,3 +226,17 @@ def test_torch_initialization_draws_linear_and_conv_layers_from_pytorchs_bounds(
     dense = parent is not None and parent.ndim == 2 and path[-1] in ("kernel", "bias")
     assert np.array_equal(leaf, redrawn[path]) != dense, path
   assert any(path[-1] == "embedding" for path in plain)
+
+
+def test_layer_groups_follow_the_forward_pass_not_the_key_order():
+  # jax.eval_shape sorts a parameters dict's keys: ResNet-20's come head first, stem last;
+  # "the last layers" read from them were the stem (FedALA adapted it; issue 46, finding 6).
+  from fedjax_lab.ops.adaptive_aggregation import top_layers
+
+  model = build_model("resnet20", 10)
+  x = jnp.zeros((1, 32, 32, 3))
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
+  assert list(shapes)[0] == "head" and list(shapes)[-1] == "stem"
+  groups = model.layer_groups(x)
+  assert groups == GROUPS["resnet20"]
+  assert [g for g in sorted(shapes) if top_layers(groups, 1)(f"{g}/kernel")] == ["head"]

@@ -92,7 +92,7 @@ def round_plans(config, rounds: range) -> list[method.RoundPlan]:
     if options.update == "alternating"
     else None
   )
-  groups = setup.model.layer_groups(setup.params_shape)
+  groups = setup.layer_groups
   shared, _ = method.split_groups(setup.params_shape, groups, options.personal_groups)
   bits = method.upload_bits(shared, options)
   _, rounds_key = jax.random.split(jax.random.key(config.seed))

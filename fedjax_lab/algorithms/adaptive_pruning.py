@@ -301,7 +301,7 @@ def adaptive_pruning(setup: ClientSetup, options: AdaptivePruningConfig) -> Algo
     ``latency_s`` (slowest device), ``latency_compute_s``, ``latency_upload_s`` (its two
     parts), ``energy_j`` (cohort total), ``allocation_feasible``.
   """
-  groups = setup.model.layer_groups(setup.params_shape)
+  groups = setup.layer_groups
   shared_shape, _ = split_groups(setup.params_shape, groups, options.personal_groups)
   devices = system_devices(setup.num_clients, options)
   prunable_bits, fixed_bits = upload_bits(shared_shape, options)

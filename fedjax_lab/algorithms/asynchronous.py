@@ -211,6 +211,16 @@ class FedBuffOptions:
       self.staleness_exponent,
     )
 
+  def check_population(self, num_clients: int) -> None:
+    """Refuses more clients in flight than the federation has: a client trains one model at a
+    time, so a slot beyond ``num_clients`` would put a client in flight twice at once."""
+    require(
+      self.concurrency <= num_clients,
+      f"{self._table}.concurrency",
+      f"<= data.num_clients={num_clients} (a client is in flight at most once at a time)",
+      self.concurrency,
+    )
+
   def check_cohort(self, cohort: int) -> None:
     """Refuses a ``concurrency`` that is not a multiple of the results per step."""
     require(

@@ -112,6 +112,11 @@ class ClientSetup:
     return self.model.init(key, self.sample_x)
 
   @functools.cached_property
+  def layer_groups(self) -> tuple[str, ...]:
+    """The model's top-level parameter subtrees, input to output (``Model.layer_groups``)."""
+    return self.model.layer_groups(self.sample_x)
+
+  @functools.cached_property
   def params_shape(self):
     """One model's parameters as ``jax.ShapeDtypeStruct``s (computed once, not traced)."""
     return jax.eval_shape(self.init_params, jax.random.key(0))

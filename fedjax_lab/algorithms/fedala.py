@@ -100,7 +100,7 @@ def adaptive_start(setup: ClientSetup, options: FedALAConfig):
     ``start(g, l, W, x, y, num_examples, key, phase) -> (theta, W, epochs)``: the client's
     start model, its new weights and the epochs ALA ran (0 for a client that never trained).
   """
-  adapted = ala.top_layers(setup.params_shape, options.layers)
+  adapted = ala.top_layers(setup.layer_groups, options.layers)
   loss = cross_entropy_objective(setup.train_apply)
 
   def objective(weights, x, y, mask, context):
@@ -157,7 +157,7 @@ def fedala(setup: ClientSetup, options: FedALAConfig) -> Algorithm:
   """
   start = setup.executor.map(adaptive_start(setup, options), (None, 0, 0, 0, 0, 0, 0, 0), sort_by=5)
   train = setup.cohort_trainer(None, params_axis=0, context_axis=None)
-  adapted = ala.top_layers(setup.params_shape, options.layers)
+  adapted = ala.top_layers(setup.layer_groups, options.layers)
 
   def init(key):
     params, copies, aggregator_state = model_and_copies(setup, key)

@@ -97,10 +97,25 @@ class Model:
       raise ValueError(f"model {self.name!r} has no layer named 'head' to take features from")
     return logits
 
-  @staticmethod
-  def layer_groups(params: Params) -> tuple[str, ...]:
-    """Top-level parameter subtrees, input to output (the order Flax created them in)."""
-    return tuple(params.keys())
+  def layer_groups(self, sample_x) -> tuple[str, ...]:
+    """The top-level parameter subtrees, input to output: the order in which the forward pass
+    on inputs shaped like ``sample_x`` first calls each top-level submodule (traced
+    abstractly, nothing computed). A parameters dict's key order is no guide: ``jax.eval_shape``
+    and tree maps sort the keys (ResNet-20's ``head`` before ``stem``). Top-level modules
+    without parameters (``nn.RNN``'s wrapper) are skipped; a subtree no call reached comes
+    last, sorted."""
+    called = []
+
+    def record(next_fun, args, kwargs, context):
+      path = context.module.scope.path if context.module.scope is not None else ()
+      if len(path) == 1 and path[0] not in called:
+        called.append(path[0])
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+      shapes = jax.eval_shape(self.init, jax.random.key(0), jnp.asarray(sample_x))
+    ordered = [name for name in called if name in shapes]  # modules with parameters
+    return tuple(ordered) + tuple(sorted(name for name in shapes if name not in ordered))
 
 
 @dataclasses.dataclass(frozen=True)

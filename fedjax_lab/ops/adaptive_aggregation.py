@@ -17,11 +17,11 @@ import optax
 from fedjax_lab.ops.personalization import PathPredicate
 
 
-def top_layers(params: dict, count: int) -> PathPredicate:
-  """The last ``count`` top-level modules of ``params`` (Flax keeps them in the order the
-  model creates them, the read-out ``head`` last), as a path predicate for
+def top_layers(layer_groups: tuple[str, ...], count: int) -> PathPredicate:
+  """The last ``count`` of a model's ``layer_groups`` (its top-level modules input to output,
+  ``Model.layer_groups``: the read-out ``head`` last), as a path predicate for
   ``ops.personalization.split``."""
-  top = set(list(params)[-count:])
+  top = set(layer_groups[-count:])
   return lambda path: path.split("/")[0] in top
 
 
