@@ -569,3 +569,42 @@ def test_a_sequence_model_on_images_is_named(tmp_path):
     ValueError, match="model.name must read float32 features of shape \\(8, 8, 1\\)"
   ):
     run(_config(tmp_path, "model.name=char_lstm", "rounds=1"), progress=False)
+
+
+# --- Round 4 (issue 46): wrong results that passed silently ---
+
+
+def test_metrics_files_are_strict_json_and_sigmas_that_overflow_are_refused(tmp_path):
+  # compute_sigma=1e6 gave simulated_seconds = inf, written as the non-JSON token Infinity.
+  with pytest.raises(ValueError, match=r"systems.compute_sigma must be in \[0, 5.0\]"):
+    _config(tmp_path, "systems.compute_median=20", "systems.compute_sigma=1e6")
+  run_folder.write_metrics(tmp_path, [{"round": 1, "a": float("inf"), "b": float("nan")}])
+  text = (tmp_path / run_folder.METRICS_FILE).read_text()
+  assert json.loads(text) == {"round": 1, "a": None, "b": None}
+  assert "Infinity" not in text and "NaN" not in text
+
+
+def test_an_availability_trace_edited_before_resume_is_refused(tmp_path):
+  trace = tmp_path / "trace.csv"
+  trace.write_text("client,start_hour,end_hour\n0,0,12\n1,6,24\n")
+  timed = ["systems.compute_median=20", f"systems.availability_trace={trace}",
+           "systems.deadline_s=3600", "rounds=4", "checkpoint_every=2"]  # fmt: skip
+  out = tmp_path / "run"
+  run(_config(out, *timed), progress=False)
+  recorded = json.loads((out / run_folder.INPUTS_FILE).read_text())
+  assert list(recorded) == ["systems.availability_trace"]
+  trace.write_text("client,start_hour,end_hour\n0,0,24\n1,6,24\n")  # edited
+  with pytest.raises(RunFolderError, match="systems.availability_trace=.* changed since the run"):
+    run(_config(out, *timed, "rounds=6"), progress=False, resume=True)
+  trace.write_text("client,start_hour,end_hour\n0,0,12\n1,6,24\n")  # restored: resumes
+  assert run(_config(out, *timed, "rounds=6"), progress=False, resume=True).metrics[-1]["round"] == 6
+
+
+def test_a_run_in_which_no_client_ever_reported_says_so(tmp_path, capsys):
+  result = run(_config(tmp_path, "systems.dropout=0.9999999", "rounds=3"), progress=False)
+  err = capsys.readouterr().err
+  assert "no client's result reached the server in 3 rounds (15 sampled clients lost: 15 " in err
+  assert "the model is the one it started with" in err
+  assert all(row["bytes_up"] == 0 for row in result.metrics)
+  run(_config(tmp_path / "ideal", "rounds=3"), progress=False)
+  assert "reached the server" not in capsys.readouterr().err
