@@ -197,3 +197,100 @@ def test_each_loader_runs_end_to_end_through_the_cli(tmp_path, source, capsys):
     json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
   ]
   assert rows[-1]["round"] == 2 and 0 <= rows[-1]["global_accuracy"] <= 1
+
+
+# --- Round 4 (issue 46, findings 9 and 10): nothing dropped silently, malformed files in one line
+
+
+def test_leaf_test_users_absent_from_training_are_in_the_global_test_set(tmp_path):
+  rng = np.random.default_rng(0)
+  users = _femnist_leaf(tmp_path, rng)
+  names = list(users)
+  _leaf_split(
+    tmp_path / "test" / "all_data_1_test_9.json", {"stranger": ([[0.5] * 784] * 4, [7] * 4)}
+  )
+  data = build_federation(_config(tmp_path, "leaf", 3).data)
+  assert len(data.global_test_y) == 6 + 4 and list(data.global_test_y[-4:]) == [7] * 4
+  np.testing.assert_array_equal(data.test_num_examples, [3, 3, 0])  # clients: training users
+  assert data.num_clients == len(names)
+
+
+def test_leaf_user_split_with_no_shared_user_loads_and_runs(tmp_path, capsys):
+  # LEAF's "-t user" split: the test users are other users; every client's own test is empty.
+  rng = np.random.default_rng(1)
+  image = lambda n: rng.random((n, 784)).round(3).tolist()
+  label = lambda n: rng.integers(0, 62, n).tolist()
+  _leaf_split(
+    tmp_path / "train" / "t.json", {"a": (image(12), label(12)), "b": (image(9), label(9))}
+  )
+  _leaf_split(tmp_path / "test" / "t.json", {"c": (image(5), label(5))})
+  data = build_federation(_config(tmp_path, "leaf", 2).data)
+  assert len(data.global_test_y) == 5 and data.test_num_examples.sum() == 0
+  fields = [f"data.source_dir={tmp_path}", "data.source=leaf", "data.partition=natural",
+            "data.num_clients=2", "cohort_size=2", "rounds=1", "model.name=mlp",
+            f"out_dir={tmp_path / 'run'}", "--no-progress"]  # fmt: skip
+  assert main(fields) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+  "train, message",
+  [
+    ({"users": [], "num_samples": [], "user_data": {}}, "the LEAF files list no users"),
+    ({"users": ["u"], "num_samples": [1], "user_data": {}},
+     "user 'u' has no user_data entry with lists x and y"),
+    ({"users": "u", "num_samples": [1], "user_data": {"u": {"x": [[1.0]], "y": [0]}}},
+     "'users' must be a list of user names"),
+    ({"users": ["u"], "num_samples": [2], "user_data": {"u": {"x": [[1.0], [2.0]], "y": [7.6, 1]}}},
+     "train user 'u': label 7.6 is not a class id"),
+    ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": [[1.0]], "y": ["7"]}}},
+     "train user 'u': label '7' is not a class id"),
+    ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": [[1.0]], "y": [0, 1]}}},
+     "user 'u' has 1 x and 2 y"),
+    ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": [
+      ["1467810369", "Mon Apr 06 22:19:45 PDT 2009", "NO_QUERY", "someone", "a tweet"]], "y": [0]}}},
+     "x holds lists of strings (LEAF Sent140), not read"),
+    ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": ["000001.jpg"], "y": [0]}}},
+     "x is an image file name (LEAF CelebA), not read"),
+    ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": [[["a", "b"], ["c"]]], "y": [0]}}},
+     "x holds token lists (LEAF Reddit), not read"),
+  ],
+)  # fmt: skip
+def test_malformed_leaf_files_are_one_line_naming_the_file_or_user(
+  tmp_path, capsys, train, message
+):
+  (tmp_path / "train").mkdir()
+  (tmp_path / "train" / "t.json").write_text(json.dumps(train))
+  _leaf_split(tmp_path / "test" / "t.json", {"u": ([[1.0]], [0])})
+  args = [f"data.source_dir={tmp_path}", "data.source=leaf", "data.partition=natural",
+          "data.num_clients=1", "cohort_size=1", f"out_dir={tmp_path / 'run'}"]  # fmt: skip
+  assert main(args) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("fedjax-lab: ValueError: ") and message in err and err.count("\n") == 1
+
+
+def _write_h5(path, build) -> None:
+  with h5py.File(path, "w") as h5:
+    build(h5)
+
+
+@pytest.mark.parametrize(
+  "build, message",
+  [
+    (lambda h5: h5.create_group("other"), "no 'examples' group (TFF's layout"),
+    (lambda h5: h5.create_group("examples"), "'examples' holds no client"),
+    (lambda h5: h5.create_dataset("examples/c0/pixels", data=np.zeros((2, 28, 28))),
+     "client 'c0' has no 'label' (found pixels)"),
+    (lambda h5: h5.create_dataset("examples/c0/tokens", data=np.array([b"a b"])),
+     "client 'c0' holds tokens; read: pixels (EMNIST)"),
+  ],
+)  # fmt: skip
+def test_malformed_tff_files_are_one_line_naming_the_file_and_client(
+  tmp_path, capsys, build, message
+):
+  _write_h5(tmp_path / "fed_x_train.h5", build)
+  _tff_file(tmp_path / "fed_x_test.h5", {"c0": {"pixels": np.zeros((1, 28, 28)), "label": [0]}})
+  args = [f"data.source_dir={tmp_path}", "data.source=tff_h5", "data.partition=natural",
+          "data.num_clients=1", "cohort_size=1", f"out_dir={tmp_path / 'run'}"]  # fmt: skip
+  assert main(args) == 2
+  err = capsys.readouterr().err
+  assert "fed_x_train.h5" in err and message in err and err.count("\n") == 1

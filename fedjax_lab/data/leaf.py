@@ -4,7 +4,10 @@ LEAF (Caldas et al., 2018) writes each split as JSON files in ``<dir>/train/`` a
 ``<dir>/test/``, each holding ``{"users": [...], "num_samples": [...], "user_data": {user:
 {"x": [...], "y": [...]}}}``. One client per user of the train files, in the files' order; its
 test split is its examples in the test files (none if it has none there); the user names are
-kept in the cache's ``meta.json``. The global test set pools every client's test split.
+kept in the cache's ``meta.json``. The global test set pools every test user's examples,
+those of users absent from the training files included. A file not in this layout, a label
+that is not a class id, or a LEAF dataset not read here (Sent140, CelebA, Reddit) is one line
+naming the file or user.
 Examples by kind, recognised from the first ``x``:
 
 - a string (Shakespeare): ``x`` the 80 characters, ``y`` the next one; stored as next-character
@@ -43,38 +46,98 @@ def _files(folder: pathlib.Path, split: str) -> list[pathlib.Path]:
 
 
 def _users(files: list[pathlib.Path]) -> dict:
-  """``{user: (xs, ys)}`` over ``files``, in their order."""
+  """``{user: (xs, ys)}`` over ``files``, in their order; a file not in LEAF's layout is one
+  ``ValueError`` naming it and what is wrong."""
   users = {}
   for path in files:
-    content = json.loads(path.read_text())
-    for user in content["users"]:
-      record = content["user_data"][user]
+    try:
+      content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+      raise ValueError(f"{path}: not JSON ({error})") from None
+    listed = content.get("users") if isinstance(content, dict) else None
+    if not isinstance(listed, list) or not all(isinstance(u, str) for u in listed):
+      raise ValueError(f"{path}: 'users' must be a list of user names (LEAF's layout)")
+    user_data = content.get("user_data")
+    if not isinstance(user_data, dict):
+      raise ValueError(f"{path}: 'user_data' must be a table of each user's x and y")
+    for user in listed:
+      record = user_data.get(user)
+      if not isinstance(record, dict) or not all(
+        isinstance(record.get(k), list) for k in ("x", "y")
+      ):
+        raise ValueError(f"{path}: user {user!r} has no user_data entry with lists x and y")
+      if len(record["x"]) != len(record["y"]):
+        raise ValueError(f"{path}: user {user!r} has {len(record['x'])} x and {len(record['y'])} y")
       xs, ys = users.setdefault(user, ([], []))
       xs.extend(record["x"])
       ys.extend(record["y"])
+  if not users:
+    raise ValueError(f"{files[0].parent}: the LEAF files list no users")
   return users
 
 
-def _encode(xs: list, ys: list) -> tuple[np.ndarray, np.ndarray]:
-  """One client's examples as arrays (module docstring, by kind)."""
+def _kind(xs: list, where: str) -> str:
+  """``text`` (Shakespeare), ``features`` (FEMNIST, Synthetic) or one line refusing a LEAF
+  dataset this module does not read (Sent140, CelebA, Reddit), from a first example ``xs``."""
+  supported = "read: FEMNIST, Shakespeare and Synthetic"
+  if isinstance(xs, str):
+    if xs.lower().endswith((".jpg", ".jpeg", ".png")):
+      raise ValueError(f"{where}: x is an image file name (LEAF CelebA), not read; {supported}")
+    return "text"
+  if isinstance(xs, list) and xs and all(isinstance(v, (int, float)) for v in xs):
+    return "features"
+  if isinstance(xs, list) and xs and any(isinstance(v, (str, list)) for v in xs):
+    found = (
+      "lists of strings (LEAF Sent140)" if isinstance(xs[0], str) else "token lists (LEAF Reddit)"
+    )
+    raise ValueError(f"{where}: x holds {found}, not read; {supported}")
+  raise ValueError(f"{where}: x is {str(xs)[:40]!r}, no LEAF dataset this reads ({supported})")
+
+
+def _labels(ys: list, where: str) -> np.ndarray:
+  """Class ids: integers >= 0 (``7.0`` is 7); a label such as ``7.6`` or ``"7"`` is refused."""
+  for label in ys:
+    if isinstance(label, bool) or not isinstance(label, (int, float)) or label != int(label):
+      raise ValueError(f"{where}: label {label!r} is not a class id (an integer >= 0)")
+    if label < 0:
+      raise ValueError(f"{where}: label {label!r} is not a class id (an integer >= 0)")
+  return np.asarray(ys, np.int64).astype(np.int32)
+
+
+def _encode(xs: list, ys: list, where: str = "") -> tuple[np.ndarray, np.ndarray]:
+  """One client's examples as arrays (module docstring, by kind); ``where`` names the client
+  in a refusal."""
   if not xs:
     return np.zeros((0,), np.float32), np.zeros((0,), np.int32)
-  if isinstance(xs[0], str):
+  if _kind(xs[0], where) == "text":
+    if not all(isinstance(v, str) for v in xs + ys):
+      raise ValueError(f"{where}: Shakespeare's x and y must all be strings")
     ids = np.stack([encode_text(x + y) for x, y in zip(xs, ys)])
     return ids[:, :-1], ids[:, 1:]
-  x = np.asarray(xs, np.float32)
+  try:
+    x = np.asarray(xs, np.float32)
+  except (TypeError, ValueError):
+    raise ValueError(f"{where}: the examples' x are not lists of numbers of one length") from None
+  if x.ndim != 2:
+    raise ValueError(f"{where}: the examples' x are not lists of numbers of one length")
   if x.shape[1] == FEMNIST_PIXELS:
     x = x.reshape(-1, 28, 28, 1)
-  return x, np.asarray(ys, np.int32)
+  return x, _labels(ys, where)
 
 
-def _split(users: list[str], examples: dict, like: tuple) -> ClientArrays:
+def _split(users: list[str], examples: dict, like: tuple, split: str) -> ClientArrays:
   """The clients ``users`` (their ``examples``, or none) as one ``ClientArrays``; ``like``:
   the ``(x, y)`` of a non-empty client, whose row shapes an empty one takes."""
-  parts = [_encode(*examples.get(user, ([], []))) for user in users]
+  parts = [_encode(*examples.get(u, ([], [])), f"{split} user {u!r}") for u in users]
   shape_of = lambda part, index: (
     part[index].shape[1:] if len(part[index]) else like[index].shape[1:]
   )
+  for user, part in zip(users, parts):
+    if len(part[0]) and part[0].shape[1:] != like[0].shape[1:]:
+      raise ValueError(
+        f"{split} user {user!r}: examples shaped {part[0].shape[1:]}, the first user's are "
+        f"{like[0].shape[1:]}"
+      )
   xs = [p[0].reshape((len(p[0]),) + shape_of(p, 0)).astype(like[0].dtype) for p in parts]
   ys = [p[1].reshape((len(p[1]),) + shape_of(p, 1)).astype(np.int32) for p in parts]
   offsets = np.concatenate([[0], np.cumsum([len(x) for x in xs])]).astype(np.int64)
@@ -83,21 +146,34 @@ def _split(users: list[str], examples: dict, like: tuple) -> ClientArrays:
 
 def leaf_federation(folder) -> FederatedData:
   """The LEAF federation in ``folder`` (``train/`` and ``test/`` JSON), converted once
-  (``converted.load_converted``) and memory-mapped."""
+  (``converted.load_converted``) and memory-mapped. Test users absent from the training files
+  (LEAF's ``-t user`` split holds only such) are no client, and their examples are in the
+  global test set (``meta.json`` counts them as ``test_only_users``)."""
   folder = pathlib.Path(folder)
   train_files, test_files = _files(folder, "train"), _files(folder, "test")
 
   def convert():
     train_examples, test_examples = _users(train_files), _users(test_files)
     users = list(train_examples)
-    like = next(_encode(*train_examples[u]) for u in users if train_examples[u][0])
-    train, test = _split(users, train_examples, like), _split(users, test_examples, like)
-    if isinstance(train_examples[users[0]][0][0], str):
+    nonempty = [u for u in users if train_examples[u][0]]
+    if not nonempty:
+      raise ValueError(f"{folder / 'train'}: no training user has an example")
+    like = _encode(*train_examples[nonempty[0]], f"train user {nonempty[0]!r}")
+    train, test = (
+      _split(users, train_examples, like, "train"),
+      _split(users, test_examples, like, "test"),
+    )
+    test_only = [u for u in test_examples if u not in train_examples]
+    pooled = _split(users + test_only, test_examples, like, "test")
+    if not len(pooled.y):
+      raise ValueError(f"{folder / 'test'}: the test files hold no example")
+    if _kind(train_examples[nonempty[0]][0][0], "") == "text":
       num_classes = len(SHAKESPEARE_VOCAB)
     elif like[0].shape[1:] == (28, 28, 1):
       num_classes = FEMNIST_CLASSES
     else:
-      num_classes = int(max(train.y.max(initial=0), test.y.max(initial=0))) + 1
-    return train, test, test.x, test.y, {"num_classes": num_classes, "users": users}
+      num_classes = int(max(train.y.max(initial=0), pooled.y.max(initial=0))) + 1
+    meta = {"num_classes": num_classes, "users": users, "test_only_users": len(test_only)}
+    return train, test, pooled.x, pooled.y, meta
 
   return load_converted(folder, train_files + test_files, convert)

@@ -39,8 +39,24 @@ def _one(folder: pathlib.Path, split: str) -> pathlib.Path:
   return files[0]
 
 
+def _examples(h5, path: pathlib.Path) -> list[str]:
+  """The client ids of a TFF file's ``examples`` group, sorted; one line naming the file
+  when it is not in TFF's layout."""
+  examples = h5.get("examples")
+  if examples is None or not hasattr(examples, "keys"):
+    raise ValueError(f"{path}: no 'examples' group (TFF's layout: examples/<client>/<feature>)")
+  names = sorted(examples)
+  if not names:
+    raise ValueError(f"{path}: 'examples' holds no client")
+  return names
+
+
 def _client(group, label_key: str, sequence_length: int) -> tuple[np.ndarray, np.ndarray]:
-  """One client's examples from its HDF5 group (module docstring)."""
+  """One client's examples from its HDF5 group (module docstring); a group not in the layout
+  of a dataset read here is one line naming the file, the client and what was found."""
+  where = f"{group.file.filename}: client {group.name.rsplit('/', 1)[-1]!r}"
+  if not hasattr(group, "keys"):
+    raise ValueError(f"{where} is not a group of features")
   if "snippets" in group:
     windows = []
     for snippet in group["snippets"][()]:
@@ -55,8 +71,18 @@ def _client(group, label_key: str, sequence_length: int) -> tuple[np.ndarray, np
   elif "image" in group:
     x = np.asarray(group["image"][()], np.float32) / 255.0
   else:
-    raise ValueError(f"data: TFF client {group.name} has none of pixels, image, snippets")
-  return x, np.asarray(group[label_key][()], np.int32)
+    found = ", ".join(sorted(group)) or "nothing"
+    raise ValueError(
+      f"{where} holds {found}; read: pixels (EMNIST), image (CIFAR-100) or snippets (Shakespeare)"
+    )
+  if label_key not in group:
+    raise ValueError(f"{where} has no {label_key!r} (found {', '.join(sorted(group))})")
+  y = np.asarray(group[label_key][()])
+  if len(y) != len(x) or y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(
+      f"{where}: {label_key!r} must be {len(x)} integer class ids, got {y.shape} {y.dtype}"
+    )
+  return x, y.astype(np.int32)
 
 
 def _split(clients: list[tuple[np.ndarray, np.ndarray]]) -> ClientArrays:
@@ -76,11 +102,11 @@ def tff_federation(folder, sequence_length: int = 80, coarse_labels: bool = Fals
 
   def convert():
     with h5py.File(train_file, "r") as train_h5, h5py.File(test_file, "r") as test_h5:
-      names = sorted(train_h5["examples"])
+      names = _examples(train_h5, train_file)
       read = lambda h5, name: _client(h5["examples"][name], label_key, sequence_length)
       train = [read(train_h5, name) for name in names]
       empty = tuple(part[:0] for part in train[0])
-      test_names = set(test_h5["examples"])
+      test_names = set(_examples(test_h5, test_file))
       test = [read(test_h5, name) if name in test_names else empty for name in names]
       pooled = [read(test_h5, name) for name in sorted(test_names)]
     train, test, pooled = _split(train), _split(test), _split(pooled)
