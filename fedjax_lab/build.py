@@ -255,6 +255,7 @@ def build_experiment(config: ExperimentConfig, data: FederatedData | None = None
     config.model.initialization,
     config.model.options,
   )
+  check_model_reads(config, model, sample)
   sizes = train_data.train.num_examples
   schedule = LocalSchedule(
     config.local.batch_size,
@@ -303,6 +304,22 @@ def check_evaluation_cost(config: ExperimentConfig, data: FederatedData) -> None
         f"of data.source={config.data.source}, made on demand (evaluating every one would make "
         "every client at each evaluation), got 0; e.g. eval_clients=1000"
       )
+
+
+def check_model_reads(config: ExperimentConfig, model, sample: np.ndarray) -> None:
+  """One line refusing a model that cannot take the data's inputs (a CNN whose convolutions
+  and pools leave nothing of an 8x8 image), found by initializing it abstractly
+  (``jax.eval_shape``: nothing computed) before anything compiles."""
+  try:
+    jax.eval_shape(model.init, jax.random.key(0), sample[:1])
+  except (ZeroDivisionError, ValueError, TypeError) as error:
+    cause = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, ZeroDivisionError):  # a layer got a dimension of size 0
+      cause = "its convolutions and pools shrink the input to nothing"
+    raise ValueError(
+      f"model.name={config.model.name!r} cannot read data.source={config.data.source}'s "
+      f"inputs of shape {sample.shape[1:]} ({cause}); choose a model for inputs of that size"
+    ) from None
 
 
 def memory_limit() -> tuple[int, str]:

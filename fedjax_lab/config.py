@@ -33,6 +33,7 @@ SERVER_OPTIMIZERS = ("sgd", "adam", "yogi", "adagrad")
 STRAGGLERS = ("drop", "partial")  # systems.stragglers
 WEIGHTINGS = ("num_examples", "uniform")
 MAX_LOG_SIGMA = 5.0  # systems.compute_sigma and link_sigma
+MAX_CLIENTS = 2**31 - 1  # data.num_clients: client ids are int32 throughout the engine
 
 
 class Selection:
@@ -149,7 +150,12 @@ class DataConfig(Selection):
       f"0 for data.source={self.source} (its clients are given)",
       self.max_client_examples,
     )
-    require(self.num_clients >= 1, "data.num_clients", ">= 1", self.num_clients)
+    require(
+      1 <= self.num_clients <= MAX_CLIENTS,
+      "data.num_clients",
+      f"in [1, {MAX_CLIENTS}] (client ids are int32)",
+      self.num_clients,
+    )
     require(
       self.source != "tfds_text" or bool(getattr(self.source_options, "spec", "")),
       "data.tfds_text.spec",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -70,6 +71,29 @@ def synthetic_sizes(seed: int, num_clients: int) -> np.ndarray:
   return (rng.lognormal(4, 2, num_clients).astype(np.int64) + 50).clip(max=MAX_CLIENT_EXAMPLES)
 
 
+# Bytes a client made on demand costs before any example exists: its size drawn in float64,
+# kept as int64, its train and test bounds (int64 each).
+BOOKKEEPING_BYTES_PER_CLIENT = 8 * 5
+# The share of host memory the per-client bookkeeping may take.
+BOOKKEEPING_MEMORY_SHARE = 0.5
+
+
+def check_bookkeeping_fits(num_clients: int) -> None:
+  """One line refusing a federation whose per-client bookkeeping alone
+  (``BOOKKEEPING_BYTES_PER_CLIENT`` a client) would take more than
+  ``BOOKKEEPING_MEMORY_SHARE`` of this host's memory, before anything is allocated."""
+  needed = num_clients * BOOKKEEPING_BYTES_PER_CLIENT
+  memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  if needed > BOOKKEEPING_MEMORY_SHARE * memory:
+    most = int(BOOKKEEPING_MEMORY_SHARE * memory // BOOKKEEPING_BYTES_PER_CLIENT)
+    raise ValueError(
+      f"data.num_clients={num_clients}: the clients' sizes and bounds alone take "
+      f"{needed / 2**30:.1f} GiB ({BOOKKEEPING_BYTES_PER_CLIENT} bytes a client), more than "
+      f"{BOOKKEEPING_MEMORY_SHARE:.0%} of this host's {memory / 2**30:.1f} GiB; at most about "
+      f"{most:,} clients fit here"
+    )
+
+
 def synthetic_clients(
   num_clients: int,
   seed: int,
@@ -86,6 +110,7 @@ def synthetic_clients(
       "data.synthetic_clients.alpha and data.synthetic_clients.beta must be >= 0, got "
       f"{alpha}, {beta}"
     )
+  check_bookkeeping_fits(num_clients)
   every_size = synthetic_sizes(seed, num_clients + GLOBAL_TEST_CLIENTS)
   make = lambda client: synthetic_client(
     np.random.default_rng([seed, client]), int(every_size[client]), alpha, beta, dim, num_classes
