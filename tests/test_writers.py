@@ -181,3 +181,24 @@ def test_a_missing_writer_package_is_one_line_before_anything_runs(
     "pip install 'fedjax_lab[z]' (or drop 'absent' from logging.writers)"
   )
   assert not out.exists()
+
+
+def test_an_unreachable_tracking_server_turns_the_writer_off_within_seconds(tmp_path, monkeypatch):
+  # Issue 46, finding 15: MLflow's own retries stalled a run 245 s before one line.
+  import socket
+  import time
+
+  from fedjax_lab.writers import WriterSet
+
+  with socket.socket() as probe:  # a port nothing listens on
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+  monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+  reports = []
+  started = time.monotonic()
+  writers = WriterSet(["mlflow"], tmp_path, {"a": 1}, 0, reports.append)
+  assert time.monotonic() - started < 15 and writers.names == ()
+  assert (
+    len(reports) == 1 and "writer mlflow failed (ConnectionError: MLFLOW_TRACKING_URI" in reports[0]
+  )
+  assert "is unreachable" in reports[0]
