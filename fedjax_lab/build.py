@@ -34,6 +34,7 @@ from fedjax_lab.ops.aggregators import (
 )
 from fedjax_lab.ops.attacks import ATTACKS
 from fedjax_lab.ops.communication import tree_bytes
+from fedjax_lab.tables import dotted_fields
 
 # A run's state (global and per-client models, control variates, the aggregator's state) may
 # take at most this share of the memory it lives in; the round's training, a donated copy and
@@ -335,17 +336,50 @@ def memory_limit() -> tuple[int, str]:
 def check_state_fits(config: ExperimentConfig, algorithm: Algorithm) -> None:
   """Refuse, before anything compiles, a run whose state alone would take more than
   ``STATE_MEMORY_SHARE`` of ``memory_limit()`` (measured abstractly: ``jax.eval_shape`` of
-  ``init``). Methods with ``[num_clients, ...]`` state grow with the federation: the message
-  gives the bytes, so a user can size the federation, the model or the method."""
-  state_bytes = tree_bytes(jax.eval_shape(algorithm.init, jax.random.key(0)))
+  ``init``). The line names the state's largest part and the setting its rows count (a
+  method's per-client state: ``data.num_clients``; FedBuff's slots: its ``concurrency``;
+  error feedback's residuals: ``data.num_clients``), so a user knows what to shrink."""
+  state = jax.eval_shape(algorithm.init, jax.random.key(0))
+  state_bytes = tree_bytes(state)
   limit, where = memory_limit()
   if state_bytes > STATE_MEMORY_SHARE * limit:
     size = lambda count: (
       f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
     )
+    part, part_bytes, rows = largest_state_part(state)
+    counted = settings_of_size(config, rows)
+    per = f", a row per {counted}" if counted else ""
     raise ValueError(
-      f"data.num_clients={config.data.num_clients}: algorithm.name={config.algorithm.name} "
-      f"would keep {size(state_bytes)} of state with model.name={config.model.name}, more than "
-      f"{STATE_MEMORY_SHARE:.0%} of the {size(limit)} of {where}; use fewer clients, a smaller "
-      "model, or a method without per-client state (fedavg, fedprox, fedopt)"
+      f"{counted or 'data.num_clients=' + str(config.data.num_clients)}: "
+      f"algorithm.name={config.algorithm.name} would keep {size(state_bytes)} of state with "
+      f"model.name={config.model.name}, more than {STATE_MEMORY_SHARE:.0%} of the "
+      f"{size(limit)} of {where}; most of it is {part} ({size(part_bytes)}{per}): lower that "
+      "setting, use a smaller model, or a method without per-client state"
     )
+
+
+def largest_state_part(state) -> tuple[str, int, int]:
+  """``(path, bytes, leading axis)`` of the state's largest top-level part (an algorithm's
+  field, the aggregator's), one level down where a part holds several."""
+  parts: dict[str, list] = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    name = jax.tree_util.keystr(path[:2])
+    parts.setdefault(name, []).append(leaf)
+  name, leaves = max(parts.items(), key=lambda item: tree_bytes(item[1]))
+  rows = max((leaf.shape[0] for leaf in leaves if leaf.shape), default=1)
+  return name, tree_bytes(leaves), rows
+
+
+def settings_of_size(config: ExperimentConfig, rows: int) -> str:
+  """The setting that sizes state whose value is ``rows`` (``"algorithm.fedbuff.concurrency=
+  5000"``): the method's options first, then the aggregation's and compression's,
+  ``data.num_clients``, ``cohort_size``; "" where none is."""
+  if rows <= 1:
+    return ""
+  fields = dotted_fields(config.to_dict())
+  order = ("algorithm.", "aggregation.", "compression.", "data.num_clients", "cohort_size")
+  for prefix in order:
+    for field, value in fields.items():
+      if field.startswith(prefix) and type(value) is int and value == rows:
+        return f"{field}={rows}"
+  return ""

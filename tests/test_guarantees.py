@@ -236,3 +236,27 @@ def test_a_state_that_would_not_fit_is_refused_before_compiling(tmp_path, monkey
   assert message.startswith("data.num_clients=6: algorithm.name=scaffold would keep ")
   assert "of the 0.1 MiB of host memory" in message and "\n" not in message
   assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+  "overrides, cause",
+  [
+    (["data.num_clients=12", "cohort_size=4", "algorithm.name=fedbuff",
+      "algorithm.fedbuff.concurrency=8", "systems.compute_median=20"],
+     "algorithm.fedbuff.concurrency=8"),
+    (["data.num_clients=12", "cohort_size=4", "compression.name=top_k",
+      "compression.error_feedback=true"], "data.num_clients=12"),
+  ],
+)  # fmt: skip
+def test_a_state_too_large_names_the_setting_that_sizes_it(tmp_path, monkeypatch, overrides, cause):
+  # Issue 46, finding 16: the line blamed data.num_clients and FedAvg where FedBuff's
+  # concurrency or error feedback's residuals were what did not fit.
+  from fedjax_lab import build
+
+  monkeypatch.setattr(build, "memory_limit", lambda: (64 * 1024, "host memory"))
+  config = load_config(None, [*BASE, *overrides, f"out_dir={tmp_path}"])
+  with pytest.raises(ValueError) as error:
+    run(config, progress=False)
+  message = str(error.value)
+  assert message.startswith(f"{cause}: ") and f"a row per {cause})" in message, message
+  assert "most of it is " in message and "\n" not in message
