@@ -353,17 +353,17 @@ def check_state_fits(config: ExperimentConfig, algorithm: Algorithm) -> None:
       f"{counted or 'data.num_clients=' + str(config.data.num_clients)}: "
       f"algorithm.name={config.algorithm.name} would keep {size(state_bytes)} of state with "
       f"model.name={config.model.name}, more than {STATE_MEMORY_SHARE:.0%} of the "
-      f"{size(limit)} of {where}; most of it is {part} ({size(part_bytes)}{per}): lower that "
+      f"{size(limit)} of {where}; most of it is its {part} ({size(part_bytes)}{per}): lower that "
       "setting, use a smaller model, or a method without per-client state"
     )
 
 
 def largest_state_part(state) -> tuple[str, int, int]:
-  """``(path, bytes, leading axis)`` of the state's largest top-level part (an algorithm's
-  field, the aggregator's), one level down where a part holds several."""
+  """``(name, bytes, leading axis)`` of the state's largest top-level part (an algorithm's
+  field such as FedBuff's ``results``, or the aggregator's state)."""
   parts: dict[str, list] = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-    name = jax.tree_util.keystr(path[:2])
+    name = jax.tree_util.keystr(path[:1]).lstrip(".")
     parts.setdefault(name, []).append(leaf)
   name, leaves = max(parts.items(), key=lambda item: tree_bytes(item[1]))
   rows = max((leaf.shape[0] for leaf in leaves if leaf.shape), default=1)
