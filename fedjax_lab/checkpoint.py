@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 
@@ -32,6 +33,12 @@ def save(checkpoints: ocp.CheckpointManager, round_count: int, state, rounds_key
   from orbax's threads."""
   need = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(state)) + FREE_SPACE_MARGIN
   directory = pathlib.Path(checkpoints.directory)
+  writable = directory if directory.exists() else directory.parent
+  if not os.access(writable, os.W_OK):
+    raise CheckpointError(
+      f"the checkpoint of round {round_count} cannot be written: {writable} is not writable "
+      "(made read-only during the run?); the checkpoints and metrics written so far are kept"
+    )
   free = shutil.disk_usage(directory if directory.exists() else directory.parent).free
   if free < need:
     raise CheckpointError(
@@ -49,14 +56,17 @@ def save(checkpoints: ocp.CheckpointManager, round_count: int, state, rounds_key
 
 def finish(checkpoints: ocp.CheckpointManager) -> None:
   """Wait for the checkpoints being written, then close the manager. A write that failed for
-  lack of space is a one-line ``CheckpointError`` naming the folder."""
+  lack of space or of permission (a folder made read-only mid-run) is a one-line
+  ``CheckpointError`` naming the folder."""
   try:
     checkpoints.wait_until_finished()
   except Exception as error:
-    if "No space left on device" not in str(error):
+    causes = ("No space left on device", "Permission denied", "Read-only file system")
+    cause = next((c for c in causes if c in str(error)), None)
+    if cause is None:
       raise
     raise CheckpointError(
-      f"a checkpoint in {checkpoints.directory} could not be written: no space left on device"
+      f"a checkpoint in {checkpoints.directory} could not be written: {cause.lower()}"
     ) from None
   finally:
     checkpoints.close()

@@ -207,13 +207,20 @@ def _check_free(
 
 
 def write_atomic(path: pathlib.Path, text: str) -> None:
-  """Replace ``path`` by ``text`` in one step: readers see the old file or the new one."""
+  """Replace ``path`` by ``text`` in one step: readers see the old file or the new one. A
+  write that fails (a full disk, a folder made read-only) leaves the old file and no
+  temporary one, and is an ``OSError`` naming ``path``."""
   temporary = path.with_name(f".{path.name}.tmp")
-  with open(temporary, "w", newline="") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(temporary, path)
+  try:
+    with open(temporary, "w", newline="") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(temporary, path)
+  except OSError as error:
+    with contextlib.suppress(OSError):
+      temporary.unlink(missing_ok=True)
+    raise OSError(error.errno, error.strerror or str(error), str(path)) from None
 
 
 def write_config(out_dir: pathlib.Path, config: dict) -> None:
@@ -288,8 +295,9 @@ def read_client_accuracy(out_dir: pathlib.Path) -> dict[str, np.ndarray]:
 
 def read_metrics(out_dir: pathlib.Path) -> list[dict]:
   """The rows of ``metrics.jsonl``. A last line cut short (by a kill during a plain write,
-  which this module never makes) is dropped: its round is computed again on resume. Any
-  other line that does not parse is a ``RunFolderError`` naming it."""
+  which this module never makes: the start of a JSON row without its end) is dropped: its
+  round is computed again on resume. Any other line that does not parse, a note appended by
+  hand included, is a ``RunFolderError`` naming it: nothing in the file is dropped unseen."""
   path = out_dir / METRICS_FILE
   if not path.exists():
     return []
@@ -299,9 +307,12 @@ def read_metrics(out_dir: pathlib.Path) -> list[dict]:
     try:
       rows.append(json.loads(line))
     except json.JSONDecodeError:
-      if number == len(lines):
+      if number == len(lines) and line.startswith("{") and not line.rstrip().endswith("}"):
         break
-      raise RunFolderError(f"{path}, line {number}, is not a JSON row: {line[:60]!r}") from None
+      raise RunFolderError(
+        f"{path}, line {number}, is not a JSON row: {line[:60]!r} (keep notes in another "
+        "file)"
+      ) from None
   return rows
 
 

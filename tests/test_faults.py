@@ -597,7 +597,9 @@ def test_an_availability_trace_edited_before_resume_is_refused(tmp_path):
   with pytest.raises(RunFolderError, match="systems.availability_trace=.* changed since the run"):
     run(_config(out, *timed, "rounds=6"), progress=False, resume=True)
   trace.write_text("client,start_hour,end_hour\n0,0,12\n1,6,24\n")  # restored: resumes
-  assert run(_config(out, *timed, "rounds=6"), progress=False, resume=True).metrics[-1]["round"] == 6
+  assert (
+    run(_config(out, *timed, "rounds=6"), progress=False, resume=True).metrics[-1]["round"] == 6
+  )
 
 
 def test_a_run_in_which_no_client_ever_reported_says_so(tmp_path, capsys):
@@ -608,3 +610,68 @@ def test_a_run_in_which_no_client_ever_reported_says_so(tmp_path, capsys):
   assert all(row["bytes_up"] == 0 for row in result.metrics)
   run(_config(tmp_path / "ideal", "rounds=3"), progress=False)
   assert "reached the server" not in capsys.readouterr().err
+
+
+def test_a_failed_metrics_write_names_the_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+  # Issue 46, finding 17: "No space left on device" without the file, .metrics.csv.tmp left.
+  import errno
+
+  run_folder.write_metrics(tmp_path, [{"round": 1, "a": 1.0}])
+  real_fsync = os.fsync
+
+  def full_disk(descriptor):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(os, "fsync", full_disk)
+  with pytest.raises(OSError) as error:
+    run_folder.write_metrics(tmp_path, [{"round": 1, "a": 1.0}, {"round": 2, "a": 2.0}])
+  monkeypatch.setattr(os, "fsync", real_fsync)
+  assert error.value.filename == str(tmp_path / run_folder.METRICS_FILE)
+  assert error.value.strerror == "No space left on device"
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+    run_folder.METRICS_CSV,
+    run_folder.METRICS_FILE,
+  ]
+  assert run_folder.read_metrics(tmp_path) == [{"round": 1, "a": 1.0}]
+
+
+def test_a_note_appended_to_the_metrics_is_not_dropped_on_resume(tmp_path):
+  (tmp_path / run_folder.METRICS_FILE).write_text(
+    '{"round": 1}\n{"round": 2}\nmy note: lr too high\n'
+  )
+  with pytest.raises(RunFolderError, match="line 3, is not a JSON row: 'my note"):
+    run_folder.read_metrics(tmp_path)
+  (tmp_path / run_folder.METRICS_FILE).write_text('{"round": 1}\n{"round": 2, "glob')  # cut
+  assert run_folder.read_metrics(tmp_path) == [{"round": 1}]
+
+
+def test_a_checkpoint_folder_made_read_only_is_one_line(tmp_path, monkeypatch):
+  # Refused before orbax's threads start writing (they printed 115 lines of tracebacks). The
+  # machines run as root, for whom chmod does not stop a write: the permission is simulated.
+  from fedjax_lab.checkpoint import CheckpointError
+
+  folder = tmp_path / "checkpoints"
+  folder.mkdir()
+  manager = checkpoint.manager(folder)
+  real_access = os.access
+  monkeypatch.setattr(
+    os,
+    "access",
+    lambda path, mode: (
+      False if pathlib.Path(path) == folder.absolute() else real_access(path, mode)
+    ),
+  )
+  try:
+    with pytest.raises(CheckpointError, match="is not writable .* are kept"):
+      checkpoint.save(manager, 1, {"w": np.zeros(3)}, jax.random.key(0))
+  finally:
+    manager.close()
+  assert not list(folder.iterdir())
+
+
+def test_a_folder_of_texts_that_are_no_plays_is_one_line(tmp_path):
+  from fedjax_lab.data.sources import shakespeare
+
+  (tmp_path / "notes.txt").write_text("Just some notes.\nNothing here is a play.\n")
+  with pytest.raises(ValueError, match="none of its 1 .txt files .notes.txt, .... holds a play"):
+    shakespeare(str(tmp_path))

@@ -197,6 +197,7 @@ def test_reproduction_grids_run_as_sweeps(tmp_path, capsys):
 
 # --- A sweep never loses a run (docs/reliability.md, round 4: findings 1-4 and 13) ---
 
+
 def _sweep(out, *argv):
   return main(["sweep", *TINY, "--grid", "algorithm.name=fedavg,fedprox", "--out", str(out), *argv])
 
@@ -211,9 +212,7 @@ def _state(out: pathlib.Path) -> dict:
 
 
 @pytest.mark.slow
-def test_a_sweep_refuses_a_folder_holding_runs_of_another_config_and_keeps_them(
-  tmp_path, capsys
-):
+def test_a_sweep_refuses_a_folder_holding_runs_of_another_config_and_keeps_them(tmp_path, capsys):
   out = tmp_path / "s"
   assert _sweep(out, "rounds=4") == 0
   kept = _state(out)

@@ -276,6 +276,12 @@ def shakespeare(
       windows.append(ids[: count * (sequence_length + 1)].reshape(count, sequence_length + 1))
       groups.append(np.full(count, len(names)))
       names.append(f"{play.stem.removesuffix('_gut')}/{speaker}")
+  if not windows:
+    raise ValueError(
+      f"data.source_dir={directory!r}: none of its {len(plays)} .txt files ({plays[0].name}, "
+      f"...) holds a play with a speaker of {min_chars}+ characters of speech (a speaker line "
+      "'Name.' then the speech, as Gutenberg's plays are written); run `make data`"
+    )
   data, group_ids = np.concatenate(windows), np.concatenate(groups)
   train, test = _holdout(len(data), 0.1, seed)
   return Dataset(
