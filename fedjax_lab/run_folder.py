@@ -310,8 +310,7 @@ def read_metrics(out_dir: pathlib.Path) -> list[dict]:
       if number == len(lines) and line.startswith("{") and not line.rstrip().endswith("}"):
         break
       raise RunFolderError(
-        f"{path}, line {number}, is not a JSON row: {line[:60]!r} (keep notes in another "
-        "file)"
+        f"{path}, line {number}, is not a JSON row: {line[:60]!r} (keep notes in another file)"
       ) from None
   return rows
 

@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow  # runs the reproduction scripts end to end (make test-fast skips it)
@@ -397,6 +398,22 @@ def test_systems_readme_table_is_what_the_committed_results_give():
   assert reproduce.summary_table(records) in readme
   assert reproduce.same_setting_table(records) in readme
   assert reproduce.effects_table(records) in readme
+
+
+def test_systems_readme_byte_ratios_are_the_records():
+  # Issue 46: "53x fewer bytes" where the records give 49.98x, "10.6x" for 10.66x.
+  records = [
+    json.loads(line)
+    for line in (ROOT / "experiments/systems/results/per_seed.jsonl").read_text().splitlines()
+  ]
+  uploaded = lambda setting: np.mean(
+    [r["megabytes_up"] for r in records if r["method"] == "fedavg" and r["setting"] == setting]
+  )
+  prose = " ".join((ROOT / "experiments/systems/README.md").read_text().split())
+  ratio = lambda setting: f"{uploaded('ideal') / uploaded(setting):.1f}x"
+  assert f"sending {ratio('qsgd_4bit')} and {ratio('qsgd_2bit')} fewer bytes" in prose
+  assert f"at 10% ({ratio('top_k_10')} fewer bytes)" in prose
+  assert f"at 1% ({ratio('top_k_1')} fewer)" in prose
 
 
 def test_fedmr_grid_tables_are_what_the_committed_summaries_give():

@@ -63,9 +63,7 @@ def fedmr(
   """
   train_slots = setup.cohort_trainer(None, params_axis=0, context_axis=None)
   one_model = setup.params_shape
-  units = recombination_units(
-    one_model, setup.layer_groups, granularity, block_fraction
-  )
+  units = recombination_units(one_model, setup.layer_groups, granularity, block_fraction)
 
   def init(key):
     return FedMRState(
