@@ -675,3 +675,29 @@ def test_a_folder_of_texts_that_are_no_plays_is_one_line(tmp_path):
   (tmp_path / "notes.txt").write_text("Just some notes.\nNothing here is a play.\n")
   with pytest.raises(ValueError, match="none of its 1 .txt files .notes.txt, .... holds a play"):
     shakespeare(str(tmp_path))
+
+
+def test_client_counts_beyond_ids_or_memory_are_one_line(tmp_path, capsys, monkeypatch):
+  from fedjax_lab.data import generated
+
+  synthetic = ["data.source=synthetic_clients", "data.partition=natural", f"out_dir={tmp_path}"]
+  assert main([*synthetic, "data.num_clients=1000000000000"]) == 2
+  err = capsys.readouterr().err
+  assert "data.num_clients must be in [1, 2147483647] (client ids are int32)" in err
+  assert err.count("\n") == 1
+  # Below the id limit, a host whose memory cannot hold the clients' bookkeeping (16 MiB here).
+  monkeypatch.setattr(
+    generated.os, "sysconf", lambda name: 4096 if name == "SC_PAGE_SIZE" else 4096
+  )
+  with pytest.raises(
+    ValueError, match=r"data.num_clients=1000000: the clients' sizes and bounds alone"
+  ):
+    generated.synthetic_clients(1_000_000, 0)
+
+
+def test_a_model_too_deep_for_the_inputs_is_one_line(tmp_path, capsys):
+  for name in ("femnist_cnn", "cifar_cnn", "vgg16"):
+    assert main(["data.source=digits", f"model.name={name}", f"out_dir={tmp_path / name}"]) == 2
+    err = capsys.readouterr().err
+    assert f"model.name='{name}' cannot read data.source=digits's inputs of shape (8, 8, 1)" in err
+    assert "shrink the input to nothing" in err and err.count("\n") == 1

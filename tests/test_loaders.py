@@ -246,12 +246,14 @@ def test_leaf_user_split_with_no_shared_user_loads_and_runs(tmp_path, capsys):
      "train user 'u': label '7' is not a class id"),
     ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": [[1.0]], "y": [0, 1]}}},
      "user 'u' has 1 x and 2 y"),
-    ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": [
-      ["1467810369", "Mon Apr 06 22:19:45 PDT 2009", "NO_QUERY", "someone", "a tweet"]], "y": [0]}}},
+    ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": [[
+      "1467810369", "Mon Apr 06 22:19:45 PDT 2009", "NO_QUERY", "someone", "a tweet"
+    ]], "y": [0]}}},
      "x holds lists of strings (LEAF Sent140), not read"),
     ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": ["000001.jpg"], "y": [0]}}},
      "x is an image file name (LEAF CelebA), not read"),
-    ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": [[["a", "b"], ["c"]]], "y": [0]}}},
+    ({"users": ["u"], "num_samples": [1],
+      "user_data": {"u": {"x": [[["a", "b"], ["c"]]], "y": [0]}}},
      "x holds token lists (LEAF Reddit), not read"),
   ],
 )  # fmt: skip
