@@ -199,6 +199,7 @@ def test_a_diverged_run_is_recorded_not_rerun(tmp_path):
 
 def test_a_finished_run_is_read_back_only_with_the_same_config(tmp_path):
   from fedjax_lab import grid, load_config
+  from fedjax_lab.run_folder import RunFolderError
 
   config = load_config(None, TINY + [f"out_dir={tmp_path}"])
   first, loaded = grid.run_or_load(config, None)
@@ -206,8 +207,9 @@ def test_a_finished_run_is_read_back_only_with_the_same_config(tmp_path):
   again, loaded = grid.run_or_load(config, None)
   assert loaded and again == first
   changed = load_config(None, TINY + [f"out_dir={tmp_path}", "local.learning_rate=0.02"])
-  _, loaded = grid.run_or_load(changed, None)
-  assert not loaded
+  with pytest.raises(RunFolderError, match="local.learning_rate: 0.05 -> 0.02"):
+    grid.run_or_load(changed, None)  # another config never replaces a run (issue 46)
+  assert grid.run_or_load(config, None) == (first, True)
 
 
 def test_a_finished_run_is_extended_to_more_rounds_from_its_checkpoint(tmp_path):

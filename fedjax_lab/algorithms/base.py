@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fedjax_lab.algorithms.phases import Phases
 from fedjax_lab.data import Cohort
 from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import (
@@ -321,9 +322,13 @@ def payload_bytes(algorithm: Algorithm, setup: ClientSetup) -> tuple[int, int]:
 
 def compiled_round(algorithm: Algorithm, executor: Executor, *, donate: bool = False):
   """``algorithm.round`` as one jitted program when the executor allows it and the algorithm
-  has no host phases; otherwise as it is. ``donate`` lets each round reuse the state's buffers."""
+  has no host phases; a round of ``phases.Phases`` under ``loop`` with each server phase
+  jitted (``Phases.compiled``); otherwise as it is. ``donate`` lets each round reuse the
+  state's buffers."""
   if executor.jit_round and not algorithm.host_phases:
     return jax.jit(algorithm.round, donate_argnums=0 if donate else ())
+  if isinstance(algorithm.round, Phases):
+    return algorithm.round.compiled()
   return algorithm.round
 
 

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import Algorithm, AlgorithmEntry, ClientSetup
 from fedjax_lab.algorithms.clustered import (
   PersonalizedConfig,
@@ -70,21 +71,28 @@ def cfl(
   """
   train_cohort = setup.cohort_trainer(None, params_axis=0, context_axis=None)
 
-  def round_fn(state, cohort, key):
+  def train(carry):
     trained, weights, metrics = train_clients(
-      train_cohort, state.client_params, cohort, key, setup.weighting
+      train_cohort, carry["state"].client_params, carry["cohort"], carry["key"], setup.weighting
     )
+    return {**carry, "trained": trained, "weights": weights, "metrics": metrics}
+
+  def split_and_average(carry):
+    state, trained, weights = carry["state"], carry["trained"], carry["weights"]
     updates = jax.vmap(lambda new, old: ravel_pytree(new)[0] - ravel_pytree(old)[0])(
       trained, state.client_params
     )  # [N, P]
     labels, norms = split_rule(updates, weights, state.labels, eps1, eps2)
-    metrics.update(num_clusters=count_clusters(labels), **norms)
-    return state.replace(
+    state = state.replace(
       client_params=cluster_mean(trained, weights, labels),
       trained_params=trained,
       labels=labels,
       round=state.round + 1,
-    ), metrics
+    )
+    metrics = {**carry["metrics"], "num_clusters": count_clusters(labels), **norms}
+    return {"state": state, "metrics": metrics}
+
+  round_fn = phases.Phases(phases.clients(train), phases.server(split_and_average))
 
   return personalized_algorithm(lambda key: initial_state(setup, key), round_fn, finetune=finetune)
 

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import Algorithm, AlgorithmEntry, ClientSetup
 from fedjax_lab.algorithms.clustered import PersonalizedConfig, train_clients
 from fedjax_lab.checks import require
@@ -58,7 +59,10 @@ def ifca(
     choices = jnp.zeros(setup.num_clients, jnp.int32)
     return IFCAState(cluster_params, tree_gather(cluster_params, choices), choices)
 
-  def round_fn(state, cohort, key):
+  def choose(carry):
+    """Each client picks the cluster model with the lowest loss on its data."""
+    state, cohort = carry["state"], carry["cohort"]
+
     def losses_of(args):
       x, y, n = args
       return jax.vmap(lambda p: metrics_fn(p, x, y, n)[0])(state.cluster_params)
@@ -67,16 +71,27 @@ def ifca(
       losses_of, (cohort.x, cohort.y, cohort.num_examples), batch_size=chunk_size
     )
     choices = jnp.argmin(losses, axis=1).astype(jnp.int32)
+    return {**carry, "choices": choices, "start": tree_gather(state.cluster_params, choices)}
+
+  def train(carry):
     trained, weights, metrics = train_clients(
-      train_cohort, tree_gather(state.cluster_params, choices), cohort, key, setup.weighting
+      train_cohort, carry["start"], carry["cohort"], carry["key"], setup.weighting
     )
-    means, totals = segment_mean(trained, weights, choices, num_clusters)
+    return {**carry, "trained": trained, "weights": weights, "metrics": metrics}
+
+  def average_clusters(carry):
+    state, trained, choices = carry["state"], carry["trained"], carry["choices"]
+    means, totals = segment_mean(trained, carry["weights"], choices, num_clusters)
     joined = lambda leaf: (totals > 0).reshape((-1,) + (1,) * (leaf.ndim - 1))
     cluster_params = jax.tree.map(
       lambda new, old: jnp.where(joined(old), new, old), means, state.cluster_params
     )
-    metrics["num_clusters"] = count_clusters(canonical_labels(choices))
-    return IFCAState(cluster_params, trained, choices), metrics
+    metrics = {**carry["metrics"], "num_clusters": count_clusters(canonical_labels(choices))}
+    return {"state": IFCAState(cluster_params, trained, choices), "metrics": metrics}
+
+  round_fn = phases.Phases(
+    phases.server(choose), phases.clients(train), phases.server(average_clusters)
+  )
 
   personal = (
     (lambda state: state.trained_params)

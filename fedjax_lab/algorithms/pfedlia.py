@@ -30,6 +30,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import AGGREGATION_STREAM, Algorithm, AlgorithmEntry, ClientSetup
 from fedjax_lab.algorithms.clustered import (
   ClusteredState,
@@ -164,43 +165,51 @@ def pfedlia(setup: ClientSetup, options: PFedLIAConfig) -> Algorithm:
   train_cohort = setup.cohort_trainer(None, params_axis=0, context_axis=None)
   metrics_fn = masked_metrics(setup.model.apply)
   decentralized = options.clustering == "decentralized"
-  compile_phase = jax.jit if setup.executor.jit_round else (lambda fn: fn)
 
   def aggregate(trained, weights, labels, adjacency):
     if decentralized:
       return neighbourhood_mean(trained, weights, adjacency)
     return cluster_mean(trained, weights, labels)
 
-  def warmup(state: ClusteredState, cohort, key):
+  def train(carry):
+    """Every cohort client trains from its model (``fit_cohort`` if a split made one)."""
+    cohort = carry.get("fit_cohort", carry["cohort"])
     trained, weights, metrics = train_clients(
-      train_cohort, state.client_params, cohort, key, setup.weighting
+      train_cohort, carry["state"].client_params, cohort, carry["key"], setup.weighting
     )
+    return {**carry, "trained": trained, "weights": weights, "metrics": metrics}
+
+  def warmup_average(carry):
+    state, trained, key = carry["state"], carry["trained"], carry["key"]
     start = jax.tree.map(lambda leaf: leaf[0], state.client_params)  # everyone's start
     global_params, aggregator_state = setup.aggregator.aggregate(
-      trained, weights, start, state.aggregator_state, jax.random.fold_in(key, AGGREGATION_STREAM)
-    )
-    return state.replace(
+      trained, carry["weights"], start, state.aggregator_state,
+      jax.random.fold_in(key, AGGREGATION_STREAM),
+    )  # fmt: skip
+    state = state.replace(
       client_params=tree_broadcast(global_params, setup.num_clients),
       trained_params=trained,
       round=state.round + 1,
       aggregator_state=aggregator_state,
-    ), metrics
-
-  def influence_phase(state: ClusteredState, cohort, key):
-    cohort, fit_cohort, held_out = scoring_split(
-      cohort, jax.random.fold_in(key, SPLIT_STREAM), options.validation_fraction,
-      options.validation_split,
-    )  # fmt: skip
-    trained, weights, metrics = train_clients(
-      train_cohort, state.client_params, fit_cohort, key, setup.weighting
     )
+    return {"state": state, "metrics": carry["metrics"]}
+
+  def split_for_scoring(carry):
+    cohort, fit_cohort, held_out = scoring_split(
+      carry["cohort"], jax.random.fold_in(carry["key"], SPLIT_STREAM),
+      options.validation_fraction, options.validation_split,
+    )  # fmt: skip
+    return {**carry, "cohort": cohort, "fit_cohort": fit_cohort, "held_out": held_out}
+
+  def score_and_cluster(carry):
+    state, cohort, trained, key = carry["state"], carry["cohort"], carry["trained"], carry["key"]
     influence = influence_matrix(
       metrics_fn,
       state.client_params,
       trained,
       cohort.x,
       cohort.y,
-      held_out,
+      carry["held_out"],
       kind=options.influence,
       chunk_size=options.chunk_size,
     )
@@ -209,43 +218,47 @@ def pfedlia(setup: ClientSetup, options: PFedLIAConfig) -> Algorithm:
         jax.random.fold_in(key, RESPONSE_STREAM), influence, options.vote_epsilon
       )
     labels, adjacency = cluster_by_influence(influence, state, options, key)
+    metrics = dict(carry["metrics"])
     metrics.update(
       influence_self_mean=jnp.mean(jnp.diag(influence)),
       influence_positive_fraction=jnp.mean(influence > 0),
     )
     if decentralized:
       metrics["collaborators_mean"] = jnp.mean(adjacency.sum(1))
-    return state.replace(
-      client_params=aggregate(trained, weights, labels, adjacency),
+    state = state.replace(
+      client_params=aggregate(trained, carry["weights"], labels, adjacency),
       trained_params=trained,
       labels=labels,
       adjacency=adjacency,
       round=state.round + 1,
-    ), metrics
-
-  def personalized(state: ClusteredState, cohort, key):
-    trained, weights, metrics = train_clients(
-      train_cohort, state.client_params, cohort, key, setup.weighting
     )
-    return state.replace(
-      client_params=aggregate(trained, weights, state.labels, state.adjacency),
+    return {"state": state, "metrics": metrics}
+
+  def cluster_average(carry):
+    state, trained = carry["state"], carry["trained"]
+    state = state.replace(
+      client_params=aggregate(trained, carry["weights"], state.labels, state.adjacency),
       trained_params=trained,
       round=state.round + 1,
-    ), metrics
+    )
+    return {"state": state, "metrics": carry["metrics"]}
 
   cost = influence_cost(setup.num_clients, tree_bytes(setup.params_shape))
-  phases = {
-    name: compile_phase(fn)
-    for name, fn in (
-      ("warmup", warmup),
-      ("influence", influence_phase),
-      ("personalized", personalized),
-    )
+  rounds = {
+    "warmup": phases.Phases(phases.clients(train), phases.server(warmup_average)),
+    "influence": phases.Phases(
+      phases.server(split_for_scoring), phases.clients(train), phases.server(score_and_cluster)
+    ),
+    "personalized": phases.Phases(phases.clients(train), phases.server(cluster_average)),
+  }
+  compiled = {
+    name: phases.for_executor(round_fn, setup.executor.jit_round)
+    for name, round_fn in rounds.items()
   }
 
   def round_fn(state: ClusteredState, cohort, key):
     phase = phase_of(int(state.round), options)
-    state, metrics = phases[phase](state, cohort, key)
+    state, metrics = compiled[phase](state, cohort, key)
     metrics["num_clusters"] = count_clusters(state.labels)
     if phase == "influence":
       metrics.update(cost)
