@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import (
   AGGREGATION_STREAM,
   Algorithm,
@@ -27,7 +28,7 @@ from fedjax_lab.algorithms.base import (
   client_weights,
 )
 from fedjax_lab.checks import one_of, require
-from fedjax_lab.ops.aggregate import tree_broadcast, tree_select, weighted_mean
+from fedjax_lab.ops.aggregate import tree_broadcast, weighted_mean
 from fedjax_lab.ops.divergence import mean_pairwise_cosine
 from fedjax_lab.ops.recombine import GRANULARITIES, recombination_units, recombine
 
@@ -72,8 +73,15 @@ def fedmr(
       setup.aggregator.init(one_model),
     )
 
-  def round_fn(state, cohort, key):
-    trained, result = train_slots(state.slots, cohort, key, None)
+  def train(carry):
+    trained, result = train_slots(carry["state"].slots, carry["cohort"], carry["key"], None)
+    return {**carry, "trained": trained, "losses": result.mean_loss}
+
+  def aggregate_or_recombine(carry):
+    """FedAvg's mean in every slot during the first stage, then the recombined models (a
+    ``lax.cond`` in a server phase: one program under every strategy, only the taken branch
+    runs)."""
+    state, trained, key = carry["state"], carry["trained"], carry["key"]
     mean, aggregator_state = setup.aggregator.aggregate(
       trained,
       jnp.ones(num_slots),
@@ -81,18 +89,19 @@ def fedmr(
       state.aggregator_state,
       jax.random.fold_in(key, AGGREGATION_STREAM),
     )
-    # a select, not a lax.cond: under the loop strategy this runs op by op, where a cond of
-    # fresh branches compiles anew every round and its programs pile up (out of memory at 470)
-    slots = tree_select(
-      jnp.full(num_slots, state.round < first_stage_rounds),
-      tree_broadcast(mean, num_slots),
-      recombine(jax.random.fold_in(key, RECOMBINE_STREAM), trained, units),
+    slots = jax.lax.cond(
+      state.round < first_stage_rounds,
+      lambda: tree_broadcast(mean, num_slots),
+      lambda: recombine(jax.random.fold_in(key, RECOMBINE_STREAM), trained, units),
     )
+    weights = client_weights(carry["cohort"], "num_examples")
     metrics = {
-      "train_loss": weighted_mean(result.mean_loss, client_weights(cohort, "num_examples")),
+      "train_loss": weighted_mean(carry["losses"], weights),
       "client_cosine_similarity": mean_pairwise_cosine(trained),
     }
-    return FedMRState(slots, state.round + 1, aggregator_state), metrics
+    return {"state": FedMRState(slots, state.round + 1, aggregator_state), "metrics": metrics}
+
+  round_fn = phases.Phases(phases.clients(train), phases.server(aggregate_or_recombine))
 
   return Algorithm(
     init, round_fn, global_params=lambda state: weighted_mean(state.slots, jnp.ones(num_slots))

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import (
   Algorithm,
   AlgorithmEntry,
@@ -81,12 +82,19 @@ def fedopt(
       params, server_optimizer.init(params), setup.aggregator.init(setup.params_shape)
     )
 
-  def round_fn(state, cohort, key):
-    reduction = reduce_cohort(state.params, cohort, key, state.aggregator_state)
-    aggregate, total_weight = reduction.aggregate, reduction.total_weight
+  def train_and_reduce(carry):
+    """The cohort trains from the global model; its models reach the server only through the
+    aggregator (``cohort_reduce``)."""
+    state = carry["state"]
+    reduction = reduce_cohort(state.params, carry["cohort"], carry["key"], state.aggregator_state)
+    return {**carry, "reduction": reduction}
+
+  def server_step(carry):
+    """``x <- x + server_optimizer.update(x - A(y))``."""
+    state, reduction = carry["state"], carry["reduction"]
     weighted_loss, unit_sum, present = reduction.extras
-    total_weight = jnp.maximum(total_weight, jnp.finfo(jnp.float32).tiny)
-    pseudo_gradient = jax.tree.map(jnp.subtract, state.params, aggregate)
+    total_weight = jnp.maximum(reduction.total_weight, jnp.finfo(jnp.float32).tiny)
+    pseudo_gradient = jax.tree.map(jnp.subtract, state.params, reduction.aggregate)
     updates, opt_state = server_optimizer.update(
       pseudo_gradient, state.server_opt_state, state.params
     )
@@ -94,9 +102,12 @@ def fedopt(
       "train_loss": weighted_loss / total_weight,
       "client_cosine_similarity": mean_pairwise_cosine_from_sum(unit_sum, present),
     }
-    return FedOptState(
+    state = FedOptState(
       optax.apply_updates(state.params, updates), opt_state, reduction.aggregator_state
-    ), metrics
+    )
+    return {"state": state, "metrics": metrics}
+
+  round_fn = phases.Phases(phases.clients(train_and_reduce), phases.server(server_step))
 
   return Algorithm(init, round_fn, global_params=lambda state: state.params)
 
