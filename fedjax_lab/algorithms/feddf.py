@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import (
   Algorithm,
   AlgorithmEntry,
@@ -96,7 +97,7 @@ def ensemble_distiller(apply_fn, options: FedDFConfig, proxy_x: jax.Array):
     )
     return distilled, (loss(student, everything), loss(distilled, everything))
 
-  return jax.jit(distill)
+  return distill
 
 
 def feddf(setup: ClientSetup, options: FedDFConfig, *, seed: int = 0) -> Algorithm:
@@ -119,18 +120,26 @@ def feddf(setup: ClientSetup, options: FedDFConfig, *, seed: int = 0) -> Algorit
   def init(key):
     return FedDFState(setup.init_params(key), setup.aggregator.init(setup.params_shape))
 
-  def round_fn(state, cohort, key):
-    trained, result = train_cohort(state.params, cohort, key, None)
-    weights = client_weights(cohort, setup.weighting)
+  def train(carry):
+    trained, result = train_cohort(carry["state"].params, carry["cohort"], carry["key"], None)
+    return {**carry, "trained": trained, "result": result}
+
+  def aggregate_and_distill(carry):
+    """The aggregate, then distilled towards the clients' ensemble on the proxy set (a
+    ``fori_loop``: one program under every strategy)."""
+    state, trained, key = carry["state"], carry["trained"], carry["key"]
+    weights = client_weights(carry["cohort"], setup.weighting)
     mean, aggregator_state = aggregate_models(
       setup, trained, weights, state.params, state.aggregator_state, key
     )
     params, (before, after) = distill(
       mean, trained, weights, jax.random.fold_in(key, DISTILL_STREAM)
     )
-    metrics = training_metrics(result, trained, weights)
+    metrics = training_metrics(carry["result"], trained, weights)
     metrics.update(server_distill_loss_before=before, server_distill_loss_after=after)
-    return FedDFState(params, aggregator_state), metrics
+    return {"state": FedDFState(params, aggregator_state), "metrics": metrics}
+
+  round_fn = phases.Phases(phases.clients(train), phases.server(aggregate_and_distill))
 
   return Algorithm(init, round_fn, global_params=lambda state: state.params)
 

@@ -28,6 +28,7 @@ import jax
 import optax
 from flax import struct
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import (
   Algorithm,
   AlgorithmEntry,
@@ -134,9 +135,7 @@ def generator_trainer(options: FedGenConfig, num_classes: int):
     held_out = jax.random.fold_in(key, options.generator_steps)
     return trained, opt_state, (loss(generator, held_out), loss(trained, held_out))
 
-  # jitted once here: under the loop strategy the round runs op by op, and the loop's fresh
-  # step function would otherwise compile a new program every round
-  return optimizer, jax.jit(train)
+  return optimizer, train
 
 
 def fedgen(setup: ClientSetup, options: FedGenConfig) -> Algorithm:
@@ -181,11 +180,21 @@ def fedgen(setup: ClientSetup, options: FedGenConfig) -> Algorithm:
       setup.aggregator.init(setup.params_shape),
     )
 
-  def round_fn(state, cohort, key):
-    counts = label_counts(cohort.y, cohort.num_examples, num_classes)
-    distribution = counts.sum(axis=0) / counts.sum()
-    trained, result = train_cohort(state.params, cohort, key, (state.generator, distribution))
-    weights = client_weights(cohort, setup.weighting)
+  def label_distribution(carry):
+    counts = label_counts(carry["cohort"].y, carry["cohort"].num_examples, num_classes)
+    return {**carry, "counts": counts, "distribution": counts.sum(axis=0) / counts.sum()}
+
+  def train(carry):
+    state = carry["state"]
+    context = (state.generator, carry["distribution"])
+    trained, result = train_cohort(state.params, carry["cohort"], carry["key"], context)
+    return {**carry, "trained": trained, "result": result}
+
+  def aggregate_and_train_generator(carry):
+    """The models' aggregate, and the generator's steps on the uploaded heads (a
+    ``fori_loop``: one program under every strategy)."""
+    state, trained, key = carry["state"], carry["trained"], carry["key"]
+    weights = client_weights(carry["cohort"], setup.weighting)
     params, aggregator_state = aggregate_models(
       setup, trained, weights, state.params, state.aggregator_state, key
     )
@@ -193,12 +202,19 @@ def fedgen(setup: ClientSetup, options: FedGenConfig) -> Algorithm:
       state.generator,
       state.generator_opt_state,
       trained["head"],
-      counts,
+      carry["counts"],
       jax.random.fold_in(key, GENERATOR_STREAM),
     )
-    metrics = training_metrics(result, trained, weights)
+    metrics = training_metrics(carry["result"], trained, weights)
     metrics.update(generator_loss_before=before, generator_loss_after=after)
-    return FedGenState(params, generator, opt_state, aggregator_state), metrics
+    state = FedGenState(params, generator, opt_state, aggregator_state)
+    return {"state": state, "metrics": metrics}
+
+  round_fn = phases.Phases(
+    phases.server(label_distribution),
+    phases.clients(train),
+    phases.server(aggregate_and_train_generator),
+  )
 
   return Algorithm(init, round_fn, global_params=lambda state: state.params)
 
