@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import Algorithm, AlgorithmEntry, ClientSetup, client_weight
 
 
@@ -57,8 +58,14 @@ def fednova(setup: ClientSetup) -> Algorithm:
   def init(key):
     return FedNovaState(setup.init_params(key), setup.aggregator.init(setup.params_shape))
 
-  def round_fn(state, cohort, key):
-    reduction = reduce_cohort(state.params, cohort, key, state.aggregator_state)
+  def train_and_reduce(carry):
+    state = carry["state"]
+    reduction = reduce_cohort(state.params, carry["cohort"], carry["key"], state.aggregator_state)
+    return {**carry, "reduction": reduction}
+
+  def normalized_step(carry):
+    """``x <- x + tau_eff (A(normalized) - x)``."""
+    state, reduction = carry["state"], carry["reduction"]
     total = jnp.maximum(reduction.total_weight, jnp.finfo(jnp.float32).tiny)
     weighted_loss, weighted_steps = reduction.extras
     effective_steps = weighted_steps / total
@@ -66,7 +73,9 @@ def fednova(setup: ClientSetup) -> Algorithm:
       lambda p, mean: p + effective_steps * (mean - p), state.params, reduction.aggregate
     )
     metrics = {"train_loss": weighted_loss / total, "effective_steps": effective_steps}
-    return FedNovaState(params, reduction.aggregator_state), metrics
+    return {"state": FedNovaState(params, reduction.aggregator_state), "metrics": metrics}
+
+  round_fn = phases.Phases(phases.clients(train_and_reduce), phases.server(normalized_step))
 
   return Algorithm(init, round_fn, global_params=lambda state: state.params)
 

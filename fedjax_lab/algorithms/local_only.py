@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from flax import struct
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import (
   Algorithm,
   AlgorithmEntry,
@@ -36,14 +37,21 @@ def local_only(setup: ClientSetup) -> Algorithm:
   def init(key):
     return LocalOnlyState(tree_broadcast(setup.init_params(key), setup.num_clients))
 
-  def round_fn(state, cohort, key):
-    trained, result = train_cohort(
-      tree_gather(state.client_params, cohort.client_ids), cohort, key, None
-    )
+  def train(carry):
+    state, cohort = carry["state"], carry["cohort"]
+    start = tree_gather(state.client_params, cohort.client_ids)
+    trained, result = train_cohort(start, cohort, carry["key"], None)
+    return {**carry, "trained": trained, "result": result}
+
+  def keep(carry):
+    state, cohort, result = carry["state"], carry["cohort"], carry["result"]
     metrics = {
       "train_loss": weighted_mean(result.mean_loss, client_weights(cohort, "num_examples"))
     }
-    return LocalOnlyState(tree_scatter(state.client_params, cohort.client_ids, trained)), metrics
+    kept = tree_scatter(state.client_params, cohort.client_ids, carry["trained"])
+    return {"state": LocalOnlyState(kept), "metrics": metrics}
+
+  round_fn = phases.Phases(phases.clients(train), phases.server(keep))
 
   return Algorithm(
     init, round_fn, personal_params=lambda state: state.client_params, download=(), upload=()

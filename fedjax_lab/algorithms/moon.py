@@ -21,6 +21,7 @@ from typing import Any
 
 from flax import struct
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import (
   Algorithm,
   AlgorithmEntry,
@@ -95,21 +96,26 @@ def moon(setup: ClientSetup, options: MOONConfig) -> Algorithm:
   def init(key):
     return MOONState(*model_and_copies(setup, key))
 
-  def round_fn(state, cohort, key):
+  def train(carry):
+    """Each client trains against the received model and its own previous one."""
+    state, cohort = carry["state"], carry["cohort"]
     ids = cohort.client_ids
     previous = tree_gather(state.previous_params, ids)
     received = tree_broadcast(state.params, ids.shape[0])
-    trained, result = train_cohort(state.params, cohort, key, (received, previous))
+    trained, result = train_cohort(state.params, cohort, carry["key"], (received, previous))
+    return {**carry, "trained": trained, "result": result}
+
+  def aggregate(carry):
+    state, cohort, trained, key = carry["state"], carry["cohort"], carry["trained"], carry["key"]
     weights = client_weights(cohort, setup.weighting)
     params, aggregator_state = aggregate_models(
       setup, trained, weights, state.params, state.aggregator_state, key
     )
-    metrics = training_metrics(result, trained, weights)
-    return MOONState(
-      params,
-      tree_scatter(state.previous_params, ids, trained),
-      aggregator_state,
-    ), metrics
+    metrics = training_metrics(carry["result"], trained, weights)
+    previous = tree_scatter(state.previous_params, cohort.client_ids, trained)
+    return {"state": MOONState(params, previous, aggregator_state), "metrics": metrics}
+
+  round_fn = phases.Phases(phases.clients(train), phases.server(aggregate))
 
   return Algorithm(init, round_fn, global_params=lambda state: state.params)
 

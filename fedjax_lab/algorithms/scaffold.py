@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import (
   AGGREGATION_STREAM,
   Algorithm,
@@ -75,10 +76,27 @@ def scaffold(
       setup.aggregator.init(setup.params_shape),
     )
 
-  def round_fn(state, cohort, key):
-    old_controls = tree_gather(state.client_controls, cohort.client_ids)
-    corrections = jax.tree.map(lambda c, ck: c[None] - ck, state.server_control, old_controls)
-    client_params, result = train_cohort(state.params, cohort, key, corrections)
+  def corrections(carry):
+    """Each cohort client's correction ``c - c_k``."""
+    state = carry["state"]
+    old_controls = tree_gather(state.client_controls, carry["cohort"].client_ids)
+    correction = jax.tree.map(lambda c, ck: c[None] - ck, state.server_control, old_controls)
+    return {**carry, "old_controls": old_controls, "corrections": correction}
+
+  def train(carry):
+    client_params, result = train_cohort(
+      carry["state"].params, carry["cohort"], carry["key"], carry["corrections"]
+    )
+    return {**carry, "client_params": client_params, "result": result}
+
+  def server_step(carry):
+    """The new control variates, the aggregate and the server's step."""
+    state, cohort, key = carry["state"], carry["cohort"], carry["key"]
+    old_controls, client_params, result = (
+      carry["old_controls"],
+      carry["client_params"],
+      carry["result"],
+    )
     steps = result.num_steps.astype(jnp.float32)
     scale = jnp.where(steps > 0, 1.0 / (jnp.maximum(steps, 1.0) * client_learning_rate), 0.0)
 
@@ -115,10 +133,15 @@ def scaffold(
       tree_scatter(state.client_controls, cohort.client_ids, new_controls),
       aggregator_state,
     )
-    return state, {
+    metrics = {
       "train_loss": weighted_mean(result.mean_loss, weights),
       "client_cosine_similarity": mean_pairwise_cosine(client_params),
     }
+    return {"state": state, "metrics": metrics}
+
+  round_fn = phases.Phases(
+    phases.server(corrections), phases.clients(train), phases.server(server_step)
+  )
 
   payload = (setup.params_shape, setup.params_shape)
   return Algorithm(
