@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import (
   Algorithm,
   AlgorithmEntry,
@@ -97,17 +98,22 @@ def apfl(setup: ClientSetup, options: APFLConfig, learning_rate: float) -> Algor
     alpha = jnp.full((setup.num_clients,), options.alpha, jnp.float32)
     return APFLState(params, copies, alpha, aggregator_state)
 
-  def round_fn(state, cohort, key):
+  def train_both(carry):
+    """Each client's global copy, personal model and ``alpha``, trained together."""
+    state, cohort = carry["state"], carry["cohort"]
     size = cohort.client_ids.shape[0]
     start = (
       tree_broadcast(state.params, size),
       tree_gather(state.personal, cohort.client_ids),
       state.alpha[cohort.client_ids],
     )
-    keys = jax.random.split(key, size)
-    (trained, personal, alpha), result = train(
-      start, cohort.x, cohort.y, cohort.num_examples, keys, None
-    )
+    keys = jax.random.split(carry["key"], size)
+    trained, result = train(start, cohort.x, cohort.y, cohort.num_examples, keys, None)
+    return {**carry, "trained": trained, "result": result}
+
+  def aggregate(carry):
+    state, cohort, key, result = carry["state"], carry["cohort"], carry["key"], carry["result"]
+    trained, personal, alpha = carry["trained"]
     weights = client_weights(cohort, setup.weighting)
     params, aggregator_state = aggregate_models(
       setup, trained, weights, state.params, state.aggregator_state, key
@@ -120,7 +126,9 @@ def apfl(setup: ClientSetup, options: APFLConfig, learning_rate: float) -> Algor
     )
     metrics = training_metrics(result, trained, weights)
     metrics["alpha_mean"] = jnp.mean(state.alpha)
-    return state, metrics
+    return {"state": state, "metrics": metrics}
+
+  round_fn = phases.Phases(phases.clients(train_both), phases.server(aggregate))
 
   def personal_params_of(state, client_ids):
     alpha = state.alpha[client_ids]

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import (
   Algorithm,
   AlgorithmEntry,
@@ -118,16 +119,23 @@ def oracle(setup: ClientSetup, true_groups, *, finetune: bool = False) -> Algori
   def init(key):
     return initial_state(setup, key).replace(labels=labels)
 
-  def round_fn(state, cohort, key):
+  def train(carry):
     trained, weights, metrics = train_clients(
-      train_cohort, state.client_params, cohort, key, setup.weighting
+      train_cohort, carry["state"].client_params, carry["cohort"], carry["key"], setup.weighting
     )
-    metrics["num_clusters"] = count_clusters(state.labels)
-    return state.replace(
-      client_params=cluster_mean(trained, weights, state.labels),
+    return {**carry, "trained": trained, "weights": weights, "metrics": metrics}
+
+  def group_means(carry):
+    state, trained = carry["state"], carry["trained"]
+    metrics = {**carry["metrics"], "num_clusters": count_clusters(state.labels)}
+    state = state.replace(
+      client_params=cluster_mean(trained, carry["weights"], state.labels),
       trained_params=trained,
       round=state.round + 1,
-    ), metrics
+    )
+    return {"state": state, "metrics": metrics}
+
+  round_fn = phases.Phases(phases.clients(train), phases.server(group_means))
 
   return personalized_algorithm(init, round_fn, finetune=finetune)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from flax import struct
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import (
   Algorithm,
   AlgorithmEntry,
@@ -77,19 +78,32 @@ def ditto(setup: ClientSetup, options: DittoConfig) -> Algorithm:
   def init(key):
     return DittoState(*model_and_copies(setup, key))
 
-  def round_fn(state, cohort, key):
-    trained, result = train_global(state.params, cohort, key, None)
-    personal, _ = train_personal(
-      tree_gather(state.personal, cohort.client_ids), cohort, key, state.params
-    )
+  def train_global_model(carry):
+    trained, result = train_global(carry["state"].params, carry["cohort"], carry["key"], None)
+    return {**carry, "trained": trained, "result": result}
+
+  def train_personal_models(carry):
+    """Each client's ``v_k``, pulled towards the global model it received."""
+    state, cohort = carry["state"], carry["cohort"]
+    start = tree_gather(state.personal, cohort.client_ids)
+    personal, _ = train_personal(start, cohort, carry["key"], state.params)
+    return {**carry, "personal": personal}
+
+  def aggregate(carry):
+    state, cohort, trained, key = carry["state"], carry["cohort"], carry["trained"], carry["key"]
     weights = client_weights(cohort, setup.weighting)
     params, aggregator_state = aggregate_models(
       setup, trained, weights, state.params, state.aggregator_state, key
     )
-    personal = tree_scatter(state.personal, cohort.client_ids, personal)
-    return DittoState(params, personal, aggregator_state), training_metrics(
-      result, trained, weights
-    )
+    personal = tree_scatter(state.personal, cohort.client_ids, carry["personal"])
+    metrics = training_metrics(carry["result"], trained, weights)
+    return {"state": DittoState(params, personal, aggregator_state), "metrics": metrics}
+
+  round_fn = phases.Phases(
+    phases.clients(train_global_model),
+    phases.clients(train_personal_models),
+    phases.server(aggregate),
+  )
 
   return Algorithm(
     init,

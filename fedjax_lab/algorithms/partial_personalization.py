@@ -26,6 +26,7 @@ from typing import Any
 import jax
 from flax import struct
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import (
   Algorithm,
   AlgorithmEntry,
@@ -144,9 +145,16 @@ def partial_personalization(
       shared, tree_broadcast(personal, setup.num_clients), setup.aggregator.init(shared_shape)
     )
 
-  def round_fn(state, cohort, key):
+  def train_parts(carry):
+    state, cohort = carry["state"], carry["cohort"]
     personal = tree_gather(state.personal, cohort.client_ids)
-    shared_rows, personal_rows_new, result, trained = train(state.shared, personal, cohort, key)
+    trained_parts = train(state.shared, personal, cohort, carry["key"])
+    return {**carry, "trained_parts": trained_parts}
+
+  def aggregate_shared(carry):
+    """The shared part through the aggregator; each personal part written back."""
+    state, cohort, key = carry["state"], carry["cohort"], carry["key"]
+    shared_rows, personal_rows_new, result, trained = carry["trained_parts"]
     weights = client_weights(cohort, setup.weighting)
     shared, aggregator_state = aggregate_models(
       setup, shared_rows, weights, state.shared, state.aggregator_state, key
@@ -154,7 +162,9 @@ def partial_personalization(
     state = PartialState(
       shared, tree_scatter(state.personal, cohort.client_ids, personal_rows_new), aggregator_state
     )
-    return state, training_metrics(result, trained, weights)
+    return {"state": state, "metrics": training_metrics(result, trained, weights)}
+
+  round_fn = phases.Phases(phases.clients(train_parts), phases.server(aggregate_shared))
 
   def personal_params_of(state, client_ids):
     rows = tree_gather(state.personal, client_ids)

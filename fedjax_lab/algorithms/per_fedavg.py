@@ -21,6 +21,7 @@ from typing import Any
 import jax
 from flax import struct
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import (
   Algorithm,
   AlgorithmEntry,
@@ -102,13 +103,20 @@ def per_fedavg(setup: ClientSetup, options: PerFedAvgConfig) -> Algorithm:
     params = setup.init_params(key)
     return PerFedAvgState(params, setup.aggregator.init(setup.params_shape))
 
-  def round_fn(state, cohort, key):
-    trained, result = train(state.params, cohort, key, None)
-    weights = client_weights(cohort, setup.weighting)
+  def meta_train(carry):
+    trained, result = train(carry["state"].params, carry["cohort"], carry["key"], None)
+    return {**carry, "trained": trained, "result": result}
+
+  def aggregate(carry):
+    state, trained, key = carry["state"], carry["trained"], carry["key"]
+    weights = client_weights(carry["cohort"], setup.weighting)
     params, aggregator_state = aggregate_models(
       setup, trained, weights, state.params, state.aggregator_state, key
     )
-    return PerFedAvgState(params, aggregator_state), training_metrics(result, trained, weights)
+    metrics = training_metrics(carry["result"], trained, weights)
+    return {"state": PerFedAvgState(params, aggregator_state), "metrics": metrics}
+
+  round_fn = phases.Phases(phases.clients(meta_train), phases.server(aggregate))
 
   return Algorithm(init, round_fn, global_params=lambda state: state.params)
 

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 from flax import struct
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import (
   Algorithm,
   AlgorithmEntry,
@@ -116,11 +117,19 @@ def pfedme(setup: ClientSetup, options: PFedMeConfig, learning_rate: float) -> A
   def init(key):
     return PFedMeState(*model_and_copies(setup, key))
 
-  def round_fn(state, cohort, key):
+  def train_both(carry):
+    """Each client's local copy ``w_k`` and personal model ``theta_k`` (Moreau envelope)."""
+    state, cohort = carry["state"], carry["cohort"]
     size = cohort.client_ids.shape[0]
     start = (tree_broadcast(state.params, size), tree_gather(state.personal, cohort.client_ids))
-    keys = jax.random.split(key, size)
-    (trained, personal), result = train(start, cohort.x, cohort.y, cohort.num_examples, keys, None)
+    keys = jax.random.split(carry["key"], size)
+    trained, result = train(start, cohort.x, cohort.y, cohort.num_examples, keys, None)
+    return {**carry, "trained": trained, "result": result}
+
+  def server_step(carry):
+    """``w <- (1 - beta) w + beta A(w_k)``; the personal models kept."""
+    state, cohort, key, result = carry["state"], carry["cohort"], carry["key"], carry["result"]
+    trained, personal = carry["trained"]
     weights = client_weights(cohort, setup.weighting)
     aggregate, aggregator_state = aggregate_models(
       setup, trained, weights, state.params, state.aggregator_state, key
@@ -129,9 +138,10 @@ def pfedme(setup: ClientSetup, options: PFedMeConfig, learning_rate: float) -> A
       lambda w, a: (1 - options.beta) * w + options.beta * a, state.params, aggregate
     )
     personal = tree_scatter(state.personal, cohort.client_ids, personal)
-    return PFedMeState(params, personal, aggregator_state), training_metrics(
-      result, trained, weights
-    )
+    metrics = training_metrics(result, trained, weights)
+    return {"state": PFedMeState(params, personal, aggregator_state), "metrics": metrics}
+
+  round_fn = phases.Phases(phases.clients(train_both), phases.server(server_step))
 
   return Algorithm(
     init,
