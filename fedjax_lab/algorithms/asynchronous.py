@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import (
   Algorithm,
   AlgorithmEntry,
@@ -136,57 +137,75 @@ def asynchronous(
     target = jax.tree.map(lambda p, a: p + scale * (a - p), x, aggregate)
     return target, aggregator_state, weight.sum() > 0
 
-  def round_fn(state: AsyncState, cohort, key):
+  def step_on_arrivals(carry):
+    """The server step on the ``arrivals`` earliest results (when the last of them arrives),
+    and the models the replacements start from: arrival i's replacement starts from the model
+    the server holds right after it (the stepped one for the last)."""
+    state, key = carry["state"], carry["key"]
     slots = earliest_slots(state.finish, arrivals)
-    arrived = state.finish[slots]
-    counted = state.weight[slots] > 0
-    staleness = (state.server_version - state.version[slots]).astype(jnp.float32)
-
-    # The server step on the arrivals (when the last of them arrives).
     x = state.params
     target, aggregator_state, stepped = server_target(state, slots, key)
     pseudo_gradient = jax.tree.map(jnp.subtract, x, target)
     updates, opt_state = server_opt.update(pseudo_gradient, state.server_opt_state, x)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(stepped, n, o), new, old)
     stepped_params = keep(optax.apply_updates(x, updates), x)
-    server_version = state.server_version + stepped.astype(jnp.int32)
-
-    # Dispatch: arrival i's replacement starts from the model the server holds right after
-    # it (the stepped one for the last); the results wait in the freed slots.
     last = jnp.arange(arrivals) == arrivals - 1
     starts = jax.tree.map(
       lambda new, old: jnp.where(last.reshape((-1,) + (1,) * new.ndim), new[None], old[None]),
       stepped_params,
       x,
     )
-    trained, result = train(starts, cohort, key)
-    results = trained
-    if sends_update:
-      results = jax.tree.map(jnp.subtract, trained, starts)
+    return {
+      **carry,
+      "slots": slots,
+      "stepped_params": stepped_params,
+      "opt_state": keep(opt_state, state.server_opt_state),
+      "aggregator_state": keep(aggregator_state, state.aggregator_state),
+      "server_version": state.server_version + stepped.astype(jnp.int32),
+      "starts": starts,
+    }
+
+  def dispatch(carry):
+    """The replacements train from their starts."""
+    trained, result = train(carry["starts"], carry["cohort"], carry["key"])
+    return {**carry, "trained": trained, "result": result}
+
+  def store(carry):
+    """The new results wait in the freed slots until their simulated finish."""
+    state, cohort, slots = carry["state"], carry["cohort"], carry["slots"]
+    trained, server_version = carry["trained"], carry["server_version"]
+    arrived = state.finish[slots]
+    counted = state.weight[slots] > 0
+    staleness = (state.server_version - state.version[slots]).astype(jnp.float32)
+    results = jax.tree.map(jnp.subtract, trained, carry["starts"]) if sends_update else trained
     weights = client_weights(cohort, setup.weighting)
     seconds = jnp.zeros(arrivals) if cohort.seconds is None else cohort.seconds
-
+    last = jnp.arange(arrivals) == arrivals - 1
     new_state = AsyncState(
-      params=stepped_params,
-      server_opt_state=keep(opt_state, state.server_opt_state),
+      params=carry["stepped_params"],
+      server_opt_state=carry["opt_state"],
       results=tree_scatter(state.results, slots, results),
       weight=state.weight.at[slots].set(weights),
       finish=state.finish.at[slots].set(jnp.maximum(arrived, 0.0) + seconds.astype(jnp.float32)),
       version=state.version.at[slots].set(jnp.where(last, server_version, state.server_version)),
       server_version=server_version,
       clock=jnp.maximum(state.clock, arrived.max()),
-      aggregator_state=keep(aggregator_state, state.aggregator_state),
+      aggregator_state=carry["aggregator_state"],
     )
     count = jnp.maximum(counted.sum(), 1)
     metrics = {
-      "train_loss": weighted_mean(result.mean_loss, weights),
+      "train_loss": weighted_mean(carry["result"].mean_loss, weights),
       "simulated_seconds": new_state.clock,
       "server_steps": server_version,
       "arrivals": counted.sum(),
       "staleness_mean": jnp.where(counted, staleness, 0.0).sum() / count,
       "staleness_max": jnp.where(counted, staleness, 0.0).max(),
     }
-    return new_state, metrics
+    return {"state": new_state, "metrics": metrics}
+
+  round_fn = phases.Phases(
+    phases.server(step_on_arrivals), phases.clients(dispatch), phases.server(store)
+  )
 
   return Algorithm(init, round_fn, global_params=lambda state: state.params)
 

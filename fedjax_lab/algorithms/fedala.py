@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import (
   Algorithm,
   AlgorithmEntry,
@@ -165,8 +166,10 @@ def fedala(setup: ClientSetup, options: FedALAConfig) -> Algorithm:
     phase = jnp.full((setup.num_clients,), NEVER_TRAINED, jnp.int32)
     return FedALAState(params, copies, weights, phase, aggregator_state)
 
-  def round_fn(state, cohort, key):
-    ids, present = cohort.client_ids, cohort.num_examples > 0
+  def adapt(carry):
+    """Client phase 1: each client's start model, by ALA on its data."""
+    state, cohort, key = carry["state"], carry["cohort"], carry["key"]
+    ids = cohort.client_ids
     ala_keys = jax.random.split(jax.random.fold_in(key, ADAPTED), ids.shape[0])
     local = tree_gather(state.local, ids)
     theta, weights, epochs = start(
@@ -179,8 +182,17 @@ def fedala(setup: ClientSetup, options: FedALAConfig) -> Algorithm:
       ala_keys,
       state.phase[ids],
     )
-    trained, result = train(theta, cohort, key, None)
-    kept = tree_select(present, trained, local)
+    return {**carry, "local": local, "theta": theta, "ala_weights": weights, "epochs": epochs}
+
+  def local_training(carry):
+    """Client phase 2: local training from the adapted start."""
+    trained, result = train(carry["theta"], carry["cohort"], carry["key"], None)
+    return {**carry, "trained": trained, "result": result}
+
+  def aggregate(carry):
+    state, cohort, key, trained = carry["state"], carry["cohort"], carry["key"], carry["trained"]
+    ids, present = cohort.client_ids, cohort.num_examples > 0
+    kept = tree_select(present, trained, carry["local"])
     client_weight = client_weights(cohort, setup.weighting)
     params, aggregator_state = aggregate_models(
       setup, trained, client_weight, state.params, state.aggregator_state, key
@@ -190,15 +202,19 @@ def fedala(setup: ClientSetup, options: FedALAConfig) -> Algorithm:
     state = FedALAState(
       params,
       tree_scatter(state.local, ids, kept),
-      tree_scatter(state.weights, ids, weights),
+      tree_scatter(state.weights, ids, carry["ala_weights"]),
       state.phase.at[ids].set(phase),
       aggregator_state,
     )
-    metrics = training_metrics(result, trained, client_weight)
-    metrics["ala_epochs_mean"] = jnp.mean(epochs.astype(jnp.float32))
+    metrics = training_metrics(carry["result"], trained, client_weight)
+    metrics["ala_epochs_mean"] = jnp.mean(carry["epochs"].astype(jnp.float32))
     leaves = jax.tree.leaves(state.weights)
     metrics["ala_weight_mean"] = sum(jnp.sum(w) for w in leaves) / sum(w.size for w in leaves)
-    return state, metrics
+    return {"state": state, "metrics": metrics}
+
+  round_fn = phases.Phases(
+    phases.clients(adapt), phases.clients(local_training), phases.server(aggregate)
+  )
 
   def personal_params_of(state, client_ids):
     return tree_gather_or(state.local, client_ids, state.phase != NEVER_TRAINED, state.params)
