@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import (
   AGGREGATION_STREAM,
   Algorithm,
@@ -310,17 +311,24 @@ def adaptive_pruning(setup: ClientSetup, options: AdaptivePruningConfig) -> Algo
   train_cohort = setup.executor.map(client, (None, 0, 0, 0, 0, 0, 0), sort_by=5)
   pair_shape = {"kept": shared_shape, "mask": shared_shape}
 
-  def train_phase(state, cohort, key, rho):
-    keys = round_keys(key, cohort)
-    kept, heads, losses, upload = train_cohort(
+  def train(carry):
+    """Each device trains its pruned shared part (ratio ``rho``) and its head."""
+    state, cohort = carry["state"], carry["cohort"]
+    trained = train_cohort(
       state.shared,
       tree_gather(state.heads, cohort.client_ids),
-      rho,
+      carry["rho"],
       cohort.x,
       cohort.y,
       cohort.num_examples,
-      keys,
+      round_keys(carry["key"], cohort),
     )
+    return {**carry, "trained": trained}
+
+  def aggregate(carry):
+    """The mask-aware mean of the kept weights; each head written back."""
+    state, cohort, key, rho = carry["state"], carry["cohort"], carry["key"], carry["rho"]
+    kept, heads, losses, upload = carry["trained"]
     weights = client_weight(cohort.num_examples, setup.weighting)
     reference = {"kept": state.shared, "mask": jax.tree.map(jnp.ones_like, state.shared)}
     means, aggregator_state = setup.aggregator.aggregate(
@@ -338,9 +346,11 @@ def adaptive_pruning(setup: ClientSetup, options: AdaptivePruningConfig) -> Algo
       "prune_ratio_mean": jnp.mean(rho),
       "upload_bytes_mean": jnp.mean(upload),
     }
-    return new_state, metrics
+    return {"state": new_state, "metrics": metrics}
 
-  compiled_phase = jax.jit(train_phase) if setup.executor.jit_round else train_phase
+  training = phases.for_executor(
+    phases.Phases(phases.clients(train), phases.server(aggregate)), setup.executor.jit_round
+  )
 
   def init(key):
     params = setup.init_params(key)
@@ -362,7 +372,7 @@ def adaptive_pruning(setup: ClientSetup, options: AdaptivePruningConfig) -> Algo
       key,
       (prunable_bits, fixed_bits),
     )
-    state, metrics = compiled_phase(state, cohort, key, jnp.asarray(plan.rho, jnp.float32))
+    state, metrics = training(state, cohort, key, rho=jnp.asarray(plan.rho, jnp.float32))
     return state, {**metrics, **plan.metrics()}
 
   def personal_params(state):

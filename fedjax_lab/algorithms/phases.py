@@ -67,14 +67,16 @@ class Phases:
       raise ValueError("a round is one or more phases (phases.server(...), phases.clients(...))")
     self.phases = phases
 
-  def __call__(self, state, cohort, key):
-    return _run([p.run for p in self.phases], state, cohort, key)
+  def __call__(self, state, cohort, key, **inputs):
+    """``(state, metrics)``; ``inputs``: arrays a host-side plan adds to the first carry
+    (adaptive pruning's pruning ratios)."""
+    return _run([p.run for p in self.phases], state, cohort, key, inputs)
 
   def compiled(self) -> Callable:
     """The round with each server phase jitted (once per input shape) and each client phase
     as it is: what ``loop`` runs, where the round cannot be one program."""
     runs = [jax.jit(p.run) if p.side == "server" else p.run for p in self.phases]
-    return lambda state, cohort, key: _run(runs, state, cohort, key)
+    return lambda state, cohort, key, **inputs: _run(runs, state, cohort, key, inputs)
 
   @property
   def client_phases(self) -> int:
@@ -82,8 +84,8 @@ class Phases:
     return sum(p.side == "clients" for p in self.phases)
 
 
-def _run(runs, state, cohort, key):
-  carry = {"state": state, "cohort": cohort, "key": key}
+def _run(runs, state, cohort, key, inputs):
+  carry = {"state": state, "cohort": cohort, "key": key, **inputs}
   for run in runs:
     carry = run(carry)
   missing = [name for name in ("state", "metrics") if name not in carry]
