@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from fedjax_lab.algorithms import ClientSetup
+from fedjax_lab.algorithms import ClientSetup, phases
 from fedjax_lab.algorithms.fedsnd import FedSNDConfig, noise_distillation
 from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import LocalSchedule
@@ -146,9 +146,15 @@ def test_server_step_moves_students_towards_the_teachers(three_models, mode):
     server_temperature=2.0,
   )
   setup = ClientSetup(model, sample, optax.sgd(0.1), LocalSchedule(4, 4), Executor("vmap"), 3)
-  step = jax.jit(noise_distillation(setup, options, 10))
   noise = jax.random.normal(jax.random.key(8), (3, 10) + sample.shape[1:])
-  distilled, refined, metrics = step(stacked, noise, jnp.ones(3))
+  start = phases.server(
+    lambda c: {**c, "trained": stacked, "pseudo_start": noise, "weights": jnp.ones(3)}
+  )
+  finish = phases.server(
+    lambda c: {"state": (c["distilled"], c["refined"]), "metrics": c["distill_metrics"]}
+  )
+  step = jax.jit(phases.Phases(start, *noise_distillation(setup, options, 10), finish))
+  (distilled, refined), metrics = step(None, None, jax.random.key(0))
   chex.assert_trees_all_equal_shapes(distilled, stacked)
   assert metrics["server_distill_loss_after"] < metrics["server_distill_loss_before"]
   pick = lambda tree, i: jax.tree.map(lambda leaf: leaf[i], tree)

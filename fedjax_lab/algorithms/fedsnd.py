@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import (
   Algorithm,
   AlgorithmEntry,
@@ -152,9 +153,13 @@ def dropout_apply(setup: ClientSetup, rate: float):
   return apply
 
 
-def noise_distillation(setup: ClientSetup, options, num_classes: int):
-  """The server step: ``step(trained [M, ...], pseudo_x [M, P, ...], weights [M]) ->
-  (distilled [M, ...], refined pseudo_x, metrics)`` (steps 1-2 of the module docstring)."""
+def noise_distillation(setup: ClientSetup, options, num_classes: int) -> tuple:
+  """The server's noise distillation (steps 1-2 of the module docstring) as four phases over a
+  carry holding ``trained`` ``[M, ...]``, ``pseudo_start`` ``[M, P, ...]`` and ``weights``
+  ``[M]``: refine each model's pseudo-samples, every model's logits on all of them, the
+  distillation targets, each model distilled towards them. They leave ``distilled``
+  ``[M, ...]``, ``refined`` (the pseudo-samples) and ``distill_metrics``. The per-model maps
+  go through the executor (client phases: one compiled call a model under ``loop``)."""
   apply_fn = setup.train_apply
   labels = balanced_labels(options.pseudo_per_client, num_classes)
   input_shape = setup.sample_x.shape[1:]
@@ -199,22 +204,38 @@ def noise_distillation(setup: ClientSetup, options, num_classes: int):
   cross_logits = setup.executor.map(logits_on_all, (0, None))
   distill_all = setup.executor.map(distill_one, (0, 0, 0, None))
 
-  def step(trained, pseudo_x, weights):
-    refined, noise_losses = refine_all(trained, pseudo_x)
-    logits = cross_logits(trained, refined)  # [M(model), M(k), P, C]
+  def refine(carry):
+    refined, noise_losses = refine_all(carry["trained"], carry["pseudo_start"])
+    return {**carry, "refined": refined, "noise_losses": noise_losses}
+
+  def cross(carry):
+    return {**carry, "logits": cross_logits(carry["trained"], carry["refined"])}  # [M, M, P, C]
+
+  def targets(carry):
     targets, sample_weights = server_distillation_targets(
-      logits, weights, options.server_temperature, options.distill_mode
+      carry["logits"], carry["weights"], options.server_temperature, options.distill_mode
     )
-    distilled, (before, after) = distill_all(trained, targets, sample_weights, refined)
+    return {**carry, "targets": targets, "sample_weights": sample_weights}
+
+  def distill(carry):
+    distilled, (before, after) = distill_all(
+      carry["trained"], carry["targets"], carry["sample_weights"], carry["refined"]
+    )
+    noise_losses, weights = carry["noise_losses"], carry["weights"]
     metrics = {
       "noise_loss_first_step": noise_losses[:, 0].mean(),
       "noise_loss_last_step": noise_losses[:, -1].mean(),
       "server_distill_loss_before": weighted_mean(before, weights),
       "server_distill_loss_after": weighted_mean(after, weights),
     }
-    return distilled, refined, metrics
+    return {**carry, "distilled": distilled, "distill_metrics": metrics}
 
-  return step
+  return (
+    phases.clients(refine),
+    phases.clients(cross),
+    phases.server(targets),
+    phases.clients(distill),
+  )
 
 
 def fedsnd(setup: ClientSetup, options: FedSNDConfig) -> Algorithm:
@@ -248,7 +269,7 @@ def fedsnd(setup: ClientSetup, options: FedSNDConfig) -> Algorithm:
     data_loss=data_loss,
     stochastic=options.teacher == "dropout",
   )
-  server_step = noise_distillation(setup, options, num_classes)
+  server_steps = noise_distillation(setup, options, num_classes)
 
   def init(key):
     params_key, noise_key = jax.random.split(key)
@@ -269,31 +290,47 @@ def fedsnd(setup: ClientSetup, options: FedSNDConfig) -> Algorithm:
       setup.aggregator.init(one_model),
     )
 
-  def round_fn(state, cohort, key):
-    ids = cohort.client_ids
+  def train(carry):
+    """Local training with self-distillation from the teacher."""
+    state, cohort = carry["state"], carry["cohort"]
     teacher = state.params
     if per_client_teacher:
+      ids = cohort.client_ids
       teacher = tree_gather_or(state.previous_params, ids, state.has_previous, state.params)
-    trained, result = train_cohort(state.params, cohort, key, teacher)
+    trained, result = train_cohort(state.params, cohort, carry["key"], teacher)
     weights = client_weights(cohort, setup.weighting)
     metrics = training_metrics(result, trained, weights)
+    return {**carry, "trained": trained, "weights": weights, "metrics": metrics}
+
+  def pseudo_start(carry):
+    """Each model's pseudo-samples to refine: the client's kept ones, or fresh noise."""
+    start = carry["state"].pseudo_x[carry["cohort"].client_ids]
+    if not options.adaptive:
+      key = jax.random.fold_in(carry["key"], NOISE_STREAM)
+      start = jax.random.normal(key, start.shape, start.dtype)
+    return {**carry, "pseudo_start": start}
+
+  def aggregate(carry):
+    state, cohort, key, weights = carry["state"], carry["cohort"], carry["key"], carry["weights"]
+    ids, trained, metrics = cohort.client_ids, carry["trained"], dict(carry["metrics"])
     distilled, pseudo_x = trained, state.pseudo_x
     if options.noise_distill:
-      start = state.pseudo_x[ids]
-      if not options.adaptive:
-        start = jax.random.normal(jax.random.fold_in(key, NOISE_STREAM), start.shape, start.dtype)
-      distilled, refined, server_metrics = server_step(trained, start, weights)
-      pseudo_x = state.pseudo_x.at[ids].set(refined)
-      metrics.update(server_metrics)
+      distilled = carry["distilled"]
+      pseudo_x = state.pseudo_x.at[ids].set(carry["refined"])
+      metrics.update(carry["distill_metrics"])
     previous = state.previous_params
     if per_client_teacher:
       previous = tree_scatter(previous, ids, trained)
     params, aggregator_state = aggregate_models(
       setup, distilled, weights, state.params, state.aggregator_state, key
     )
-    return FedSNDState(
+    state = FedSNDState(
       params, pseudo_x, previous, state.has_previous.at[ids].set(True), aggregator_state
-    ), metrics
+    )
+    return {"state": state, "metrics": metrics}
+
+  distillation = (phases.server(pseudo_start), *server_steps) if options.noise_distill else ()
+  round_fn = phases.Phases(phases.clients(train), *distillation, phases.server(aggregate))
 
   return Algorithm(init, round_fn, global_params=lambda state: state.params)
 

@@ -50,6 +50,7 @@ import numpy as np
 import optax
 from flax import struct, traverse_util
 
+from fedjax_lab.algorithms import phases
 from fedjax_lab.algorithms.base import (
   AGGREGATION_STREAM,
   Algorithm,
@@ -285,15 +286,22 @@ def worldlm(
     dp=dp,
   )
 
-  def round_fn(state, cohort, key):
+  def train_members(carry):
+    """Each member trains the shared backbone with its sub-federation's key layers."""
+    state, cohort = carry["state"], carry["cohort"]
     ids = jnp.asarray(cohort.client_ids)
-    size = ids.shape[0]
     params = merge_params(
-      tree_broadcast(state.backbone, size), tree_gather(state.keys, jnp.asarray(start)[ids])
+      tree_broadcast(state.backbone, ids.shape[0]),
+      tree_gather(state.keys, jnp.asarray(start)[ids]),
     )
-    trained, result = train(params, cohort, key, None)
-    client_backbone, client_keys = split_params(trained, key_layers)
-    leaves = jnp.asarray(tree.client_node)[ids]
+    trained, result = train(params, cohort, carry["key"], None)
+    return {**carry, "trained": trained, "result": result}
+
+  def aggregate_tree(carry):
+    """Backbone and key layers aggregated up the federation tree (attention across nodes)."""
+    state, cohort, key = carry["state"], carry["cohort"], carry["key"]
+    client_backbone, client_keys = split_params(carry["trained"], key_layers)
+    leaves = jnp.asarray(tree.client_node)[jnp.asarray(cohort.client_ids)]
     tokens = cohort.num_examples.astype(jnp.float32)
     node_weight = jnp.zeros(num_nodes, jnp.float32).at[leaves].set(tokens)
     place = lambda stacked, rows: jax.tree.map(lambda s, r: s.at[leaves].set(r), stacked, rows)
@@ -304,8 +312,11 @@ def worldlm(
     node_keys, attention, exchange = aggregate_keys(
       state, place(state.keys, client_keys), node_weight
     )
-    metrics = {"train_loss": weighted_mean(result.mean_loss, tokens)}
-    return WorldState(backbone, node_keys, state.round + 1, attention, exchange), metrics
+    metrics = {"train_loss": weighted_mean(carry["result"].mean_loss, tokens)}
+    state = WorldState(backbone, node_keys, state.round + 1, attention, exchange)
+    return {"state": state, "metrics": metrics}
+
+  round_fn = phases.Phases(phases.clients(train_members), phases.server(aggregate_tree))
 
   def personal_params(state):
     nodes = jnp.asarray(start)
