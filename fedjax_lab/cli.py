@@ -22,7 +22,8 @@ import sys
 
 def load_plugin(spec: str) -> None:
   """Import a module by dotted name or a ``.py`` file by path; a plugin registers its methods,
-  aggregators, sources or models when imported (README, "Writing a new algorithm")."""
+  aggregators, sources or models when imported (README, "Writing a new algorithm"), and may
+  add hooks to the run (``fedjax_lab.hooks.install``)."""
   if spec.endswith(".py"):
     path = pathlib.Path(spec).resolve()
     loaded = sys.modules.get(path.stem)
@@ -137,6 +138,7 @@ def _main(args: argparse.Namespace) -> int:
     resolved = dataclasses.asdict(resolve_execution(config))
     print(json.dumps({**config.to_dict(), "resolved_execution": resolved}, indent=2))
     return 0
+  from fedjax_lab import hooks
   from fedjax_lab.runner import run
   from fedjax_lab.tables import SUMMARY_COLUMNS, format_table, summary_row
 
@@ -146,6 +148,7 @@ def _main(args: argparse.Namespace) -> int:
     overwrite=args.overwrite,
     progress=not args.no_progress,
     profile=profile,
+    hooks=hooks.installed(),
   )
   print(format_table([summary_row(config.algorithm.name, result)], SUMMARY_COLUMNS))
   print(f"metrics, config and plot in {result.out_dir}")

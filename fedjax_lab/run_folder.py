@@ -33,6 +33,9 @@ PLOT_FILE = "accuracy.png"
 CHECKPOINT_DIR = "checkpoints"
 # The last evaluation's per-client accuracies (``write_client_accuracy``).
 CLIENTS_FILE = "client_accuracy.npz"
+# Written by hooks (fedjax_lab/hooks.py): a hook's early stop, and KeepBest's model.
+STOP_FILE = "stopped.json"
+BEST_FILE = "best_model.npz"
 # The SHA-256 of each input file the config names (``INPUT_FILE_FIELDS``), checked on resume.
 INPUTS_FILE = "inputs.json"
 INPUT_FILE_FIELDS = ("systems.availability_trace",)
@@ -44,6 +47,8 @@ RUN_FILES = (
   CHECKPOINT_DIR,
   CLIENTS_FILE,
   INPUTS_FILE,
+  STOP_FILE,
+  BEST_FILE,
 )
 # Held (``flock``, exclusive) by the process that runs in the folder, from the claim to the end
 # of the run; the kernel releases it when the process dies, so a stale file is never a lock.

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -37,6 +38,7 @@ from fedjax_lab.engine.sharding import (
   replicate,
   shard_clients,
 )
+from fedjax_lab.hooks import Hook, RoundEnd, record_stop, recorded_stop, round_end, run_end
 from fedjax_lab.models import Model
 from fedjax_lab.ops import accounting
 from fedjax_lab.ops.systems import round_outcome
@@ -321,6 +323,7 @@ def run(
   progress: bool = True,
   data: FederatedData | None = None,
   profile: tuple[int, int] | None = None,
+  hooks: Sequence[Hook] = (),
 ) -> RunResult:
   """Run ``config`` and write ``config.json``, ``metrics.jsonl``/``.csv``, ``accuracy.png``,
   the last evaluation's ``client_accuracy.npz`` and checkpoints to ``config.out_dir``
@@ -338,6 +341,9 @@ def run(
     profile: rounds ``(first, last)`` (1-based, inclusive) traced by ``jax.profiler`` into
       ``out_dir/profile`` (Perfetto format; ``profiling.op_table`` sums it per op); rounds a
       resumed run does not run are not traced.
+    hooks: user code after every round (``fedjax_lab.hooks``): a hook may add metrics to the
+      round's row or stop the run after it (recorded in ``stopped.json``; ``--resume`` then
+      runs nothing more).
 
   Returns:
     ``RunResult``. Raises ``TrainingDivergedError`` when the loss or the state stops being
@@ -357,7 +363,7 @@ def run(
   if writer:
     claimed = run_folder.claim(out_dir, config.to_dict(), resume=resume, overwrite=overwrite)
   with claimed:
-    rows, state = _run_claimed(config, out_dir, resume, progress, data, profile)
+    rows, state = _run_claimed(config, out_dir, resume, progress, data, profile, hooks)
   if writer:
     plot_accuracy(
       rows,
@@ -373,7 +379,7 @@ def output_folder(config: ExperimentConfig) -> pathlib.Path:
   return pathlib.Path(config.out_dir).expanduser()
 
 
-def _run_claimed(config, out_dir, resume, progress, data, profile=None):
+def _run_claimed(config, out_dir, resume, progress, data, profile=None, hooks=()):
   """``run`` in a claimed ``out_dir``: build, restore, train; returns ``(rows, state)``."""
   writer = jax.process_index() == 0
   recorded = run_folder.read_metrics(out_dir) if resume else []
@@ -398,6 +404,12 @@ def _run_claimed(config, out_dir, resume, progress, data, profile=None):
       rows = recorded[:start_round]
       for reason in skipped:
         _report(f"skipped checkpoint of {reason}")
+      stopped = recorded_stop(out_dir)
+      if stopped is not None and stopped["round"] == start_round:
+        _report(
+          f"nothing to do: a hook stopped {out_dir} after round {start_round} ({stopped['reason']})"
+        )
+        return rows, state
       if start_round == config.rounds:
         _report(f"nothing to do: {out_dir} has done its {config.rounds} rounds")
       else:
@@ -405,7 +417,7 @@ def _run_claimed(config, out_dir, resume, progress, data, profile=None):
     if writer and start_round < config.rounds:
       run_folder.write_config(out_dir, config.to_dict())
     rows, state = _train(
-      config, experiment, state, rows, start_round, rounds_key, manager, progress, profile
+      config, experiment, state, rows, start_round, rounds_key, manager, progress, profile, hooks
     )
   finally:
     if manager is not None:
@@ -425,10 +437,11 @@ def _own_clients(config: ExperimentConfig, experiment):
 
 
 def _train(
-  config, experiment, state, rows, start_round, rounds_key, manager, progress, profile=None
-):
+  config, experiment, state, rows, start_round, rounds_key, manager, progress, profile=None,
+  hooks=(),
+):  # fmt: skip
   """The round loop of ``run``: rounds ``start_round + 1 .. config.rounds``, ``profile``'s
-  traced; returns ``(rows, state)``."""
+  traced, ``hooks`` after each (one may stop the run early); returns ``(rows, state)``."""
   from tqdm.auto import tqdm
 
   algorithm, train_data = experiment.algorithm, experiment.train_data
@@ -527,6 +540,8 @@ def _train(
         clients = evaluation.clients
         _show(bar, row, config.rounds, train_loss, lines=progress and not terminal)
       rows.append(row)
+      event = RoundEnd(round_index + 1, row, rows, state, algorithm, config, out_dir)
+      stopped_by = round_end(hooks, event) if writer else None
       if tracing and round_index + 1 == profile[1]:
         jax.block_until_ready(state)
         jax.profiler.stop_trace()
@@ -536,7 +551,12 @@ def _train(
         if clients:
           run_folder.write_client_accuracy(out_dir, round_index + 1, clients)
         writers.write(row, {k: v for k, v in clients.items() if k != "client_ids"})
+      if stopped_by:
+        _stop_early(config, manager, round_index + 1, state, rounds_key, stopped_by)
+        break
       _checkpoint_or_stop(config, manager, round_index + 1, state, rounds_key, stop)
+  if rows and start_round < len(rows) and writer:
+    run_end(hooks, RoundEnd(len(rows), rows[-1], rows, state, algorithm, config, out_dir))
   if never_aggregated and start_round < config.rounds:
     _report(
       f"no client's result reached the server in {config.rounds} rounds ({_losses(rows)}): "
@@ -680,6 +700,15 @@ def _privacy_spent(config, experiment, rounds: int) -> dict:
       config.cohort_sampling,
     )
   return metrics
+
+
+def _stop_early(config, manager, rounds_done: int, state, rounds_key, reason: str) -> None:
+  """A hook stopped the run after ``rounds_done`` rounds: checkpoint that round (unless
+  checkpoints are off or it was just saved), record the stop, say so."""
+  if config.checkpoint_every and rounds_done % config.checkpoint_every:
+    checkpoint.save(manager, rounds_done, state, rounds_key)
+  record_stop(output_folder(config), rounds_done, reason)
+  _report(f"a hook stopped the run after round {rounds_done} of {config.rounds}: {reason}")
 
 
 def _checkpoint_or_stop(config, manager, rounds_done: int, state, rounds_key, stop) -> None:

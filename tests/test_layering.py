@@ -24,6 +24,7 @@ LAYERS = {
   "config": 6,
   "build": 6,
   "runner": 6,
+  "hooks": 6,
   "grid": 6,
   "checkpoint": 6,
   "run_folder": 6,
