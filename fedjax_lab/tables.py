@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 SUMMARY_COLUMNS = [
   "run",
   "rounds",
@@ -22,6 +24,13 @@ def dotted_fields(values: dict, prefix: str = "") -> dict:
     else:
       flat[f"{prefix}{key}"] = value
   return flat
+
+
+def options_text(options) -> str:
+  """An options dataclass as a user writes it: ``alpha=0.1 min_examples=20`` ("" for none)."""
+  if not dataclasses.is_dataclass(options):
+    return ""
+  return " ".join(f"{f.name}={getattr(options, f.name)}" for f in dataclasses.fields(options))
 
 
 def _cell(value) -> str:

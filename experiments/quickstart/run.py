@@ -15,7 +15,7 @@ import sys
 from fedjax_lab import build_federation, load_config, run
 from fedjax_lab.config import AlgorithmConfig, ServerConfig
 from fedjax_lab.plots import pyplot
-from fedjax_lab.tables import SUMMARY_COLUMNS, format_table, summary_row
+from fedjax_lab.tables import SUMMARY_COLUMNS, format_table, options_text, summary_row
 
 HERE = pathlib.Path(__file__).parent
 VARIANTS = {
@@ -67,8 +67,7 @@ def main(overrides: list[str]) -> None:
   table = format_table(rows, SUMMARY_COLUMNS)
   title = (
     f"{base.data.source}, {base.data.num_clients} clients, {base.data.partition} "
-    f"{base.data.partition} {base.data.partition_options}, {base.model.name}, "
-    f"cohort {base.cohort_size}"
+    f"{options_text(base.data.partition_options)}, {base.model.name}, cohort {base.cohort_size}"
   )
   print(f"\n{title}\n{table}")
   (out_root / "results.md").write_text(f"# {title}\n\n```\n{table}\n```\n")
