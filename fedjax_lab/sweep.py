@@ -147,7 +147,7 @@ def plan(
   two cells that resolve to the same run (a value spelled twice, ``0.1,0.10``; an option of a
   method the cell does not run), and a cell whose folder holds another run, finished or not
   (``grid.reuse_conflict``: a sweep never replaces a run)."""
-  from fedjax_lab.grid import reuse_conflict
+  from fedjax_lab.run_cache import reuse_conflict
 
   short = short_names(axes)
   planned, seen = [], {}
@@ -194,7 +194,7 @@ def use_compilation_cache(folder: pathlib.Path) -> None:
 def run_one(config_dict: dict, cache: str) -> tuple[list[dict], bool]:
   """One planned run in a worker process: ``grid.run_or_load`` (read back when finished,
   resumed when interrupted, recorded when diverged). Returns (rows, read back)."""
-  from fedjax_lab.grid import run_or_load
+  from fedjax_lab.run_cache import run_or_load
 
   if cache:
     use_compilation_cache(pathlib.Path(cache))
@@ -211,7 +211,7 @@ def execute(planned: list[PlannedRun], jobs: int, cache: str, report) -> None:
   was killed exits by itself (``exit_with_parent``)."""
   if jobs == 1:
     from fedjax_lab.build import build_federation
-    from fedjax_lab.grid import recorded_run, run_or_load
+    from fedjax_lab.run_cache import recorded_run, run_or_load
 
     by_federation: dict[str, list[PlannedRun]] = {}
     for run in planned:
@@ -280,7 +280,7 @@ def timed_run(config_dict: dict, cache: str) -> tuple[list[dict], bool, float]:
 def final_value(rows: list[dict], metric: str, last: int) -> float:
   """The mean of ``metric`` over a run's last ``last`` evaluations; NaN for a diverged run or
   one that never logged it."""
-  from fedjax_lab.grid import last_evaluations
+  from fedjax_lab.run_cache import last_evaluations
 
   return last_evaluations(rows, metric, last)
 
@@ -289,7 +289,7 @@ def records(planned: list[PlannedRun], metrics, last: int) -> tuple[list, list]:
   """``(per_seed, curves)``: per run, its grid values, seed and final ``metrics``; and its
   evaluated rows (every row with one of ``metrics``), read from its folder."""
   from fedjax_lab import run_folder
-  from fedjax_lab.grid import DIVERGED_MARKER
+  from fedjax_lab.run_cache import DIVERGED_MARKER
 
   per_seed, curves = [], []
   for run in planned:
@@ -510,7 +510,7 @@ def check_metrics_logged(metrics: list[str], run: PlannedRun, rows: list[dict], 
 def resumable_runs(planned: list[PlannedRun], short: dict[str, str]) -> str:
   """``"2 of 6 runs finished; 3 resume from their checkpoints (name=fedavg seed 1, ...)"``."""
   from fedjax_lab import run_folder
-  from fedjax_lab.grid import recorded_run
+  from fedjax_lab.run_cache import recorded_run
 
   finished = [run for run in planned if recorded_run(run.config) is not None]
   started = [

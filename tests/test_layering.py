@@ -26,6 +26,7 @@ LAYERS = {
   "runner": 6,
   "hooks": 6,
   "grid": 6,
+  "run_cache": 6,
   "checkpoint": 6,
   "run_folder": 6,
   "tables": 6,
@@ -91,3 +92,32 @@ def test_nothing_imports_the_cli():
     if name == "fedjax_lab.cli" and path.name != "cli.py"
   ]
   assert not users
+
+
+def _top_level(module: str) -> str:
+  parts = module.split(".")
+  return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_no_import_cycle_between_top_level_modules():
+  """No two top-level modules or packages import each other, even through imports inside
+  functions (``grid`` and ``sweep`` did): a cycle makes one module's meaning depend on the
+  other's import order."""
+  edges: dict[str, set[str]] = {}
+  for path in MODULES:
+    source = _top_level(_module_name(path))
+    for _, name in _imports(path):
+      target = _top_level(name)
+      if name != "fedjax_lab" and target != source and source != "__init__":
+        edges.setdefault(source, set()).add(target)
+
+  def reaches(start: str, goal: str, seen: set[str]) -> bool:
+    for nxt in edges.get(start, ()):
+      if nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})):
+        return True
+    return False
+
+  cycles = sorted(
+    f"{a} -> {b} -> ... -> {a}" for a in edges for b in edges[a] if reaches(b, a, {b})
+  )
+  assert not cycles, cycles
