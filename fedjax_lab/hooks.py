@@ -9,7 +9,9 @@ the run folder. A returned reason stops the run after this round: the round is c
 is run). Pass hooks as ``run(config, hooks=[...])``, or from a ``--plugin`` file with
 ``hooks.install(...)``.
 
-A hook that keeps state must derive it from ``event.rows`` (the rows survive a resume; the
+Hooks run on every process of a ``jax.distributed`` run (they see the same rows, so they stop
+together); files are written by process 0. A hook that keeps state must derive it from
+``event.rows`` (the rows survive a resume; the
 hook object does not), so a resumed run equals an uninterrupted one. Shipped: ``EarlyStopping``
 (stop when a metric reaches a target), ``KeepBest`` (the global model of the best evaluation,
 in ``best_model.npz``), ``EveryRounds`` (a custom metric every k rounds).
@@ -82,14 +84,15 @@ class EarlyStopping(Hook):
 class KeepBest(Hook):
   """Keep the global model of the evaluation with the best ``metric`` so far (``mode``: max or
   min) in ``out_dir/best_model.npz``: its leaves by path, ``round`` and ``value``. The best
-  so far is read from ``event.rows``, so a resumed run keeps the same model."""
+  so far is read from ``event.rows``, so a resumed run keeps the same model. Under
+  ``jax.distributed`` process 0 writes it."""
 
   metric: str = "global_accuracy"
   mode: str = "max"
 
   def on_round_end(self, event: RoundEnd) -> Optional[str]:
     value = event.row.get(self.metric)
-    if value is None or event.algorithm.global_params is None:
+    if value is None or event.algorithm.global_params is None or jax.process_index() != 0:
       return None
     earlier = [r[self.metric] for r in event.rows[:-1] if r.get(self.metric) is not None]
     better = max if self.mode == "max" else min

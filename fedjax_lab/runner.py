@@ -541,7 +541,7 @@ def _train(
         _show(bar, row, config.rounds, train_loss, lines=progress and not terminal)
       rows.append(row)
       event = RoundEnd(round_index + 1, row, rows, state, algorithm, config, out_dir)
-      stopped_by = round_end(hooks, event) if writer else None
+      stopped_by = round_end(hooks, event)  # every process: they stop together
       if tracing and round_index + 1 == profile[1]:
         jax.block_until_ready(state)
         jax.profiler.stop_trace()
@@ -555,7 +555,7 @@ def _train(
         _stop_early(config, manager, round_index + 1, state, rounds_key, stopped_by)
         break
       _checkpoint_or_stop(config, manager, round_index + 1, state, rounds_key, stop)
-  if rows and start_round < len(rows) and writer:
+  if rows and start_round < len(rows):
     run_end(hooks, RoundEnd(len(rows), rows[-1], rows, state, algorithm, config, out_dir))
   if never_aggregated and start_round < config.rounds:
     _report(
@@ -707,7 +707,8 @@ def _stop_early(config, manager, rounds_done: int, state, rounds_key, reason: st
   checkpoints are off or it was just saved), record the stop, say so."""
   if config.checkpoint_every and rounds_done % config.checkpoint_every:
     checkpoint.save(manager, rounds_done, state, rounds_key)
-  record_stop(output_folder(config), rounds_done, reason)
+  if jax.process_index() == 0:
+    record_stop(output_folder(config), rounds_done, reason)
   _report(f"a hook stopped the run after round {rounds_done} of {config.rounds}: {reason}")
 
 
