@@ -121,3 +121,14 @@ def test_no_import_cycle_between_top_level_modules():
     f"{a} -> {b} -> ... -> {a}" for a in edges for b in edges[a] if reaches(b, a, {b})
   )
   assert not cycles, cycles
+
+
+def test_every_module_is_named_in_the_architecture_page():
+  """``docs/architecture.md`` names every module of the package (a new one must be placed)."""
+  page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+  missing = [
+    str(path.relative_to(PACKAGE))
+    for path in MODULES
+    if path.name != "__init__.py" and path.name not in page
+  ]
+  assert not missing, f"docs/architecture.md does not name {missing}"
