@@ -9,7 +9,7 @@ A cell is one value per grid field; its run with seed ``s`` (``seed=s`` and ``da
 each seed is another federation and another training) lives in ``OUT/<cell>/seed<s>``. Every
 config is built and validated before the first run. A finished run is read back, not rerun;
 an interrupted one resumes from its checkpoint; a diverged one is recorded as such
-(``grid.run_or_load``): running the same command again completes a sweep.
+(``run_cache.run_or_load``): running the same command again completes a sweep.
 
 The summary, in ``OUT/summary``: per metric a table of each cell's mean, sample std (ddof=1)
 and n over seeds, and with ``--baseline`` the paired difference with the baseline cell (the
@@ -146,7 +146,7 @@ def plan(
   run starts. Out folders: ``out/<cell name>/seed<s>``. Refused in one line, before any run:
   two cells that resolve to the same run (a value spelled twice, ``0.1,0.10``; an option of a
   method the cell does not run), and a cell whose folder holds another run, finished or not
-  (``grid.reuse_conflict``: a sweep never replaces a run)."""
+  (``run_cache.reuse_conflict``: a sweep never replaces a run)."""
   from fedjax_lab.run_cache import reuse_conflict
 
   short = short_names(axes)
@@ -192,7 +192,7 @@ def use_compilation_cache(folder: pathlib.Path) -> None:
 
 
 def run_one(config_dict: dict, cache: str) -> tuple[list[dict], bool]:
-  """One planned run in a worker process: ``grid.run_or_load`` (read back when finished,
+  """One planned run in a worker process: ``run_cache.run_or_load`` (read back when finished,
   resumed when interrupted, recorded when diverged). Returns (rows, read back)."""
   from fedjax_lab.run_cache import run_or_load
 
