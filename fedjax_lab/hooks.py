@@ -95,8 +95,9 @@ class KeepBest(Hook):
     if value is None or event.algorithm.global_params is None or jax.process_index() != 0:
       return None
     earlier = [r[self.metric] for r in event.rows[:-1] if r.get(self.metric) is not None]
-    better = max if self.mode == "max" else min
-    if earlier and better(earlier + [value]) != value or value in earlier:
+    best = (max if self.mode == "max" else min)(earlier, default=None)
+    improves = best is None or (value > best if self.mode == "max" else value < best)
+    if not improves:  # a tie keeps the earlier model
       return None
     params = event.algorithm.global_params(event.state)
     leaves = {

@@ -163,6 +163,7 @@ def asynchronous(
       "aggregator_state": keep(aggregator_state, state.aggregator_state),
       "server_version": state.server_version + stepped.astype(jnp.int32),
       "starts": starts,
+      "last": last,
     }
 
   def dispatch(carry):
@@ -180,7 +181,7 @@ def asynchronous(
     results = jax.tree.map(jnp.subtract, trained, carry["starts"]) if sends_update else trained
     weights = client_weights(cohort, setup.weighting)
     seconds = jnp.zeros(arrivals) if cohort.seconds is None else cohort.seconds
-    last = jnp.arange(arrivals) == arrivals - 1
+    last = carry["last"]
     new_state = AsyncState(
       params=carry["stepped_params"],
       server_opt_state=carry["opt_state"],
