@@ -255,14 +255,26 @@ def run_alpha_seed_grid(
 ) -> None:
   """Run or read back the ``alpha_variant_runs`` (after the config's own ``overrides``), each
   run's metrics saved to ``results`` (``save_run_metrics``) and one line printed (with
-  ``report(metrics)``)."""
+  ``report(metrics)``). A run this call trained also appends its wall time to
+  ``results/wall_times.jsonl`` (``{"run", "wall_seconds", "resumed", "machine"}``; ``resumed``
+  when it continued from a checkpoint, so the time is of the part run here only)."""
 
   def save(run, rows, read_back, seconds):
     alpha, name = (value for _, value in run.cell.values)
     save_run_metrics(results, name, float(alpha), run.seed, rows)
+    if not read_back:
+      record = {
+        "run": run_file_stem(name, float(alpha), run.seed),
+        "wall_seconds": round(seconds, 1),
+        "resumed": resumed[id(run)],
+        "machine": machine_record(),
+      }
+      with (results / "wall_times.jsonl").open("a") as out:
+        out.write(json.dumps(record) + "\n")
     print(f"alpha {alpha} seed {run.seed} {name}: {report(rows) if report else 'done'}", flush=True)
 
   runs = alpha_variant_runs(config_path, overrides, variants, alphas, seeds, runs_root)
+  resumed = {id(run): run_folder.holds_run_output(pathlib.Path(run.config.out_dir)) for run in runs}
   sweep.execute(runs, 1, "", save)
 
 

@@ -181,9 +181,14 @@ def test_reproduction_grids_run_as_sweeps(tmp_path, capsys):
   variants = {"fedavg": ("fedavg", {}), "prox": ("fedprox", {"mu": 0.1})}
   results = tmp_path / "results"
   grid.run_alpha_seed_grid(str(config), variants, [0.5], [0, 1], str(tmp_path / "runs"), results)
-  assert sorted(p.name for p in results.iterdir()) == [
+  assert sorted(p.name for p in results.glob("*_seed*.jsonl")) == [
     f"{name}_alpha0.5_seed{seed}.jsonl" for name in ("fedavg", "prox") for seed in (0, 1)
   ]
+  walls = grid.read_metrics_file(results / "wall_times.jsonl")
+  assert sorted(w["run"] for w in walls) == [
+    f"{name}_alpha0.5_seed{seed}" for name in ("fedavg", "prox") for seed in (0, 1)
+  ]
+  assert all(w["wall_seconds"] > 0 and not w["resumed"] and w["machine"]["jax"] for w in walls)
   stored = json.loads((tmp_path / "runs/alpha=0.5,method=prox/seed1/config.json").read_text())
   assert stored["algorithm"]["fedprox"]["mu"] == 0.1 and stored["data"]["seed"] == 1
   capsys.readouterr()
