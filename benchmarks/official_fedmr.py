@@ -32,7 +32,7 @@ CONFIG = "experiments/fedmr/official.json"
 
 
 def _cohorts(config, num_rounds: int) -> list[np.ndarray]:
-  from fedjax_lab.runner import cohort_ids
+  from fedjax_lab.round_step import cohort_ids
 
   return [
     cohort_ids(config.seed, r, config.data.num_clients, config.cohort_size)
@@ -51,7 +51,7 @@ def run_jax(config, data, rounds: int) -> tuple[list[float], list[float]]:
 
   from fedjax_lab.algorithms import compiled_round
   from fedjax_lab.build import build_experiment
-  from fedjax_lab.runner import computed_step_ratio
+  from fedjax_lab.round_step import computed_step_ratio
 
   experiment = build_experiment(config, data)
   round_fn = compiled_round(experiment.algorithm, experiment.setup.executor, donate=True)

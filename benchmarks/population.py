@@ -45,7 +45,7 @@ def cell(num_clients: int, cohort: int, rounds: int) -> dict:
   from fedjax_lab.algorithms import compiled_round
   from fedjax_lab.build import build_experiment, build_federation
   from fedjax_lab.data import transfer
-  from fedjax_lab.runner import cohort_ids
+  from fedjax_lab.round_step import cohort_ids
 
   compiles = []
   monitoring.register_event_duration_secs_listener(

@@ -10,8 +10,8 @@ _EXPORTS = {
   "load_config": "fedjax_lab.config",
   "run": "fedjax_lab.runner",
   "RunResult": "fedjax_lab.runner",
-  "RunInterrupted": "fedjax_lab.runner",
-  "TrainingDivergedError": "fedjax_lab.runner",
+  "RunInterrupted": "fedjax_lab.run_hooks",
+  "TrainingDivergedError": "fedjax_lab.run_hooks",
   "build_federation": "fedjax_lab.build",
 }
 __all__ = list(_EXPORTS)

@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
 def _expected_failures() -> tuple[type[BaseException], ...]:
   from fedjax_lab.checkpoint import CheckpointError
   from fedjax_lab.run_folder import RunFolderError
-  from fedjax_lab.runner import RunInterrupted, TrainingDivergedError
+  from fedjax_lab.run_hooks import RunInterrupted, TrainingDivergedError
   from fedjax_lab.sweep import SweepInterrupted
 
   return (
@@ -98,7 +98,7 @@ def _expected_failures() -> tuple[type[BaseException], ...]:
 
 
 def _describe(error: BaseException, args: argparse.Namespace) -> str:
-  from fedjax_lab.runner import RunInterrupted
+  from fedjax_lab.run_hooks import RunInterrupted
 
   if isinstance(error, KeyboardInterrupt):
     kept = getattr(args, "checkpoints", None)

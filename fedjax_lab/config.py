@@ -585,7 +585,7 @@ class ExperimentConfig:
   rounds: int = 20
   cohort_size: int = 5
   # fixed: exactly cohort_size clients a round; poisson: each client joins with probability
-  # cohort_size / data.num_clients (DP-FedAvg's sampling; runner.cohort_ids)
+  # cohort_size / data.num_clients (DP-FedAvg's sampling; round_step.cohort_ids)
   cohort_sampling: str = "fixed"
   seed: int = 0
   eval_every: int = 5

@@ -1,10 +1,14 @@
 """Hooks: user code run at the end of every round of a run, without changing the package.
 
-A hook is an object with ``on_round_end(event) -> reason or None`` (and, if it wants,
-``on_run_end(event)``); subclass ``Hook`` and override what you need. ``event`` is a
-``RoundEnd``: the round just done, its metrics row (a hook may add entries: they are written
-to ``metrics.jsonl`` with the row), every row so far, the state, the algorithm, the config and
-the run folder. A returned reason stops the run after this round: the round is checkpointed,
+A hook is an object with ``on_round_end(event) -> reason or None`` and, if it wants,
+``on_round_start(round)`` (before the round's cohort is drawn), ``on_run_end(event)`` (after
+the last round run) and ``close()`` (on every exit, an error's included); subclass ``Hook``
+and override what you need. ``event`` is a ``RoundEnd``: the round just done, its metrics row
+(a hook may add entries: they are written to ``metrics.jsonl`` with the row), every row so
+far, the state, the algorithm, the config, the run folder and, at an evaluation, the
+per-client accuracies. The runner's own evaluation, privacy accounting, writing and
+checkpointing are hooks too (``run_hooks``): the user's run after the evaluation and before
+the row is written. A returned reason stops the run after this round: the round is checkpointed,
 ``stopped.json`` records the round and the reason, and ``--resume`` honours it (nothing more
 is run). Pass hooks as ``run(config, hooks=[...])``, or from a ``--plugin`` file with
 ``hooks.install(...)``.
@@ -35,7 +39,9 @@ from fedjax_lab.run_folder import BEST_FILE, STOP_FILE
 @dataclasses.dataclass(frozen=True)
 class RoundEnd:
   """What a hook sees after round ``round`` (1-based): ``row`` is that round's metrics (add to
-  it), ``rows`` every row of the run so far, ``row`` last."""
+  it), ``rows`` every row of the run so far, ``row`` last; ``clients``, at an evaluation, the
+  evaluated ``client_ids`` and their ``client_accuracy`` (``evaluation.Evaluation.clients``),
+  else empty."""
 
   round: int
   row: dict
@@ -44,10 +50,15 @@ class RoundEnd:
   algorithm: Any
   config: Any
   out_dir: pathlib.Path
+  clients: dict = dataclasses.field(default_factory=dict)
 
 
 class Hook:
   """The hook protocol, doing nothing (module docstring)."""
+
+  def on_round_start(self, round_number: int) -> None:
+    """Called before round ``round_number`` (1-based) draws its cohort."""
+    del round_number
 
   def on_round_end(self, event: RoundEnd) -> Optional[str]:
     """Called after every round, before its row is written; a string stops the run."""
@@ -139,6 +150,11 @@ def install(*hooks: Hook) -> None:
 def installed() -> tuple[Hook, ...]:
   """The hooks ``install`` added."""
   return tuple(_INSTALLED)
+
+
+def round_start(hooks, round_number: int) -> None:
+  for hook in hooks:
+    getattr(hook, "on_round_start", lambda round_number: None)(round_number)
 
 
 def round_end(hooks, event: RoundEnd) -> Optional[str]:

@@ -11,7 +11,8 @@ import numpy as np
 from fedjax_lab import run_folder
 from fedjax_lab.checkpoint import CheckpointError
 from fedjax_lab.config import load_config
-from fedjax_lab.runner import TrainingDivergedError, run
+from fedjax_lab.run_hooks import TrainingDivergedError
+from fedjax_lab.runner import run
 
 DIVERGED_MARKER = "diverged.txt"
 

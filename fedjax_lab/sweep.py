@@ -568,7 +568,7 @@ def main(argv: list[str]) -> int:
 def _run_sweep(planned, axes, args, out: pathlib.Path, metrics, seeds) -> tuple[list, list]:
   """``execute`` the planned runs, a line per run; SIGTERM stops it as Ctrl-C does, with
   ``SweepInterrupted`` saying what the same command resumes. Returns ``records``."""
-  from fedjax_lab.runner import RunInterrupted
+  from fedjax_lab.run_hooks import RunInterrupted
 
   short = short_names(axes)
   cache = str(out / ".jax_cache")

@@ -154,7 +154,7 @@ def test_a_poisson_cohort_padded_with_empty_clients_gives_the_unpadded_round(
   """FedAvg with the fixed-denominator mean: padding a cohort with empty clients (the runner's
   Poisson cohorts) changes neither the model nor the training loss."""
   from fedjax_lab.algorithms.fedopt import fedopt
-  from fedjax_lab.runner import padded_cohort
+  from fedjax_lab.round_step import padded_cohort
 
   setup = _setup(tiny_federation, strategy, fixed_denominator_mean(2.5))
   algorithm = fedopt(dataclasses.replace(setup, weighting="uniform"), optax.sgd(1.0))

@@ -24,7 +24,8 @@ from fedjax_lab import checkpoint, run_folder
 from fedjax_lab.cli import main
 from fedjax_lab.config import ExperimentConfig, LocalConfig, load_config
 from fedjax_lab.run_folder import RunFolderError
-from fedjax_lab.runner import TrainingDivergedError, run
+from fedjax_lab.run_hooks import TrainingDivergedError
+from fedjax_lab.runner import run
 
 pytestmark = (
   pytest.mark.slow
@@ -511,7 +512,7 @@ def test_interrupt_messages_give_the_command_that_works(tmp_path):
   import argparse
 
   from fedjax_lab.cli import _describe
-  from fedjax_lab.runner import RunInterrupted
+  from fedjax_lab.run_hooks import RunInterrupted
 
   stopped = RunInterrupted(
     "SIGINT: stopped after round 3 of 9, checkpoint saved; continue with",
@@ -545,7 +546,7 @@ def test_a_deleted_metrics_row_is_named(tmp_path):
 
 
 def test_empty_poisson_cohorts_report_no_training_loss(tmp_path):
-  from fedjax_lab.runner import cohort_ids
+  from fedjax_lab.round_step import cohort_ids
 
   empty = [r for r in range(6) if len(cohort_ids(3, r, 10, 1, "poisson")) == 0]
   assert empty and len(empty) < 6

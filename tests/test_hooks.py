@@ -99,3 +99,41 @@ def test_hooks_refuse_what_is_not_a_hook():
     hooks.install(object())
   with pytest.raises(ValueError, match="EarlyStopping.mode must be 'max' or 'min'"):
     hooks.EarlyStopping("global_accuracy", 0.5, mode="up")
+
+
+def test_user_hooks_run_between_the_runners_own_and_are_closed_on_an_error(tmp_path):
+  class Probe(hooks.Hook):
+    def __init__(self):
+      self.started, self.seen, self.closed = [], [], False
+
+    def on_round_start(self, round_number):
+      self.started.append(round_number)
+
+    def on_round_end(self, event):
+      # After the runner's evaluation and privacy accounting, before the row is written.
+      written = run_folder.read_metrics(event.out_dir)
+      self.seen.append((event.round, "global_accuracy" in event.row, len(written)))
+      assert set(event.clients) == {"client_ids", "client_accuracy"}
+      assert "privacy_epsilon" in event.row
+      event.row["probe"] = event.round
+      if event.round == 2:
+        raise RuntimeError("a hook failed")
+
+    def close(self):
+      self.closed = True
+
+  probe = Probe()
+  out = tmp_path / "run"
+  config = _config(
+    out,
+    "rounds=4",
+    "data.test_fraction=0.2",
+    "privacy.noise_multiplier=0.5",
+    "aggregation.clip_norm=1.0",
+    "algorithm.weighting=uniform",
+  )
+  with pytest.raises(RuntimeError, match="a hook failed"):
+    run(config, progress=False, hooks=[probe])
+  assert probe.started == [1, 2] and probe.closed
+  assert probe.seen == [(1, True, 0), (2, True, 1)]
+  assert [r["probe"] for r in run_folder.read_metrics(out)] == [1]  # round 1 kept, with its metric

@@ -14,7 +14,7 @@ from fedjax_lab.cli import main
 from fedjax_lab.data.code_files import python_files
 from fedjax_lab.data.generated import GLOBAL_TEST_CLIENTS, GeneratedClients, synthetic_clients
 from fedjax_lab.engine.evaluate import client_metrics
-from fedjax_lab.runner import evaluated_clients
+from fedjax_lab.evaluation import evaluated_clients
 
 
 def test_a_million_clients_cost_their_size_array():

@@ -163,7 +163,7 @@ def test_poisson_sampling_is_accounted_under_add_or_remove_by_both_accountants()
 
 
 def test_poisson_cohorts_are_seeded_of_varying_size_at_the_expected_rate():
-  from fedjax_lab.runner import cohort_ids
+  from fedjax_lab.round_step import cohort_ids
 
   draws = [cohort_ids(3, r, 50, 10, "poisson") for r in range(400)]
   sizes = np.array([len(d) for d in draws])
@@ -231,7 +231,8 @@ def test_every_robust_rule_trains_fedavg(tmp_path, rule):
 
 @pytest.mark.slow
 def test_a_private_run_logs_the_epsilon_it_spends(tmp_path):
-  from fedjax_lab.runner import cohort_ids, run
+  from fedjax_lab.round_step import cohort_ids
+  from fedjax_lab.runner import run
 
   config = load_config(
     None,

@@ -114,7 +114,8 @@ BASE = [
 def test_lost_clients_contribute_nothing_and_the_clock_runs_on(tmp_path):
   from fedjax_lab.algorithms import payload_bytes
   from fedjax_lab.build import build_experiment
-  from fedjax_lab.runner import cohort_ids, reporting_clients, run
+  from fedjax_lab.round_step import cohort_ids, reporting_clients
+  from fedjax_lab.runner import run
 
   settings = [
     *BASE,
@@ -251,7 +252,8 @@ def test_scaffold_keeps_the_controls_of_clients_it_lost(tmp_path):
   their control variates as they were and updates the reporting clients' ones."""
   from fedjax_lab.algorithms import payload_bytes
   from fedjax_lab.build import build_experiment
-  from fedjax_lab.runner import cohort_ids, reporting_clients, run
+  from fedjax_lab.round_step import cohort_ids, reporting_clients
+  from fedjax_lab.runner import run
 
   settings = [*BASE, "algorithm.name=scaffold", "rounds=1", "systems.dropout=0.5"]
   config = load_config(None, [*settings, f"out_dir={tmp_path}"])

@@ -42,7 +42,7 @@ from fedjax_lab.build import build_experiment
 from fedjax_lab.config import AlgorithmConfig
 from fedjax_lab.data.catalog import DirichletOptions, ShardsOptions
 from fedjax_lab.plots import pyplot
-from fedjax_lab.runner import cohort_ids
+from fedjax_lab.round_step import cohort_ids
 from fedjax_lab.stats import STANDARD_SEEDS, describe, paired_difference
 from fedjax_lab.tables import format_table
 

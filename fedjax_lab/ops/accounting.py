@@ -2,7 +2,7 @@
 
 Each round releases the Gaussian mechanism on the sum of clipped contributions (norm at most
 ``C``), noise std ``z C``, composed over the rounds. Two samplings, as the run draws cohorts
-(``runner.cohort_ids``):
+(``round_step.cohort_ids``):
 
 - ``fixed``: ``K`` clients uniformly without replacement from ``N``, a
   ``SampledWithoutReplacementDpEvent`` under the replace-one neighbouring relation. Replacing
