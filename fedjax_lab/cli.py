@@ -22,7 +22,7 @@ import sys
 
 def load_plugin(spec: str) -> None:
   """Import a module by dotted name or a ``.py`` file by path; a plugin registers its methods,
-  aggregators, sources or models when imported (README, "Writing a new algorithm"), and may
+  aggregators, sources or models when imported (docs/writing_a_method.md), and may
   add hooks to the run (``fedjax_lab.hooks.install``)."""
   if spec.endswith(".py"):
     path = pathlib.Path(spec).resolve()

@@ -1,6 +1,6 @@
 """Name -> entry tables: how methods, aggregators, data sources, partitioners and models are
 found by the name a config gives. Adding one is a module plus a ``register`` call; code outside
-the package registers the same way (README, "Writing a new algorithm").
+the package registers the same way (docs/writing_a_method.md).
 
 An entry may carry ``options``, the frozen dataclass of its own settings: a config writes them
 as a table named after the entry (``algorithm.fedmr.granularity=layer``,

@@ -14,12 +14,12 @@ from fedjax_lab.algorithms import ALGORITHMS
 from fedjax_lab.cli import main
 from fedjax_lab.registry import Registry
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+GUIDE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "writing_a_method.md"
 
 
-def _readme_method() -> str:
-  """The one-file method of the README's "Writing a new algorithm" section, verbatim."""
-  text = README.read_text()
+def _guide_method() -> str:
+  """The one-file method of docs/writing_a_method.md, verbatim."""
+  text = GUIDE.read_text()
   start = text.index("```python\n# damped_avg.py") + len("```python\n")
   return text[start : text.index("```", start)]
 
@@ -27,7 +27,7 @@ def _readme_method() -> str:
 @pytest.fixture()
 def plugin(tmp_path):
   path = tmp_path / "damped_plugin.py"
-  path.write_text(_readme_method())
+  path.write_text(_guide_method())
   yield str(path)
   ALGORITHMS.unregister("damped_avg")
 
