@@ -17,7 +17,7 @@ import numpy as np
 from fedjax_lab import run_folder, sweep
 from fedjax_lab.build import build_federation
 from fedjax_lab.config import load_config
-from fedjax_lab.plots import pyplot
+from fedjax_lab.plots import plot_curves
 from fedjax_lab.run_cache import (  # noqa: F401 (the reproduction scripts' names for them)
   DIVERGED_MARKER,
   diverged,
@@ -74,20 +74,6 @@ def alpha_seed_curves(
   return ordered, sum(loaded)
 
 
-def spread(values: list[float]) -> dict[str, float]:
-  """Mean, sample standard deviation (ddof=1; NaN for one value), min and max over seeds,
-  ignoring NaN (diverged) runs."""
-  finite = [v for v in values if np.isfinite(v)]
-  if not finite:
-    return {"mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan")}
-  return {
-    "mean": float(np.mean(finite)),
-    "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else float("nan"),
-    "min": float(np.min(finite)),
-    "max": float(np.max(finite)),
-  }
-
-
 def environment(started: float, runs_read_back: int, config) -> dict:
   """Wall time, date, hardware and package versions, saved beside every summary."""
   return {
@@ -118,55 +104,35 @@ def machine_record() -> dict:
   }
 
 
-def write_summary(out_root: pathlib.Path, rows: list[dict], columns: list[str], env: dict) -> str:
-  """``summary.json`` and ``summary.md`` in ``out_root``; returns the printed table."""
+def write_results_table(
+  out_root: pathlib.Path, rows: list[dict], columns: list[str], env: dict
+) -> str:
+  """A reproduction script's table: ``summary.json`` (rows and ``environment``) and
+  ``summary.md`` in ``out_root``; returns the printed table. (A sweep's summary, from its
+  own records, is ``sweep.write_summary``.)"""
   table = format_table(rows, columns)
   (out_root / "summary.json").write_text(json.dumps({"rows": rows, **env}, indent=2))
   (out_root / "summary.md").write_text(f"```\n{table}\n```\n\n{json.dumps(env)}\n")
   return table
 
 
-def plot_curves(
-  curves: dict,
-  panels: list,
-  names: list[str],
-  path: pathlib.Path,
-  key: str,
-  ylabel: str,
-  panel_title=str,
-) -> None:
-  """One panel per entry of ``panels``; in each, per name, the mean of ``key`` over the runs
-  ``curves[(panel, name)]`` (lists of metric rows) with a min-max band; diverged runs are
-  left out."""
-  plt = pyplot()
-
-  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-  for ax, panel in zip(axes[0], panels):
-    for index, name in enumerate(names):
+def curve_panels(curves: dict, panels: list, names: list[str], key: str, panel_title=str) -> dict:
+  """``plots.plot_curves``' panels: one per entry of ``panels`` (titled ``panel_title(panel)``),
+  in each, per name, the ``(round, key)`` series of the runs ``curves[(panel, name)]`` (lists
+  of metric rows); diverged runs and names without a series are left out."""
+  out = {}
+  for panel in panels:
+    lines = {}
+    for name in names:
       series = [
         [(m["round"], m[key]) for m in rows if key in m]
         for rows in curves.get((panel, name), [])
         if not diverged(rows)
       ]
-      series = [s for s in series if s]
-      if not series:
-        continue
-      rounds = [r for r, _ in series[0]]
-      values = np.array([[v for _, v in s] for s in series])
-      ax.plot(rounds, values.mean(0), color=f"C{index}", label=name)
-      ax.fill_between(rounds, values.min(0), values.max(0), color=f"C{index}", alpha=0.15)
-    ax.set_title(panel_title(panel), fontsize=9)
-    ax.set_xlabel("round")
-    ax.grid(alpha=0.3)
-  axes[0][0].set_ylabel(ylabel)
-  labelled = {}
-  for ax in axes[0]:
-    for handle, label in zip(*ax.get_legend_handles_labels()):
-      labelled.setdefault(label, handle)
-  axes[0][-1].legend(labelled.values(), labelled.keys(), fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+      if any(series):
+        lines[name] = [s for s in series if s]
+    out[panel_title(panel)] = lines
+  return out
 
 
 def algorithm_variant(config_path: str, overrides: list[str], method: str, options: dict):
@@ -288,10 +254,8 @@ def summarize_run_metrics(results: pathlib.Path, summary_tables, names, panel_ti
   alphas = sorted({alpha for alpha, _ in runs})
   present = [name for name in names if any((alpha, name) in runs for alpha in alphas)]
   curves = {key: list(by_seed.values()) for key, by_seed in runs.items()}
-  plot_curves(
-    curves, alphas, present, results / "accuracy.png", "global_accuracy",
-    "global test accuracy", panel_title=panel_title,
-  )  # fmt: skip
+  panels = curve_panels(curves, alphas, present, "global_accuracy", panel_title)
+  plot_curves(panels, results / "accuracy.png", "global test accuracy")
   return tables
 
 

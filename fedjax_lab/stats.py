@@ -11,13 +11,17 @@ from scipy import stats
 
 
 def describe(values) -> dict[str, float]:
-  """Mean, sample standard deviation (ddof=1; NaN for one value) and n over the finite
-  ``values`` (NaN marks a diverged run, left out and counted in ``n_missing``)."""
+  """Mean, sample standard deviation (ddof=1; NaN for one value), min, max and n over the
+  finite ``values`` (NaN marks a diverged run, left out and counted in ``n_missing``): the one
+  summary over seeds every table uses."""
   values = np.asarray(values, np.float64)
   finite = values[np.isfinite(values)]
+  nan = float("nan")
   return {
-    "mean": float(finite.mean()) if finite.size else float("nan"),
-    "std": float(finite.std(ddof=1)) if finite.size > 1 else float("nan"),
+    "mean": float(finite.mean()) if finite.size else nan,
+    "std": float(finite.std(ddof=1)) if finite.size > 1 else nan,
+    "min": float(finite.min()) if finite.size else nan,
+    "max": float(finite.max()) if finite.size else nan,
     "n": int(finite.size),
     "n_missing": int(values.size - finite.size),
   }

@@ -33,11 +33,9 @@ import signal
 import threading
 import time
 
-import numpy as np
-
 from fedjax_lab import stats
 from fedjax_lab.config import ExperimentConfig, config_from_dict, load_config
-from fedjax_lab.plots import pyplot
+from fedjax_lab.plots import plot_curves
 from fedjax_lab.tables import format_table
 
 DEFAULT_METRICS = ("global_accuracy", "client_accuracy_mean", "client_accuracy_p10")
@@ -359,36 +357,19 @@ def _paired(cells, key: tuple, baseline: tuple[str, str], metric: str) -> str:
   return stats.format_paired(a, b, digits=4)
 
 
-def plot_curves(curves: list[dict], metric: str, compared: str, path: pathlib.Path) -> None:
-  """``metric`` against the round: a panel per combination of the grid values but
-  ``compared``'s, a line per ``compared`` value (mean over seeds, min-max band)."""
-  plt = pyplot()
-  panels: dict[tuple, dict[str, list]] = {}
+def curve_panels(curves: list[dict], metric: str, compared: str) -> dict:
+  """``plots.plot_curves``' panels of ``metric``: one per combination of the grid values but
+  ``compared``'s, a line per ``compared`` value over its seeds; diverged runs left out."""
+  short = short_names([Axis(f, ()) for f in curves[0]["grid"]]) if curves else {}
+  panels: dict[str, dict[str, list]] = {}
   for curve in curves:
     grid = curve["grid"]
-    panel = tuple((f, v) for f, v in grid.items() if f != compared)
+    title = ", ".join(f"{short[f]}={v}" for f, v in grid.items() if f != compared) or metric
     points = [(r["round"], r[metric]) for r in curve["rows"] if metric in r]
     if points and not any(r.get("diverged") for r in curve["rows"]):
-      panels.setdefault(panel, {}).setdefault(grid.get(compared, ""), []).append(points)
-  if not panels:
-    return
-  short = short_names([Axis(f, ()) for f in curves[0]["grid"]])
-  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-  for ax, (panel, lines) in zip(axes[0], panels.items()):
-    for index, (label, series) in enumerate(lines.items()):
-      length = min(len(s) for s in series)
-      rounds = [r for r, _ in series[0][:length]]
-      values = np.array([[v for _, v in s[:length]] for s in series])
-      ax.plot(rounds, values.mean(0), color=f"C{index}", label=f"{short.get(compared, '')}={label}")
-      ax.fill_between(rounds, values.min(0), values.max(0), color=f"C{index}", alpha=0.15)
-    ax.set_title(", ".join(f"{short[f]}={v}" for f, v in panel) or metric, fontsize=9)
-    ax.set_xlabel("round")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  axes[0][0].set_ylabel(f"{metric} (mean, min-max over seeds)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+      label = f"{short.get(compared, '')}={grid.get(compared, '')}"
+      panels.setdefault(title, {}).setdefault(label, []).append(points)
+  return panels
 
 
 def write_summary(
@@ -410,7 +391,9 @@ def write_summary(
   fields = list(per_seed[0]["grid"]) if per_seed else []
   compared = baseline[0] if baseline else (fields[0] if fields else "")
   for metric in metrics:
-    plot_curves(curves, metric, compared, folder / f"{metric}.png")
+    panels = curve_panels(curves, metric, compared)
+    if panels:
+      plot_curves(panels, folder / f"{metric}.png", f"{metric} (mean, min-max over seeds)")
   return tables
 
 

@@ -194,7 +194,9 @@ def test_a_diverged_run_is_recorded_not_rerun(tmp_path):
   assert grid.last_evaluations(again, "global_accuracy") != grid.last_evaluations(
     again, "global_accuracy"
   )  # NaN
-  assert grid.spread([0.5, float("nan"), 0.7])["mean"] == 0.6
+  from fedjax_lab.stats import describe
+
+  assert describe([0.5, float("nan"), 0.7])["mean"] == 0.6
 
 
 def test_a_finished_run_is_read_back_only_with_the_same_config(tmp_path):

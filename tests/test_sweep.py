@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from fedjax_lab import run_folder, stats, sweep
+from fedjax_lab import plots, run_folder, stats, sweep
 from fedjax_lab.cli import main
 
 TINY = [
@@ -147,6 +147,9 @@ def test_curves_band_is_the_min_and_max_over_seeds(tmp_path, monkeypatch):
     def fill_between(self, rounds, low, high, **kw):
       drawn["band"] = (np.asarray(low), np.asarray(high))
 
+    def get_legend_handles_labels(self):
+      return [], []
+
     def __getattr__(self, name):
       return lambda *a, **k: None
 
@@ -161,11 +164,13 @@ def test_curves_band_is_the_min_and_max_over_seeds(tmp_path, monkeypatch):
     def close(self, fig):
       pass
 
-  monkeypatch.setattr(sweep, "pyplot", Pyplot)
+  monkeypatch.setattr(plots, "pyplot", Pyplot)
   curves = [{"grid": {"algorithm.name": "fedavg"}, "seed": s,
              "rows": [{"round": 2, "acc": v}, {"round": 4, "acc": v + 0.1}]}
             for s, v in enumerate([0.2, 0.4, 0.3])]  # fmt: skip
-  sweep.plot_curves(curves, "acc", "algorithm.name", pathlib.Path(tmp_path / "x.png"))
+  panels = sweep.curve_panels(curves, "acc", "algorithm.name")
+  assert list(panels) == ["acc"] and list(panels["acc"]) == ["name=fedavg"]
+  plots.plot_curves(panels, pathlib.Path(tmp_path / "x.png"), "acc")
   np.testing.assert_allclose(drawn["mean"], [0.3, 0.4])
   np.testing.assert_allclose(drawn["band"][0], [0.2, 0.3])
   np.testing.assert_allclose(drawn["band"][1], [0.4, 0.5])

@@ -18,6 +18,8 @@ import pathlib
 import time
 
 from fedjax_lab import grid, load_config
+from fedjax_lab.plots import plot_curves
+from fedjax_lab.stats import describe
 
 HERE = pathlib.Path(__file__).parent
 # variant -> (registered method, its options changed from the config's)
@@ -83,42 +85,30 @@ def main() -> None:
   rows = []
   for alpha in args.alphas:
     for name in args.algorithms:
-      finals = grid.spread([final_accuracy(m) for m in curves[(alpha, name)]])
+      finals = describe([final_accuracy(m) for m in curves[(alpha, name)]])
       rows.append(
         {
           "alpha": alpha,
           "algorithm": name,
-          **{f"acc_{k}": v for k, v in finals.items()},
+          **{f"acc_{k}": finals[k] for k in ("mean", "std", "min", "max")},
           "seeds": len(curves[(alpha, name)]),
           "diverged": sum(grid.diverged(m) for m in curves[(alpha, name)]),
         }
       )
   env = {**grid.environment(started, loaded, base), "std": "sample (ddof=1)"}
-  table = grid.write_summary(
+  table = grid.write_results_table(
     out_root,
     rows,
     ["alpha", "algorithm", "acc_mean", "acc_std", "acc_min", "acc_max", "seeds", "diverged"],
     env,
   )
   title = lambda alpha: f"alpha = {alpha}"
-  grid.plot_curves(
-    curves,
-    args.alphas,
-    args.algorithms,
-    out_root / "accuracy.png",
-    "global_accuracy",
-    "global accuracy",
-    title,
-  )
-  grid.plot_curves(
-    curves,
-    args.alphas,
-    args.algorithms,
-    out_root / "divergence.png",
-    "client_cosine_similarity",
-    "cosine of trained models",
-    title,
-  )
+  for key, file, label in (
+    ("global_accuracy", "accuracy.png", "global accuracy"),
+    ("client_cosine_similarity", "divergence.png", "cosine of trained models"),
+  ):
+    panels = grid.curve_panels(curves, args.alphas, args.algorithms, key, title)
+    plot_curves(panels, out_root / file, label)
   print(table)
   print(
     f"wall time {env['wall_seconds']} s; wrote {out_root}/summary.md, summary.json, "

@@ -22,6 +22,8 @@ import time
 import numpy as np
 
 from fedjax_lab import grid, load_config
+from fedjax_lab.plots import plot_curves
+from fedjax_lab.stats import describe
 
 HERE = pathlib.Path(__file__).parent
 
@@ -165,13 +167,13 @@ def main() -> None:
     reference = args.algorithms[0]
     target = (
       args.target_fraction
-      * grid.spread(
-        [grid.last_evaluations(m, "global_accuracy") for m in curves[(alpha, reference)]]
-      )["mean"]
+      * describe([grid.last_evaluations(m, "global_accuracy") for m in curves[(alpha, reference)]])[
+        "mean"
+      ]
     )
     for name in args.algorithms:
       runs = curves[(alpha, name)]
-      finals = grid.spread([grid.last_evaluations(m, "global_accuracy") for m in runs])
+      finals = describe([grid.last_evaluations(m, "global_accuracy") for m in runs])
       reached = [rounds_to_target(m, target) for m in runs]
       rows.append(
         {
@@ -193,7 +195,7 @@ def main() -> None:
       )
   env = {**grid.environment(started, loaded, base), "std": "sample (ddof=1)"}
   env["target"] = f"{args.target_fraction} x final accuracy of {args.algorithms[0]}"
-  table = grid.write_summary(
+  table = grid.write_results_table(
     out_root,
     rows,
     [
@@ -210,15 +212,9 @@ def main() -> None:
     ],
     env,
   )
-  grid.plot_curves(
-    curves,
-    args.alphas,
-    args.algorithms,
-    out_root / "accuracy.png",
-    "global_accuracy",
-    "global accuracy",
-    lambda alpha: f"alpha = {alpha}",
-  )
+  title = lambda alpha: f"alpha = {alpha}"
+  panels = grid.curve_panels(curves, args.alphas, args.algorithms, "global_accuracy", title)
+  plot_curves(panels, out_root / "accuracy.png", "global accuracy")
   print(table)
   print(
     f"wall time {env['wall_seconds']} s; wrote {out_root}/summary.md, summary.json, accuracy.png"

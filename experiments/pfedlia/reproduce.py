@@ -39,6 +39,7 @@ import pathlib
 import numpy as np
 
 from fedjax_lab import build_federation, grid, load_config
+from fedjax_lab.plots import plot_curves
 from fedjax_lab.stats import format_paired, format_spread
 from fedjax_lab.tables import format_table
 
@@ -184,10 +185,8 @@ def main() -> None:
   benchmarks = [b for b in BENCHMARKS if any(key[0] == b for key in runs)]
   curves = {key: list(by_seed.values()) for key, by_seed in runs.items()}
   names = [n for n in VARIANTS if any((b, n) in runs for b in benchmarks)]
-  grid.plot_curves(
-    curves, benchmarks, names, results / "accuracy.png", "client_accuracy_mean",
-    "clients' mean personalized accuracy",
-  )  # fmt: skip
+  panels = grid.curve_panels(curves, benchmarks, names, "client_accuracy_mean")
+  plot_curves(panels, results / "accuracy.png", "clients' mean personalized accuracy")
   print(tables)
 
 
