@@ -25,6 +25,8 @@ LAYERS = {
   "build": 6,
   "runner": 6,
   "hooks": 6,
+  "features": 6,
+  "config_parsing": 6,
   "round_step": 6,
   "run_hooks": 6,
   "evaluation": 6,

@@ -80,3 +80,9 @@ __all__ = [
   "compiled_round",
   "payload_bytes",
 ]
+
+
+def methods_declaring(flag: str) -> list[str]:
+  """The registered methods whose ``AlgorithmEntry`` sets ``flag`` (``aggregated_uploads``,
+  ``cohort_reduced``, ...), in registration order: what a refusal lists as allowed."""
+  return [name for name in ALGORITHMS.names() if getattr(ALGORITHMS.get(name), flag)]
