@@ -137,3 +137,14 @@ def test_every_module_is_named_in_the_architecture_page():
     if path.name != "__init__.py" and path.name not in page
   ]
   assert not missing, f"docs/architecture.md does not name {missing}"
+
+
+def test_no_function_in_the_package_is_over_80_lines():
+  long = []
+  for path in sorted(PACKAGE.rglob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        lines = node.end_lineno - node.lineno + 1
+        if lines > 80:
+          long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({lines} lines)")
+  assert not long, long

@@ -32,6 +32,7 @@ it trained with).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -288,6 +289,44 @@ def local_update(setup: ClientSetup, options: AdaptivePruningConfig):
   return client, head_schedule
 
 
+def initial_state(setup: ClientSetup, options: AdaptivePruningConfig, key) -> PruningState:
+  """The shared part, every device's copy of the personal head, ratios 0, and the state of
+  an aggregator over (kept weights, masks) pairs."""
+  groups, personal = setup.layer_groups, options.personal_groups
+  shared, head = split_groups(setup.init_params(key), groups, personal)
+  shared_shape, _ = split_groups(setup.params_shape, groups, personal)
+  return PruningState(
+    shared,
+    tree_broadcast(head, setup.num_clients),
+    jnp.zeros(setup.num_clients, jnp.float32),
+    setup.aggregator.init({"kept": shared_shape, "mask": shared_shape}),
+  )
+
+
+def aggregate_kept(setup: ClientSetup, carry) -> dict:
+  """The mask-aware mean of the kept weights; each head written back."""
+  state, cohort, key, rho = carry["state"], carry["cohort"], carry["key"], carry["rho"]
+  kept, heads, losses, upload = carry["trained"]
+  weights = client_weight(cohort.num_examples, setup.weighting)
+  reference = {"kept": state.shared, "mask": jax.tree.map(jnp.ones_like, state.shared)}
+  means, aggregator_state = setup.aggregator.aggregate(
+    kept, weights, reference, state.aggregator_state, jax.random.fold_in(key, AGGREGATION_STREAM)
+  )
+  shared = pruning.mask_aware_mean(means["kept"], means["mask"], state.shared)
+  new_state = PruningState(
+    shared,
+    tree_scatter(state.heads, cohort.client_ids, heads),
+    state.last_ratio.at[cohort.client_ids].set(rho),
+    aggregator_state,
+  )
+  metrics = {
+    "train_loss": weighted_mean(losses, weights),
+    "prune_ratio_mean": jnp.mean(rho),
+    "upload_bytes_mean": jnp.mean(upload),
+  }
+  return {"state": new_state, "metrics": metrics}
+
+
 def adaptive_pruning(setup: ClientSetup, options: AdaptivePruningConfig) -> Algorithm:
   """Adaptive pruning with partial personalization (module docstring).
 
@@ -309,7 +348,6 @@ def adaptive_pruning(setup: ClientSetup, options: AdaptivePruningConfig) -> Algo
 
   client, head_schedule = local_update(setup, options)
   train_cohort = setup.executor.map(client, (None, 0, 0, 0, 0, 0, 0), sort_by=5)
-  pair_shape = {"kept": shared_shape, "mask": shared_shape}
 
   def train(carry):
     """Each device trains its pruned shared part (ratio ``rho``) and its head."""
@@ -325,42 +363,10 @@ def adaptive_pruning(setup: ClientSetup, options: AdaptivePruningConfig) -> Algo
     )
     return {**carry, "trained": trained}
 
-  def aggregate(carry):
-    """The mask-aware mean of the kept weights; each head written back."""
-    state, cohort, key, rho = carry["state"], carry["cohort"], carry["key"], carry["rho"]
-    kept, heads, losses, upload = carry["trained"]
-    weights = client_weight(cohort.num_examples, setup.weighting)
-    reference = {"kept": state.shared, "mask": jax.tree.map(jnp.ones_like, state.shared)}
-    means, aggregator_state = setup.aggregator.aggregate(
-      kept, weights, reference, state.aggregator_state, jax.random.fold_in(key, AGGREGATION_STREAM)
-    )
-    shared = pruning.mask_aware_mean(means["kept"], means["mask"], state.shared)
-    new_state = PruningState(
-      shared,
-      tree_scatter(state.heads, cohort.client_ids, heads),
-      state.last_ratio.at[cohort.client_ids].set(rho),
-      aggregator_state,
-    )
-    metrics = {
-      "train_loss": weighted_mean(losses, weights),
-      "prune_ratio_mean": jnp.mean(rho),
-      "upload_bytes_mean": jnp.mean(upload),
-    }
-    return {"state": new_state, "metrics": metrics}
-
   training = phases.for_executor(
-    phases.Phases(phases.clients(train), phases.server(aggregate)), setup.executor.jit_round
+    phases.Phases(phases.clients(train), phases.server(functools.partial(aggregate_kept, setup))),
+    setup.executor.jit_round,
   )
-
-  def init(key):
-    params = setup.init_params(key)
-    shared, head = split_groups(params, groups, options.personal_groups)
-    return PruningState(
-      shared,
-      tree_broadcast(head, setup.num_clients),
-      jnp.zeros(setup.num_clients, jnp.float32),
-      setup.aggregator.init(pair_shape),
-    )
 
   def round_fn(state, cohort, key):
     ids, num_examples = np.asarray(cohort.client_ids), np.asarray(cohort.num_examples)
@@ -384,7 +390,7 @@ def adaptive_pruning(setup: ClientSetup, options: AdaptivePruningConfig) -> Algo
     return jax.vmap(device_model)(state.heads, state.last_ratio, keys)
 
   return Algorithm(
-    init,
+    functools.partial(initial_state, setup, options),
     round_fn,
     global_params=(lambda state: state.shared) if options.personal_groups == 0 else None,
     personal_params=personal_params,

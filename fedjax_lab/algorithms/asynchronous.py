@@ -41,6 +41,7 @@ dispatched it ends is counted in the next step. Metrics: ``simulated_seconds`` (
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -77,6 +78,80 @@ class AsyncState:
   aggregator_state: Any = ()
 
 
+def initial_state(setup, server_opt, concurrency: int, key) -> AsyncState:
+  """The model from ``key``, ``concurrency`` empty slots, version 0, the clock at 0."""
+  params = setup.init_params(key)
+  results = jax.tree.map(lambda p: jnp.zeros((concurrency,) + p.shape, p.dtype), params)
+  return AsyncState(
+    params=params,
+    server_opt_state=server_opt.init(params),
+    results=results,
+    weight=jnp.zeros(concurrency, jnp.float32),
+    finish=jnp.full(concurrency, EMPTY_SLOT, jnp.float32),
+    version=jnp.zeros(concurrency, jnp.int32),
+    server_version=jnp.zeros((), jnp.int32),
+    clock=jnp.zeros((), jnp.float32),
+    aggregator_state=setup.aggregator.init(setup.params_shape),
+  )
+
+
+def server_target(setup, staleness_exponent: float, mixing, state, slots, key):
+  """``(x', aggregator_state, stepped)``: where the arrivals in ``slots`` move ``x`` (FedBuff's
+  discounted mean of updates with ``mixing=None``, else FedAsync's sequential mixing)."""
+  x = state.params
+  weight = state.weight[slots]
+  staleness = state.server_version - state.version[slots]
+  discount = polynomial_staleness(staleness, staleness_exponent)
+  stored = tree_gather(state.results, slots)
+  if mixing is None:
+    models = jax.tree.map(lambda p, d: p[None] + d, x, stored)
+    weights = weight * discount
+    scale = weights.sum() / jnp.maximum(weight.sum(), jnp.finfo(jnp.float32).tiny)
+  else:
+    models = stored
+    weights, scale = sequential_mixing(jnp.where(weight > 0, mixing * discount, 0.0))
+  aggregate, aggregator_state = aggregate_models(
+    setup, models, weights, x, state.aggregator_state, key
+  )
+  target = jax.tree.map(lambda p, a: p + scale * (a - p), x, aggregate)
+  return target, aggregator_state, weight.sum() > 0
+
+
+def store(setup, arrivals: int, sends_update: bool, carry):
+  """The new results wait in the freed slots until their simulated finish (as updates when
+  ``sends_update``, FedBuff's; as models for FedAsync); the round's metrics."""
+  state, cohort, slots = carry["state"], carry["cohort"], carry["slots"]
+  trained, server_version = carry["trained"], carry["server_version"]
+  arrived = state.finish[slots]
+  counted = state.weight[slots] > 0
+  staleness = (state.server_version - state.version[slots]).astype(jnp.float32)
+  results = jax.tree.map(jnp.subtract, trained, carry["starts"]) if sends_update else trained
+  weights = client_weights(cohort, setup.weighting)
+  seconds = jnp.zeros(arrivals) if cohort.seconds is None else cohort.seconds
+  last = carry["last"]
+  new_state = AsyncState(
+    params=carry["stepped_params"],
+    server_opt_state=carry["opt_state"],
+    results=tree_scatter(state.results, slots, results),
+    weight=state.weight.at[slots].set(weights),
+    finish=state.finish.at[slots].set(jnp.maximum(arrived, 0.0) + seconds.astype(jnp.float32)),
+    version=state.version.at[slots].set(jnp.where(last, server_version, state.server_version)),
+    server_version=server_version,
+    clock=jnp.maximum(state.clock, arrived.max()),
+    aggregator_state=carry["aggregator_state"],
+  )
+  count = jnp.maximum(counted.sum(), 1)
+  metrics = {
+    "train_loss": weighted_mean(carry["result"].mean_loss, weights),
+    "simulated_seconds": new_state.clock,
+    "server_steps": server_version,
+    "arrivals": counted.sum(),
+    "staleness_mean": jnp.where(counted, staleness, 0.0).sum() / count,
+    "staleness_max": jnp.where(counted, staleness, 0.0).max(),
+  }
+  return {"state": new_state, "metrics": metrics}
+
+
 def asynchronous(
   setup: ClientSetup,
   server_opt: optax.GradientTransformation,
@@ -102,41 +177,6 @@ def asynchronous(
   train = setup.cohort_trainer(None, params_axis=0, context_axis=None)
   sends_update = mixing is None
 
-  def init(key):
-    params = setup.init_params(key)
-    results = jax.tree.map(lambda p: jnp.zeros((concurrency,) + p.shape, p.dtype), params)
-    return AsyncState(
-      params=params,
-      server_opt_state=server_opt.init(params),
-      results=results,
-      weight=jnp.zeros(concurrency, jnp.float32),
-      finish=jnp.full(concurrency, EMPTY_SLOT, jnp.float32),
-      version=jnp.zeros(concurrency, jnp.int32),
-      server_version=jnp.zeros((), jnp.int32),
-      clock=jnp.zeros((), jnp.float32),
-      aggregator_state=setup.aggregator.init(setup.params_shape),
-    )
-
-  def server_target(state, slots, key):
-    """``(x', aggregator_state, stepped)``: where the arrivals in ``slots`` move ``x``."""
-    x = state.params
-    weight = state.weight[slots]
-    staleness = state.server_version - state.version[slots]
-    discount = polynomial_staleness(staleness, staleness_exponent)
-    stored = tree_gather(state.results, slots)
-    if sends_update:
-      models = jax.tree.map(lambda p, d: p[None] + d, x, stored)
-      weights = weight * discount
-      scale = weights.sum() / jnp.maximum(weight.sum(), jnp.finfo(jnp.float32).tiny)
-    else:
-      models = stored
-      weights, scale = sequential_mixing(jnp.where(weight > 0, mixing * discount, 0.0))
-    aggregate, aggregator_state = aggregate_models(
-      setup, models, weights, x, state.aggregator_state, key
-    )
-    target = jax.tree.map(lambda p, a: p + scale * (a - p), x, aggregate)
-    return target, aggregator_state, weight.sum() > 0
-
   def step_on_arrivals(carry):
     """The server step on the ``arrivals`` earliest results (when the last of them arrives),
     and the models the replacements start from: arrival i's replacement starts from the model
@@ -144,7 +184,9 @@ def asynchronous(
     state, key = carry["state"], carry["key"]
     slots = earliest_slots(state.finish, arrivals)
     x = state.params
-    target, aggregator_state, stepped = server_target(state, slots, key)
+    target, aggregator_state, stepped = server_target(
+      setup, staleness_exponent, mixing, state, slots, key
+    )
     pseudo_gradient = jax.tree.map(jnp.subtract, x, target)
     updates, opt_state = server_opt.update(pseudo_gradient, state.server_opt_state, x)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(stepped, n, o), new, old)
@@ -171,41 +213,11 @@ def asynchronous(
     trained, result = train(carry["starts"], carry["cohort"], carry["key"])
     return {**carry, "trained": trained, "result": result}
 
-  def store(carry):
-    """The new results wait in the freed slots until their simulated finish."""
-    state, cohort, slots = carry["state"], carry["cohort"], carry["slots"]
-    trained, server_version = carry["trained"], carry["server_version"]
-    arrived = state.finish[slots]
-    counted = state.weight[slots] > 0
-    staleness = (state.server_version - state.version[slots]).astype(jnp.float32)
-    results = jax.tree.map(jnp.subtract, trained, carry["starts"]) if sends_update else trained
-    weights = client_weights(cohort, setup.weighting)
-    seconds = jnp.zeros(arrivals) if cohort.seconds is None else cohort.seconds
-    last = carry["last"]
-    new_state = AsyncState(
-      params=carry["stepped_params"],
-      server_opt_state=carry["opt_state"],
-      results=tree_scatter(state.results, slots, results),
-      weight=state.weight.at[slots].set(weights),
-      finish=state.finish.at[slots].set(jnp.maximum(arrived, 0.0) + seconds.astype(jnp.float32)),
-      version=state.version.at[slots].set(jnp.where(last, server_version, state.server_version)),
-      server_version=server_version,
-      clock=jnp.maximum(state.clock, arrived.max()),
-      aggregator_state=carry["aggregator_state"],
-    )
-    count = jnp.maximum(counted.sum(), 1)
-    metrics = {
-      "train_loss": weighted_mean(carry["result"].mean_loss, weights),
-      "simulated_seconds": new_state.clock,
-      "server_steps": server_version,
-      "arrivals": counted.sum(),
-      "staleness_mean": jnp.where(counted, staleness, 0.0).sum() / count,
-      "staleness_max": jnp.where(counted, staleness, 0.0).max(),
-    }
-    return {"state": new_state, "metrics": metrics}
-
+  init = functools.partial(initial_state, setup, server_opt, concurrency)
   round_fn = phases.Phases(
-    phases.server(step_on_arrivals), phases.clients(dispatch), phases.server(store)
+    phases.server(step_on_arrivals),
+    phases.clients(dispatch),
+    phases.server(functools.partial(store, setup, arrivals, sends_update)),
   )
 
   return Algorithm(init, round_fn, global_params=lambda state: state.params)

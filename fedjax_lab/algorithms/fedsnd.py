@@ -28,6 +28,7 @@ executor, inside the jitted round.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -153,6 +154,30 @@ def dropout_apply(setup: ClientSetup, rate: float):
   return apply
 
 
+def distill_one(apply_fn, options, unroll, params, targets, sample_weights, all_pseudo_x):
+  """One model distilled towards the server's ``targets`` on every pseudo-sample: SGD on
+  ``sum_k a_k mean_p T^2 KL(targets[k, p] || p_T(f(X_k, p))) / sum_k a_k``; returns the model
+  and the loss before and after."""
+  flat_x = all_pseudo_x.reshape((-1,) + all_pseudo_x.shape[2:])
+  flat_targets = targets.reshape((flat_x.shape[0],) + targets.shape[-1:])
+  per_sample = jnp.repeat(sample_weights, options.pseudo_per_client)
+  per_sample = per_sample / jnp.maximum(per_sample.sum(), 1e-12)
+
+  def loss(p):
+    return (
+      per_example_kl(apply_fn(p, flat_x), flat_targets, options.server_temperature) * per_sample
+    ).sum()
+
+  def step(p, _):
+    value, grads = jax.value_and_grad(loss)(p)
+    return jax.tree.map(lambda w, g: w - options.distill_learning_rate * g, p, grads), value
+
+  params, losses = jax.lax.scan(
+    step, params, None, length=options.distill_steps, unroll=bool(unroll)
+  )
+  return params, (losses[0], loss(params))
+
+
 def noise_distillation(setup: ClientSetup, options, num_classes: int) -> tuple:
   """The server's noise distillation (steps 1-2 of the module docstring) as four phases over a
   carry holding ``trained`` ``[M, ...]``, ``pseudo_start`` ``[M, P, ...]`` and ``weights``
@@ -162,7 +187,6 @@ def noise_distillation(setup: ClientSetup, options, num_classes: int) -> tuple:
   go through the executor (client phases: one compiled call a model under ``loop``)."""
   apply_fn = setup.train_apply
   labels = balanced_labels(options.pseudo_per_client, num_classes)
-  input_shape = setup.sample_x.shape[1:]
 
   def refine_one(params, pseudo_x):
     return refine_pseudo_samples(
@@ -179,30 +203,10 @@ def noise_distillation(setup: ClientSetup, options, num_classes: int) -> tuple:
   def logits_on_all(params, all_pseudo_x):  # [M, P, ...] -> [M, P, C]
     return jax.vmap(lambda x: apply_fn(params, x))(all_pseudo_x)
 
-  def distill_one(params, targets, sample_weights, all_pseudo_x):
-    """SGD on ``sum_k a_k mean_p T^2 KL(targets[k, p] || p_T(f(X_k, p))) / sum_k a_k``."""
-    flat_x = all_pseudo_x.reshape((-1,) + input_shape)
-    flat_targets = targets.reshape((flat_x.shape[0],) + targets.shape[-1:])
-    per_sample = jnp.repeat(sample_weights, options.pseudo_per_client)
-    per_sample = per_sample / jnp.maximum(per_sample.sum(), 1e-12)
-
-    def loss(p):
-      return (
-        per_example_kl(apply_fn(p, flat_x), flat_targets, options.server_temperature) * per_sample
-      ).sum()
-
-    def step(p, _):
-      value, grads = jax.value_and_grad(loss)(p)
-      return jax.tree.map(lambda w, g: w - options.distill_learning_rate * g, p, grads), value
-
-    params, losses = jax.lax.scan(
-      step, params, None, length=options.distill_steps, unroll=bool(setup.unroll)
-    )
-    return params, (losses[0], loss(params))
-
   refine_all = setup.executor.map(refine_one, (0, 0))
   cross_logits = setup.executor.map(logits_on_all, (0, None))
-  distill_all = setup.executor.map(distill_one, (0, 0, 0, None))
+  distill_model = functools.partial(distill_one, apply_fn, options, setup.unroll)
+  distill_all = setup.executor.map(distill_model, (0, 0, 0, None))
 
   def refine(carry):
     refined, noise_losses = refine_all(carry["trained"], carry["pseudo_start"])
@@ -238,6 +242,38 @@ def noise_distillation(setup: ClientSetup, options, num_classes: int) -> tuple:
   )
 
 
+def teacher_objective(setup: ClientSetup, options: FedSNDConfig):
+  """The clients' data loss: CE plus the temperature-scaled KL to the teacher, the teacher a
+  second dropout pass (``teacher=dropout``) or a model given as the context."""
+  weight, temperature = options.self_distill_weight, options.temperature
+  if options.teacher == "dropout":
+    student = dropout_apply(setup, options.dropout_rate)
+    return dropout_self_distillation_objective(student, weight, temperature)
+  return self_distillation_objective(setup.train_apply, weight, temperature)
+
+
+def initial_state(setup: ClientSetup, options: FedSNDConfig, key) -> FedSNDState:
+  """The model, each client's pseudo-samples as standard normal noise, and (teacher
+  ``previous``) a zero last model per client, none of them kept yet."""
+  params_key, noise_key = jax.random.split(key)
+  params = setup.init_params(params_key)
+  input_shape = setup.sample_x.shape[1:]
+  pseudo_x = jax.random.normal(
+    noise_key, (setup.num_clients, options.pseudo_per_client) + input_shape, jnp.float32
+  )
+  previous = ()
+  if options.teacher == "previous":
+    zeros = lambda leaf: jnp.zeros((setup.num_clients,) + leaf.shape, leaf.dtype)
+    previous = jax.tree.map(zeros, params)
+  return FedSNDState(
+    params,
+    pseudo_x,
+    previous,
+    jnp.zeros(setup.num_clients, bool),
+    setup.aggregator.init(setup.params_shape),
+  )
+
+
 def fedsnd(setup: ClientSetup, options: FedSNDConfig) -> Algorithm:
   """FedSND (module docstring).
 
@@ -249,19 +285,9 @@ def fedsnd(setup: ClientSetup, options: FedSNDConfig) -> Algorithm:
     An ``Algorithm`` whose state holds the global model, every client's pseudo-samples and
     (teacher ``previous``) every client's last model.
   """
-  apply_fn = setup.train_apply
-  one_model = setup.params_shape
-  num_classes = jax.eval_shape(apply_fn, one_model, setup.sample_x).shape[-1]
-  input_shape = setup.sample_x.shape[1:]
+  num_classes = jax.eval_shape(setup.train_apply, setup.params_shape, setup.sample_x).shape[-1]
   per_client_teacher = options.teacher == "previous"
-  if options.teacher == "dropout":
-    data_loss = dropout_self_distillation_objective(
-      dropout_apply(setup, options.dropout_rate), options.self_distill_weight, options.temperature
-    )
-  else:
-    data_loss = self_distillation_objective(
-      apply_fn, options.self_distill_weight, options.temperature
-    )
+  data_loss = teacher_objective(setup, options)
   train_cohort = setup.cohort_trainer(
     None,
     params_axis=None,
@@ -270,25 +296,6 @@ def fedsnd(setup: ClientSetup, options: FedSNDConfig) -> Algorithm:
     stochastic=options.teacher == "dropout",
   )
   server_steps = noise_distillation(setup, options, num_classes)
-
-  def init(key):
-    params_key, noise_key = jax.random.split(key)
-    params = setup.init_params(params_key)
-    pseudo_x = jax.random.normal(
-      noise_key, (setup.num_clients, options.pseudo_per_client) + input_shape, jnp.float32
-    )
-    previous = (
-      jax.tree.map(lambda leaf: jnp.zeros((setup.num_clients,) + leaf.shape, leaf.dtype), params)
-      if per_client_teacher
-      else ()
-    )
-    return FedSNDState(
-      params,
-      pseudo_x,
-      previous,
-      jnp.zeros(setup.num_clients, bool),
-      setup.aggregator.init(one_model),
-    )
 
   def train(carry):
     """Local training with self-distillation from the teacher."""
@@ -332,6 +339,7 @@ def fedsnd(setup: ClientSetup, options: FedSNDConfig) -> Algorithm:
   distillation = (phases.server(pseudo_start), *server_steps) if options.noise_distill else ()
   round_fn = phases.Phases(phases.clients(train), *distillation, phases.server(aggregate))
 
+  init = functools.partial(initial_state, setup, options)
   return Algorithm(init, round_fn, global_params=lambda state: state.params)
 
 

@@ -67,6 +67,57 @@ class FedRepConfig:
     require(self.head_epochs >= 1, "algorithm.fedrep.head_epochs", ">= 1", self.head_epochs)
 
 
+def joint_trainer(setup: ClientSetup, is_personal):
+  """``train(shared, personal, cohort, key) -> (shared rows, personal rows, result, trained
+  models)``: each cohort client trains its merged model, both parts at once."""
+  joint = setup.executor.map(setup.local_trainer(), (0, 0, 0, 0, 0, None), sort_by=3)
+
+  def train_joint(shared, personal, cohort, key):
+    merged = personalization.merge(tree_broadcast(shared, personal_rows(personal)), personal)
+    trained, result = joint(
+      merged, cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort), None
+    )
+    new_shared, new_personal = personalization.split(trained, is_personal)
+    return new_shared, new_personal, result, trained
+
+  return train_joint
+
+
+def alternating_trainer(setup: ClientSetup, is_personal, head_epochs: int):
+  """FedRep's schedule, as ``joint_trainer``'s ``train``: ``head_epochs`` epochs on the
+  personal part (the shared one fixed), then the setup's epochs on the shared part."""
+  loss = cross_entropy_objective(setup.train_apply)
+  head_schedule = dataclasses.replace(setup.schedule, epochs=head_epochs, steps=0)
+
+  def personal_objective(personal, x, y, mask, shared):
+    return loss(personalization.merge(shared, personal), x, y, mask, None)
+
+  def shared_objective(shared, x, y, mask, personal):
+    return loss(personalization.merge(shared, personal), x, y, mask, None)
+
+  head_trainer = make_local_trainer(
+    personal_objective, setup.optimizer, head_schedule, setup.unroll
+  )
+  body_trainer = make_local_trainer(shared_objective, setup.optimizer, setup.schedule, setup.unroll)
+
+  def alternating(shared, personal, x, y, num_examples, key):
+    head_key, body_key = jax.random.split(key)
+    personal, _ = head_trainer(personal, x, y, num_examples, head_key, shared)
+    shared, result = body_trainer(shared, x, y, num_examples, body_key, personal)
+    return shared, personal, result
+
+  alternate = setup.executor.map(alternating, (None, 0, 0, 0, 0, 0), sort_by=4)
+
+  def train_alternating(shared, personal, cohort, key):
+    keys = round_keys(key, cohort)
+    new_shared, new_personal, result = alternate(
+      shared, personal, cohort.x, cohort.y, cohort.num_examples, keys
+    )
+    return new_shared, new_personal, result, personalization.merge(new_shared, new_personal)
+
+  return train_alternating
+
+
 def partial_personalization(
   setup: ClientSetup, personal_part: str, head_epochs: int | None = None, name: str = ""
 ) -> Algorithm:
@@ -94,50 +145,11 @@ def partial_personalization(
     f"parameters: {', '.join(paths[:6])}{', ...' if len(paths) > 6 else ''})",
     setup.model.name,
   )
-  loss = cross_entropy_objective(setup.train_apply)
-  joint = setup.executor.map(setup.local_trainer(), (0, 0, 0, 0, 0, None), sort_by=3)
-
-  def train_joint(shared, personal, cohort, key):
-    merged = personalization.merge(tree_broadcast(shared, personal_rows(personal)), personal)
-    trained, result = joint(
-      merged, cohort.x, cohort.y, cohort.num_examples, round_keys(key, cohort), None
-    )
-    new_shared, new_personal = personalization.split(trained, is_personal)
-    return new_shared, new_personal, result, trained
-
-  train = train_joint
-  if head_epochs is not None:
-    head_schedule = dataclasses.replace(setup.schedule, epochs=head_epochs, steps=0)
-
-    def personal_objective(personal, x, y, mask, shared):
-      return loss(personalization.merge(shared, personal), x, y, mask, None)
-
-    def shared_objective(shared, x, y, mask, personal):
-      return loss(personalization.merge(shared, personal), x, y, mask, None)
-
-    head_trainer = make_local_trainer(
-      personal_objective, setup.optimizer, head_schedule, setup.unroll
-    )
-    body_trainer = make_local_trainer(
-      shared_objective, setup.optimizer, setup.schedule, setup.unroll
-    )
-
-    def alternating(shared, personal, x, y, num_examples, key):
-      head_key, body_key = jax.random.split(key)
-      personal, _ = head_trainer(personal, x, y, num_examples, head_key, shared)
-      shared, result = body_trainer(shared, x, y, num_examples, body_key, personal)
-      return shared, personal, result
-
-    alternate = setup.executor.map(alternating, (None, 0, 0, 0, 0, 0), sort_by=4)
-
-    def train_alternating(shared, personal, cohort, key):
-      keys = round_keys(key, cohort)
-      new_shared, new_personal, result = alternate(
-        shared, personal, cohort.x, cohort.y, cohort.num_examples, keys
-      )
-      return new_shared, new_personal, result, personalization.merge(new_shared, new_personal)
-
-    train = train_alternating
+  train = (
+    joint_trainer(setup, is_personal)
+    if head_epochs is None
+    else alternating_trainer(setup, is_personal, head_epochs)
+  )
 
   def init(key):
     shared, personal = personalization.split(setup.init_params(key), is_personal)

@@ -151,6 +151,68 @@ def is_influence_round(round_index: int, warmup_rounds: int, recluster_every: in
   return since == 0 or (since > 0 and recluster_every > 0 and since % recluster_every == 0)
 
 
+def personalized_mean(decentralized: bool, trained, weights, labels, adjacency):
+  """Each client's new model: the mean over its influence neighbourhood (decentralized) or its
+  cluster."""
+  if decentralized:
+    return neighbourhood_mean(trained, weights, adjacency)
+  return cluster_mean(trained, weights, labels)
+
+
+def warmup_average(setup: ClientSetup, carry) -> dict:
+  """A warm-up round's server: the aggregate of every client, which all clients then hold."""
+  state, trained, key = carry["state"], carry["trained"], carry["key"]
+  start = jax.tree.map(lambda leaf: leaf[0], state.client_params)  # everyone's start
+  global_params, aggregator_state = setup.aggregator.aggregate(
+    trained, carry["weights"], start, state.aggregator_state,
+    jax.random.fold_in(key, AGGREGATION_STREAM),
+  )  # fmt: skip
+  state = state.replace(
+    client_params=tree_broadcast(global_params, setup.num_clients),
+    trained_params=trained,
+    round=state.round + 1,
+    aggregator_state=aggregator_state,
+  )
+  return {"state": state, "metrics": carry["metrics"]}
+
+
+def score_and_cluster(metrics_fn, options: PFedLIAConfig, carry) -> dict:
+  """The influence round's server: score each trained model on the held-out splits, cluster
+  by influence, average within clusters (or neighbourhoods)."""
+  state, cohort, trained, key = carry["state"], carry["cohort"], carry["trained"], carry["key"]
+  influence = influence_matrix(
+    metrics_fn,
+    state.client_params,
+    trained,
+    cohort.x,
+    cohort.y,
+    carry["held_out"],
+    kind=options.influence,
+    chunk_size=options.chunk_size,
+  )
+  if options.vote_epsilon > 0:
+    influence = randomized_response(
+      jax.random.fold_in(key, RESPONSE_STREAM), influence, options.vote_epsilon
+    )
+  labels, adjacency = cluster_by_influence(influence, state, options, key)
+  metrics = dict(carry["metrics"])
+  metrics.update(
+    influence_self_mean=jnp.mean(jnp.diag(influence)),
+    influence_positive_fraction=jnp.mean(influence > 0),
+  )
+  decentralized = options.clustering == "decentralized"
+  if decentralized:
+    metrics["collaborators_mean"] = jnp.mean(adjacency.sum(1))
+  state = state.replace(
+    client_params=personalized_mean(decentralized, trained, carry["weights"], labels, adjacency),
+    trained_params=trained,
+    labels=labels,
+    adjacency=adjacency,
+    round=state.round + 1,
+  )
+  return {"state": state, "metrics": metrics}
+
+
 def pfedlia(setup: ClientSetup, options: PFedLIAConfig) -> Algorithm:
   """pFedLIA (module docstring).
 
@@ -166,11 +228,6 @@ def pfedlia(setup: ClientSetup, options: PFedLIAConfig) -> Algorithm:
   metrics_fn = masked_metrics(setup.model.apply)
   decentralized = options.clustering == "decentralized"
 
-  def aggregate(trained, weights, labels, adjacency):
-    if decentralized:
-      return neighbourhood_mean(trained, weights, adjacency)
-    return cluster_mean(trained, weights, labels)
-
   def train(carry):
     """Every cohort client trains from its model (``fit_cohort`` if a split made one)."""
     cohort = carry.get("fit_cohort", carry["cohort"])
@@ -179,21 +236,6 @@ def pfedlia(setup: ClientSetup, options: PFedLIAConfig) -> Algorithm:
     )
     return {**carry, "trained": trained, "weights": weights, "metrics": metrics}
 
-  def warmup_average(carry):
-    state, trained, key = carry["state"], carry["trained"], carry["key"]
-    start = jax.tree.map(lambda leaf: leaf[0], state.client_params)  # everyone's start
-    global_params, aggregator_state = setup.aggregator.aggregate(
-      trained, carry["weights"], start, state.aggregator_state,
-      jax.random.fold_in(key, AGGREGATION_STREAM),
-    )  # fmt: skip
-    state = state.replace(
-      client_params=tree_broadcast(global_params, setup.num_clients),
-      trained_params=trained,
-      round=state.round + 1,
-      aggregator_state=aggregator_state,
-    )
-    return {"state": state, "metrics": carry["metrics"]}
-
   def split_for_scoring(carry):
     cohort, fit_cohort, held_out = scoring_split(
       carry["cohort"], jax.random.fold_in(carry["key"], SPLIT_STREAM),
@@ -201,43 +243,12 @@ def pfedlia(setup: ClientSetup, options: PFedLIAConfig) -> Algorithm:
     )  # fmt: skip
     return {**carry, "cohort": cohort, "fit_cohort": fit_cohort, "held_out": held_out}
 
-  def score_and_cluster(carry):
-    state, cohort, trained, key = carry["state"], carry["cohort"], carry["trained"], carry["key"]
-    influence = influence_matrix(
-      metrics_fn,
-      state.client_params,
-      trained,
-      cohort.x,
-      cohort.y,
-      carry["held_out"],
-      kind=options.influence,
-      chunk_size=options.chunk_size,
-    )
-    if options.vote_epsilon > 0:
-      influence = randomized_response(
-        jax.random.fold_in(key, RESPONSE_STREAM), influence, options.vote_epsilon
-      )
-    labels, adjacency = cluster_by_influence(influence, state, options, key)
-    metrics = dict(carry["metrics"])
-    metrics.update(
-      influence_self_mean=jnp.mean(jnp.diag(influence)),
-      influence_positive_fraction=jnp.mean(influence > 0),
-    )
-    if decentralized:
-      metrics["collaborators_mean"] = jnp.mean(adjacency.sum(1))
-    state = state.replace(
-      client_params=aggregate(trained, carry["weights"], labels, adjacency),
-      trained_params=trained,
-      labels=labels,
-      adjacency=adjacency,
-      round=state.round + 1,
-    )
-    return {"state": state, "metrics": metrics}
-
   def cluster_average(carry):
     state, trained = carry["state"], carry["trained"]
     state = state.replace(
-      client_params=aggregate(trained, carry["weights"], state.labels, state.adjacency),
+      client_params=personalized_mean(
+        decentralized, trained, carry["weights"], state.labels, state.adjacency
+      ),
       trained_params=trained,
       round=state.round + 1,
     )
@@ -245,9 +256,13 @@ def pfedlia(setup: ClientSetup, options: PFedLIAConfig) -> Algorithm:
 
   cost = influence_cost(setup.num_clients, tree_bytes(setup.params_shape))
   rounds = {
-    "warmup": phases.Phases(phases.clients(train), phases.server(warmup_average)),
+    "warmup": phases.Phases(
+      phases.clients(train), phases.server(functools.partial(warmup_average, setup))
+    ),
     "influence": phases.Phases(
-      phases.server(split_for_scoring), phases.clients(train), phases.server(score_and_cluster)
+      phases.server(split_for_scoring),
+      phases.clients(train),
+      phases.server(functools.partial(score_and_cluster, metrics_fn, options)),
     ),
     "personalized": phases.Phases(phases.clients(train), phases.server(cluster_average)),
   }

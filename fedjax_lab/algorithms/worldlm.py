@@ -213,6 +213,72 @@ def key_aggregator(
   return aggregate_keys
 
 
+def initial_state(setup: ClientSetup, key_layers, num_nodes: int, key) -> WorldState:
+  """The backbone, every node's copy of the key layers, round 0, no attention yet."""
+  backbone, keys = split_params(setup.init_params(key), key_layers)
+  return WorldState(
+    backbone,
+    tree_broadcast(keys, num_nodes),
+    jnp.zeros((), jnp.int32),
+    jnp.zeros(num_nodes, jnp.float32),
+    jnp.zeros((num_nodes, num_nodes), jnp.float32),
+  )
+
+
+def aggregate_backbone(
+  tree, dp_clip_norm, dp_noise_multiplier, state, node_backbone, node_weight, key
+):
+  """The new backbone: the token-weighted mean up to the root, or, with DP at the federation
+  boundary (``dp_clip_norm > 0``), each federation's mean clipped and noised
+  (``private_backbone``)."""
+  parent_of, depth = tree.parent_of, tree.depth
+  if dp_clip_norm == 0:
+    return tree_gather(tree_mean(node_backbone, node_weight, parent_of, depth)[0], 0)
+  per_federation, weight = tree_mean(node_backbone, node_weight, parent_of, depth, up_to=1)
+  return private_backbone(
+    state.backbone,
+    per_federation,
+    weight,
+    np.flatnonzero(depth == 1),
+    dp_clip_norm,
+    dp_noise_multiplier,
+    key,
+  )
+
+
+def aggregate_tree(tree, key_layers, aggregate_backbone, aggregate_keys, carry):
+  """Backbone and key layers aggregated up the federation tree (attention across nodes)."""
+  state, cohort, key = carry["state"], carry["cohort"], carry["key"]
+  num_nodes = tree.num_nodes
+  client_backbone, client_keys = split_params(carry["trained"], key_layers)
+  leaves = jnp.asarray(tree.client_node)[jnp.asarray(cohort.client_ids)]
+  tokens = cohort.num_examples.astype(jnp.float32)
+  node_weight = jnp.zeros(num_nodes, jnp.float32).at[leaves].set(tokens)
+  place = lambda stacked, rows: jax.tree.map(lambda s, r: s.at[leaves].set(r), stacked, rows)
+  backbone = state.backbone
+  if backbone:
+    node_backbone = place(tree_broadcast(state.backbone, num_nodes), client_backbone)
+    backbone = aggregate_backbone(state, node_backbone, node_weight, key)
+  node_keys, attention, exchange = aggregate_keys(
+    state, place(state.keys, client_keys), node_weight
+  )
+  metrics = {"train_loss": weighted_mean(carry["result"].mean_loss, tokens)}
+  state = WorldState(backbone, node_keys, state.round + 1, attention, exchange)
+  return {"state": state, "metrics": metrics}
+
+
+def train_members(train, start: np.ndarray, carry) -> dict:
+  """Each member trains the shared backbone with its sub-federation's key layers."""
+  state, cohort = carry["state"], carry["cohort"]
+  ids = jnp.asarray(cohort.client_ids)
+  params = merge_params(
+    tree_broadcast(state.backbone, ids.shape[0]),
+    tree_gather(state.keys, jnp.asarray(start)[ids]),
+  )
+  trained, result = train(params, cohort, carry["key"], None)
+  return {**carry, "trained": trained, "result": result}
+
+
 def worldlm(
   setup: ClientSetup,
   *,
@@ -247,33 +313,14 @@ def worldlm(
     start node's K (``fedavg``: one global model).
   """
   tree = FederationTree.from_paths(setup.client_paths)
-  parent_of, depth = tree.parent_of, tree.depth
   num_nodes, dp = tree.num_nodes, dp_clip_norm > 0
   start = start_nodes(tree, variant)
-  federations = np.flatnonzero(depth == 1)
+  federations = np.flatnonzero(tree.depth == 1)
   if variant == "fedavg":
     key_layers = ()
   elif variant in ("hierfavg", "federation_local"):
     key_layers = ALL
   train = setup.cohort_trainer(None, params_axis=0, context_axis=None)
-
-  def init(key):
-    backbone, keys = split_params(setup.init_params(key), key_layers)
-    return WorldState(
-      backbone,
-      tree_broadcast(keys, num_nodes),
-      jnp.zeros((), jnp.int32),
-      jnp.zeros(num_nodes, jnp.float32),
-      jnp.zeros((num_nodes, num_nodes), jnp.float32),
-    )
-
-  def aggregate_backbone(state, node_backbone, node_weight, key):
-    if not dp:
-      return tree_gather(tree_mean(node_backbone, node_weight, parent_of, depth)[0], 0)
-    per_federation, weight = tree_mean(node_backbone, node_weight, parent_of, depth, up_to=1)
-    return private_backbone(
-      state.backbone, per_federation, weight, federations, dp_clip_norm, dp_noise_multiplier, key
-    )
 
   aggregate_keys = key_aggregator(
     tree,
@@ -286,37 +333,13 @@ def worldlm(
     dp=dp,
   )
 
-  def train_members(carry):
-    """Each member trains the shared backbone with its sub-federation's key layers."""
-    state, cohort = carry["state"], carry["cohort"]
-    ids = jnp.asarray(cohort.client_ids)
-    params = merge_params(
-      tree_broadcast(state.backbone, ids.shape[0]),
-      tree_gather(state.keys, jnp.asarray(start)[ids]),
-    )
-    trained, result = train(params, cohort, carry["key"], None)
-    return {**carry, "trained": trained, "result": result}
-
-  def aggregate_tree(carry):
-    """Backbone and key layers aggregated up the federation tree (attention across nodes)."""
-    state, cohort, key = carry["state"], carry["cohort"], carry["key"]
-    client_backbone, client_keys = split_params(carry["trained"], key_layers)
-    leaves = jnp.asarray(tree.client_node)[jnp.asarray(cohort.client_ids)]
-    tokens = cohort.num_examples.astype(jnp.float32)
-    node_weight = jnp.zeros(num_nodes, jnp.float32).at[leaves].set(tokens)
-    place = lambda stacked, rows: jax.tree.map(lambda s, r: s.at[leaves].set(r), stacked, rows)
-    backbone = state.backbone
-    if backbone:
-      node_backbone = place(tree_broadcast(state.backbone, num_nodes), client_backbone)
-      backbone = aggregate_backbone(state, node_backbone, node_weight, key)
-    node_keys, attention, exchange = aggregate_keys(
-      state, place(state.keys, client_keys), node_weight
-    )
-    metrics = {"train_loss": weighted_mean(carry["result"].mean_loss, tokens)}
-    state = WorldState(backbone, node_keys, state.round + 1, attention, exchange)
-    return {"state": state, "metrics": metrics}
-
-  round_fn = phases.Phases(phases.clients(train_members), phases.server(aggregate_tree))
+  backbone_step = functools.partial(
+    aggregate_backbone, tree, dp_clip_norm if dp else 0.0, dp_noise_multiplier
+  )
+  server = functools.partial(aggregate_tree, tree, key_layers, backbone_step, aggregate_keys)
+  round_fn = phases.Phases(
+    phases.clients(functools.partial(train_members, train, start)), phases.server(server)
+  )
 
   def personal_params(state):
     nodes = jnp.asarray(start)
@@ -327,7 +350,7 @@ def worldlm(
   backbone_shape, keys_shape = split_params(setup.params_shape, key_layers)
   fedavg = variant == "fedavg"
   return Algorithm(
-    init,
+    functools.partial(initial_state, setup, key_layers, num_nodes),
     round_fn,
     global_params=(lambda state: merge_params(state.backbone, {})) if fedavg else None,
     personal_params=None if fedavg else personal_params,
