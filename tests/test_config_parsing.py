@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -118,3 +119,46 @@ def test_model_and_rule_options_are_tables_beside_their_registered_entries():
   assert load_config(None, ["model.mlp.hidden=[]"]).model.options.hidden == ()
   old = {"aggregation": {"rule": "krum", "byzantine": 1, "iterations": 3}, "cohort_size": 5}
   assert config_from_dict(old).aggregation.options.byzantine == 1  # earlier flat names read
+
+
+# The refusal table: a bad value names its field and what is allowed (pure: no run).
+@pytest.mark.parametrize(
+  "overrides,message",
+  [
+    (["data.dirichlet.alpha=0"], "data.dirichlet.alpha must be > 0"),
+    (["data.dirichlet.alpha=-0.5"], "data.dirichlet.alpha must be > 0"),
+    (["data.alpha=0"], "data.dirichlet.alpha must be > 0"),  # the name before the move
+    (["data.source=cifar11"], "data.source must be one of digits"),
+    (["model.name=resnet999"], "model.name must be one of mlp"),
+    (["cohort_size=30", "data.num_clients=20"], "cohort_size must be <= data.num_clients=20"),
+    (["local.batch_size=0"], "local.batch_size must be >= 1"),
+    (["local.epochs=two"], "local.epochs must be of type int"),
+    (["data.nclients=3"], "data.nclients is not a config field"),
+    (["algorithm.name=fedprox", "algorithm.fedprox.mu=0"], "algorithm.fedprox.mu must be > 0"),
+    (
+      ["algorithm.prox_mu=0.1"],
+      "algorithm.prox_mu is not a config field; allowed: name, weighting",
+    ),
+    (["algorithm.name=fedmr", "algorithm.fedprox.mu=0"], "algorithm.fedprox.mu must be > 0"),
+    (["algorithm.name=fedavgg"], "algorithm.name must be one of fedavg, fedprox"),
+    (["aggregation.rule=bulyan"], "aggregation.rule must be one of mean, median, trimmed_mean"),
+    (["cohort_sampling=poisson", "algorithm.name=scaffold"], "cohort_sampling must be fixed"),
+    (["cohort_sampling=every"], "cohort_sampling must be one of fixed, poisson"),
+    (
+      ["privacy.accountant=pld", "privacy.noise_multiplier=1", "aggregation.clip_norm=1"]
+      + ["algorithm.weighting=uniform"],
+      "privacy.accountant must be rdp for fixed-size cohorts",
+    ),
+    (
+      ["eval_finetune_epochs=1", "data.test_fraction=0"],
+      "data.test_fraction must be > 0 with eval_finetune_epochs",
+    ),
+    (
+      ["eval_finetune_epochs=1", "algorithm.name=centralized"],
+      "eval_finetune_epochs must be 0 for centralized",
+    ),
+  ],
+)
+def test_bad_config_names_the_field(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    load_config(None, overrides)

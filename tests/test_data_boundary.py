@@ -110,6 +110,7 @@ def test_a_client_count_unlike_the_config_is_named(tiny_federation, tmp_path):
     run(config, data=tiny_federation, progress=False)
 
 
+@pytest.mark.slow  # a whole run (make test-fast skips it)
 @pytest.mark.parametrize("strategy", ["vmap", "loop"])
 def test_nan_and_bad_labels_in_padding_rows_change_nothing(tiny_federation, tmp_path, strategy):
   """Padding a user hands in (``FederatedData.from_padded``) never reaches the engine, and the

@@ -139,6 +139,18 @@ def test_tff_emnist_clients_by_writer(tmp_path):
     np.testing.assert_array_equal(data.train_x[0, :7, ..., 0], h5["examples/f0000_14/pixels"][()])
 
 
+def test_tff_emnist_digits_only_has_ten_classes(tmp_path):
+  rng = np.random.default_rng(0)
+  make = lambda n: {
+    "pixels": rng.random((n, 28, 28), dtype=np.float32),
+    "label": rng.integers(0, 10, n).astype(np.int32),
+  }
+  _tff_file(tmp_path / "fed_emnist_digitsonly_train.h5", {"f0": make(5), "f1": make(3)})
+  _tff_file(tmp_path / "fed_emnist_digitsonly_test.h5", {"f0": make(2)})
+  data = build_federation(_config(tmp_path, "tff_h5", 2).data)
+  assert data.num_classes == 10 and list(data.train_num_examples) == [5, 3]
+
+
 def test_tff_cifar100_tests_on_clients_of_its_own(tmp_path):
   rng = np.random.default_rng(0)
   make = lambda n: {
@@ -155,21 +167,34 @@ def test_tff_cifar100_tests_on_clients_of_its_own(tmp_path):
   assert coarse.num_classes == 20 and coarse.train.y.max() < 20
 
 
-def test_tff_shakespeare_snippets_become_windows(tmp_path):
+def test_tff_shakespeare_is_tokenized_and_padded_as_tff_does(tmp_path):
+  from fedjax_lab.data.tff import TFF_BOS, TFF_CHARS, TFF_EOS, TFF_OOV, TFF_SHAKESPEARE_TOKENS
+
   snippets = lambda *texts: {"snippets": np.array([t.encode() for t in texts], dtype=object)}
+  long, short = WORDS * 2, "To be, or not"  # a tail past whole windows; under one window
   _tff_file(
-    tmp_path / "shakespeare_train.h5",
-    {"ARIEL": snippets(WORDS * 2, WORDS), "HAMLET": snippets(WORDS)},
+    tmp_path / "shakespeare_train.h5", {"ARIEL": snippets(long, "é"), "HAMLET": snippets(short)}
   )
   _tff_file(tmp_path / "shakespeare_test.h5", {"ARIEL": snippets(WORDS), "HAMLET": snippets(WORDS)})
   config = _config(tmp_path, "tff_h5", 2, "data.sequence_length=20")
   data = build_federation(config.data)
-  per_snippet = lambda text: len(text) // 21
-  assert data.train_num_examples[0] == per_snippet(WORDS * 2) + per_snippet(WORDS)
-  np.testing.assert_array_equal(data.train_x[1, 0], encode_text(WORDS[:20]))
-  np.testing.assert_array_equal(data.train_y[1, 0], encode_text(WORDS[1:21]))
+  assert data.num_classes == TFF_SHAKESPEARE_TOKENS == 90
+  token = lambda c: TFF_CHARS.index(c) + 1
+  # Every character is kept: ceil((len + 2) / 21) windows a snippet, the last padded with 0.
+  assert data.train_num_examples[0] == -(-(len(long) + 2) // 21) + 1
+  assert data.train_num_examples[1] == 1
+  hamlet = np.concatenate([data.train_x[1, 0], data.train_y[1, 0, -1:]])
+  expected = [TFF_BOS, *map(token, short), TFF_EOS] + [0] * (21 - len(short) - 2)
+  np.testing.assert_array_equal(hamlet, expected)
+  np.testing.assert_array_equal(data.train_y[1, 0], expected[1:])
+  # "é" is two UTF-8 bytes outside the vocabulary: two out-of-vocabulary tokens.
+  last = data.train_num_examples[0] - 1
+  np.testing.assert_array_equal(data.train_x[0, last, :4], [TFF_BOS, TFF_OOV, TFF_OOV, TFF_EOS])
+  first = data.train_x[0, 0]
+  assert first[0] == TFF_BOS and list(first[1:6]) == [token(c) for c in long[:5]]
 
 
+@pytest.mark.slow  # a whole run (make test-fast skips it)
 @pytest.mark.parametrize("source", ["leaf", "tff_h5"])
 def test_each_loader_runs_end_to_end_through_the_cli(tmp_path, source, capsys):
   files = tmp_path / "files"
@@ -215,6 +240,7 @@ def test_leaf_test_users_absent_from_training_are_in_the_global_test_set(tmp_pat
   assert data.num_clients == len(names)
 
 
+@pytest.mark.slow  # a whole run (make test-fast skips it)
 def test_leaf_user_split_with_no_shared_user_loads_and_runs(tmp_path, capsys):
   # LEAF's "-t user" split: the test users are other users; every client's own test is empty.
   rng = np.random.default_rng(1)

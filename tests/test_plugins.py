@@ -32,6 +32,7 @@ def plugin(tmp_path):
   ALGORITHMS.unregister("damped_avg")
 
 
+@pytest.mark.slow  # a whole run (make test-fast skips it)
 def test_a_method_outside_the_package_runs_through_the_cli(plugin, tmp_path, capsys):
   out_dir = tmp_path / "run"
   code = main(
@@ -169,6 +170,7 @@ def other_kinds(tmp_path):
   PARTITIONERS.unregister("round_robin")
 
 
+@pytest.mark.slow  # a whole run (make test-fast skips it)
 def test_a_rule_model_source_and_partitioner_outside_the_package_run_through_the_cli(
   other_kinds, tmp_path, capsys
 ):

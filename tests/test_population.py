@@ -69,6 +69,7 @@ def test_methods_that_need_every_example_in_arrays_are_refused_in_one_line(tmp_p
     run(load_config(None, many), progress=False)
 
 
+@pytest.mark.slow  # a whole run (make test-fast skips it)
 def test_fedavg_on_a_hundred_thousand_clients_with_sampled_evaluation(tmp_path):
   config = load_config(
     None,

@@ -3,16 +3,20 @@ ragged store.
 
 TFF ships each split as one HDF5 file, ``examples/<client id>/<feature>`` (one dataset per
 feature, one row per example): ``fed_emnist_{train,test}.h5`` (``pixels`` 28x28 float,
-``label``), ``fed_cifar100_{train,test}.h5`` (``image`` 32x32x3 uint8, ``label``,
+``label``; ``fed_emnist_digitsonly_*``, TFF's ``only_digits=True``, has 10 classes),
+``fed_cifar100_{train,test}.h5`` (``image`` 32x32x3 uint8, ``label``,
 ``coarse_label``), ``shakespeare_{train,test}.h5`` (``snippets``: one string per example).
 ``data.source_dir`` holds one ``*train*.h5`` and one ``*test*.h5``. One client per client of
 the train file, in sorted order; its test split is the same client's examples in the test file
 (none where the test file does not have it: TFF's CIFAR-100 tests on other clients). The
 global test set pools every example of the test file. Features: ``pixels`` -> ``[28, 28, 1]``,
 ``image`` -> ``[32, 32, 3]`` in [0, 1], labels ``label`` (or ``coarse_label`` with
-``data.coarse_labels``); ``snippets`` -> next-character windows of ``sequence_length + 1``
-characters over ``SHAKESPEARE_VOCAB`` (``x = ids[:-1]``, ``y = ids[1:]``), a snippet's tail
-shorter than a window dropped. Converted once and memory-mapped (``converted.py``).
+``data.coarse_labels``); ``snippets`` -> next-character windows as TFF's Shakespeare baseline
+preprocesses them (``tff_snippet_windows``): each snippet's UTF-8 bytes as tokens over TFF's
+86-character vocabulary, a beginning and an end token around them, zeros padding the last
+window, ``x = ids[:-1]``, ``y = ids[1:]`` per window of ``sequence_length + 1``. Where we differ:
+TFF's accuracy leaves padded positions out; ours counts every position (the loss, as TFF's,
+counts them all). Converted once and memory-mapped (``converted.py``).
 """
 
 from __future__ import annotations
@@ -24,9 +28,30 @@ import numpy as np
 from fedjax_lab.data.converted import load_converted
 from fedjax_lab.data.federated import FederatedData
 from fedjax_lab.data.ragged import ClientArrays
-from fedjax_lab.data.sources import SHAKESPEARE_VOCAB, encode_text
 
-EMNIST_CLASSES, CIFAR100_CLASSES, CIFAR100_COARSE = 62, 100, 20
+EMNIST_CLASSES, EMNIST_DIGITS, CIFAR100_CLASSES, CIFAR100_COARSE = 62, 10, 100, 20
+# TFF's Shakespeare characters (tff.simulation.baselines.shakespeare): character i is token
+# i + 1; 0 pads, then come the out-of-vocabulary, beginning and end tokens.
+TFF_CHARS = (
+  "dhlptx@DHLPTX $(,048cgkoswCGKOSW[_#'/37;?bfjnrvzBFJNRVZ\"&*.26:\naeimquyAEIMQUY]!%)-159\r"
+)
+TFF_PAD, TFF_OOV, TFF_BOS, TFF_EOS = 0, len(TFF_CHARS) + 1, len(TFF_CHARS) + 2, len(TFF_CHARS) + 3
+TFF_SHAKESPEARE_TOKENS = len(TFF_CHARS) + 4
+_TFF_TOKEN_OF_BYTE = np.full(256, TFF_OOV, np.int32)
+_TFF_TOKEN_OF_BYTE[[ord(c) for c in TFF_CHARS]] = np.arange(1, len(TFF_CHARS) + 1)
+
+
+def tff_snippet_windows(snippet: bytes, sequence_length: int) -> np.ndarray:
+  """``[windows, sequence_length + 1]`` tokens of one snippet as TFF makes them: a beginning
+  token, one token per UTF-8 byte (``TFF_OOV`` outside ``TFF_CHARS``), an end token, then
+  ``TFF_PAD`` up to a multiple of ``sequence_length + 1``. Every character is kept; a snippet
+  shorter than a window gives one padded window."""
+  tokens = _TFF_TOKEN_OF_BYTE[np.frombuffer(snippet, np.uint8)]
+  tokens = np.concatenate([[TFF_BOS], tokens, [TFF_EOS]]).astype(np.int32)
+  split = sequence_length + 1
+  padded = np.zeros(-(-len(tokens) // split) * split, np.int32)
+  padded[: len(tokens)] = tokens
+  return padded.reshape(-1, split)
 
 
 def _one(folder: pathlib.Path, split: str) -> pathlib.Path:
@@ -58,12 +83,10 @@ def _client(group, label_key: str, sequence_length: int) -> tuple[np.ndarray, np
   if not hasattr(group, "keys"):
     raise ValueError(f"{where} is not a group of features")
   if "snippets" in group:
-    windows = []
-    for snippet in group["snippets"][()]:
-      text = snippet.decode("utf-8") if isinstance(snippet, bytes) else str(snippet)
-      ids = encode_text(text)
-      count = len(ids) // (sequence_length + 1)
-      windows.append(ids[: count * (sequence_length + 1)].reshape(count, sequence_length + 1))
+    windows = [
+      tff_snippet_windows(s if isinstance(s, bytes) else str(s).encode(), sequence_length)
+      for s in group["snippets"][()]
+    ]
     ids = np.concatenate(windows) if windows else np.zeros((0, sequence_length + 1), np.int32)
     return ids[:, :-1], ids[:, 1:]
   if "pixels" in group:
@@ -111,12 +134,13 @@ def tff_federation(folder, sequence_length: int = 80, coarse_labels: bool = Fals
       pooled = [read(test_h5, name) for name in sorted(test_names)]
     train, test, pooled = _split(train), _split(test), _split(pooled)
     if train.x.ndim == 2:  # character windows
-      num_classes = len(SHAKESPEARE_VOCAB)
-    elif train.x.shape[1:] == (28, 28, 1):
-      num_classes = EMNIST_CLASSES
+      num_classes = TFF_SHAKESPEARE_TOKENS
+    elif train.x.shape[1:] == (28, 28, 1):  # TFF's digits-only EMNIST: its file names say so
+      num_classes = EMNIST_DIGITS if "digitsonly" in train_file.name else EMNIST_CLASSES
     else:
       num_classes = CIFAR100_COARSE if coarse_labels else CIFAR100_CLASSES
     return train, test, pooled.x, pooled.y, {"num_classes": num_classes, "clients": names}
 
-  options = {"sequence_length": sequence_length, "label": label_key}
+  # "snippets": the Shakespeare tokenization; a cache made by an earlier one is remade
+  options = {"sequence_length": sequence_length, "label": label_key, "snippets": "tff"}
   return load_converted(folder, [train_file, test_file], convert, options)
