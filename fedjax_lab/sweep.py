@@ -270,9 +270,16 @@ def exit_with_parent(parent: int) -> None:
 
 
 def timed_run(config_dict: dict, cache: str) -> tuple[list[dict], bool, float]:
-  """``run_one`` in a worker, with its wall seconds."""
+  """``run_one`` in a worker, with its wall seconds. A run the sweep stopped (SIGTERM: after
+  its round, its checkpoint written) ends the worker: the sweep is going away, and a worker
+  left waiting for its next task would only be killed after ``WORKER_GRACE_SECONDS``."""
+  from fedjax_lab.run_hooks import RunInterrupted
+
   started = time.perf_counter()
-  return (*run_one(config_dict, cache), time.perf_counter() - started)
+  try:
+    return (*run_one(config_dict, cache), time.perf_counter() - started)
+  except RunInterrupted:
+    os._exit(2)
 
 
 def final_value(rows: list[dict], metric: str, last: int) -> float:
