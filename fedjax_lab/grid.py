@@ -209,6 +209,20 @@ def read_run_metrics(results: pathlib.Path) -> dict[tuple[float, str], dict[int,
   return runs
 
 
+def run_configs(configs: dict, report) -> None:
+  """Run or read back each of ``configs`` (``{key: ExperimentConfig}``, the key the caller's
+  cell and seed, its seed last) through ``sweep.execute``: the runs of one federation (one
+  ``data`` config) one after another on it, built once; a finished run read back, an
+  interrupted one resumed, a diverged one recorded. ``report(key, metrics)`` after each, in
+  the order run."""
+  planned, keys = [], {}
+  for key, config in configs.items():
+    cell = sweep.Cell((("key", repr(key)),), ())
+    planned.append(sweep.PlannedRun(cell, key[-1], config))
+    keys[id(planned[-1])] = key
+  sweep.execute(planned, 1, "", lambda run, rows, read_back, seconds: report(keys[id(run)], rows))
+
+
 def run_alpha_seed_grid(
   config_path: str,
   variants: dict[str, tuple[str, dict]],

@@ -20,11 +20,10 @@ difference against votes without randomized response).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 
-from fedjax_lab import build_federation, grid, load_config
+from fedjax_lab import grid, load_config
 from fedjax_lab.stats import format_paired, format_spread
 from fedjax_lab.tables import format_table
 
@@ -47,34 +46,41 @@ REFERENCE = "votes, no RR"
 
 def run_all(args, results: pathlib.Path) -> None:
   records = []
-  for seed in args.seeds:
-    base = load_config(args.config, BENCHMARK + args.set)
-    data_config = dataclasses.replace(base.data, seed=seed)
-    data = build_federation(data_config)
-    for variant, overrides in VARIANTS.items():
-      folder = variant.replace(", ", "_").replace(" ", "")
-      config = load_config(
-        args.config,
-        BENCHMARK
-        + args.set
-        + overrides
-        + [f"data.seed={seed}", f"seed={seed}", f"out_dir={args.runs}/seed{seed}/{folder}"],
-      )
-      metrics, _ = grid.run_or_load(config, data)
-      spent = [r["vote_epsilon_total"] for r in metrics if "vote_epsilon_total" in r]
-      record = {
-        "seed": seed,
-        "variant": variant,
-        "vote_epsilon": config.algorithm.options.vote_epsilon or None,
-        "epsilon_total": spent[-1] if spent else None,
-        "accuracy": grid.last_evaluations(metrics, "client_accuracy_mean"),
-        "accuracy_p10": grid.last_evaluations(metrics, "client_accuracy_p10"),
-        "ari": grid.last_evaluations(metrics, "cluster_ari", 1),
-        "clusters": grid.last_evaluations(metrics, "num_clusters", 1),
-      }
-      records.append(record)
-      print(json.dumps(record), flush=True)
+  configs = {
+    (variant, seed): load_config(
+      args.config,
+      BENCHMARK
+      + args.set
+      + overrides
+      + [f"data.seed={seed}", f"seed={seed}", f"out_dir={args.runs}/seed{seed}/{folder(variant)}"],
+    )
+    for seed in args.seeds
+    for variant, overrides in VARIANTS.items()
+  }
+
+  def report(key, metrics):
+    variant, seed = key
+    spent = [r["vote_epsilon_total"] for r in metrics if "vote_epsilon_total" in r]
+    record = {
+      "seed": seed,
+      "variant": variant,
+      "vote_epsilon": configs[key].algorithm.options.vote_epsilon or None,
+      "epsilon_total": spent[-1] if spent else None,
+      "accuracy": grid.last_evaluations(metrics, "client_accuracy_mean"),
+      "accuracy_p10": grid.last_evaluations(metrics, "client_accuracy_p10"),
+      "ari": grid.last_evaluations(metrics, "cluster_ari", 1),
+      "clusters": grid.last_evaluations(metrics, "num_clusters", 1),
+    }
+    records.append(record)
+    print(json.dumps(record), flush=True)
+
+  grid.run_configs(configs, report)
   (results / "per_seed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def folder(variant: str) -> str:
+  """A variant's run folder name (``"pfedlia, eps 1"`` -> ``pfedlia_eps1``)."""
+  return variant.replace(", ", "_").replace(" ", "")
 
 
 def privacy_table(records: list[dict]) -> str:

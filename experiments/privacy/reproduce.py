@@ -31,7 +31,7 @@ import time
 import jax
 import numpy as np
 
-from fedjax_lab import build_federation, grid, load_config
+from fedjax_lab import grid, load_config
 from fedjax_lab.ops import accounting
 from fedjax_lab.stats import format_paired, format_spread
 from fedjax_lab.tables import format_table
@@ -62,37 +62,41 @@ def run_all(args, base, results: pathlib.Path) -> None:
   runs = pathlib.Path(args.runs) / ("" if args.part == "main" else args.part)
   records = [r for r in grid.read_records(results) if r.get("part", "main") != args.part]
   started = time.perf_counter()
-  for seed in args.seeds:
-    data_config = dataclasses.replace(base.data, seed=seed)
-    data = build_federation(data_config)
-    for z in NOISE_MULTIPLIERS:
-      config = dataclasses.replace(
-        base,
-        data=data_config,
-        seed=seed,
-        privacy=dataclasses.replace(base.privacy, noise_multiplier=z),
-        out_dir=str(runs / f"seed{seed}" / f"z{z}"),
-      )
-      metrics, _ = grid.run_or_load(config, data)
-      epsilon = accounting.epsilon(
-        config.rounds,
-        config.cohort_size,
-        data.num_clients,
-        z,
-        config.privacy.delta,
-        config.privacy.accountant,
-        config.cohort_sampling,
-      )
-      record = {
-        "part": args.part,
-        "seed": seed,
-        "noise_multiplier": z,
-        "epsilon": epsilon if z > 0 else None,  # no noise: no finite epsilon (strict JSON)
-      }
-      for field, metric in MEASURES[args.part].items():
-        record[field] = grid.last_evaluations(metrics, metric, count=2)
-      records.append(record)
-      print(json.dumps(record), flush=True)
+  configs = {
+    (z, seed): dataclasses.replace(
+      base,
+      data=dataclasses.replace(base.data, seed=seed),
+      seed=seed,
+      privacy=dataclasses.replace(base.privacy, noise_multiplier=z),
+      out_dir=str(runs / f"seed{seed}" / f"z{z}"),
+    )
+    for seed in args.seeds
+    for z in NOISE_MULTIPLIERS
+  }
+
+  def report(key, metrics):
+    (z, seed), config = key, configs[key]
+    epsilon = accounting.epsilon(
+      config.rounds,
+      config.cohort_size,
+      config.data.num_clients,
+      z,
+      config.privacy.delta,
+      config.privacy.accountant,
+      config.cohort_sampling,
+    )
+    record = {
+      "part": args.part,
+      "seed": seed,
+      "noise_multiplier": z,
+      "epsilon": epsilon if z > 0 else None,  # no noise: no finite epsilon (strict JSON)
+    }
+    for field, metric in MEASURES[args.part].items():
+      record[field] = grid.last_evaluations(metrics, metric, count=2)
+    records.append(record)
+    print(json.dumps(record), flush=True)
+
+  grid.run_configs(configs, report)
   (results / "per_seed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
   env = {
     "wall_seconds_last_invocation": round(time.perf_counter() - started, 1),

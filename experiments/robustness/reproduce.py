@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from fedjax_lab import build_federation, grid, load_config
+from fedjax_lab import grid, load_config
 from fedjax_lab.plots import pyplot
 from fedjax_lab.stats import format_paired, format_spread
 from fedjax_lab.tables import format_table
@@ -74,28 +74,31 @@ def run_all(args, base, results: pathlib.Path) -> None:
   per_seed = results / "per_seed.jsonl"
   done = {(r["attack"], r["fraction"], r["rule"], r["seed"]) for r in records}
   started = time.perf_counter()
-  for seed in args.seeds:
-    data_config = dataclasses.replace(base.data, seed=seed)
-    data = None
-    for attack, fraction, rule in grid_cells(args.attacks, args.fractions, args.rules):
-      if (attack, fraction, rule, seed) in done:
-        continue
-      data = data if data is not None else build_federation(data_config)
-      name = f"{attack or 'none'}_{fraction}_{rule}"
-      config = dataclasses.replace(
-        _variant(base, rule_aggregation(args, base, rule), attack, fraction),
-        data=data_config,
-        seed=seed,
-        out_dir=str(pathlib.Path(args.runs) / f"seed{seed}" / name),
-      )
-      metrics, _ = grid.run_or_load(config, data)
-      accuracy = float("nan")
-      if not grid.diverged(metrics):
-        accuracy = grid.last_evaluations(metrics, "global_accuracy", count=2)
-      record = {"attack": attack, "fraction": fraction, "rule": rule, "seed": seed}
-      records.append({**record, "accuracy": None if np.isnan(accuracy) else accuracy})
-      per_seed.write_text("".join(json.dumps(r) + "\n" for r in records))  # after every run
-      print(json.dumps(records[-1]), flush=True)
+  configs = {
+    (attack, fraction, rule, seed): dataclasses.replace(
+      _variant(base, rule_aggregation(args, base, rule), attack, fraction),
+      data=dataclasses.replace(base.data, seed=seed),
+      seed=seed,
+      out_dir=str(
+        pathlib.Path(args.runs) / f"seed{seed}" / f"{attack or 'none'}_{fraction}_{rule}"
+      ),
+    )
+    for seed in args.seeds
+    for attack, fraction, rule in grid_cells(args.attacks, args.fractions, args.rules)
+    if (attack, fraction, rule, seed) not in done
+  }
+
+  def report(key, metrics):
+    attack, fraction, rule, seed = key
+    accuracy = float("nan")
+    if not grid.diverged(metrics):
+      accuracy = grid.last_evaluations(metrics, "global_accuracy", count=2)
+    record = {"attack": attack, "fraction": fraction, "rule": rule, "seed": seed}
+    records.append({**record, "accuracy": None if np.isnan(accuracy) else accuracy})
+    per_seed.write_text("".join(json.dumps(r) + "\n" for r in records))  # after every run
+    print(json.dumps(records[-1]), flush=True)
+
+  grid.run_configs(configs, report)
   env = {
     "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
     "machine": f"{platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}",

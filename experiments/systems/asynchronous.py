@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from fedjax_lab import build_federation, grid, load_config
+from fedjax_lab import grid, load_config
 from fedjax_lab.plots import pyplot
 from fedjax_lab.stats import format_paired, format_spread
 
@@ -112,17 +112,19 @@ def run_all(args, results: pathlib.Path) -> None:
   started = time.perf_counter()
   curves = results / "curves"
   curves.mkdir(parents=True, exist_ok=True)
-  for seed in args.seeds:
-    data = None
-    for method in args.methods:
-      file = curves / f"{method}_seed{seed}.jsonl"
-      if file.exists():
-        continue
-      config = cell_config(args, method, seed)
-      data = data if data is not None else build_federation(config.data)
-      metrics, _ = grid.run_or_load(config, data)
-      grid.write_metrics_file(file, metrics)
-      print(method, seed, json.dumps(record(method, seed, metrics)), flush=True)
+  configs = {
+    (method, seed): cell_config(args, method, seed)
+    for seed in args.seeds
+    for method in args.methods
+    if not (curves / f"{method}_seed{seed}.jsonl").exists()
+  }
+
+  def report(key, metrics):
+    method, seed = key
+    grid.write_metrics_file(curves / f"{method}_seed{seed}.jsonl", metrics)
+    print(method, seed, json.dumps(record(method, seed, metrics)), flush=True)
+
+  grid.run_configs(configs, report)
   env = grid.environment(started, 0, cell_config(args, "fedbuff", args.seeds[0]))
   (results / "environment.json").write_text(json.dumps(env, indent=1))
 

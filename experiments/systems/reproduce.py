@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from fedjax_lab import build_federation, grid, load_config
+from fedjax_lab import grid, load_config
 from fedjax_lab.plots import pyplot
 from fedjax_lab.stats import format_paired, format_spread
 
@@ -94,28 +94,31 @@ def run_all(args, results: pathlib.Path) -> None:
   done = {(r["method"], r["setting"], r["seed"]) for r in records}
   curves = results / "curves"
   curves.mkdir(exist_ok=True)
-  for seed in args.seeds:
-    data = None
-    for method, setting in cells(args.methods, args.settings):
-      if (method, setting, seed) in done:
-        continue
-      config = cell_config(args, method, setting, seed)
-      data = data if data is not None else build_federation(config.data)
-      metrics, _ = grid.run_or_load(config, data)
-      grid.write_metrics_file(curves / f"{method}_{setting}_seed{seed}.jsonl", metrics)
-      record = {
-        "method": method,
-        "setting": setting,
-        "seed": seed,
-        "accuracy": grid.last_evaluations(metrics, "global_accuracy", count=2),
-        "simulated_hours": metrics[-1]["simulated_seconds"] / 3600,
-        "megabytes_up": sum(m["bytes_up"] for m in metrics) / 1e6,
-        "clients_lost": sum(m["clients_dropped"] + m["clients_late"] for m in metrics),
-      }
-      record["accuracy"] = None if np.isnan(record["accuracy"]) else record["accuracy"]
-      records.append(record)
-      (results / "per_seed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-      print(json.dumps(record), flush=True)
+  configs = {
+    (method, setting, seed): cell_config(args, method, setting, seed)
+    for seed in args.seeds
+    for method, setting in cells(args.methods, args.settings)
+    if (method, setting, seed) not in done
+  }
+
+  def report(key, metrics):
+    method, setting, seed = key
+    grid.write_metrics_file(curves / f"{method}_{setting}_seed{seed}.jsonl", metrics)
+    record = {
+      "method": method,
+      "setting": setting,
+      "seed": seed,
+      "accuracy": grid.last_evaluations(metrics, "global_accuracy", count=2),
+      "simulated_hours": metrics[-1]["simulated_seconds"] / 3600,
+      "megabytes_up": sum(m["bytes_up"] for m in metrics) / 1e6,
+      "clients_lost": sum(m["clients_dropped"] + m["clients_late"] for m in metrics),
+    }
+    record["accuracy"] = None if np.isnan(record["accuracy"]) else record["accuracy"]
+    records.append(record)
+    (results / "per_seed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    print(json.dumps(record), flush=True)
+
+  grid.run_configs(configs, report)
   env = grid.environment(started, 0, cell_config(args, "fedavg", "ideal", args.seeds[0]))
   (results / "environment.json").write_text(json.dumps(env, indent=1))
 

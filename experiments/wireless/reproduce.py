@@ -36,7 +36,7 @@ import time
 import jax
 import numpy as np
 
-from fedjax_lab import build_federation, grid, load_config
+from fedjax_lab import grid, load_config
 from fedjax_lab.algorithms import adaptive_pruning as method
 from fedjax_lab.build import build_experiment
 from fedjax_lab.config import AlgorithmConfig
@@ -253,32 +253,36 @@ def run_all(args, base, budget: float, results: pathlib.Path) -> None:
   """Run (or read back) every partition x seed x variant; write ``per_seed.jsonl`` and each
   run's metrics under ``results/metrics``. Variants outside ``args.variants`` (if given) are
   never started: only their finished runs are read back and reported."""
-  runs, read_back, started = pathlib.Path(args.runs), 0, time.perf_counter()
+  runs, started = pathlib.Path(args.runs), time.perf_counter()
   (results / "metrics").mkdir(parents=True, exist_ok=True)
   records = []
-  for partition in args.partitions:
-    for seed in args.seeds:
-      configs = {
-        name: variant_config(base, name, partition, seed, budget, runs)
-        for name in PARTITIONS[partition][1]
-      }
-      data = build_federation(next(iter(configs.values())).data)
-      for name, config in configs.items():
-        tick = time.perf_counter()
-        if args.variants and name not in args.variants and not finished(config):
-          continue
-        metrics, loaded = grid.run_or_load(config, data)
-        read_back += loaded
-        record = {"partition": partition, "seed": seed, "variant": name}
-        record.update(summarize_run(metrics, TARGETS[partition]))
-        records.append(record)
-        path = results / "metrics" / f"{partition}_seed{seed}_{name}.jsonl"
-        path.write_text("".join(json.dumps(row) + "\n" for row in metrics))
-        print(
-          f"{partition} seed {seed} {name}: accuracy {record['accuracy']:.4f}, latency "
-          f"{record['latency_total_s']:.1f} s ({time.perf_counter() - tick:.0f} s)",
-          flush=True,
-        )
+  configs = {
+    (partition, name, seed): variant_config(base, name, partition, seed, budget, runs)
+    for partition in args.partitions
+    for seed in args.seeds
+    for name in PARTITIONS[partition][1]
+  }
+  configs = {  # variants outside args.variants: only their finished runs, read back
+    key: config
+    for key, config in configs.items()
+    if not args.variants or key[1] in args.variants or finished(config)
+  }
+  read_back = sum(finished(config) for config in configs.values())
+
+  def report(key, metrics):
+    partition, name, seed = key
+    record = {"partition": partition, "seed": seed, "variant": name}
+    record.update(summarize_run(metrics, TARGETS[partition]))
+    records.append(record)
+    path = results / "metrics" / f"{partition}_seed{seed}_{name}.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in metrics))
+    print(
+      f"{partition} seed {seed} {name}: accuracy {record['accuracy']:.4f}, latency "
+      f"{record['latency_total_s']:.1f} s",
+      flush=True,
+    )
+
+  grid.run_configs(configs, report)
   (results / "per_seed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
   env = {
     "latency_budget_s": budget,
