@@ -55,12 +55,12 @@ class AggregationConfig(Selection):
 def rules(config) -> None:
   """A rule's own check of the cohort size (``check_cohort``: Krum's ``n > 2f + 2``, ...);
   adaptive clipping (``clip_quantile``) with the mean, an initial clip norm and no
-  compression; per-layer clipping with a clip norm."""
+  compression; per-layer clipping and local DP's noise (scaled to it) with a clip norm."""
   rule, cohort = config.aggregation.rule, config.contributions
   check_cohort = getattr(config.aggregation.options, "check_cohort", None)
   if check_cohort is not None:
     check_cohort(cohort)
-  if config.aggregation.clip_per_layer:
+  if config.privacy.local_noise_multiplier > 0 or config.aggregation.clip_per_layer:
     require(
       config.aggregation.clip_norm > 0,
       "aggregation.clip_norm",

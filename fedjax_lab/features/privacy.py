@@ -49,7 +49,7 @@ class PrivacyConfig:
 def rules(config) -> None:
   """Central DP needs a clip norm (it bounds each client's contribution), the mean with
   uniform weights (example-count weights are unbounded) and a compressor that never grows a
-  clipped update; local DP needs a clip norm."""
+  clipped update. (Local DP's clip norm is a clipping rule: ``aggregation.rules``.)"""
   rule = config.aggregation.rule
   if config.privacy.noise_multiplier > 0:
     require(
@@ -58,13 +58,6 @@ def rules(config) -> None:
       "none or top_k with privacy.noise_multiplier > 0 (a compressor that can grow a clipped "
       "update breaks the noise's calibration)",
       config.compression.name,
-    )
-  if config.privacy.local_noise_multiplier > 0:
-    require(
-      config.aggregation.clip_norm > 0,
-      "aggregation.clip_norm",
-      "> 0 with privacy.local_noise_multiplier > 0 or aggregation.clip_per_layer",
-      config.aggregation.clip_norm,
     )
   if config.privacy.noise_multiplier > 0:
     require(
