@@ -23,10 +23,6 @@ from __future__ import annotations
 import functools
 import math
 
-import dp_accounting
-from dp_accounting import pld, rdp
-from dp_accounting.pld import privacy_loss_distribution
-
 ACCOUNTANTS = ("rdp", "pld")
 SAMPLINGS = ("fixed", "poisson")
 # The PLD accountant's discretized distributions grow as the noise shrinks: on 2 CPU cores, 50
@@ -52,6 +48,9 @@ def epsilon(
   (noise std / clip norm)."""
   if noise_multiplier <= 0:
     return float("inf")
+  import dp_accounting  # here, not at the top: ~65 MB and 0.5 s that only noisy runs need
+  from dp_accounting import pld, rdp
+
   if sampling == "poisson":
     relation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
     round_event = dp_accounting.GaussianDpEvent(noise_multiplier)
@@ -89,6 +88,9 @@ def randomized_response_epsilon(releases: int, epsilon: float, delta: float) -> 
   ``p``)."""
   if releases == 0:
     return 0.0
+  import dp_accounting
+  from dp_accounting.pld import privacy_loss_distribution
+
   # Built from the PLD itself: dp-accounting's PLDAccountant composes a randomized response
   # once whatever the count of a SelfComposedDpEvent (it drops the count; version 0.6.0).
   one = privacy_loss_distribution.from_randomized_response(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from scipy.special import lambertw
 
 LN2 = np.log(2.0)
 
@@ -96,6 +95,8 @@ def bandwidth_for_rate(rate, snr_bandwidth) -> np.ndarray:
   ``c = rate ln 2 / g`` and ``x = g / b``, ``ln(1 + x) = c x`` gives
   ``1 + x = -W_{-1}(-c e^{-c}) / c`` (Lambert W, lower branch). ``inf`` when ``rate`` is at
   or beyond the infinite-bandwidth limit ``g / ln 2``; 0 for ``rate <= 0``."""
+  from scipy.special import lambertw  # here, not at the top: only adaptive pruning needs scipy
+
   rate, g = np.broadcast_arrays(np.asarray(rate, np.float64), np.asarray(snr_bandwidth, np.float64))
   c = np.where(g > 0, rate * LN2 / np.where(g > 0, g, 1.0), np.inf)
   reachable = (c > 0) & (c < 1)
