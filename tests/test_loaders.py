@@ -59,6 +59,64 @@ def _shakespeare_leaf(root):
   return roles
 
 
+TWEETS = [
+  ("i love this so much!", 1),
+  ("worst day ever. i hate rain", 0),
+  ("love the sun, love the beach", 1),
+  ("can't sleep. so tired", 0),
+  ("so happy today!", 1),
+]
+
+
+def _sent140_leaf(root):
+  """Sent140 as LEAF writes it: ``x`` is [tweet id, date, query, user, text], ``y`` 0 or 1;
+  user ``carol`` is only in the test files."""
+  tweet = lambda i, text, user: [str(1467810369 + i), "Mon Apr 06 22:19:45 PDT 2009", "NO_QUERY",
+                                 user, text]  # fmt: skip
+  by_user = {"alice": TWEETS[:3], "bob": TWEETS[3:]}
+  split = lambda part: {
+    u: ([tweet(i, t, u) for i, (t, _) in enumerate(v[part])], [y for _, y in v[part]])
+    for u, v in by_user.items()
+  }
+  _leaf_split(root / "train" / "all_data_niid_0_keep_0_train_9.json", split(slice(0, -1)))
+  test = {**split(slice(-1, None)), "carol": ([tweet(9, "i love rain", "carol")], [1])}
+  _leaf_split(root / "test" / "all_data_niid_0_keep_0_test_9.json", test)
+
+
+def test_leaf_sent140_tweets_become_word_ids_over_the_training_vocabulary(tmp_path):
+  from fedjax_lab.data.leaf import words
+
+  _sent140_leaf(tmp_path)
+  data = build_federation(_config(tmp_path, "leaf", 2, "data.leaf.words=6").data)
+  assert data.num_classes == 2 and list(data.train_num_examples) == [2, 1]
+  assert data.train.x.shape[1:] == (6,) and data.train.x.dtype == np.int32
+  # The vocabulary: training tweets' words by frequency (ties by first appearance).
+  trained = [t for t, _ in TWEETS[:2] + TWEETS[3:4]]
+  counts = {}
+  for text in trained:
+    for word in words(text):
+      counts[word] = counts.get(word, 0) + 1
+  vocabulary = sorted(counts, key=lambda w: -counts[w])  # stable: first appearance
+  ids = lambda text: [vocabulary.index(w) + 2 if w in vocabulary else 1 for w in words(text)]
+  row = lambda text: (ids(text) + [0] * 6)[:6]
+  assert words("can't sleep. so tired") == ["can't", "sleep", ".", "so", "tired"]
+  np.testing.assert_array_equal(data.train_x[0, 0], row(TWEETS[0][0]))
+  np.testing.assert_array_equal(data.train_y[0, :2], [1, 0])
+  # "beach" and "sun" were never trained on: out of vocabulary (1), in the test split.
+  np.testing.assert_array_equal(data.test_x[0, 0], row(TWEETS[2][0]))
+  assert 1 in data.test_x[0, 0]
+  assert len(data.global_test_y) == 3  # carol, test-only, is in the global test set
+
+
+def test_leaf_sent140_reads_a_vocabulary_file(tmp_path):
+  _sent140_leaf(tmp_path)
+  vocab = tmp_path / "vocab.txt"
+  vocab.write_text("love\nrain\n")
+  config = _config(tmp_path, "leaf", 2, f"data.leaf.vocab_file={vocab}", "data.leaf.words=4")
+  data = build_federation(config.data)
+  np.testing.assert_array_equal(data.train_x[0, 0], [1, 2, 1, 1])  # i love this so
+
+
 def _config(folder, source: str, clients: int, *overrides: str):
   """The config of a ``source`` federation of ``clients`` clients read from ``folder``."""
   fields = [f"data.source={source}", f"data.source_dir={folder}", "data.partition=natural"]
@@ -224,6 +282,19 @@ def test_each_loader_runs_end_to_end_through_the_cli(tmp_path, source, capsys):
   assert rows[-1]["round"] == 2 and 0 <= rows[-1]["global_accuracy"] <= 1
 
 
+@pytest.mark.slow  # a whole run (make test-fast skips it)
+def test_sent140_trains_a_bag_of_words_through_the_cli(tmp_path):
+  files = tmp_path / "files"
+  _sent140_leaf(files)
+  overrides = ["data.source=leaf", f"data.source_dir={files}", "data.partition=natural",
+               "data.num_clients=2", "model.name=bag_of_words", "cohort_size=2", "rounds=2",
+               "eval_every=2", "local.batch_size=2", "checkpoint_every=0",
+               f"out_dir={tmp_path / 'run'}"]  # fmt: skip
+  assert main(overrides) == 0
+  rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+  assert rows[-1]["round"] == 2 and 0 <= rows[-1]["global_accuracy"] <= 1
+
+
 # --- Round 4 (issue 46, findings 9 and 10): nothing dropped silently, malformed files in one line
 
 
@@ -272,10 +343,12 @@ def test_leaf_user_split_with_no_shared_user_loads_and_runs(tmp_path, capsys):
      "train user 'u': label '7' is not a class id"),
     ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": [[1.0]], "y": [0, 1]}}},
      "user 'u' has 1 x and 2 y"),
+    ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": [["a", "b", "c"]], "y": [0]}}},
+     "x holds lists of strings, not read; read: FEMNIST, Shakespeare, Synthetic and Sent140"),
     ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": [[
       "1467810369", "Mon Apr 06 22:19:45 PDT 2009", "NO_QUERY", "someone", "a tweet"
-    ]], "y": [0]}}},
-     "x holds lists of strings (LEAF Sent140), not read"),
+    ]], "y": [4]}}},
+     "train user 'u': Sent140's labels are 0 or 1, got 4"),
     ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": ["000001.jpg"], "y": [0]}}},
      "x is an image file name (LEAF CelebA), not read"),
     ({"users": ["u"], "num_samples": [1],

@@ -22,6 +22,7 @@ CASES = [
   ("vgg", (2, 32, 32, 3)),
   ("char_lstm", (2, 12)),
   ("transformer_lm", (2, 12)),
+  ("bag_of_words", (2, 12)),
 ]
 GROUPS = {
   "fedavg_cnn": ("conv0", "conv1", "fc", "head"),
@@ -47,7 +48,8 @@ def test_model_shapes_and_layer_groups(name, shape):
   x = jnp.zeros(shape, jnp.int32 if len(shape) == 2 else jnp.float32)
   params = model.init(jax.random.key(0), x)
   logits = model.apply(params, x)
-  assert logits.shape == shape[:1] + ((shape[1],) if len(shape) == 2 else ()) + (7,)
+  per_token = len(shape) == 2 and name != "bag_of_words"  # one label a sequence, not a token
+  assert logits.shape == shape[:1] + ((shape[1],) if per_token else ()) + (7,)
   groups = model.layer_groups(x)
   assert set(groups) == set(params) and groups[-1] == "head"
   if name in GROUPS:
@@ -240,3 +242,15 @@ def test_layer_groups_follow_the_forward_pass_not_the_key_order():
   groups = model.layer_groups(x)
   assert groups == GROUPS["resnet20"]
   assert [g for g in sorted(shapes) if top_layers(groups, 1)(f"{g}/kernel")] == ["head"]
+
+
+def test_bag_of_words_is_counts_times_weights_padding_left_out():
+  model = build_model("bag_of_words", 2)
+  x = jnp.asarray([[5, 3, 5, 0, 0], [1, 0, 0, 0, 0]], jnp.int32)
+  params = model.init(jax.random.key(0), x)
+  weights = params["head"]["words"]["embedding"]
+  bias = params["head"]["bias"]
+  expected = jnp.stack([2 * weights[5] + weights[3], weights[1]]) + bias
+  np.testing.assert_allclose(model.apply(params, x), expected, rtol=1e-6)
+  beyond = jnp.asarray([[20000, 0]], jnp.int32)  # past the vocabulary: out of vocabulary (1)
+  np.testing.assert_allclose(model.apply(params, beyond), (weights[1] + bias)[None], rtol=1e-6)

@@ -246,7 +246,10 @@ FEDERATIONS.register(
   ),
 )
 FEDERATIONS.register(
-  "leaf", DataEntry(lambda data, o: leaf.leaf_federation(data.source_dir or "data/leaf"))
+  "leaf",
+  DataEntry(
+    lambda data, o: leaf.leaf_federation(data.source_dir or "data/leaf", o), leaf.LeafOptions
+  ),
 )
 FEDERATIONS.register(
   "tff_h5",

@@ -1,4 +1,4 @@
-"""LEAF's JSON federations (FEMNIST, Shakespeare, Synthetic) into the ragged store.
+"""LEAF's JSON federations (FEMNIST, Shakespeare, Synthetic, Sent140) into the ragged store.
 
 LEAF (Caldas et al., 2018) writes each split as JSON files in ``<dir>/train/`` and
 ``<dir>/test/``, each holding ``{"users": [...], "num_samples": [...], "user_data": {user:
@@ -6,14 +6,20 @@ LEAF (Caldas et al., 2018) writes each split as JSON files in ``<dir>/train/`` a
 test split is its examples in the test files (none if it has none there); the user names are
 kept in the cache's ``meta.json``. The global test set pools every test user's examples,
 those of users absent from the training files included. A file not in this layout, a label
-that is not a class id, or a LEAF dataset not read here (Sent140, CelebA, Reddit) is one line
-naming the file or user.
+that is not a class id, or a LEAF dataset not read here (CelebA, Reddit) is one line naming
+the file or user.
 Examples by kind, recognised from the first ``x``:
 
 - a string (Shakespeare): ``x`` the 80 characters, ``y`` the next one; stored as next-character
   sequences over ``SHAKESPEARE_VOCAB``, ``x = ids[:-1]``, ``y = ids[1:]`` of ``x + y``;
 - 784 numbers (FEMNIST): a 28x28x1 image, 62 classes;
-- any other list of numbers (Synthetic): a feature vector, ``max(y) + 1`` classes.
+- any other list of numbers (Synthetic): a feature vector, ``max(y) + 1`` classes;
+- five strings (Sent140: tweet id, date, query, user, text; ``y`` 0 or 1): the text's words
+  (``words``: runs of letters, digits and apostrophes, and each of ``.,!?;``, case kept, as
+  LEAF's own models split them) as ``data.leaf.words`` token ids, 0 padding the rest, 1 a word
+  outside the vocabulary, 2.. the vocabulary's words in its order. The vocabulary is
+  ``data.leaf.vocab_file`` (one word a line), or else the ``data.leaf.vocab_size`` words most
+  frequent among the training users' tweets (ties by first appearance); 2 classes.
 
 Parsing JSON is slow, so the first load converts the files once into ``<dir>/.fedjax_lab/``
 (``converted.py``); later loads memory-map that cache, and rebuild it when a JSON file's name,
@@ -22,11 +28,15 @@ size or time changes.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import json
 import pathlib
+import re
 
 import numpy as np
 
+from fedjax_lab.checks import require
 from fedjax_lab.data.converted import load_converted
 from fedjax_lab.data.federated import FederatedData
 from fedjax_lab.data.ragged import ClientArrays
@@ -76,20 +86,57 @@ def _users(files: list[pathlib.Path]) -> dict:
   return users
 
 
+TWEET_FIELDS = 5  # Sent140's x: tweet id, date, query, user, text
+_WORD = re.compile(r"[\w']+|[.,!?;]")
+
+
+def words(text: str) -> list[str]:
+  """A tweet's words, as LEAF's Sent140 models split them (module docstring)."""
+  return _WORD.findall(text)
+
+
+class Vocabulary:
+  """Sent140's words -> token ids (module docstring): ``tokens(text, length)``."""
+
+  def __init__(self, words: tuple[str, ...]):
+    self.words = words
+    self.ids = {word: index + 2 for index, word in enumerate(words)}
+
+  def tokens(self, text: str, length: int) -> np.ndarray:
+    row = np.zeros(length, np.int32)
+    kept = [self.ids.get(word, 1) for word in words(text)[:length]]
+    row[: len(kept)] = kept
+    return row
+
+
+def vocabulary(train_users: dict, size: int, vocab_file: str = "") -> Vocabulary:
+  """``vocab_file``'s words, or the ``size`` most frequent among the training users' tweets."""
+  if vocab_file:
+    path = pathlib.Path(vocab_file).expanduser()
+    if not path.is_file():
+      raise ValueError(f"data.leaf.vocab_file={vocab_file!r}: no such file (one word a line)")
+    return Vocabulary(tuple(line.strip() for line in path.read_text().splitlines() if line.strip()))
+  counts = collections.Counter(
+    word for xs, _ in train_users.values() for x in xs for word in words(x[-1])
+  )
+  return Vocabulary(tuple(word for word, _ in counts.most_common(size)))
+
+
 def _kind(xs: list, where: str) -> str:
-  """``text`` (Shakespeare), ``features`` (FEMNIST, Synthetic) or one line refusing a LEAF
-  dataset this module does not read (Sent140, CelebA, Reddit), from a first example ``xs``."""
-  supported = "read: FEMNIST, Shakespeare and Synthetic"
+  """``text`` (Shakespeare), ``tweet`` (Sent140), ``features`` (FEMNIST, Synthetic) or one
+  line refusing a LEAF dataset this module does not read (CelebA, Reddit), from a first
+  example ``xs``."""
+  supported = "read: FEMNIST, Shakespeare, Synthetic and Sent140"
   if isinstance(xs, str):
     if xs.lower().endswith((".jpg", ".jpeg", ".png")):
       raise ValueError(f"{where}: x is an image file name (LEAF CelebA), not read; {supported}")
     return "text"
   if isinstance(xs, list) and xs and all(isinstance(v, (int, float)) for v in xs):
     return "features"
+  if isinstance(xs, list) and len(xs) == TWEET_FIELDS and all(isinstance(v, str) for v in xs):
+    return "tweet"
   if isinstance(xs, list) and xs and any(isinstance(v, (str, list)) for v in xs):
-    found = (
-      "lists of strings (LEAF Sent140)" if isinstance(xs[0], str) else "token lists (LEAF Reddit)"
-    )
+    found = "token lists (LEAF Reddit)" if isinstance(xs[0], list) else "lists of strings"
     raise ValueError(f"{where}: x holds {found}, not read; {supported}")
   raise ValueError(f"{where}: x is {str(xs)[:40]!r}, no LEAF dataset this reads ({supported})")
 
@@ -104,12 +151,21 @@ def _labels(ys: list, where: str) -> np.ndarray:
   return np.asarray(ys, np.int64).astype(np.int32)
 
 
-def _encode(xs: list, ys: list, where: str = "") -> tuple[np.ndarray, np.ndarray]:
+def _encode(xs: list, ys: list, where: str = "", tweets=None) -> tuple[np.ndarray, np.ndarray]:
   """One client's examples as arrays (module docstring, by kind); ``where`` names the client
-  in a refusal."""
+  in a refusal; ``tweets``: ``(Vocabulary, words per tweet)`` for Sent140."""
   if not xs:
     return np.zeros((0,), np.float32), np.zeros((0,), np.int32)
-  if _kind(xs[0], where) == "text":
+  kind = _kind(xs[0], where)
+  if kind == "tweet":
+    vocab, length = tweets
+    if not all(isinstance(x, list) and len(x) == TWEET_FIELDS for x in xs):
+      raise ValueError(f"{where}: every Sent140 x must be its {TWEET_FIELDS} strings")
+    labels = _labels(ys, where)
+    if labels.max(initial=0) > 1:
+      raise ValueError(f"{where}: Sent140's labels are 0 or 1, got {int(labels.max())}")
+    return np.stack([vocab.tokens(str(x[-1]), length) for x in xs]), labels
+  if kind == "text":
     if not all(isinstance(v, str) for v in xs + ys):
       raise ValueError(f"{where}: Shakespeare's x and y must all be strings")
     ids = np.stack([encode_text(x + y) for x, y in zip(xs, ys)])
@@ -125,10 +181,10 @@ def _encode(xs: list, ys: list, where: str = "") -> tuple[np.ndarray, np.ndarray
   return x, _labels(ys, where)
 
 
-def _split(users: list[str], examples: dict, like: tuple, split: str) -> ClientArrays:
+def _split(users: list[str], examples: dict, like: tuple, split: str, tweets) -> ClientArrays:
   """The clients ``users`` (their ``examples``, or none) as one ``ClientArrays``; ``like``:
   the ``(x, y)`` of a non-empty client, whose row shapes an empty one takes."""
-  parts = [_encode(*examples.get(u, ([], [])), f"{split} user {u!r}") for u in users]
+  parts = [_encode(*examples.get(u, ([], [])), f"{split} user {u!r}", tweets) for u in users]
   shape_of = lambda part, index: (
     part[index].shape[1:] if len(part[index]) else like[index].shape[1:]
   )
@@ -144,11 +200,26 @@ def _split(users: list[str], examples: dict, like: tuple, split: str) -> ClientA
   return ClientArrays(np.concatenate(xs), np.concatenate(ys), offsets)
 
 
-def leaf_federation(folder) -> FederatedData:
+@dataclasses.dataclass(frozen=True)
+class LeafOptions:
+  """``data.leaf``: Sent140's tokens (module docstring): ``vocab_size`` words kept when the
+  vocabulary is built from the training users, or ``vocab_file``; ``words`` per tweet."""
+
+  vocab_size: int = 10000
+  vocab_file: str = ""
+  words: int = 25
+
+  def __post_init__(self):
+    require(self.vocab_size >= 1, "data.leaf.vocab_size", ">= 1", self.vocab_size)
+    require(self.words >= 1, "data.leaf.words", ">= 1", self.words)
+
+
+def leaf_federation(folder, options: LeafOptions = LeafOptions()) -> FederatedData:
   """The LEAF federation in ``folder`` (``train/`` and ``test/`` JSON), converted once
   (``converted.load_converted``) and memory-mapped. Test users absent from the training files
   (LEAF's ``-t user`` split holds only such) are no client, and their examples are in the
-  global test set (``meta.json`` counts them as ``test_only_users``)."""
+  global test set (``meta.json`` counts them as ``test_only_users``; for Sent140 it holds the
+  vocabulary too)."""
   folder = pathlib.Path(folder)
   train_files, test_files = _files(folder, "train"), _files(folder, "test")
 
@@ -158,22 +229,31 @@ def leaf_federation(folder) -> FederatedData:
     nonempty = [u for u in users if train_examples[u][0]]
     if not nonempty:
       raise ValueError(f"{folder / 'train'}: no training user has an example")
-    like = _encode(*train_examples[nonempty[0]], f"train user {nonempty[0]!r}")
+    kind = _kind(train_examples[nonempty[0]][0][0], f"train user {nonempty[0]!r}")
+    tweets, meta = None, {}
+    if kind == "tweet":
+      vocab = vocabulary(train_examples, options.vocab_size, options.vocab_file)
+      tweets, meta = (vocab, options.words), {"vocabulary": list(vocab.words)}
+    like = _encode(*train_examples[nonempty[0]], f"train user {nonempty[0]!r}", tweets)
     train, test = (
-      _split(users, train_examples, like, "train"),
-      _split(users, test_examples, like, "test"),
+      _split(users, train_examples, like, "train", tweets),
+      _split(users, test_examples, like, "test", tweets),
     )
     test_only = [u for u in test_examples if u not in train_examples]
-    pooled = _split(users + test_only, test_examples, like, "test")
+    pooled = _split(users + test_only, test_examples, like, "test", tweets)
     if not len(pooled.y):
       raise ValueError(f"{folder / 'test'}: the test files hold no example")
-    if _kind(train_examples[nonempty[0]][0][0], "") == "text":
+    if kind == "tweet":
+      num_classes = 2
+    elif kind == "text":
       num_classes = len(SHAKESPEARE_VOCAB)
     elif like[0].shape[1:] == (28, 28, 1):
       num_classes = FEMNIST_CLASSES
     else:
       num_classes = int(max(train.y.max(initial=0), pooled.y.max(initial=0))) + 1
-    meta = {"num_classes": num_classes, "users": users, "test_only_users": len(test_only)}
+    meta.update(num_classes=num_classes, users=users, test_only_users=len(test_only))
     return train, test, pooled.x, pooled.y, meta
 
-  return load_converted(folder, train_files + test_files, convert)
+  vocab_file = [pathlib.Path(options.vocab_file).expanduser()] if options.vocab_file else []
+  files = train_files + test_files + [f for f in vocab_file if f.is_file()]
+  return load_converted(folder, files, convert, dataclasses.asdict(options))

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from fedjax_lab.models.im2col import CONVOLUTIONS, apply_convolutions
 from fedjax_lab.models.initialization import torch_default_init
 from fedjax_lab.models.sequence import CharLSTM, TransformerLM
+from fedjax_lab.models.text import BagOfWords, BagOfWordsOptions
 from fedjax_lab.models.vision import (
   MLP,
   VGG,
@@ -149,6 +150,10 @@ MODELS.register(
   "vgg16", ModelEntry(lambda n: VGG(n, layout=VGG16_LAYOUT, classifier=(4096, 4096)), has_conv=True)
 )
 MODELS.register("char_lstm", ModelEntry(CharLSTM, has_conv=False, reads_tokens=True))
+MODELS.register(
+  "bag_of_words",
+  ModelEntry(BagOfWords, has_conv=False, reads_tokens=True, options=BagOfWordsOptions),
+)
 MODELS.register("transformer_lm", ModelEntry(TransformerLM, has_conv=False, reads_tokens=True))
 MODELS.register(  # WorldLM's paper scale, byte vocabulary: 86M and 384M parameters
   "transformer_lm_125m",
