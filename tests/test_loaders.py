@@ -282,6 +282,55 @@ def test_each_loader_runs_end_to_end_through_the_cli(tmp_path, source, capsys):
   assert rows[-1]["round"] == 2 and 0 <= rows[-1]["global_accuracy"] <= 1
 
 
+def _stackoverflow_tff(root, counts: bool):
+  """StackOverflow as TFF ships it: ``examples/<client>/{tokens, title, tags, score,
+  creation_date, type}``, ``tokens`` a sentence of space-separated words; TFF's word counts
+  beside the files when ``counts``."""
+  post = lambda *sentences: {
+    "tokens": np.array([t.encode() for t in sentences], dtype=object),
+    "title": np.array([b"a title"] * len(sentences), dtype=object),
+    "tags": np.array([b"python|jax"] * len(sentences), dtype=object),
+    "score": np.zeros(len(sentences), np.int64),
+    "creation_date": np.array([b"2010-01-01"] * len(sentences), dtype=object),
+    "type": np.array([b"question"] * len(sentences), dtype=object),
+  }
+  _tff_file(root / "stackoverflow_train.h5", {
+    "00000001": post("how do i jit a loop ?", "jit the loop"),
+    "00000002": post("why is my loop slow when i jit it and vmap it over many clients"),
+  })  # fmt: skip
+  _tff_file(root / "stackoverflow_test.h5", {"00000001": post("a loop in jax")})
+  if counts:
+    (root / "stackoverflow.word_count").write_text("the 900\nloop 800\njit 700\ni 600\n")
+
+
+def test_tff_stackoverflow_sentences_become_next_word_windows_as_tff_makes_them(tmp_path):
+  from fedjax_lab.data.tff import stackoverflow_window
+
+  _stackoverflow_tff(tmp_path, counts=True)
+  config = _config(tmp_path, "tff_h5", 2, "data.sequence_length=6", "data.tff_h5.vocab_size=3")
+  data = build_federation(config.data)
+  # TFF's ids: word i of the count file is i + 1 (the, loop, jit), 0 pads, then oov 4, bos 5,
+  # eos 6; one window a sentence, cut at 6 words, eos only after a shorter sentence.
+  assert data.num_classes == 3 + 4 and list(data.train_num_examples) == [2, 1]
+  window = lambda x, y: list(x) + [int(y[-1])]
+  assert window(data.train_x[0, 0], data.train_y[0, 0]) == [5, 4, 4, 4, 3, 4, 2]
+  assert window(data.train_x[0, 1], data.train_y[0, 1]) == [5, 3, 1, 2, 6, 0, 0]
+  assert window(data.train_x[1, 0], data.train_y[1, 0]) == [5, 4, 4, 4, 2, 4, 4]  # no eos
+  np.testing.assert_array_equal(data.train_y[0, 1], [3, 1, 2, 6, 0, 0])
+  ids = {"the": 1, "loop": 2, "jit": 3}
+  assert list(stackoverflow_window("jit the loop", ids, 6)) == [5, 3, 1, 2, 6, 0, 0]
+
+
+def test_tff_stackoverflow_vocabulary_from_the_training_clients_without_a_count_file(tmp_path):
+  _stackoverflow_tff(tmp_path, counts=False)
+  config = _config(tmp_path, "tff_h5", 2, "data.sequence_length=4", "data.tff_h5.vocab_size=2")
+  data = build_federation(config.data)
+  # The most frequent training words: "jit" and "loop" (3 each; "jit" is seen first), so
+  # jit 1, loop 2, then oov 3, bos 4, eos 5.
+  assert data.num_classes == 2 + 4
+  assert list(data.train_x[0, 1]) == [4, 1, 3, 2]  # bos, jit, oov (the), loop
+
+
 @pytest.mark.slow  # a whole run (make test-fast skips it)
 def test_sent140_trains_a_bag_of_words_through_the_cli(tmp_path):
   files = tmp_path / "files"
@@ -381,8 +430,9 @@ def _write_h5(path, build) -> None:
     (lambda h5: h5.create_group("examples"), "'examples' holds no client"),
     (lambda h5: h5.create_dataset("examples/c0/pixels", data=np.zeros((2, 28, 28))),
      "client 'c0' has no 'label' (found pixels)"),
-    (lambda h5: h5.create_dataset("examples/c0/tokens", data=np.array([b"a b"])),
-     "client 'c0' holds tokens; read: pixels (EMNIST)"),
+    (lambda h5: h5.create_dataset("examples/c0/title", data=np.array([b"a b"])),
+     "client 'c0' holds title; read: pixels (EMNIST), image (CIFAR-100), snippets (Shakespeare) "
+     "or tokens (StackOverflow)"),
   ],
 )  # fmt: skip
 def test_malformed_tff_files_are_one_line_naming_the_file_and_client(

@@ -255,8 +255,9 @@ FEDERATIONS.register(
   "tff_h5",
   DataEntry(
     lambda data, o: tff.tff_federation(
-      data.source_dir or "data/tff", data.sequence_length, data.coarse_labels
-    )
+      data.source_dir or "data/tff", data.sequence_length, data.coarse_labels, o
+    ),
+    tff.TffOptions,
   ),
 )
 

@@ -16,15 +16,26 @@ preprocesses them (``tff_snippet_windows``): each snippet's UTF-8 bytes as token
 86-character vocabulary, a beginning and an end token around them, zeros padding the last
 window, ``x = ids[:-1]``, ``y = ids[1:]`` per window of ``sequence_length + 1``. Where we differ:
 TFF's accuracy leaves padded positions out; ours counts every position (the loss, as TFF's,
-counts them all). Converted once and memory-mapped (``converted.py``).
+counts them all). ``tokens`` (StackOverflow: a sentence of space-separated words) -> TFF's
+next-word prediction (``stackoverflow_window``): the first ``sequence_length`` words as ids
+over a vocabulary of ``data.tff_h5.vocab_size`` words (word i is id i + 1; 0 pads, then the
+out-of-vocabulary, beginning and end ids), a beginning id first, an end id after a sentence
+shorter than the window, one window a sentence. The vocabulary is the first words of TFF's
+``stackoverflow.word_count`` beside the files (most frequent first), else the most frequent
+words of the training clients. (The tag-prediction task is not read yet: its labels are sets
+of tags, and the engine's losses are single-label.) Converted once and memory-mapped
+(``converted.py``).
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import pathlib
 
 import numpy as np
 
+from fedjax_lab.checks import require
 from fedjax_lab.data.converted import load_converted
 from fedjax_lab.data.federated import FederatedData
 from fedjax_lab.data.ragged import ClientArrays
@@ -76,12 +87,56 @@ def _examples(h5, path: pathlib.Path) -> list[str]:
   return names
 
 
-def _client(group, label_key: str, sequence_length: int) -> tuple[np.ndarray, np.ndarray]:
+WORD_COUNTS = "stackoverflow.word_count"  # TFF's file of StackOverflow's words by frequency
+
+
+def stackoverflow_vocabulary(folder: pathlib.Path, train_h5, names, size: int) -> list[str]:
+  """The ``size`` words of TFF's ``WORD_COUNTS`` file in ``folder`` (a word and its count a
+  line, most frequent first), else the ``size`` most frequent words of the clients ``names``
+  of ``train_h5`` (ties by first appearance)."""
+  counts_file = folder / WORD_COUNTS
+  if counts_file.is_file():
+    lines = counts_file.read_text().splitlines()
+    return [line.split()[0] for line in lines if line.strip()][:size]
+  counts = collections.Counter(
+    word
+    for name in names
+    for sentence in train_h5["examples"][name]["tokens"][()]
+    for word in _text(sentence).split(" ")
+  )
+  return [word for word, _ in counts.most_common(size)]
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def stackoverflow_window(sentence: str, ids: dict, sequence_length: int) -> np.ndarray:
+  """``[sequence_length + 1]`` ids of one sentence as TFF's next-word task makes them: the
+  beginning id, the first ``sequence_length`` words (``ids``: word -> id; out of vocabulary
+  otherwise), the end id when the sentence is shorter, zeros after."""
+  vocab = len(ids)
+  oov, bos, eos = vocab + 1, vocab + 2, vocab + 3
+  tokens = [ids.get(word, oov) for word in sentence.split(" ")[:sequence_length]]
+  if len(tokens) < sequence_length:
+    tokens.append(eos)
+  row = np.zeros(sequence_length + 1, np.int32)
+  row[: len(tokens) + 1] = [bos, *tokens]
+  return row
+
+
+def _client(group, label_key: str, sequence_length: int, word_ids=None):
   """One client's examples from its HDF5 group (module docstring); a group not in the layout
-  of a dataset read here is one line naming the file, the client and what was found."""
+  of a dataset read here is one line naming the file, the client and what was found.
+  ``word_ids``: StackOverflow's vocabulary (word -> id)."""
   where = f"{group.file.filename}: client {group.name.rsplit('/', 1)[-1]!r}"
   if not hasattr(group, "keys"):
     raise ValueError(f"{where} is not a group of features")
+  if "tokens" in group and word_ids is not None:
+    sentences = [_text(v) for v in group["tokens"][()]]
+    rows = [stackoverflow_window(t, word_ids, sequence_length) for t in sentences]
+    ids = np.stack(rows) if rows else np.zeros((0, sequence_length + 1), np.int32)
+    return ids[:, :-1], ids[:, 1:]
   if "snippets" in group:
     windows = [
       tff_snippet_windows(s if isinstance(s, bytes) else str(s).encode(), sequence_length)
@@ -96,7 +151,8 @@ def _client(group, label_key: str, sequence_length: int) -> tuple[np.ndarray, np
   else:
     found = ", ".join(sorted(group)) or "nothing"
     raise ValueError(
-      f"{where} holds {found}; read: pixels (EMNIST), image (CIFAR-100) or snippets (Shakespeare)"
+      f"{where} holds {found}; read: pixels (EMNIST), image (CIFAR-100), snippets "
+      "(Shakespeare) or tokens (StackOverflow)"
     )
   if label_key not in group:
     raise ValueError(f"{where} has no {label_key!r} (found {', '.join(sorted(group))})")
@@ -115,7 +171,19 @@ def _split(clients: list[tuple[np.ndarray, np.ndarray]]) -> ClientArrays:
   )
 
 
-def tff_federation(folder, sequence_length: int = 80, coarse_labels: bool = False) -> FederatedData:
+@dataclasses.dataclass(frozen=True)
+class TffOptions:
+  """``data.tff_h5``: ``vocab_size``, StackOverflow's words kept (TFF's default 10,000)."""
+
+  vocab_size: int = 10000
+
+  def __post_init__(self):
+    require(self.vocab_size >= 1, "data.tff_h5.vocab_size", ">= 1", self.vocab_size)
+
+
+def tff_federation(
+  folder, sequence_length: int = 80, coarse_labels: bool = False, options=TffOptions()
+) -> FederatedData:
   """The TFF federation in ``folder`` (module docstring), converted once and memory-mapped."""
   import h5py
 
@@ -126,21 +194,30 @@ def tff_federation(folder, sequence_length: int = 80, coarse_labels: bool = Fals
   def convert():
     with h5py.File(train_file, "r") as train_h5, h5py.File(test_file, "r") as test_h5:
       names = _examples(train_h5, train_file)
-      read = lambda h5, name: _client(h5["examples"][name], label_key, sequence_length)
+      word_ids, meta = None, {}
+      if "tokens" in train_h5["examples"][names[0]]:
+        words = stackoverflow_vocabulary(folder, train_h5, names, options.vocab_size)
+        word_ids, meta = {w: i + 1 for i, w in enumerate(words)}, {"vocabulary": words}
+      read = lambda h5, name: _client(h5["examples"][name], label_key, sequence_length, word_ids)
       train = [read(train_h5, name) for name in names]
       empty = tuple(part[:0] for part in train[0])
       test_names = set(_examples(test_h5, test_file))
       test = [read(test_h5, name) if name in test_names else empty for name in names]
       pooled = [read(test_h5, name) for name in sorted(test_names)]
     train, test, pooled = _split(train), _split(test), _split(pooled)
-    if train.x.ndim == 2:  # character windows
+    if word_ids is not None:  # words, and the out-of-vocabulary, beginning and end ids
+      num_classes = len(word_ids) + 4
+    elif train.x.ndim == 2:  # character windows
       num_classes = TFF_SHAKESPEARE_TOKENS
     elif train.x.shape[1:] == (28, 28, 1):  # TFF's digits-only EMNIST: its file names say so
       num_classes = EMNIST_DIGITS if "digitsonly" in train_file.name else EMNIST_CLASSES
     else:
       num_classes = CIFAR100_COARSE if coarse_labels else CIFAR100_CLASSES
-    return train, test, pooled.x, pooled.y, {"num_classes": num_classes, "clients": names}
+    meta.update(num_classes=num_classes, clients=names)
+    return train, test, pooled.x, pooled.y, meta
 
   # "snippets": the Shakespeare tokenization; a cache made by an earlier one is remade
-  options = {"sequence_length": sequence_length, "label": label_key, "snippets": "tff"}
-  return load_converted(folder, [train_file, test_file], convert, options)
+  shaping = {"sequence_length": sequence_length, "label": label_key, "snippets": "tff"}
+  counts = [folder / WORD_COUNTS] if (folder / WORD_COUNTS).is_file() else []
+  files = [train_file, test_file, *counts]
+  return load_converted(folder, files, convert, {**shaping, **dataclasses.asdict(options)})
