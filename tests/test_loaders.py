@@ -197,6 +197,44 @@ def test_tff_emnist_clients_by_writer(tmp_path):
     np.testing.assert_array_equal(data.train_x[0, :7, ..., 0], h5["examples/f0000_14/pixels"][()])
 
 
+def test_an_interrupted_tff_conversion_continues_where_it_stopped(tmp_path, monkeypatch):
+  from fedjax_lab.data import ragged, tff
+
+  _emnist_tff(tmp_path, np.random.default_rng(0))
+  reference = tmp_path / "reference"
+  reference.mkdir()
+  for name in ("fed_emnist_train.h5", "fed_emnist_test.h5"):
+    (reference / name).write_bytes((tmp_path / name).read_bytes())
+  expected = build_federation(_config(reference, "tff_h5", 3).data)
+
+  write = ragged.ClientArraysWriter.write
+
+  def stop_at_the_second_training_client(self, client, x, y):
+    if self.name == "train" and client == 1:
+      raise KeyboardInterrupt
+    write(self, client, x, y)
+
+  monkeypatch.setattr(ragged.ClientArraysWriter, "write", stop_at_the_second_training_client)
+  with pytest.raises(KeyboardInterrupt):
+    build_federation(_config(tmp_path, "tff_h5", 3).data)
+  progress = json.loads((tmp_path / CACHE / "train_written.json").read_text())
+  assert progress["done"] == 1 and not (tmp_path / CACHE / "meta.json").exists()
+  monkeypatch.setattr(ragged.ClientArraysWriter, "write", write)
+  read, client = [], tff._client
+
+  def reading(group, *args):
+    if group.file.filename.endswith("train.h5"):
+      read.append(group.name.rsplit("/", 1)[-1])
+    return client(group, *args)
+
+  monkeypatch.setattr(tff, "_client", reading)
+  data = build_federation(_config(tmp_path, "tff_h5", 3).data)
+  # Training client 0 is read once, for the rows' shapes, and not written again.
+  assert sorted(read) == ["f0000_14", "f0001_45", "f0002_33"]
+  for field in ("train_x", "train_y", "test_x", "global_test_x", "global_test_y"):
+    np.testing.assert_array_equal(getattr(data, field), getattr(expected, field))
+
+
 def test_tff_emnist_digits_only_has_ten_classes(tmp_path):
   rng = np.random.default_rng(0)
   make = lambda n: {

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import mmap
 import pathlib
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -99,6 +101,62 @@ def drop_pages(array: np.ndarray, start: int, stop: int) -> None:
   last = min(base + stop * row_bytes, len(mapping))
   if last > first:
     mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+class ClientArraysWriter:
+  """``ClientArrays.save``'s files written client by client, never held whole: the files are
+  made at their full size from each client's row count (``counts``), then each client's rows
+  go to their place with plain file writes, so memory follows one client. Clients are
+  written in order; ``done`` (kept in ``{name}_written.json``) is how many are on disk, so an
+  interrupted conversion continues where it stopped. ``x_row`` and ``y_row``: one row's
+  ``(shape, dtype)``."""
+
+  def __init__(self, folder, name: str, counts, x_row: tuple, y_row: tuple):
+    self.folder, self.name = pathlib.Path(folder), name
+    self.folder.mkdir(parents=True, exist_ok=True)
+    counts = np.asarray(counts, np.int64)
+    self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    layout = {"counts": int(len(counts)), "rows": int(self.offsets[-1]),
+              "x": [list(x_row[0]), str(np.dtype(x_row[1]))],
+              "y": [list(y_row[0]), str(np.dtype(y_row[1]))]}  # fmt: skip
+    self.progress = self.folder / f"{name}_written.json"
+    recorded = json.loads(self.progress.read_text()) if self.progress.exists() else {}
+    self.done = recorded.get("done", 0) if recorded.get("layout") == layout else 0
+    self.layout, self.rows, self.saved = layout, {}, time.monotonic()
+    for field, (shape, dtype) in (("x", x_row), ("y", y_row)):
+      path = self.folder / f"{name}_{field}.npy"
+      if self.done == 0 or not path.exists():
+        self.done = 0
+        np.lib.format.open_memmap(path, "w+", np.dtype(dtype), (int(self.offsets[-1]), *shape))
+      start = np.load(path, mmap_mode="r").offset  # where the rows begin, past the header
+      row_bytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+      self.rows[field] = (path, start, row_bytes, np.dtype(dtype), tuple(shape))
+    np.save(self.folder / f"{name}_offsets.npy", self.offsets)
+
+  def write(self, client: int, x: np.ndarray, y: np.ndarray) -> None:
+    """Client ``client``'s rows (the next one to write)."""
+    if client != self.done:
+      raise ValueError(f"{self.name}: client {client} written out of order (next: {self.done})")
+    count = int(self.offsets[client + 1] - self.offsets[client])
+    for field, values in (("x", x), ("y", y)):
+      path, start, row_bytes, dtype, shape = self.rows[field]
+      values = np.ascontiguousarray(values, dtype)
+      if values.shape != (count, *shape):
+        raise ValueError(
+          f"{self.name}: client {client} gave {field} shaped {values.shape}, expected "
+          f"{(count, *shape)}"
+        )
+      with open(path, "r+b") as f:
+        f.seek(start + int(self.offsets[client]) * row_bytes)
+        f.write(values.tobytes())
+    self.done += 1
+    if time.monotonic() - self.saved > 1.0:  # at most a progress write a second
+      self.close()
+
+  def close(self) -> None:
+    """Record the clients written so far (``done``), as a later writer reads it."""
+    self.progress.write_text(json.dumps({"layout": self.layout, "done": self.done}))
+    self.saved = time.monotonic()
 
 
 @dataclasses.dataclass(frozen=True)

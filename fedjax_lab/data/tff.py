@@ -32,13 +32,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import pathlib
+import sys
 
 import numpy as np
 
 from fedjax_lab.checks import require
-from fedjax_lab.data.converted import load_converted
+from fedjax_lab.data.converted import load_streamed
 from fedjax_lab.data.federated import FederatedData
-from fedjax_lab.data.ragged import ClientArrays
+from fedjax_lab.data.ragged import ClientArraysWriter
 
 EMNIST_CLASSES, EMNIST_DIGITS, CIFAR100_CLASSES, CIFAR100_COARSE = 62, 10, 100, 20
 # TFF's Shakespeare characters (tff.simulation.baselines.shakespeare): character i is token
@@ -164,11 +165,43 @@ def _client(group, label_key: str, sequence_length: int, word_ids=None):
   return x, y.astype(np.int32)
 
 
-def _split(clients: list[tuple[np.ndarray, np.ndarray]]) -> ClientArrays:
-  offsets = np.concatenate([[0], np.cumsum([len(x) for x, _ in clients])]).astype(np.int64)
-  return ClientArrays(
-    np.concatenate([x for x, _ in clients]), np.concatenate([y for _, y in clients]), offsets
-  )
+def _rows(group, sequence_length: int) -> int | None:
+  """A client's example rows, from its datasets' shapes (snippets: from their lengths, each
+  giving ``ceil((bytes + 2) / (sequence_length + 1))`` windows); None for a group not in a
+  layout read here (reading it says why)."""
+  if hasattr(group, "keys") and "snippets" in group:
+    lengths = [len(s if isinstance(s, bytes) else str(s).encode()) for s in group["snippets"][()]]
+    return sum(-(-(n + 2) // (sequence_length + 1)) for n in lengths)
+  for key in ("tokens", "pixels", "image"):
+    if hasattr(group, "keys") and key in group:
+      return int(group[key].shape[0])
+  return None
+
+
+def _write_split(cache, split: str, h5, clients: list, read, sequence_length: int, rows) -> None:
+  """One split's clients (None: a client without examples here) into ``cache`` a client at a
+  time (``ClientArraysWriter``: memory follows one client; an interrupted conversion goes on
+  from the last client written), with a progress bar on a terminal."""
+  from tqdm.auto import tqdm
+
+  def count(name):
+    if name is None:
+      return 0
+    counted = _rows(h5["examples"][name], sequence_length)
+    return len(read(h5, name)[0]) if counted is None else counted  # reading names the fault
+
+  writer = ClientArraysWriter(cache, split, [count(name) for name in clients], *rows)
+  (x_shape, x_dtype), (y_shape, _) = rows
+  empty = np.zeros((0, *x_shape), x_dtype), np.zeros((0, *y_shape), np.int32)
+  bar = tqdm(
+    range(writer.done, len(clients)), desc=f"converting {split}", unit="client",
+    disable=not sys.stderr.isatty(), initial=writer.done, total=len(clients),
+  )  # fmt: skip
+  try:
+    for k in bar:
+      writer.write(k, *(empty if clients[k] is None else read(h5, clients[k])))
+  finally:  # interrupted or not, what is on disk is recorded
+    writer.close()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,33 +224,39 @@ def tff_federation(
   train_file, test_file = _one(folder, "train"), _one(folder, "test")
   label_key = "coarse_label" if coarse_labels else "label"
 
-  def convert():
+  def convert_into(cache: pathlib.Path) -> dict:
     with h5py.File(train_file, "r") as train_h5, h5py.File(test_file, "r") as test_h5:
       names = _examples(train_h5, train_file)
+      test_names = set(_examples(test_h5, test_file))
       word_ids, meta = None, {}
       if "tokens" in train_h5["examples"][names[0]]:
         words = stackoverflow_vocabulary(folder, train_h5, names, options.vocab_size)
         word_ids, meta = {w: i + 1 for i, w in enumerate(words)}, {"vocabulary": words}
       read = lambda h5, name: _client(h5["examples"][name], label_key, sequence_length, word_ids)
-      train = [read(train_h5, name) for name in names]
-      empty = tuple(part[:0] for part in train[0])
-      test_names = set(_examples(test_h5, test_file))
-      test = [read(test_h5, name) if name in test_names else empty for name in names]
-      pooled = [read(test_h5, name) for name in sorted(test_names)]
-    train, test, pooled = _split(train), _split(test), _split(pooled)
+      first = read(train_h5, names[0])
+      rows = ((first[0].shape[1:], first[0].dtype), (first[1].shape[1:], np.int32))
+      splits = (
+        ("train", train_h5, names),
+        ("test", test_h5, [n if n in test_names else None for n in names]),
+        ("pooled", test_h5, sorted(test_names)),
+      )
+      for split, h5, clients in splits:
+        _write_split(cache, split, h5, clients, read, sequence_length, rows)
+    for field in ("x", "y"):  # the pooled test clients are the global test set
+      (cache / f"pooled_{field}.npy").replace(cache / f"global_{field}.npy")
     if word_ids is not None:  # words, and the out-of-vocabulary, beginning and end ids
       num_classes = len(word_ids) + 4
-    elif train.x.ndim == 2:  # character windows
+    elif len(rows[0][0]) == 1:  # character windows
       num_classes = TFF_SHAKESPEARE_TOKENS
-    elif train.x.shape[1:] == (28, 28, 1):  # TFF's digits-only EMNIST: its file names say so
+    elif rows[0][0] == (28, 28, 1):  # TFF's digits-only EMNIST: its file names say so
       num_classes = EMNIST_DIGITS if "digitsonly" in train_file.name else EMNIST_CLASSES
     else:
       num_classes = CIFAR100_COARSE if coarse_labels else CIFAR100_CLASSES
     meta.update(num_classes=num_classes, clients=names)
-    return train, test, pooled.x, pooled.y, meta
+    return meta
 
   # "snippets": the Shakespeare tokenization; a cache made by an earlier one is remade
   shaping = {"sequence_length": sequence_length, "label": label_key, "snippets": "tff"}
   counts = [folder / WORD_COUNTS] if (folder / WORD_COUNTS).is_file() else []
   files = [train_file, test_file, *counts]
-  return load_converted(folder, files, convert, {**shaping, **dataclasses.asdict(options)})
+  return load_streamed(folder, files, convert_into, {**shaping, **dataclasses.asdict(options)})
