@@ -91,21 +91,37 @@ def _examples(h5, path: pathlib.Path) -> list[str]:
 WORD_COUNTS = "stackoverflow.word_count"  # TFF's file of StackOverflow's words by frequency
 
 
-def stackoverflow_vocabulary(folder: pathlib.Path, train_h5, names, size: int) -> list[str]:
+def stackoverflow_vocabulary(folder: pathlib.Path, train_file, names, size: int) -> list[str]:
   """The ``size`` words of TFF's ``WORD_COUNTS`` file in ``folder`` (a word and its count a
   line, most frequent first), else the ``size`` most frequent words of the clients ``names``
-  of ``train_h5`` (ties by first appearance)."""
+  of ``train_file`` (ties by first appearance)."""
   counts_file = folder / WORD_COUNTS
   if counts_file.is_file():
     lines = counts_file.read_text().splitlines()
     return [line.split()[0] for line in lines if line.strip()][:size]
   counts = collections.Counter(
     word
-    for name in names
-    for sentence in train_h5["examples"][name]["tokens"][()]
+    for group in each_group(train_file, names)
+    for sentence in group["tokens"][()]
     for word in _text(sentence).split(" ")
   )
   return [word for word, _ in counts.most_common(size)]
+
+
+REOPEN_EVERY = 1000  # clients read before an HDF5 file is closed and opened again
+
+
+def each_group(path, names):
+  """The HDF5 group ``examples/<name>`` of each of ``names`` (None for a None name) in
+  ``path``, the file opened afresh every ``REOPEN_EVERY`` clients: HDF5 keeps the metadata of
+  every group it opened until the file closes, which over StackOverflow's 342,477 clients
+  would grow without bound."""
+  import h5py
+
+  for start in range(0, len(names), REOPEN_EVERY):
+    with h5py.File(path, "r") as h5:
+      for name in names[start : start + REOPEN_EVERY]:
+        yield None if name is None else h5["examples"][name]
 
 
 def _text(value) -> str:
@@ -178,28 +194,30 @@ def _rows(group, sequence_length: int) -> int | None:
   return None
 
 
-def _write_split(cache, split: str, h5, clients: list, read, sequence_length: int, rows) -> None:
-  """One split's clients (None: a client without examples here) into ``cache`` a client at a
-  time (``ClientArraysWriter``: memory follows one client; an interrupted conversion goes on
-  from the last client written), with a progress bar on a terminal."""
+def _write_split(cache, split: str, path, clients: list, convert, sequence_length: int, rows):
+  """One split's clients (None: a client without examples here) of the file ``path`` into
+  ``cache`` a client at a time (``convert(group) -> (x, y)``; ``ClientArraysWriter``: memory
+  follows one client; an interrupted conversion goes on from the last client written), with
+  a progress bar on a terminal."""
   from tqdm.auto import tqdm
 
-  def count(name):
-    if name is None:
+  def count(group):
+    if group is None:
       return 0
-    counted = _rows(h5["examples"][name], sequence_length)
-    return len(read(h5, name)[0]) if counted is None else counted  # reading names the fault
+    counted = _rows(group, sequence_length)
+    return len(convert(group)[0]) if counted is None else counted  # converting names the fault
 
-  writer = ClientArraysWriter(cache, split, [count(name) for name in clients], *rows)
+  counts = [count(group) for group in each_group(path, clients)]
+  writer = ClientArraysWriter(cache, split, counts, *rows)
   (x_shape, x_dtype), (y_shape, _) = rows
   empty = np.zeros((0, *x_shape), x_dtype), np.zeros((0, *y_shape), np.int32)
   bar = tqdm(
-    range(writer.done, len(clients)), desc=f"converting {split}", unit="client",
+    each_group(path, clients[writer.done :]), desc=f"converting {split}", unit="client",
     disable=not sys.stderr.isatty(), initial=writer.done, total=len(clients),
   )  # fmt: skip
   try:
-    for k in bar:
-      writer.write(k, *(empty if clients[k] is None else read(h5, clients[k])))
+    for k, group in enumerate(bar, start=writer.done):
+      writer.write(k, *(empty if group is None else convert(group)))
   finally:  # interrupted or not, what is on disk is recorded
     writer.close()
 
@@ -228,20 +246,21 @@ def tff_federation(
     with h5py.File(train_file, "r") as train_h5, h5py.File(test_file, "r") as test_h5:
       names = _examples(train_h5, train_file)
       test_names = set(_examples(test_h5, test_file))
-      word_ids, meta = None, {}
-      if "tokens" in train_h5["examples"][names[0]]:
-        words = stackoverflow_vocabulary(folder, train_h5, names, options.vocab_size)
-        word_ids, meta = {w: i + 1 for i, w in enumerate(words)}, {"vocabulary": words}
-      read = lambda h5, name: _client(h5["examples"][name], label_key, sequence_length, word_ids)
-      first = read(train_h5, names[0])
-      rows = ((first[0].shape[1:], first[0].dtype), (first[1].shape[1:], np.int32))
-      splits = (
-        ("train", train_h5, names),
-        ("test", test_h5, [n if n in test_names else None for n in names]),
-        ("pooled", test_h5, sorted(test_names)),
-      )
-      for split, h5, clients in splits:
-        _write_split(cache, split, h5, clients, read, sequence_length, rows)
+      stackoverflow = "tokens" in train_h5["examples"][names[0]]
+    word_ids, meta = None, {}
+    if stackoverflow:
+      words = stackoverflow_vocabulary(folder, train_file, names, options.vocab_size)
+      word_ids, meta = {w: i + 1 for i, w in enumerate(words)}, {"vocabulary": words}
+    convert = lambda group: _client(group, label_key, sequence_length, word_ids)
+    first = next(convert(group) for group in each_group(train_file, names[:1]))
+    rows = ((first[0].shape[1:], first[0].dtype), (first[1].shape[1:], np.int32))
+    splits = (
+      ("train", train_file, names),
+      ("test", test_file, [n if n in test_names else None for n in names]),
+      ("pooled", test_file, sorted(test_names)),
+    )
+    for split, path, clients in splits:
+      _write_split(cache, split, path, clients, convert, sequence_length, rows)
     for field in ("x", "y"):  # the pooled test clients are the global test set
       (cache / f"pooled_{field}.npy").replace(cache / f"global_{field}.npy")
     if word_ids is not None:  # words, and the out-of-vocabulary, beginning and end ids

@@ -1,0 +1,96 @@
+"""Converting a StackOverflow-layout federation, timed: a generated HDF5 pair in TFF's
+StackOverflow layout (``examples/<client>/{tokens, title, tags, score, creation_date, type}``)
+with ``--clients`` training clients of heavy-tailed sizes (Zipf-like: most clients hold a few
+sentences, a few hold hundreds; scaled down in examples so it fits this disk), converted by
+``data.source=tff_h5`` (next-word prediction, the vocabulary built from the training clients),
+then read back. Prints one JSON line: the generation and conversion seconds, the examples,
+the cache's size on disk, and the process's peak RSS after the conversion (the generation's
+own memory is freed first; peak RSS is a high-water mark, so the generation runs in a child
+process).
+
+  python benchmarks/stackoverflow_conversion.py --clients 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+WORDS = [f"w{i}" for i in range(5000)]
+
+
+def generate(folder: pathlib.Path, clients: int, seed: int) -> int:
+  """The train and test files; returns the training sentences written."""
+  import h5py
+
+  rng = np.random.default_rng(seed)
+  sizes = np.minimum(rng.zipf(1.8, clients), 500)  # heavy tail, capped to fit the disk
+  popularity = 1.0 / np.arange(1, len(WORDS) + 1)
+  popularity /= popularity.sum()
+  total = 0
+  for split, scale in (("train", 1), ("test", 0.2)):
+    with h5py.File(folder / f"stackoverflow_{split}.h5", "w") as h5:
+      for k, size in enumerate(sizes):
+        count = max(1, int(size * scale))
+        lengths = rng.integers(3, 30, count)
+        words = rng.choice(len(WORDS), lengths.sum(), p=popularity)
+        cuts = np.cumsum(lengths)[:-1]
+        sentences = [" ".join(WORDS[i] for i in part) for part in np.split(words, cuts)]
+        group = h5.create_group(f"examples/{k:08d}")
+        group["tokens"] = np.array([s.encode() for s in sentences], dtype=object)
+        for field in ("title", "tags", "creation_date", "type"):
+          group[field] = np.array([b""] * count, dtype=object)
+        group["score"] = np.zeros(count, np.int64)
+        total += count if split == "train" else 0
+  return total
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--clients", type=int, default=20000)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--folder", default="", help="where the files go (default: a temp dir)")
+  parser.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  folder = pathlib.Path(args.folder or tempfile.mkdtemp(prefix="stackoverflow_"))
+  if args.generate_only:
+    print(generate(folder, args.clients, args.seed))
+    return
+  started = time.perf_counter()
+  command = [sys.executable, __file__, "--generate-only", "--folder", str(folder),
+             "--clients", str(args.clients), "--seed", str(args.seed)]  # fmt: skip
+  sentences = int(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+  generated = time.perf_counter() - started
+
+  from fedjax_lab import build_federation, load_config
+
+  config = load_config(None, ["data.source=tff_h5", f"data.source_dir={folder}",
+                              "data.partition=natural", f"data.num_clients={args.clients}",
+                              "data.sequence_length=20", "cohort_size=1"])  # fmt: skip
+  started = time.perf_counter()
+  data = build_federation(config.data)
+  converted = time.perf_counter() - started
+  cache = sum(f.stat().st_size for f in (folder / ".fedjax_lab").iterdir())
+  record = {
+    "clients": data.num_clients,
+    "training_sentences": sentences,
+    "train_examples": int(data.train.total),
+    "largest_client": int(data.train.num_examples.max()),
+    "generate_seconds": round(generated, 1),
+    "convert_seconds": round(converted, 1),
+    "cache_mib": round(cache / 2**20, 1),
+    "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+  }
+  print(json.dumps(record))
+
+
+if __name__ == "__main__":
+  main()
