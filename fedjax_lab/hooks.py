@@ -41,7 +41,7 @@ class RoundEnd:
   """What a hook sees after round ``round`` (1-based): ``row`` is that round's metrics (add to
   it), ``rows`` every row of the run so far, ``row`` last; ``clients``, at an evaluation, the
   evaluated ``client_ids`` and their ``client_accuracy`` (``evaluation.Evaluation.clients``),
-  else empty."""
+  else empty; ``reported``: the clients whose results reached the server this round."""
 
   round: int
   row: dict
@@ -51,6 +51,7 @@ class RoundEnd:
   config: Any
   out_dir: pathlib.Path
   clients: dict = dataclasses.field(default_factory=dict)
+  reported: int = 0  # clients whose results reached the server this round
 
 
 class Hook:

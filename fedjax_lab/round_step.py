@@ -218,4 +218,7 @@ class RoundStep:
     }
     rows.append(row)
     algorithm = experiment.algorithm
-    return state, RoundEnd(round_index + 1, row, rows, state, algorithm, config, out_dir)
+    done = round_index + 1
+    return state, RoundEnd(
+      done, row, rows, state, algorithm, config, out_dir, reported=len(fate.ids)
+    )

@@ -230,11 +230,20 @@ def _losses(rows: list[dict]) -> str:
 
 
 class NothingReachedServer(Hook):
-  """At the end, a line when no round of the run aggregated any client's result (the model is
-  the one it started with), naming the clients the system lost."""
+  """At the end, a line when no round aggregated any client's result (the model is the one it
+  started with), naming the clients the system lost. A round aggregated when a client
+  reported and the server stepped; a resumed run's earlier rounds, when they moved any upload
+  bytes (``rows``: the rows done before this run started)."""
+
+  def __init__(self, rows: list[dict]):
+    self.aggregated = any(r.get("bytes_up", 0) > 0 for r in rows)
+
+  def on_round_end(self, event: RoundEnd):
+    if event.reported and event.row.get("server_steps", 1) > 0:
+      self.aggregated = True
 
   def on_run_end(self, event: RoundEnd) -> None:
-    if any(r.get("bytes_up", 0) > 0 and r.get("server_steps", 1) > 0 for r in event.rows):
+    if self.aggregated:
       return
     report(
       f"no client's result reached the server in {event.config.rounds} rounds "
@@ -280,9 +289,11 @@ class Checkpointing:
     )
 
 
-def own_hooks(config, experiment, manager, progress: bool, profile, start_round: int, out_dir):
+def own_hooks(config, experiment, manager, progress: bool, profile, rows: list, out_dir):
   """``(before, after)``: the runner's hooks that run before the user's and after them (module
-  docstring); ``profile``: the rounds ``(first, last)`` to trace, or None."""
+  docstring); ``profile``: the rounds ``(first, last)`` to trace, or None; ``rows``: the
+  rounds done before this run started."""
+  start_round = len(rows)
   before = [
     DivergenceCheck(config, manager),
     PrivacyAccounting(config, experiment),
@@ -291,5 +302,5 @@ def own_hooks(config, experiment, manager, progress: bool, profile, start_round:
   ]
   if profile is not None:
     before.append(Profiler(out_dir, *profile))
-  after = [RunFolderWriter(config, out_dir, start_round), NothingReachedServer()]
+  after = [RunFolderWriter(config, out_dir, start_round), NothingReachedServer(rows)]
   return before, after

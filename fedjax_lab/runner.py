@@ -213,7 +213,7 @@ def _train(
   step = RoundStep(config, experiment, rows)
   if step.mesh is not None:
     state = replicate(state, step.mesh)
-  before, after = own_hooks(config, experiment, manager, progress, profile, start_round, out_dir)
+  before, after = own_hooks(config, experiment, manager, progress, profile, rows[:], out_dir)
   every_hook = [*before, *hooks, *after]
   checkpoints = Checkpointing(config, manager, rounds_key, out_dir)
   event = None

@@ -137,3 +137,11 @@ def test_user_hooks_run_between_the_runners_own_and_are_closed_on_an_error(tmp_p
   assert probe.started == [1, 2] and probe.closed
   assert probe.seen == [(1, True, 0), (2, True, 1)]
   assert [r["probe"] for r in run_folder.read_metrics(out)] == [1]  # round 1 kept, with its metric
+
+
+def test_a_method_that_sends_nothing_is_not_said_to_have_lost_every_client(tmp_path, capsys):
+  run(_config(tmp_path / "local", "rounds=2", "algorithm.name=local"), progress=False)
+  assert "no client's result reached the server" not in capsys.readouterr().err
+  lost = ["systems.compute_median=100", "systems.availability=0.0001", "rounds=2"]
+  run(_config(tmp_path / "lost", *lost), progress=False)
+  assert "no client's result reached the server in 2 rounds" in capsys.readouterr().err
