@@ -117,6 +117,45 @@ def test_leaf_sent140_reads_a_vocabulary_file(tmp_path):
   np.testing.assert_array_equal(data.train_x[0, 0], [1, 2, 1, 1])  # i love this so
 
 
+def _reddit_comment(text: str, window: int = 10):
+  """One comment as LEAF's Reddit preprocessing writes it: ``<BOS>`` + words + ``<EOS>`` cut
+  into windows of ``window`` tokens padded with ``<PAD>``, and the same shifted by one token
+  as ``target_tokens`` (with ``count_tokens``, the unpadded positions, and metadata)."""
+  words = text.split()
+  pad = lambda tokens: tokens + ["<PAD>"] * (-len(tokens) % window)
+  cut = lambda tokens: [tokens[i : i + window] for i in range(0, len(tokens), window)]
+  inputs = pad(["<BOS>", *words, "<EOS>"])
+  targets = pad([*words, "<EOS>", "<PAD>"])
+  counts = [[1.0 if i < len(words) + 2 else 0.0 for i in range(k, k + window)]
+            for k in range(0, len(inputs), window)]  # fmt: skip
+  record = {"target_tokens": cut(targets), "count_tokens": counts, "subreddit": "r/jax",
+            "created_utc": 1512086400.0, "score": 3}  # fmt: skip
+  return cut(inputs), record
+
+
+def test_leaf_reddit_windows_become_next_token_ids_over_the_training_vocabulary(tmp_path):
+  comments = {
+    "u1": ["jit the loop", "the loop is slow because of the python loop"],
+    "u2": ["vmap the loop"],
+  }
+  split = lambda texts: tuple(map(list, zip(*[_reddit_comment(t) for t in texts])))
+  train = {user: split(texts) for user, texts in comments.items()}
+  _leaf_split(tmp_path / "train" / "reddit_0_train.json", train)
+  _leaf_split(tmp_path / "test" / "reddit_0_test.json", {"u1": split(["jit vmap grad"])})
+  config = _config(tmp_path, "leaf", 2, "data.leaf.vocab_size=4")
+  data = build_federation(config.data)
+  # Training tokens by frequency: the and loop (4 each, "the" seen first), <BOS> and <EOS>
+  # (3 each): ids 2-5; 0 is <PAD>, 1 any other token.
+  assert data.num_classes == 4 + 2
+  assert list(data.train_num_examples) == [3, 1]  # the 11-token comment makes two windows
+  np.testing.assert_array_equal(data.train_x[0, 0], [4, 1, 2, 3, 5, 0, 0, 0, 0, 0])
+  np.testing.assert_array_equal(data.train_y[0, 0], [1, 2, 3, 5, 0, 0, 0, 0, 0, 0])
+  np.testing.assert_array_equal(data.train_x[0, 2], [5, 0, 0, 0, 0, 0, 0, 0, 0, 0])  # <EOS>
+  assert data.train_y[0, 1, -1] == 5  # after "... the python loop" comes <EOS>
+  np.testing.assert_array_equal(data.test_x[0, 0], [4, 1, 1, 1, 5, 0, 0, 0, 0, 0])
+  assert list(data.test_num_examples) == [1, 0]
+
+
 def _config(folder, source: str, clients: int, *overrides: str):
   """The config of a ``source`` federation of ``clients`` clients read from ``folder``."""
   fields = [f"data.source={source}", f"data.source_dir={folder}", "data.partition=natural"]
@@ -369,6 +408,52 @@ def test_tff_stackoverflow_vocabulary_from_the_training_clients_without_a_count_
   assert list(data.train_x[0, 1]) == [4, 1, 3, 2]  # bos, jit, oov (the), loop
 
 
+def test_tff_stackoverflow_tag_prediction_reads_words_and_tag_sets(tmp_path):
+  _stackoverflow_tff(tmp_path, counts=True)
+  (tmp_path / "stackoverflow.tag_count").write_text('{"jax": 50, "numpy": 40, "python": 30}')
+  config = _config(
+    tmp_path, "tff_h5", 2, "data.sequence_length=6", "data.tff_h5.task=tag_prediction",
+    "data.tff_h5.vocab_size=3", "data.tff_h5.tag_vocab_size=2",
+  )  # fmt: skip
+  data = build_federation(config.data)
+  # Words: the count file's the, loop, jit as 2, 3, 4 (0 pads, 1 out of vocabulary); the body
+  # then the title ("a title"), cut at 6 words. Tags: jax 0, numpy 1; "python" is not kept.
+  assert data.num_classes == 2 and data.train.y.shape[1:] == (5,)
+  np.testing.assert_array_equal(data.train_x[0, 0], [1, 1, 1, 4, 1, 3])  # how do i jit a loop
+  np.testing.assert_array_equal(data.train_x[0, 1], [4, 2, 3, 1, 1, 0])  # jit the loop a title
+  np.testing.assert_array_equal(data.train_y[0, 0], [0, -1, -1, -1, -1])  # python|jax -> {jax}
+  assert list(data.train_num_examples) == [2, 1] and list(data.test_num_examples) == [1, 0]
+
+
+def test_tff_stackoverflow_tag_vocabulary_from_the_training_clients(tmp_path):
+  from fedjax_lab.data.tff import stackoverflow_tags
+
+  _stackoverflow_tff(tmp_path, counts=False)
+  config = _config(tmp_path, "tff_h5", 2, "data.tff_h5.task=tag_prediction")
+  data = build_federation(config.data)
+  assert data.num_classes == 2  # python and jax, 3 posts each; python is seen first
+  np.testing.assert_array_equal(data.train_y[1, 0], [0, 1, -1, -1, -1])
+  words, tags = stackoverflow_tags("jit it", "b|a|zz", {"jit": 1}, {"a": 0, "b": 1}, 3)
+  assert list(words) == [2, 1, 0] and list(tags) == [1, 0, -1, -1, -1]
+
+
+@pytest.mark.slow  # a whole run (make test-fast skips it)
+def test_stackoverflow_tag_prediction_trains_logistic_regression_through_the_cli(tmp_path):
+  files = tmp_path / "files"
+  files.mkdir()
+  _stackoverflow_tff(files, counts=True)
+  code = main([
+    "data.source=tff_h5", f"data.source_dir={files}", "data.partition=natural",
+    "data.num_clients=2", "data.tff_h5.task=tag_prediction", "data.sequence_length=8",
+    "model.name=bag_of_words", "model.bag_of_words.pooling=mean", "cohort_size=2",
+    "rounds=2", "eval_every=2", "local.batch_size=2", "checkpoint_every=0",
+    f"out_dir={tmp_path / 'run'}",
+  ])  # fmt: skip
+  assert code == 0
+  rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert rows[-1]["round"] == 2 and rows[-1]["global_accuracy"] == 1.0  # recall@5 of 2 tags
+
+
 @pytest.mark.slow  # a whole run (make test-fast skips it)
 def test_sent140_trains_a_bag_of_words_through_the_cli(tmp_path):
   files = tmp_path / "files"
@@ -431,7 +516,8 @@ def test_leaf_user_split_with_no_shared_user_loads_and_runs(tmp_path, capsys):
     ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": [[1.0]], "y": [0, 1]}}},
      "user 'u' has 1 x and 2 y"),
     ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": [["a", "b", "c"]], "y": [0]}}},
-     "x holds lists of strings, not read; read: FEMNIST, Shakespeare, Synthetic and Sent140"),
+     "x holds lists of strings, not read; read: FEMNIST, Shakespeare, Synthetic, Sent140 and "
+     "Reddit"),
     ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": [[
       "1467810369", "Mon Apr 06 22:19:45 PDT 2009", "NO_QUERY", "someone", "a tweet"
     ]], "y": [4]}}},
@@ -439,8 +525,11 @@ def test_leaf_user_split_with_no_shared_user_loads_and_runs(tmp_path, capsys):
     ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": ["000001.jpg"], "y": [0]}}},
      "x is an image file name (LEAF CelebA), not read"),
     ({"users": ["u"], "num_samples": [1],
-      "user_data": {"u": {"x": [[["a", "b"], ["c"]]], "y": [0]}}},
-     "x holds token lists (LEAF Reddit), not read"),
+      "user_data": {"u": {"x": [[["a", "b"], ["c", "d"]]], "y": [0]}}},
+     "train user 'u': every Reddit y must be a record with its target_tokens"),
+    ({"users": ["u"], "num_samples": [1], "user_data": {"u": {
+      "x": [[["a", "b"], ["c", "d"]]], "y": [{"target_tokens": [["b", "c"]]}]}}},
+     "train user 'u': a comment has 2 windows, its targets 1"),
   ],
 )  # fmt: skip
 def test_malformed_leaf_files_are_one_line_naming_the_file_or_user(

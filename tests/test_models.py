@@ -15,12 +15,15 @@ from fedjax_lab.models.pooling import max_pool_2x2
 CASES = [
   ("mlp", (2, 8, 8, 1)),
   ("fedavg_cnn", (2, 28, 28, 1)),
+  ("emnist_cnn", (2, 28, 28, 1)),
   ("femnist_cnn", (2, 28, 28, 1)),
   ("small_cnn", (2, 28, 28, 1)),
   ("cifar_cnn", (2, 32, 32, 3)),
   ("resnet20", (2, 32, 32, 3)),
+  ("resnet18_gn", (2, 24, 24, 3)),
   ("vgg", (2, 32, 32, 3)),
   ("char_lstm", (2, 12)),
+  ("word_lstm", (2, 12)),
   ("transformer_lm", (2, 12)),
   ("bag_of_words", (2, 12)),
 ]
@@ -64,6 +67,17 @@ def test_published_parameter_counts():
   # McMahan et al.'s CNN for 28x28 with 10 classes: 1,663,370 parameters.
   params = build_model("fedavg_cnn", 10).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
   assert sum(x.size for x in jax.tree.leaves(params)) == 1_663_370
+  # The adaptive-optimization benchmark's models (Reddi et al. 2021, TFF's builders): the
+  # EMNIST CNN (62 classes, its dropout left out, which has no parameters), ResNet-18 with
+  # GroupNorm on 24x24 CIFAR-100 crops, the StackOverflow LSTM over 10,004 ids.
+  for name, classes, shape, count in [
+    ("emnist_cnn", 62, (1, 28, 28, 1), 1_206_590),
+    ("resnet18_gn", 100, (1, 24, 24, 3), 11_227_812),
+    ("word_lstm", 10004, (1, 20), 4_050_748),
+  ]:
+    x = jnp.zeros(shape, jnp.int32 if len(shape) == 2 else jnp.float32)
+    params = build_model(name, classes).init(jax.random.key(0), x)
+    assert sum(x.size for x in jax.tree.leaves(params)) == count, name
 
 
 def test_unknown_model_is_a_clear_error():
@@ -254,3 +268,14 @@ def test_bag_of_words_is_counts_times_weights_padding_left_out():
   np.testing.assert_allclose(model.apply(params, x), expected, rtol=1e-6)
   beyond = jnp.asarray([[20000, 0]], jnp.int32)  # past the vocabulary: out of vocabulary (1)
   np.testing.assert_allclose(model.apply(params, beyond), (weights[1] + bias)[None], rtol=1e-6)
+
+
+def test_bag_of_words_mean_pooling_is_word_frequencies_times_weights():
+  from fedjax_lab.models.text import BagOfWordsOptions
+
+  model = build_model("bag_of_words", 3, options=BagOfWordsOptions(pooling="mean"))
+  x = jnp.asarray([[5, 3, 5, 0], [0, 0, 0, 0]], jnp.int32)
+  params = model.init(jax.random.key(0), x)
+  weights, bias = params["head"]["words"]["embedding"], params["head"]["bias"]
+  expected = jnp.stack([(2 * weights[5] + weights[3]) / 3, jnp.zeros(3)]) + bias
+  np.testing.assert_allclose(model.apply(params, x), expected, rtol=1e-6)

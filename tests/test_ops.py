@@ -90,3 +90,20 @@ def test_tuning_table_chooses_the_candidate_with_the_best_mean_over_its_seeds():
   assert lines[0].split() == ["candidate", "acc", "k", "seeds", "chosen"]
   assert lines[2].split() == ["a", "0.700", "3.000", "2"]
   assert lines[3].split() == ["b", "0.800", "1.000", "2", "*"]
+
+
+def test_label_sets_get_sigmoid_cross_entropy_and_recall_at_five():
+  from fedjax_lab.ops.losses import per_example_correct, per_example_cross_entropy
+
+  logits = jnp.asarray([[4.0, 3.0, 2.0, 1.0, 0.0, -1.0, -2.0], [0.0] * 7])
+  labels = jnp.asarray([[0, 6, -1], [-1, -1, -1]], jnp.int32)  # sets {0, 6} and {}
+  targets = np.zeros((2, 7))
+  targets[0, [0, 6]] = 1
+  x = np.asarray(logits)
+  expected = (np.logaddexp(0, x) - targets * x).mean(axis=1)  # binary cross-entropy
+  np.testing.assert_allclose(per_example_cross_entropy(logits, labels), expected, rtol=1e-6)
+  # Top 5 of the first example: classes 0-4; of its tags {0, 6}, one is there.
+  np.testing.assert_allclose(per_example_correct(logits, labels), [0.5, 0.0])
+  # One class an example (labels with one axis fewer than the logits): softmax, argmax.
+  single = jnp.asarray([1, 0], jnp.int32)
+  np.testing.assert_allclose(per_example_correct(logits, single), [0.0, 1.0])

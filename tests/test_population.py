@@ -121,7 +121,7 @@ def test_python_files_are_one_client_each_cut_into_next_byte_windows(tmp_path):
 @pytest.mark.slow
 def test_fedavg_on_every_installed_python_file(tmp_path):
   """The large offline text federation: one client per Python file this environment installed
-  (about 10^4), a character LSTM, through the CLI."""
+  (about 10^4), a small byte-level Transformer, through the CLI."""
   clients = python_files(max_client_bytes=2048).num_clients
   assert clients > 2000
   code = main(
@@ -130,7 +130,7 @@ def test_fedavg_on_every_installed_python_file(tmp_path):
       "data.partition=natural",
       f"data.num_clients={clients}",
       "data.max_client_bytes=2048",
-      "model.name=char_lstm",
+      "model.name=byte_lm",
       "cohort_size=10",
       "rounds=2",
       "eval_every=2",

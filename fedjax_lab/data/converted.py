@@ -77,4 +77,5 @@ def load_streamed(
     np.load(cache / "global_x.npy", mmap_mode="r"),
     np.load(cache / "global_y.npy", mmap_mode="r"),
     meta["num_classes"],
+    label_sets=meta.get("label_sets", False),
   )

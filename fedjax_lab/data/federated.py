@@ -61,20 +61,20 @@ def _first_bad_row(values, row_ok) -> int | None:
   return None
 
 
-def _check_rows(where: str, x, y, client_of_rows, num_classes: int) -> None:
-  """``ValueError`` at the first row whose labels fall outside ``[0, num_classes)`` or whose
-  inputs are not finite; ``where.format(client, row)`` names it (``client_of_rows [rows]``, the
-  row counted within its client)."""
+def _check_rows(where: str, x, y, client_of_rows, num_classes: int, lowest: int = 0) -> None:
+  """``ValueError`` at the first row whose labels fall outside ``[lowest, num_classes)`` or
+  whose inputs are not finite; ``where.format(client, row)`` names it (``client_of_rows
+  [rows]``, the row counted within its client)."""
 
   def name(flat_row):
     client = client_of_rows[flat_row]
     return where.format(client, flat_row - np.searchsorted(client_of_rows, client))
 
-  bad = _first_bad_row(y, lambda labels: (labels >= 0) & (labels < num_classes))
+  bad = _first_bad_row(y, lambda labels: (labels >= lowest) & (labels < num_classes))
   if bad is not None:
     labels = np.asarray(y[bad]).ravel()
-    label = labels[(labels < 0) | (labels >= num_classes)][0]
-    raise ValueError(f"data: {name(bad)} has label {label}, outside [0, {num_classes})")
+    label = labels[(labels < lowest) | (labels >= num_classes)][0]
+    raise ValueError(f"data: {name(bad)} has label {label}, outside [{lowest}, {num_classes})")
   if np.issubdtype(x.dtype, np.inexact):
     bad = _first_bad_row(x, np.isfinite)
     if bad is not None:
@@ -100,6 +100,8 @@ class FederatedData:
   client_groups: np.ndarray | None = None  # [num_clients] true latent group, when known
   # [num_clients] '/'-separated names of natural clients, e.g. their place in a federation tree
   client_paths: tuple[str, ...] | None = None
+  # each label row is a set of class ids padded with -1 (StackOverflow's tags; ops/losses.py)
+  label_sets: bool = False
 
   @classmethod
   def from_indices(
@@ -180,13 +182,15 @@ class FederatedData:
         f"data: {self.train.num_clients} clients in the train split but "
         f"{self.test.num_clients} in the test split"
       )
+    lowest = -1 if self.label_sets else 0
     for split, arrays in (("train", self.train), ("test", self.test)):
       if not isinstance(arrays, ClientArrays):  # made on demand, valid by construction
         continue
       if arrays.y.shape[:1] != arrays.x.shape[:1] or arrays.x.ndim < 1:
         raise ValueError(f"data: {split} inputs {arrays.x.shape} and labels {arrays.y.shape}")
       where = f"client {{}}'s {split} example {{}}"
-      _check_rows(where, arrays.x, arrays.y, arrays.client_of_rows(), self.num_classes)
+      rows = arrays.client_of_rows()
+      _check_rows(where, arrays.x, arrays.y, rows, self.num_classes, lowest)
     everywhere = np.zeros(len(self.global_test_y), np.int64)
     _check_rows(
       "global test example {1}",
@@ -194,6 +198,7 @@ class FederatedData:
       self.global_test_y,
       everywhere,
       self.num_classes,
+      lowest,
     )
 
   @property

@@ -1,4 +1,5 @@
-"""LEAF's JSON federations (FEMNIST, Shakespeare, Synthetic, Sent140) into the ragged store.
+"""LEAF's JSON federations (FEMNIST, Shakespeare, Synthetic, Sent140, Reddit) into the ragged
+store.
 
 LEAF (Caldas et al., 2018) writes each split as JSON files in ``<dir>/train/`` and
 ``<dir>/test/``, each holding ``{"users": [...], "num_samples": [...], "user_data": {user:
@@ -6,8 +7,8 @@ LEAF (Caldas et al., 2018) writes each split as JSON files in ``<dir>/train/`` a
 test split is its examples in the test files (none if it has none there); the user names are
 kept in the cache's ``meta.json``. The global test set pools every test user's examples,
 those of users absent from the training files included. A file not in this layout, a label
-that is not a class id, or a LEAF dataset not read here (CelebA, Reddit) is one line naming
-the file or user.
+that is not a class id, or a LEAF dataset not read here (CelebA, whose images are not in the
+JSON) is one line naming the file or user.
 Examples by kind, recognised from the first ``x``:
 
 - a string (Shakespeare): ``x`` the 80 characters, ``y`` the next one; stored as next-character
@@ -19,7 +20,16 @@ Examples by kind, recognised from the first ``x``:
   LEAF's own models split them) as ``data.leaf.words`` token ids, 0 padding the rest, 1 a word
   outside the vocabulary, 2.. the vocabulary's words in its order. The vocabulary is
   ``data.leaf.vocab_file`` (one word a line), or else the ``data.leaf.vocab_size`` words most
-  frequent among the training users' tweets (ties by first appearance); 2 classes.
+  frequent among the training users' tweets (ties by first appearance); 2 classes;
+- a list of token lists (Reddit: ``x`` a comment as LEAF's preprocessing cuts it, windows of
+  10 tokens padded with ``<PAD>``; ``y`` a record whose ``target_tokens`` are the same windows
+  shifted by one token): one example per window, ``x`` its token ids, ``y`` its targets' ids,
+  0 for ``<PAD>``, 1 for a token outside the vocabulary (``<UNK>``), 2.. the vocabulary's
+  tokens (``data.leaf.vocab_file``, or the ``data.leaf.vocab_size`` most frequent tokens of
+  the training users' windows, ``<BOS>`` and ``<EOS>`` among them, as LEAF's
+  ``build_vocab.py`` counts them); ``vocabulary + 2`` classes, a next-token task. Where we
+  differ: LEAF leaves padded positions out of its loss (``count_tokens``) and counts a
+  predicted ``<PAD>`` or ``<UNK>`` as wrong; we count every position, as for Shakespeare.
 
 Parsing JSON is slow, so the first load converts the files once into ``<dir>/.fedjax_lab/``
 (``converted.py``); later loads memory-map that cache, and rebuild it when a JSON file's name,
@@ -96,7 +106,8 @@ def words(text: str) -> list[str]:
 
 
 class Vocabulary:
-  """Sent140's words -> token ids (module docstring): ``tokens(text, length)``."""
+  """Sent140's and Reddit's words -> token ids (module docstring): ``tokens(text, length)`` for a
+  tweet, ``token_ids(tokens)`` for a Reddit window."""
 
   def __init__(self, words: tuple[str, ...]):
     self.words = words
@@ -108,25 +119,41 @@ class Vocabulary:
     row[: len(kept)] = kept
     return row
 
+  def token_ids(self, tokens: list) -> list[int]:
+    """Ids of LEAF Reddit tokens: ``<PAD>`` 0, a token outside the vocabulary 1."""
+    return [0 if token == REDDIT_PAD else self.ids.get(token, 1) for token in tokens]
 
-def vocabulary(train_users: dict, size: int, vocab_file: str = "") -> Vocabulary:
-  """``vocab_file``'s words, or the ``size`` most frequent among the training users' tweets."""
+
+REDDIT_PAD = "<PAD>"
+
+
+def vocabulary(kind: str, train_users: dict, size: int, vocab_file: str = "") -> Vocabulary:
+  """``vocab_file``'s words, or the ``size`` most frequent among the training users' tweets
+  (``kind="tweet"``) or Reddit windows' tokens (``"reddit"``, ``<PAD>`` left out)."""
   if vocab_file:
     path = pathlib.Path(vocab_file).expanduser()
     if not path.is_file():
       raise ValueError(f"data.leaf.vocab_file={vocab_file!r}: no such file (one word a line)")
     return Vocabulary(tuple(line.strip() for line in path.read_text().splitlines() if line.strip()))
-  counts = collections.Counter(
-    word for xs, _ in train_users.values() for x in xs for word in words(x[-1])
-  )
-  return Vocabulary(tuple(word for word, _ in counts.most_common(size)))
+  if kind == "tweet":
+    seen = (word for xs, _ in train_users.values() for x in xs for word in words(x[-1]))
+  else:
+    seen = (
+      token
+      for xs, _ in train_users.values()
+      for comment in xs
+      for window in comment
+      for token in window
+      if token != REDDIT_PAD
+    )
+  return Vocabulary(tuple(word for word, _ in collections.Counter(seen).most_common(size)))
 
 
 def _kind(xs: list, where: str) -> str:
-  """``text`` (Shakespeare), ``tweet`` (Sent140), ``features`` (FEMNIST, Synthetic) or one
-  line refusing a LEAF dataset this module does not read (CelebA, Reddit), from a first
-  example ``xs``."""
-  supported = "read: FEMNIST, Shakespeare, Synthetic and Sent140"
+  """``text`` (Shakespeare), ``tweet`` (Sent140), ``reddit``, ``features`` (FEMNIST,
+  Synthetic) or one line refusing a LEAF dataset this module does not read (CelebA), from a
+  first example ``xs``."""
+  supported = "read: FEMNIST, Shakespeare, Synthetic, Sent140 and Reddit"
   if isinstance(xs, str):
     if xs.lower().endswith((".jpg", ".jpeg", ".png")):
       raise ValueError(f"{where}: x is an image file name (LEAF CelebA), not read; {supported}")
@@ -135,9 +162,11 @@ def _kind(xs: list, where: str) -> str:
     return "features"
   if isinstance(xs, list) and len(xs) == TWEET_FIELDS and all(isinstance(v, str) for v in xs):
     return "tweet"
+  if isinstance(xs, list) and xs and all(isinstance(v, list) for v in xs):
+    if all(isinstance(t, str) for window in xs for t in window):
+      return "reddit"
   if isinstance(xs, list) and xs and any(isinstance(v, (str, list)) for v in xs):
-    found = "token lists (LEAF Reddit)" if isinstance(xs[0], list) else "lists of strings"
-    raise ValueError(f"{where}: x holds {found}, not read; {supported}")
+    raise ValueError(f"{where}: x holds lists of strings, not read; {supported}")
   raise ValueError(f"{where}: x is {str(xs)[:40]!r}, no LEAF dataset this reads ({supported})")
 
 
@@ -151,14 +180,32 @@ def _labels(ys: list, where: str) -> np.ndarray:
   return np.asarray(ys, np.int64).astype(np.int32)
 
 
-def _encode(xs: list, ys: list, where: str = "", tweets=None) -> tuple[np.ndarray, np.ndarray]:
+def _reddit_windows(xs: list, ys: list, where: str, vocab: Vocabulary):
+  """A Reddit user's comments as ``(x, y)`` id windows (module docstring)."""
+  inputs, targets = [], []
+  for comment, record in zip(xs, ys):
+    shifted = record.get("target_tokens") if isinstance(record, dict) else None
+    if not isinstance(comment, list) or not isinstance(shifted, list):
+      raise ValueError(f"{where}: every Reddit y must be a record with its target_tokens")
+    if len(shifted) != len(comment):
+      raise ValueError(f"{where}: a comment has {len(comment)} windows, its targets {len(shifted)}")
+    inputs += [vocab.token_ids(window) for window in comment]
+    targets += [vocab.token_ids(window) for window in shifted]
+  if len({len(row) for row in inputs + targets}) > 1:
+    raise ValueError(f"{where}: Reddit windows of different lengths")
+  return np.asarray(inputs, np.int32), np.asarray(targets, np.int32)
+
+
+def _encode(xs: list, ys: list, where: str = "", words_of=None) -> tuple[np.ndarray, np.ndarray]:
   """One client's examples as arrays (module docstring, by kind); ``where`` names the client
-  in a refusal; ``tweets``: ``(Vocabulary, words per tweet)`` for Sent140."""
+  in a refusal; ``words_of``: ``(Vocabulary, words per tweet)`` for Sent140 and Reddit."""
   if not xs:
     return np.zeros((0,), np.float32), np.zeros((0,), np.int32)
   kind = _kind(xs[0], where)
+  if kind == "reddit":
+    return _reddit_windows(xs, ys, where, words_of[0])
   if kind == "tweet":
-    vocab, length = tweets
+    vocab, length = words_of
     if not all(isinstance(x, list) and len(x) == TWEET_FIELDS for x in xs):
       raise ValueError(f"{where}: every Sent140 x must be its {TWEET_FIELDS} strings")
     labels = _labels(ys, where)
@@ -181,10 +228,10 @@ def _encode(xs: list, ys: list, where: str = "", tweets=None) -> tuple[np.ndarra
   return x, _labels(ys, where)
 
 
-def _split(users: list[str], examples: dict, like: tuple, split: str, tweets) -> ClientArrays:
+def _split(users: list[str], examples: dict, like: tuple, split: str, words_of) -> ClientArrays:
   """The clients ``users`` (their ``examples``, or none) as one ``ClientArrays``; ``like``:
   the ``(x, y)`` of a non-empty client, whose row shapes an empty one takes."""
-  parts = [_encode(*examples.get(u, ([], [])), f"{split} user {u!r}", tweets) for u in users]
+  parts = [_encode(*examples.get(u, ([], [])), f"{split} user {u!r}", words_of) for u in users]
   shape_of = lambda part, index: (
     part[index].shape[1:] if len(part[index]) else like[index].shape[1:]
   )
@@ -202,8 +249,9 @@ def _split(users: list[str], examples: dict, like: tuple, split: str, tweets) ->
 
 @dataclasses.dataclass(frozen=True)
 class LeafOptions:
-  """``data.leaf``: Sent140's tokens (module docstring): ``vocab_size`` words kept when the
-  vocabulary is built from the training users, or ``vocab_file``; ``words`` per tweet."""
+  """``data.leaf``: Sent140's and Reddit's tokens (module docstring): ``vocab_size`` words
+  kept when the vocabulary is built from the training users, or ``vocab_file``; ``words`` per
+  tweet (Sent140)."""
 
   vocab_size: int = 10000
   vocab_file: str = ""
@@ -230,21 +278,23 @@ def leaf_federation(folder, options: LeafOptions = LeafOptions()) -> FederatedDa
     if not nonempty:
       raise ValueError(f"{folder / 'train'}: no training user has an example")
     kind = _kind(train_examples[nonempty[0]][0][0], f"train user {nonempty[0]!r}")
-    tweets, meta = None, {}
-    if kind == "tweet":
-      vocab = vocabulary(train_examples, options.vocab_size, options.vocab_file)
-      tweets, meta = (vocab, options.words), {"vocabulary": list(vocab.words)}
-    like = _encode(*train_examples[nonempty[0]], f"train user {nonempty[0]!r}", tweets)
+    words_of, meta = None, {}
+    if kind in ("tweet", "reddit"):
+      vocab = vocabulary(kind, train_examples, options.vocab_size, options.vocab_file)
+      words_of, meta = (vocab, options.words), {"vocabulary": list(vocab.words)}
+    like = _encode(*train_examples[nonempty[0]], f"train user {nonempty[0]!r}", words_of)
     train, test = (
-      _split(users, train_examples, like, "train", tweets),
-      _split(users, test_examples, like, "test", tweets),
+      _split(users, train_examples, like, "train", words_of),
+      _split(users, test_examples, like, "test", words_of),
     )
     test_only = [u for u in test_examples if u not in train_examples]
-    pooled = _split(users + test_only, test_examples, like, "test", tweets)
+    pooled = _split(users + test_only, test_examples, like, "test", words_of)
     if not len(pooled.y):
       raise ValueError(f"{folder / 'test'}: the test files hold no example")
     if kind == "tweet":
       num_classes = 2
+    elif kind == "reddit":
+      num_classes = len(words_of[0].words) + 2
     elif kind == "text":
       num_classes = len(SHAKESPEARE_VOCAB)
     elif like[0].shape[1:] == (28, 28, 1):

@@ -22,21 +22,30 @@ over a vocabulary of ``data.tff_h5.vocab_size`` words (word i is id i + 1; 0 pad
 out-of-vocabulary, beginning and end ids), a beginning id first, an end id after a sentence
 shorter than the window, one window a sentence. The vocabulary is the first words of TFF's
 ``stackoverflow.word_count`` beside the files (most frequent first), else the most frequent
-words of the training clients. (The tag-prediction task is not read yet: its labels are sets
-of tags, and the engine's losses are single-label.) Converted once and memory-mapped
-(``converted.py``).
+words of the training clients. With ``data.tff_h5.task=tag_prediction``, StackOverflow's other
+task (``stackoverflow_tags``): x the words of ``tokens`` then ``title``, cut at
+``sequence_length``, as ids for the ``bag_of_words`` model (0 pads, 1 out of vocabulary, word
+i is i + 2); y the post's tags (``tags``, ``|``-separated) as up to ``MAX_TAGS`` ids over the
+``data.tff_h5.tag_vocab_size`` most frequent tags (TFF's ``stackoverflow.tag_count`` JSON
+beside the files, else counted over the training clients), ``-1`` padding; tags outside it
+dropped. The engine reads such label sets as multi-label (``ops/losses.py``: sigmoid
+cross-entropy, recall at 5). Where we differ: TFF keeps every word of a post in its
+frequencies and leaves the out-of-vocabulary words out of them; we keep the first
+``sequence_length`` words and learn a weight for the out-of-vocabulary id. Converted once and
+memory-mapped (``converted.py``).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import pathlib
 import sys
 
 import numpy as np
 
-from fedjax_lab.checks import require
+from fedjax_lab.checks import one_of, require
 from fedjax_lab.data.converted import load_streamed
 from fedjax_lab.data.federated import FederatedData
 from fedjax_lab.data.ragged import ClientArraysWriter
@@ -142,18 +151,71 @@ def stackoverflow_window(sentence: str, ids: dict, sequence_length: int) -> np.n
   return row
 
 
-def _client(group, label_key: str, sequence_length: int, word_ids=None):
-  """One client's examples from its HDF5 group (module docstring); a group not in the layout
-  of a dataset read here is one line naming the file, the client and what was found.
-  ``word_ids``: StackOverflow's vocabulary (word -> id)."""
-  where = f"{group.file.filename}: client {group.name.rsplit('/', 1)[-1]!r}"
-  if not hasattr(group, "keys"):
-    raise ValueError(f"{where} is not a group of features")
-  if "tokens" in group and word_ids is not None:
-    sentences = [_text(v) for v in group["tokens"][()]]
+MAX_TAGS = 5  # StackOverflow allows at most five tags a post
+TAG_COUNTS = "stackoverflow.tag_count"  # TFF's JSON of StackOverflow's tags and their counts
+
+
+def stackoverflow_tag_vocabulary(folder: pathlib.Path, train_file, names, size: int) -> list:
+  """The ``size`` most frequent tags: by the counts of TFF's ``TAG_COUNTS`` JSON in ``folder``
+  (``{tag: count}``), else counted over the clients ``names`` of ``train_file``; ties in
+  order of appearance."""
+  counts_file = folder / TAG_COUNTS
+  if counts_file.is_file():
+    counts = collections.Counter(json.loads(counts_file.read_text()))
+  else:
+    counts = collections.Counter(
+      tag
+      for group in each_group(train_file, names)
+      for tags in group["tags"][()]
+      for tag in _text(tags).split("|")
+      if tag
+    )
+  return [tag for tag, _ in counts.most_common(size)]
+
+
+def stackoverflow_tags(post: str, tags: str, word_ids: dict, tag_ids: dict, length: int):
+  """One post as TFF's tag-prediction task reads it (module docstring): ``([length] word
+  ids, [MAX_TAGS] tag ids)`` of its text (body then title) and its ``|``-separated tags."""
+  words = np.zeros(length, np.int32)
+  kept = [word_ids.get(word, 0) + 1 for word in post.split()[:length]]
+  words[: len(kept)] = kept
+  labels = np.full(MAX_TAGS, -1, np.int32)
+  known = [tag_ids[t] for t in tags.split("|") if t in tag_ids][:MAX_TAGS]
+  labels[: len(known)] = known
+  return words, labels
+
+
+def _stackoverflow_client(group, vocabularies, sequence_length: int):
+  """A StackOverflow client's examples for its task (module docstring); ``vocabularies``:
+  ``(word -> id, None)`` for next-word prediction, ``(word -> id, tag -> id)`` for tags."""
+  word_ids, tag_ids = vocabularies
+  sentences = [_text(v) for v in group["tokens"][()]]
+  if tag_ids is None:
     rows = [stackoverflow_window(t, word_ids, sequence_length) for t in sentences]
     ids = np.stack(rows) if rows else np.zeros((0, sequence_length + 1), np.int32)
     return ids[:, :-1], ids[:, 1:]
+  for field in ("title", "tags"):
+    if field not in group:
+      raise ValueError(f"{group.file.filename}: client {group.name!r} has no {field!r}")
+  posts = zip(sentences, group["title"][()], group["tags"][()])
+  rows = [
+    stackoverflow_tags(f"{body} {_text(title)}", _text(tags), word_ids, tag_ids, sequence_length)
+    for body, title, tags in posts
+  ]
+  if not rows:
+    return np.zeros((0, sequence_length), np.int32), np.zeros((0, MAX_TAGS), np.int32)
+  return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+
+
+def _client(group, label_key: str, sequence_length: int, vocabularies=None):
+  """One client's examples from its HDF5 group (module docstring); a group not in the layout
+  of a dataset read here is one line naming the file, the client and what was found.
+  ``vocabularies``: StackOverflow's (``_stackoverflow_client``)."""
+  where = f"{group.file.filename}: client {group.name.rsplit('/', 1)[-1]!r}"
+  if not hasattr(group, "keys"):
+    raise ValueError(f"{where} is not a group of features")
+  if "tokens" in group and vocabularies is not None:
+    return _stackoverflow_client(group, vocabularies, sequence_length)
   if "snippets" in group:
     windows = [
       tff_snippet_windows(s if isinstance(s, bytes) else str(s).encode(), sequence_length)
@@ -224,12 +286,17 @@ def _write_split(cache, split: str, path, clients: list, convert, sequence_lengt
 
 @dataclasses.dataclass(frozen=True)
 class TffOptions:
-  """``data.tff_h5``: ``vocab_size``, StackOverflow's words kept (TFF's default 10,000)."""
+  """``data.tff_h5``: StackOverflow's ``task`` (``next_word`` or ``tag_prediction``),
+  ``vocab_size`` words kept (TFF's default 10,000) and ``tag_vocab_size`` tags (TFF's 500)."""
 
+  task: str = "next_word"
   vocab_size: int = 10000
+  tag_vocab_size: int = 500
 
   def __post_init__(self):
+    one_of("data.tff_h5.task", self.task, ("next_word", "tag_prediction"))
     require(self.vocab_size >= 1, "data.tff_h5.vocab_size", ">= 1", self.vocab_size)
+    require(self.tag_vocab_size >= 1, "data.tff_h5.tag_vocab_size", ">= 1", self.tag_vocab_size)
 
 
 def tff_federation(
@@ -247,11 +314,15 @@ def tff_federation(
       names = _examples(train_h5, train_file)
       test_names = set(_examples(test_h5, test_file))
       stackoverflow = "tokens" in train_h5["examples"][names[0]]
-    word_ids, meta = None, {}
+    vocabularies, meta = None, {}
     if stackoverflow:
       words = stackoverflow_vocabulary(folder, train_file, names, options.vocab_size)
-      word_ids, meta = {w: i + 1 for i, w in enumerate(words)}, {"vocabulary": words}
-    convert = lambda group: _client(group, label_key, sequence_length, word_ids)
+      vocabularies, meta = ({w: i + 1 for i, w in enumerate(words)}, None), {"vocabulary": words}
+      if options.task == "tag_prediction":
+        tags = stackoverflow_tag_vocabulary(folder, train_file, names, options.tag_vocab_size)
+        vocabularies = (vocabularies[0], {t: i for i, t in enumerate(tags)})
+        meta.update(tags=tags, label_sets=True)
+    convert = lambda group: _client(group, label_key, sequence_length, vocabularies)
     first = next(convert(group) for group in each_group(train_file, names[:1]))
     rows = ((first[0].shape[1:], first[0].dtype), (first[1].shape[1:], np.int32))
     splits = (
@@ -263,8 +334,10 @@ def tff_federation(
       _write_split(cache, split, path, clients, convert, sequence_length, rows)
     for field in ("x", "y"):  # the pooled test clients are the global test set
       (cache / f"pooled_{field}.npy").replace(cache / f"global_{field}.npy")
-    if word_ids is not None:  # words, and the out-of-vocabulary, beginning and end ids
-      num_classes = len(word_ids) + 4
+    if vocabularies is not None and vocabularies[1] is not None:  # tags
+      num_classes = len(vocabularies[1])
+    elif vocabularies is not None:  # words, and the out-of-vocabulary, beginning and end ids
+      num_classes = len(vocabularies[0]) + 4
     elif len(rows[0][0]) == 1:  # character windows
       num_classes = TFF_SHAKESPEARE_TOKENS
     elif rows[0][0] == (28, 28, 1):  # TFF's digits-only EMNIST: its file names say so
@@ -276,6 +349,6 @@ def tff_federation(
 
   # "snippets": the Shakespeare tokenization; a cache made by an earlier one is remade
   shaping = {"sequence_length": sequence_length, "label": label_key, "snippets": "tff"}
-  counts = [folder / WORD_COUNTS] if (folder / WORD_COUNTS).is_file() else []
+  counts = [folder / name for name in (WORD_COUNTS, TAG_COUNTS) if (folder / name).is_file()]
   files = [train_file, test_file, *counts]
   return load_streamed(folder, files, convert_into, {**shaping, **dataclasses.asdict(options)})

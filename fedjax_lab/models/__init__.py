@@ -13,15 +13,17 @@ import jax.numpy as jnp
 
 from fedjax_lab.models.im2col import CONVOLUTIONS, apply_convolutions
 from fedjax_lab.models.initialization import torch_default_init
-from fedjax_lab.models.sequence import CharLSTM, TransformerLM
+from fedjax_lab.models.sequence import CharLSTM, TransformerLM, WordLSTM
 from fedjax_lab.models.text import BagOfWords, BagOfWordsOptions
 from fedjax_lab.models.vision import (
   MLP,
   VGG,
   VGG16_LAYOUT,
   CifarCNN,
+  EmnistCNN,
   FedAvgCNN,
   MLPOptions,
+  ResNet18,
   ResNet20,
 )
 from fedjax_lab.registry import NoOptions, Registry
@@ -144,12 +146,15 @@ MODELS.register(
   "small_cnn", ModelEntry(lambda n: FedAvgCNN(n, features=(8, 16), hidden=64), has_conv=True)
 )
 MODELS.register("cifar_cnn", ModelEntry(CifarCNN, has_conv=True))
+MODELS.register("emnist_cnn", ModelEntry(EmnistCNN, has_conv=True))
 MODELS.register("resnet20", ModelEntry(ResNet20, has_conv=True))
+MODELS.register("resnet18_gn", ModelEntry(ResNet18, has_conv=True))
 MODELS.register("vgg", ModelEntry(VGG, has_conv=True))
 MODELS.register(
   "vgg16", ModelEntry(lambda n: VGG(n, layout=VGG16_LAYOUT, classifier=(4096, 4096)), has_conv=True)
 )
 MODELS.register("char_lstm", ModelEntry(CharLSTM, has_conv=False, reads_tokens=True))
+MODELS.register("word_lstm", ModelEntry(WordLSTM, has_conv=False, reads_tokens=True))
 MODELS.register(
   "bag_of_words",
   ModelEntry(BagOfWords, has_conv=False, reads_tokens=True, options=BagOfWordsOptions),

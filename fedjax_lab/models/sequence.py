@@ -22,6 +22,25 @@ class CharLSTM(nn.Module):
     return nn.Dense(self.vocab_size, name="head")(x)
 
 
+class WordLSTM(nn.Module):
+  """The StackOverflow next-word model of Reddi et al. 2021 (TFF's
+  ``create_recurrent_model``, FedJAX's ``STACKOVERFLOW_WORD``): embedding(96), one LSTM(670),
+  a dense projection to 96, a dense read-out per step over the ``vocab_size`` ids (TFF's
+  10,000 words plus padding, out-of-vocabulary, beginning and end: 10,004); 4.05M
+  parameters."""
+
+  vocab_size: int
+  embed_dim: int = 96
+  hidden: int = 670
+
+  @nn.compact
+  def __call__(self, tokens):
+    x = nn.Embed(self.vocab_size, self.embed_dim, name="embed")(tokens)
+    x = nn.RNN(nn.OptimizedLSTMCell(self.hidden, name="lstm"))(x)
+    x = nn.Dense(self.embed_dim, name="projection")(x)
+    return nn.Dense(self.vocab_size, name="head")(x)
+
+
 class DecoderBlock(nn.Module):
   """Pre-LayerNorm causal self-attention and MLP, each with a residual connection."""
 

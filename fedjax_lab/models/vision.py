@@ -85,6 +85,23 @@ class CifarCNN(nn.Module):
     return nn.Dense(self.num_classes, name="head")(x)
 
 
+class EmnistCNN(nn.Module):
+  """Reddi et al. 2021's EMNIST character CNN (TFF's ``create_conv_dropout_model``, FedJAX's
+  ``EMNIST_CONV``): conv3x3(32)-ReLU, conv3x3(64)-ReLU ('VALID'), max-pool 2x2, fc128-ReLU,
+  read-out; 1.21M parameters for 62 classes. Their two dropout layers (0.25, 0.5) are left
+  out: local training here draws no dropout masks."""
+
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(32, (3, 3), padding="VALID", name="conv0")(x))
+    x = max_pool_2x2(nn.relu(nn.Conv(64, (3, 3), padding="VALID", name="conv1")(x)))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(128, name="fc")(x))
+    return nn.Dense(self.num_classes, name="head")(x)
+
+
 def _norm(name: str, channels: int) -> nn.Module:
   return nn.GroupNorm(num_groups=min(8, channels), name=name)
 
@@ -188,3 +205,59 @@ class VGG(nn.Module):
     for i, width in enumerate(self.classifier):
       x = nn.relu(nn.Dense(width, name=f"fc{i}")(x))
     return nn.Dense(self.num_classes, name="head")(x)
+
+
+class BasicBlock(nn.Module):
+  """ResNet's basic block: conv3x3(stride)-GN-ReLU, conv3x3-GN, plus the input (a conv1x1-GN
+  projection where the shape changes), ReLU. GroupNorm with ``groups`` groups."""
+
+  features: int
+  stride: int
+  groups: int
+
+  @nn.compact
+  def __call__(self, x):
+    norm = lambda name: nn.GroupNorm(num_groups=self.groups, name=name)
+    shortcut = x
+    if self.stride != 1 or x.shape[-1] != self.features:
+      shortcut = nn.Conv(
+        self.features, (1, 1), strides=self.stride, use_bias=False, name="shortcut"
+      )(x)
+      shortcut = norm("shortcut_norm")(shortcut)
+    y = nn.Conv(
+      self.features, (3, 3), strides=self.stride, padding=1, use_bias=False, name="conv0"
+    )(x)
+    y = nn.relu(norm("norm0")(y))
+    y = norm("norm1")(nn.Conv(self.features, (3, 3), padding=1, use_bias=False, name="conv1")(y))
+    return nn.relu(y + shortcut)
+
+
+class ResNetStem(nn.Module):
+  """conv7x7(64, stride 2)-GN-ReLU, max-pool 3x3 of stride 2: one layer group."""
+
+  groups: int
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(64, (7, 7), strides=2, padding=3, use_bias=False, name="conv")(x)
+    x = nn.relu(nn.GroupNorm(num_groups=self.groups, name="norm")(x))
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+class ResNet18(nn.Module):
+  """ResNet-18 with GroupNorm (2 groups), the CIFAR-100 model of Reddi et al. 2021 (TFF's
+  ``create_resnet18`` on 24x24 crops): stem conv7x7(64, stride 2)-GN-ReLU and a 3x3 max-pool
+  of stride 2, four stages of two basic blocks (64/128/256/512 channels, strides 1/2/2/2),
+  global average pool, read-out; 11.2M parameters for 100 classes."""
+
+  num_classes: int
+  groups: int = 2
+
+  @nn.compact
+  def __call__(self, x):
+    x = ResNetStem(self.groups, name="stem")(x)
+    for stage, features in enumerate((64, 128, 256, 512)):
+      for block in range(2):
+        stride = 2 if stage > 0 and block == 0 else 1
+        x = BasicBlock(features, stride, self.groups, name=f"stage{stage}_block{block}")(x)
+    return nn.Dense(self.num_classes, name="head")(x.mean(axis=(1, 2)))
