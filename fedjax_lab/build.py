@@ -14,7 +14,7 @@ from fedjax_lab.algorithms import ALGORITHMS, Algorithm, AlgorithmEntry, ClientS
 from fedjax_lab.config import DataConfig, ExperimentConfig
 from fedjax_lab.data import FederatedData, groups, partition, poisoning
 from fedjax_lab.data.catalog import FEDERATIONS, PARTITIONERS, SOURCE_CHOICES
-from fedjax_lab.data.ragged import ClientArrays
+from fedjax_lab.data.ragged import ClientArrays, FirstExamples
 from fedjax_lab.engine.execution import Executor
 from fedjax_lab.engine.local import LocalSchedule
 from fedjax_lab.models import MODELS, Model, build_model
@@ -78,6 +78,14 @@ def given_federation(data: DataConfig) -> FederatedData:
       f"data.num_clients must be the {federation.num_clients} clients of data.source="
       f"{data.source}, got {data.num_clients}"
     )
+  if data.max_client_examples > 0:  # the training split's first examples of each client
+    if not isinstance(federation.train, ClientArrays):
+      raise ValueError(
+        f"data.max_client_examples must be 0 for data.source={data.source} (its clients are "
+        f"made on demand), got {data.max_client_examples}"
+      )
+    capped = FirstExamples(federation.train, data.max_client_examples)
+    return dataclasses.replace(federation, train=capped)
   return federation
 
 

@@ -55,7 +55,8 @@ class DataConfig(Selection):
   num_clients: int = 20
   partition: str = "dirichlet"
   test_fraction: float = 0.2  # of each client's examples, held out as its own test split
-  max_client_examples: int = 0  # > 0: keep each client's first examples (dataset order)
+  # > 0: keep each client's first examples (dataset order; of a given federation's train split)
+  max_client_examples: int = 0
   latent_groups: int = 0  # > 0: clients in this many groups, shifted by group_shift
   group_shift: str = "label_permutation"  # label_permutation | rotation (data/groups.py)
   sequence_length: int = 64  # text sources: bytes per window
@@ -74,12 +75,6 @@ class DataConfig(Selection):
       "data.partition",
       f"'natural' for data.source={self.source} (its clients are given)",
       self.partition,
-    )
-    require(
-      not given or self.max_client_examples == 0,
-      "data.max_client_examples",
-      f"0 for data.source={self.source} (its clients are given)",
-      self.max_client_examples,
     )
     require(
       1 <= self.num_clients <= MAX_CLIENTS,

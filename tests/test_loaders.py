@@ -437,6 +437,19 @@ def test_tff_stackoverflow_tag_vocabulary_from_the_training_clients(tmp_path):
   assert list(words) == [2, 1, 0] and list(tags) == [1, 0, -1, -1, -1]
 
 
+def test_max_client_examples_keeps_a_given_federations_first_training_examples(tmp_path):
+  _stackoverflow_tff(tmp_path, counts=True)
+  full = build_federation(_config(tmp_path, "tff_h5", 2).data)
+  config = _config(tmp_path, "tff_h5", 2, "data.max_client_examples=1")
+  capped = build_federation(config.data)
+  assert list(capped.train_num_examples) == [1, 1] and capped.train_x.shape[1] == 1
+  np.testing.assert_array_equal(capped.train_x[:, 0], full.train_x[:, 0])
+  np.testing.assert_array_equal(capped.train_y[:, 0], full.train_y[:, 0])
+  x, _ = capped.train.gather(np.asarray([0]))
+  assert len(x) == 1  # only the kept rows are read
+  assert list(capped.test_num_examples) == list(full.test_num_examples)
+
+
 @pytest.mark.slow  # a whole run (make test-fast skips it)
 def test_stackoverflow_tag_prediction_trains_logistic_regression_through_the_cli(tmp_path):
   files = tmp_path / "files"
