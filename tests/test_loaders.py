@@ -156,6 +156,36 @@ def test_leaf_reddit_windows_become_next_token_ids_over_the_training_vocabulary(
   assert list(data.test_num_examples) == [1, 0]
 
 
+def test_leaf_celeba_reads_the_named_images_at_84_pixels(tmp_path):
+  from PIL import Image
+
+  images = tmp_path / "raw" / "img_align_celeba"
+  images.mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  pixels = {}
+  for k in range(5):
+    pixels[k] = rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)  # CelebA's aligned size
+    Image.fromarray(pixels[k]).save(images / f"{k:06d}.png")
+  name = lambda k: f"{k:06d}.png"
+  _leaf_split(tmp_path / "train" / "celeba_train.json", {
+    "9": ([name(0), name(1)], [1, 0]), "14": ([name(2)], [1]),
+  })  # fmt: skip
+  _leaf_split(
+    tmp_path / "test" / "celeba_test.json", {"9": ([name(3)], [0]), "20": ([name(4)], [1])}
+  )
+  data = build_federation(_config(tmp_path, "leaf", 2).data)
+  assert data.num_classes == 2 and data.train.x.shape[1:] == (84, 84, 3)
+  assert list(data.train_num_examples) == [2, 1] and list(data.test_num_examples) == [1, 0]
+  resized = Image.fromarray(pixels[1]).resize((84, 84)).convert("RGB")
+  np.testing.assert_allclose(data.train_x[0, 1], np.asarray(resized) / 255.0, atol=1e-6)
+  np.testing.assert_array_equal(data.train_y[0, :2], [1, 0])
+  assert len(data.global_test_y) == 2  # user 20 is only in the test files
+  elsewhere = tmp_path / "images"
+  images.rename(elsewhere)
+  moved = _config(tmp_path, "leaf", 2, f"data.leaf.image_dir={elsewhere}")
+  np.testing.assert_array_equal(build_federation(moved.data).train_x[0, 1], data.train_x[0, 1])
+
+
 def _config(folder, source: str, clients: int, *overrides: str):
   """The config of a ``source`` federation of ``clients`` clients read from ``folder``."""
   fields = [f"data.source={source}", f"data.source_dir={folder}", "data.partition=natural"]
@@ -529,14 +559,14 @@ def test_leaf_user_split_with_no_shared_user_loads_and_runs(tmp_path, capsys):
     ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": [[1.0]], "y": [0, 1]}}},
      "user 'u' has 1 x and 2 y"),
     ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": [["a", "b", "c"]], "y": [0]}}},
-     "x holds lists of strings, not read; read: FEMNIST, Shakespeare, Synthetic, Sent140 and "
-     "Reddit"),
+     "x holds lists of strings, not read; read: FEMNIST, Shakespeare, Synthetic, Sent140, "
+     "Reddit and CelebA"),
     ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": [[
       "1467810369", "Mon Apr 06 22:19:45 PDT 2009", "NO_QUERY", "someone", "a tweet"
     ]], "y": [4]}}},
      "train user 'u': Sent140's labels are 0 or 1, got 4"),
     ({"users": ["u"], "num_samples": [1], "user_data": {"u": {"x": ["000001.jpg"], "y": [0]}}},
-     "x is an image file name (LEAF CelebA), not read"),
+     "raw/img_align_celeba' is not there: point data.leaf.image_dir at CelebA's"),
     ({"users": ["u"], "num_samples": [1],
       "user_data": {"u": {"x": [[["a", "b"], ["c", "d"]]], "y": [0]}}},
      "train user 'u': every Reddit y must be a record with its target_tokens"),

@@ -1,5 +1,5 @@
-"""LEAF's JSON federations (FEMNIST, Shakespeare, Synthetic, Sent140, Reddit) into the ragged
-store.
+"""LEAF's JSON federations (FEMNIST, Shakespeare, Synthetic, Sent140, Reddit, CelebA) into the
+ragged store.
 
 LEAF (Caldas et al., 2018) writes each split as JSON files in ``<dir>/train/`` and
 ``<dir>/test/``, each holding ``{"users": [...], "num_samples": [...], "user_data": {user:
@@ -7,8 +7,8 @@ LEAF (Caldas et al., 2018) writes each split as JSON files in ``<dir>/train/`` a
 test split is its examples in the test files (none if it has none there); the user names are
 kept in the cache's ``meta.json``. The global test set pools every test user's examples,
 those of users absent from the training files included. A file not in this layout, a label
-that is not a class id, or a LEAF dataset not read here (CelebA, whose images are not in the
-JSON) is one line naming the file or user.
+that is not a class id, or CelebA without its image folder is one line naming the file, user or
+folder.
 Examples by kind, recognised from the first ``x``:
 
 - a string (Shakespeare): ``x`` the 80 characters, ``y`` the next one; stored as next-character
@@ -29,7 +29,11 @@ Examples by kind, recognised from the first ``x``:
   the training users' windows, ``<BOS>`` and ``<EOS>`` among them, as LEAF's
   ``build_vocab.py`` counts them); ``vocabulary + 2`` classes, a next-token task. Where we
   differ: LEAF leaves padded positions out of its loss (``count_tokens``) and counts a
-  predicted ``<PAD>`` or ``<UNK>`` as wrong; we count every position, as for Shakespeare.
+  predicted ``<PAD>`` or ``<UNK>`` as wrong; we count every position, as for Shakespeare;
+- an image file name (CelebA: ``y`` 0 or 1, smiling or not): the image of that name in
+  ``data.leaf.image_dir`` (default ``<data.source_dir>/raw/img_align_celeba``, where LEAF's
+  scripts put CelebA's aligned images), resized to 84x84 RGB in [0, 1] as LEAF's CelebA model
+  reads it; 2 classes.
 
 Parsing JSON is slow, so the first load converts the files once into ``<dir>/.fedjax_lab/``
 (``converted.py``); later loads memory-map that cache, and rebuild it when a JSON file's name,
@@ -105,6 +109,32 @@ def words(text: str) -> list[str]:
   return _WORD.findall(text)
 
 
+@dataclasses.dataclass(frozen=True)
+class Reading:
+  """What turns a dataset's raw examples into arrays beyond the examples themselves: the
+  ``vocab`` of Sent140 and Reddit, Sent140's ``words`` per tweet, CelebA's ``image_dir``."""
+
+  vocab: Vocabulary | None = None
+  words: int = 0
+  image_dir: pathlib.Path | None = None
+
+
+CELEBA_SIZE = 84  # LEAF's CelebA model reads 84x84 RGB images
+
+
+def celeba_image(image_dir: pathlib.Path, name: str, where: str) -> np.ndarray:
+  """``[84, 84, 3]`` float32 in [0, 1]: the image ``name`` of ``image_dir``, resized and made
+  RGB as LEAF's CelebA model does."""
+  from PIL import Image
+
+  path = image_dir / name
+  if not path.is_file():
+    raise ValueError(f"{where}: image {name!r} is not in data.leaf.image_dir={str(image_dir)!r}")
+  with Image.open(path) as image:
+    resized = image.resize((CELEBA_SIZE, CELEBA_SIZE)).convert("RGB")
+    return np.asarray(resized, np.float32) / 255.0
+
+
 class Vocabulary:
   """Sent140's and Reddit's words -> token ids (module docstring): ``tokens(text, length)`` for a
   tweet, ``token_ids(tokens)`` for a Reddit window."""
@@ -150,14 +180,12 @@ def vocabulary(kind: str, train_users: dict, size: int, vocab_file: str = "") ->
 
 
 def _kind(xs: list, where: str) -> str:
-  """``text`` (Shakespeare), ``tweet`` (Sent140), ``reddit``, ``features`` (FEMNIST,
-  Synthetic) or one line refusing a LEAF dataset this module does not read (CelebA), from a
-  first example ``xs``."""
-  supported = "read: FEMNIST, Shakespeare, Synthetic, Sent140 and Reddit"
+  """``text`` (Shakespeare), ``tweet`` (Sent140), ``reddit``, ``image`` (CelebA),
+  ``features`` (FEMNIST, Synthetic) or one line refusing what no LEAF dataset read here holds,
+  from a first example ``xs``."""
+  supported = "read: FEMNIST, Shakespeare, Synthetic, Sent140, Reddit and CelebA"
   if isinstance(xs, str):
-    if xs.lower().endswith((".jpg", ".jpeg", ".png")):
-      raise ValueError(f"{where}: x is an image file name (LEAF CelebA), not read; {supported}")
-    return "text"
+    return "image" if xs.lower().endswith((".jpg", ".jpeg", ".png")) else "text"
   if isinstance(xs, list) and xs and all(isinstance(v, (int, float)) for v in xs):
     return "features"
   if isinstance(xs, list) and len(xs) == TWEET_FIELDS and all(isinstance(v, str) for v in xs):
@@ -196,16 +224,21 @@ def _reddit_windows(xs: list, ys: list, where: str, vocab: Vocabulary):
   return np.asarray(inputs, np.int32), np.asarray(targets, np.int32)
 
 
-def _encode(xs: list, ys: list, where: str = "", words_of=None) -> tuple[np.ndarray, np.ndarray]:
+def _encode(xs: list, ys: list, where: str, reading: Reading) -> tuple[np.ndarray, np.ndarray]:
   """One client's examples as arrays (module docstring, by kind); ``where`` names the client
-  in a refusal; ``words_of``: ``(Vocabulary, words per tweet)`` for Sent140 and Reddit."""
+  in a refusal."""
   if not xs:
     return np.zeros((0,), np.float32), np.zeros((0,), np.int32)
   kind = _kind(xs[0], where)
   if kind == "reddit":
-    return _reddit_windows(xs, ys, where, words_of[0])
+    return _reddit_windows(xs, ys, where, reading.vocab)
+  if kind == "image":
+    labels = _labels(ys, where)
+    if labels.max(initial=0) > 1 or not all(isinstance(x, str) for x in xs):
+      raise ValueError(f"{where}: CelebA's x are image file names and its labels 0 or 1")
+    return np.stack([celeba_image(reading.image_dir, x, where) for x in xs]), labels
   if kind == "tweet":
-    vocab, length = words_of
+    vocab, length = reading.vocab, reading.words
     if not all(isinstance(x, list) and len(x) == TWEET_FIELDS for x in xs):
       raise ValueError(f"{where}: every Sent140 x must be its {TWEET_FIELDS} strings")
     labels = _labels(ys, where)
@@ -228,10 +261,10 @@ def _encode(xs: list, ys: list, where: str = "", words_of=None) -> tuple[np.ndar
   return x, _labels(ys, where)
 
 
-def _split(users: list[str], examples: dict, like: tuple, split: str, words_of) -> ClientArrays:
+def _split(users: list[str], examples: dict, like: tuple, split: str, reading) -> ClientArrays:
   """The clients ``users`` (their ``examples``, or none) as one ``ClientArrays``; ``like``:
   the ``(x, y)`` of a non-empty client, whose row shapes an empty one takes."""
-  parts = [_encode(*examples.get(u, ([], [])), f"{split} user {u!r}", words_of) for u in users]
+  parts = [_encode(*examples.get(u, ([], [])), f"{split} user {u!r}", reading) for u in users]
   shape_of = lambda part, index: (
     part[index].shape[1:] if len(part[index]) else like[index].shape[1:]
   )
@@ -249,17 +282,29 @@ def _split(users: list[str], examples: dict, like: tuple, split: str, words_of) 
 
 @dataclasses.dataclass(frozen=True)
 class LeafOptions:
-  """``data.leaf``: Sent140's and Reddit's tokens (module docstring): ``vocab_size`` words
+  """``data.leaf`` (module docstring): Sent140's and Reddit's tokens, ``vocab_size`` words
   kept when the vocabulary is built from the training users, or ``vocab_file``; ``words`` per
-  tweet (Sent140)."""
+  tweet (Sent140); CelebA's ``image_dir`` (empty: ``<data.source_dir>/raw/img_align_celeba``)."""
 
   vocab_size: int = 10000
   vocab_file: str = ""
   words: int = 25
+  image_dir: str = ""
 
   def __post_init__(self):
     require(self.vocab_size >= 1, "data.leaf.vocab_size", ">= 1", self.vocab_size)
     require(self.words >= 1, "data.leaf.words", ">= 1", self.words)
+
+
+def _image_dir(folder: pathlib.Path, image_dir: str) -> pathlib.Path:
+  """CelebA's image folder (``LeafOptions``), or one line naming the folder looked for."""
+  path = pathlib.Path(image_dir).expanduser() if image_dir else folder / "raw" / "img_align_celeba"
+  if not path.is_dir():
+    raise ValueError(
+      f"LEAF CelebA names images, and their folder {str(path)!r} is not there: point "
+      "data.leaf.image_dir at CelebA's img_align_celeba/ (LEAF's data/raw/img_align_celeba)"
+    )
+  return path
 
 
 def leaf_federation(folder, options: LeafOptions = LeafOptions()) -> FederatedData:
@@ -278,23 +323,25 @@ def leaf_federation(folder, options: LeafOptions = LeafOptions()) -> FederatedDa
     if not nonempty:
       raise ValueError(f"{folder / 'train'}: no training user has an example")
     kind = _kind(train_examples[nonempty[0]][0][0], f"train user {nonempty[0]!r}")
-    words_of, meta = None, {}
+    reading, meta = Reading(), {}
     if kind in ("tweet", "reddit"):
       vocab = vocabulary(kind, train_examples, options.vocab_size, options.vocab_file)
-      words_of, meta = (vocab, options.words), {"vocabulary": list(vocab.words)}
-    like = _encode(*train_examples[nonempty[0]], f"train user {nonempty[0]!r}", words_of)
+      reading, meta = Reading(vocab, options.words), {"vocabulary": list(vocab.words)}
+    if kind == "image":
+      reading = Reading(image_dir=_image_dir(folder, options.image_dir))
+    like = _encode(*train_examples[nonempty[0]], f"train user {nonempty[0]!r}", reading)
     train, test = (
-      _split(users, train_examples, like, "train", words_of),
-      _split(users, test_examples, like, "test", words_of),
+      _split(users, train_examples, like, "train", reading),
+      _split(users, test_examples, like, "test", reading),
     )
     test_only = [u for u in test_examples if u not in train_examples]
-    pooled = _split(users + test_only, test_examples, like, "test", words_of)
+    pooled = _split(users + test_only, test_examples, like, "test", reading)
     if not len(pooled.y):
       raise ValueError(f"{folder / 'test'}: the test files hold no example")
-    if kind == "tweet":
+    if kind in ("tweet", "image"):
       num_classes = 2
     elif kind == "reddit":
-      num_classes = len(words_of[0].words) + 2
+      num_classes = len(reading.vocab.words) + 2
     elif kind == "text":
       num_classes = len(SHAKESPEARE_VOCAB)
     elif like[0].shape[1:] == (28, 28, 1):
