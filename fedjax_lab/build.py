@@ -47,9 +47,12 @@ ON_DEMAND_FULL_EVALUATION = 10_000
 # On CPU, `auto` runs models without convolutions from MIN_LOOP_COHORT clients a round as `loop`
 # calls of CPU_CLIENTS_PER_CALL vmapped clients, two calls at once (MLP, 100 clients: 0.18-0.27 s
 # a round against 0.35-0.48 s `chunked`); smaller cohorts stay one `vmap` program, as fast at 10
-# clients and without a per-call dispatch (docs/performance.md). Sequence models (token inputs)
-# stay `vmap` at any cohort: WorldLM's byte_lm, 27 clients, 0.56 s a round and a 10 s first
-# round against 0.65 s and 22 s as loop calls (benchmarks/worldlm_tree.py).
+# clients and without a per-call dispatch (docs/performance.md). Sequence models too: on
+# skewed federations one vmap program pads every client to the cohort's largest (StackOverflow
+# layout, Zipf sizes, word_lstm, 50 clients: 15.4 s a round as loop calls against 100.7 s, and
+# 1.5 against 3.9 GiB; Shakespeare, 30 clients: char_lstm 4.7-5.3 s against 8.2-8.7 s,
+# transformer_lm 1.08 s against 1.52-1.60 s). WorldLM's tree of 27 byte_lm clients is the one
+# measured case where vmap wins (0.56 s a round against 0.65 s): experiments/worldlm sets it.
 CPU_CLIENTS_PER_CALL = 4
 MIN_LOOP_COHORT = 16
 
@@ -127,14 +130,14 @@ def resolve_execution(config: ExperimentConfig) -> ResolvedExecution:
   models one client a call with im2col convolutions (XLA:CPU runs ``lax.conv``'s gradients
   inside loops, and vmapped per-client ``lax.conv``, many times slower), other models blocks of
   ``CPU_CLIENTS_PER_CALL`` vmapped clients from ``MIN_LOOP_COHORT`` clients a round (``vmap``
-  below, and for sequence models at any cohort). Elsewhere: ``vmap`` and XLA's convolutions.
+  below). Elsewhere: ``vmap`` and XLA's convolutions.
   """
   entry = MODELS.get(config.model.name)
   has_conv = entry.has_conv
   on_cpu = jax.default_backend() == "cpu"
   strategy, conv = config.execution.strategy, config.model.conv
   if strategy == "auto":
-    blocks = has_conv or (config.cohort_size >= MIN_LOOP_COHORT and not entry.reads_tokens)
+    blocks = has_conv or config.cohort_size >= MIN_LOOP_COHORT
     strategy = "loop" if on_cpu and blocks else "vmap"
   if conv == "auto":
     conv = "im2col" if on_cpu and has_conv else "xla"

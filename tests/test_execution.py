@@ -171,9 +171,9 @@ def test_loop_threads_give_the_same_numbers_in_the_same_order():
 
 def test_auto_execution_on_cpu_keeps_every_core_busy_with_loop_calls():
   """``auto`` on CPU: ``loop``, a call per core at once; blocks of vmapped clients for models
-  without convolutions (from ``MIN_LOOP_COHORT`` clients; one ``vmap`` program below, and for
-  sequence models), one client a call (im2col convolutions) for convolutional ones; explicit
-  settings win."""
+  without convolutions, sequence models included (from ``MIN_LOOP_COHORT`` clients; one
+  ``vmap`` program below), one client a call (im2col convolutions) for convolutional ones;
+  explicit settings win."""
   from fedjax_lab.build import CPU_CLIENTS_PER_CALL, MIN_LOOP_COHORT, resolve_execution
   from fedjax_lab.config import load_config
 
@@ -184,8 +184,9 @@ def test_auto_execution_on_cpu_keeps_every_core_busy_with_loop_calls():
   assert mlp.clients_per_call == CPU_CLIENTS_PER_CALL
   small = resolve_execution(load_config(None, ["model.name=mlp", "cohort_size=10"]))
   assert (small.strategy, small.threads) == ("vmap", 1)
-  sequence = ["model.name=transformer_lm", "data.source=shakespeare", *large]
-  assert resolve_execution(load_config(None, sequence)).strategy == "vmap"  # at any cohort
+  sequence = ["model.name=transformer_lm", "data.source=shakespeare"]
+  assert resolve_execution(load_config(None, sequence + large)).strategy == "loop"
+  assert resolve_execution(load_config(None, sequence + ["cohort_size=10"])).strategy == "vmap"
   cnn = resolve_execution(load_config(None, ["model.name=fedavg_cnn"]))
   assert (cnn.strategy, cnn.conv, cnn.threads, cnn.clients_per_call) == (
     "loop",
