@@ -304,6 +304,24 @@ def test_an_interrupted_tff_conversion_continues_where_it_stopped(tmp_path, monk
     np.testing.assert_array_equal(getattr(data, field), getattr(expected, field))
 
 
+def test_a_tff_conversion_past_its_memory_bound_stops_in_one_line_and_goes_on(
+  tmp_path, monkeypatch
+):
+  from fedjax_lab.data import tff
+
+  _emnist_tff(tmp_path, np.random.default_rng(0))
+  assert 0 < tff.resident_mib() < 1e6
+  monkeypatch.setattr(tff, "resident_mib", lambda: 2048.0)  # as if a client took it there
+  with pytest.raises(ValueError, match=r"^data.tff_h5.max_rss_mib=1024: converting train client "
+                     r"0 of fed_emnist_train.h5 took this process to 2048 MiB"):  # fmt: skip
+    build_federation(_config(tmp_path, "tff_h5", 3).data)
+  progress = json.loads((tmp_path / CACHE / "train_written.json").read_text())
+  assert progress["done"] == 1
+  config = _config(tmp_path, "tff_h5", 3, "data.tff_h5.max_rss_mib=4096")
+  data = build_federation(config.data)  # the larger bound goes on from the client written
+  np.testing.assert_array_equal(data.train_num_examples, [7, 20, 11])
+
+
 def test_tff_emnist_digits_only_has_ten_classes(tmp_path):
   rng = np.random.default_rng(0)
   make = lambda n: {

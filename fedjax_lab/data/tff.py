@@ -40,6 +40,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import os
 import pathlib
 import sys
 
@@ -256,11 +257,23 @@ def _rows(group, sequence_length: int) -> int | None:
   return None
 
 
-def _write_split(cache, split: str, path, clients: list, convert, sequence_length: int, rows):
+def resident_mib() -> float:
+  """This process's resident memory now, in MiB (Linux's ``/proc/self/statm``; 0 elsewhere)."""
+  try:
+    pages = int(pathlib.Path("/proc/self/statm").read_text().split()[1])
+  except (OSError, IndexError, ValueError):
+    return 0.0
+  return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _write_split(cache, split: str, path, clients: list, convert, shape: tuple, limit_mib):
   """One split's clients (None: a client without examples here) of the file ``path`` into
   ``cache`` a client at a time (``convert(group) -> (x, y)``; ``ClientArraysWriter``: memory
   follows one client; an interrupted conversion goes on from the last client written), with
-  a progress bar on a terminal."""
+  a progress bar on a terminal. ``shape``: ``(sequence_length, rows)``. Past ``limit_mib`` of
+  resident memory after a client, the conversion stops with one line (what it wrote is kept:
+  a larger ``data.tff_h5.max_rss_mib`` goes on from there)."""
+  sequence_length, rows = shape
   from tqdm.auto import tqdm
 
   def count(group):
@@ -280,6 +293,12 @@ def _write_split(cache, split: str, path, clients: list, convert, sequence_lengt
   try:
     for k, group in enumerate(bar, start=writer.done):
       writer.write(k, *(empty if group is None else convert(group)))
+      if resident_mib() > limit_mib:
+        raise ValueError(
+          f"data.tff_h5.max_rss_mib={limit_mib}: converting {split} client {k} of {path.name} "
+          f"took this process to {resident_mib():.0f} MiB; the {k + 1} clients converted are "
+          "kept, and a larger bound goes on from there"
+        )
   finally:  # interrupted or not, what is on disk is recorded
     writer.close()
 
@@ -287,16 +306,19 @@ def _write_split(cache, split: str, path, clients: list, convert, sequence_lengt
 @dataclasses.dataclass(frozen=True)
 class TffOptions:
   """``data.tff_h5``: StackOverflow's ``task`` (``next_word`` or ``tag_prediction``),
-  ``vocab_size`` words kept (TFF's default 10,000) and ``tag_vocab_size`` tags (TFF's 500)."""
+  ``vocab_size`` words kept (TFF's default 10,000) and ``tag_vocab_size`` tags (TFF's 500);
+  ``max_rss_mib``, the resident memory a conversion may reach (``_write_split``)."""
 
   task: str = "next_word"
   vocab_size: int = 10000
   tag_vocab_size: int = 500
+  max_rss_mib: int = 1024
 
   def __post_init__(self):
     one_of("data.tff_h5.task", self.task, ("next_word", "tag_prediction"))
     require(self.vocab_size >= 1, "data.tff_h5.vocab_size", ">= 1", self.vocab_size)
     require(self.tag_vocab_size >= 1, "data.tff_h5.tag_vocab_size", ">= 1", self.tag_vocab_size)
+    require(self.max_rss_mib >= 1, "data.tff_h5.max_rss_mib", ">= 1", self.max_rss_mib)
 
 
 def tff_federation(
@@ -331,7 +353,8 @@ def tff_federation(
       ("pooled", test_file, sorted(test_names)),
     )
     for split, path, clients in splits:
-      _write_split(cache, split, path, clients, convert, sequence_length, rows)
+      shape = (sequence_length, rows)
+      _write_split(cache, split, path, clients, convert, shape, options.max_rss_mib)
     for field in ("x", "y"):  # the pooled test clients are the global test set
       (cache / f"pooled_{field}.npy").replace(cache / f"global_{field}.npy")
     if vocabularies is not None and vocabularies[1] is not None:  # tags
@@ -351,4 +374,6 @@ def tff_federation(
   shaping = {"sequence_length": sequence_length, "label": label_key, "snippets": "tff"}
   counts = [folder / name for name in (WORD_COUNTS, TAG_COUNTS) if (folder / name).is_file()]
   files = [train_file, test_file, *counts]
-  return load_streamed(folder, files, convert_into, {**shaping, **dataclasses.asdict(options)})
+  # the bound on memory is no part of what the cache holds: a larger one goes on with it
+  kept = {k: v for k, v in dataclasses.asdict(options).items() if k != "max_rss_mib"}
+  return load_streamed(folder, files, convert_into, {**shaping, **kept})
