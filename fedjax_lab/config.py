@@ -278,6 +278,9 @@ class ExperimentConfig:
   # > 0: test clients' own splits on this many clients, drawn once from the seed (the same at
   # every evaluation), and report the sampling error (client_accuracy_sem); 0: every client
   eval_clients: int = 0
+  # > 0: the global model's test set is this many of the global test examples, drawn once from
+  # the seed (Reddi et al. evaluate StackOverflow on 10,000 of its 16.6 million); 0: all
+  eval_global_examples: int = 0
   checkpoint_every: int = 10  # 0 disables checkpoints
   out_dir: str = "runs/default"
 
@@ -294,6 +297,9 @@ class ExperimentConfig:
       self.cohort_size,
     )
     require(self.eval_every >= 1, "eval_every", ">= 1", self.eval_every)
+    require(
+      self.eval_global_examples >= 0, "eval_global_examples", ">= 0", self.eval_global_examples
+    )
     require(
       self.eval_finetune_epochs >= 0, "eval_finetune_epochs", ">= 0", self.eval_finetune_epochs
     )

@@ -61,6 +61,16 @@ def evaluated_clients(config: ExperimentConfig, num_clients: int) -> np.ndarray:
   return np.sort(rng.choice(num_clients, config.eval_clients, replace=False))
 
 
+def global_test_rows(config: ExperimentConfig, num_examples: int) -> slice | np.ndarray:
+  """The global test examples the global model is scored on: all, or
+  ``config.eval_global_examples`` of them drawn once from the seed (sorted, the same at every
+  evaluation; a memory-mapped test set reads only those)."""
+  if config.eval_global_examples == 0 or config.eval_global_examples >= num_examples:
+    return slice(None)
+  rng = np.random.default_rng([config.seed, EVALUATION_STREAM, 1])
+  return np.sort(rng.choice(num_examples, config.eval_global_examples, replace=False))
+
+
 def evaluation_blocks(client_ids: np.ndarray, block: int = EVALUATION_BLOCK) -> list[np.ndarray]:
   """``client_ids`` in blocks of ``min(block, len(client_ids))``, the last one filled up with
   its first client (``evaluate`` drops the filler's results): one shape, one compilation."""
@@ -96,7 +106,9 @@ def evaluate(
   metrics, per_client = {}, {}
   global_params = algorithm.global_params(state) if algorithm.global_params is not None else None
   if global_params is not None:
-    pooled = evaluate_pooled(model.apply, global_params, data.global_test_x, data.global_test_y)
+    rows = global_test_rows(config, len(data.global_test_y))
+    x, y = data.global_test_x[rows], data.global_test_y[rows]
+    pooled = evaluate_pooled(model.apply, global_params, x, y)
     metrics.update(global_accuracy=pooled["accuracy"], global_loss=pooled["loss"])
   if data.test.total > 0:  # clients hold test splits of their own
     models_of = client_models(algorithm, state)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -93,6 +94,25 @@ def test_fedavg_on_a_hundred_thousand_clients_with_sampled_evaluation(tmp_path):
   assert 0 < last["client_accuracy_sem"] < 0.2
   chosen = evaluated_clients(config, 100_000)
   assert len(chosen) == 64 and np.array_equal(chosen, evaluated_clients(config, 100_000))
+
+
+def test_eval_global_examples_scores_the_global_model_on_a_fixed_sample():
+  from fedjax_lab.build import build_experiment
+  from fedjax_lab.evaluation import evaluate, global_test_rows
+
+  config = load_config(None, ["eval_global_examples=50", "data.num_clients=8"])
+  rows = global_test_rows(config, 300)
+  assert len(rows) == 50 and (np.diff(rows) > 0).all() and rows.max() < 300
+  np.testing.assert_array_equal(rows, global_test_rows(config, 300))  # the same each time
+  assert global_test_rows(config, 40) == slice(None)  # fewer examples than asked: all of them
+  experiment = build_experiment(config)
+  algorithm, data, model = experiment.algorithm, experiment.data, experiment.model
+  state = algorithm.init(jax.random.key(0))
+  got = evaluate(config, model, algorithm, state, data).metrics["global_accuracy"]
+  chosen = global_test_rows(config, len(data.global_test_y))
+  logits = model.apply(algorithm.global_params(state), data.global_test_x[chosen])
+  expected = float((np.asarray(logits).argmax(-1) == data.global_test_y[chosen]).mean())
+  assert got == pytest.approx(expected)
 
 
 def test_sampling_error_is_the_finite_population_standard_error():
