@@ -22,6 +22,7 @@ import argparse
 import json
 import pathlib
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,16 +67,20 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=0, help="then train this many rounds")
   parser.add_argument("--cohort", type=int, default=50)
   parser.add_argument("--set", action="append", default=[], help="a config override to train")
+  parser.add_argument(
+    "--reuse", action="store_true", help="keep --folder's files and conversion (train only)"
+  )
   parser.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   folder = pathlib.Path(args.folder or tempfile.mkdtemp(prefix="stackoverflow_"))
   if args.generate_only:
     print(generate(folder, args.clients, args.seed))
     return
-  started = time.perf_counter()
+  started, sentences = time.perf_counter(), None
   command = [sys.executable, __file__, "--generate-only", "--folder", str(folder),
              "--clients", str(args.clients), "--seed", str(args.seed)]  # fmt: skip
-  sentences = int(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+  if not args.reuse:
+    sentences = int(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
   generated = time.perf_counter() - started
 
   from fedjax_lab import build_federation, load_config
@@ -109,11 +114,12 @@ def train(config, folder: pathlib.Path, rounds: int, cohort: int, extra: list) -
 
   overrides = ["model.name=word_lstm", f"cohort_size={cohort}", f"rounds={rounds}",
                "local.batch_size=16", "local.learning_rate=0.3", "data.max_client_examples=1000",
-               f"eval_every={rounds}", "eval_clients=50", "checkpoint_every=0",
-               f"out_dir={folder / 'run'}"]  # fmt: skip
+               f"eval_every={rounds}", "eval_clients=50", "eval_global_examples=10000",
+               "checkpoint_every=0", f"out_dir={folder / 'run'}"]  # fmt: skip
   fields = [f"data.{k}={v}" for k, v in (("source", "tff_h5"), ("source_dir", folder),
             ("partition", "natural"), ("num_clients", config.data.num_clients),
             ("sequence_length", 20))]  # fmt: skip
+  shutil.rmtree(folder / "run", ignore_errors=True)  # a benchmark's own scratch run
   trained = run(load_config(None, fields + overrides + extra), progress=False)
   rows = [row for row in trained.metrics if "round_seconds" in row]
   return {
