@@ -133,15 +133,20 @@ def _reddit_comment(text: str, window: int = 10):
   return cut(inputs), record
 
 
-def test_leaf_reddit_windows_become_next_token_ids_over_the_training_vocabulary(tmp_path):
+def _reddit_leaf(root):
+  """Reddit as LEAF writes it: users u1 and u2 in the train files, u1 in the test files."""
   comments = {
     "u1": ["jit the loop", "the loop is slow because of the python loop"],
     "u2": ["vmap the loop"],
   }
   split = lambda texts: tuple(map(list, zip(*[_reddit_comment(t) for t in texts])))
   train = {user: split(texts) for user, texts in comments.items()}
-  _leaf_split(tmp_path / "train" / "reddit_0_train.json", train)
-  _leaf_split(tmp_path / "test" / "reddit_0_test.json", {"u1": split(["jit vmap grad"])})
+  _leaf_split(root / "train" / "reddit_0_train.json", train)
+  _leaf_split(root / "test" / "reddit_0_test.json", {"u1": split(["jit vmap grad"])})
+
+
+def test_leaf_reddit_windows_become_next_token_ids_over_the_training_vocabulary(tmp_path):
+  _reddit_leaf(tmp_path)
   config = _config(tmp_path, "leaf", 2, "data.leaf.vocab_size=4")
   data = build_federation(config.data)
   # Training tokens by frequency: the and loop (4 each, "the" seen first), <BOS> and <EOS>
@@ -156,10 +161,12 @@ def test_leaf_reddit_windows_become_next_token_ids_over_the_training_vocabulary(
   assert list(data.test_num_examples) == [1, 0]
 
 
-def test_leaf_celeba_reads_the_named_images_at_84_pixels(tmp_path):
+def _celeba_leaf(root) -> dict:
+  """CelebA as LEAF writes it (image names, 0/1 labels; users 9 and 14 train, 9 and 20 test)
+  and its images in LEAF's ``raw/img_align_celeba``; returns each image's pixels."""
   from PIL import Image
 
-  images = tmp_path / "raw" / "img_align_celeba"
+  images = root / "raw" / "img_align_celeba"
   images.mkdir(parents=True)
   rng = np.random.default_rng(0)
   pixels = {}
@@ -167,12 +174,18 @@ def test_leaf_celeba_reads_the_named_images_at_84_pixels(tmp_path):
     pixels[k] = rng.integers(0, 256, (218, 178, 3), dtype=np.uint8)  # CelebA's aligned size
     Image.fromarray(pixels[k]).save(images / f"{k:06d}.png")
   name = lambda k: f"{k:06d}.png"
-  _leaf_split(tmp_path / "train" / "celeba_train.json", {
+  _leaf_split(root / "train" / "celeba_train.json", {
     "9": ([name(0), name(1)], [1, 0]), "14": ([name(2)], [1]),
   })  # fmt: skip
-  _leaf_split(
-    tmp_path / "test" / "celeba_test.json", {"9": ([name(3)], [0]), "20": ([name(4)], [1])}
-  )
+  _leaf_split(root / "test" / "celeba_test.json", {"9": ([name(3)], [0]), "20": ([name(4)], [1])})
+  return pixels
+
+
+def test_leaf_celeba_reads_the_named_images_at_84_pixels(tmp_path):
+  from PIL import Image
+
+  pixels = _celeba_leaf(tmp_path)
+  images = tmp_path / "raw" / "img_align_celeba"
   data = build_federation(_config(tmp_path, "leaf", 2).data)
   assert data.num_classes == 2 and data.train.x.shape[1:] == (84, 84, 3)
   assert list(data.train_num_examples) == [2, 1] and list(data.test_num_examples) == [1, 0]
@@ -375,6 +388,22 @@ def test_tff_shakespeare_is_tokenized_and_padded_as_tff_does(tmp_path):
   np.testing.assert_array_equal(data.train_x[0, last, :4], [TFF_BOS, TFF_OOV, TFF_OOV, TFF_EOS])
   first = data.train_x[0, 0]
   assert first[0] == TFF_BOS and list(first[1:6]) == [token(c) for c in long[:5]]
+
+
+@pytest.mark.slow  # a whole run each (make test-fast skips it)
+@pytest.mark.parametrize("dataset, model", [("reddit", "byte_lm"), ("celeba", "mlp")])
+def test_leaf_reddit_and_celeba_train_through_the_cli(tmp_path, dataset, model, capsys):
+  files = tmp_path / "files"
+  files.mkdir()
+  (_reddit_leaf if dataset == "reddit" else _celeba_leaf)(files)
+  code = main([
+    "data.source=leaf", f"data.source_dir={files}", "data.partition=natural",
+    "data.num_clients=2", f"model.name={model}", "cohort_size=2", "rounds=2", "eval_every=2",
+    "local.batch_size=2", "checkpoint_every=0", f"out_dir={tmp_path / 'run'}", "--no-progress",
+  ])  # fmt: skip
+  assert code == 0, capsys.readouterr().err
+  rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert rows[-1]["round"] == 2 and 0 <= rows[-1]["global_accuracy"] <= 1
 
 
 @pytest.mark.slow  # a whole run (make test-fast skips it)
