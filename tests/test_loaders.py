@@ -324,13 +324,15 @@ def test_a_tff_conversion_past_its_memory_bound_stops_in_one_line_and_goes_on(
 
   _emnist_tff(tmp_path, np.random.default_rng(0))
   assert 0 < tff.resident_mib() < 1e6
-  monkeypatch.setattr(tff, "resident_mib", lambda: 2048.0)  # as if a client took it there
-  with pytest.raises(ValueError, match=r"^data.tff_h5.max_rss_mib=1024: converting train client "
-                     r"0 of fed_emnist_train.h5 took this process to 2048 MiB"):  # fmt: skip
+  readings = iter([300.0, 1400.0])  # at the start, then as if the first client took 1.1 GiB
+  monkeypatch.setattr(tff, "resident_mib", lambda: next(readings, 1400.0))
+  with pytest.raises(ValueError, match=r"^data.tff_h5.conversion_memory_mib=1024: converting "
+                     r"train client 0 of fed_emnist_train.h5 took this process from 300 to "
+                     r"1400 MiB; the 1 clients converted are kept"):  # fmt: skip
     build_federation(_config(tmp_path, "tff_h5", 3).data)
   progress = json.loads((tmp_path / CACHE / "train_written.json").read_text())
   assert progress["done"] == 1
-  config = _config(tmp_path, "tff_h5", 3, "data.tff_h5.max_rss_mib=4096")
+  config = _config(tmp_path, "tff_h5", 3, "data.tff_h5.conversion_memory_mib=2048")
   data = build_federation(config.data)  # the larger bound goes on from the client written
   np.testing.assert_array_equal(data.train_num_examples, [7, 20, 11])
 

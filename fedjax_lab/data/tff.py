@@ -266,14 +266,16 @@ def resident_mib() -> float:
   return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _write_split(cache, split: str, path, clients: list, convert, shape: tuple, limit_mib):
+def _write_split(cache, split: str, path, clients: list, convert, shape: tuple, memory: tuple):
   """One split's clients (None: a client without examples here) of the file ``path`` into
   ``cache`` a client at a time (``convert(group) -> (x, y)``; ``ClientArraysWriter``: memory
   follows one client; an interrupted conversion goes on from the last client written), with
-  a progress bar on a terminal. ``shape``: ``(sequence_length, rows)``. Past ``limit_mib`` of
-  resident memory after a client, the conversion stops with one line (what it wrote is kept:
-  a larger ``data.tff_h5.max_rss_mib`` goes on from there)."""
+  a progress bar on a terminal. ``shape``: ``(sequence_length, rows)``. ``memory``: ``(the
+  process's resident MiB when the conversion began, the MiB it may add)``; past that after a
+  client, the conversion stops with one line (what it wrote is kept: a larger
+  ``data.tff_h5.conversion_memory_mib`` goes on from there)."""
   sequence_length, rows = shape
+  started_mib, allowed_mib = memory
   from tqdm.auto import tqdm
 
   def count(group):
@@ -293,11 +295,11 @@ def _write_split(cache, split: str, path, clients: list, convert, shape: tuple, 
   try:
     for k, group in enumerate(bar, start=writer.done):
       writer.write(k, *(empty if group is None else convert(group)))
-      if resident_mib() > limit_mib:
+      if resident_mib() > started_mib + allowed_mib:
         raise ValueError(
-          f"data.tff_h5.max_rss_mib={limit_mib}: converting {split} client {k} of {path.name} "
-          f"took this process to {resident_mib():.0f} MiB; the {k + 1} clients converted are "
-          "kept, and a larger bound goes on from there"
+          f"data.tff_h5.conversion_memory_mib={allowed_mib}: converting {split} client {k} of "
+          f"{path.name} took this process from {started_mib:.0f} to {resident_mib():.0f} MiB; "
+          f"the {k + 1} clients converted are kept, and a larger bound goes on from there"
         )
   finally:  # interrupted or not, what is on disk is recorded
     writer.close()
@@ -307,18 +309,24 @@ def _write_split(cache, split: str, path, clients: list, convert, shape: tuple, 
 class TffOptions:
   """``data.tff_h5``: StackOverflow's ``task`` (``next_word`` or ``tag_prediction``),
   ``vocab_size`` words kept (TFF's default 10,000) and ``tag_vocab_size`` tags (TFF's 500);
-  ``max_rss_mib``, the resident memory a conversion may reach (``_write_split``)."""
+  ``conversion_memory_mib``, the resident memory a conversion may add to the process
+  (``_write_split``)."""
 
   task: str = "next_word"
   vocab_size: int = 10000
   tag_vocab_size: int = 500
-  max_rss_mib: int = 1024
+  conversion_memory_mib: int = 1024
 
   def __post_init__(self):
     one_of("data.tff_h5.task", self.task, ("next_word", "tag_prediction"))
     require(self.vocab_size >= 1, "data.tff_h5.vocab_size", ">= 1", self.vocab_size)
     require(self.tag_vocab_size >= 1, "data.tff_h5.tag_vocab_size", ">= 1", self.tag_vocab_size)
-    require(self.max_rss_mib >= 1, "data.tff_h5.max_rss_mib", ">= 1", self.max_rss_mib)
+    require(
+      self.conversion_memory_mib >= 1,
+      "data.tff_h5.conversion_memory_mib",
+      ">= 1",
+      self.conversion_memory_mib,
+    )
 
 
 def tff_federation(
@@ -332,6 +340,7 @@ def tff_federation(
   label_key = "coarse_label" if coarse_labels else "label"
 
   def convert_into(cache: pathlib.Path) -> dict:
+    memory = (resident_mib(), options.conversion_memory_mib)
     with h5py.File(train_file, "r") as train_h5, h5py.File(test_file, "r") as test_h5:
       names = _examples(train_h5, train_file)
       test_names = set(_examples(test_h5, test_file))
@@ -354,7 +363,7 @@ def tff_federation(
     )
     for split, path, clients in splits:
       shape = (sequence_length, rows)
-      _write_split(cache, split, path, clients, convert, shape, options.max_rss_mib)
+      _write_split(cache, split, path, clients, convert, shape, memory)
     for field in ("x", "y"):  # the pooled test clients are the global test set
       (cache / f"pooled_{field}.npy").replace(cache / f"global_{field}.npy")
     if vocabularies is not None and vocabularies[1] is not None:  # tags
@@ -375,5 +384,5 @@ def tff_federation(
   counts = [folder / name for name in (WORD_COUNTS, TAG_COUNTS) if (folder / name).is_file()]
   files = [train_file, test_file, *counts]
   # the bound on memory is no part of what the cache holds: a larger one goes on with it
-  kept = {k: v for k, v in dataclasses.asdict(options).items() if k != "max_rss_mib"}
+  kept = {k: v for k, v in dataclasses.asdict(options).items() if k != "conversion_memory_mib"}
   return load_streamed(folder, files, convert_into, {**shaping, **kept})
