@@ -234,6 +234,27 @@ class Experiment:
     return 1 if self.entry.pooled else self.config.cohort_size
 
 
+def check_single_labels(config: ExperimentConfig, entry: AlgorithmEntry, data) -> None:
+  """One line, before anything compiles, when the method (``AlgorithmEntry.single_labels``) or
+  a label-flipping attack needs one class label per example and ``data``'s examples hold a
+  label per token or a set of labels."""
+  if data.global_test_y.ndim == 1:
+    return
+  holds = "label sets" if data.label_sets else "a label per token"
+  if entry.single_labels:
+    others = [n for n in ALGORITHMS.names() if not ALGORITHMS.get(n).single_labels]
+    raise ValueError(
+      f"algorithm.name must be one of {', '.join(others)} for data.source={config.data.source}, "
+      f"whose examples hold {holds}; got {config.algorithm.name!r}, which labels samples of "
+      "its own by class"
+    )
+  if config.attack.kind == "label_flip" and config.attack.fraction > 0:
+    raise ValueError(
+      f"attack.kind must not be label_flip for data.source={config.data.source}, whose "
+      f"examples hold {holds} (it flips one class label per example)"
+    )
+
+
 def build_experiment(config: ExperimentConfig, data: FederatedData | None = None) -> Experiment:
   """Build the federation (unless ``data`` is given), the model, the setup and the algorithm.
   A given ``data`` must hold ``config.data.num_clients`` clients; every federation is checked
@@ -254,10 +275,11 @@ def build_experiment(config: ExperimentConfig, data: FederatedData | None = None
       f"(one of {', '.join(readers)}) for data.source={config.data.source}, got "
       f"{config.model.name!r}, which reads integer tokens"
     )
+  entry = ALGORITHMS.get(config.algorithm.name)
+  check_single_labels(config, entry, data)
   if config.attack.kind == "label_flip" and config.attack.fraction > 0:
     attackers = poisoning.malicious_clients(data.num_clients, config.attack.fraction, config.seed)
     data = poisoning.flip_labels(data, attackers)
-  entry = ALGORITHMS.get(config.algorithm.name)
   train_data = data.pooled() if entry.pooled else data
   execution = resolve_execution(config)
   model = build_model(

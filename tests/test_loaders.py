@@ -529,6 +529,26 @@ def test_max_client_examples_keeps_a_given_federations_first_training_examples(t
   assert list(capped.test_num_examples) == list(full.test_num_examples)
 
 
+@pytest.mark.parametrize("task", ["tag_prediction", "next_word"])
+def test_methods_that_label_their_own_samples_are_refused_on_tags_and_tokens(tmp_path, task):
+  from fedjax_lab.algorithms import ALGORITHMS
+  from fedjax_lab.build import build_experiment
+
+  _stackoverflow_tff(tmp_path, counts=True)
+  fields = [f"data.tff_h5.task={task}", "data.sequence_length=6"]
+  holds = "label sets" if task == "tag_prediction" else "a label per token"
+  labelling = [n for n in ALGORITHMS.names() if ALGORITHMS.get(n).single_labels]
+  assert {"fedgen", "fedsnd"} <= set(labelling)
+  for name in labelling:
+    config = _config(tmp_path, "tff_h5", 2, *fields, f"algorithm.name={name}", "cohort_size=2")
+    with pytest.raises(ValueError, match=f"^algorithm.name must be one of fedavg, .*, whose "
+                       f"examples hold {holds}; got '{name}', which labels samples"):  # fmt: skip
+      build_experiment(config)
+  flip = ["attack.kind=label_flip", "attack.fraction=0.5"]
+  with pytest.raises(ValueError, match=f"^attack.kind must not be label_flip .* hold {holds}"):
+    build_experiment(_config(tmp_path, "tff_h5", 2, *fields, *flip))
+
+
 @pytest.mark.slow  # a whole run (make test-fast skips it)
 def test_stackoverflow_tag_prediction_trains_logistic_regression_through_the_cli(tmp_path):
   files = tmp_path / "files"

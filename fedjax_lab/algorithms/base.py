@@ -419,6 +419,9 @@ class AlgorithmEntry:
   ``asynchronous``: the round reads ``cohort.seconds`` (when each dispatched client's result
   will reach the server) and reports the simulated clock itself as the metric
   ``simulated_seconds`` (``algorithms/asynchronous.py``); it needs timed devices.
+  ``single_labels``: the method labels samples of its own by class (a generator's features,
+  pseudo-samples), so it needs data with one class label per example: refused on token
+  sequences and label sets.
   """
 
   build: Callable[[ClientSetup, Any, Any], Algorithm]
@@ -430,3 +433,4 @@ class AlgorithmEntry:
   aggregated_uploads: bool = False
   cohort_reduced: bool = False
   asynchronous: bool = False
+  single_labels: bool = False

@@ -222,4 +222,5 @@ def fedgen(setup: ClientSetup, options: FedGenConfig) -> Algorithm:
 ENTRY = AlgorithmEntry(
   lambda setup, options, config: fedgen(setup, options),
   FedGenConfig,
+  single_labels=True,
 )

@@ -346,4 +346,5 @@ def fedsnd(setup: ClientSetup, options: FedSNDConfig) -> Algorithm:
 ENTRY = AlgorithmEntry(
   lambda setup, options, config: fedsnd(setup, options),
   FedSNDConfig,
+  single_labels=True,
 )
