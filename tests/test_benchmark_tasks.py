@@ -8,21 +8,14 @@ from __future__ import annotations
 import json
 import pathlib
 
-import h5py
 import numpy as np
 import pytest
+from test_loaders import _tff_file
 
 from fedjax_lab.cli import main
 from fedjax_lab.config import load_config
 
 CONFIGS = sorted((pathlib.Path(__file__).parents[1] / "experiments" / "benchmarks").glob("*.json"))
-
-
-def _write(path, clients: dict) -> None:
-  with h5py.File(path, "w") as h5:
-    for name, features in clients.items():
-      for feature, values in features.items():
-        h5.create_dataset(f"examples/{name}/{feature}", data=values)
 
 
 def _emnist(rng, n):
@@ -81,8 +74,8 @@ def test_each_benchmark_config_runs_two_rounds_on_files_of_its_layout(path, tmp_
   rng = np.random.default_rng(0)
   files = tmp_path / "files"
   files.mkdir()
-  _write(files / f"{prefix}_train.h5", {f"c{k}": examples(rng, 6 + 3 * k) for k in range(3)})
-  _write(files / f"{prefix}_test.h5", {f"c{k}": examples(rng, 4) for k in range(2)})
+  _tff_file(files / f"{prefix}_train.h5", {f"c{k}": examples(rng, 6 + 3 * k) for k in range(3)})
+  _tff_file(files / f"{prefix}_test.h5", {f"c{k}": examples(rng, 4) for k in range(2)})
   code = main(
     [
       f"--config={path}",

@@ -109,13 +109,21 @@ def stackoverflow_vocabulary(folder: pathlib.Path, train_file, names, size: int)
   if counts_file.is_file():
     lines = counts_file.read_text().splitlines()
     return [line.split()[0] for line in lines if line.strip()][:size]
+  return most_frequent(train_file, names, "tokens", " ", size)
+
+
+def most_frequent(train_file, names, feature: str, separator: str, size: int) -> list[str]:
+  """The ``size`` most frequent items of the clients ``names`` of ``train_file``, each
+  example's ``feature`` split at ``separator`` (empty items left out; ties by first
+  appearance), read a client at a time."""
   counts = collections.Counter(
-    word
+    item
     for group in each_group(train_file, names)
-    for sentence in group["tokens"][()]
-    for word in _text(sentence).split(" ")
+    for value in group[feature][()]
+    for item in _text(value).split(separator)
+    if item
   )
-  return [word for word, _ in counts.most_common(size)]
+  return [item for item, _ in counts.most_common(size)]
 
 
 REOPEN_EVERY = 1000  # clients read before an HDF5 file is closed and opened again
@@ -163,15 +171,8 @@ def stackoverflow_tag_vocabulary(folder: pathlib.Path, train_file, names, size: 
   counts_file = folder / TAG_COUNTS
   if counts_file.is_file():
     counts = collections.Counter(json.loads(counts_file.read_text()))
-  else:
-    counts = collections.Counter(
-      tag
-      for group in each_group(train_file, names)
-      for tags in group["tags"][()]
-      for tag in _text(tags).split("|")
-      if tag
-    )
-  return [tag for tag, _ in counts.most_common(size)]
+    return [tag for tag, _ in counts.most_common(size)]
+  return most_frequent(train_file, names, "tags", "|", size)
 
 
 def stackoverflow_tags(post: str, tags: str, word_ids: dict, tag_ids: dict, length: int):
